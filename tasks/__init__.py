@@ -1,0 +1,5 @@
+"""Task families (one module per family); importing this package registers them and their gymnasium ids."""
+
+from vgym.tasks import visual_search
+
+__all__ = ["visual_search"]

@@ -1,0 +1,5 @@
+"""Visual tools (one module per tool); importing this package registers them in :data:`vgym.tooling.TOOLS`."""
+
+from vgym.tools import crop
+
+__all__ = ["crop"]

@@ -1,0 +1,63 @@
+"""The policy protocol: what the rollout engine gives a policy each turn and what it gets back.
+
+Contents: :class:`PolicyInput`, :class:`PolicyOutput`, :class:`Policy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from vgym.task import Sample
+
+__all__ = ["PolicyInput", "PolicyOutput", "Policy"]
+
+
+@dataclass
+class PolicyInput:
+    """One episode's state at the start of a model turn.
+
+    Attributes:
+        input_ids: (T,) the whole sequence so far, ending with the generation prompt.
+        pixel_values: (P, D) the processor's patches of every image so far, or None.
+        image_grid_thw: (N, 3) the processor's grid per image, or None.
+        messages: the chat so far (images as ``{"type": "image"}`` items).
+        sample: the episode's sample (only the scripted oracle may read its ground truth).
+        turn: 0-based index of the turn to play.
+        tools_enabled: whether the env offers tools.
+    """
+
+    input_ids: torch.Tensor
+    pixel_values: torch.Tensor | None
+    image_grid_thw: torch.Tensor | None
+    messages: list[dict[str, Any]]
+    sample: Sample
+    turn: int
+    tools_enabled: bool
+
+
+@dataclass
+class PolicyOutput:
+    """One turn's output.
+
+    Attributes:
+        text: the turn's text (without the end-of-turn token).
+        token_ids: the generated ids including the end-of-turn token when generation stopped there, or None for
+            text-only policies (the rollout then tokenises ``text`` and appends the end-of-turn token).
+        logprobs: (len(token_ids),) behaviour log-probabilities of ``token_ids``, or None.
+    """
+
+    text: str
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = field(default=None)
+
+
+class Policy(Protocol):
+    """Anything that plays one turn for a batch of episodes."""
+
+    def act(self, batch: Sequence[PolicyInput]) -> list[PolicyOutput]:
+        """Return one :class:`PolicyOutput` per input, in order."""
+        ...

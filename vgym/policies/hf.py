@@ -1,0 +1,135 @@
+"""A transformers policy: batched ``generate`` over multi-turn, multi-image sequences.
+
+Contents: :class:`GenerationConfig`, :class:`HFPolicy`, :func:`collate_left`.
+
+Sequences of different lengths are left-padded into one batch; the images of all episodes are concatenated in
+batch order (the order the model's placeholder tokens appear). Sampling randomness comes from the policy's own
+seed: each call draws a seed from its generator and runs ``generate`` inside ``torch.random.fork_rng``, so the
+global torch RNG is left as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vgym.policies.base import PolicyInput, PolicyOutput
+
+__all__ = ["GenerationConfig", "HFPolicy", "collate_left"]
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings for one model turn."""
+
+    max_new_tokens: int = 64
+    """Most tokens generated in one turn; a turn that hits it is cut and closed with the end-of-turn token."""
+    temperature: float = 1.0
+    """Sampling temperature; 0 means greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (Holtzman et al., 2019, arXiv:1904.09751); 1.0 disables it."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(
+                "need max_new_tokens >= 1, temperature >= 0 and 0 < top_p <= 1; got "
+                f"{self.max_new_tokens}, {self.temperature}, {self.top_p}"
+            )
+
+
+def collate_left(
+    sequences: Sequence[torch.Tensor], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad 1-D id tensors into a batch.
+
+    Returns:
+        ``input_ids`` (B, L) and ``attention_mask`` (B, L) with 0 on padding.
+    """
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, length - len(seq) :] = seq
+        mask[row, length - len(seq) :] = 1
+    return ids, mask
+
+
+class HFPolicy:
+    """Plays turns with a transformers VLM (e.g. Qwen2-VL) and returns ids and behaviour log-probs."""
+
+    def __init__(self, model, processor, config: GenerationConfig | None = None, *, seed: int = 0) -> None:  # type: ignore[no-untyped-def]
+        """Args:
+        model: a ``*ForConditionalGeneration`` VLM.
+        processor: its processor (gives the tokenizer and end-of-turn id).
+        config: sampling settings.
+        seed: seeds sampling.
+        """
+        self.model = model
+        self.processor = processor
+        self.config = config or GenerationConfig()
+        self.rng = np.random.default_rng(seed)
+        tokenizer = processor.tokenizer
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    @torch.no_grad()
+    def act(self, batch: Sequence[PolicyInput]) -> list[PolicyOutput]:
+        """Generate one turn for every episode in ``batch``.
+
+        Returns:
+            Outputs whose ``token_ids`` end with an end-of-turn id unless ``max_new_tokens`` was hit, and whose
+            ``logprobs`` are log-softmax of the processed scores (temperature and top-p applied) at each chosen
+            token; for greedy decoding, of the raw logits.
+        """
+        device = next(self.model.parameters()).device
+        ids, mask = collate_left([item.input_ids for item in batch], self.pad_id)
+        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        pixels = [item.pixel_values for item in batch if item.pixel_values is not None]
+        if pixels:
+            dtype = next(self.model.parameters()).dtype
+            inputs["pixel_values"] = torch.cat(pixels).to(device=device, dtype=dtype)
+            inputs["image_grid_thw"] = torch.cat([i.image_grid_thw for i in batch if i.image_grid_thw is not None]).to(device)
+        cfg = self.config
+        sample = cfg.temperature > 0
+        kwargs = {"do_sample": sample, "temperature": cfg.temperature, "top_p": cfg.top_p} if sample else {"do_sample": False}
+        was_training = self.model.training
+        self.model.eval()
+        seed = int(self.rng.integers(2**62))
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=cfg.max_new_tokens,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.pad_id,
+                return_dict_in_generate=True,
+                output_scores=True,
+                top_k=None,
+                **kwargs,
+            )
+        self.model.train(was_training)
+        new = out.sequences[:, ids.shape[1] :]  # (B, N)
+        scores = torch.stack(out.scores, dim=1).float()  # (B, N, V)
+        logprobs = torch.log_softmax(scores, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B, N)
+        results = []
+        eos = set(self.eos_ids)
+        for row in range(new.shape[0]):
+            toks = new[row].tolist()
+            end = next((i + 1 for i, t in enumerate(toks) if t in eos), len(toks))
+            toks = toks[:end]
+            text_ids = toks[:-1] if toks and toks[-1] in eos else toks
+            text = self.processor.tokenizer.decode(text_ids, skip_special_tokens=False)
+            results.append(PolicyOutput(text=text, token_ids=toks, logprobs=logprobs[row, :end].tolist()))
+        return results
+
+
+def _eos_ids(model, tokenizer) -> list[int]:  # type: ignore[no-untyped-def]
+    """End-of-turn ids: the generation config's eos ids, else the tokenizer's eos id."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]

@@ -1,0 +1,68 @@
+"""The scripted oracle: plays the task's solution (tool calls, then the answer), optionally with noise.
+
+Contents: :class:`OraclePolicy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from vgym.policies.base import PolicyInput, PolicyOutput
+from vgym.protocol import ActionProtocol, HermesProtocol
+from vgym.registry import Registry
+from vgym.task import TASKS, Task
+
+__all__ = ["OraclePolicy"]
+
+
+class OraclePolicy:
+    """Replays ``task.solution(sample)`` one step per turn.
+
+    With ``noise > 0`` a turn's answer is replaced by a wrong one with that probability (negative examples for
+    reward models and RL baselines); the choice comes from the policy's own seeded generator.
+    """
+
+    def __init__(
+        self,
+        *,
+        protocol: ActionProtocol | None = None,
+        noise: float = 0.0,
+        wrong_answers: Sequence[str] = ("unknown",),
+        seed: int = 0,
+        tasks: Registry[type[Task]] = TASKS,
+    ) -> None:
+        """Args:
+        protocol: formats the calls and the answer; defaults to :class:`HermesProtocol`.
+        noise: probability of answering with one of ``wrong_answers`` instead of the gold answer.
+        wrong_answers: candidates for noisy answers (one equal to the gold answer is skipped).
+        seed: seeds the noise.
+        tasks: registry used to look up each sample's task.
+        """
+        if not 0.0 <= noise <= 1.0:
+            raise ValueError(f"noise must be in [0, 1], got {noise}")
+        self.protocol = protocol or HermesProtocol()
+        self.noise = noise
+        self.wrong_answers = tuple(wrong_answers)
+        self.rng = np.random.default_rng(seed)
+        self._tasks = tasks
+        self._instances: dict[str, Task] = {}
+
+    def act(self, batch: Sequence[PolicyInput]) -> list[PolicyOutput]:
+        return [PolicyOutput(text=self._turn_text(item)) for item in batch]
+
+    def _turn_text(self, item: PolicyInput) -> str:
+        task = self._instances.get(item.sample.task)
+        if task is None:
+            task = self._instances[item.sample.task] = self._tasks.get(item.sample.task)()
+        solution = task.solution(item.sample, item.tools_enabled)
+        if item.turn < len(solution.tool_calls):
+            name, arguments = solution.tool_calls[item.turn]
+            return self.protocol.format_tool_call(name, arguments)
+        answer = solution.answer
+        if self.noise and self.rng.random() < self.noise:
+            wrong = [a for a in self.wrong_answers if a != answer]
+            if wrong:
+                answer = wrong[int(self.rng.integers(len(wrong)))]
+        return self.protocol.format_answer(answer)

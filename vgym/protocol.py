@@ -1,0 +1,165 @@
+"""The action format: how a model's turn is parsed into tool calls or an answer, and how prompts describe tools.
+
+Contents: :class:`ToolCall`, :class:`ParsedAction`, :class:`ActionProtocol`, :class:`HermesProtocol`.
+
+The default convention is Hermes/Qwen's: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` for a tool
+call and ``<answer>...</answer>`` for the final answer. Parsing never raises: every problem becomes a message in
+:attr:`ParsedAction.errors`, written for the model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["ToolCall", "ParsedAction", "ActionProtocol", "HermesProtocol"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One parsed tool call."""
+
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ParsedAction:
+    """What one model turn asked for.
+
+    Attributes:
+        tool_calls: well-formed calls, in order (their names and arguments are not validated yet).
+        answer: the text inside the answer tags, stripped, or None.
+        errors: format problems, one message each, addressed to the model. Non-empty means the turn was
+            (partly) malformed; the env shows these messages and counts a format error.
+    """
+
+    tool_calls: tuple[ToolCall, ...] = ()
+    answer: str | None = None
+    errors: tuple[str, ...] = field(default_factory=tuple)
+
+
+class ActionProtocol(Protocol):
+    """A swappable action convention."""
+
+    def parse(self, text: str) -> ParsedAction:
+        """Parse one model turn; never raises."""
+        ...
+
+    def format_tool_call(self, name: str, arguments: dict[str, Any]) -> str:
+        """The text a model writes to call ``name`` with ``arguments``."""
+        ...
+
+    def format_answer(self, answer: str) -> str:
+        """The text a model writes to give its final answer."""
+        ...
+
+    def format_tool_response(self, text: str) -> str:
+        """Wrap a tool's text output for the observation."""
+        ...
+
+    def system_prompt(self, tool_schemas: Sequence[dict[str, Any]]) -> str:
+        """Instructions describing the tools (or, with none, how to answer)."""
+        ...
+
+
+_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+class HermesProtocol:
+    """``<tool_call>{json}</tool_call>`` / ``<answer>…</answer>``, the convention Qwen chat templates render."""
+
+    def __init__(self, max_calls_per_turn: int = 1) -> None:
+        """Args:
+        max_calls_per_turn: calls beyond this number in one turn are ignored with an error message.
+        """
+        self.max_calls_per_turn = max_calls_per_turn
+
+    def parse(self, text: str) -> ParsedAction:
+        """Parse ``text``.
+
+        Returns:
+            A :class:`ParsedAction`. An answer, when present, ends the episode; tool calls in the same turn are
+            then ignored and reported as a format error.
+        """
+        errors: list[str] = []
+        answers = _ANSWER.findall(text)
+        if len(answers) > 1:
+            errors.append("Give exactly one <answer>...</answer>; the first one was used.")
+        answer = answers[0].strip() if answers else None
+        if answer is None and "<answer>" in text:
+            errors.append("Unclosed <answer> tag: write <answer>your answer</answer>.")
+        calls: list[ToolCall] = []
+        bodies = _CALL.findall(text)
+        if text.count("<tool_call>") != len(bodies) or text.count("</tool_call>") != len(bodies):
+            errors.append('Unbalanced <tool_call> tags: write <tool_call>{"name": ..., "arguments": {...}}</tool_call>.')
+        for body in bodies:
+            call, error = self._parse_call(body)
+            if error:
+                errors.append(error)
+            elif call is not None:
+                calls.append(call)
+        if answer is not None and calls:
+            errors.append("A turn holds either tool calls or an answer; the tool calls were ignored.")
+            calls = []
+        if len(calls) > self.max_calls_per_turn:
+            errors.append(
+                f"At most {self.max_calls_per_turn} tool call(s) per turn; calls after the first "
+                f"{self.max_calls_per_turn} were ignored."
+            )
+            calls = calls[: self.max_calls_per_turn]
+        if answer is None and not calls and not errors:
+            errors.append(
+                'No tool call or answer found. Call a tool with <tool_call>{"name": ..., "arguments": {...}}'
+                "</tool_call> or finish with <answer>...</answer>."
+            )
+        return ParsedAction(tool_calls=tuple(calls), answer=answer, errors=tuple(errors))
+
+    @staticmethod
+    def _parse_call(body: str) -> tuple[ToolCall | None, str | None]:
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError as exc:
+            snippet = body.strip()[:80]
+            return None, f"Tool call is not valid JSON ({exc.msg} at character {exc.pos}): {snippet!r}."
+        if not isinstance(data, dict):
+            return None, f'Tool call must be a JSON object {{"name": ..., "arguments": {{...}}}}, got {type(data).__name__}.'
+        name = data.get("name")
+        if not isinstance(name, str) or not name:
+            return None, 'Tool call needs a "name" string, e.g. {"name": "crop", "arguments": {...}}.'
+        arguments = data.get("arguments", {})
+        if isinstance(arguments, str):  # some models JSON-encode the arguments twice
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                return None, f'"arguments" of {name} must be a JSON object, got the string {arguments[:60]!r}.'
+        if not isinstance(arguments, dict):
+            return None, f'"arguments" of {name} must be a JSON object, got {type(arguments).__name__}.'
+        extra = sorted(set(data) - {"name", "arguments"})
+        if extra:
+            return None, f'Tool call has unexpected key(s) {extra}; use only "name" and "arguments".'
+        return ToolCall(name=name, arguments=arguments), None
+
+    def format_tool_call(self, name: str, arguments: dict[str, Any]) -> str:
+        return "<tool_call>" + json.dumps({"name": name, "arguments": arguments}) + "</tool_call>"
+
+    def format_answer(self, answer: str) -> str:
+        return f"<answer>{answer}</answer>"
+
+    def format_tool_response(self, text: str) -> str:
+        return f"<tool_response>{text}</tool_response>"
+
+    def system_prompt(self, tool_schemas: Sequence[dict[str, Any]]) -> str:
+        if not tool_schemas:
+            return "Look at the image and answer the question. Reply with <answer>your answer</answer>."
+        tools = "\n".join(json.dumps(schema, separators=(",", ":")) for schema in tool_schemas)
+        return (
+            "You can call tools to look closer at the image. Tools:\n<tools>\n"
+            f"{tools}\n</tools>\n"
+            'Call a tool with <tool_call>{"name": ..., "arguments": {...}}</tool_call>. '
+            "Reply with <answer>your answer</answer> when you know the answer."
+        )

@@ -1,0 +1,145 @@
+"""Task contract and registry.
+
+Contents: :class:`Sample`, :class:`Solution`, :class:`Task`, :data:`TASKS`, :func:`register_task`,
+:func:`sample_seed`, :func:`env_id`.
+
+A task family lives in one file under ``tasks/``: a config dataclass, a :class:`Task` subclass whose
+:meth:`Task.sample` is a pure function of ``(split, index, seed)``, its scorer, prompt, default tools and oracle
+solution, and one registration line at the bottom::
+
+    register_task(VisualSearchTask)
+
+Registering also registers the gymnasium id ``vgym/<CamelName>-v<version>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import gymnasium
+import numpy as np
+
+from vgym.errors import InvalidConfigError
+from vgym.registry import Registry
+
+__all__ = ["Sample", "Solution", "Task", "TASKS", "register_task", "sample_seed", "env_id", "SPLITS"]
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+"""Procedural splits; each has its own seed stream, so they are disjoint by construction."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One task instance.
+
+    Attributes:
+        id: stable identifier ``"<task>/<split>/<seed>/<index>"``.
+        task: the task's registry name.
+        split: "train", "val" or "test".
+        index: position in the split.
+        question: the user-facing question (the task's prompt adds instructions around it).
+        images: the sample's images at full resolution, RGB uint8 (H, W, 3).
+        answer: the canonical gold answer as text.
+        metadata: scene ground truth for oracle tools and scorers (JSON-serialisable).
+    """
+
+    id: str
+    task: str
+    split: str
+    index: int
+    question: str
+    images: tuple[np.ndarray, ...]
+    answer: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The oracle's plan: tool calls ``(name, arguments)`` in order, then the answer."""
+
+    tool_calls: tuple[tuple[str, dict[str, Any]], ...]
+    answer: str
+
+
+def sample_seed(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator for item ``index`` of ``split``: ``SeedSequence([seed, split_id, index])``.
+
+    Mixing through ``SeedSequence`` (never ``seed + index``) keeps items of different seeds and splits unrelated.
+
+    Raises:
+        InvalidConfigError: for a negative seed/index or an unknown split.
+    """
+    if split not in SPLITS:
+        raise InvalidConfigError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if seed < 0 or index < 0:
+        raise InvalidConfigError(f"seed and index must be non-negative ints, got seed={seed}, index={index}")
+    return np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), index]))
+
+
+class Task(ABC):
+    """Base class of a task family.
+
+    Set these in ALL subclasses: ``name`` (snake_case registry key), ``config_cls`` (a dataclass),
+    ``default_tools`` (tool names offered when the env config does not choose).
+    SOME subclasses set ``version`` (bump when rewards, observations or tools change meaning).
+    """
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type]
+    default_tools: ClassVar[tuple[str, ...]] = ()
+    version: ClassVar[int] = 0
+
+    def __init__(self, config: Any = None) -> None:
+        """Args:
+        config: an instance of ``config_cls``, a mapping of its fields, or None for defaults.
+        """
+        if config is None:
+            config = self.config_cls()
+        elif isinstance(config, Mapping):
+            config = self.config_cls(**config)
+        elif not isinstance(config, self.config_cls):
+            raise InvalidConfigError(f"{self.name} expects a {self.config_cls.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    @abstractmethod
+    def sample(self, split: str, index: int, seed: int) -> Sample:
+        """Generate item ``index`` of ``split``; a pure function of the arguments and ``self.config``."""
+
+    @abstractmethod
+    def score(self, sample: Sample, answer: str) -> float:
+        """Accuracy of ``answer`` (the text inside ``<answer>``) for ``sample``, in [0, 1]."""
+
+    @abstractmethod
+    def prompt(self, sample: Sample, tools_enabled: bool) -> str:
+        """The user message text for ``sample`` (the question plus any task instructions)."""
+
+    @abstractmethod
+    def solution(self, sample: Sample, tools_enabled: bool) -> Solution:
+        """The oracle plan for ``sample``; with ``tools_enabled=False`` it answers without tools."""
+
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+def env_id(task_cls: type[Task]) -> str:
+    """The gymnasium id of a task: ``vgym/<CamelName>-v<version>``."""
+    camel = "".join(part.capitalize() for part in task_cls.name.split("_"))
+    return f"vgym/{camel}-v{task_cls.version}"
+
+
+def register_task(task_cls: type[Task]) -> type[Task]:
+    """Register ``task_cls`` under its ``name`` and register its gymnasium id.
+
+    Raises:
+        VgymError: if the name is taken.
+        TypeError: if ``config_cls`` is not a dataclass.
+    """
+    if not dataclasses.is_dataclass(task_cls.config_cls):
+        raise TypeError(f"{task_cls.__name__}.config_cls must be a dataclass")
+    TASKS.register(task_cls.name, task_cls)
+    gymnasium.register(env_id(task_cls), entry_point="vgym.env:VisualToolEnv", kwargs={"task": task_cls.name})
+    return task_cls
