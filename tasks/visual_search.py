@@ -12,7 +12,7 @@ sizes and that a colour read-out from the budget image fails where the same read
 Difficulty:
     0 — the region is one grid cell (box coordinates are multiples of ``cell``): the quickstart variant, learnable
         by a tiny model that copies the box into the crop call and names the colour it then sees.
-    1 — the region is a random box of 1–2 cells around the marker, and markers are smaller.
+    1 — the region is a random box of ½–1 cell around the marker, inside its cell, and markers are smaller.
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ class VisualSearchConfig:
 
     difficulty: int = 0
     """0: the region is one grid cell; 1: a random box around the marker and smaller markers."""
-    grid: int = 12
+    grid: int = 24
     """Cells per side; the scene is ``grid * cell`` pixels square."""
-    cell: int = 112
-    """Cell side in pixels. With the default budget (224²) a one-cell crop is zoomed 2×."""
+    cell: int = 56
+    """Cell side in pixels. With the default budget (224²) a one-cell crop is zoomed 4×."""
     marker_size: int = 8
     """Marker side in pixels at difficulty 0 (difficulty 1 uses 3/4 of it)."""
     speckles: int = 6000
@@ -108,7 +108,7 @@ class VisualSearchTask(Task):
         if cfg.difficulty == 0:
             region = (c * cfg.cell, r * cfg.cell, (c + 1) * cfg.cell, (r + 1) * cfg.cell)
         else:
-            region = self._random_region(rng, target, size)
+            region = self._random_region(rng, target, (c * cfg.cell, r * cfg.cell))
         answer = names[colour_idx[r, c]]
         x1, y1, x2, y2 = region
         question = f"What colour is the square in the region [{x1}, {y1}, {x2}, {y2}]?"
@@ -123,13 +123,20 @@ class VisualSearchTask(Task):
             metadata={"target_box": list(target), "region": list(region), "cell": [r, c], "colour": answer},
         )
 
-    def _random_region(self, rng: np.random.Generator, target: tuple[int, ...], size: int) -> tuple[int, ...]:
-        """A box of 1-2 cells per side containing the target marker and no other marker's centre."""
+    def _random_region(
+        self, rng: np.random.Generator, target: tuple[int, ...], origin: tuple[int, int]
+    ) -> tuple[int, ...]:
+        """A box of 1/2-1 cell per side containing the target marker and no other marker's centre.
+
+        The box is clipped to the target's own cell (whose top-left corner is ``origin``): markers of neighbouring
+        cells can be ~23 px apart, so a box merely smaller than a cell could still cover a second centre.
+        """
         cell = self.config.cell
-        w, h = (int(v) for v in rng.integers(cell // 2, cell, 2))  # < one cell: never covers a second centre
+        w, h = (int(v) for v in rng.integers(cell // 2, cell, 2))
         cx, cy = (target[0] + target[2]) // 2, (target[1] + target[3]) // 2
-        x1 = int(np.clip(cx - rng.integers(target[2] - target[0], w - (target[2] - target[0])), 0, size - w))
-        y1 = int(np.clip(cy - rng.integers(target[3] - target[1], h - (target[3] - target[1])), 0, size - h))
+        ox, oy = origin
+        x1 = int(np.clip(cx - rng.integers(target[2] - target[0], w - (target[2] - target[0])), ox, ox + cell - w))
+        y1 = int(np.clip(cy - rng.integers(target[3] - target[1], h - (target[3] - target[1])), oy, oy + cell - h))
         return (x1, y1, x1 + w, y1 + h)
 
     def score(self, sample: Sample, answer: str) -> float:

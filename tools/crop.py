@@ -35,7 +35,10 @@ def parse_box(box: Sequence[object], width: int, height: int) -> tuple[int, int,
     frame = f"the image is {width}x{height}, so a valid box lies within [0, 0, {width}, {height}]"
     if len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
         raise ToolError(f"box must be 4 numbers [x1, y1, x2, y2], got {list(box)!r}; {frame}.")
-    x1, y1, x2, y2 = (float(v) for v in box)  # type: ignore[arg-type]
+    try:
+        x1, y1, x2, y2 = (float(v) for v in box)  # type: ignore[arg-type]
+    except OverflowError:  # an int too large for a float, e.g. 10**400
+        x1 = y1 = x2 = y2 = math.inf
     if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
         raise ToolError(f"box must hold finite numbers, got {list(box)!r}; {frame}.")
     if x2 <= x1 or y2 <= y1:

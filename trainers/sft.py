@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from vgym.errors import InvalidConfigError
+from vgym.modeling import model_inputs
 from vgym.trainers.losses import sft_loss, token_logprobs
 from vgym.trajectory import Trajectory
 
@@ -122,13 +123,11 @@ class SFTTrainer:
 
     def loss_on(self, trajectories: Sequence[Trajectory]) -> tuple[torch.Tensor, dict[str, float]]:
         """The SFT loss of the model on ``trajectories`` (with gradients when enabled)."""
-        device = next(self.model.parameters()).device
-        batch = {k: v.to(device) for k, v in collate(trajectories, self.pad_id).items()}
-        loss_mask = batch.pop("loss_mask")
-        if "pixel_values" in batch:
-            batch["pixel_values"] = batch["pixel_values"].to(next(self.model.parameters()).dtype)
-        logits = self.model(**batch).logits  # (B, T, V)
-        return sft_loss(token_logprobs(logits, batch["input_ids"]), loss_mask)
+        batch = collate(trajectories, self.pad_id)
+        loss_mask = batch.pop("loss_mask").to(next(self.model.parameters()).device)
+        inputs = model_inputs(self.model, **batch)
+        logits = self.model(**inputs).logits  # (B, T, V)
+        return sft_loss(token_logprobs(logits, inputs["input_ids"]), loss_mask)
 
     def step(self) -> dict[str, float]:
         """One optimizer step on the next batch.

@@ -126,6 +126,8 @@ class HermesProtocol:
         except json.JSONDecodeError as exc:
             snippet = body.strip()[:80]
             return None, f"Tool call is not valid JSON ({exc.msg} at character {exc.pos}): {snippet!r}."
+        except (ValueError, RecursionError) as exc:  # json's int-digit limit, or brackets nested too deep
+            return None, f"Tool call is not valid JSON ({type(exc).__name__}): {body.strip()[:80]!r}."
         if not isinstance(data, dict):
             return None, f'Tool call must be a JSON object {{"name": ..., "arguments": {{...}}}}, got {type(data).__name__}.'
         name = data.get("name")
@@ -135,7 +137,7 @@ class HermesProtocol:
         if isinstance(arguments, str):  # some models JSON-encode the arguments twice
             try:
                 arguments = json.loads(arguments)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
                 return None, f'"arguments" of {name} must be a JSON object, got the string {arguments[:60]!r}.'
         if not isinstance(arguments, dict):
             return None, f'"arguments" of {name} must be a JSON object, got {type(arguments).__name__}.'
@@ -145,7 +147,9 @@ class HermesProtocol:
         return ToolCall(name=name, arguments=arguments), None
 
     def format_tool_call(self, name: str, arguments: dict[str, Any]) -> str:
-        return "<tool_call>" + json.dumps({"name": name, "arguments": arguments}) + "</tool_call>"
+        # "<" only occurs inside JSON strings; escaping it keeps tag-like argument text from closing the call.
+        body = json.dumps({"name": name, "arguments": arguments}).replace("<", "\\u003c")
+        return "<tool_call>" + body + "</tool_call>"
 
     def format_answer(self, answer: str) -> str:
         return f"<answer>{answer}</answer>"

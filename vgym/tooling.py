@@ -89,7 +89,7 @@ class Tool:
 
     @property
     def description(self) -> str:
-        """The first paragraph of the docstring, as shown to the model."""
+        """The docstring's text before its ``Args:`` section, as shown to the model."""
         return str(self.schema["function"]["description"])
 
     def validate(self, arguments: Mapping[str, Any]) -> None:

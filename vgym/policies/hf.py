@@ -16,9 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vgym.modeling import model_inputs
 from vgym.policies.base import PolicyInput, PolicyOutput
 
 __all__ = ["GenerationConfig", "HFPolicy", "collate_left"]
+
+_PLACEHOLDER_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
+"""Vision placeholder tokens of the Qwen-VL family; the policy never generates them."""
 
 
 @dataclass
@@ -74,6 +78,9 @@ class HFPolicy:
         tokenizer = processor.tokenizer
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        vocab = tokenizer.get_vocab()
+        # A generated image placeholder would desynchronise image tokens and image features on the next turn.
+        self.suppressed_ids = [vocab[t] for t in _PLACEHOLDER_TOKENS if t in vocab]
 
     @torch.no_grad()
     def act(self, batch: Sequence[PolicyInput]) -> list[PolicyOutput]:
@@ -84,14 +91,13 @@ class HFPolicy:
             ``logprobs`` are log-softmax of the processed scores (temperature and top-p applied) at each chosen
             token; for greedy decoding, of the raw logits.
         """
-        device = next(self.model.parameters()).device
         ids, mask = collate_left([item.input_ids for item in batch], self.pad_id)
-        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
         pixels = [item.pixel_values for item in batch if item.pixel_values is not None]
-        if pixels:
-            dtype = next(self.model.parameters()).dtype
-            inputs["pixel_values"] = torch.cat(pixels).to(device=device, dtype=dtype)
-            inputs["image_grid_thw"] = torch.cat([i.image_grid_thw for i in batch if i.image_grid_thw is not None]).to(device)
+        grids = [item.image_grid_thw for item in batch if item.image_grid_thw is not None]
+        inputs = model_inputs(
+            self.model, ids, mask, torch.cat(pixels) if pixels else None, torch.cat(grids) if grids else None
+        )
+        device = inputs["input_ids"].device
         cfg = self.config
         sample = cfg.temperature > 0
         kwargs = {"do_sample": sample, "temperature": cfg.temperature, "top_p": cfg.top_p} if sample else {"do_sample": False}
@@ -109,6 +115,7 @@ class HFPolicy:
                 return_dict_in_generate=True,
                 output_scores=True,
                 top_k=None,
+                suppress_tokens=self.suppressed_ids or None,
                 **kwargs,
             )
         self.model.train(was_training)

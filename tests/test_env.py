@@ -1,0 +1,429 @@
+"""Tests of vgym/env.py: the gymnasium contract of every registered env, episodes, errors-as-observations, limits,
+a fuzz test of ``step`` and vectorised use."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import gymnasium
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import vgym  # noqa: F401  (registers the envs)
+from vgym.env import VisualToolEnv
+from vgym.errors import InvalidConfigError, UnknownNameError
+from vgym.task import TASKS, env_id
+from vgym.tasks.visual_search import COLOURS
+from vgym.tooling import fit_to_budget
+
+ENV_IDS = sorted(k for k in gymnasium.registry if k.startswith("vgym/"))
+VS = "vgym/VisualSearch-v0"
+
+
+def _make(env_name: str = VS, **kwargs: Any) -> gymnasium.Env:
+    return gymnasium.make(env_name, disable_env_checker=True, **kwargs)
+
+
+@pytest.fixture
+def env() -> Iterator[gymnasium.Env]:
+    env = _make()
+    yield env
+    env.close()
+
+
+def _crop(env: gymnasium.Env, box: Any, **extra: Any) -> str:
+    return env.unwrapped.protocol.format_tool_call("crop", {"box": box, **extra})
+
+
+def _answer(env: gymnasium.Env, text: str) -> str:
+    return env.unwrapped.protocol.format_answer(text)
+
+
+def _region(env: gymnasium.Env) -> list[int]:
+    return list(env.unwrapped.sample.metadata["region"])
+
+
+def _assert_obs_valid(env: gymnasium.Env, obs: dict) -> None:
+    assert env.observation_space.contains(obs)
+    max_pixels = env.unwrapped.config.max_pixels
+    assert all(im.shape[0] * im.shape[1] <= max_pixels for im in obs["images"])
+
+
+# ---------------------------------------------------------------- contract tests over every registered env
+
+
+def test_every_task_has_a_registered_env() -> None:
+    assert ENV_IDS  # guards the parametrised tests below against silently running on nothing
+    assert ENV_IDS == sorted(env_id(TASKS.get(name)) for name in TASKS.names())
+
+
+@pytest.mark.parametrize("env_name", ENV_IDS)
+def test_check_env(env_name: str) -> None:
+    env = gymnasium.make(env_name)
+    try:
+        check_env(env.unwrapped)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("env_name", ENV_IDS)
+@pytest.mark.parametrize("tools", [None, ()], ids=["default-tools", "tools-off"])
+def test_oracle_episode_earns_full_reward(env_name: str, tools: tuple | None) -> None:
+    env = _make(env_name, tools=tools)
+    try:
+        obs, info = env.reset(seed=0)
+        sample, task, protocol = env.unwrapped.sample, env.unwrapped.task, env.unwrapped.protocol
+        solution = task.solution(sample, env.unwrapped.tools_enabled)
+        for name, arguments in solution.tool_calls:
+            obs, reward, terminated, truncated, info = env.step(protocol.format_tool_call(name, arguments))
+            assert all(r["ok"] for r in info["tool_calls"]), info["tool_calls"]
+            assert (reward, terminated, truncated) == (0.0, False, False)
+            _assert_obs_valid(env, obs)
+        obs, reward, terminated, truncated, info = env.step(protocol.format_answer(solution.answer))
+        used_tool = float(bool(solution.tool_calls))
+        # Default weights: 0.9 * accuracy + 0.1 * format = 0.9 + 0.1 = 1.0 (the tool part has weight 0).
+        assert reward == pytest.approx(1.0)
+        assert (terminated, truncated) == (True, False)
+        assert info["reward_parts"] == {"accuracy": 1.0, "format": 1.0, "tool": used_tool, "total": reward}
+        assert info["answer"] == solution.answer
+        assert env.observation_space.contains(obs)
+    finally:
+        env.close()
+
+
+# ---------------------------------------------------------------- reset
+
+
+def test_reset_same_seed_same_sample(env: gymnasium.Env) -> None:
+    obs_a, info_a = env.reset(seed=123)
+    obs_b, info_b = env.reset(seed=123)
+    assert info_a["sample_id"] == info_b["sample_id"]
+    assert obs_a["text"] == obs_b["text"]
+    assert len(obs_a["images"]) == len(obs_b["images"]) == 1
+    assert np.array_equal(obs_a["images"][0], obs_b["images"][0])
+
+
+def test_reset_different_seed_different_sample(env: gymnasium.Env) -> None:
+    obs_a, info_a = env.reset(seed=123)
+    obs_b, info_b = env.reset(seed=124)
+    assert info_a["sample_id"] != info_b["sample_id"]
+    assert not np.array_equal(obs_a["images"][0], obs_b["images"][0])
+
+
+def test_reset_options_pick_the_sample(env: gymnasium.Env) -> None:
+    obs, info = env.reset(seed=1, options={"split": "val", "index": 7})
+    assert info["sample_id"] == "visual_search/val/0/7"  # task/split/data_seed/index
+    expected = env.unwrapped.task.sample("val", 7, 0)
+    assert np.array_equal(obs["images"][0], fit_to_budget(expected.images[0], 224 * 224))
+    assert expected.question in obs["text"]
+    # The seed does not matter once the index is given.
+    _, info_other = env.reset(seed=2, options={"split": "val", "index": 7})
+    assert info_other["sample_id"] == info["sample_id"]
+
+
+def test_data_seed_and_default_split_come_from_the_config() -> None:
+    env = _make(data_seed=3, split="test")
+    try:
+        _, info = env.reset(options={"index": 4})
+        assert info["sample_id"] == "visual_search/test/3/4"
+    finally:
+        env.close()
+
+
+def test_reset_observation_and_info(env: gymnasium.Env) -> None:
+    obs, info = env.reset(seed=0)
+    _assert_obs_valid(env, obs)
+    assert obs["images"][0].shape == (224, 224, 3)  # 1344^2 shrunk to the 224^2 budget
+    assert "<tools>" in obs["text"] and '"name":"crop"' in obs["text"]
+    assert "[image 0: 1344x1344]" in obs["text"]  # tools need full-resolution coordinates
+    assert [m["role"] for m in info["messages"]] == ["system", "user"]
+    assert {"type": "image"} in info["messages"][1]["content"]
+    assert (info["num_turns"], info["format_errors"], info["tool_calls"]) == (0, 0, [])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"split": "dev"}, InvalidConfigError, "split must be one of"),
+        ({"max_turns": 0}, InvalidConfigError, "need max_turns >= 1"),
+        ({"max_pixels": 100}, InvalidConfigError, "max_pixels >= 784"),
+        ({"tools": ("crpo",)}, UnknownNameError, "Did you mean 'crop'"),
+        ({"reward": {"format_weight": 0.9, "tool_weight": 0.2}}, InvalidConfigError, "format_weight"),
+    ],
+)
+def test_invalid_env_config(kwargs: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        VisualToolEnv("visual_search", **kwargs)
+
+
+# ---------------------------------------------------------------- episodes
+
+
+def test_crop_then_answer(env: gymnasium.Env) -> None:
+    env.reset(seed=0)
+    region = _region(env)
+    obs, reward, terminated, truncated, info = env.step(_crop(env, region))
+    assert (reward, terminated, truncated) == (0.0, False, False)
+    (record,) = info["tool_calls"]
+    assert record["ok"] and record["error"] is None and record["image_indices"] == [1]
+    assert record["name"] == "crop" and record["arguments"] == {"box": region} and record["turn"] == 1
+    # A one-cell crop (square, cell x cell at full resolution) is zoomed to fill the 224x224 budget.
+    cell = env.unwrapped.task.config.cell
+    assert obs["images"][0].shape == (224, 224, 3)
+    assert f"[image 1: {cell}x{cell}]" in obs["text"] and obs["text"].startswith("<tool_response>")
+    _assert_obs_valid(env, obs)
+    obs, reward, terminated, truncated, info = env.step(_answer(env, env.unwrapped.sample.answer))
+    assert (reward, terminated, truncated) == (pytest.approx(1.0), True, False)
+    assert info["reward_parts"]["tool"] == 1.0
+
+
+def test_tool_weight_is_paid_only_with_a_correct_answer() -> None:
+    env = _make(reward={"format_weight": 0.1, "tool_weight": 0.2})
+    try:
+        env.reset(seed=0)
+        wrong = next(c for c in COLOURS if c != env.unwrapped.sample.answer)
+        env.step(_crop(env, _region(env)))
+        _, reward, *_, info = env.step(_answer(env, wrong))
+        # accuracy 0: 0.7 * 0 + 0.1 * format + 0.2 * tool * [0 > 0] = 0.1
+        assert reward == pytest.approx(0.1)
+        assert info["reward_parts"]["tool"] == 1.0  # the crop did succeed; it is just not paid
+        env.reset(seed=0)
+        _, reward, *_, info = env.step(_answer(env, env.unwrapped.sample.answer))
+        # correct but no tool: 0.7 * 1 + 0.1 * 1 + 0.2 * 0 = 0.8
+        assert reward == pytest.approx(0.8)
+        assert info["reward_parts"] == {"accuracy": 1.0, "format": 1.0, "tool": 0.0, "total": pytest.approx(0.8)}
+    finally:
+        env.close()
+
+
+def test_format_error_costs_the_format_part(env: gymnasium.Env) -> None:
+    env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step("I think it is red.")  # no tags at all
+    assert obs["text"].startswith("Error: No tool call or answer found.")
+    assert (reward, terminated, truncated, info["format_errors"]) == (0.0, False, False, 1)
+    _, reward, terminated, _, info = env.step(_answer(env, env.unwrapped.sample.answer))
+    # 0.9 * accuracy 1 + 0.1 * format 0 = 0.9
+    assert terminated and reward == pytest.approx(0.9)
+    assert info["reward_parts"]["format"] == 0.0
+
+
+def test_tools_off() -> None:
+    env = _make(tools=())
+    try:
+        obs, _ = env.reset(seed=0)
+        assert "<tools>" not in obs["text"] and "<tool_call>" not in obs["text"]
+        assert "[image 0:" not in obs["text"]
+        obs, reward, terminated, truncated, info = env.step(_crop(env, [0, 0, 112, 112]))
+        assert "Unknown tool 'crop'. Available tools: none (answer directly)." in obs["text"]
+        assert obs["images"] == ()
+        (record,) = info["tool_calls"]
+        assert not record["ok"] and "Unknown tool 'crop'" in record["error"]
+        assert (reward, terminated, truncated) == (0.0, False, False)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize(
+    "action, message",
+    [
+        (
+            '<tool_call>{"name": "zoom", "arguments": {"box": [0, 0, 9, 9]}}</tool_call>',
+            "Unknown tool 'zoom'. Available tools: ['crop'].",
+        ),
+        (
+            '<tool_call>{"name": "crop", "arguments": {"box": [2000, 2000, 2100, 2100]}}</tool_call>',
+            "box [2000, 2000, 2100, 2100] lies outside the image; the image is 1344x1344",
+        ),
+        (
+            '<tool_call>{"name": "crop", "arguments": {"box": [50, 50, 10, 10]}}</tool_call>',
+            "box [50, 50, 10, 10] is empty or inverted: need x1 < x2 and y1 < y2",
+        ),
+        (
+            '<tool_call>{"name": "crop", "arguments": {"box": [0, 0, 10, 10], "image_index": 3}}</tool_call>',
+            "image_index 3 does not exist; valid indices are 0..0",
+        ),
+        (
+            '<tool_call>{"name": "crop", "arguments": {"bbox": [0, 0, 10, 10]}}</tool_call>',
+            "crop: unknown argument(s) ['bbox']",
+        ),
+    ],
+    ids=["wrong-tool", "outside", "inverted", "bad-index", "bad-arg"],
+)
+def test_bad_tool_calls_become_error_observations(env: gymnasium.Env, action: str, message: str) -> None:
+    env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(action)
+    assert obs["text"].startswith("<tool_response>Error: ") and message in obs["text"]
+    assert obs["images"] == ()
+    (record,) = info["tool_calls"]
+    assert record["ok"] is False and message in record["error"] and record["image_indices"] == []
+    assert (reward, terminated, truncated) == (0.0, False, False)
+    assert info["format_errors"] == 0  # a well-formed call that fails is not a format error
+
+
+def test_malformed_call_is_a_format_error_observation(env: gymnasium.Env) -> None:
+    env.reset(seed=0)
+    obs, _, terminated, truncated, info = env.step("<tool_call>{not json}</tool_call>")
+    assert obs["text"].startswith("Error: Tool call is not valid JSON")
+    assert info["tool_calls"] == [] and info["format_errors"] == 1
+    assert not terminated and not truncated
+
+
+def test_max_turns_truncates() -> None:
+    env = _make(max_turns=2)
+    try:
+        env.reset(seed=0)
+        _, reward, terminated, truncated, info = env.step(_crop(env, _region(env)))
+        assert (reward, terminated, truncated) == (0.0, False, False)
+        _, reward, terminated, truncated, info = env.step(_crop(env, _region(env)))
+        assert (terminated, truncated) == (False, True)
+        # No answer: accuracy 0 and format 0; a tool succeeded but the tool weight is 0 -> total 0.
+        assert info["reward_parts"] == {"accuracy": 0.0, "format": 0.0, "tool": 1.0, "total": 0.0}
+        assert reward == 0.0 and info["answer"] is None
+        with pytest.raises(RuntimeError, match=r"step\(\) called on a finished episode; call reset\(\) first"):
+            env.step(_answer(env, "red"))
+    finally:
+        env.close()
+
+
+def test_step_after_answer_raises(env: gymnasium.Env) -> None:
+    env.reset(seed=0)
+    env.step(_answer(env, "red"))
+    with pytest.raises(RuntimeError, match="finished episode"):
+        env.step(_answer(env, "red"))
+
+
+def test_step_before_reset_raises() -> None:
+    env = VisualToolEnv("visual_search")
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step("<answer>red</answer>")
+
+
+def test_non_text_action_raises(env: gymnasium.Env) -> None:
+    env.reset(seed=0)
+    with pytest.raises(TypeError, match="action must be a str, got int"):
+        env.unwrapped.step(5)
+
+
+def test_image_budget_exhaustion_truncates() -> None:
+    env = _make(max_images=2)  # the scene is image 0, so one crop fits
+    try:
+        env.reset(seed=0)
+        obs, _, _, truncated, info = env.step(_crop(env, _region(env)))
+        assert not truncated and info["tool_calls"][0]["image_indices"] == [1]
+        obs, reward, terminated, truncated, info = env.step(_crop(env, [0, 0, 50, 50], image_index=1))
+        assert (terminated, truncated) == (False, True)
+        assert "the episode's image budget (2) is used up" in obs["text"]
+        assert obs["images"] == ()
+        (record,) = info["tool_calls"]
+        assert record["ok"] is False and record["error"] == "image budget exhausted"
+        assert info["reward_parts"]["accuracy"] == 0.0 and info["reward_parts"]["tool"] == 1.0
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("max_pixels", [28 * 28, 100 * 60, 224 * 224, 1400 * 1400])
+def test_every_observation_fits_the_budget(max_pixels: int) -> None:
+    env = _make(max_pixels=max_pixels, max_turns=6)
+    try:
+        obs, _ = env.reset(seed=0)
+        _assert_obs_valid(env, obs)
+        x1, y1, x2, y2 = _region(env)
+        # The oracle region, two full-length strips, a crop of a crop and a single pixel.
+        boxes = [([x1, y1, x2, y2], 0), ([0, 0, 1344, 5], 0), ([0, 0, 3, 1344], 0), ([0, 0, 10, 10], 1)]
+        boxes.append(([0, 0, 1, 1], 0))
+        for box, index in boxes:
+            obs, _, terminated, truncated, info = env.step(_crop(env, box, image_index=index))
+            assert info["tool_calls"][0]["ok"], info["tool_calls"][0]["error"]
+            assert len(obs["images"]) == 1
+            _assert_obs_valid(env, obs)
+            assert not (terminated or truncated)
+    finally:
+        env.close()
+
+
+# ---------------------------------------------------------------- fuzz
+
+_FRAGMENTS = ["<tool_call>", "</tool_call>", "<answer>", "</answer>", "{", "}", '"name"', '"arguments"', '"crop"', ":"]
+_numbers = st.one_of(
+    st.integers(-200, 1600), st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**30), 10**30)
+)
+_box_items = st.one_of(_numbers, st.text(max_size=3), st.booleans(), st.none(), st.lists(st.integers(), max_size=2))
+_tool_calls = st.builds(
+    lambda name, box, index, extra: "<tool_call>"
+    + json.dumps({"name": name, "arguments": {"box": box, "image_index": index, **extra}})
+    + "</tool_call>",
+    name=st.sampled_from(["crop", "crop", "crop", "zoom", ""]),
+    box=st.one_of(st.lists(_numbers, min_size=4, max_size=4), st.lists(_box_items, max_size=6), st.text(max_size=8)),
+    index=st.one_of(st.integers(-2, 4), st.floats(), st.text(max_size=2), st.none()),
+    extra=st.dictionaries(st.sampled_from(["scale", "ctx", "image"]), st.integers(), max_size=1),
+)
+_pairs = st.lists(st.integers(-50, 1400), min_size=2, max_size=2).map(sorted)
+_plausible_calls = st.builds(  # mostly valid crops, some degenerate (x1 == x2) or off-image
+    lambda xs, ys, index: "<tool_call>"
+    + json.dumps({"name": "crop", "arguments": {"box": [xs[0], ys[0], xs[1], ys[1]], **index}})
+    + "</tool_call>",
+    xs=_pairs,
+    ys=_pairs,
+    index=st.sampled_from([{}, {}, {"image_index": 0}, {"image_index": 1}, {"image_index": 2}]),
+)
+_actions = st.one_of(
+    st.text(),
+    _plausible_calls,
+    _plausible_calls,
+    st.lists(st.one_of(st.sampled_from(_FRAGMENTS), st.text(max_size=4)), max_size=20).map("".join),
+    _tool_calls,
+    st.lists(_tool_calls, min_size=2, max_size=3).map("\n".join),
+    st.sampled_from(list(COLOURS)).map(lambda c: f"<answer>{c}</answer>"),
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_env() -> Iterator[gymnasium.Env]:
+    env = _make(max_images=3)
+    yield env
+    env.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(actions=st.lists(_actions, min_size=1, max_size=4))
+def test_step_never_raises_on_model_output(fuzz_env: gymnasium.Env, actions: list[str]) -> None:
+    env = fuzz_env
+    obs, _ = env.reset(options={"index": 0})
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(action)
+        _assert_obs_valid(env, obs)
+        assert 0.0 <= reward <= 1.0
+        assert not (terminated and truncated)
+        assert all(isinstance(r["ok"], bool) for r in info["tool_calls"])
+        assert all(r["ok"] == (r["error"] is None) for r in info["tool_calls"])
+        if terminated or truncated:
+            assert set(info["reward_parts"]) == {"accuracy", "format", "tool", "total"}
+            assert info["reward_parts"]["total"] == reward
+            break
+        assert reward == 0.0
+
+
+# ---------------------------------------------------------------- vectorised
+
+
+@pytest.mark.parametrize(
+    "mode, vector_kwargs", [("sync", {}), ("async", {"shared_memory": False})], ids=["sync", "async"]
+)
+def test_vector_env(mode: str, vector_kwargs: dict) -> None:
+    envs = gymnasium.make_vec(VS, num_envs=2, vectorization_mode=mode, vector_kwargs=vector_kwargs)
+    try:
+        obs, info = envs.reset(seed=[0, 1])
+        assert len(obs["text"]) == 2 and len(obs["images"]) == 2
+        assert all(im[0].shape == (224, 224, 3) for im in obs["images"])
+        assert info["sample_id"][0] != info["sample_id"][1]
+        obs, reward, terminated, truncated, info = envs.step(["<answer>red</answer>", "no tags here"])
+        assert terminated.tolist() == [True, False] and truncated.tolist() == [False, False]
+        assert obs["text"][1].startswith("Error: No tool call or answer found.")
+        assert 0.0 <= reward[0] <= 1.0 and reward[1] == 0.0
+    finally:
+        envs.close()

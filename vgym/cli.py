@@ -1,0 +1,127 @@
+"""The ``vgym`` command line: ``list``, ``demo``, ``quickstart``.
+
+Contents: :data:`app` (a typer app). Progress bars and printing live here, never in library modules.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="vgym: VLMs that reason with visual tools.")
+console = Console()
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """Show the registered environments (gymnasium ids) and tools."""
+    import gymnasium
+
+    import vgym
+    from vgym.task import env_id
+
+    table = Table(title="vgym environments")
+    for col in ("gymnasium id", "task", "default tools"):
+        table.add_column(col)
+    for name in vgym.TASKS.names():
+        cls = vgym.TASKS.get(name)
+        table.add_row(env_id(cls), name, ", ".join(cls.default_tools) or "-")
+    console.print(table)
+    tools = Table(title="vgym tools")
+    tools.add_column("tool")
+    tools.add_column("arguments")
+    tools.add_column("description")
+    for name in vgym.TOOLS.names():
+        tool = vgym.TOOLS.get(name)
+        tools.add_row(name, tool.signature_hint(), tool.description)
+    console.print(tools)
+    ids = [i for i in gymnasium.registry if i.startswith("vgym/")]
+    console.print(f"{len(ids)} environment(s), {len(vgym.TOOLS)} tool(s)")
+
+
+@app.command()
+def demo(
+    env_id: Annotated[str, typer.Argument(help="gymnasium id, e.g. vgym/VisualSearch-v0")] = "vgym/VisualSearch-v0",
+    seed: Annotated[int, typer.Option(help="reset seed (picks the sample)")] = 0,
+    split: Annotated[str, typer.Option(help="train, val or test")] = "train",
+) -> None:
+    """Play one episode with the scripted oracle and print every turn."""
+    import gymnasium
+
+    import vgym  # noqa: F401  (registers the envs)
+    from vgym.policies.base import PolicyInput
+    from vgym.policies.oracle import OraclePolicy
+
+    env = gymnasium.make(env_id)
+    inner = env.unwrapped
+    obs, info = env.reset(seed=seed, options={"split": split})
+    console.rule(f"{env_id} · {info['sample_id']}")
+    console.print(f"[bold]question[/] {inner.sample.question}")
+    console.print(f"[bold]images[/] {[im.shape[:2] for im in obs['images']]} (shown to the model)")
+    oracle = OraclePolicy()
+    done, turn, reward = False, 0, 0.0
+    while not done:
+        item = PolicyInput(None, None, None, [], inner.sample, turn, inner.tools_enabled)  # type: ignore[arg-type]
+        action = oracle.act([item])[0].text
+        console.print(f"[bold cyan]model[/] {action}")
+        obs, reward, terminated, truncated, info = env.step(action)
+        for call in info["tool_calls"]:
+            sizes = [im.shape[:2] for im in obs["images"]]
+            status = "ok" if call["ok"] else f"error: {call['error']}"
+            console.print(f"[bold green]tool[/] {call['name']} {status}; result images {sizes}; "
+                          f"{call['latency_s'] * 1000:.1f} ms")
+        done = terminated or truncated
+        turn += 1
+    console.print(f"[bold]answer[/] {info['answer']!r} (gold {inner.sample.answer!r})")
+    console.print(f"[bold]reward[/] {float(reward):.3f} parts {info['reward_parts']}")
+    env.close()
+
+
+@app.command()
+def quickstart(
+    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/quickstart"),
+    train_episodes: Annotated[int, typer.Option(help="oracle trajectories per arm")] = 768,
+    eval_episodes: Annotated[int, typer.Option(help="held-out episodes per arm")] = 200,
+    steps: Annotated[int, typer.Option(help="SFT steps per arm")] = 400,
+    seed: Annotated[int, typer.Option(help="data and model seed")] = 0,
+) -> None:
+    """Build the tiny VLM, SFT it on oracle trajectories with and without tools, evaluate on held-out samples."""
+    from dataclasses import replace
+
+    from vgym.quickstart import QuickstartConfig, run_quickstart
+
+    base = QuickstartConfig()
+    cfg = QuickstartConfig(out=out, train_episodes=train_episodes, eval_episodes=eval_episodes,
+                           sft=replace(base.sft, steps=steps), seed=seed)
+    logging.basicConfig(level=logging.WARNING)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bars:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bars.add_task(stage, total=total)
+            bars.update(tasks[stage], completed=done, total=total)
+
+        result = run_quickstart(cfg, progress)
+    table = Table(title=f"quickstart: held-out test split ({eval_episodes} episodes per arm)")
+    for col in ("arm", "accuracy", "reward", "tool calls/ep", "format ok", "SFT loss first→last", "train s", "eval s"):
+        table.add_column(col)
+    for arm in result["arms"]:
+        table.add_row(arm["arm"], f"{arm['accuracy']:.3f}", f"{arm['reward']:.3f}",
+                      f"{arm['tool_calls_per_episode']:.2f}", f"{arm['format_ok']:.2f}",
+                      f"{arm['initial_loss']:.2f}→{arm['final_loss']:.3f}",
+                      f"{arm['train_seconds']:.0f}", f"{arm['eval_seconds']:.0f}")
+    console.print(table)
+    console.print(f"chance accuracy {result['chance']:.3f} · wall time {result['wall_seconds']:.0f} s · "
+                  f"run folder {result['out']} (results.json, curves.png, */eval_test.jsonl, images/)")
+
+
+if __name__ == "__main__":
+    app()

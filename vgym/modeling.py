@@ -1,0 +1,56 @@
+"""Model-input assembly shared by the policies and the trainers.
+
+Contents: :func:`model_inputs`.
+
+Recent transformers Qwen-VL models need ``mm_token_type_ids`` (0 text, 1 image, 2 video) to compute their
+multimodal rotary positions; without it ``generate`` silently falls back to 1-D text positions and ``forward``
+raises. The processor returns it for a whole prompt, but our sequences are built by appending chunks, so we derive
+it from the ids instead, for every model whose ``forward`` accepts it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+__all__ = ["model_inputs"]
+
+
+def model_inputs(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pixel_values: torch.Tensor | None = None,
+    image_grid_thw: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Keyword arguments for ``model(**...)`` / ``model.generate(**...)``, on the model's device and dtype.
+
+    Args:
+        model: a transformers VLM.
+        input_ids: (B, T) int64.
+        attention_mask: (B, T) 0/1.
+        pixel_values: (P, D) patches of every image in batch order, or None.
+        image_grid_thw: (N, 3), or None.
+
+    Returns:
+        ``input_ids``, ``attention_mask``, and with images ``pixel_values`` (model dtype), ``image_grid_thw``;
+        plus ``mm_token_type_ids`` (B, T) where the model's forward takes it.
+    """
+    param = next(model.parameters())
+    out: dict[str, torch.Tensor] = {
+        "input_ids": input_ids.to(param.device),
+        "attention_mask": attention_mask.to(param.device),
+    }
+    if pixel_values is not None:
+        out["pixel_values"] = pixel_values.to(device=param.device, dtype=param.dtype)
+        out["image_grid_thw"] = image_grid_thw.to(param.device)  # type: ignore[union-attr]
+    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
+        types = torch.zeros_like(out["input_ids"])
+        for value, key in ((1, "image_token_id"), (2, "video_token_id")):
+            token = getattr(model.config, key, None)
+            if token is not None:
+                types[out["input_ids"] == token] = value
+        out["mm_token_type_ids"] = types
+    return out
