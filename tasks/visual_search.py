@@ -1,18 +1,25 @@
-"""Visual search in a high-resolution scene: name the colour of a small marker inside a given region.
+"""Visual search in a high-resolution scene: name the fine pattern of a small marker inside a given region.
 
-Contents: :data:`TASK_NAME`, :data:`COLOURS`, :class:`VisualSearchConfig`, :class:`VisualSearchTask`.
+Contents: :data:`TASK_NAME`, :data:`PATTERNS`, :data:`COLOURS`, :class:`VisualSearchConfig`,
+:class:`VisualSearchTask`, :func:`render_preview`.
 
 The scene is a ``grid × grid`` board of ``cell``-pixel cells on a speckled background; every cell holds one small
-square marker of a random colour. The question names a region (a box in pixels) that contains exactly one
-marker's centre. At the env's image budget the scene is shrunk by ``grid·cell / sqrt(max_pixels)`` (6× by default),
-which leaves each marker about one pixel wide and mixed with the speckle; a crop of the region zoomed to the budget
-shows it ~16 pixels wide. So the answer needs the crop tool (``tests/tasks/test_visual_search.py`` checks both
-sizes and that a colour read-out from the budget image fails where the same read-out from the crop succeeds).
+square marker filled with a pattern of a random colour and white: horizontal lines, vertical lines or a
+checkerboard, with 3-pixel lines. The question names a region (a box in pixels) that holds exactly one marker and asks for its pattern.
+
+Why the crop tool is necessary, exactly: every pattern covers each ``align × align`` block (6 × 6, one period of the
+pattern) with the same number of coloured and white pixels, and markers sit on that block grid. At the default budget the scene (1344²) is shrunk by
+exactly ``align`` = 6 with area averaging, so the three patterns give *byte-identical* budget images — the answer is
+not in what the model sees. A crop of the region zoomed to the budget shows the lines ~19 pixels wide (difficulty 0).
+``tests/tasks/test_visual_search.py`` checks both.
 
 Difficulty:
-    0 — the region is one grid cell (box coordinates are multiples of ``cell``): the quickstart variant, learnable
-        by a tiny model that copies the box into the crop call and names the colour it then sees.
-    1 — the region is a random box of ½–1 cell around the marker, inside its cell, and markers are smaller.
+    0 — the region is the marker plus a margin of half its side (a 36-pixel box, clipped to the scene; zoomed ~6×
+        by the crop): the quickstart variant, learnable by a tiny model that copies the box into the crop call and
+        names the pattern.
+    1 — the region is the marker's grid cell (box coordinates are multiples of ``cell``, zoom 4×): the marker must be
+        found inside the crop.
+    2 — the region is a random box inside the target's cell, and markers are 2/3 as large.
 """
 
 from __future__ import annotations
@@ -26,9 +33,12 @@ from vgym.errors import InvalidConfigError
 from vgym.rewards import exact_match_reward
 from vgym.task import Sample, Solution, Task, register_task, sample_seed
 
-__all__ = ["TASK_NAME", "COLOURS", "VisualSearchConfig", "VisualSearchTask"]
+__all__ = ["TASK_NAME", "PATTERNS", "COLOURS", "VisualSearchConfig", "VisualSearchTask", "render_preview"]
 
 TASK_NAME = "visual_search"
+
+PATTERNS: tuple[str, ...] = ("horizontal", "vertical", "checkered")
+"""Marker patterns; the answer is one of these, so chance accuracy is 1/3."""
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 25, 25),
@@ -38,7 +48,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "magenta": (220, 30, 220),
     "cyan": (20, 220, 230),
 }
-"""Marker colours (RGB); the answer is one of these names, so chance accuracy is 1/6."""
+"""Marker colours (RGB): scene variety only, recorded in the metadata."""
 
 _BACKGROUND = 150
 """Grey level of the board; speckles are drawn on top of it."""
@@ -49,28 +59,55 @@ class VisualSearchConfig:
     """Scene generation settings."""
 
     difficulty: int = 0
-    """0: the region is one grid cell; 1: a random box around the marker and smaller markers."""
+    """0: the region is the marker plus a margin; 1: the marker's grid cell; 2: a random box inside the cell and
+    smaller markers (see the module docstring)."""
     grid: int = 24
     """Cells per side; the scene is ``grid * cell`` pixels square."""
     cell: int = 56
     """Cell side in pixels. With the default budget (224²) a one-cell crop is zoomed 4×."""
-    marker_size: int = 8
-    """Marker side in pixels at difficulty 0 (difficulty 1 uses 3/4 of it)."""
+    marker_size: int = 18
+    """Marker side in pixels at difficulties 0 and 1 (difficulty 2 uses 2/3, rounded down to ``align``); a
+    multiple of ``align``."""
+    stripe: int = 3
+    """Width of the pattern's lines (and checker squares) in pixels; ``align`` must be a multiple of twice it."""
+    align: int = 6
+    """Markers' corners and sides are multiples of this; equal to the default downscale (1344 / 224) so patterns
+    average to identical budget pixels. Set it to ``grid * cell / sqrt(max_pixels)`` when changing sizes."""
     speckles: int = 6000
     """Number of 1–2 pixel speckles of random colour scattered over the scene (clutter)."""
 
     def __post_init__(self) -> None:
-        if self.difficulty not in (0, 1):
-            raise InvalidConfigError(f"difficulty must be 0 or 1, got {self.difficulty}")
-        if self.grid < 2 or self.cell < 4 * self.marker_size or self.marker_size < 2:
+        if self.difficulty not in (0, 1, 2):
+            raise InvalidConfigError(f"difficulty must be 0, 1 or 2, got {self.difficulty}")
+        if self.align < 1:  # checked first: marker_side and the checks below divide by it
+            raise InvalidConfigError(f"align must be >= 1 (the budget's downscale, 6 by default), got {self.align}")
+        side = self.marker_side
+        if (
+            self.grid < 2
+            or side < self.align
+            or side % self.align
+            or self.cell < side + 4 * self.align
+            or (self.difficulty == 2 and self.cell // 2 <= 2 * side)  # _random_region's smallest box
+            or self.stripe < 1
+            or self.align % (2 * self.stripe)
+        ):
             raise InvalidConfigError(
-                f"need grid >= 2, marker_size >= 2 and cell >= 4 * marker_size; got grid={self.grid}, "
-                f"cell={self.cell}, marker_size={self.marker_size}"
+                "need grid >= 2, a marker side (see marker_side) that is a positive multiple of align, "
+                "cell >= side + 4 * align (and cell // 2 > 2 * side at difficulty 2), and align a multiple of "
+                "2 * stripe; got "
+                f"grid={self.grid}, cell={self.cell}, side={side}, align={self.align}, stripe={self.stripe}"
             )
+
+    @property
+    def marker_side(self) -> int:
+        """Marker side at this difficulty, in pixels."""
+        if self.difficulty < 2:
+            return self.marker_size
+        return max(self.align, (self.marker_size * 2 // 3) // self.align * self.align)
 
 
 class VisualSearchTask(Task):
-    """Name the colour of the marker in a region of a high-resolution scene (see the module docstring)."""
+    """Name the pattern of the marker in a region of a high-resolution scene (see the module docstring)."""
 
     name = TASK_NAME
     config_cls = VisualSearchConfig
@@ -91,27 +128,33 @@ class VisualSearchTask(Task):
         image[ys[big] + 1, xs[big]] = colours[big]
         image[ys[big], xs[big] + 1] = colours[big]
         names = list(COLOURS)
-        side = cfg.marker_size if cfg.difficulty == 0 else max(2, cfg.marker_size * 3 // 4)
-        margin = side + 2
+        side, step = cfg.marker_side, cfg.align
         colour_idx = rng.integers(0, len(names), (cfg.grid, cfg.grid))
-        offsets = rng.integers(margin, cfg.cell - margin - side, (cfg.grid, cfg.grid, 2))
+        pattern_idx = rng.integers(0, len(PATTERNS), (cfg.grid, cfg.grid))
         boxes = {}
         for r in range(cfg.grid):
             for c in range(cfg.grid):
-                x = c * cfg.cell + int(offsets[r, c, 0])
-                y = r * cfg.cell + int(offsets[r, c, 1])
-                image[y - 1 : y + side + 1, x - 1 : x + side + 1] = 0  # 1 px black frame
-                image[y : y + side, x : x + side] = COLOURS[names[colour_idx[r, c]]]
+                # Corner on the align grid, at least one align step inside the cell on every side.
+                lo_x, lo_y = -(-(c * cfg.cell + step) // step), -(-(r * cfg.cell + step) // step)
+                hi_x, hi_y = ((c + 1) * cfg.cell - step - side) // step, ((r + 1) * cfg.cell - step - side) // step
+                x, y = step * int(rng.integers(lo_x, hi_x + 1)), step * int(rng.integers(lo_y, hi_y + 1))
+                image[y - 1 : y + side + 1, x - 1 : x + side + 1] = 0  # 1 px black frame, the same for all patterns
+                colour = COLOURS[names[colour_idx[r, c]]]
+                image[y : y + side, x : x + side] = pattern_tile(PATTERNS[pattern_idx[r, c]], side, colour, cfg.stripe)
                 boxes[(r, c)] = (x, y, x + side, y + side)
         r, c = (int(v) for v in rng.integers(0, cfg.grid, 2))
         target = boxes[(r, c)]
-        if cfg.difficulty == 0:
+        if cfg.difficulty == 0:  # the marker plus a margin of half its side: the crop zooms it ~6x
+            m = side // 2  # can exceed the align-step gap to the scene's edge, so clip to the scene
+            x1, y1, x2, y2 = target[0] - m, target[1] - m, target[2] + m, target[3] + m
+            region = (max(0, x1), max(0, y1), min(size, x2), min(size, y2))
+        elif cfg.difficulty == 1:
             region = (c * cfg.cell, r * cfg.cell, (c + 1) * cfg.cell, (r + 1) * cfg.cell)
         else:
             region = self._random_region(rng, target, (c * cfg.cell, r * cfg.cell))
-        answer = names[colour_idx[r, c]]
+        answer = PATTERNS[pattern_idx[r, c]]
         x1, y1, x2, y2 = region
-        question = f"What colour is the square in the region [{x1}, {y1}, {x2}, {y2}]?"
+        question = f"What pattern is on the square in the region [{x1}, {y1}, {x2}, {y2}]?"
         return Sample(
             id=f"{TASK_NAME}/{split}/{seed}/{index}",
             task=TASK_NAME,
@@ -120,7 +163,13 @@ class VisualSearchTask(Task):
             question=question,
             images=(image,),
             answer=answer,
-            metadata={"target_box": list(target), "region": list(region), "cell": [r, c], "colour": answer},
+            metadata={
+                "target_box": list(target),
+                "region": list(region),
+                "cell": [r, c],
+                "pattern": answer,
+                "colour": names[colour_idx[r, c]],
+            },
         )
 
     def _random_region(
@@ -142,12 +191,33 @@ class VisualSearchTask(Task):
     def score(self, sample: Sample, answer: str) -> float:
         return exact_match_reward(answer, sample.answer)
 
+    def chance_accuracy(self) -> float:
+        return 1.0 / len(PATTERNS)
+
     def prompt(self, sample: Sample, tools_enabled: bool) -> str:
-        return sample.question + " Answer with one colour name."
+        return sample.question + " Answer horizontal, vertical or checkered."
 
     def solution(self, sample: Sample, tools_enabled: bool) -> Solution:
         calls = (("crop", {"box": list(sample.metadata["region"])}),) if tools_enabled else ()
         return Solution(tool_calls=calls, answer=sample.answer)
+
+
+def pattern_tile(pattern: str, side: int, colour: tuple[int, int, int], stripe: int = 1) -> np.ndarray:
+    """A ``side × side`` RGB tile: ``pattern`` of ``colour`` on white with ``stripe``-pixel lines (or squares).
+
+    Half the pixels are coloured, and every block aligned to the tile whose side is a multiple of ``2 * stripe``
+    holds the same number of coloured pixels for all patterns.
+
+    Raises:
+        ValueError: for an unknown pattern.
+    """
+    yy, xx = np.mgrid[0:side, 0:side] // stripe
+    masks = {"horizontal": yy % 2 == 0, "vertical": xx % 2 == 0, "checkered": (xx + yy) % 2 == 0}
+    if pattern not in masks:
+        raise ValueError(f"unknown pattern {pattern!r}; expected one of {PATTERNS}")
+    tile = np.full((side, side, 3), 255, dtype=np.uint8)
+    tile[masks[pattern]] = colour
+    return tile
 
 
 def render_preview(sample: Sample) -> np.ndarray:

@@ -18,7 +18,7 @@ import vgym  # noqa: F401  (registers the envs)
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError, UnknownNameError
 from vgym.task import TASKS, env_id
-from vgym.tasks.visual_search import COLOURS
+from vgym.tasks.visual_search import PATTERNS
 from vgym.tooling import fit_to_budget
 
 ENV_IDS = sorted(k for k in gymnasium.registry if k.startswith("vgym/"))
@@ -172,10 +172,10 @@ def test_crop_then_answer(env: gymnasium.Env) -> None:
     (record,) = info["tool_calls"]
     assert record["ok"] and record["error"] is None and record["image_indices"] == [1]
     assert record["name"] == "crop" and record["arguments"] == {"box": region} and record["turn"] == 1
-    # A one-cell crop (square, cell x cell at full resolution) is zoomed to fill the 224x224 budget.
-    cell = env.unwrapped.task.config.cell
-    assert obs["images"][0].shape == (224, 224, 3)
-    assert f"[image 1: {cell}x{cell}]" in obs["text"] and obs["text"].startswith("<tool_response>")
+    # The square region crop (w x h at full resolution, w == h) is zoomed to fill the 224x224 budget.
+    w, h = region[2] - region[0], region[3] - region[1]
+    assert w == h and obs["images"][0].shape == (224, 224, 3)
+    assert f"[image 1: {w}x{h}]" in obs["text"] and obs["text"].startswith("<tool_response>")
     _assert_obs_valid(env, obs)
     obs, reward, terminated, truncated, info = env.step(_answer(env, env.unwrapped.sample.answer))
     assert (reward, terminated, truncated) == (pytest.approx(1.0), True, False)
@@ -186,7 +186,7 @@ def test_tool_weight_is_paid_only_with_a_correct_answer() -> None:
     env = _make(reward={"format_weight": 0.1, "tool_weight": 0.2})
     try:
         env.reset(seed=0)
-        wrong = next(c for c in COLOURS if c != env.unwrapped.sample.answer)
+        wrong = next(p for p in PATTERNS if p != env.unwrapped.sample.answer)
         env.step(_crop(env, _region(env)))
         _, reward, *_, info = env.step(_answer(env, wrong))
         # accuracy 0: 0.7 * 0 + 0.1 * format + 0.2 * tool * [0 > 0] = 0.1
@@ -378,7 +378,7 @@ _actions = st.one_of(
     st.lists(st.one_of(st.sampled_from(_FRAGMENTS), st.text(max_size=4)), max_size=20).map("".join),
     _tool_calls,
     st.lists(_tool_calls, min_size=2, max_size=3).map("\n".join),
-    st.sampled_from(list(COLOURS)).map(lambda c: f"<answer>{c}</answer>"),
+    st.sampled_from(list(PATTERNS)).map(lambda p: f"<answer>{p}</answer>"),
 )
 
 

@@ -100,27 +100,86 @@ def quickstart(
     cfg = QuickstartConfig(out=out, train_episodes=train_episodes, eval_episodes=eval_episodes,
                            sft=replace(base.sft, steps=steps), seed=seed)
     logging.basicConfig(level=logging.WARNING)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as bars:
-        tasks: dict[str, Any] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bars.add_task(stage, total=total)
-            bars.update(tasks[stage], completed=done, total=total)
-
+    with _progress_bars() as progress:
         result = run_quickstart(cfg, progress)
     table = Table(title=f"quickstart: held-out test split ({eval_episodes} episodes per arm)")
     for col in ("arm", "accuracy", "reward", "tool calls/ep", "format ok", "SFT loss first→last", "train s", "eval s"):
         table.add_column(col)
     for arm in result["arms"]:
-        table.add_row(arm["arm"], f"{arm['accuracy']:.3f}", f"{arm['reward']:.3f}",
+        table.add_row(arm["label"], f"{arm['accuracy']:.3f}", f"{arm['reward']:.3f}",
                       f"{arm['tool_calls_per_episode']:.2f}", f"{arm['format_ok']:.2f}",
                       f"{arm['initial_loss']:.2f}→{arm['final_loss']:.3f}",
                       f"{arm['train_seconds']:.0f}", f"{arm['eval_seconds']:.0f}")
     console.print(table)
     console.print(f"chance accuracy {result['chance']:.3f} · wall time {result['wall_seconds']:.0f} s · "
                   f"run folder {result['out']} (results.json, curves.png, */eval_test.jsonl, images/)")
+
+
+@app.command()
+def sft(
+    model: Annotated[Path, typer.Option(help="local checkpoint folder (e.g. Qwen2-VL-2B-Instruct); never downloaded")],
+    task: Annotated[str, typer.Option(help="task registry name")] = "visual_search",
+    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/sft"),
+    tools: Annotated[str, typer.Option(help="'default', 'off', or comma-separated tool names")] = "default",
+    train_episodes: Annotated[int, typer.Option(help="oracle trajectories")] = 2048,
+    eval_episodes: Annotated[int, typer.Option(help="held-out episodes")] = 200,
+    steps: Annotated[int, typer.Option(help="optimizer steps")] = 500,
+    batch_size: Annotated[int, typer.Option(help="trajectories per step")] = 8,
+    learning_rate: Annotated[float, typer.Option(help="peak AdamW learning rate")] = 1e-5,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cuda",
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16")] = "bfloat16",
+    max_pixels: Annotated[int, typer.Option(help="env image budget (H*W)")] = 224 * 224,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="trade compute for memory")] = True,
+    seed: Annotated[int, typer.Option(help="data seed")] = 0,
+) -> None:
+    """Behaviour-clone the oracle with a local checkpoint, then evaluate it on the held-out split."""
+    import json
+    from dataclasses import asdict
+
+    import torch
+
+    from vgym.env import VisualToolEnv
+    from vgym.pipeline import sft_then_evaluate
+    from vgym.policies.hf import GenerationConfig
+    from vgym.tiny import load_vlm
+    from vgym.trainers.sft import SFTConfig
+
+    chosen = None if tools == "default" else () if tools == "off" else tuple(t for t in tools.split(",") if t)
+    vlm, processor = load_vlm(model, device=device, dtype=getattr(torch, dtype))
+    if gradient_checkpointing and hasattr(vlm, "gradient_checkpointing_enable"):
+        vlm.gradient_checkpointing_enable()
+    config = SFTConfig(steps=steps, batch_size=batch_size, learning_rate=learning_rate, warmup_steps=min(20, steps))
+
+    def env_fn() -> VisualToolEnv:
+        return VisualToolEnv(task, tools=chosen, data_seed=seed, max_pixels=max_pixels)
+
+    with _progress_bars() as progress:
+        result = sft_then_evaluate(vlm, processor, env_fn, label=task, out=out, train_episodes=train_episodes,
+                                   eval_episodes=eval_episodes, sft=config, generation=GenerationConfig(temperature=0.0),
+                                   batch_size=16, progress=progress)
+    (out / "results.json").write_text(json.dumps(asdict(result), indent=2))
+    console.print(f"held-out accuracy {result.accuracy:.3f} · reward {result.reward:.3f} · tool calls/episode "
+                  f"{result.tool_calls_per_episode:.2f} · SFT loss {result.initial_loss:.3f}→{result.final_loss:.3f} "
+                  f"· checkpoint {out / 'checkpoint'}")
+
+
+class _progress_bars:
+    """Context manager yielding a ``progress(stage, done, total)`` callback drawn as rich bars."""
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), console=console)
+        self.bars.__enter__()
+        self.ids: dict[str, Any] = {}
+        return self.update
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.ids:
+            self.ids[stage] = self.bars.add_task(stage, total=total)
+        self.bars.update(self.ids[stage], completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.__exit__(*exc)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

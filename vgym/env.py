@@ -28,6 +28,9 @@ __all__ = ["EnvConfig", "ToolCallRecord", "VisualToolEnv"]
 
 logger = logging.getLogger(__name__)
 
+_MAX_MESSAGE_CHARS = 2000
+"""Error and tool texts longer than this are cut: error messages quote the model's input, which is unbounded."""
+
 _INDEX_RANGE = 2**31 - 1
 """Sample indices drawn by ``reset`` without ``options["index"]`` come from [0, 2**31 - 1)."""
 
@@ -67,6 +70,8 @@ class EnvConfig:
             )
         if isinstance(self.reward, dict):
             self.reward = RewardConfig(**self.reward)
+        if isinstance(self.tools, str):
+            raise InvalidConfigError(f"tools must be a sequence of tool names such as ('crop',), got the string {self.tools!r}")
         if self.tools is not None:
             self.tools = tuple(self.tools)
 
@@ -195,7 +200,7 @@ class VisualToolEnv(gym.Env[dict, str]):
         self._format_errors += bool(parsed.errors)
         if parsed.answer is not None:
             return self._finish(parsed.answer)
-        pieces: list[str] = [f"Error: {e}" for e in parsed.errors]
+        pieces: list[str] = [_clip(f"Error: {e}") for e in parsed.errors]
         content: list[dict[str, Any]] = []
         shown: list[np.ndarray] = []
         records: list[ToolCallRecord] = []
@@ -213,9 +218,9 @@ class VisualToolEnv(gym.Env[dict, str]):
                 shown.append(fit_to_budget(im, self.config.max_pixels, upscale=True))
                 content.append({"type": "image"})
                 text += f" [image {len(self._images) - 1}: {im.shape[1]}x{im.shape[0]}]"
-            pieces.append(self.protocol.format_tool_response(text.strip()))
+            pieces.append(self.protocol.format_tool_response(_clip(text.strip())))
         self._tool_ok += sum(r.ok for r in records)
-        content.append({"type": "text", "text": "\n".join(pieces)})
+        content.append({"type": "text", "text": _clip("\n".join(pieces), 4 * _MAX_MESSAGE_CHARS)})
         messages = [{"role": "user", "content": content}]
         obs = {"text": _message_text(messages), "images": tuple(shown)}
         truncated = out_of_images or self._turn >= self.config.max_turns
@@ -267,6 +272,13 @@ class VisualToolEnv(gym.Env[dict, str]):
             "num_turns": self._turn,
             "sample_id": self.sample.id if self.sample else None,
         }
+
+
+def _clip(text: str, limit: int = _MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, marking the cut."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 14] + " …[truncated]"
 
 
 def _message_text(messages: list[dict[str, Any]]) -> str:

@@ -1,6 +1,6 @@
 """The quickstart experiment: a tiny VLM learns to use the crop tool, against a tools-off ablation.
 
-Contents: :class:`QuickstartConfig`, :class:`ArmResult`, :func:`run_quickstart`, :func:`tokenizer_corpus`.
+Contents: :class:`QuickstartConfig`, :func:`run_quickstart`, :func:`tokenizer_corpus`, :func:`plot_curves`.
 
 Steps: build the tiny Qwen2-VL offline → for each arm (tools on, tools off): oracle trajectories on the train
 split → SFT from the same initial weights → greedy evaluation on the held-out test split. Writes the model, the
@@ -11,29 +11,21 @@ callbacks; the CLI draws the bars.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from vgym.env import VisualToolEnv
-from vgym.policies.hf import GenerationConfig, HFPolicy
+from vgym.pipeline import Progress, RunResult, sft_then_evaluate
+from vgym.policies.hf import GenerationConfig
 from vgym.policies.oracle import OraclePolicy
-from vgym.rollout import ChatEncoder, EpisodeSpec, rollout
+from vgym.task import TASKS
 from vgym.tiny import TinyVLMConfig, build_tiny_vlm, load_vlm
-from vgym.trainers.sft import SFTConfig, SFTTrainer
-from vgym.trajectory import Trajectory, save_trajectories
+from vgym.trainers.sft import SFTConfig
 
-__all__ = ["QuickstartConfig", "ArmResult", "run_quickstart", "tokenizer_corpus"]
-
-logger = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``: called as work advances."""
+__all__ = ["QuickstartConfig", "run_quickstart", "tokenizer_corpus", "plot_curves"]
 
 
 @dataclass
@@ -44,6 +36,8 @@ class QuickstartConfig:
     """Run folder (created)."""
     task: str = "visual_search"
     """Task to learn; its default tools form the tools-on arm."""
+    task_config: dict[str, Any] | None = None
+    """Fields of the task's config (None = its defaults, e.g. visual search at difficulty 0)."""
     train_episodes: int = 768
     """Oracle trajectories per arm for SFT."""
     eval_episodes: int = 200
@@ -62,26 +56,7 @@ class QuickstartConfig:
     """Which arms to run."""
 
 
-@dataclass
-class ArmResult:
-    """Outcome of one arm."""
-
-    arm: str
-    accuracy: float
-    """Mean held-out accuracy (answer correct)."""
-    reward: float
-    """Mean held-out composite reward."""
-    tool_calls_per_episode: float
-    format_ok: float
-    """Fraction of held-out episodes with no format error that ended with an answer."""
-    initial_loss: float
-    final_loss: float
-    train_seconds: float
-    eval_seconds: float
-    losses: list[float] = field(default_factory=list)
-
-
-def tokenizer_corpus(task: str, seed: int, n: int = 300) -> list[str]:
+def tokenizer_corpus(task: str, seed: int, n: int = 300, task_config: dict[str, Any] | None = None) -> list[str]:
     """Text that looks like the quickstart's prompts and turns, for training the tiny tokenizer.
 
     Uses the *train* split only (never the held-out split) and both the tools-on and tools-off prompts.
@@ -89,7 +64,7 @@ def tokenizer_corpus(task: str, seed: int, n: int = 300) -> list[str]:
     texts: list[str] = []
     oracle = OraclePolicy()
     for tools in (None, ()):
-        env = VisualToolEnv(task, tools=tools, data_seed=seed)
+        env = VisualToolEnv(task, task_config=task_config, tools=tools, data_seed=seed)
         for i in range(n):
             obs, info = env.reset(seed=i, options={"split": "train", "index": i})
             texts.append(obs["text"])
@@ -102,61 +77,24 @@ def tokenizer_corpus(task: str, seed: int, n: int = 300) -> list[str]:
 
 def _env_fn(cfg: QuickstartConfig, arm: str) -> Callable[[], VisualToolEnv]:
     tools = None if arm == "tools" else ()
-    return lambda: VisualToolEnv(cfg.task, tools=tools, data_seed=cfg.seed)
+    return lambda: VisualToolEnv(cfg.task, task_config=cfg.task_config, tools=tools, data_seed=cfg.seed)
 
 
-def _summary(trajs: list[Trajectory]) -> dict[str, float]:
-    return {
-        "accuracy": float(np.mean([t.reward_parts.get("accuracy", 0.0) for t in trajs])),
-        "reward": float(np.mean([t.reward for t in trajs])),
-        "tool_calls_per_episode": float(np.mean([t.num_tool_calls for t in trajs])),
-        "format_ok": float(np.mean([t.reward_parts.get("format", 0.0) for t in trajs])),
-    }
-
-
-def run_arm(cfg: QuickstartConfig, arm: str, model_dir: Path, progress: Progress) -> ArmResult:
-    """Oracle data → SFT → held-out evaluation for one arm; writes ``<out>/<arm>/``."""
-    folder = cfg.out / arm
+def run_arm(cfg: QuickstartConfig, arm: str, model_dir: Path, progress: Progress) -> RunResult:
+    """SFT from the initial tiny weights and held-out evaluation for one arm; writes ``<out>/<arm>/``."""
     model, processor = load_vlm(model_dir)
-    encoder = ChatEncoder(processor)
-    env_fn = _env_fn(cfg, arm)
-    train_specs = [EpisodeSpec("train", i, group_id=i, seed=i) for i in range(cfg.train_episodes)]
-    done = [0]
-
-    def tick(stage: str, total: int) -> Callable[[Trajectory], None]:
-        done[0] = 0
-
-        def on_episode(_: Trajectory) -> None:
-            done[0] += 1
-            progress(stage, done[0], total)
-
-        return on_episode
-
-    data = rollout(env_fn, OraclePolicy(), encoder, train_specs, batch_size=cfg.rollout_batch,
-                   on_episode=tick(f"{arm}: oracle data", len(train_specs)))
-    save_trajectories(data[:16], folder, "oracle_train")
-    trainer = SFTTrainer(model, data, cfg.sft, pad_id=processor.tokenizer.pad_token_id)
-    start = time.perf_counter()
-    history = trainer.train(lambda step, _: progress(f"{arm}: SFT", step, cfg.sft.steps))
-    train_seconds = time.perf_counter() - start
-    trainer.save(folder / "checkpoint")
-    policy = HFPolicy(model, processor, GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0))
-    test_specs = [EpisodeSpec("test", i, group_id=i, seed=i) for i in range(cfg.eval_episodes)]
-    start = time.perf_counter()
-    evaluated = rollout(env_fn, policy, encoder, test_specs, batch_size=cfg.rollout_batch,
-                        on_episode=tick(f"{arm}: held-out eval", len(test_specs)))
-    eval_seconds = time.perf_counter() - start
-    save_trajectories(evaluated, folder, "eval_test")
-    losses = [h["loss/sft"] for h in history]
-    return ArmResult(arm=arm, **_summary(evaluated), initial_loss=losses[0], final_loss=losses[-1],
-                     train_seconds=train_seconds, eval_seconds=eval_seconds, losses=losses)
+    return sft_then_evaluate(
+        model, processor, _env_fn(cfg, arm), label=arm, out=cfg.out / arm, train_episodes=cfg.train_episodes,
+        eval_episodes=cfg.eval_episodes, sft=cfg.sft, generation=GenerationConfig(cfg.max_new_tokens, temperature=0.0),
+        batch_size=cfg.rollout_batch, progress=progress,
+    )
 
 
 def run_quickstart(cfg: QuickstartConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Run the whole experiment.
 
     Returns:
-        ``{"arms": [ArmResult as dict, ...], "wall_seconds": float, "out": str, "chance": float}``, also
+        ``{"arms": [RunResult as dict, ...], "wall_seconds": float, "out": str, "chance": float}``, also
         written to ``<out>/results.json``; ``<out>/curves.png`` plots the SFT loss of each arm.
     """
     progress = progress or (lambda stage, done, total: None)
@@ -165,30 +103,21 @@ def run_quickstart(cfg: QuickstartConfig, progress: Progress | None = None) -> d
     model_dir = cfg.out / "tiny-vlm"
     progress("build tiny VLM", 0, 1)
     model_cfg = TinyVLMConfig(**{**asdict(cfg.model), "seed": cfg.seed})
-    build_tiny_vlm(model_dir, corpus=tokenizer_corpus(cfg.task, cfg.seed), config=model_cfg)
+    build_tiny_vlm(model_dir, corpus=tokenizer_corpus(cfg.task, cfg.seed, task_config=cfg.task_config), config=model_cfg)
     progress("build tiny VLM", 1, 1)
     arms = [run_arm(cfg, arm, model_dir, progress) for arm in cfg.arms]
     result = {
         "arms": [asdict(a) for a in arms],
         "wall_seconds": time.perf_counter() - start,
         "out": str(cfg.out),
-        "chance": _chance(cfg.task),
+        "chance": TASKS.get(cfg.task)().chance_accuracy(),
     }
     (cfg.out / "results.json").write_text(json.dumps(result, indent=2))
     plot_curves(arms, cfg.out / "curves.png")
     return result
 
 
-def _chance(task: str) -> float:
-    """Accuracy of a uniform guess, where the task declares its answer set (else NaN)."""
-    if task == "visual_search":
-        from vgym.tasks.visual_search import COLOURS
-
-        return 1.0 / len(COLOURS)
-    return float("nan")
-
-
-def plot_curves(arms: list[ArmResult], path: Path) -> Path:
+def plot_curves(arms: list[RunResult], path: Path) -> Path:
     """SFT loss per step for each arm, with held-out accuracy in the legend."""
     import matplotlib
 
@@ -197,7 +126,7 @@ def plot_curves(arms: list[ArmResult], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for arm in arms:
-        ax.plot(range(1, len(arm.losses) + 1), arm.losses, label=f"{arm.arm} (held-out acc {arm.accuracy:.2f})")
+        ax.plot(range(1, len(arm.losses) + 1), arm.losses, label=f"{arm.label} (held-out acc {arm.accuracy:.2f})")
     ax.set_xlabel("SFT step")
     ax.set_ylabel("loss on policy tokens")
     ax.set_yscale("log")

@@ -117,6 +117,10 @@ class Task(ABC):
     def prompt(self, sample: Sample, tools_enabled: bool) -> str:
         """The user message text for ``sample`` (the question plus any task instructions)."""
 
+    def chance_accuracy(self) -> float | None:
+        """Expected accuracy of a uniform guess over the answer set, where the task has a finite one."""
+        return None
+
     @abstractmethod
     def solution(self, sample: Sample, tools_enabled: bool) -> Solution:
         """The oracle plan for ``sample``; with ``tools_enabled=False`` it answers without tools."""
