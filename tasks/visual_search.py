@@ -3,22 +3,23 @@
 Contents: :data:`TASK_NAME`, :data:`PATTERNS`, :data:`COLOURS`, :class:`VisualSearchConfig`,
 :class:`VisualSearchTask`, :func:`render_preview`.
 
-The scene is a ``grid × grid`` board of ``cell``-pixel cells on a speckled background; every cell holds one small
-square marker filled with a pattern of a random colour and white: horizontal lines, vertical lines or a
-checkerboard, with 3-pixel lines. The question names a region (a box in pixels) that holds exactly one marker and asks for its pattern.
+The scene (1344² by default) is a ``grid × grid`` board of ``cell``-pixel cells on a speckled background; every
+cell holds one small framed square marker filled with a pattern of a random colour and white: horizontal lines,
+vertical lines or a checkerboard, with 3-pixel lines. The question names a region (a box in pixels) that holds
+exactly one marker and asks for its pattern.
 
-Why the crop tool is necessary, exactly: every pattern covers each ``align × align`` block (6 × 6, one period of the
-pattern) with the same number of coloured and white pixels, and markers sit on that block grid. At the default budget the scene (1344²) is shrunk by
-exactly ``align`` = 6 with area averaging, so the three patterns give *byte-identical* budget images — the answer is
-not in what the model sees. A crop of the region zoomed to the budget shows the lines ~19 pixels wide (difficulty 0).
-``tests/tasks/test_visual_search.py`` checks both.
+Why the crop tool is necessary, exactly: every pattern covers each ``align × align`` block (6 × 6, one period of
+the pattern) with the same number of coloured and white pixels, and markers sit on that block grid. At the default
+budget (224²) the scene is shrunk by exactly ``align`` = 6 with area averaging, so the three patterns give
+*byte-identical* budget images: the answer is not in what the model sees. A crop of the region zoomed to the
+budget shows the marker ~96 pixels wide with 16-pixel lines (difficulty 0). ``tests/tasks/test_visual_search.py``
+checks both.
 
 Difficulty:
-    0 — the region is the marker plus a margin of half its side (a 36-pixel box, clipped to the scene; zoomed ~6×
-        by the crop): the quickstart variant, learnable by a tiny model that copies the box into the crop call and
-        names the pattern.
-    1 — the region is the marker's grid cell (box coordinates are multiples of ``cell``, zoom 4×): the marker must be
-        found inside the crop.
+    0 — the region is the marker's grid cell (coordinates are multiples of ``cell``; the crop zooms 5.3×): the
+        quickstart variant, learnable by a tiny model that copies the box into the crop call and names the pattern.
+    1 — the region is the marker plus a margin of half its side (arbitrary coordinates, harder to copy; clipped to
+        the scene).
     2 — the region is a random box inside the target's cell, and markers are 2/3 as large.
 """
 
@@ -59,12 +60,12 @@ class VisualSearchConfig:
     """Scene generation settings."""
 
     difficulty: int = 0
-    """0: the region is the marker plus a margin; 1: the marker's grid cell; 2: a random box inside the cell and
+    """0: the region is the marker's grid cell; 1: the marker plus a margin; 2: a random box inside the cell and
     smaller markers (see the module docstring)."""
-    grid: int = 24
+    grid: int = 32
     """Cells per side; the scene is ``grid * cell`` pixels square."""
-    cell: int = 56
-    """Cell side in pixels. With the default budget (224²) a one-cell crop is zoomed 4×."""
+    cell: int = 42
+    """Cell side in pixels. With the default budget (224²) a one-cell crop is zoomed 5.3×."""
     marker_size: int = 18
     """Marker side in pixels at difficulties 0 and 1 (difficulty 2 uses 2/3, rounded down to ``align``); a
     multiple of ``align``."""
@@ -87,14 +88,12 @@ class VisualSearchConfig:
             or side < self.align
             or side % self.align
             or self.cell < side + 4 * self.align
-            or (self.difficulty == 2 and self.cell // 2 <= 2 * side)  # _random_region's smallest box
             or self.stripe < 1
             or self.align % (2 * self.stripe)
         ):
             raise InvalidConfigError(
                 "need grid >= 2, a marker side (see marker_side) that is a positive multiple of align, "
-                "cell >= side + 4 * align (and cell // 2 > 2 * side at difficulty 2), and align a multiple of "
-                "2 * stripe; got "
+                "cell >= side + 4 * align, and align a multiple of 2 * stripe; got "
                 f"grid={self.grid}, cell={self.cell}, side={side}, align={self.align}, stripe={self.stripe}"
             )
 
@@ -144,14 +143,20 @@ class VisualSearchTask(Task):
                 boxes[(r, c)] = (x, y, x + side, y + side)
         r, c = (int(v) for v in rng.integers(0, cfg.grid, 2))
         target = boxes[(r, c)]
-        if cfg.difficulty == 0:  # the marker plus a margin of half its side: the crop zooms it ~6x
-            m = side // 2  # can exceed the align-step gap to the scene's edge, so clip to the scene
+        if cfg.difficulty == 0:
+            region = (c * cfg.cell, r * cfg.cell, (c + 1) * cfg.cell, (r + 1) * cfg.cell)
+        elif cfg.difficulty == 1:  # the marker plus a margin of half its side, clipped to the scene
+            m = side // 2
             x1, y1, x2, y2 = target[0] - m, target[1] - m, target[2] + m, target[3] + m
             region = (max(0, x1), max(0, y1), min(size, x2), min(size, y2))
-        elif cfg.difficulty == 1:
-            region = (c * cfg.cell, r * cfg.cell, (c + 1) * cfg.cell, (r + 1) * cfg.cell)
-        else:
-            region = self._random_region(rng, target, (c * cfg.cell, r * cfg.cell))
+        else:  # any box inside the target's cell that contains the target holds no other marker
+            ox, oy = c * cfg.cell, r * cfg.cell
+            region = (
+                int(rng.integers(ox, target[0] + 1)),
+                int(rng.integers(oy, target[1] + 1)),
+                int(rng.integers(target[2], ox + cfg.cell + 1)),
+                int(rng.integers(target[3], oy + cfg.cell + 1)),
+            )
         answer = PATTERNS[pattern_idx[r, c]]
         x1, y1, x2, y2 = region
         question = f"What pattern is on the square in the region [{x1}, {y1}, {x2}, {y2}]?"
@@ -171,22 +176,6 @@ class VisualSearchTask(Task):
                 "colour": names[colour_idx[r, c]],
             },
         )
-
-    def _random_region(
-        self, rng: np.random.Generator, target: tuple[int, ...], origin: tuple[int, int]
-    ) -> tuple[int, ...]:
-        """A box of 1/2-1 cell per side containing the target marker and no other marker's centre.
-
-        The box is clipped to the target's own cell (whose top-left corner is ``origin``): markers of neighbouring
-        cells can be ~23 px apart, so a box merely smaller than a cell could still cover a second centre.
-        """
-        cell = self.config.cell
-        w, h = (int(v) for v in rng.integers(cell // 2, cell, 2))
-        cx, cy = (target[0] + target[2]) // 2, (target[1] + target[3]) // 2
-        ox, oy = origin
-        x1 = int(np.clip(cx - rng.integers(target[2] - target[0], w - (target[2] - target[0])), ox, ox + cell - w))
-        y1 = int(np.clip(cy - rng.integers(target[3] - target[1], h - (target[3] - target[1])), oy, oy + cell - h))
-        return (x1, y1, x1 + w, y1 + h)
 
     def score(self, sample: Sample, answer: str) -> float:
         return exact_match_reward(answer, sample.answer)

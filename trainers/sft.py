@@ -179,13 +179,14 @@ class SFTTrainer:
         Raises:
             InvalidConfigError: if the checkpoint was made with a different config.
         """
-        from safetensors.torch import load_model
-
         folder = Path(folder)
         state = torch.load(folder / "trainer_state.pt", weights_only=False)
         if state["config"] != asdict(self.config):
             raise InvalidConfigError(f"checkpoint config {state['config']} differs from {asdict(self.config)}")
-        load_model(self.model, str(folder / "model.safetensors"), strict=False)
+        # from_pretrained undoes the key renaming save_pretrained applies (e.g. Qwen2-VL's "model.language_model.*"
+        # is saved as "model.*"); loading the raw safetensors file would silently match almost no key.
+        saved = type(self.model).from_pretrained(folder, local_files_only=True)
+        self.model.load_state_dict(saved.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_count = int(state["step"])

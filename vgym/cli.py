@@ -88,7 +88,7 @@ def quickstart(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/quickstart"),
     train_episodes: Annotated[int, typer.Option(help="oracle trajectories per arm")] = 768,
     eval_episodes: Annotated[int, typer.Option(help="held-out episodes per arm")] = 200,
-    steps: Annotated[int, typer.Option(help="SFT steps per arm")] = 400,
+    steps: Annotated[int, typer.Option(help="SFT steps per arm")] = 500,
     seed: Annotated[int, typer.Option(help="data and model seed")] = 0,
 ) -> None:
     """Build the tiny VLM, SFT it on oracle trajectories with and without tools, evaluate on held-out samples."""

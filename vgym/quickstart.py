@@ -42,7 +42,7 @@ class QuickstartConfig:
     """Oracle trajectories per arm for SFT."""
     eval_episodes: int = 200
     """Held-out test episodes per arm."""
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=400, batch_size=16, learning_rate=2e-3))
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=500, batch_size=16, learning_rate=1e-3))
     """SFT settings, shared by both arms."""
     model: TinyVLMConfig = field(default_factory=TinyVLMConfig)
     """Tiny model size."""
@@ -56,7 +56,7 @@ class QuickstartConfig:
     """Which arms to run."""
 
 
-def tokenizer_corpus(task: str, seed: int, n: int = 300, task_config: dict[str, Any] | None = None) -> list[str]:
+def tokenizer_corpus(task: str, seed: int, n: int = 100, task_config: dict[str, Any] | None = None) -> list[str]:
     """Text that looks like the quickstart's prompts and turns, for training the tiny tokenizer.
 
     Uses the *train* split only (never the held-out split) and both the tools-on and tools-off prompts.

@@ -83,6 +83,14 @@ class ChatEncoder:
         self._after_turn_end = tail[len(turn_end) :]
         self._probe = probe
         self._probe_prefix = prefix
+        self._check_append_only([_text_message("user", _PROBE_USER)])
+
+    def _check_append_only(self, messages: list[dict[str, Any]]) -> str:
+        """The probe conversation + ``messages`` templated with the generation prompt; raises if not a continuation."""
+        full = self._template(self._probe + messages, generation_prompt=True)
+        if not full.startswith(self._probe_prefix):
+            raise ValueError("the chat template is not append-only: earlier turns changed when a message was added")
+        return full
 
     def _template(self, messages: list[dict[str, Any]], *, generation_prompt: bool) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
@@ -106,9 +114,7 @@ class ChatEncoder:
         Raises:
             ValueError: if the template rewrites earlier text when messages are appended.
         """
-        full = self._template(self._probe + messages, generation_prompt=True)
-        if not full.startswith(self._probe_prefix):
-            raise ValueError("the chat template is not append-only: earlier turns changed when a message was added")
+        full = self._check_append_only(messages)
         return self._encode(self._after_turn_end + full[len(self._probe_prefix) :], images)
 
     def encode_policy_text(self, text: str) -> list[int]:

@@ -157,22 +157,20 @@ def test_scene_matches_its_metadata(task: VisualSearchTask, index: int) -> None:
     assert _inside(target, cell_box)
     assert _inside(target, region)
     assert _inside(region, (0, 0, size, size))
-    if cfg.difficulty == 0:  # the marker plus half its side on every side, clipped to the scene
+    if cfg.difficulty == 0:
+        assert tuple(region) == cell_box
+    elif cfg.difficulty == 1:  # the marker plus half its side on every side, clipped to the scene
         m = side // 2
         grown = (target[0] - m, target[1] - m, target[2] + m, target[3] + m)
         assert region == [max(0, grown[0]), max(0, grown[1]), min(size, grown[2]), min(size, grown[3])]
-    elif cfg.difficulty == 1:
-        assert tuple(region) == cell_box
-    else:
-        rw, rh = rx2 - rx1, ry2 - ry1
-        assert cfg.cell // 2 <= rw < cfg.cell and cfg.cell // 2 <= rh < cfg.cell
+    else:  # a random box inside the cell around the target
         assert _inside(region, cell_box)
 
 
-def test_difficulty0_region_is_clipped_to_the_scene() -> None:
+def test_difficulty1_region_is_clipped_to_the_scene() -> None:
     """A marker one align step (6 px) from the scene's edge is closer to it than the 9 px margin. On a 2x2 board
     of the smallest cells every marker is in an edge cell and 1 in 3 sits at the edge on each axis."""
-    task = VisualSearchTask({"grid": 2, "cell": 42})
+    task = VisualSearchTask({"grid": 2, "cell": 42, "difficulty": 1})
     regions = [task.sample("train", i, 0).metadata["region"] for i in range(30)]
     assert all(_inside(r, (0, 0, 84, 84)) for r in regions)
     assert any(0 in r or 84 in r for r in regions)  # some were clipped (the margin alone never reaches 0 or 84)
@@ -272,7 +270,7 @@ def test_prompt_holds_the_question_and_every_pattern() -> None:
         ({"marker_size": 20}, r"positive multiple of align.*side=20, align=6"),
         ({"marker_size": 0}, r"positive multiple of align.*side=0"),
         ({"cell": 41}, r"cell >= side \+ 4 \* align.*cell=41, side=18, align=6"),  # 18 + 4 * 6 = 42
-        ({"difficulty": 2, "cell": 49}, r"cell // 2 > 2 \* side at difficulty 2.*cell=49, side=12"),  # 24 <= 24
+        ({"difficulty": 2, "cell": 35}, r"cell >= side \+ 4 \* align.*cell=35, side=12"),  # 12 + 24 = 36
         ({"stripe": 2}, r"align a multiple of 2 \* stripe.*align=6, stripe=2"),
         ({"stripe": 0}, "stripe=0"),
     ],
@@ -282,7 +280,7 @@ def test_invalid_config(config: dict, message: str) -> None:
         VisualSearchConfig(**config)
 
 
-@pytest.mark.parametrize("config", [{"grid": 3, "cell": 42}, {"grid": 3, "difficulty": 2, "cell": 50}])
+@pytest.mark.parametrize("config", [{"grid": 3, "cell": 42}, {"grid": 3, "difficulty": 2, "cell": 36}])
 def test_the_smallest_valid_cell_still_holds_a_framed_marker_on_the_align_grid(config: dict) -> None:
     task = VisualSearchTask(config)
     sample = task.sample("train", 0, 0)
@@ -417,7 +415,7 @@ def test_marker_pattern_is_sub_pixel_at_the_budget_and_a_patch_wide_in_the_zoome
     assert (block == block[0, 0]).all()
     assert np.abs(block[0, 0] - (np.array(COLOURS[sample.metadata["colour"]]) + 255) / 2).max() <= 1
     # The oracle crop zoomed to the budget: the marker is at least one 14 px ViT patch wide at every difficulty
-    # (difficulty 0: 18 px * 224 / 36 = 112 px), and at difficulty 0 so is each 3 px line (~19 px).
+    # (difficulty 0: 18 px * 224 / 42 = 96 px), and at difficulty 0 so is each 3 px line (16 px).
     rx1, ry1, rx2, ry2 = sample.metadata["region"]
     crop = full[ry1:ry2, rx1:rx2]
     zoomed = fit_to_budget(crop, MAX_PIXELS, upscale=True)
