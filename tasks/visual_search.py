@@ -180,8 +180,8 @@ class VisualSearchTask(Task):
     def score(self, sample: Sample, answer: str) -> float:
         return exact_match_reward(answer, sample.answer)
 
-    def chance_accuracy(self) -> float:
-        return 1.0 / len(PATTERNS)
+    def answer_choices(self) -> tuple[str, ...]:
+        return PATTERNS
 
     def prompt(self, sample: Sample, tools_enabled: bool) -> str:
         return sample.question + " Answer horizontal, vertical or checkered."

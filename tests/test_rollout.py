@@ -132,9 +132,10 @@ def test_delta_templating_equals_full_templating(tiny) -> None:
         full = processor(text=[text], images=[Image.fromarray(im) for im in traj.images], return_tensors="pt")
         ids, n = full["input_ids"][0], len(traj.input_ids)
         mismatch = next((i for i in range(min(n, len(ids))) if ids[i] != traj.input_ids[i]), None)
+        decode = processor.tokenizer.decode
         assert mismatch is None, (
-            f"first difference at token {mismatch}: delta {processor.tokenizer.decode(traj.input_ids[mismatch:][:20])!r}"
-            f" vs full {processor.tokenizer.decode(ids[mismatch:][:20])!r}"
+            f"first difference at token {mismatch}: delta {decode(traj.input_ids[mismatch:][:20])!r}"
+            f" vs full {decode(ids[mismatch:][:20])!r}"
         )
         # the trajectory stops at the model's end-of-turn token; the template then only adds its newline
         assert processor.tokenizer.decode(ids[n:]) == "\n"

@@ -167,6 +167,9 @@ class _progress_bars:
     """Context manager yielding a ``progress(stage, done, total)`` callback drawn as rich bars."""
 
     def __enter__(self):  # type: ignore[no-untyped-def]
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our bars only; the CLI is an entry point, so global settings are fine
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TimeElapsedColumn(), console=console)
         self.bars.__enter__()

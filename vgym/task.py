@@ -117,9 +117,14 @@ class Task(ABC):
     def prompt(self, sample: Sample, tools_enabled: bool) -> str:
         """The user message text for ``sample`` (the question plus any task instructions)."""
 
-    def chance_accuracy(self) -> float | None:
-        """Expected accuracy of a uniform guess over the answer set, where the task has a finite one."""
+    def answer_choices(self) -> tuple[str, ...] | None:
+        """The finite answer set, where the task has one (used for chance levels and noisy oracles)."""
         return None
+
+    def chance_accuracy(self) -> float | None:
+        """Expected accuracy of a uniform guess over :meth:`answer_choices`, or None without a finite set."""
+        choices = self.answer_choices()
+        return 1.0 / len(choices) if choices else None
 
     @abstractmethod
     def solution(self, sample: Sample, tools_enabled: bool) -> Solution:

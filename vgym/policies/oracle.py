@@ -29,14 +29,15 @@ class OraclePolicy:
         *,
         protocol: ActionProtocol | None = None,
         noise: float = 0.0,
-        wrong_answers: Sequence[str] = ("unknown",),
+        wrong_answers: Sequence[str] | None = None,
         seed: int = 0,
         tasks: Registry[type[Task]] = TASKS,
     ) -> None:
         """Args:
         protocol: formats the calls and the answer; defaults to :class:`HermesProtocol`.
         noise: probability of answering with one of ``wrong_answers`` instead of the gold answer.
-        wrong_answers: candidates for noisy answers (one equal to the gold answer is skipped).
+        wrong_answers: candidates for noisy answers (one equal to the gold answer is skipped); None means the
+            task's :meth:`~vgym.task.Task.answer_choices`, or ``("unknown",)`` for tasks without a finite set.
         seed: seeds the noise.
         tasks: registry used to look up each sample's task.
         """
@@ -44,7 +45,7 @@ class OraclePolicy:
             raise ValueError(f"noise must be in [0, 1], got {noise}")
         self.protocol = protocol or HermesProtocol()
         self.noise = noise
-        self.wrong_answers = tuple(wrong_answers)
+        self.wrong_answers = tuple(wrong_answers) if wrong_answers is not None else None
         self.rng = np.random.default_rng(seed)
         self._tasks = tasks
         self._instances: dict[str, Task] = {}
@@ -62,7 +63,8 @@ class OraclePolicy:
             return self.protocol.format_tool_call(name, arguments)
         answer = solution.answer
         if self.noise and self.rng.random() < self.noise:
-            wrong = [a for a in self.wrong_answers if a != answer]
+            candidates = self.wrong_answers or task.answer_choices() or ("unknown",)
+            wrong = [a for a in candidates if a != answer]
             if wrong:
                 answer = wrong[int(self.rng.integers(len(wrong)))]
         return self.protocol.format_answer(answer)

@@ -1,0 +1,121 @@
+"""Tests of trainers/sft.py on oracle trajectories with the tiny Qwen2-VL: learning, frozen parameters, exact
+checkpoint resume, data order and config validation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from vgym.env import VisualToolEnv
+from vgym.errors import InvalidConfigError
+from vgym.policies.oracle import OraclePolicy
+from vgym.rollout import ChatEncoder, EpisodeSpec, rollout
+from vgym.tiny import load_vlm
+from vgym.trainers.sft import SFTConfig, SFTTrainer
+from vgym.trajectory import Trajectory
+
+# Small on purpose: batch 4 of 8 trajectories and 2 warm-up steps keep every test to a few seconds on a CPU.
+CONFIG = SFTConfig(steps=6, batch_size=4, learning_rate=2e-3, warmup_steps=2)
+
+
+@pytest.fixture(scope="module")
+def data(tiny_dir: Path) -> list[Trajectory]:
+    """Eight oracle trajectories (crop, then answer) of different training samples; read-only."""
+    _, processor = load_vlm(tiny_dir)
+    specs = [EpisodeSpec("train", i, group_id=i, seed=i) for i in range(8)]
+    return rollout(lambda: VisualToolEnv("visual_search"), OraclePolicy(), ChatEncoder(processor), specs)
+
+
+def _pad(processor) -> int:  # type: ignore[no-untyped-def]
+    return processor.tokenizer.pad_token_id
+
+
+def test_sft_lowers_loss_and_updates_only_trainable_parameters(tiny, data: list[Trajectory]) -> None:
+    """15 steps lower the loss on the training set; every trainable parameter moved, the frozen one did not."""
+    model, processor = tiny
+    frozen = model.model.visual.patch_embed.proj.weight
+    frozen.requires_grad_(False)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = SFTTrainer(model, data, replace(CONFIG, steps=15), pad_id=_pad(processor))
+    with torch.no_grad():
+        initial = trainer.loss_on(data)[0].item()
+    history = trainer.train()
+    with torch.no_grad():
+        final = trainer.loss_on(data)[0].item()
+    assert len(history) == 15 and trainer.step_count == 15
+    assert final < 0.7 * initial, (initial, final)
+    unchanged = [n for n, p in model.named_parameters() if p.requires_grad and torch.equal(p, before[n])]
+    assert not unchanged
+    assert torch.equal(frozen, before["model.visual.patch_embed.proj.weight"])
+    assert all(frozen is not p for group in trainer.optimizer.param_groups for p in group["params"])
+
+
+def test_checkpoint_resume_is_exact(tiny_dir: Path, tmp_path: Path, data: list[Trajectory]) -> None:
+    """6 steps straight == 3 steps, save, fresh model + trainer, load, 3 more (weights, Adam state, data position)."""
+    straight_model, processor = load_vlm(tiny_dir)
+    straight = SFTTrainer(straight_model, data, CONFIG, pad_id=_pad(processor))
+    straight.train()
+
+    first = SFTTrainer(load_vlm(tiny_dir)[0], data, CONFIG, pad_id=_pad(processor))
+    for _ in range(3):
+        first.step()
+    first.save(tmp_path / "ckpt")
+    resumed_model = load_vlm(tiny_dir)[0]  # initial weights: load must overwrite all of them
+    resumed = SFTTrainer(resumed_model, data, CONFIG, pad_id=_pad(processor))
+    resumed.load(tmp_path / "ckpt")
+    assert resumed.step_count == 3
+    for (name, p), q in zip(resumed_model.named_parameters(), first.model.parameters()):
+        assert torch.equal(p, q), name
+    resumed.train()
+
+    assert resumed.step_count == straight.step_count == 6
+    for (name, p), q in zip(resumed_model.named_parameters(), straight_model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=name)
+    used = [first.batch_indices(s) for s in range(3)] + [resumed.batch_indices(s) for s in range(3, 6)]
+    assert used == [straight.batch_indices(s) for s in range(6)]
+
+
+def test_load_rejects_other_config(tiny, tmp_path: Path, data: list[Trajectory]) -> None:
+    """A checkpoint made with another config raises instead of resuming a different run."""
+    model, processor = tiny
+    SFTTrainer(model, data, CONFIG, pad_id=_pad(processor)).save(tmp_path / "ckpt")
+    other = SFTTrainer(model, data, replace(CONFIG, learning_rate=1e-4), pad_id=_pad(processor))
+    with pytest.raises(InvalidConfigError, match="checkpoint config .* differs"):
+        other.load(tmp_path / "ckpt")
+
+
+def test_batch_indices_cover_each_trajectory_once_per_epoch(tiny, data: list[Trajectory]) -> None:
+    """Batches of 3 over 8 trajectories read 3 shuffled epochs in order; the seed decides the order."""
+    model, processor = tiny
+
+    def positions(seed: int) -> list[int]:
+        trainer = SFTTrainer(model, data, replace(CONFIG, batch_size=3, seed=seed), pad_id=_pad(processor))
+        return [i for step in range(8) for i in trainer.batch_indices(step)]  # 8 steps x 3 = 24 = 3 epochs
+
+    order = positions(seed=0)
+    epochs = [order[k : k + 8] for k in range(0, 24, 8)]
+    assert all(sorted(epoch) == list(range(8)) for epoch in epochs)
+    assert len({tuple(e) for e in epochs}) > 1  # reshuffled each epoch
+    assert positions(seed=0) == order
+    assert positions(seed=1) != order
+
+
+@pytest.mark.parametrize(
+    "field, value", [("steps", 0), ("batch_size", 0), ("learning_rate", 0.0), ("warmup_steps", -1)]
+)
+def test_config_validation(field: str, value: float) -> None:
+    with pytest.raises(InvalidConfigError, match=r"need steps >= 1, batch_size >= 1, learning_rate > 0"):
+        SFTConfig(**{field: value})
+
+
+def test_trainer_needs_policy_tokens(tiny, data: list[Trajectory]) -> None:
+    """No trajectories, or none with a policy token, is a config error (the loss would be empty)."""
+    model, processor = tiny
+    with pytest.raises(InvalidConfigError, match="at least one trajectory with policy tokens"):
+        SFTTrainer(model, [], CONFIG, pad_id=_pad(processor))
+    unmasked = replace(data[0], loss_mask=torch.zeros_like(data[0].loss_mask))
+    with pytest.raises(InvalidConfigError, match="at least one trajectory with policy tokens"):
+        SFTTrainer(model, [unmasked], CONFIG, pad_id=_pad(processor))
