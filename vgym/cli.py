@@ -102,13 +102,18 @@ def quickstart(
     logging.basicConfig(level=logging.WARNING)
     with _progress_bars() as progress:
         result = run_quickstart(cfg, progress)
-    table = Table(title=f"quickstart: held-out test split ({eval_episodes} episodes per arm)")
-    for col in ("arm", "accuracy", "reward", "tool calls/ep", "format ok", "SFT loss first→last", "train s", "eval s"):
+    print_quickstart_results(result, eval_episodes)
+
+
+def print_quickstart_results(result: dict[str, Any], eval_episodes: int) -> None:
+    """The quickstart's summary table and closing line."""
+    table = Table(title=f"held-out test split, {eval_episodes} episodes per arm")
+    for col in ("arm", "acc", "reward", "calls/ep", "format", "SFT loss", "train s", "eval s"):
         table.add_column(col)
     for arm in result["arms"]:
         table.add_row(arm["label"], f"{arm['accuracy']:.3f}", f"{arm['reward']:.3f}",
                       f"{arm['tool_calls_per_episode']:.2f}", f"{arm['format_ok']:.2f}",
-                      f"{arm['initial_loss']:.2f}→{arm['final_loss']:.3f}",
+                      f"{arm['initial_loss']:.1f}→{arm['final_loss']:.3f}",
                       f"{arm['train_seconds']:.0f}", f"{arm['eval_seconds']:.0f}")
     console.print(table)
     console.print(f"chance accuracy {result['chance']:.3f} · wall time {result['wall_seconds']:.0f} s · "
