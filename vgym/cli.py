@@ -58,7 +58,11 @@ def demo(
     from vgym.policies.base import PolicyInput
     from vgym.policies.oracle import OraclePolicy
 
-    env = gymnasium.make(env_id)
+    try:
+        env = gymnasium.make(env_id)
+    except gymnasium.error.Error as exc:
+        console.print(f"[red]{exc}[/] (see `vgym list`)")
+        raise typer.Exit(code=2) from None
     inner = env.unwrapped
     obs, info = env.reset(seed=seed, options={"split": split})
     console.rule(f"{env_id} · {info['sample_id']}")

@@ -22,6 +22,7 @@ from vgym.protocol import ActionProtocol, HermesProtocol
 from vgym.rewards import RewardConfig, composite_reward
 from vgym.spaces import TextSpace, message_space
 from vgym.task import SPLITS, TASKS, Sample, Task
+from vgym.tool_runtime import ToolRuntime, ToolRuntimeConfig
 from vgym.tooling import TOOLS, Tool, ToolContext, fit_to_budget
 
 __all__ = ["EnvConfig", "ToolCallRecord", "VisualToolEnv"]
@@ -59,6 +60,8 @@ class EnvConfig:
     """Tool calls honoured per turn; extra calls are reported as a format error."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Weights of the composite reward."""
+    tool_runtime: ToolRuntimeConfig = field(default_factory=ToolRuntimeConfig)
+    """Backends, backend options, result cache, timeout and isolation of the tools (a dict is accepted)."""
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -70,6 +73,8 @@ class EnvConfig:
             )
         if isinstance(self.reward, dict):
             self.reward = RewardConfig(**self.reward)
+        if isinstance(self.tool_runtime, dict):
+            self.tool_runtime = ToolRuntimeConfig(**self.tool_runtime)
         if isinstance(self.tools, str):
             raise InvalidConfigError(f"tools must be a sequence of tool names such as ('crop',), got the string {self.tools!r}")
         if self.tools is not None:
@@ -87,6 +92,8 @@ class ToolCallRecord:
     error: str | None
     latency_s: float
     image_indices: list[int]
+    backend: str | None = None
+    cache_hit: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,6 +133,9 @@ class VisualToolEnv(gym.Env[dict, str]):
         self.task: Task = TASKS.get(task)(self.config.task_config)
         names = self.task.default_tools if self.config.tools is None else self.config.tools
         self.tools: dict[str, Tool] = {name: TOOLS.get(name) for name in names}
+        self.runtime = ToolRuntime(self.config.tool_runtime)
+        for tool in self.tools.values():  # an unknown backend name is a config error: fail at construction
+            tool.backend(self.runtime.backend_name(tool))
         self.protocol: ActionProtocol = protocol or HermesProtocol(self.config.max_calls_per_turn)
         self.action_space = TextSpace()
         self.observation_space = message_space(100_000, self.config.max_images, self.config.max_pixels)
@@ -241,10 +251,13 @@ class VisualToolEnv(gym.Env[dict, str]):
             available = sorted(self.tools) or "none (answer directly)"
             record.error = f"Unknown tool {name!r}. Available tools: {available}."
             return record, f"Error: {record.error}", []
-        ctx = ToolContext(self._images, self.sample.metadata, self.np_random, self.config.max_pixels)  # type: ignore[union-attr]
+        ctx = ToolContext(self._images, self.sample.metadata, self.np_random, self.config.max_pixels,  # type: ignore[union-attr]
+                          video=self.sample.video)  # type: ignore[union-attr]
+        record.backend = self.runtime.backend_name(tool)
         start = time.perf_counter()
         try:
-            result = tool(ctx, arguments)
+            result, call = self.runtime.call(tool, ctx, arguments)
+            record.cache_hit = call.cache_hit
         except ToolError as exc:
             record.error = str(exc)
         except Exception as exc:  # a tool bug must not kill a whole rollout; it is logged loudly instead
@@ -255,6 +268,11 @@ class VisualToolEnv(gym.Env[dict, str]):
             return record, f"Error: {record.error}", []
         record.ok = True
         return record, result.text, list(result.images)
+
+    def close(self) -> None:
+        """Release the tool workers; calling it twice is harmless."""
+        self.runtime.close()
+        super().close()
 
     def _finish(self, answer: str) -> tuple[dict, SupportsFloat, bool, bool, dict]:
         self._done = True

@@ -165,7 +165,7 @@ class _Episode:
             input_ids=torch.cat(self.ids),
             pixel_values=torch.cat(self.pixels) if self.pixels else None,
             image_grid_thw=torch.cat(self.grids) if self.grids else None,
-            messages=self.messages,
+            messages=list(self.messages),  # a snapshot: the episode keeps appending to its own list
             sample=self.env.sample,  # type: ignore[arg-type]
             turn=len(self.turns),
             tools_enabled=self.env.tools_enabled,

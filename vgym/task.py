@@ -45,6 +45,7 @@ class Sample:
         images: the sample's images at full resolution, RGB uint8 (H, W, 3).
         answer: the canonical gold answer as text.
         metadata: scene ground truth for oracle tools and scorers (JSON-serialisable).
+        video: path of the sample's video file (video tasks), or None.
     """
 
     id: str
@@ -55,6 +56,7 @@ class Sample:
     images: tuple[np.ndarray, ...]
     answer: str
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    video: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Tool contract and registry: typed functions whose JSON schema comes from their signature and docstring.
 
-Contents: :class:`ToolContext`, :class:`ToolResult`, :class:`Tool`, :data:`TOOLS`, :func:`fit_to_budget`.
+Contents: :class:`ToolContext`, :class:`ToolResult`, :class:`Backend`, :class:`Tool`, :data:`TOOLS`,
+:func:`fit_to_budget`.
 
 A tool is a plain function ``fn(ctx: ToolContext, **arguments) -> ToolResult`` with type hints and a Google-style
 docstring describing every model-facing argument. Its schema is produced by
@@ -12,6 +13,7 @@ docstring describing every model-facing argument. Its schema is produced by
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import typing
 from collections.abc import Callable, Mapping
@@ -22,10 +24,10 @@ import cv2
 import numpy as np
 from transformers.utils import get_json_schema
 
-from vgym.errors import ToolError
+from vgym.errors import ToolError, UnknownNameError
 from vgym.registry import Registry
 
-__all__ = ["ToolContext", "ToolResult", "Tool", "TOOLS", "fit_to_budget"]
+__all__ = ["ToolContext", "ToolResult", "Backend", "Tool", "TOOLS", "fit_to_budget"]
 
 
 @dataclass
@@ -38,12 +40,18 @@ class ToolContext:
         metadata: the sample's scene metadata (ground truth), for oracle backends only.
         rng: the episode's seeded generator; tools draw all randomness from it.
         max_pixels: the env's image budget (H·W) for images shown to the model.
+        video: path of the sample's video file, or None.
+        resource: what the selected backend's ``loader`` built (e.g. a model), or None; set by the runtime.
+        options: the backend options from the env config (e.g. ``{"model": "/path"}``); set by the runtime.
     """
 
     images: list[np.ndarray]
     metadata: Mapping[str, Any]
     rng: np.random.Generator
     max_pixels: int
+    video: str | None = None
+    resource: Any = None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,21 +75,61 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-class Tool:
-    """A registered tool: the function, its name and its JSON schema.
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of a tool.
 
-    Calling :meth:`__call__` validates the arguments against the schema (unknown, missing or wrongly typed
-    arguments raise :class:`ToolError`) before running the function.
+    Attributes:
+        fn: ``fn(ctx, **arguments) -> ToolResult`` with the tool's model-facing arguments.
+        loader: builds the backend's heavy resource (a model, a detector) from the env's backend options; called
+            once per process per distinct options and handed to ``fn`` as ``ctx.resource``. None: nothing to load.
+        device: where it runs ("cpu", "cuda").
+        nondeterministic: True when repeated calls may differ (model backends on GPU); such results are worth
+            caching for exact replays.
     """
 
-    def __init__(self, fn: Callable[..., ToolResult], *, name: str | None = None) -> None:
+    fn: Callable[..., ToolResult]
+    loader: Callable[[Mapping[str, Any]], Any] | None = None
+    device: str = "cpu"
+    nondeterministic: bool = False
+
+
+class Tool:
+    """A registered tool: its name, JSON schema and one or more backends.
+
+    Calling :meth:`__call__` validates the arguments against the schema (unknown, missing or wrongly typed
+    arguments raise :class:`ToolError`) before running the selected backend. Caching, timeouts and process
+    isolation live in :mod:`vgym.tool_runtime`.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., ToolResult],
+        *,
+        name: str | None = None,
+        backends: Mapping[str, Backend] | None = None,
+        default_backend: str | None = None,
+        version: int = 0,
+    ) -> None:
         """Args:
-        fn: ``fn(ctx, **arguments) -> ToolResult``; the first parameter is the context and is hidden from the
-            schema; every other parameter needs a type hint and a docstring description.
+        fn: defines the model-facing signature and docstring (``fn(ctx, **arguments)``; the first parameter is
+            the context, hidden from the schema; every other parameter needs a type hint and a docstring line).
+            Without ``backends`` it is also the implementation, as backend ``"default"``.
         name: the name the model calls; defaults to ``fn.__name__``.
+        backends: implementations by name (e.g. ``oracle``, ``opencv``, ``hf``).
+        default_backend: used when the env config names none; defaults to the first of ``backends``.
+        version: bump when results change meaning; part of the cache key.
+
+        Raises:
+            ValueError: if ``default_backend`` is not one of ``backends``.
         """
         self.fn = fn
         self.name = name or fn.__name__
+        self.backends: dict[str, Backend] = dict(backends) if backends else {"default": Backend(fn)}
+        self.default_backend = default_backend or next(iter(self.backends))
+        if self.default_backend not in self.backends:
+            raise ValueError(f"default_backend {self.default_backend!r} not in {sorted(self.backends)}")
+        self.version = version
         self.schema = _schema_without_context(fn, self.name)
         params = self.schema["function"]["parameters"]
         self._properties: dict[str, dict[str, Any]] = params.get("properties", {})
@@ -120,14 +168,29 @@ class Tool:
         ]
         return ", ".join(parts)
 
-    def __call__(self, ctx: ToolContext, arguments: Mapping[str, Any]) -> ToolResult:
-        """Validate ``arguments`` and run the tool.
+    def backend(self, name: str | None = None) -> Backend:
+        """The backend called ``name`` (None: the default).
 
         Raises:
-            ToolError: for invalid arguments (from validation or from the tool itself).
+            UnknownNameError: listing this tool's backends.
         """
+        name = name or self.default_backend
+        if name not in self.backends:
+            close = difflib.get_close_matches(name, list(self.backends), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UnknownNameError(f"tool {self.name!r} has no backend {name!r}.{hint} Backends: {sorted(self.backends)}")
+        return self.backends[name]
+
+    def __call__(self, ctx: ToolContext, arguments: Mapping[str, Any], backend: str | None = None) -> ToolResult:
+        """Validate ``arguments`` and run one backend in this thread (no cache, no timeout).
+
+        Raises:
+            ToolError: for invalid arguments (from validation or from the backend itself).
+            UnknownNameError: for an unknown backend name.
+        """
+        chosen = self.backend(backend)
         self.validate(arguments)
-        return self.fn(ctx, **arguments)
+        return chosen.fn(ctx, **arguments)
 
     def __repr__(self) -> str:
         return f"Tool({self.name!r})"

@@ -1,0 +1,236 @@
+"""Running tools: backend selection, lazy loading, a deterministic result cache, timeouts and process isolation.
+
+Contents: :class:`ToolRuntimeConfig`, :class:`CallInfo`, :class:`ResourcePool`, :data:`RESOURCES`,
+:class:`ToolCache`, :class:`ToolRuntime`.
+
+One :class:`ToolRuntime` serves one env. Every failure of a call — invalid arguments, a backend that raises, hangs
+past the timeout or kills its worker process — comes back as a :class:`~vgym.errors.ToolError` for the model;
+the episode goes on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import logging
+import multiprocessing
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vgym.errors import InvalidConfigError, ToolError
+from vgym.tooling import TOOLS, Tool, ToolContext, ToolResult
+
+__all__ = ["ToolRuntimeConfig", "CallInfo", "ResourcePool", "RESOURCES", "ToolCache", "ToolRuntime"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ToolRuntimeConfig:
+    """How an env runs its tools."""
+
+    backends: dict[str, str] = field(default_factory=dict)
+    """Backend per tool name, e.g. ``{"ground": "opencv"}``; tools not named use their default backend."""
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Backend options per tool name, e.g. ``{"depth": {"model": "/models/dpt"}}`` (JSON values only)."""
+    cache_dir: str | None = None
+    """Folder of the result cache; None disables caching."""
+    timeout_s: float | None = 60.0
+    """Per-call wall-clock limit; None waits forever (and runs the call in the env's own thread)."""
+    isolation: str = "none"
+    """"none" (a worker thread of this process) or "subprocess" (a spawned worker process, so a crash or an
+    out-of-memory kill in a backend cannot take the rollout down; backends must then be importable by name)."""
+
+    def __post_init__(self) -> None:
+        if self.isolation not in ("none", "subprocess"):
+            raise InvalidConfigError(f"isolation must be 'none' or 'subprocess', got {self.isolation!r}")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise InvalidConfigError(f"timeout_s must be positive or None, got {self.timeout_s}")
+
+
+@dataclass
+class CallInfo:
+    """What happened in one call (merged into the env's per-call record)."""
+
+    backend: str
+    cache_hit: bool = False
+    latency_s: float = 0.0
+
+
+class ResourcePool:
+    """Loaded backend resources, built once per process per (tool, backend, options)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tool: Tool, backend: str, options: Mapping[str, Any]) -> Any:
+        """The resource of ``tool``'s ``backend`` for ``options``, loading it on first use (None without loader)."""
+        loader = tool.backend(backend).loader
+        if loader is None:
+            return None
+        key = json.dumps([tool.name, backend, options], sort_keys=True, default=str)
+        with self._lock:
+            if key not in self._items:
+                logger.info("loading %s/%s with %s", tool.name, backend, options)
+                self._items[key] = loader(options)
+            return self._items[key]
+
+
+RESOURCES = ResourcePool()
+"""This process's loaded backends (a model is loaded once however many envs use it)."""
+
+
+class ToolCache:
+    """Results on disk keyed by (tool, version, backend, options, arguments, inputs); replays are byte-identical.
+
+    A result is stored as ``<dir>/<key[:2]>/<key>.npz`` holding the text and each image array.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def key(tool: Tool, backend: str, arguments: Mapping[str, Any], ctx: ToolContext) -> str:
+        """SHA-256 over everything a result may depend on: the tool (name, version), backend, options, arguments,
+        every episode image (shape, dtype, bytes), the scene metadata and the video file's bytes."""
+        h = hashlib.sha256()
+        head = [tool.name, tool.version, backend, dict(ctx.options), dict(arguments), dict(ctx.metadata)]
+        h.update(json.dumps(head, sort_keys=True, default=str).encode())
+        for image in ctx.images:
+            h.update(f"{image.shape}{image.dtype}".encode())
+            h.update(np.ascontiguousarray(image).tobytes())
+        if ctx.video is not None:
+            h.update(_file_digest(ctx.video).encode())
+        return h.hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.npz"
+
+    def load(self, key: str) -> ToolResult | None:
+        """The stored result, or None."""
+        path = self._path(key)
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            n = int(data["num_images"])
+            return ToolResult(text=str(data["text"]), images=[data[f"image_{i}"].copy() for i in range(n)])
+
+    def store(self, key: str, result: ToolResult) -> None:
+        """Write ``result`` atomically (temporary file, then rename)."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"image_{i}": np.asarray(im) for i, im in enumerate(result.images)}
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp.npz")
+        np.savez(tmp, text=np.array(result.text), num_images=np.array(len(result.images)), **arrays)
+        tmp.replace(path)
+
+
+_DIGESTS: dict[tuple[str, float, int], str] = {}
+
+
+def _file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes, memoised by (path, mtime, size)."""
+    stat = Path(path).stat()
+    key = (str(path), stat.st_mtime, stat.st_size)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return _DIGESTS[key]
+
+
+def _call_backend(tool: Tool, backend: str, ctx: ToolContext, arguments: dict[str, Any]) -> ToolResult:
+    """Load the backend's resource (once per process) and run it; what workers execute."""
+    ctx.resource = RESOURCES.get(tool, backend, ctx.options)
+    return tool(ctx, arguments, backend=backend)
+
+
+def _call_by_name(name: str, backend: str, ctx: ToolContext, arguments: dict[str, Any]) -> ToolResult:
+    """Subprocess entry point: look the tool up in the worker's own registry (``import vgym`` registers it)."""
+    import vgym  # noqa: F401
+
+    return _call_backend(TOOLS.get(name), backend, ctx, arguments)
+
+
+class ToolRuntime:
+    """Runs tool calls for one env with caching, a timeout and optional process isolation."""
+
+    def __init__(self, config: ToolRuntimeConfig | None = None) -> None:
+        self.config = config or ToolRuntimeConfig()
+        self.cache = ToolCache(self.config.cache_dir) if self.config.cache_dir else None
+        self._pool: cf.Executor | None = None
+
+    def backend_name(self, tool: Tool) -> str:
+        """The backend this runtime uses for ``tool``."""
+        return self.config.backends.get(tool.name, tool.default_backend)
+
+    def call(self, tool: Tool, ctx: ToolContext, arguments: dict[str, Any]) -> tuple[ToolResult, CallInfo]:
+        """Run one call.
+
+        Returns:
+            ``(result, info)``.
+
+        Raises:
+            ToolError: for invalid arguments, a backend error, a timeout or a dead worker process.
+        """
+        backend = self.backend_name(tool)
+        info = CallInfo(backend=backend)
+        tool.backend(backend)  # unknown backend names are config errors: raise UnknownNameError now
+        tool.validate(arguments)
+        ctx.options = self.config.options.get(tool.name, {})
+        start = time.perf_counter()
+        key = ToolCache.key(tool, backend, arguments, ctx) if self.cache else None
+        if key is not None and (hit := self.cache.load(key)) is not None:  # type: ignore[union-attr]
+            info.cache_hit, info.latency_s = True, time.perf_counter() - start
+            return hit, info
+        result = self._run(tool, backend, ctx, arguments)
+        if key is not None:
+            self.cache.store(key, result)  # type: ignore[union-attr]
+        info.latency_s = time.perf_counter() - start
+        return result, info
+
+    def _run(self, tool: Tool, backend: str, ctx: ToolContext, arguments: dict[str, Any]) -> ToolResult:
+        timeout = self.config.timeout_s
+        if self.config.isolation == "none" and timeout is None:
+            return _call_backend(tool, backend, ctx, arguments)
+        if self._pool is None:
+            self._pool = self._new_pool()
+        if self.config.isolation == "subprocess":
+            worker_ctx = ToolContext(list(ctx.images), dict(ctx.metadata), ctx.rng, ctx.max_pixels, ctx.video,
+                                     None, dict(ctx.options))
+            future = self._pool.submit(_call_by_name, tool.name, backend, worker_ctx, arguments)
+        else:
+            future = self._pool.submit(_call_backend, tool, backend, ctx, arguments)
+        try:
+            return future.result(timeout=timeout)
+        except cf.TimeoutError:
+            self._abandon_pool()  # a hung call keeps its worker; later calls get a fresh one
+            raise ToolError(f"{tool.name} timed out after {timeout} s; try a smaller input or another call.") from None
+        except cf.process.BrokenProcessPool:
+            self._abandon_pool()
+            raise ToolError(f"{tool.name} crashed its worker process (backend {backend!r}); the call was lost.") from None
+
+    def _new_pool(self) -> cf.Executor:
+        if self.config.isolation == "subprocess":
+            return cf.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vgym-tool")
+
+    def _abandon_pool(self) -> None:
+        if self._pool is not None:
+            pool = self._pool
+            self._pool = None
+            if isinstance(pool, cf.ProcessPoolExecutor):
+                for proc in list(getattr(pool, "_processes", {}).values()):  # a hung worker process is killed
+                    proc.kill()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """Shut the worker down (idempotent)."""
+        self._abandon_pool()
