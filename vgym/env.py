@@ -252,7 +252,7 @@ class VisualToolEnv(gym.Env[dict, str]):
             record.error = f"Unknown tool {name!r}. Available tools: {available}."
             return record, f"Error: {record.error}", []
         ctx = ToolContext(self._images, self.sample.metadata, self.np_random, self.config.max_pixels,  # type: ignore[union-attr]
-                          video=self.sample.video)  # type: ignore[union-attr]
+                          video=self.sample.video, arrays=self.sample.arrays)  # type: ignore[union-attr]
         record.backend = self.runtime.backend_name(tool)
         start = time.perf_counter()
         try:

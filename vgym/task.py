@@ -46,6 +46,9 @@ class Sample:
         answer: the canonical gold answer as text.
         metadata: scene ground truth for oracle tools and scorers (JSON-serialisable).
         video: path of the sample's video file (video tasks), or None.
+        arrays: ground-truth arrays for oracle tools, never shown to the model (e.g. ``"depth"`` (H, W) float32
+            metres of image 0, ``"masks"`` (N, H, W) bool per object of ``metadata["objects"]``, ``"right"`` the
+            right view of a rectified stereo pair).
     """
 
     id: str
@@ -57,6 +60,7 @@ class Sample:
     answer: str
     metadata: Mapping[str, Any] = field(default_factory=dict)
     video: str | None = None
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -101,11 +101,11 @@ class ToolCache:
     @staticmethod
     def key(tool: Tool, backend: str, arguments: Mapping[str, Any], ctx: ToolContext) -> str:
         """SHA-256 over everything a result may depend on: the tool (name, version), backend, options, arguments,
-        every episode image (shape, dtype, bytes), the scene metadata and the video file's bytes."""
+        every episode image and ground-truth array (shape, dtype, bytes), the scene metadata and the video's bytes."""
         h = hashlib.sha256()
         head = [tool.name, tool.version, backend, dict(ctx.options), dict(arguments), dict(ctx.metadata)]
         h.update(json.dumps(head, sort_keys=True, default=str).encode())
-        for image in ctx.images:
+        for image in [*ctx.images, *(ctx.arrays[k] for k in sorted(ctx.arrays))]:
             h.update(f"{image.shape}{image.dtype}".encode())
             h.update(np.ascontiguousarray(image).tobytes())
         if ctx.video is not None:
@@ -204,7 +204,7 @@ class ToolRuntime:
             self._pool = self._new_pool()
         if self.config.isolation == "subprocess":
             worker_ctx = ToolContext(list(ctx.images), dict(ctx.metadata), ctx.rng, ctx.max_pixels, ctx.video,
-                                     None, dict(ctx.options))
+                                     dict(ctx.arrays), None, dict(ctx.options))
             future = self._pool.submit(_call_by_name, tool.name, backend, worker_ctx, arguments)
         else:
             future = self._pool.submit(_call_backend, tool, backend, ctx, arguments)

@@ -41,6 +41,7 @@ class ToolContext:
         rng: the episode's seeded generator; tools draw all randomness from it.
         max_pixels: the env's image budget (H·W) for images shown to the model.
         video: path of the sample's video file, or None.
+        arrays: the sample's ground-truth arrays (depth, masks, stereo right view), for oracle/classical backends.
         resource: what the selected backend's ``loader`` built (e.g. a model), or None; set by the runtime.
         options: the backend options from the env config (e.g. ``{"model": "/path"}``); set by the runtime.
     """
@@ -50,6 +51,7 @@ class ToolContext:
     rng: np.random.Generator
     max_pixels: int
     video: str | None = None
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
     resource: Any = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
