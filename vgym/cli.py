@@ -35,11 +35,13 @@ def list_cmd() -> None:
     console.print(table)
     tools = Table(title="vgym tools")
     tools.add_column("tool")
+    tools.add_column("backends (default first)")
     tools.add_column("arguments")
     tools.add_column("description")
     for name in vgym.TOOLS.names():
         tool = vgym.TOOLS.get(name)
-        tools.add_row(name, tool.signature_hint(), tool.description)
+        backends = [tool.default_backend] + [b for b in tool.backends if b != tool.default_backend]
+        tools.add_row(name, ", ".join(backends), tool.signature_hint(), tool.description)
     console.print(tools)
     ids = [i for i in gymnasium.registry if i.startswith("vgym/")]
     console.print(f"{len(ids)} environment(s), {len(vgym.TOOLS)} tool(s)")

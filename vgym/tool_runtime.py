@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from vgym.errors import InvalidConfigError, ToolError
-from vgym.tooling import TOOLS, Tool, ToolContext, ToolResult
+from vgym.tooling import Tool, ToolContext, ToolResult
 
 __all__ = ["ToolRuntimeConfig", "CallInfo", "ResourcePool", "RESOURCES", "ToolCache", "ToolRuntime"]
 
@@ -46,7 +46,8 @@ class ToolRuntimeConfig:
     """Per-call wall-clock limit; None waits forever (and runs the call in the env's own thread)."""
     isolation: str = "none"
     """"none" (a worker thread of this process) or "subprocess" (a spawned worker process, so a crash or an
-    out-of-memory kill in a backend cannot take the rollout down; backends must then be importable by name)."""
+    out-of-memory kill in a backend cannot take the rollout down; the tool is pickled by reference, so its
+    functions must be importable module-level functions). Each worker loads its own copy of a backend's model."""
 
     def __post_init__(self) -> None:
         if self.isolation not in ("none", "subprocess"):
@@ -147,16 +148,9 @@ def _file_digest(path: str) -> str:
 
 
 def _call_backend(tool: Tool, backend: str, ctx: ToolContext, arguments: dict[str, Any]) -> ToolResult:
-    """Load the backend's resource (once per process) and run it; what workers execute."""
+    """Load the backend's resource (once per process) and run it; what worker threads and processes execute."""
     ctx.resource = RESOURCES.get(tool, backend, ctx.options)
     return tool(ctx, arguments, backend=backend)
-
-
-def _call_by_name(name: str, backend: str, ctx: ToolContext, arguments: dict[str, Any]) -> ToolResult:
-    """Subprocess entry point: look the tool up in the worker's own registry (``import vgym`` registers it)."""
-    import vgym  # noqa: F401
-
-    return _call_backend(TOOLS.get(name), backend, ctx, arguments)
 
 
 class ToolRuntime:
@@ -205,7 +199,7 @@ class ToolRuntime:
         if self.config.isolation == "subprocess":
             worker_ctx = ToolContext(list(ctx.images), dict(ctx.metadata), ctx.rng, ctx.max_pixels, ctx.video,
                                      dict(ctx.arrays), None, dict(ctx.options))
-            future = self._pool.submit(_call_by_name, tool.name, backend, worker_ctx, arguments)
+            future = self._pool.submit(_call_backend, tool, backend, worker_ctx, arguments)
         else:
             future = self._pool.submit(_call_backend, tool, backend, ctx, arguments)
         try:
