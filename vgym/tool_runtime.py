@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,9 +107,8 @@ class ToolCache:
         h = hashlib.sha256()
         head = [tool.name, tool.version, backend, dict(ctx.options), dict(arguments), dict(ctx.metadata)]
         h.update(json.dumps(head, sort_keys=True, default=str).encode())
-        for image in [*ctx.images, *(ctx.arrays[k] for k in sorted(ctx.arrays))]:
-            h.update(f"{image.shape}{image.dtype}".encode())
-            h.update(np.ascontiguousarray(image).tobytes())
+        for array in [*ctx.images, *(ctx.arrays[k] for k in sorted(ctx.arrays))]:
+            h.update(_array_digest(array))
         if ctx.video is not None:
             h.update(_file_digest(ctx.video).encode())
         return h.hexdigest()
@@ -136,6 +136,26 @@ class ToolCache:
 
 
 _DIGESTS: dict[tuple[str, float, int], str] = {}
+_ARRAY_DIGESTS: dict[int, tuple[weakref.ref, bytes]] = {}
+
+
+def _array_digest(array: np.ndarray) -> bytes:
+    """BLAKE2b of an array's shape, dtype and bytes, memoised while the array lives.
+
+    An episode's images stay the same objects across its steps, so a 4K image (25 MB) is hashed once per episode,
+    not once per call. Arrays must not be mutated in place after they were hashed (the env never does).
+    """
+    entry = _ARRAY_DIGESTS.get(id(array))
+    if entry is not None and entry[0]() is array:
+        return entry[1]
+    h = hashlib.blake2b(f"{array.shape}{array.dtype}".encode(), digest_size=32)
+    h.update(np.ascontiguousarray(array).data)
+    digest = h.digest()
+    if len(_ARRAY_DIGESTS) > 4096:  # drop entries of dead arrays now and then
+        for key in [k for k, (ref, _) in _ARRAY_DIGESTS.items() if ref() is None]:
+            del _ARRAY_DIGESTS[key]
+    _ARRAY_DIGESTS[id(array)] = (weakref.ref(array), digest)
+    return digest
 
 
 def _file_digest(path: str) -> str:
