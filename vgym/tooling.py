@@ -156,6 +156,8 @@ class Tool:
         if missing:
             raise ToolError(f"{self.name}: missing required argument(s) {missing}. {usage}")
         for arg, value in arguments.items():
+            if value is None and (self._properties[arg].get("nullable") or arg not in self._required):
+                continue  # an explicit null for an optional argument means "not given"
             want = self._properties[arg].get("type")
             types = _JSON_TYPES.get(want) if isinstance(want, str) else None
             # bool is an int subclass in Python but not a JSON number.
