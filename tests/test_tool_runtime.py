@@ -156,3 +156,17 @@ def test_a_crashing_tool_becomes_an_error_observation() -> None:
 
 def _boom(ctx: ToolContext, value: int = 0) -> ToolResult:
     return ToolResult(text=str(1 / 0))
+
+
+def _refuse(ctx: ToolContext, value: int = 0) -> ToolResult:
+    raise ToolError(f"value {value} is not allowed")
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_a_backend_tool_error_reaches_the_caller_unchanged(timeout: float | None) -> None:
+    # Through the worker thread (timeout set) and inline (no timeout) alike.
+    tool = Tool(_echo, backends={"refuse": Backend(_refuse)})
+    runtime = ToolRuntime(ToolRuntimeConfig(timeout_s=timeout))
+    with pytest.raises(ToolError, match="value 7 is not allowed"):
+        runtime.call(tool, _ctx(), {"value": 7})
+    runtime.close()

@@ -227,7 +227,7 @@ class ToolRuntime:
         except cf.TimeoutError:
             self._abandon_pool()  # a hung call keeps its worker; later calls get a fresh one
             raise ToolError(f"{tool.name} timed out after {timeout} s; try a smaller input or another call.") from None
-        except cf.process.BrokenProcessPool:
+        except cf.BrokenExecutor:  # the worker process died (crash, out-of-memory kill)
             self._abandon_pool()
             raise ToolError(f"{tool.name} crashed its worker process (backend {backend!r}); the call was lost.") from None
 
