@@ -1,0 +1,399 @@
+"""Video frames: sample frames evenly from a time range of the episode's video, or fetch the frame at a time.
+
+Contents: :func:`sample_frames`, :func:`get_frame`, :func:`frame_indices`, :class:`ClipInfo`,
+:class:`VideoReaderCache`, :func:`synthetic_frame`, :func:`write_synthetic_clip`.
+
+Both tools read ``ctx.video``. Time 0 is the first frame's presentation time; frame ``i`` starts at
+``ClipInfo.times[i]``; valid times lie in ``[0, ClipInfo.duration]``. One helper, :func:`frame_indices`, maps times
+to frames, so all backends return the same frames: ``sample_frames`` takes the centres of ``num_frames`` equal
+slices of ``[start_s, end_s]``, ``t_k = start_s + (k + 1/2) · (end_s - start_s) / num_frames``, ``get_frame`` takes
+``t_s``; each time maps to the frame whose start is nearest (ties: the earlier). A range shorter than
+``num_frames`` frame periods gives each of its frames once (the text says so). Frames are RGB uint8, each fitted
+to the budget ``ctx.max_pixels`` (never enlarged).
+
+Backends: ``auto`` (default) is ``decord``, then ``pyav`` when decord is missing or fails (decord 0.6 cannot open
+AV1, for one). ``decord``: ``VideoReader`` on the CPU, ``get_batch``, times from ``get_frame_timestamp`` (float32,
+so all times are rounded to the microsecond). ``pyav``: times from one demux pass over the packets, frames by
+seeking to the keyframe before each and decoding forward; a frame's time is ``frame.pts * time_base``.
+
+Open clips live in a :class:`VideoReaderCache` per decoder, the backends' loaded resource, so a ``ToolRuntime``
+reuses them (loader option ``max_open``, default 4); without a runtime a call opens the clip for itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from vgym.errors import ToolError
+from vgym.tooling import TOOLS, Backend, Tool, ToolContext, ToolResult, fit_to_budget
+
+__all__ = ["sample_frames", "get_frame", "frame_indices", "ClipInfo", "VideoReaderCache", "synthetic_frame",
+           "write_synthetic_clip"]
+
+logger = logging.getLogger(__name__)
+
+MAX_FRAMES = 16
+"""Most frames one ``sample_frames`` call may return (each costs the model a full image budget)."""
+
+_BITS = 12  # synthetic clips encode the frame index in 12 black/white cells: up to 4096 frames
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """What a backend knows about a clip before decoding it.
+
+    Attributes:
+        times: (N,) float64 start time of each frame in seconds, in presentation order, ``times[0] == 0``.
+        fps: the stream's average frame rate.
+    """
+
+    times: np.ndarray
+    fps: float
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the first frame's start to the last frame's end."""
+        return float(self.times[-1]) + 1.0 / self.fps
+
+    def describe(self) -> str:
+        """``"clip is 10.00 s, 250 frames at 25 fps"``, for tool texts and error messages."""
+        return f"clip is {self.duration:.2f} s, {len(self.times)} frames at {self.fps:.4g} fps"
+
+    def stamp(self, time: float) -> str:
+        """``time`` in seconds to the precision that tells frames apart: 2 decimals up to 100 fps, else 3."""
+        return f"{time:.{2 if self.fps <= 100 else 3}f}"
+
+
+def frame_indices(times: np.ndarray, targets: Sequence[float]) -> list[int]:
+    """The distinct frames whose start times are nearest ``targets`` (ties go to the earlier frame), in order.
+
+    Args:
+        times: (N,) increasing frame start times in seconds.
+        targets: wanted times in seconds, increasing.
+
+    Returns:
+        Frame indices, increasing and without repeats (so possibly fewer than ``targets``).
+    """
+    chosen: list[int] = []
+    for t in targets:
+        after = min(int(np.searchsorted(times, t)), len(times) - 1)  # the first frame starting at or after t
+        i = after - 1 if after > 0 and t - times[after - 1] <= times[after] - t else after
+        if not chosen or chosen[-1] != i:
+            chosen.append(i)
+    return chosen
+
+
+class _DecordClip:
+    """A clip read by ``decord.VideoReader`` (CPU). As :class:`_PyAVClip`: ``info``, ``read(indices)`` (RGB uint8
+    frames at distinct indices with their start times in s, in the order asked) and ``close()``."""
+
+    def __init__(self, path: str) -> None:
+        import decord  # lazy: decord has no wheels for every platform
+
+        self._reader = decord.VideoReader(path, ctx=decord.cpu(0))
+        if len(self._reader) == 0:
+            raise ValueError(f"decord found no frames in {path}")
+        starts = np.asarray(self._reader.get_frame_timestamp(list(range(len(self._reader))))[:, 0], np.float64)
+        self.info = ClipInfo(np.round(starts - starts[0], 6), float(self._reader.get_avg_fps()))
+
+    def read(self, indices: Sequence[int]) -> list[tuple[np.ndarray, float]]:
+        batch = self._reader.get_batch(list(indices)).asnumpy()
+        return [(np.ascontiguousarray(frame), float(self.info.times[i])) for frame, i in zip(batch, indices)]
+
+    def close(self) -> None:
+        del self._reader
+
+
+class _PyAVClip:
+    """A clip read by PyAV: one demux pass for the timestamps, then seek + decode per request."""
+
+    def __init__(self, path: str) -> None:
+        import av
+
+        self._container = av.open(path)
+        self._stream = self._container.streams.video[0]
+        packets = sorted((p.pts, p.is_keyframe) for p in self._container.demux(self._stream) if p.pts is not None)
+        if not packets:
+            raise ValueError("PyAV found no frames")
+        self._pts = [p for p, _ in packets]
+        self._keys = [p for p, key in packets if key] or self._pts[:1]
+        starts = np.array([float((p - self._pts[0]) * self._stream.time_base) for p in self._pts])
+        fps = float(self._stream.average_rate or self._stream.guessed_rate or 1)
+        self.info = ClipInfo(np.round(starts, 6), fps)
+        self._frames: Iterator[Any] = iter(())  # the decoder, positioned after the frame with pts self._last
+        self._last: int | None = None  # None: nothing decoded since the last seek (pts may be negative)
+
+    def _seek(self, pts: int) -> None:
+        self._container.seek(pts, stream=self._stream, backward=True, any_frame=False)
+        self._frames = self._container.decode(self._stream)
+        self._last = None
+
+    def _decode_to(self, target: int) -> Any:
+        """Decode forward to the frame with pts ``target`` (or the first one after it)."""
+        keyframe = self._keys[max(0, int(np.searchsorted(self._keys, target, side="right")) - 1)]
+        if self._last is None or target <= self._last or keyframe > self._last:
+            self._seek(keyframe)  # go on decoding only when the target is ahead and no keyframe lies between
+        for attempt in range(2):
+            for frame in self._frames:
+                if frame.pts is None:
+                    continue
+                if self._last is None and frame.pts > target and attempt == 0:
+                    break  # the seek overshot (demuxers may seek by dts): decode from the start instead
+                self._last = frame.pts
+                if frame.pts >= target:
+                    return frame
+            self._seek(self._pts[0])
+        raise ValueError(f"PyAV could not decode the frame at pts {target}")
+
+    def read(self, indices: Sequence[int]) -> list[tuple[np.ndarray, float]]:
+        out: dict[int, tuple[np.ndarray, float]] = {}
+        for i in sorted(indices):
+            frame = self._decode_to(self._pts[i])
+            time = float((frame.pts - self._pts[0]) * self._stream.time_base)
+            out[i] = (frame.to_ndarray(format="rgb24"), round(time, 6))
+        return [out[i] for i in indices]
+
+    def close(self) -> None:
+        self._container.close()
+
+
+_OPENERS: dict[str, Callable[[str], Any]] = {"decord": _DecordClip, "pyav": _PyAVClip}
+
+
+class VideoReaderCache:
+    """Open clips of one backend, at most ``max_open``, the least recently used closed first.
+
+    A clip is keyed by (path, modification time, size), so a rewritten file is reopened. Reads hold the cache's
+    lock: readers are not thread-safe, so reads of one cache run one at a time.
+    """
+
+    def __init__(self, backend: str, max_open: int = 4) -> None:
+        """Args:
+        backend: ``"decord"`` or ``"pyav"``.
+        max_open: how many clips stay open.
+
+        Raises:
+            ValueError: for an unknown backend or ``max_open < 1``.
+        """
+        if backend not in _OPENERS or max_open < 1:
+            raise ValueError(f"need backend in {sorted(_OPENERS)} and max_open >= 1, got {backend!r}, {max_open}")
+        self.backend, self.max_open = backend, max_open
+        self._clips: OrderedDict[tuple[str, int, int], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def open(self, path: str) -> Iterator[Any]:
+        """The open clip at ``path`` (opened now if needed), locked for the ``with`` block."""
+        stat = os.stat(path)
+        key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if key not in self._clips:
+                self._clips[key] = _OPENERS[self.backend](path)
+                while len(self._clips) > self.max_open:
+                    self._clips.popitem(last=False)[1].close()
+            self._clips.move_to_end(key)
+            yield self._clips[key]
+
+    def close(self) -> None:
+        """Close every open clip (harmless to repeat; the cache stays usable)."""
+        with self._lock:
+            while self._clips:
+                self._clips.popitem()[1].close()
+
+    def __len__(self) -> int:
+        return len(self._clips)
+
+
+def _load_readers(options: Mapping[str, Any]) -> dict[str, VideoReaderCache]:
+    """The backends' resource: a reader cache per decoder. Option ``max_open`` (int ≥ 1, default 4)."""
+    max_open = options.get("max_open", 4)
+    if set(options) - {"max_open"} or not isinstance(max_open, int) or max_open < 1:
+        raise ToolError(f"video tools accept only the option max_open (an int >= 1), got {dict(options)!r}.")
+    return {name: VideoReaderCache(name, max_open) for name in _OPENERS}
+
+
+class _DecodeFailure(ToolError):
+    """A decoder could not read the clip (``auto`` then tries the next one)."""
+
+
+def _fetch(ctx: ToolContext, decoder: str, choose: Callable[[ClipInfo], list[int]]) -> tuple[ClipInfo, list]:
+    """Open ``ctx.video`` with ``decoder`` and read the frames ``choose(info)`` picks (it raises for bad times)."""
+    shared = isinstance(ctx.resource, dict)  # a runtime's loaded reader caches; else open the clip for this call
+    cache = ctx.resource[decoder] if shared else VideoReaderCache(decoder, max_open=1)
+    try:
+        with cache.open(str(ctx.video)) as clip:
+            return clip.info, clip.read(choose(clip.info))
+    except ToolError:
+        raise
+    except ImportError as error:
+        raise _DecodeFailure(f"{decoder} is not installed ({error}); use the backend 'pyav' or 'auto'.") from error
+    except Exception as error:  # decord.DECORDError, av.FFmpegError, ...
+        raise _DecodeFailure(f"the video could not be read with {decoder}: {error!r}.") from error
+    finally:
+        if not shared:
+            cache.close()
+
+
+def _frames(ctx: ToolContext, backend: str, choose: Callable[[ClipInfo], list[int]]) -> tuple[ClipInfo, list]:
+    """:func:`_fetch` with the named backend; ``auto`` is decord, then PyAV if decord fails."""
+    if ctx.video is None:
+        raise ToolError("this episode has no video, so there are no frames to read; answer from the images.")
+    if backend != "auto":
+        return _fetch(ctx, backend, choose)
+    try:
+        return _fetch(ctx, "decord", choose)
+    except _DecodeFailure as failure:
+        logger.info("decord failed on %s, using PyAV: %s", ctx.video, failure)
+        return _fetch(ctx, "pyav", choose)
+
+
+def _check_time(name: str, value: float, info: ClipInfo | None = None) -> None:
+    """Raise :class:`ToolError` unless ``value`` is finite (and, given ``info``, within the clip)."""
+    if not math.isfinite(value):
+        raise ToolError(f"{name} must be a finite number of seconds, got {value!r}.")
+    if info is not None and not 0.0 <= value <= info.duration:
+        raise ToolError(f"{name}={value:g} is outside the video: the {info.describe()}, so times lie in "
+                        f"[0, {info.duration:.2f}] s.")
+
+
+def _sample(ctx: ToolContext, start_s: float, end_s: float, num_frames: int = 8, *, backend: str) -> ToolResult:
+    _check_time("start_s", start_s)
+    _check_time("end_s", end_s)
+    if not 1 <= num_frames <= MAX_FRAMES:
+        raise ToolError(f"num_frames must be between 1 and {MAX_FRAMES}, got {num_frames}.")
+    if start_s >= end_s:
+        raise ToolError(f"start_s must be less than end_s, got start_s={start_s:g}, end_s={end_s:g}.")
+
+    def choose(info: ClipInfo) -> list[int]:
+        _check_time("start_s", start_s, info)
+        _check_time("end_s", end_s, info)
+        step = (end_s - start_s) / num_frames
+        return frame_indices(info.times, [start_s + (k + 0.5) * step for k in range(num_frames)])
+
+    info, frames = _frames(ctx, backend, choose)
+    fewer = "" if len(frames) == num_frames else f" (only {len(frames)} distinct frames in that range)"
+    times = ", ".join(info.stamp(t) for _, t in frames)
+    text = f"{len(frames)} frames from [{start_s:g}, {end_s:g}] s at [{times}] s{fewer}; {info.describe()}."
+    return ToolResult(text=text, images=[fit_to_budget(frame, ctx.max_pixels) for frame, _ in frames])
+
+
+def _get(ctx: ToolContext, t_s: float, *, backend: str) -> ToolResult:
+    _check_time("t_s", t_s)
+
+    def choose(info: ClipInfo) -> list[int]:
+        _check_time("t_s", t_s, info)
+        return frame_indices(info.times, [t_s])
+
+    info, [(frame, time)] = _frames(ctx, backend, choose)
+    text = f"the frame at {info.stamp(time)} s (nearest to {t_s:g} s); {info.describe()}."
+    return ToolResult(text=text, images=[fit_to_budget(frame, ctx.max_pixels)])
+
+
+def sample_frames(ctx: ToolContext, start_s: float, end_s: float, num_frames: int = 8) -> ToolResult:
+    """Look at frames of the video spread evenly over a time range, with the time of each frame.
+
+    Args:
+        start_s: Start of the range in seconds from the beginning of the video.
+        end_s: End of the range in seconds (greater than start_s).
+        num_frames: How many frames to return (1 to 16, default 8), each from the middle of an equal slice of the range.
+    """
+    return _sample(ctx, start_s, end_s, num_frames, backend="auto")
+
+
+def get_frame(ctx: ToolContext, t_s: float) -> ToolResult:
+    """Look at the single video frame nearest a given time.
+
+    Args:
+        t_s: The time in seconds from the beginning of the video.
+    """
+    return _get(ctx, t_s, backend="auto")
+
+
+def synthetic_frame(index: int, *, num_frames: int, size: tuple[int, int] = (160, 120), seed: int = 0) -> np.ndarray:
+    """Frame ``index`` of a synthetic clip that shows its own index, so tests and tasks can tell frames apart.
+
+    Top quarter: ``index`` in binary in 12 equal cells, most significant bit left (white 1, black 0). Middle: the
+    index as a number. Bottom eighth: a progress bar over ``(index + 1) / num_frames`` of the width. Background and
+    bar colours come from ``seed``.
+
+    Args:
+        index: the frame's index, ``0 <= index < num_frames <= 4096``.
+        num_frames: frames in the clip.
+        size: ``(width, height)`` in pixels, width at least 96 (8 px per cell) and height at least 48.
+        seed: picks the colours.
+
+    Returns:
+        RGB uint8 (height, width, 3).
+
+    Raises:
+        ValueError: for an index, frame count or size out of range.
+    """
+    width, height = size
+    if not 0 <= index < num_frames <= 2**_BITS or width < 8 * _BITS or height < 48:
+        raise ValueError(f"need 0 <= index < num_frames <= {2**_BITS} and size >= (96, 48), got index={index}, "
+                         f"num_frames={num_frames}, size={size}")
+    background, bar = np.random.default_rng(seed).integers(40, 200, (2, 3))
+    image = np.full((height, width, 3), background, np.uint8)
+    for bit in range(_BITS):
+        x1, x2 = bit * width // _BITS, (bit + 1) * width // _BITS
+        image[: height // 4, x1:x2] = 255 if index >> (_BITS - 1 - bit) & 1 else 0
+    image[height - height // 8 :, : round(width * (index + 1) / num_frames)] = bar
+    font, scale, text = cv2.FONT_HERSHEY_SIMPLEX, height / 80, str(index)
+    (w, h), _ = cv2.getTextSize(text, font, scale, 2)
+    for colour, thickness in (((0, 0, 0), max(2, round(5 * scale))), ((255, 255, 255), max(1, round(2 * scale)))):
+        cv2.putText(image, text, ((width - w) // 2, (height + h) // 2), font, scale, colour, thickness)  # outlined
+    return image
+
+
+def write_synthetic_clip(path: str, *, seconds: float, fps: float, size: tuple[int, int] = (160, 120),
+                         seed: int = 0) -> int:
+    """Write an MPEG-4 (OpenCV ``mp4v``) clip of :func:`synthetic_frame` frames, frame ``i`` at ``i / fps`` s.
+
+    Args:
+        path: the ``.mp4`` file to write.
+        seconds: clip length; ``round(seconds * fps)`` frames are written.
+        fps: frame rate.
+        size: ``(width, height)``; see :func:`synthetic_frame`.
+        seed: picks the colours.
+
+    Returns:
+        The number of frames written.
+
+    Raises:
+        ValueError: if the clip would have no frames or the size is out of range.
+        RuntimeError: if OpenCV cannot open an mp4v writer for ``path``.
+    """
+    num_frames = round(seconds * fps)
+    if num_frames < 1:
+        raise ValueError(f"seconds * fps must give at least one frame, got seconds={seconds}, fps={fps}")
+    synthetic_frame(0, num_frames=num_frames, size=size, seed=seed)  # validates before creating the file
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV could not open an mp4v writer for {path!r}")
+    try:
+        for i in range(num_frames):
+            frame = synthetic_frame(i, num_frames=num_frames, size=size, seed=seed)
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    return num_frames
+
+
+def _backends(impl: Callable[..., ToolResult]) -> dict[str, Backend]:
+    return {name: Backend(functools.partial(impl, backend=name), loader=_load_readers) for name in ("auto", *_OPENERS)}
+
+
+TOOLS.register("sample_frames", Tool(sample_frames, backends=_backends(_sample), default_backend="auto"))
+TOOLS.register("get_frame", Tool(get_frame, backends=_backends(_get), default_backend="auto"))
