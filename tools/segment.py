@@ -215,10 +215,18 @@ def _segment_grabcut(
             f"grabcut needs at least {_GRABCUT_MIN_PIXELS} pixels of object and of background; the prompt on "
             f"image {image_index} ({w}x{h}) leaves {n_fg} and {mask.size - n_fg}. Use a larger box or image."
         )
+    # GrabCut only needs the prompt and some background around it: run it on the prompt's box grown by its own
+    # size on every side (clipped), which is the whole image for large prompts and ~100x faster on a 4K image.
+    ys, xs = np.nonzero(mask != cv2.GC_BGD)
+    y1, y2, x1, x2 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    my, mx = y2 - y1, x2 - x1
+    roi = (slice(max(0, y1 - my), min(h, y2 + my)), slice(max(0, x1 - mx), min(w, x2 + mx)))
+    sub = np.ascontiguousarray(mask[roi])
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)
-    cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), mask, None, bgd, fgd, _GRABCUT_ITERATIONS,
-                cv2.GC_INIT_WITH_MASK)
+    cv2.grabCut(cv2.cvtColor(np.ascontiguousarray(image[roi]), cv2.COLOR_RGB2BGR), sub, None, bgd, fgd,
+                _GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
+    mask[roi] = sub
     fg = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
     if ppoint is not None:
         _, labels = cv2.connectedComponents(fg.astype(np.uint8), connectivity=4)
