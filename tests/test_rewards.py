@@ -153,3 +153,24 @@ def test_composite_reward_default_weights() -> None:
 def test_reward_parts_as_dict() -> None:
     parts = RewardParts(accuracy=1.0, format=0.0, tool=1.0, total=0.9)
     assert parts.as_dict() == {"accuracy": 1.0, "format": 0.0, "tool": 1.0, "total": 0.9}
+
+
+def test_box_iou_reward_hand_computed() -> None:
+    from vgym.rewards import box_iou_reward
+
+    # [0,0,10,10] vs [5,0,15,10]: intersection 5*10 = 50, union 100 + 100 - 50 = 150 -> 1/3
+    assert box_iou_reward("[0, 0, 10, 10]", [5, 0, 15, 10]) == pytest.approx(1 / 3)
+    assert box_iou_reward("the box is [5, 0, 15, 10].", [5, 0, 15, 10]) == pytest.approx(1.0)
+    assert box_iou_reward("[1, 2, 3]", [0, 0, 1, 1]) == 0.0  # three numbers
+    assert box_iou_reward("[10, 0, 0, 10]", [0, 0, 10, 10]) == 0.0  # inverted
+    assert box_iou_reward("[20, 20, 30, 30]", [0, 0, 10, 10]) == 0.0  # disjoint
+
+
+def test_interval_iou_reward_hand_computed() -> None:
+    from vgym.rewards import interval_iou_reward
+
+    # [1, 3] vs [2, 4]: intersection 1, union 2 + 2 - 1 = 3 -> 1/3
+    assert interval_iou_reward("[1.0, 3.0]", [2, 4]) == pytest.approx(1 / 3)
+    assert interval_iou_reward("from 2 to 4 s", [2, 4]) == pytest.approx(1.0)
+    assert interval_iou_reward("[3, 1]", [1, 3]) == 0.0
+    assert interval_iou_reward("[nan, 3]", [1, 3]) == 0.0

@@ -1,7 +1,8 @@
 """Reward verifiers and the composite episode reward.
 
 Contents: :func:`normalize_text`, :func:`exact_match_reward`, :func:`multiple_choice_reward`,
-:func:`numeric_reward`, :class:`RewardConfig`, :class:`RewardParts`, :func:`composite_reward`.
+:func:`numeric_reward`, :func:`parse_numbers`, :func:`box_iou_reward`, :func:`interval_iou_reward`,
+:class:`RewardConfig`, :class:`RewardParts`, :func:`composite_reward`.
 
 Verifiers are pure functions ``(prediction, gold, ...) -> float in [0, 1]``. The composite reward combines the
 task's accuracy with a format part and a (conditional) tool-use part and returns every part, so trainers and
@@ -23,6 +24,9 @@ __all__ = [
     "exact_match_reward",
     "multiple_choice_reward",
     "numeric_reward",
+    "parse_numbers",
+    "box_iou_reward",
+    "interval_iou_reward",
     "RewardConfig",
     "RewardParts",
     "composite_reward",
@@ -90,6 +94,46 @@ def numeric_reward(prediction: str, gold: float, *, rel_tol: float = 0.0, abs_to
         return 0.0
     value = float(numbers[0])
     return float(math.isfinite(value) and math.isclose(value, gold, rel_tol=rel_tol, abs_tol=abs_tol))
+
+
+def parse_numbers(text: str) -> list[float]:
+    """Every number in ``text`` ("[10, 20.5, 30, 40]" → [10.0, 20.5, 30.0, 40.0]); thousands separators are not
+    supported here because commas separate list items."""
+    return [float(n) for n in _NUMBER.findall(text)]
+
+
+def box_iou_reward(prediction: str, gold: Sequence[float]) -> float:
+    """IoU of the box written in ``prediction`` ("[x1, y1, x2, y2]") with ``gold``, in [0, 1].
+
+    Returns:
+        0.0 unless the text holds exactly four finite numbers forming a non-empty box.
+    """
+    numbers = parse_numbers(prediction)
+    if len(numbers) != 4 or not all(math.isfinite(v) for v in numbers):
+        return 0.0
+    x1, y1, x2, y2 = numbers
+    g1, h1, g2, h2 = (float(v) for v in gold)
+    if x2 <= x1 or y2 <= y1:
+        return 0.0
+    iw, ih = max(0.0, min(x2, g2) - max(x1, g1)), max(0.0, min(y2, h2) - max(y1, h1))
+    inter = iw * ih
+    union = (x2 - x1) * (y2 - y1) + (g2 - g1) * (h2 - h1) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def interval_iou_reward(prediction: str, gold: Sequence[float]) -> float:
+    """Temporal IoU of the interval written in ``prediction`` ("[start, end]", seconds) with ``gold``, in [0, 1].
+
+    Returns:
+        0.0 unless the text holds exactly two finite numbers with start < end.
+    """
+    numbers = parse_numbers(prediction)
+    if len(numbers) != 2 or not all(math.isfinite(v) for v in numbers) or numbers[1] <= numbers[0]:
+        return 0.0
+    (s, e), (gs, ge) = numbers, (float(gold[0]), float(gold[1]))
+    inter = max(0.0, min(e, ge) - max(s, gs))
+    union = (e - s) + (ge - gs) - inter
+    return inter / union if union > 0 else 0.0
 
 
 @dataclass(frozen=True)
