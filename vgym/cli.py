@@ -127,6 +127,25 @@ def print_quickstart_results(result: dict[str, Any], eval_episodes: int) -> None
 
 
 @app.command()
+def diagnose(
+    episodes: Annotated[int, typer.Option(help="episodes per task and difficulty")] = 50,
+    seed: Annotated[int, typer.Option(help="data seed")] = 0,
+) -> None:
+    """Oracle success and answer-prior baselines (majority, random) for every task and difficulty."""
+    from vgym.diagnose import diagnose_all
+
+    rows = diagnose_all(episodes=episodes, seed=seed)
+    table = Table(title=f"task diagnostics ({episodes} test episodes each)")
+    for col in ("env id", "diff", "oracle", "calls", "maj acc", "rand acc", "maj rate"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.env_id, "-" if r.difficulty is None else str(r.difficulty), f"{r.oracle_reward:.3f}",
+                      f"{r.oracle_tool_calls:.2f}", f"{r.majority_accuracy:.3f}", f"{r.random_accuracy:.3f}",
+                      f"{r.majority_rate:.2f}")
+    console.print(table)
+
+
+@app.command()
 def sft(
     model: Annotated[Path, typer.Option(help="local checkpoint folder (e.g. Qwen2-VL-2B-Instruct); never downloaded")],
     task: Annotated[str, typer.Option(help="task registry name")] = "visual_search",
