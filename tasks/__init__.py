@@ -1,5 +1,5 @@
 """Task families (one module per family); importing this package registers them and their gymnasium ids."""
 
-from vgym.tasks import counting, visual_search
+from vgym.tasks import counting, video_grounding, visual_search
 
-__all__ = ["counting", "visual_search"]
+__all__ = ["counting", "video_grounding", "visual_search"]

@@ -1,0 +1,361 @@
+"""Video temporal grounding: find when one event happens in a short synthetic clip and answer ``[start, end]``.
+
+Contents: :data:`TASK_NAME`, :data:`KINDS`, :data:`COLOURS`, :data:`SHAPES`, :data:`FLASH_COLOURS`,
+:class:`VideoGroundingConfig`, :class:`VideoGroundingTask`, :func:`render_frame`.
+
+A clip (224×168 at 10 fps, 6/8/10 s by difficulty) shows coloured shapes (ball, square, triangle) on a dark
+background. Several events happen at known times, each on its own object (or, for flashes, the whole screen):
+
+- ``appear``: the object is on screen only during the interval ("When is the red ball visible?");
+- ``move``: the object rests, glides 56 px left/right/up/down during the interval, then rests again ("When does
+  the blue square move left?");
+- ``flash``: the background turns a colour during the interval ("When does the screen flash green?").
+
+Every object is a unique (colour, shape) and has at most one event, and flash colours are unique, so the queried
+event happens exactly once. The other events are distractors (possibly overlapping in time), plus a few static
+objects. Event boundaries lie on frame boundaries, so the gold interval is exact: ``appear`` and ``flash`` show in
+frames ``i0 .. i1 - 1``, i.e. ``[i0 / fps, i1 / fps]`` (frame ``i`` spans ``[i / fps, (i + 1) / fps)``); a
+``move`` is continuous in time, sampled at frame starts: frame ``i0`` is the last one at rest before it and frame
+``i1`` the first at rest after it.
+
+The model sees only ``overview_frames`` (4) evenly spaced frames of the clip (the frames ``sample_frames`` picks
+over the whole clip), so a short event is usually missed and its boundaries are never visible: the frame tools
+``sample_frames`` / ``get_frame`` read ``Sample.video``, an mp4 written deterministically to ``clip_dir`` (named by
+a hash of task, version, config, split, seed and index; written under a temporary name and ``os.replace``-d into
+place, reused when present). Reward: temporal IoU (:func:`vgym.rewards.interval_iou_reward`).
+
+Difficulty (clip seconds / event length in frames / distractor events / static objects):
+    0 — 6 s / 15–30 / 1 / 1;  1 — 8 s / 8–20 / 3 / 2;  2 — 10 s / 3–10 / 5 / 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from vgym.errors import InvalidConfigError
+from vgym.rewards import interval_iou_reward
+from vgym.task import Sample, Solution, Task, register_task, sample_seed
+from vgym.tools.video import frame_indices
+
+__all__ = ["TASK_NAME", "KINDS", "COLOURS", "SHAPES", "FLASH_COLOURS", "VideoGroundingConfig", "VideoGroundingTask",
+           "render_frame"]
+
+TASK_NAME = "video_grounding"
+
+KINDS: tuple[str, ...] = ("appear", "move", "flash")
+"""Event kinds; the queried event's kind is uniform over these."""
+
+SHAPES: tuple[str, ...] = ("ball", "square", "triangle")
+"""Object shapes."""
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 30, 30),
+    "blue": (40, 80, 240),
+    "yellow": (240, 220, 30),
+    "magenta": (220, 40, 220),
+    "cyan": (30, 220, 230),
+    "orange": (245, 140, 20),
+}
+"""Object colours (RGB); objects get a black outline so they stay visible during any flash."""
+
+FLASH_COLOURS: dict[str, tuple[int, int, int]] = {
+    "green": (40, 200, 60),
+    "white": (245, 245, 245),
+    "purple": (130, 50, 200),
+    "pink": (255, 150, 190),
+}
+"""Background colours of ``flash`` events (RGB)."""
+
+DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+"""Move directions as (column, row) steps of one grid cell."""
+
+_LEVELS = {  # difficulty: (seconds, (shortest, longest) event in frames, distractor events, static objects)
+    0: (6, (15, 30), 1, 1),
+    1: (8, (8, 20), 3, 2),
+    2: (10, (3, 10), 5, 2),
+}
+_GRID = (4, 3)  # (columns, rows) of cells an object rests in; a move spans two neighbouring cells
+_RENDER_VERSION = 1  # bump when the pictures change, so cached clips are rewritten under new names
+
+
+@dataclass(frozen=True)
+class VideoGroundingConfig:
+    """Clip generation settings."""
+
+    difficulty: int = 0
+    """0, 1 or 2: longer clips, shorter events and more distractors (see the module docstring)."""
+    fps: int = 10
+    """Frames per second, at least 2. The default keeps every boundary at a whole 0.1 s, which the tools' 2-decimal
+    time stamps show exactly."""
+    width: int = 224
+    """Frame width in pixels (a multiple of 4, 96 to 640); objects scale with it."""
+    height: int = 168
+    """Frame height in pixels: 3/4 of ``width`` (4 x 3 square cells)."""
+    overview_frames: int = 4
+    """Frames of the clip in ``Sample.images``, spread evenly over it (1 to 4, so 4 more frames from one tool call
+    fit the env's default budget of 8 images)."""
+    clip_dir: str | None = None
+    """Folder of the cached mp4 clips; None means ``<tempfile.gettempdir()>/vgym-clips``. Not part of the clip's
+    name: the same sample gives the same file name anywhere."""
+
+    def __post_init__(self) -> None:
+        if self.difficulty not in _LEVELS:
+            raise InvalidConfigError(f"difficulty must be 0, 1 or 2, got {self.difficulty}")
+        if not isinstance(self.fps, int) or self.fps < 2:
+            raise InvalidConfigError(f"fps must be an int >= 2 (10 by default), got {self.fps!r}")
+        if not (96 <= self.width <= 640 and self.width % 4 == 0 and 4 * self.height == 3 * self.width):
+            raise InvalidConfigError(
+                "need width a multiple of 4 in [96, 640] and height = 3/4 of it (a 4 x 3 grid of square cells), "
+                f"got width={self.width}, height={self.height}"
+            )
+        if not 1 <= self.overview_frames <= 4:
+            raise InvalidConfigError(f"overview_frames must be 1 to 4, got {self.overview_frames}")
+
+    @property
+    def seconds(self) -> int:
+        """Clip length in seconds at this difficulty."""
+        return _LEVELS[self.difficulty][0]
+
+    @property
+    def num_frames(self) -> int:
+        """Frames in the clip."""
+        return self.seconds * self.fps
+
+    @property
+    def min_event_frames(self) -> int:
+        """Shortest event in frames (the difficulty's range is in frames at 10 fps, scaled to ``fps``)."""
+        return max(2, round(_LEVELS[self.difficulty][1][0] * self.fps / 10))
+
+    @property
+    def max_event_frames(self) -> int:
+        """Longest event in frames."""
+        return max(self.min_event_frames, round(_LEVELS[self.difficulty][1][1] * self.fps / 10))
+
+
+class VideoGroundingTask(Task):
+    """Answer when the queried event happens in a synthetic clip (see the module docstring)."""
+
+    name = TASK_NAME
+    config_cls = VideoGroundingConfig
+    default_tools = ("sample_frames", "get_frame")
+    config: VideoGroundingConfig
+
+    def plan(self, split: str, index: int, seed: int) -> dict[str, Any]:
+        """The clip's description, a pure function of the arguments: everything :func:`render_frame` draws.
+
+        Returns:
+            ``{"background": [r, g, b], "objects": [...], "events": [...], "query": 0}``: objects are
+            ``{"colour", "shape", "cell": [col, row]}``; events are ``{"kind", "start", "end"}`` in frames plus
+            ``"object"`` (index) for appear/move, ``"direction"`` for move, ``"colour"`` for flash; ``events[0]`` is the
+            queried one. JSON-serialisable, cheap (no pixels), so tests can hash thousands.
+
+        Raises:
+            InvalidConfigError: for an unknown split or a negative seed or index.
+        """
+        cfg = self.config
+        rng = sample_seed(seed, split, index)
+        _, _, n_distractors, n_static = _LEVELS[cfg.difficulty]
+        kinds = [KINDS[int(rng.integers(len(KINDS)))] for _ in range(1 + n_distractors)]
+        identities = [(c, s) for c in COLOURS for s in SHAPES]
+        order = rng.permutation(len(identities))
+        flash_names = [str(name) for name in rng.permutation(list(FLASH_COLOURS))]
+        free = {(c, r) for c in range(_GRID[0]) for r in range(_GRID[1])}
+        objects: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        flashes: list[tuple[int, int]] = []
+
+        def new_object(cells: list[tuple[int, int]]) -> int:
+            colour, shape = identities[order[len(objects)]]
+            free.difference_update(cells)
+            objects.append({"colour": colour, "shape": shape, "cell": list(cells[0])})
+            return len(objects) - 1
+
+        for kind in kinds:
+            length = int(rng.integers(cfg.min_event_frames, cfg.max_event_frames + 1))
+            start = int(rng.integers(0, cfg.num_frames - length + 1))
+            clash = any(start < e + 1 and s < start + length + 1 for s, e in flashes)  # 1-frame gap at least
+            if kind == "flash" and not clash and len(flashes) < len(FLASH_COLOURS):  # the query's never clashes
+                flashes.append((start, start + length))
+                events.append({"kind": kind, "start": start, "end": start + length,
+                               "colour": flash_names[len(flashes) - 1]})
+                continue
+            # A clashing distractor flash (one background at a time) and a move with no free pair of
+            # neighbouring cells become appears.
+            cells = sorted(free)
+            pairs = [(a, d) for a in cells for d, (dx, dy) in DIRECTIONS.items() if (a[0] + dx, a[1] + dy) in free]
+            if kind == "move" and pairs:
+                (col, row), direction = pairs[int(rng.integers(len(pairs)))]
+                dx, dy = DIRECTIONS[direction]
+                obj = new_object([(col, row), (col + dx, row + dy)])
+                events.append({"kind": kind, "start": start, "end": start + length, "object": obj,
+                               "direction": direction})
+            elif cells:
+                obj = new_object([cells[int(rng.integers(len(cells)))]])
+                events.append({"kind": "appear", "start": start, "end": start + length, "object": obj})
+        for _ in range(n_static):
+            if free:
+                cells = sorted(free)
+                new_object([cells[int(rng.integers(len(cells)))]])
+        background = [int(v) for v in rng.integers(20, 70, 3)]
+        return {"background": background, "objects": objects, "events": events, "query": 0}
+
+    def sample(self, split: str, index: int, seed: int) -> Sample:
+        cfg = self.config
+        plan = self.plan(split, index, seed)
+        event = plan["events"][0]
+        path = self.clip_path(split, index, seed)
+        if not os.path.exists(path):  # render every frame only when the clip is not cached yet
+            _write_clip(path, [render_frame(plan, i, cfg) for i in range(cfg.num_frames)], cfg.fps)
+        times = np.arange(cfg.num_frames) / cfg.fps
+        n = cfg.overview_frames
+        duration = cfg.num_frames / cfg.fps
+        overview = frame_indices(times, [(k + 0.5) * duration / n for k in range(n)])
+        start_s, end_s = round(event["start"] / cfg.fps, 6), round(event["end"] / cfg.fps, 6)
+        return Sample(
+            id=f"{TASK_NAME}/{split}/{seed}/{index}",
+            task=TASK_NAME,
+            split=split,
+            index=index,
+            question=_question(plan),
+            images=tuple(render_frame(plan, i, cfg) for i in overview),
+            answer=f"[{start_s:.2f}, {end_s:.2f}]",
+            metadata={
+                "start_s": start_s,
+                "end_s": end_s,
+                "event": _describe(plan, event),
+                "fps": cfg.fps,
+                "num_frames": cfg.num_frames,
+                "duration_s": duration,
+                "overview_frames": overview,
+                "plan": plan,
+            },
+            video=path,
+        )
+
+    def clip_path(self, split: str, index: int, seed: int) -> str:
+        """Where :meth:`sample` writes the clip: ``clip_dir`` / ``video_grounding-<hash>.mp4``, the hash of the task,
+        its version, the renderer's version, the config (less ``clip_dir``), split, seed and index."""
+        cfg = self.config
+        fields = {k: v for k, v in asdict(cfg).items() if k != "clip_dir"}
+        key = json.dumps([TASK_NAME, self.version, _RENDER_VERSION, fields, split, seed, index], sort_keys=True)
+        folder = cfg.clip_dir or os.path.join(tempfile.gettempdir(), "vgym-clips")
+        return os.path.join(folder, f"{TASK_NAME}-{hashlib.sha1(key.encode()).hexdigest()[:20]}.mp4")
+
+    def score(self, sample: Sample, answer: str) -> float:
+        return interval_iou_reward(answer, [sample.metadata["start_s"], sample.metadata["end_s"]])
+
+    def prompt(self, sample: Sample, tools_enabled: bool) -> str:
+        return (f"{sample.question} The images are {len(sample.images)} evenly spaced frames of a "
+                f"{sample.metadata['duration_s']:g} s video. Answer the interval in seconds as [start, end].")
+
+    def solution(self, sample: Sample, tools_enabled: bool) -> Solution:
+        if not tools_enabled:
+            return Solution(tool_calls=(), answer=sample.answer)
+        meta = sample.metadata
+        start, end, step = meta["start_s"], meta["end_s"], 1.0 / meta["fps"]
+        pad = max(0.25 * (end - start), step)  # 4 frames: one before the event, two inside, one after
+        window = {"start_s": round(max(0.0, start - pad), 3), "end_s": round(min(meta["duration_s"], end + pad), 3),
+                  "num_frames": 4}
+        return Solution(tool_calls=(("sample_frames", window),), answer=sample.answer)
+
+
+def _write_clip(path: str, frames: list[np.ndarray], fps: int) -> None:
+    """Write RGB ``frames`` as an mp4v clip at ``path``: to a temporary name in the same folder, then
+    ``os.replace`` (atomic), so concurrent samplers and readers never see half a clip.
+
+    Raises:
+        RuntimeError: if OpenCV cannot open an mp4v writer.
+    """
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".mp4", prefix=".part-", dir=folder)  # the suffix picks the container
+    os.close(fd)
+    try:
+        height, width = frames[0].shape[:2]
+        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        if not writer.isOpened():
+            raise RuntimeError(f"OpenCV could not open an mp4v writer for {tmp!r}")
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _describe(plan: dict[str, Any], event: dict[str, Any]) -> str:
+    """``"red ball appear"``, ``"blue square move left"``, ``"screen flash green"``."""
+    if event["kind"] == "flash":
+        return f"screen flash {event['colour']}"
+    obj = plan["objects"][event["object"]]
+    words = [obj["colour"], obj["shape"], event["kind"]]
+    return " ".join(words + [event["direction"]] if event["kind"] == "move" else words)
+
+
+def _question(plan: dict[str, Any]) -> str:
+    event = plan["events"][plan["query"]]
+    if event["kind"] == "flash":
+        return f"When does the screen flash {event['colour']}?"
+    obj = plan["objects"][event["object"]]
+    name = f"{obj['colour']} {obj['shape']}"
+    if event["kind"] == "appear":
+        return f"When is the {name} visible?"
+    return f"When does the {name} move {event['direction']}?"
+
+
+def render_frame(plan: dict[str, Any], index: int, config: VideoGroundingConfig) -> np.ndarray:
+    """Frame ``index`` of the clip described by ``plan`` (see :meth:`VideoGroundingTask.plan`): RGB uint8 (H, W, 3).
+
+    Flashes fill the background during frames ``[start, end)``; appearing objects are drawn only then; a moving
+    object sits at ``cell + direction * clip((index - start) / (end - start), 0, 1)`` cells.
+    """
+    cfg = config
+    background = plan["background"]
+    for event in plan["events"]:
+        if event["kind"] == "flash" and event["start"] <= index < event["end"]:
+            background = FLASH_COLOURS[event["colour"]]
+    image = np.empty((cfg.height, cfg.width, 3), np.uint8)
+    image[:] = background
+    events = {e["object"]: e for e in plan["events"] if "object" in e}
+    cell = cfg.width // _GRID[0]
+    radius = cell * 5 // 14  # 20 px at the default 56-px cells
+    for i, obj in enumerate(plan["objects"]):
+        col, row = obj["cell"]
+        event = events.get(i)
+        if event and event["kind"] == "appear" and not event["start"] <= index < event["end"]:
+            continue
+        if event and event["kind"] == "move":
+            dx, dy = DIRECTIONS[event["direction"]]
+            f = min(1.0, max(0.0, (index - event["start"]) / (event["end"] - event["start"])))
+            col, row = col + f * dx, row + f * dy
+        cx, cy = round((col + 0.5) * cell), round((row + 0.5) * cell)
+        _draw_shape(image, obj["shape"], (cx, cy), radius, COLOURS[obj["colour"]])
+    return image
+
+
+def _draw_shape(image: np.ndarray, shape: str, centre: tuple[int, int], r: int, colour: tuple[int, int, int]) -> None:
+    """A filled ``shape`` of radius ``r`` with a 2-px black outline."""
+    cx, cy = centre
+    if shape == "ball":
+        cv2.circle(image, centre, r, (0, 0, 0), -1, cv2.LINE_AA)
+        cv2.circle(image, centre, r - 2, colour, -1, cv2.LINE_AA)
+        return
+    if shape == "square":
+        s = r * 4 // 5
+        points = np.array([[cx - s, cy - s], [cx + s, cy - s], [cx + s, cy + s], [cx - s, cy + s]], np.int32)
+    else:  # triangle, apex up
+        points = np.array([[cx, cy - r], [cx + r, cy + r * 3 // 4], [cx - r, cy + r * 3 // 4]], np.int32)
+    cv2.fillPoly(image, [points], colour, cv2.LINE_AA)
+    cv2.polylines(image, [points], True, (0, 0, 0), 2, cv2.LINE_AA)
+
+
+register_task(VideoGroundingTask)
