@@ -174,3 +174,11 @@ def test_interval_iou_reward_hand_computed() -> None:
     assert interval_iou_reward("from 2 to 4 s", [2, 4]) == pytest.approx(1.0)
     assert interval_iou_reward("[3, 1]", [1, 3]) == 0.0
     assert interval_iou_reward("[nan, 3]", [1, 3]) == 0.0
+
+
+def test_parse_numbers_reads_a_dash_after_a_digit_as_a_range() -> None:
+    from vgym.rewards import parse_numbers
+
+    assert parse_numbers("1.2-2.5 s") == [1.2, 2.5]  # a range, not 1.2 and -2.5
+    assert parse_numbers("[-3, 4]") == [-3.0, 4.0]  # a leading minus is still a sign
+    assert parse_numbers("[1e-3, 2]") == [0.001, 2.0]  # exponent signs stay inside their number

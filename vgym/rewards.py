@@ -34,6 +34,8 @@ __all__ = [
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+# In lists a sign right after a digit is a range dash ("1.2-2.5"), not a negative number.
+_LIST_NUMBER = re.compile(r"(?<![\d.])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 def normalize_text(text: str) -> str:
@@ -97,9 +99,12 @@ def numeric_reward(prediction: str, gold: float, *, rel_tol: float = 0.0, abs_to
 
 
 def parse_numbers(text: str) -> list[float]:
-    """Every number in ``text`` ("[10, 20.5, 30, 40]" → [10.0, 20.5, 30.0, 40.0]); thousands separators are not
-    supported here because commas separate list items."""
-    return [float(n) for n in _NUMBER.findall(text)]
+    """Every number in ``text`` ("[10, 20.5, 30, 40]" → [10.0, 20.5, 30.0, 40.0]; "1.2-2.5 s" → [1.2, 2.5]).
+
+    Thousands separators are not supported here because commas separate list items; a dash straight after a digit
+    is a range, not a minus sign.
+    """
+    return [float(n) for n in _LIST_NUMBER.findall(text)]
 
 
 def box_iou_reward(prediction: str, gold: Sequence[float]) -> float:
