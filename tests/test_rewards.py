@@ -182,3 +182,11 @@ def test_parse_numbers_reads_a_dash_after_a_digit_as_a_range() -> None:
     assert parse_numbers("1.2-2.5 s") == [1.2, 2.5]  # a range, not 1.2 and -2.5
     assert parse_numbers("[-3, 4]") == [-3.0, 4.0]  # a leading minus is still a sign
     assert parse_numbers("[1e-3, 2]") == [0.001, 2.0]  # exponent signs stay inside their number
+
+
+def test_box_reward_reads_the_last_bracketed_group_and_ignores_digits_in_names() -> None:
+    from vgym.rewards import box_iou_reward, parse_numbers
+
+    assert box_iou_reward("image 0: [10, 20, 30, 40]", [10, 20, 30, 40]) == 1.0
+    assert box_iou_reward("x1=10, y1=20, x2=30, y2=40", [10, 20, 30, 40]) == 1.0
+    assert parse_numbers("x1=10 t0 5") == [10.0, 5.0]

@@ -34,8 +34,9 @@ __all__ = [
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-# In lists a sign right after a digit is a range dash ("1.2-2.5"), not a negative number.
-_LIST_NUMBER = re.compile(r"(?<![\d.])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+# In lists a sign right after a digit is a range dash ("1.2-2.5"), not a negative number, and digits glued to a
+# word ("x1", "t0") are names, not numbers.
+_LIST_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 def normalize_text(text: str) -> str:
@@ -107,13 +108,21 @@ def parse_numbers(text: str) -> list[float]:
     return [float(n) for n in _LIST_NUMBER.findall(text)]
 
 
+def _answer_numbers(text: str) -> list[float]:
+    """The numbers of the last ``[...]`` group in ``text`` when there is one, else of the whole text."""
+    groups = re.findall(r"\[([^\[\]]*)\]", text)
+    return parse_numbers(groups[-1] if groups else text)
+
+
 def box_iou_reward(prediction: str, gold: Sequence[float]) -> float:
     """IoU of the box written in ``prediction`` ("[x1, y1, x2, y2]") with ``gold``, in [0, 1].
 
+    The last bracketed group is read when there is one ("image 0: [10, 20, 30, 40]" reads the box).
+
     Returns:
-        0.0 unless the text holds exactly four finite numbers forming a non-empty box.
+        0.0 unless that holds exactly four finite numbers forming a non-empty box.
     """
-    numbers = parse_numbers(prediction)
+    numbers = _answer_numbers(prediction)
     if len(numbers) != 4 or not all(math.isfinite(v) for v in numbers):
         return 0.0
     x1, y1, x2, y2 = numbers
@@ -129,10 +138,12 @@ def box_iou_reward(prediction: str, gold: Sequence[float]) -> float:
 def interval_iou_reward(prediction: str, gold: Sequence[float]) -> float:
     """Temporal IoU of the interval written in ``prediction`` ("[start, end]", seconds) with ``gold``, in [0, 1].
 
+    The last bracketed group is read when there is one.
+
     Returns:
-        0.0 unless the text holds exactly two finite numbers with start < end.
+        0.0 unless that holds exactly two finite numbers with start < end.
     """
-    numbers = parse_numbers(prediction)
+    numbers = _answer_numbers(prediction)
     if len(numbers) != 2 or not all(math.isfinite(v) for v in numbers) or numbers[1] <= numbers[0]:
         return 0.0
     (s, e), (gs, ge) = numbers, (float(gold[0]), float(gold[1]))
