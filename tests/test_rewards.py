@@ -190,3 +190,12 @@ def test_box_reward_reads_the_last_bracketed_group_and_ignores_digits_in_names()
     assert box_iou_reward("image 0: [10, 20, 30, 40]", [10, 20, 30, 40]) == 1.0
     assert box_iou_reward("x1=10, y1=20, x2=30, y2=40", [10, 20, 30, 40]) == 1.0
     assert parse_numbers("x1=10 t0 5") == [10.0, 5.0]
+
+
+def test_multiple_choice_accepts_a_letter_with_its_own_option_text() -> None:
+    from vgym.rewards import multiple_choice_reward
+
+    options = ["red square", "blue circle", "green triangle"]
+    assert multiple_choice_reward("A. red square", options, 0) == 1.0
+    assert multiple_choice_reward("(B) blue circle", options, 0) == 0.0  # a consistent but wrong pick
+    assert multiple_choice_reward("A. blue circle", options, 0) == 0.0  # letter and text disagree

@@ -77,6 +77,12 @@ def multiple_choice_reward(prediction: str, options: Sequence[str], gold_index: 
     letter = re.fullmatch(r"\(?([A-Za-z])[).:]?", pred)
     if letter:
         return float(ord(letter.group(1).upper()) - ord("A") == gold_index)
+    # "A. red square": a letter followed by that letter's option text counts as the letter.
+    labelled = re.fullmatch(r"\(?([A-Za-z])[).:]\s*(.+)", pred, flags=re.DOTALL)
+    if labelled:
+        index = ord(labelled.group(1).upper()) - ord("A")
+        if 0 <= index < len(options) and normalize_text(labelled.group(2)) == normalize_text(options[index]):
+            return float(index == gold_index)
     return exact_match_reward(pred, options[gold_index])
 
 
