@@ -1,5 +1,23 @@
 """Task families (one module per family); importing this package registers them and their gymnasium ids."""
 
-from vgym.tasks import box_grounding, chart_qa, counting, geometry, spatial_2d, video_grounding, visual_search
+from vgym.tasks import (
+    box_grounding,
+    chart_qa,
+    counting,
+    depth_3d,
+    geometry,
+    spatial_2d,
+    video_grounding,
+    visual_search,
+)
 
-__all__ = ["box_grounding", "chart_qa", "counting", "geometry", "spatial_2d", "video_grounding", "visual_search"]
+__all__ = [
+    "box_grounding",
+    "chart_qa",
+    "counting",
+    "depth_3d",
+    "geometry",
+    "spatial_2d",
+    "video_grounding",
+    "visual_search",
+]
