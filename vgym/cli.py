@@ -73,7 +73,7 @@ def demo(
     oracle = OraclePolicy()
     done, turn, reward = False, 0, 0.0
     while not done:
-        item = PolicyInput(None, None, None, [], inner.sample, turn, inner.tools_enabled)  # type: ignore[arg-type]
+        item = PolicyInput(None, None, None, [], inner.sample, turn, inner.tools_enabled, inner.task)  # type: ignore[arg-type]
         action = oracle.act([item])[0].text
         console.print(f"[bold cyan]model[/] {action}")
         obs, reward, terminated, truncated, info = env.step(action)

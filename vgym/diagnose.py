@@ -46,7 +46,7 @@ def _oracle(env: VisualToolEnv, index: int) -> tuple[float, int]:
     oracle = OraclePolicy()
     obs, info = env.reset(seed=index, options={"split": "test", "index": index})
     for turn in range(env.config.max_turns):
-        item = PolicyInput(None, None, None, [], env.sample, turn, env.tools_enabled)  # type: ignore[arg-type]
+        item = PolicyInput(None, None, None, [], env.sample, turn, env.tools_enabled, env.task)  # type: ignore[arg-type]
         obs, reward, terminated, truncated, info = env.step(oracle.act([item])[0].text)
         if terminated or truncated:
             return float(reward), turn

@@ -169,6 +169,7 @@ class _Episode:
             sample=self.env.sample,  # type: ignore[arg-type]
             turn=len(self.turns),
             tools_enabled=self.env.tools_enabled,
+            task=self.env.task,
         )
 
     def trajectory(self) -> Trajectory:

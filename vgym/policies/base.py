@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import torch
 
-from vgym.task import Sample
+from vgym.task import Sample, Task
 
 __all__ = ["PolicyInput", "PolicyOutput", "Policy"]
 
@@ -28,6 +28,7 @@ class PolicyInput:
         sample: the episode's sample (only the scripted oracle may read its ground truth).
         turn: 0-based index of the turn to play.
         tools_enabled: whether the env offers tools.
+        task: the env's task instance (with its config), for the scripted oracle; None to look it up by name.
     """
 
     input_ids: torch.Tensor
@@ -37,6 +38,7 @@ class PolicyInput:
     sample: Sample
     turn: int
     tools_enabled: bool
+    task: Task | None = None
 
 
 @dataclass

@@ -54,7 +54,7 @@ class OraclePolicy:
         return [PolicyOutput(text=self._turn_text(item)) for item in batch]
 
     def _turn_text(self, item: PolicyInput) -> str:
-        task = self._instances.get(item.sample.task)
+        task = item.task or self._instances.get(item.sample.task)
         if task is None:
             task = self._instances[item.sample.task] = self._tasks.get(item.sample.task)()
         solution = task.solution(item.sample, item.tools_enabled)
