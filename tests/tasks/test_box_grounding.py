@@ -9,7 +9,6 @@ the scene.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 
@@ -23,8 +22,9 @@ import vgym  # noqa: F401  (registers the core tools before the task module)
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError
 from vgym.protocol import HermesProtocol
-from vgym.task import SPLITS, Sample
+from vgym.task import SPLITS
 from vgym.tasks.box_grounding import COLOURS, SHAPES, TASK_NAME, BoxGroundingConfig, BoxGroundingTask
+from split_checks import assert_disjoint_splits, image_digest
 
 DIFFICULTIES = (0, 1, 2)
 QUESTION = re.compile(
@@ -36,10 +36,6 @@ FILL = {"square": (1.0, 1.0), "circle": (0.70, 0.86), "triangle": (0.45, 0.62)}
 @pytest.fixture(scope="module", params=DIFFICULTIES, ids=lambda d: f"difficulty{d}")
 def task(request: pytest.FixtureRequest) -> BoxGroundingTask:
     return BoxGroundingTask({"difficulty": request.param})
-
-
-def _digest(sample: Sample) -> str:
-    return hashlib.sha1(sample.images[0].tobytes()).hexdigest()
 
 
 def _objects_in_pixels(image: np.ndarray) -> list[tuple[str, list[int], float]]:
@@ -79,16 +75,13 @@ def test_same_arguments_give_the_same_sample(task: BoxGroundingTask) -> None:
 )
 def test_changing_seed_index_or_split_changes_the_sample(task: BoxGroundingTask, other: tuple[str, int, int]) -> None:
     a, b = task.sample("train", 5, 0), task.sample(*other)
-    assert a.id != b.id and _digest(a) != _digest(b) and a.answer != b.answer
+    assert a.id != b.id and image_digest(a) != image_digest(b) and a.answer != b.answer
 
 
 def test_splits_are_disjoint_over_a_thousand_samples() -> None:
     task = BoxGroundingTask()  # difficulty 0 (448²) renders in ~0.5 ms, so hash the real images
-    digests = {split: {_digest(task.sample(split, i, 0)) for i in range(1000)} for split in SPLITS}
-    assert all(len(d) == 1000 for d in digests.values())  # no repeats inside a split either
-    assert not digests["train"] & digests["val"]
-    assert not digests["train"] & digests["test"]
-    assert not digests["val"] & digests["test"]
+    digests = {split: {image_digest(task.sample(split, i, 0)) for i in range(1000)} for split in SPLITS}
+    assert_disjoint_splits(digests, 1000)
 
 
 def test_sample_id() -> None:

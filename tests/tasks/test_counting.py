@@ -9,7 +9,6 @@ drew the scene.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 
 import cv2
@@ -24,6 +23,7 @@ from vgym.errors import InvalidConfigError
 from vgym.protocol import HermesProtocol
 from vgym.task import SPLITS, Sample
 from vgym.tasks.counting import COLOURS, MAX_COUNT, SHAPES, TASK_NAME, CountingConfig, CountingTask, shape_mask
+from split_checks import assert_disjoint_splits, image_digest
 
 DIFFICULTIES = (0, 1, 2)  # every difficulty CountingConfig accepts (test_invalid_config: 3 is rejected)
 SCENE_SIDE = {0: 448, 1: 672, 2: 896}  # default size 448 scaled by 1, 1.5 and 2
@@ -42,10 +42,6 @@ def many() -> dict[str, list[Sample]]:
     """BALANCE_SAMPLES difficulty-0 samples of every split (seed 0)."""
     task = CountingTask()
     return {split: [task.sample(split, i, 0) for i in range(BALANCE_SAMPLES)] for split in SPLITS}
-
-
-def _digest(sample: Sample) -> str:
-    return hashlib.sha1(sample.images[0].tobytes()).hexdigest()
 
 
 def _classify(fill: float) -> str:
@@ -94,16 +90,13 @@ def test_same_arguments_give_the_same_sample(task: CountingTask) -> None:
 def test_changing_seed_index_or_split_changes_the_sample(task: CountingTask, other: tuple[str, int, int]) -> None:
     a, b = task.sample("train", 5, 0), task.sample(*other)
     assert a.id != b.id
-    assert _digest(a) != _digest(b)
+    assert image_digest(a) != image_digest(b)
     assert a.metadata["objects"] != b.metadata["objects"]
 
 
 def test_splits_are_disjoint(many: dict[str, list[Sample]]) -> None:
-    digests = {split: {_digest(s) for s in ss} for split, ss in many.items()}
-    assert all(len(d) == BALANCE_SAMPLES for d in digests.values())  # no repeats inside a split either
-    assert not digests["train"] & digests["val"]
-    assert not digests["train"] & digests["test"]
-    assert not digests["val"] & digests["test"]
+    digests = {split: {image_digest(s) for s in ss} for split, ss in many.items()}
+    assert_disjoint_splits(digests, BALANCE_SAMPLES)
 
 
 def test_sample_id() -> None:

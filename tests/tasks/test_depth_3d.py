@@ -38,6 +38,7 @@ from vgym.tasks.depth_3d import (
     render_view,
 )
 from vgym.tools.depth import stereo_disparity
+from split_checks import assert_disjoint_splits
 
 DIFFICULTIES = (0, 1, 2)
 GAPS = {0: 1.5, 1: 1.0, 2: 0.5}  # documented minimum centre-depth gap per difficulty (metres)
@@ -101,10 +102,7 @@ def test_splits_are_disjoint_over_1200_scenes() -> None:
     task = Depth3dTask({"question": "order", "difficulty": 1})
     digests = {split: {hashlib.sha1(repr(task.scene(split, i, 0)).encode()).hexdigest() for i in range(400)}
                for split in SPLITS}
-    assert all(len(d) == 400 for d in digests.values())  # no repeats within a split either
-    assert not digests["train"] & digests["val"]
-    assert not digests["train"] & digests["test"]
-    assert not digests["val"] & digests["test"]
+    assert_disjoint_splits(digests, 400)
 
 
 @pytest.mark.parametrize("index", range(3))

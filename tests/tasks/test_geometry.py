@@ -8,7 +8,6 @@ drawn points and segments are checked in the pixels.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -25,6 +24,7 @@ from vgym.errors import InvalidConfigError
 from vgym.protocol import HermesProtocol
 from vgym.task import SPLITS, Sample
 from vgym.tasks.geometry import KINDS, LEVELS, TASK_NAME, GeometryConfig, GeometryTask
+from split_checks import assert_disjoint_splits, image_digest
 
 DIFFICULTIES = (0, 1, 2)  # every difficulty GeometryConfig accepts (test_invalid_config: 3 is rejected)
 PROTOCOL = HermesProtocol()
@@ -33,10 +33,6 @@ PROTOCOL = HermesProtocol()
 @pytest.fixture(scope="module", params=DIFFICULTIES, ids=lambda d: f"difficulty{d}")
 def task(request: pytest.FixtureRequest) -> GeometryTask:
     return GeometryTask({"difficulty": request.param})
-
-
-def _digest(sample: Sample) -> str:
-    return hashlib.sha1(sample.images[0].tobytes()).hexdigest()
 
 
 def _angle(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> float:
@@ -101,17 +97,14 @@ def test_same_arguments_give_the_same_sample(task: GeometryTask) -> None:
 def test_changing_seed_index_or_split_changes_the_sample(task: GeometryTask, other: tuple[str, int, int]) -> None:
     a, b = task.sample("train", 5, 0), task.sample(*other)
     assert a.id != b.id
-    assert _digest(a) != _digest(b)
+    assert image_digest(a) != image_digest(b)
     assert a.metadata["points"] != b.metadata["points"]
 
 
 def test_splits_are_disjoint_over_a_thousand_samples() -> None:
     task = GeometryTask()  # difficulty 0: the least clutter, so the likeliest to repeat a scene
-    digests = {split: {_digest(task.sample(split, i, 0)) for i in range(1000)} for split in SPLITS}
-    assert all(len(d) == 1000 for d in digests.values())  # no repeats inside a split either
-    assert not digests["train"] & digests["val"]
-    assert not digests["train"] & digests["test"]
-    assert not digests["val"] & digests["test"]
+    digests = {split: {image_digest(task.sample(split, i, 0)) for i in range(1000)} for split in SPLITS}
+    assert_disjoint_splits(digests, 1000)
 
 
 def test_sample_id() -> None:

@@ -9,7 +9,6 @@ formulas (angles from ``atan2``, squared distances), so the checks do not replay
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -29,6 +28,7 @@ from vgym.task import SPLITS, Sample
 from vgym.tasks.spatial_2d import (
     COLOURS, LETTERS, PALETTES, RELATIONS, SHAPES, SIMILAR, TASK_NAME, Spatial2dConfig, Spatial2dTask, shape_mask,
 )
+from split_checks import assert_disjoint_splits, image_digest
 
 DIFFICULTIES = (0, 1, 2)  # every difficulty Spatial2dConfig accepts (test_invalid_config: 3 is rejected)
 SIDES = {0: (36, 52), 1: (25, 36), 2: (17, 24)}  # object_size 52 times 1, 0.7, 0.46; the smallest 0.7 of that
@@ -47,10 +47,6 @@ def many() -> dict[str, list[Sample]]:
     """BALANCE_SAMPLES difficulty-0 samples of every split (seed 0)."""
     task = Spatial2dTask()
     return {split: [task.sample(split, i, 0) for i in range(BALANCE_SAMPLES)] for split in SPLITS}
-
-
-def _digest(sample: Sample) -> str:
-    return hashlib.sha1(sample.images[0].tobytes()).hexdigest()
 
 
 def _objects_in_pixels(image: np.ndarray) -> dict[str, tuple[int, int, int, int]]:
@@ -101,15 +97,12 @@ def test_same_arguments_give_the_same_sample(task: Spatial2dTask) -> None:
 def test_changing_seed_index_or_split_changes_the_sample(task: Spatial2dTask, other: tuple[str, int, int]) -> None:
     a, b = task.sample("train", 5, 0), task.sample(*other)
     assert a.id != b.id
-    assert _digest(a) != _digest(b)
+    assert image_digest(a) != image_digest(b)
 
 
 def test_splits_are_disjoint(many: dict[str, list[Sample]]) -> None:
-    digests = {split: {_digest(s) for s in samples} for split, samples in many.items()}
-    assert all(len(d) == BALANCE_SAMPLES for d in digests.values())  # no repeats inside a split either
-    assert not digests["train"] & digests["val"]
-    assert not digests["train"] & digests["test"]
-    assert not digests["val"] & digests["test"]
+    digests = {split: {image_digest(s) for s in samples} for split, samples in many.items()}
+    assert_disjoint_splits(digests, BALANCE_SAMPLES)
 
 
 def test_sample_id() -> None:

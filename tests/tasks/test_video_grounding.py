@@ -35,6 +35,7 @@ from vgym.tasks.video_grounding import (
     render_frame,
 )
 from vgym.tools.video import _PyAVClip
+from split_checks import assert_disjoint_splits
 
 DIFFICULTIES = (0, 1, 2)
 CELL = 56  # default width 224 / 4 columns
@@ -98,9 +99,7 @@ def test_splits_are_disjoint_over_1000_plans_and_plans_determine_images(task: Vi
     """Rendering 3,000 clips is too slow, so plans (the complete scene description) are hashed; the plan fixes the
     pixels (re-rendering gives the sample's images, and distinct plans give distinct clips)."""
     digests = {split: {_plan_digest(task, split, i) for i in range(1000)} for split in SPLITS}
-    assert all(len(d) == 1000 for d in digests.values())  # no repeats inside a split either
-    assert not digests["train"] & digests["val"] and not digests["train"] & digests["test"]
-    assert not digests["val"] & digests["test"]
+    assert_disjoint_splits(digests, 1000)
     cfg = task.config
     for i in range(3):
         sample = task.sample("val", i, 0)

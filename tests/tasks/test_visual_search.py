@@ -11,7 +11,6 @@ the zoomed crop differs and a simple gradient read-out names the pattern from it
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import cv2
@@ -30,6 +29,7 @@ from vgym.tasks.visual_search import (
     pattern_tile,
 )
 from vgym.tooling import fit_to_budget
+from split_checks import assert_disjoint_splits, image_digest
 
 DIFFICULTIES = (0, 1, 2)  # every difficulty VisualSearchConfig accepts (test_invalid_config: 3 is rejected)
 MAX_PIXELS = EnvConfig(task=TASK_NAME).max_pixels  # the env's default image budget (224 * 224)
@@ -41,10 +41,6 @@ SIDE = {0: 18, 1: 18, 2: 12}  # marker side per difficulty: marker_size 18, and 
 @pytest.fixture(scope="module", params=DIFFICULTIES, ids=lambda d: f"difficulty{d}")
 def task(request: pytest.FixtureRequest) -> VisualSearchTask:
     return VisualSearchTask({"difficulty": request.param})
-
-
-def _digest(sample: Sample) -> str:
-    return hashlib.sha1(sample.images[0].tobytes()).hexdigest()
 
 
 def _pack(rgb: np.ndarray) -> np.ndarray:
@@ -106,17 +102,14 @@ def test_same_arguments_give_the_same_sample(task: VisualSearchTask) -> None:
 def test_changing_seed_index_or_split_changes_the_sample(task: VisualSearchTask, other: tuple[str, int, int]) -> None:
     a, b = task.sample("train", 5, 0), task.sample(*other)
     assert a.id != b.id
-    assert _digest(a) != _digest(b)
+    assert image_digest(a) != image_digest(b)
 
 
 def test_splits_are_disjoint_and_answers_vary() -> None:
     task = VisualSearchTask()
     samples = {split: [task.sample(split, i, 0) for i in range(25)] for split in SPLITS}
-    digests = {split: {_digest(s) for s in ss} for split, ss in samples.items()}
-    assert all(len(d) == 25 for d in digests.values())  # no repeats inside a split either
-    assert not digests["train"] & digests["val"]
-    assert not digests["train"] & digests["test"]
-    assert not digests["val"] & digests["test"]
+    digests = {split: {image_digest(s) for s in ss} for split, ss in samples.items()}
+    assert_disjoint_splits(digests, 25)
     # Every pattern is an answer somewhere, and colours vary independently of it (chance 1/3, not 1).
     assert {s.answer for ss in samples.values() for s in ss} == set(PATTERNS)
     assert len({s.metadata["colour"] for ss in samples.values() for s in ss}) == len(COLOURS)
