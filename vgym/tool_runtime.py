@@ -16,7 +16,6 @@ import json
 import logging
 import multiprocessing
 import threading
-import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -59,11 +58,10 @@ class ToolRuntimeConfig:
 
 @dataclass
 class CallInfo:
-    """What happened in one call (merged into the env's per-call record)."""
+    """What happened in one call (merged into the env's per-call record, which also times the call)."""
 
     backend: str
     cache_hit: bool = False
-    latency_s: float = 0.0
 
 
 class ResourcePool:
@@ -199,15 +197,13 @@ class ToolRuntime:
         tool.backend(backend)  # unknown backend names are config errors: raise UnknownNameError now
         tool.validate(arguments)
         ctx.options = self.config.options.get(tool.name, {})
-        start = time.perf_counter()
         key = ToolCache.key(tool, backend, arguments, ctx) if self.cache else None
         if key is not None and (hit := self.cache.load(key)) is not None:  # type: ignore[union-attr]
-            info.cache_hit, info.latency_s = True, time.perf_counter() - start
+            info.cache_hit = True
             return hit, info
         result = self._run(tool, backend, ctx, arguments)
         if key is not None:
             self.cache.store(key, result)  # type: ignore[union-attr]
-        info.latency_s = time.perf_counter() - start
         return result, info
 
     def _run(self, tool: Tool, backend: str, ctx: ToolContext, arguments: dict[str, Any]) -> ToolResult:
