@@ -61,6 +61,9 @@ class QuickstartConfig:
     """SFT steps of the tools-off arm; None = ``sft.steps``."""
     teacher_noise: float = 0.0
     """Probability that the teacher's answer is replaced by a wrong one (its crops stay right)."""
+    teacher_skip_tools: float = 0.0
+    """Probability that the teacher skips the tool in an episode and guesses (a lazy teacher; see
+    :class:`~vgym.policies.oracle.OraclePolicy`). Its SFT student under-uses the tool, which GRPO can correct."""
     grpo: GRPOConfig | None = None
     """GRPO after SFT for the tools arm (None skips it; ``vgym quickstart --grpo-steps N`` sets
     :data:`QUICKSTART_GRPO` with N steps). Its samples never overlap the SFT ones."""
@@ -104,7 +107,7 @@ def run_arm(cfg: QuickstartConfig, arm: str, model_dir: Path, progress: Progress
     """SFT from the initial tiny weights and held-out evaluation for one arm, then GRPO for the tools arm; writes
     ``<out>/<arm>/``. Returns the SFT result and the GRPO summary (None without GRPO)."""
     model, processor = load_vlm(model_dir)
-    teacher = OraclePolicy(noise=cfg.teacher_noise, seed=cfg.seed + 1)
+    teacher = OraclePolicy(noise=cfg.teacher_noise, skip_tools=cfg.teacher_skip_tools, seed=cfg.seed + 1)
     no_tools_steps = cfg.no_tools_sft_steps if cfg.no_tools_sft_steps is not None else cfg.sft.steps
     sft = cfg.sft if arm == "tools" else dataclasses.replace(cfg.sft, steps=no_tools_steps)
     generation = GenerationConfig(cfg.max_new_tokens, temperature=0.0)

@@ -318,3 +318,26 @@ def test_config_rejects_bad_values() -> None:
         OpenAIPolicyConfig("http://x/v1", MODEL, max_retries=-1)
     with pytest.raises(InvalidConfigError, match="extra_body may not set"):
         OpenAIPolicyConfig("http://x/v1", MODEL, extra_body={"messages": []})
+
+
+def test_vgym_eval_through_the_server_scores_as_the_local_model(tiny_dir, serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``vgym eval --policy openai:URL#model`` end to end: greedy attempts over HTTP score episode for episode as
+    ``hf:DIR`` does (same model behind the server), and the server saw one request per model turn."""
+    from vgym.evaluate import EvalConfig, run_eval
+
+    server = serve()
+    common = {"suite": ("visual_search", "spatial_2d"), "n": 3, "k": 1, "max_new_tokens": MAX_TOKENS,
+              "difficulties": (0,)}
+    remote = run_eval(EvalConfig(policy=f"openai:{server.base_url}#{MODEL}", **common), tmp_path / "remote")
+    local = run_eval(EvalConfig(policy=f"hf:{tiny_dir}", device="cpu", **common), tmp_path / "local")
+
+    def rows(folder: str) -> list[dict[str, Any]]:
+        lines = (tmp_path / folder / "episodes.jsonl").read_text().splitlines()
+        keep = ("task", "index", "accuracy", "reward", "answer", "calls", "turns", "truncated_reason")
+        return [{k: v for k, v in json.loads(line).items() if k in keep} for line in lines]
+
+    assert rows("remote") == rows("local") and len(rows("remote")) == 6
+    assert len(server.received) == sum(r["turns"] for r in rows("remote"))
+    assert all(r.body["model"] == MODEL and r.body["temperature"] == 0.0 for r in server.received)
+    assert remote["overall"]["avg_at_k"] == local["overall"]["avg_at_k"]
+    assert remote["overall"]["tokens"] is None  # text-only policies report no token counts

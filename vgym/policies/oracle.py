@@ -21,7 +21,9 @@ class OraclePolicy:
     """Replays ``task.solution(sample)`` one step per turn.
 
     With ``noise > 0`` a turn's answer is replaced by a wrong one with that probability (negative examples for
-    reward models and RL baselines); the choice comes from the policy's own seeded generator.
+    reward models and RL baselines). With ``skip_tools > 0`` an episode skips its tool calls with that probability
+    and guesses at once among the task's answer choices: a lazy teacher, whose SFT student under-uses the tools (the
+    quickstart's GRPO stage starts from it). Both choices come from the policy's own seeded generator.
     """
 
     def __init__(
@@ -29,6 +31,7 @@ class OraclePolicy:
         *,
         protocol: ActionProtocol | None = None,
         noise: float = 0.0,
+        skip_tools: float = 0.0,
         wrong_answers: Sequence[str] | None = None,
         seed: int = 0,
         tasks: Registry[type[Task]] = TASKS,
@@ -36,6 +39,9 @@ class OraclePolicy:
         """Args:
         protocol: formats the calls and the answer; defaults to :class:`HermesProtocol`.
         noise: probability of answering with one of ``wrong_answers`` instead of the gold answer.
+        skip_tools: probability, drawn at an episode's first turn, of answering at once without the tools: a
+            uniform guess among the task's answer choices (the tools-off solution's answer for tasks without a
+            finite set).
         wrong_answers: candidates for noisy answers (one equal to the gold answer is skipped); None means the
             task's :meth:`~vgym.task.Task.answer_choices`, or ``("unknown",)`` for tasks without a finite set.
         seed: seeds the noise.
@@ -43,6 +49,9 @@ class OraclePolicy:
         """
         if not 0.0 <= noise <= 1.0:
             raise ValueError(f"noise must be in [0, 1], got {noise}")
+        if not 0.0 <= skip_tools <= 1.0:
+            raise ValueError(f"skip_tools must be in [0, 1], got {skip_tools}")
+        self.skip_tools = skip_tools
         self.protocol = protocol or HermesProtocol()
         self.noise = noise
         self.wrong_answers = tuple(wrong_answers) if wrong_answers is not None else None
@@ -58,6 +67,11 @@ class OraclePolicy:
         if task is None:
             task = self._instances[item.sample.task] = self._tasks.get(item.sample.task)()
         solution = task.solution(item.sample, item.tools_enabled)
+        if item.turn == 0 and solution.tool_calls and self.skip_tools and self.rng.random() < self.skip_tools:
+            choices = task.answer_choices()
+            if not choices:
+                return self.protocol.format_answer(task.solution(item.sample, False).answer)
+            return self.protocol.format_answer(choices[int(self.rng.integers(len(choices)))])
         if item.turn < len(solution.tool_calls):
             name, arguments = solution.tool_calls[item.turn]
             return self.protocol.format_tool_call(name, arguments)
