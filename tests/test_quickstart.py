@@ -54,9 +54,10 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
         oracle = load_trajectory_records(folder / "oracle_train.jsonl")
         assert len(oracle) == 16
         calls = [call["name"] for record in oracle for turn in record["turns"] for call in turn["tool_calls"]]
-        if tools:
-            assert calls.count("crop") == len(oracle)  # one crop per episode
+        if tools:  # the lazy teacher (the default) crops in about half the episodes, at most once
+            assert 0 < calls.count("crop") < len(oracle) and len(calls) == calls.count("crop")
+            assert all(len(record["turns"]) == 1 + len(record["turns"][0]["tool_calls"]) for record in oracle)
         else:
             assert calls == []
-        # The teacher answers wrong 70 % of the time by default (it always crops right).
+        # The teacher answers wrong 70 % of the time here (it always crops right) and guesses when it skips the crop.
         assert 0 < sum(record["reward_parts"]["accuracy"] for record in oracle) < len(oracle)

@@ -95,19 +95,22 @@ def quickstart(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/quickstart"),
     train_episodes: Annotated[int, typer.Option(help="oracle trajectories per arm")] = 768,
     eval_episodes: Annotated[int, typer.Option(help="held-out episodes per arm")] = 200,
-    steps: Annotated[int, typer.Option(help="SFT steps per arm")] = 500,
+    steps: Annotated[int, typer.Option(help="SFT steps of the tools arm")] = 1000,
+    no_tools_steps: Annotated[int, typer.Option(help="SFT steps of the tools-off arm")] = 300,
     seed: Annotated[int, typer.Option(help="data and model seed")] = 0,
-    grpo_steps: Annotated[int, typer.Option(help="GRPO steps after SFT for the tools arm (0: none)")] = 0,
+    grpo_steps: Annotated[int, typer.Option(help="GRPO steps after SFT for the tools arm (0: none)")] = 20,
+    teacher_skip_tools: Annotated[float, typer.Option(help="share of teacher episodes that skip the tool and guess")] = 0.5,
     teacher_noise: Annotated[float, typer.Option(help="share of the teacher's answers made wrong")] = 0.0,
 ) -> None:
-    """Build the tiny VLM, SFT it on oracle trajectories with and without tools, evaluate on held-out samples."""
+    """Build the tiny VLM, SFT it on teacher trajectories with and without tools, GRPO the tools arm, evaluate."""
     from dataclasses import replace
 
     from vgym.quickstart import QUICKSTART_GRPO, QuickstartConfig, run_quickstart
 
     base = QuickstartConfig()
     cfg = QuickstartConfig(out=out, train_episodes=train_episodes, eval_episodes=eval_episodes,
-                           sft=replace(base.sft, steps=steps), seed=seed, teacher_noise=teacher_noise,
+                           sft=replace(base.sft, steps=steps), no_tools_sft_steps=no_tools_steps, seed=seed,
+                           teacher_noise=teacher_noise, teacher_skip_tools=teacher_skip_tools,
                            grpo=replace(QUICKSTART_GRPO, steps=grpo_steps) if grpo_steps else None)
     logging.basicConfig(level=logging.WARNING)
     with _progress_bars() as progress:

@@ -4,8 +4,9 @@ Contents: :class:`QuickstartConfig`, :func:`run_quickstart`, :func:`tokenizer_co
 
 Steps: build the tiny Qwen2-VL offline → for each arm (tools on, tools off): teacher trajectories on the train
 split → SFT from the same initial weights → greedy evaluation on the held-out test split; then, for the tools arm,
-optionally (``grpo``), GRPO on fresh train samples and the same held-out evaluation again. The teacher is the
-scripted oracle, optionally made weak (``teacher_noise``: it crops right but answers wrong that often). Writes the model, the
+GRPO (``grpo``) on fresh train samples and the same held-out evaluation again. The teacher is the scripted oracle,
+lazy by default (``teacher_skip_tools``: half its episodes skip the crop and guess, so the SFT student under-uses the
+tool and GRPO has something to fix) and optionally wrong (``teacher_noise``: it crops right but answers wrong). Writes the model, the
 trajectories (JSONL + PNG), ``results.json`` and ``curves.png`` to the run folder. Progress is reported through
 callbacks; the CLI draws the bars.
 """
@@ -33,12 +34,13 @@ from vgym.trajectory import save_trajectories
 
 __all__ = ["QuickstartConfig", "QUICKSTART_GRPO", "run_quickstart", "tokenizer_corpus", "plot_curves"]
 
-QUICKSTART_GRPO = GRPOConfig(num_generations=8, prompts_per_step=8, max_new_tokens=48, temperature=0.5,
+QUICKSTART_GRPO = GRPOConfig(num_generations=8, prompts_per_step=8, max_new_tokens=48, temperature=0.7,
                              learning_rate=1e-4, steps=20, loss_type="dapo", scale_rewards=False, num_iterations=1,
                              data_offset=100_000)
-"""The GRPO stage's settings: rollouts at T = 0.5 (at T = 1 the tiny model garbles half its crop boxes), token-level
-loss (shared prefixes cancel), no std scaling (Dr.GRPO), one pass per batch (four clipped passes degraded held-out
-accuracy from 0.895 to 0.665 in 5 steps). See the README for what they achieve."""
+"""The GRPO stage's settings: 8 samples x 8 episodes per step, rollouts at T = 0.7 (explores the tool-or-guess choice;
+at T = 1 the tiny model garbles half its crop boxes), token-level loss (DAPO), no std scaling (Dr.GRPO), one pass per
+batch (four clipped passes degraded held-out accuracy from 0.895 to 0.665 in 5 steps). Measured: after SFT on the lazy
+teacher, held-out accuracy 0.44 -> 0.915 and tool calls 0.28 -> 1.04 per episode (README)."""
 
 
 @dataclass
@@ -55,18 +57,20 @@ class QuickstartConfig:
     """Oracle trajectories per arm for SFT."""
     eval_episodes: int = 200
     """Held-out test episodes per arm."""
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=500, batch_size=16, learning_rate=1e-3))
-    """SFT settings of the tools arm."""
-    no_tools_sft_steps: int | None = None
-    """SFT steps of the tools-off arm; None = ``sft.steps``."""
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=1000, batch_size=16, learning_rate=1e-3))
+    """SFT settings of the tools arm (with the lazy teacher half its episodes teach the crop: 1,000 steps give as many
+    crop examples as 500 steps of a teacher that always crops)."""
+    no_tools_sft_steps: int | None = 300
+    """SFT steps of the tools-off arm (it learns to guess; 300 steps reach its plateau); None = ``sft.steps``."""
     teacher_noise: float = 0.0
     """Probability that the teacher's answer is replaced by a wrong one (its crops stay right)."""
-    teacher_skip_tools: float = 0.0
+    teacher_skip_tools: float = 0.5
     """Probability that the teacher skips the tool in an episode and guesses (a lazy teacher; see
-    :class:`~vgym.policies.oracle.OraclePolicy`). Its SFT student under-uses the tool, which GRPO can correct."""
-    grpo: GRPOConfig | None = None
-    """GRPO after SFT for the tools arm (None skips it; ``vgym quickstart --grpo-steps N`` sets
-    :data:`QUICKSTART_GRPO` with N steps). Its samples never overlap the SFT ones."""
+    :class:`~vgym.policies.oracle.OraclePolicy`): its SFT student under-uses the tool, which GRPO then corrects —
+    the quickstart's learning proof. 0 gives a teacher that always crops."""
+    grpo: GRPOConfig | None = field(default_factory=lambda: QUICKSTART_GRPO)
+    """GRPO after SFT for the tools arm (None skips it; ``vgym quickstart --grpo-steps N`` runs N steps of
+    :data:`QUICKSTART_GRPO`, 0 none). Its samples never overlap the SFT ones."""
     model: TinyVLMConfig = field(default_factory=TinyVLMConfig)
     """Tiny model size."""
     max_new_tokens: int = 48

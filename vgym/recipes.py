@@ -74,6 +74,9 @@ class Recipe:
     """Oracle episodes for the warm start."""
     sft_task_config: dict[str, Any] | None = None
     """Task config of the SFT data (None: ``task_config``), e.g. an easier difficulty than GRPO's."""
+    sft_teacher_skip_tools: float = 0.0
+    """Share of oracle SFT episodes that skip the tools and guess (a lazy teacher, see
+    :class:`~vgym.policies.oracle.OraclePolicy`); the student then under-uses the tools and GRPO must fix it."""
     grpo: dict[str, Any] = field(default_factory=dict)
     """:class:`~vgym.trainers.grpo.GRPOConfig` fields."""
     eval_episodes: int = 200
@@ -224,7 +227,8 @@ def run_recipe(recipe: Recipe, progress: Progress | None = None) -> dict[str, An
     resume_from = checkpoints[-1] if recipe.resume and checkpoints else None
     if recipe.sft is not None and resume_from is None:
         sft_env = _env_fn(recipe, recipe.sft_task_config if recipe.sft_task_config is not None else recipe.task_config)
-        data = collect(sft_env, OraclePolicy(), ChatEncoder(processor), "train", recipe.sft_episodes,
+        teacher = OraclePolicy(skip_tools=recipe.sft_teacher_skip_tools, seed=recipe.data_seed + 1)
+        data = collect(sft_env, teacher, ChatEncoder(processor), "train", recipe.sft_episodes,
                        batch_size=recipe.rollout_batch, progress=progress, stage="SFT data")
         sft = SFTConfig(**recipe.sft)
         SFTTrainer(model, data, sft, pad_id=processor.tokenizer.pad_token_id).train(
