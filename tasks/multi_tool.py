@@ -41,17 +41,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from vgym.clips import default_clip_dir, ensure_clip
 from vgym.errors import InvalidConfigError
 from vgym.rewards import multiple_choice_reward, numeric_reward
 from vgym.task import Sample, Solution, Task, register_task, sample_seed
 from vgym.tasks.depth_3d import Depth3dConfig, Depth3dTask, Scene, render_view
-from vgym.tasks.video_grounding import write_clip
 from vgym.tasks.visual_search import pattern_tile
 from vgym.tools.video import frame_indices
 
@@ -226,13 +225,12 @@ class MultiToolTask(Task):
         """Where the clip of ``plan`` is cached: ``clip_dir / multi_tool-<hash>.mp4``, the hash of the task, its
         version, the renderer's version and the plan (which fixes every pixel)."""
         key = json.dumps([TASK_NAME, self.version, _RENDER_VERSION, plan], sort_keys=True)
-        folder = self.config.clip_dir or os.path.join(tempfile.gettempdir(), "vgym-clips")
+        folder = self.config.clip_dir or default_clip_dir()
         return os.path.join(folder, f"{TASK_NAME}-{hashlib.sha1(key.encode()).hexdigest()[:20]}.mp4")
 
     def _frames_crop(self, plan: dict[str, Any], split: str, index: int, seed: int, suffix: str = "") -> Sample:
         path = self.clip_path(plan)
-        if not os.path.exists(path):  # render every frame only when the clip is not cached yet
-            write_clip(path, [render_clip_frame(plan, i) for i in range(plan["num_frames"])], FPS)
+        ensure_clip(path, lambda: [render_clip_frame(plan, i) for i in range(plan["num_frames"])], FPS)
         overview = self._overview(plan["num_frames"])
         marker = plan["squares"][0]
         gold = PATTERNS.index(marker["pattern"])

@@ -33,13 +33,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
+from vgym.clips import default_clip_dir, ensure_clip, write_clip
 from vgym.errors import InvalidConfigError
 from vgym.rewards import interval_iou_reward
 from vgym.task import Sample, Solution, Task, register_task, sample_seed
@@ -216,8 +216,8 @@ class VideoGroundingTask(Task):
         """The sample of ``plan``, writing its clip to ``path`` unless that file exists (None: no clip)."""
         cfg = self.config
         event = plan["events"][0]
-        if path is not None and not os.path.exists(path):  # render every frame only when the clip is not cached yet
-            write_clip(path, [render_frame(plan, i, cfg) for i in range(cfg.num_frames)], cfg.fps)
+        if path is not None:  # render every frame only when the clip is not cached yet
+            ensure_clip(path, lambda: [render_frame(plan, i, cfg) for i in range(cfg.num_frames)], cfg.fps)
         overview = self.overview_indices()
         start_s, end_s = round(event["start"] / cfg.fps, 6), round(event["end"] / cfg.fps, 6)
         return Sample(
@@ -291,7 +291,7 @@ class VideoGroundingTask(Task):
         cfg = self.config
         fields = {k: v for k, v in asdict(cfg).items() if k != "clip_dir"}
         key = json.dumps([TASK_NAME, self.version, _RENDER_VERSION, fields, split, seed, index], sort_keys=True)
-        folder = cfg.clip_dir or os.path.join(tempfile.gettempdir(), "vgym-clips")
+        folder = cfg.clip_dir or default_clip_dir()
         return os.path.join(folder, f"{TASK_NAME}-{hashlib.sha1(key.encode()).hexdigest()[:20]}.mp4")
 
     def score(self, sample: Sample, answer: str) -> float:
@@ -310,31 +310,6 @@ class VideoGroundingTask(Task):
         window = {"start_s": round(max(0.0, start - pad), 3), "end_s": round(min(meta["duration_s"], end + pad), 3),
                   "num_frames": 4}
         return Solution(tool_calls=(("sample_frames", window),), answer=sample.answer)
-
-
-def write_clip(path: str, frames: list[np.ndarray], fps: int) -> None:
-    """Write RGB ``frames`` as an mp4v clip at ``path``: to a temporary name in the same folder, then
-    ``os.replace`` (atomic), so concurrent samplers and readers never see half a clip.
-
-    Raises:
-        RuntimeError: if OpenCV cannot open an mp4v writer.
-    """
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".mp4", prefix=".part-", dir=folder)  # the suffix picks the container
-    os.close(fd)
-    try:
-        height, width = frames[0].shape[:2]
-        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-        if not writer.isOpened():
-            raise RuntimeError(f"OpenCV could not open an mp4v writer for {tmp!r}")
-        for frame in frames:
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-        writer.release()
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _describe(plan: dict[str, Any], event: dict[str, Any]) -> str:

@@ -42,17 +42,17 @@ import hashlib
 import json
 import os
 import string
-import tempfile
 from dataclasses import asdict, dataclass
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from vgym.clips import default_clip_dir, ensure_clip
 from vgym.errors import InvalidConfigError
 from vgym.rewards import multiple_choice_reward, numeric_reward
 from vgym.task import Sample, Solution, Task, register_task, sample_seed
-from vgym.tasks.video_grounding import COLOURS, FLASH_COLOURS, SHAPES, VideoGroundingConfig, render_frame, write_clip
+from vgym.tasks.video_grounding import COLOURS, FLASH_COLOURS, SHAPES, VideoGroundingConfig, render_frame
 from vgym.tools.video import frame_indices
 
 __all__ = ["TASK_NAME", "QUESTIONS", "AT_TIME_OPTIONS", "VideoQaConfig", "VideoQaTask"]
@@ -419,8 +419,7 @@ class VideoQaTask(Task):
         cfg, tl = self.config, self._timeline
         render = cfg.render_config
         path = self.clip_path(split, index, seed, plan=plan)
-        if not os.path.exists(path):  # render every frame only when the clip is not cached yet
-            write_clip(path, [render_frame(plan, i, render) for i in range(cfg.num_frames)], cfg.fps)
+        ensure_clip(path, lambda: [render_frame(plan, i, render) for i in range(cfg.num_frames)], cfg.fps)
         answer, gold_index = _gold(plan)
         query = plan["query"]
         metadata: dict[str, Any] = {
@@ -458,7 +457,7 @@ class VideoQaTask(Task):
         plan = self.plan(split, index, seed) if plan is None else plan
         key = json.dumps([TASK_NAME, self.version, _RENDER_VERSION, fields, split, seed, index, plan],
                          sort_keys=True)
-        folder = cfg.clip_dir or os.path.join(tempfile.gettempdir(), "vgym-clips")
+        folder = cfg.clip_dir or default_clip_dir()
         return os.path.join(folder, f"{TASK_NAME}-{hashlib.sha1(key.encode()).hexdigest()[:20]}.mp4")
 
     def score(self, sample: Sample, answer: str) -> float:
