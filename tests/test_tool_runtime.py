@@ -170,3 +170,39 @@ def test_a_backend_tool_error_reaches_the_caller_unchanged(timeout: float | None
     with pytest.raises(ToolError, match="value 7 is not allowed"):
         runtime.call(tool, _ctx(), {"value": 7})
     runtime.close()
+
+
+def _slow_load(options):  # type: ignore[no-untyped-def]
+    time.sleep(1.0)  # a model load: longer than the call timeout below
+    return "model"
+
+
+@pytest.mark.parametrize("isolation", ["none", "subprocess"])
+def test_worker_start_and_loading_do_not_count_against_the_call_timeout(isolation: str) -> None:
+    # Before the fix, start-up (a fresh worker process's imports, ~3.5 s) and loading ran inside the call's 0.5 s,
+    # so every call timed out, killed its worker and the next call started over: no call could ever succeed.
+    tool = Tool(_echo, backends={"slow_load": Backend(_echo, loader=_slow_load)})
+    runtime = ToolRuntime(ToolRuntimeConfig(isolation=isolation, timeout_s=0.5))
+    try:
+        for value in (1, 2):
+            result, _ = runtime.call(tool, _ctx(), {"value": value})
+            assert result.text == f"model:{value}"
+        assert runtime.counters["timeouts"] == 0 and runtime.counters["worker_starts"] == 1
+    finally:
+        runtime.close()
+
+
+def _never_ready(options):  # type: ignore[no-untyped-def]
+    time.sleep(30.0)
+
+
+def test_a_worker_that_cannot_be_readied_is_a_tool_error() -> None:
+    tool = Tool(_echo, backends={"stuck": Backend(_echo, loader=_never_ready)})
+    runtime = ToolRuntime(ToolRuntimeConfig(isolation="subprocess", timeout_s=0.5, start_timeout_s=1.0))
+    try:
+        with pytest.raises(ToolError, match="_echo could not be readied within 1.0 s"):
+            runtime.call(tool, _ctx(), {"value": 1})
+        result, _ = runtime.call(ECHO, _ctx(), {"value": 3})  # another backend on a fresh worker
+        assert result.text == "unnamed:3"
+    finally:
+        runtime.close()

@@ -38,7 +38,7 @@ from vgym.trainers.losses import token_logprobs
 from vgym.trainers.monitors import AlarmConfig, AlarmMonitor, rollout_metrics
 from vgym.trainers.rl_losses import compute_policy_objective, entropy_from_logits
 from vgym.trainers.sft import collate
-from vgym.trajectory import Trajectory
+from vgym.trajectory import Trajectory, atomic_path
 
 __all__ = ["GRPOConfig", "otc_tool_factor", "turn_ids_from_mask", "step_rewards", "GRPOTrainer"]
 
@@ -408,17 +408,25 @@ class GRPOTrainer:
     # ---------------------------------------------------------------- checkpoints
 
     def save(self, folder: str | Path) -> Path:
-        """Save model (``save_pretrained``) and the trainer state needed for an exact resume."""
+        """Save model (``save_pretrained``) and the trainer state needed for an exact resume.
+
+        The folder is written whole to a hidden temporary sibling, then renamed into place (replacing an older save
+        of the same name), so a kill or a full disk mid-save never leaves a partial ``folder``.
+
+        Raises:
+            OSError: if the checkpoint cannot be written (e.g. a full disk), naming ``folder``; it is unchanged.
+        """
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(folder)
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "step": self.step_count, "data_position": self.data_position,
                  "policy_rng": self.policy.rng.bit_generator.state, "alarms": self.alarms.state_dict(),
                  "config": _plain(asdict(self.config)), "alarm_log": self.alarm_log}
         if hasattr(self.model, "peft_config"):  # save_pretrained wrote the adapters; keep their exact tensors too
             state["adapters"] = {k: v for k, v in self.model.state_dict().items() if "lora_" in k}
-        torch.save(state, folder / "grpo_state.pt")
+        with atomic_path(folder) as tmp:
+            tmp.mkdir()
+            self.model.save_pretrained(tmp)
+            torch.save(state, tmp / "grpo_state.pt")
         return folder
 
     def load(self, folder: str | Path) -> None:
@@ -429,7 +437,7 @@ class GRPOTrainer:
                 be extended).
         """
         folder = Path(folder)
-        state = torch.load(folder / "grpo_state.pt", weights_only=False)
+        state = torch.load(folder / "grpo_state.pt", weights_only=True)
         saved, now = dict(state["config"]), _plain(asdict(self.config))
         saved.pop("steps", None)
         now.pop("steps", None)

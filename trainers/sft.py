@@ -21,7 +21,7 @@ import torch
 from vgym.errors import InvalidConfigError
 from vgym.modeling import load_pretrained_in_place, model_inputs
 from vgym.trainers.losses import sft_loss, token_logprobs
-from vgym.trajectory import Trajectory
+from vgym.trajectory import Trajectory, atomic_path
 
 __all__ = ["SFTConfig", "collate", "SFTTrainer"]
 
@@ -160,17 +160,25 @@ class SFTTrainer:
         return history
 
     def save(self, folder: str | Path) -> Path:
-        """Save model (``save_pretrained``), optimizer, scheduler, step and config to ``folder``."""
+        """Save model (``save_pretrained``), optimizer, scheduler, step and config to ``folder``.
+
+        The folder is written whole to a hidden temporary sibling, then renamed into place (replacing an older save
+        of the same name), so a kill or a full disk mid-save never leaves a partial ``folder``.
+
+        Raises:
+            OSError: if the checkpoint cannot be written (e.g. a full disk), naming ``folder``; it is unchanged.
+        """
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(folder)
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step_count,
             "config": asdict(self.config),
         }
-        torch.save(state, folder / "trainer_state.pt")
+        with atomic_path(folder) as tmp:
+            tmp.mkdir()
+            self.model.save_pretrained(tmp)
+            torch.save(state, tmp / "trainer_state.pt")
         return folder
 
     def load(self, folder: str | Path) -> None:
@@ -180,7 +188,7 @@ class SFTTrainer:
             InvalidConfigError: if the checkpoint was made with a different config.
         """
         folder = Path(folder)
-        state = torch.load(folder / "trainer_state.pt", weights_only=False)
+        state = torch.load(folder / "trainer_state.pt", weights_only=True)
         if state["config"] != asdict(self.config):
             raise InvalidConfigError(f"checkpoint config {state['config']} differs from {asdict(self.config)}")
         load_pretrained_in_place(self.model, folder)

@@ -4,10 +4,13 @@ Contents: :func:`pass_at_k`, :class:`SuiteEntry`, :func:`load_suites`, :class:`E
 :class:`RandomAnswerPolicy`, :class:`PolicyMaker`, :func:`make_policy`, :func:`episode_record`, :func:`run_eval`.
 
 A run folder holds ``config.json`` (the :class:`EvalConfig`), ``episodes.jsonl`` (one line per
-``(task, difficulty, index, attempt)``, appended with flush + fsync as each episode ends), ``failures/`` (the
-trajectory of every episode with accuracy < 1, for ``vgym view``) and ``report.json`` (see :mod:`vgym.reports`).
-A killed run continues where it stopped: lines already in ``episodes.jsonl`` are skipped, a torn last line is cut
-off, so no episode is scored twice. ``n`` and ``k`` may grow between runs; every other config field must match.
+``(task, difficulty, index, attempt)``, appended with fsync as each episode ends), ``failures/`` (the
+trajectory of every episode with accuracy < 1, for ``vgym view``, saved before its line is appended) and
+``report.json`` (see :mod:`vgym.reports`). A killed run continues where it stopped: lines already in
+``episodes.jsonl`` are skipped, a torn last line is cut off, so no episode is scored twice. ``n`` and ``k`` may
+grow between runs; every other config field must match. A full disk stops the run with an :class:`OSError` naming
+the file; the files written before are intact (JSON files are written then renamed, a failed append is rolled
+back), so the run resumes once there is space.
 
 Episode ``i`` of a task is item ``i`` of its test split (``data_seed = config.seed``); attempt ``j`` of it resets
 the env with a seed drawn from ``SeedSequence([seed, i, j])`` and is played by the policy built for attempt ``j``.
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +40,7 @@ from vgym.registry import Registry
 from vgym.rollout import ChatEncoder, EpisodeSpec, rollout
 from vgym.task import TASKS, Task
 from vgym.tooling import TOOLS
-from vgym.trajectory import Trajectory, save_trajectories
+from vgym.trajectory import Trajectory, append_line, atomic_path, save_trajectories
 
 __all__ = ["pass_at_k", "SuiteEntry", "load_suites", "EvalConfig", "RandomAnswerPolicy", "PolicyMaker",
            "make_policy", "episode_record", "run_eval", "SUITES_PATH"]
@@ -358,7 +360,13 @@ def _check_config(out: Path, config: EvalConfig) -> None:
             raise InvalidConfigError(f"{out} holds a run with another config ({', '.join(differ)} differ: "
                                      f"{[saved.get(k) for k in differ]} vs {[current.get(k) for k in differ]}); "
                                      "use a new --out folder")
-    path.write_text(json.dumps(current, indent=2))
+    _write_json(path, current)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write-then-rename (a kill or a full disk leaves the previous file); raises OSError naming ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2))
 
 
 def _seed(*parts: int) -> int:
@@ -381,6 +389,8 @@ def run_eval(config: EvalConfig, out: str | Path, progress: Progress | None = No
 
     Raises:
         InvalidConfigError: if ``out`` holds a run with another config, or its ``episodes.jsonl`` is damaged.
+        OSError: when a file of the run folder cannot be written (e.g. a full disk), naming it; earlier files are
+            intact and a later call resumes.
     """
     from vgym.reports import build_report
 
@@ -391,18 +401,17 @@ def run_eval(config: EvalConfig, out: str | Path, progress: Progress | None = No
     done = _read_done(path)
     maker = policy or make_policy(config.policy, config)
     encoder = ChatEncoder(maker.processor) if maker.processor is not None else None
-    with path.open("a") as sink:
-        for entry in config.entries(suites):
-            for level in entry.difficulties:
-                task_config = dict(entry.task_config, **({} if level is None else {"difficulty": level}))
-                _run_group(config, out, entry.task, level, task_config, maker, encoder, done, sink, progress)
+    for entry in config.entries(suites):
+        for level in entry.difficulties:
+            task_config = dict(entry.task_config, **({} if level is None else {"difficulty": level}))
+            _run_group(config, out, entry.task, level, task_config, maker, encoder, done, path, progress)
     report = build_report(out)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    _write_json(out / "report.json", report)
     return report
 
 
 def _run_group(config: EvalConfig, out: Path, task: str, level: int | None, task_config: dict[str, Any],
-               maker: PolicyMaker, encoder: ChatEncoder | None, done: set, sink: Any, progress: Progress | None) -> None:
+               maker: PolicyMaker, encoder: ChatEncoder | None, done: set, path: Path, progress: Progress | None) -> None:
     """Every missing (index, attempt) of one task at one difficulty."""
     tools: tuple[str, ...] | None = None if config.tools != "off" else ()
     probe = VisualToolEnv(task, task_config=task_config, data_seed=config.seed, split="test", tools=tools)
@@ -434,9 +443,7 @@ def _run_group(config: EvalConfig, out: Path, task: str, level: int | None, task
                     name = f"{task}{'' if level is None else f'_d{level}'}_i{index}_a{attempt}"
                     rel = save_trajectories([traj], out / "failures", name).relative_to(out)
                     record["trajectory"] = str(rel)
-                sink.write(json.dumps(record) + "\n")
-                sink.flush()
-                os.fsync(sink.fileno())  # a kill loses at most the line being written
+                append_line(path, json.dumps(record) + "\n")  # fsynced; a kill loses at most this line
                 done.add((task, level, index, attempt))
                 finished[0] += 1
                 if progress:

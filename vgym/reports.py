@@ -29,6 +29,7 @@ import numpy as np
 from vgym.errors import InvalidConfigError
 from vgym.evaluate import pass_at_k
 from vgym.pipeline import bootstrap_ci
+from vgym.trajectory import atomic_path
 
 __all__ = ["SCHEMA_VERSION", "METRIC_KEYS", "build_report", "validate_report", "write_markdown", "write_plots",
            "compare"]
@@ -208,7 +209,11 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 
 def write_markdown(report: dict[str, Any], path: str | Path) -> str:
-    """Write the report's table (groups, task totals, overall) as Markdown; returns the text."""
+    """Write the report's table (groups, task totals, overall) as Markdown; returns the text.
+
+    Raises:
+        OSError: if ``path`` cannot be written (e.g. a full disk), naming it; a previous file there is unchanged.
+    """
     k = report["k"]
     head = ["task", "diff", "episodes", f"avg@{k} [95% CI]", f"pass@{k} [95% CI]", "pass@1", "reward", "format",
             "valid calls", "right tool", "calls/ep", "calls/solved", "recovery", "turns", "tokens", "chance",
@@ -235,7 +240,8 @@ def write_markdown(report: dict[str, Any], path: str | Path) -> str:
         lines.append(row(f"**{task}**", "all", entry["metrics"], entry["chance"], ""))
     lines.append(row("**overall**", "all", report["overall"], None, ""))
     text = "\n".join(lines) + "\n"
-    Path(path).write_text(text)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
     return text
 
 
@@ -245,6 +251,9 @@ def write_plots(report: dict[str, Any], folder: str | Path) -> list[Path]:
 
     Returns:
         The three paths.
+
+    Raises:
+        OSError: if a plot cannot be written (e.g. a full disk), naming it; a previous file there is unchanged.
     """
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state is touched
 
@@ -266,7 +275,7 @@ def write_plots(report: dict[str, Any], folder: str | Path) -> list[Path]:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"avg@{report['k']} (95% CI; dashed: chance)")
     fig.tight_layout()
-    fig.savefig(paths[0], dpi=100)
+    _save_figure(fig, paths[0])
     counts: dict[int, int] = defaultdict(int)
     for g in report["groups"]:
         for calls, count in g["calls_histogram"].items():
@@ -278,7 +287,7 @@ def write_plots(report: dict[str, Any], folder: str | Path) -> list[Path]:
     ax.set_xlabel("tool calls per attempt")
     ax.set_ylabel("attempts")
     fig.tight_layout()
-    fig.savefig(paths[1], dpi=100)
+    _save_figure(fig, paths[1])
     fig = Figure(figsize=(5.5, 3.5))
     ax = fig.subplots()
     for task in tasks:
@@ -292,8 +301,13 @@ def write_plots(report: dict[str, Any], folder: str | Path) -> list[Path]:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(paths[2], dpi=100)
+    _save_figure(fig, paths[2])
     return paths
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")  # the temporary name has no .png suffix to infer it from
 
 
 def _delta_ci(a: dict[tuple, float], b: dict[tuple, float], paired: bool, seed: int,

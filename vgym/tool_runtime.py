@@ -5,7 +5,9 @@ Contents: :class:`ToolRuntimeConfig`, :class:`CallInfo`, :class:`ResourcePool`, 
 
 One :class:`ToolRuntime` serves one env. Every failure of a call — invalid arguments, a backend that raises, hangs
 past the timeout or kills its worker process — comes back as a :class:`~vgym.errors.ToolError` for the model;
-the episode goes on.
+the episode goes on, and the next call gets a fresh worker where the old one was hung or dead. A worker is readied
+(started, its backend's resource loaded) before a call's clock starts, under its own limit. Under "subprocess"
+isolation a leaking backend is contained by recycling the worker process after N calls or past an RSS limit.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
+import os
+import sys
 import threading
 import weakref
 from collections.abc import Mapping
@@ -46,17 +51,41 @@ class ToolRuntimeConfig:
     timeout_s: float | None = 60.0
     """Per-call wall-clock limit; None waits forever (and runs the call in the env's own thread)."""
     isolation: str = "none"
-    """"none" (a worker thread of this process), "subprocess" (a spawned worker process, so a crash or an
-    out-of-memory kill in a backend cannot take the rollout down; the tool is pickled by reference, so its
-    functions must be importable module-level functions; each env's worker loads its own copy of a backend's model)
+    """"none" (a worker thread of this process; a hung thread cannot be killed, it is abandoned), "subprocess" (a
+    worker process, so a crash, a hang or an out-of-memory kill in a backend cannot take the rollout down and is
+    cleaned up by killing it; the tool is pickled by reference, so its functions must be importable module-level
+    functions; each env's worker loads its own copy of a backend's model)
     or "ray" (one named Ray actor per (tool, backend, options), shared by every env of the Ray cluster, so one copy
     of a detector serves all env workers; needs ``ray.init`` first, e.g. by ``rollout(parallel="ray")``)."""
+
+    start_timeout_s: float = 300.0
+    """Wall-clock limit, in seconds, for readying a worker before a call's clock starts: starting a worker process
+    ("subprocess": ~4 s for the first in a process, which boots the fork server, ~0.2 s after) and loading the
+    backend's resource in it (a model). Not counted in ``timeout_s``, so a short ``timeout_s`` still lets a worker
+    start. A worker not ready in time is killed and the call fails with a ToolError."""
+    max_calls_per_worker: int | None = None
+    """"subprocess" only: recycle the worker process after this many calls (a backend's leak is then bounded by what
+    N calls can leak; its model is reloaded in the new worker); None never recycles by count."""
+    max_worker_rss_mb: float | None = None
+    """"subprocess" only: recycle the worker process after any call that leaves its resident memory (RSS, MiB)
+    above this; the worker's RSS then stays below this plus what one call adds. Set it well above the worker's
+    RSS after loading its backends (~210 MiB after importing vgym on CPU, more with a model), or every call
+    restarts it. None never checks."""
 
     def __post_init__(self) -> None:
         if self.isolation not in ("none", "subprocess", "ray"):
             raise InvalidConfigError(f"isolation must be 'none', 'subprocess' or 'ray', got {self.isolation!r}")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise InvalidConfigError(f"timeout_s must be positive or None, got {self.timeout_s}")
+        if self.start_timeout_s <= 0:
+            raise InvalidConfigError(f"start_timeout_s must be positive, got {self.start_timeout_s}")
+        recycle = {"max_calls_per_worker": self.max_calls_per_worker, "max_worker_rss_mb": self.max_worker_rss_mb}
+        for name, value in recycle.items():
+            if value is not None and value <= 0:
+                raise InvalidConfigError(f"{name} must be positive or None, got {value}")
+        if self.isolation != "subprocess" and any(v is not None for v in recycle.values()):
+            raise InvalidConfigError(f"max_calls_per_worker and max_worker_rss_mb recycle a worker process, so they "
+                                     f"need isolation='subprocess'; got isolation={self.isolation!r} with {recycle}")
 
 
 @dataclass
@@ -127,13 +156,21 @@ class ToolCache:
             return ToolResult(text=str(data["text"]), images=[data[f"image_{i}"].copy() for i in range(n)])
 
     def store(self, key: str, result: ToolResult) -> None:
-        """Write ``result`` atomically (temporary file, then rename)."""
+        """Write ``result`` atomically (temporary file, then rename).
+
+        Raises:
+            OSError: if the file cannot be written (e.g. a full disk); the temporary file is removed.
+        """
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"image_{i}": np.asarray(im) for i, im in enumerate(result.images)}
-        tmp = path.with_suffix(f".{threading.get_ident()}.tmp.npz")
-        np.savez(tmp, text=np.array(result.text), num_images=np.array(len(result.images)), **arrays)
-        tmp.replace(path)
+        tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp.npz")  # unique across Ray workers too
+        try:
+            np.savez(tmp, text=np.array(result.text), num_images=np.array(len(result.images)), **arrays)
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 _DIGESTS: dict[tuple[str, float, int], str] = {}
@@ -172,6 +209,33 @@ def _call_backend(tool: Tool, backend: str, ctx: ToolContext, arguments: dict[st
     """Load the backend's resource (once per process) and run it; what worker threads and processes execute."""
     ctx.resource = RESOURCES.get(tool, backend, ctx.options)
     return tool(ctx, arguments, backend=backend)
+
+
+def _load_resource(tool: Tool, backend: str, options: dict[str, Any]) -> None:
+    """Ready a worker: imports done (it runs at all), the backend's resource loaded."""
+    RESOURCES.get(tool, backend, options)
+
+
+def _rss_mb() -> float:
+    """This process's resident memory in MiB (Linux: current, from /proc; elsewhere: the peak)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _worker_call(tool: Tool, backend: str, ctx: ToolContext,
+                 arguments: dict[str, Any]) -> tuple[ToolResult | None, str | None, float]:
+    """What a worker process runs: ``(result, None, rss_mb)`` or ``(None, ToolError message, rss_mb)``, so the
+    RSS is reported after failed calls too (any other exception is a bug and propagates)."""
+    try:
+        return _call_backend(tool, backend, ctx, arguments), None, _rss_mb()
+    except ToolError as exc:
+        return None, str(exc), _rss_mb()
 
 
 class ToolServer:
@@ -227,13 +291,39 @@ def _call_tool_server(tool: Tool, backend: str, ctx: ToolContext, arguments: dic
     return result  # type: ignore[return-value]
 
 
+def _worker_context() -> Any:
+    """How worker processes start: forked from a fork server that has imported vgym once (a restart then takes a
+    fork, ~0.1 s, instead of a spawn's fresh interpreter and imports, ~3.5 s on 2 CPU cores), where the platform
+    has fork servers; else spawned. Either way a worker shares no threads, locks or CUDA state with the rollout.
+
+    The fork server is per process and shared by every user of the "forkserver" start method; the preload list only
+    applies when it starts, so a server someone else started first works too, just without the head start.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["vgym"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
 class ToolRuntime:
-    """Runs tool calls for one env with caching, a timeout and optional process isolation."""
+    """Runs tool calls for one env with caching, a timeout and optional process isolation.
+
+    Attributes:
+        counters: ``{"worker_starts", "timeouts", "crashes", "recycled"}``: workers started (thread or process),
+            calls that timed out, workers that died during a call, and "subprocess" workers retired by
+            ``max_calls_per_worker`` / ``max_worker_rss_mb`` (diagnostics for soak runs).
+        last_worker_rss_mb: the "subprocess" worker's RSS after the last call (None before one).
+    """
 
     def __init__(self, config: ToolRuntimeConfig | None = None) -> None:
         self.config = config or ToolRuntimeConfig()
         self.cache = ToolCache(self.config.cache_dir) if self.config.cache_dir else None
         self._pool: cf.Executor | None = None
+        self._loaded: set[str] = set()
+        self._worker_calls = 0
+        self.counters = {"worker_starts": 0, "timeouts": 0, "crashes": 0, "recycled": 0}
+        self.last_worker_rss_mb: float | None = None
 
     def backend_name(self, tool: Tool) -> str:
         """The backend this runtime uses for ``tool``."""
@@ -246,7 +336,8 @@ class ToolRuntime:
             ``(result, info)``.
 
         Raises:
-            ToolError: for invalid arguments, a backend error, a timeout or a dead worker process.
+            ToolError: for invalid arguments, a backend error, a timeout, a worker that could not be readied in
+                ``start_timeout_s`` or a dead worker process.
         """
         backend = self.backend_name(tool)
         info = CallInfo(backend=backend)
@@ -259,7 +350,10 @@ class ToolRuntime:
             return hit, info
         result = self._run(tool, backend, ctx, arguments)
         if key is not None:
-            self.cache.store(key, result)  # type: ignore[union-attr]
+            try:
+                self.cache.store(key, result)  # type: ignore[union-attr]
+            except OSError as exc:  # the cache is an optimisation: a full disk must not fail a call that worked
+                logger.warning("tool cache %s: could not store a %s result: %s", self.config.cache_dir, tool.name, exc)
         return result, info
 
     def _run(self, tool: Tool, backend: str, ctx: ToolContext, arguments: dict[str, Any]) -> ToolResult:
@@ -268,27 +362,88 @@ class ToolRuntime:
             return _call_backend(tool, backend, ctx, arguments)
         if self.config.isolation == "ray":
             return _call_tool_server(tool, backend, ctx, arguments, timeout)
-        if self._pool is None:
-            self._pool = self._new_pool()
-        if self.config.isolation == "subprocess":
-            worker_ctx = ToolContext(list(ctx.images), dict(ctx.metadata), ctx.rng, ctx.max_pixels, ctx.video,
-                                     dict(ctx.arrays), None, dict(ctx.options))
-            future = self._pool.submit(_call_backend, tool, backend, worker_ctx, arguments)
-        else:
-            future = self._pool.submit(_call_backend, tool, backend, ctx, arguments)
+        pool = self._ready_pool(tool, backend, ctx.options)
+        isolated = self.config.isolation == "subprocess"
         try:
-            return future.result(timeout=timeout)
-        except cf.TimeoutError:
-            self._abandon_pool()  # a hung call keeps its worker; later calls get a fresh one
-            raise ToolError(f"{tool.name} timed out after {timeout} s; try a smaller input or another call.") from None
+            if isolated:
+                worker_ctx = ToolContext(list(ctx.images), dict(ctx.metadata), ctx.rng, ctx.max_pixels, ctx.video,
+                                         dict(ctx.arrays), None, dict(ctx.options))
+                future = pool.submit(_worker_call, tool, backend, worker_ctx, arguments)
+            else:
+                future = pool.submit(_call_backend, tool, backend, ctx, arguments)
+            # cf.wait, not future.result(timeout): a backend's own TimeoutError must not read as our timeout
+            if not cf.wait([future], timeout=timeout).done:
+                self.counters["timeouts"] += 1
+                self._abandon_pool()  # a hung call keeps its worker; later calls get a fresh one
+                raise ToolError(f"{tool.name} timed out after {timeout} s; try a smaller input or another call.")
+            out = future.result()
         except cf.BrokenExecutor:  # the worker process died (crash, out-of-memory kill)
+            self.counters["crashes"] += 1
             self._abandon_pool()
             raise ToolError(f"{tool.name} crashed its worker process (backend {backend!r}); the call was lost.") from None
+        if not isolated:
+            return out  # type: ignore[no-any-return]
+        result, error, rss = out
+        self._worker_calls += 1
+        self.last_worker_rss_mb = rss
+        cfg = self.config
+        if ((cfg.max_calls_per_worker is not None and self._worker_calls >= cfg.max_calls_per_worker)
+                or (cfg.max_worker_rss_mb is not None and rss > cfg.max_worker_rss_mb)):
+            self.counters["recycled"] += 1
+            self._retire_pool()
+        if error is not None:
+            raise ToolError(error)
+        return result  # type: ignore[no-any-return]
+
+    def _ready_pool(self, tool: Tool, backend: str, options: Mapping[str, Any]) -> cf.Executor:
+        """The worker pool, started if needed, with ``tool``'s backend resource loaded, within ``start_timeout_s``.
+
+        Raises:
+            ToolError: if the worker is not ready in time or dies while starting (it is discarded).
+        """
+        if self._pool is not None and getattr(self._pool, "_broken", False):  # it died while idle (OOM killer)
+            self.counters["crashes"] += 1
+            self._abandon_pool()
+        if self._pool is None:
+            self._pool = self._new_pool()
+            self._loaded, self._worker_calls = set(), 0
+            self.counters["worker_starts"] += 1
+        key = json.dumps([tool.name, backend, options], sort_keys=True, default=str)
+        if key not in self._loaded:
+            limit = self.config.start_timeout_s
+            try:
+                future = self._pool.submit(_load_resource, tool, backend, dict(options))
+                if not cf.wait([future], timeout=limit).done:
+                    self.counters["timeouts"] += 1
+                    self._abandon_pool()
+                    raise ToolError(f"{tool.name} could not be readied within {limit} s (backend {backend!r}: "
+                                    "worker start-up and loading); the call was not run.")
+                future.result()  # a loader's own exception propagates: a config error, such as a missing model
+            except cf.BrokenExecutor:
+                self.counters["crashes"] += 1
+                self._abandon_pool()
+                raise ToolError(f"{tool.name} crashed its worker process while loading (backend {backend!r}); the "
+                                "call was not run.") from None
+            self._loaded.add(key)
+        return self._pool
 
     def _new_pool(self) -> cf.Executor:
         if self.config.isolation == "subprocess":
-            return cf.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            return cf.ProcessPoolExecutor(max_workers=1, mp_context=_worker_context())
         return cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vgym-tool")
+
+    def _retire_pool(self) -> None:
+        """Let an idle worker process exit (its memory goes back to the system); killed if it does not in 5 s."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        processes = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False)
+        # Wait on the sentinels (readable once a process ended) rather than join: the pool's own thread joins them.
+        ended = multiprocessing.connection.wait([p.sentinel for p in processes], timeout=5.0)
+        for proc in processes:
+            if proc.sentinel not in ended:
+                proc.kill()
 
     def _abandon_pool(self) -> None:
         if self._pool is not None:
