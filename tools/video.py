@@ -4,7 +4,8 @@ Contents: :func:`sample_frames`, :func:`get_frame`, :func:`frame_indices`, :clas
 :class:`VideoReaderCache`, :func:`synthetic_frame`, :func:`write_synthetic_clip`.
 
 Both tools read ``ctx.video``. Time 0 is the first frame's presentation time; frame ``i`` starts at
-``ClipInfo.times[i]``; valid times lie in ``[0, ClipInfo.duration]``. One helper, :func:`frame_indices`, maps times
+``ClipInfo.times[i]`` (the frame's presentation time, so variable-frame-rate clips get their true times); valid
+times lie in ``[0, ClipInfo.duration]``. One helper, :func:`frame_indices`, maps times
 to frames, so all backends return the same frames: ``sample_frames`` takes the centres of ``num_frames`` equal
 slices of ``[start_s, end_s]``, ``t_k = start_s + (k + 1/2) · (end_s - start_s) / num_frames``, ``get_frame`` takes
 ``t_s``; each time maps to the frame whose start is nearest (ties: the earlier). A range shorter than
@@ -15,6 +16,12 @@ Backends: ``auto`` (default) is ``decord``, then ``pyav`` when decord is missing
 AV1, for one). ``decord``: ``VideoReader`` on the CPU, ``get_batch``, times from ``get_frame_timestamp`` (float32,
 so all times are rounded to the microsecond). ``pyav``: times from one demux pass over the packets, frames by
 seeking to the keyframe before each and decoding forward; a frame's time is ``frame.pts * time_base``.
+
+**Bad files.** A missing, empty, truncated or corrupt file, or one without a video stream or frames, is a
+:class:`~vgym.errors.ToolError` for the model naming the file (and a warning on this module's logger with the full
+path). A clip whose container lists more frames than can be read is refused as truncated, not served shorter. PyAV
+vets every clip (one demux pass, no decoding) before decord opens it: decord 0.6 aborts the whole process
+(``std::bad_alloc``) on some corrupt files, and it must also count the frames PyAV counts.
 
 Open clips live in a :class:`VideoReaderCache` per decoder, the backends' loaded resource, so a ``ToolRuntime``
 reuses them (loader option ``max_open``, default 4); without a runtime a call opens the clip for itself.
@@ -64,16 +71,34 @@ class ClipInfo:
 
     @property
     def duration(self) -> float:
-        """Seconds from the first frame's start to the last frame's end."""
+        """Seconds from the first frame's start to the last frame's end (the last frame lasts ``1 / fps``)."""
         return float(self.times[-1]) + 1.0 / self.fps
 
+    @functools.cached_property
+    def _gaps(self) -> tuple[float, float]:
+        """Smallest and largest positive gap between consecutive frame starts (``1 / fps`` for one frame)."""
+        gaps = np.diff(self.times)
+        gaps = gaps[gaps > 0]
+        return (float(gaps.min()), float(gaps.max())) if gaps.size else (1.0 / self.fps, 1.0 / self.fps)
+
+    @property
+    def variable_rate(self) -> bool:
+        """Whether frame gaps differ by more than 5 % (a variable-frame-rate clip; ``fps`` is then an average)."""
+        smallest, largest = self._gaps
+        return largest > 1.05 * smallest
+
     def describe(self) -> str:
-        """``"clip is 10.00 s, 250 frames at 25 fps"``, for tool texts and error messages."""
-        return f"clip is {self.duration:.2f} s, {len(self.times)} frames at {self.fps:.4g} fps"
+        """``"clip is 10.00 s, 250 frames at 25 fps"`` (``"... at 4.878 fps on average (variable frame rate)"``),
+        for tool texts and error messages."""
+        rate = " on average (variable frame rate)" if self.variable_rate else ""
+        return f"clip is {self.duration:.2f} s, {len(self.times)} frames at {self.fps:.4g} fps{rate}"
 
     def stamp(self, time: float) -> str:
-        """``time`` in seconds to the precision that tells frames apart: 2 decimals up to 100 fps, else 3."""
-        return f"{time:.{2 if self.fps <= 100 else 3}f}"
+        """``time`` in seconds to the precision that tells frames apart: 2 decimals while frames are at least 10 ms
+        apart (up to 100 fps), 3 down to 1 ms, else 6 (the smallest gap decides, so close frames of a
+        variable-frame-rate clip get distinct stamps)."""
+        smallest = self._gaps[0] * (1 + 1e-3)  # tolerance: times are rounded to the microsecond
+        return f"{time:.{2 if smallest >= 0.01 else 3 if smallest >= 0.001 else 6}f}"
 
 
 def frame_indices(times: np.ndarray, targets: Sequence[float]) -> list[int]:
@@ -102,9 +127,12 @@ class _DecordClip:
     def __init__(self, path: str) -> None:
         import decord  # lazy: decord has no wheels for every platform
 
+        probe = _PyAVClip(path)  # PyAV vets the file first: decord aborts the process on some corrupt files
+        probe.close()
         self._reader = decord.VideoReader(path, ctx=decord.cpu(0))
-        if len(self._reader) == 0:
-            raise ValueError(f"decord found no frames in {path}")
+        if len(self._reader) != len(probe.info.times):
+            raise ValueError(f"decord finds {len(self._reader)} frames where PyAV finds {len(probe.info.times)}; "
+                             "the file may be corrupt")
         starts = np.asarray(self._reader.get_frame_timestamp(list(range(len(self._reader))))[:, 0], np.float64)
         self.info = ClipInfo(np.round(starts - starts[0], 6), float(self._reader.get_avg_fps()))
 
@@ -123,10 +151,19 @@ class _PyAVClip:
         import av
 
         self._container = av.open(path)
-        self._stream = self._container.streams.video[0]
-        packets = sorted((p.pts, p.is_keyframe) for p in self._container.demux(self._stream) if p.pts is not None)
-        if not packets:
-            raise ValueError("PyAV found no frames")
+        try:
+            if not self._container.streams.video:
+                raise ValueError("the file has no video stream")
+            self._stream = self._container.streams.video[0]
+            packets = sorted((p.pts, p.is_keyframe) for p in self._container.demux(self._stream) if p.pts is not None)
+            if not packets:
+                raise ValueError("the video stream has no frames")
+            if self._stream.frames > len(packets):  # the container's index (MP4, AVI; 0 = unknown) lists more
+                raise ValueError(f"the container lists {self._stream.frames} frames but only {len(packets)} can be "
+                                 "read: the file is truncated or corrupt")
+        except BaseException:
+            self._container.close()  # no file handle outlives a failed open
+            raise
         self._pts = [p for p, _ in packets]
         self._keys = [p for p, key in packets if key] or self._pts[:1]
         starts = np.array([float((p - self._pts[0]) * self._stream.time_base) for p in self._pts])
@@ -239,8 +276,10 @@ def _fetch(ctx: ToolContext, decoder: str, choose: Callable[[ClipInfo], list[int
         raise
     except ImportError as error:
         raise _DecodeFailure(f"{decoder} is not installed ({error}); use the backend 'pyav' or 'auto'.") from error
-    except Exception as error:  # decord.DECORDError, av.FFmpegError, ...
-        raise _DecodeFailure(f"the video could not be read with {decoder}: {error!r}.") from error
+    except Exception as error:  # decord.DECORDError, av.FFmpegError, our checks' ValueError, ...
+        detail = str(error) if type(error) is ValueError else repr(error)
+        raise _DecodeFailure(f"the video could not be read with {decoder}: {detail} (file "
+                             f"{os.path.basename(str(ctx.video))}).") from error
     finally:
         if not shared:
             cache.close()
@@ -250,13 +289,17 @@ def _frames(ctx: ToolContext, backend: str, choose: Callable[[ClipInfo], list[in
     """:func:`_fetch` with the named backend; ``auto`` is decord, then PyAV if decord fails."""
     if ctx.video is None:
         raise ToolError("this episode has no video, so there are no frames to read; answer from the images.")
-    if backend != "auto":
-        return _fetch(ctx, backend, choose)
     try:
-        return _fetch(ctx, "decord", choose)
+        if backend != "auto":
+            return _fetch(ctx, backend, choose)
+        try:
+            return _fetch(ctx, "decord", choose)
+        except _DecodeFailure as failure:
+            logger.info("decord failed on %s, using PyAV: %s", ctx.video, failure)
+            return _fetch(ctx, "pyav", choose)
     except _DecodeFailure as failure:
-        logger.info("decord failed on %s, using PyAV: %s", ctx.video, failure)
-        return _fetch(ctx, "pyav", choose)
+        logger.warning("video tool could not read %s: %s", ctx.video, failure)
+        raise
 
 
 def _check_time(name: str, value: float, info: ClipInfo | None = None) -> None:

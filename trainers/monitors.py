@@ -166,13 +166,20 @@ class CSVReporter:
 
         Raises:
             ValueError: if a metric is named ``step`` or the reporter is closed.
+            OSError: if the row cannot be written (a full disk), naming the file.
         """
         if self._fh is None:
             raise ValueError(f"CSVReporter({self.path}) is closed")
         if "step" in metrics:
             raise ValueError("'step' is the CSV's index column; rename the metric")
         row = {"step": str(int(step))} | {k: repr(float(v)) for k, v in metrics.items()}
-        new = [k for k in metrics if k not in self.columns]
+        try:
+            self._append(row, [k for k in metrics if k not in self.columns])
+        except OSError as exc:  # a full disk: name the file (the bare errno message does not)
+            raise OSError(exc.errno, f"could not write the metrics row of step {step} to {self.path}: "
+                                     f"{exc.strerror}") from exc
+
+    def _append(self, row: dict[str, str], new: list[str]) -> None:
         if new:
             self._fh.close()
             with self.path.open(newline="") as fh:

@@ -99,7 +99,7 @@ def quickstart(
     no_tools_steps: Annotated[int, typer.Option(help="SFT steps of the tools-off arm")] = 300,
     seed: Annotated[int, typer.Option(help="data and model seed")] = 0,
     grpo_steps: Annotated[int, typer.Option(help="GRPO steps after SFT for the tools arm (0: none)")] = 20,
-    teacher_skip_tools: Annotated[float, typer.Option(help="share of teacher episodes that skip the tool and guess")] = 0.5,
+    teacher_skip_tools: Annotated[float, typer.Option(help="share of teacher episodes that skip the tool")] = 0.5,
     teacher_noise: Annotated[float, typer.Option(help="share of the teacher's answers made wrong")] = 0.0,
 ) -> None:
     """Build the tiny VLM, SFT it on teacher trajectories with and without tools, GRPO the tools arm, evaluate."""
@@ -209,7 +209,10 @@ def sft(
         result = sft_then_evaluate(vlm, processor, env_fn, label=task, out=out, train_episodes=train_episodes,
                                    eval_episodes=eval_episodes, sft=config, generation=GenerationConfig(temperature=0.0),
                                    batch_size=16, progress=progress)
-    (out / "results.json").write_text(json.dumps(asdict(result), indent=2))
+    from vgym.trajectory import atomic_path
+
+    with atomic_path(out / "results.json") as tmp:  # write-then-rename: a kill or full disk keeps the old file
+        tmp.write_text(json.dumps(asdict(result), indent=2))
     console.print(f"held-out accuracy {result.accuracy:.3f} · reward {result.reward:.3f} · tool calls/episode "
                   f"{result.tool_calls_per_episode:.2f} · SFT loss {result.initial_loss:.3f}→{result.final_loss:.3f} "
                   f"· checkpoint {out / 'checkpoint'}")

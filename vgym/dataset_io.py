@@ -3,13 +3,18 @@ robust image loading. :mod:`vgym.datasets` (the vgym JSONL format and the generi
 re-exports every public name here, so ``from vgym.datasets import load_image`` keeps working.
 
 Contents: :data:`MAX_LINE_BYTES`, :data:`MAX_JSON_DEPTH`, :data:`MAX_JSON_FILE_BYTES`, :func:`read_text_lines`,
-:func:`read_json_lines`, :func:`read_json`, :func:`confined_path`, :func:`load_image`.
+:func:`read_json_lines`, :func:`read_json`, :func:`confined_path`, :class:`MediaError`, :func:`load_image`.
 
 **Limits.** A line over :data:`MAX_LINE_BYTES` (1 MiB), JSON nested deeper than :data:`MAX_JSON_DEPTH` (32),
 ``NaN``/``Infinity`` and duplicate keys in an object are errors naming ``file:line``; a whole-file JSON annotation
 over :data:`MAX_JSON_FILE_BYTES` is refused. :func:`confined_path` refuses absolute paths, ``..`` escapes and
 symbolic links leading outside the root. :func:`load_image` refuses images over ``max_pixels`` before decoding
 them. All of these raise :class:`~vgym.errors.InvalidConfigError` naming the file.
+
+**Bad media.** A media file that is missing, empty, not an image, truncated, corrupt, too large or in a mode without
+an RGB meaning raises :class:`MediaError`, the :class:`~vgym.errors.InvalidConfigError` subclass that marks a fault
+of *one record's data* rather than of the configuration: :func:`vgym.rollout.rollout` turns it into a failed
+episode (reward 0, ``truncated_reason`` naming the error and the file) and plays the rest of the batch.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from vgym.errors import InvalidConfigError
 
 __all__ = ["MAX_LINE_BYTES", "MAX_JSON_DEPTH", "MAX_JSON_FILE_BYTES", "read_text_lines", "read_json_lines",
-           "read_json", "confined_path", "load_image"]
+           "read_json", "confined_path", "MediaError", "load_image"]
 
 MAX_LINE_BYTES = 1 << 20
 """Longest JSONL / text annotation line accepted, in bytes (without the newline)."""
@@ -169,6 +174,26 @@ def confined_path(root: str | os.PathLike, relative: str) -> str:
     return full
 
 
+class MediaError(InvalidConfigError):
+    """A record's media file (image or video) cannot be used: missing, empty, not a known format, truncated,
+    corrupt, too large, or without an RGB meaning. The message names the file.
+
+    It is an :class:`~vgym.errors.InvalidConfigError`, so ``except InvalidConfigError`` still catches it; the
+    subclass lets a rollout tell one bad record (skip the episode, keep the batch) from a bad configuration
+    (stop). Pickles with its attributes (Ray workers may raise it).
+
+    Attributes:
+        path: the file at fault, or None when unknown.
+        sample_id: the id of the sample that needed it (``"<task>/<record id>"``), set by
+            :meth:`vgym.datasets.DatasetTask.sample`; None when raised outside a task.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, sample_id: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.sample_id = sample_id
+
+
 def _to_rgb(image: Image.Image, path: str) -> np.ndarray:
     """The decoded ``image`` as RGB uint8 (H, W, 3); see :func:`load_image` for the conversions."""
     mode = image.mode
@@ -177,10 +202,11 @@ def _to_rgb(image: Image.Image, path: str) -> np.ndarray:
     if mode.startswith("I;16") or mode == "I":  # 16-bit grey (PNG): scale 0..65535 to 0..255, rounded
         grey = np.asarray(image).astype(np.int64)
         if grey.min() < 0 or grey.max() > 65535:
-            raise InvalidConfigError(f"{path}: 32-bit integer pixels outside 0..65535 are not supported")
+            raise MediaError(f"{path}: 32-bit integer pixels outside 0..65535 are not supported", path=path)
         return np.repeat(((grey * 255 + 32767) // 65535).astype(np.uint8)[..., None], 3, axis=2)
     if mode == "F":
-        raise InvalidConfigError(f"{path}: floating-point images (Pillow mode 'F') are not supported; save 8-bit RGB")
+        raise MediaError(f"{path}: floating-point images (Pillow mode 'F') are not supported; save 8-bit RGB",
+                         path=path)
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
         rgba = np.asarray(image.convert("RGBA")).astype(np.int64)  # over white, as viewers show transparency
         colour, alpha = rgba[..., :3], rgba[..., 3:]
@@ -188,16 +214,17 @@ def _to_rgb(image: Image.Image, path: str) -> np.ndarray:
     try:
         return np.asarray(image.convert("RGB"))  # L, 1, P, CMYK, YCbCr, ...
     except ValueError as error:
-        raise InvalidConfigError(f"{path}: cannot convert Pillow mode {mode!r} to RGB ({error})") from None
+        raise MediaError(f"{path}: cannot convert Pillow mode {mode!r} to RGB ({error})", path=path) from None
 
 
 def load_image(path: str, *, max_pixels: int = 64_000_000) -> np.ndarray:
-    """Decode an image file as RGB uint8.
+    """Decode an image file as RGB uint8, whatever its extension says (the format is read from the bytes).
 
     Conversions: grey and 1-bit are replicated to three channels; palettes are expanded; alpha (RGBA, LA, or a
     palette with transparency) is composited over white; 16-bit grey is scaled to 8 bits (``v * 255 / 65535``,
-    rounded); CMYK and YCbCr go through Pillow's conversion. Multi-frame files give their first frame. EXIF
-    orientation is *not* applied: annotations such as COCO boxes refer to the stored pixel grid.
+    rounded); 16-bit colour (RGB / RGBA PNG) keeps each sample's high byte, as Pillow decodes it (within 1 of the
+    rounded value); CMYK and YCbCr go through Pillow's conversion. Multi-frame files give their first frame.
+    EXIF orientation is *not* applied: annotations such as COCO boxes refer to the stored pixel grid.
 
     Args:
         path: the file (resolve it with :func:`confined_path` first).
@@ -208,25 +235,25 @@ def load_image(path: str, *, max_pixels: int = 64_000_000) -> np.ndarray:
         (H, W, 3) uint8, C-contiguous.
 
     Raises:
-        InvalidConfigError: naming the file, when it is missing, empty, not an image, truncated or corrupt, too
-            large, or in a mode that has no RGB meaning.
+        MediaError: naming the file, when it is missing, empty, not an image, truncated or corrupt, too large,
+            or in a mode that has no RGB meaning.
     """
     try:
         with Image.open(path) as image:
             width, height = image.size
             if width * height > max_pixels:
-                raise InvalidConfigError(f"{path}: image is {width}x{height} = {width * height} pixels, over "
-                                         f"max_pixels={max_pixels} (raise max_image_pixels if the file is trusted)")
+                raise MediaError(f"{path}: image is {width}x{height} = {width * height} pixels, over "
+                                 f"max_pixels={max_pixels} (raise max_image_pixels if the file is trusted)", path=path)
             image.load()
             return np.ascontiguousarray(_to_rgb(image, path), dtype=np.uint8)
-    except InvalidConfigError:
+    except MediaError:
         raise
     except FileNotFoundError:
-        raise InvalidConfigError(f"image file not found: {path}") from None
+        raise MediaError(f"image file not found: {path}", path=path) from None
     except UnidentifiedImageError:
-        raise InvalidConfigError(f"{path}: not an image Pillow can read (empty, corrupt or unsupported)") from None
+        raise MediaError(f"{path}: not an image Pillow can read (empty, corrupt or unsupported)", path=path) from None
     except Image.DecompressionBombError as error:
-        raise InvalidConfigError(f"{path}: {error}") from None
+        raise MediaError(f"{path}: {error}", path=path) from None
     except (OSError, SyntaxError, EOFError, ValueError) as error:  # Pillow's decoders raise all of these
-        raise InvalidConfigError(f"{path}: the image could not be decoded ({error}); the file may be truncated "
-                                 "or corrupt") from None
+        raise MediaError(f"{path}: the image could not be decoded ({error}); the file may be truncated or corrupt",
+                         path=path) from None

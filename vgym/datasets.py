@@ -5,7 +5,7 @@ Contents: :data:`ANSWER_TYPES`, :class:`DatasetRecord`, :func:`parse_record`, :f
 :func:`score_record`, :class:`DatasetConfig`, :class:`DatasetTask`. Re-exported from :mod:`vgym.dataset_io` (the
 file readers, path confinement and image loading, defined there): :data:`MAX_LINE_BYTES`, :data:`MAX_JSON_DEPTH`,
 :data:`MAX_JSON_FILE_BYTES`, :func:`read_text_lines`, :func:`read_json_lines`, :func:`read_json`,
-:func:`confined_path`, :func:`load_image`.
+:func:`confined_path`, :class:`MediaError`, :func:`load_image`.
 
 **The vgym JSONL format.** One JSON object per line, UTF-8 (a leading BOM is ignored); blank lines and lines
 starting with ``//`` are skipped. Paths are relative to the dataset root, with ``/`` separators. Fields:
@@ -34,6 +34,12 @@ Every file a record names is resolved with :func:`confined_path`: absolute paths
 leading outside the root are refused. :func:`load_image` refuses images over ``max_pixels`` before decoding them.
 All of these raise :class:`~vgym.errors.InvalidConfigError` naming the file (and the record, from
 :meth:`DatasetTask.sample`).
+
+**Bad media.** A record's image or video that is missing, empty, truncated, corrupt, without a video stream or
+frames, or over ``max_pixels`` raises :class:`MediaError` (an ``InvalidConfigError``) from
+:meth:`DatasetTask.sample`, naming the record and the file and carrying ``sample_id``; the other records are
+unaffected (nothing is decoded when the task is built), and :func:`vgym.rollout.rollout` turns the failure into one
+failed episode. A path escaping the root stays a plain ``InvalidConfigError``, which stops a rollout.
 """
 
 from __future__ import annotations
@@ -50,8 +56,8 @@ from typing import Any
 
 import numpy as np
 
-from vgym.dataset_io import (MAX_JSON_DEPTH, MAX_JSON_FILE_BYTES, MAX_LINE_BYTES, confined_path, load_image,
-                             read_json, read_json_lines, read_text_lines)
+from vgym.dataset_io import (MAX_JSON_DEPTH, MAX_JSON_FILE_BYTES, MAX_LINE_BYTES, MediaError, confined_path,
+                             load_image, read_json, read_json_lines, read_text_lines)
 from vgym.errors import InvalidConfigError
 from vgym.rewards import (box_iou_reward, exact_match_reward, interval_iou_reward, multiple_choice_reward,
                           numeric_reward, parse_numbers)
@@ -59,8 +65,8 @@ from vgym.task import SPLITS, Sample, Solution, Task
 from vgym.tools.video import VideoReaderCache, frame_indices
 
 __all__ = ["ANSWER_TYPES", "MAX_LINE_BYTES", "MAX_JSON_DEPTH", "MAX_JSON_FILE_BYTES", "DatasetRecord", "parse_record",
-           "read_text_lines", "read_json_lines", "read_json", "read_vgym_jsonl", "confined_path", "load_image",
-           "score_record", "DatasetConfig", "DatasetTask"]
+           "read_text_lines", "read_json_lines", "read_json", "read_vgym_jsonl", "confined_path", "MediaError",
+           "load_image", "score_record", "DatasetConfig", "DatasetTask"]
 
 ANSWER_TYPES: tuple[str, ...] = ("exact", "choice", "numeric", "box", "interval")
 """How a record's answer is scored (see the module docstring)."""
@@ -392,8 +398,10 @@ class DatasetTask(Task):
             ``frame_indices``, ``frame_times`` of the overview frames).
 
         Raises:
+            MediaError: for a file of the record that is missing or cannot be decoded (naming record and file;
+                ``sample_id`` set).
             InvalidConfigError: for an unknown split, a negative index or seed, a split without records, or a file
-                of the record that is missing, outside the root, or cannot be decoded (naming record and file).
+                path outside the root.
         """
         if index < 0 or seed < 0:
             raise InvalidConfigError(f"seed and index must be non-negative ints, got seed={seed}, index={index}")
@@ -417,6 +425,9 @@ class DatasetTask(Task):
                 video = confined_path(self.root(), record.video)
                 frames, metadata["video"] = _overview(video, int(getattr(self.config, "overview_frames", 4)))
                 images += frames
+        except MediaError as error:  # one record's bad file: a rollout skips this episode (see MediaError)
+            raise MediaError(f"{self.name} record {record.id!r}: {error}", path=error.path,
+                             sample_id=f"{self.name}/{record.id}") from error
         except InvalidConfigError as error:
             raise InvalidConfigError(f"{self.name} record {record.id!r}: {error}") from error
         question = record.question + "".join(f"\n{chr(ord('A') + i)}. {o}" for i, o in enumerate(record.options))
@@ -454,7 +465,7 @@ def _overview(path: str, count: int) -> tuple[list[np.ndarray], dict[str, Any]]:
     import av  # lazy, as in vgym.tools.video
 
     if not os.path.isfile(path):
-        raise InvalidConfigError(f"video file not found: {path}")
+        raise MediaError(f"video file not found: {path}", path=path)
     cache = VideoReaderCache("pyav", max_open=1)
     try:
         with cache.open(path) as clip:
@@ -462,7 +473,8 @@ def _overview(path: str, count: int) -> tuple[list[np.ndarray], dict[str, Any]]:
             chosen = frame_indices(info.times, [(k + 0.5) * info.duration / count for k in range(count)])
             frames = clip.read(chosen)
     except (av.FFmpegError, OSError, ValueError, IndexError) as error:  # PyAV and our reader's failures
-        raise InvalidConfigError(f"{path}: the video could not be decoded with PyAV ({error!r})") from None
+        detail = str(error) if type(error) is ValueError else repr(error)  # our reader's checks read plainly
+        raise MediaError(f"{path}: the video could not be decoded with PyAV ({detail})", path=path) from None
     finally:
         cache.close()
     facts = {"duration_s": round(info.duration, 6), "fps": info.fps, "num_frames": len(info.times),

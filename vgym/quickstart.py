@@ -6,9 +6,9 @@ Steps: build the tiny Qwen2-VL offline → for each arm (tools on, tools off): t
 split → SFT from the same initial weights → greedy evaluation on the held-out test split; then, for the tools arm,
 GRPO (``grpo``) on fresh train samples and the same held-out evaluation again. The teacher is the scripted oracle,
 lazy by default (``teacher_skip_tools``: half its episodes skip the crop and guess, so the SFT student under-uses the
-tool and GRPO has something to fix) and optionally wrong (``teacher_noise``: it crops right but answers wrong). Writes the model, the
-trajectories (JSONL + PNG), ``results.json`` and ``curves.png`` to the run folder. Progress is reported through
-callbacks; the CLI draws the bars.
+tool and GRPO has something to fix) and optionally wrong (``teacher_noise``: it crops right but answers wrong).
+Writes the model, the trajectories (JSONL + PNG), ``results.json`` and ``curves.png`` to the run folder. Progress is
+reported through callbacks; the CLI draws the bars.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from vgym.task import TASKS
 from vgym.tiny import TinyVLMConfig, build_tiny_vlm, load_vlm
 from vgym.trainers.grpo import GRPOConfig, GRPOTrainer
 from vgym.trainers.sft import SFTConfig
-from vgym.trajectory import save_trajectories
+from vgym.trajectory import atomic_path, save_trajectories
 
 __all__ = ["QuickstartConfig", "QUICKSTART_GRPO", "run_quickstart", "tokenizer_corpus", "plot_curves"]
 
@@ -164,7 +164,8 @@ def run_quickstart(cfg: QuickstartConfig, progress: Progress | None = None) -> d
         "out": str(cfg.out),
         "chance": TASKS.get(cfg.task)().chance_accuracy(),
     }
-    (cfg.out / "results.json").write_text(json.dumps(result, indent=2))
+    with atomic_path(cfg.out / "results.json") as tmp:  # write-then-rename
+        tmp.write_text(json.dumps(result, indent=2))
     plot_curves(arms, cfg.out / "curves.png", grpo)
     return result
 

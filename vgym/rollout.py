@@ -78,6 +78,8 @@ class _Episode:
         self.turns: list[dict[str, Any]] = []
         self.sample: Any = None
         self.task: Any = None
+        self.sample_id = ""  # the sample's id and task name (known even when its sample failed to load)
+        self.task_name = ""
         self.tools_enabled = False
         self.pending_text = ""
         self.policy_tokens = 0
@@ -121,13 +123,14 @@ class _Episode:
 
     def trajectory(self) -> Trajectory:
         r = self.result
+        empty = torch.zeros(0, dtype=torch.long)  # an episode whose sample failed to load has no tokens
         return Trajectory(
-            sample_id=self.sample.id,
+            sample_id=self.sample_id,
             group_id=self.spec.group_id,
-            task=self.sample.task,
-            input_ids=torch.cat(self.ids),
-            loss_mask=torch.cat(self.mask),
-            logprobs=torch.cat(self.logprobs),
+            task=self.task_name,
+            input_ids=torch.cat(self.ids) if self.ids else empty,
+            loss_mask=torch.cat(self.mask) if self.mask else empty,
+            logprobs=torch.cat(self.logprobs) if self.logprobs else torch.zeros(0),
             images=self.images,
             pixel_values=torch.cat(self.pixels) if self.pixels else None,
             image_grid_thw=torch.cat(self.grids) if self.grids else None,
@@ -179,10 +182,15 @@ def rollout(
 
     Returns:
         Trajectories in the order of ``specs``. With Ray, an episode whose worker died is re-run from its seed on a
-        fresh worker: none is lost or returned twice.
+        fresh worker: none is lost or returned twice. An episode whose sample cannot be loaded
+        (:class:`~vgym.dataset_io.MediaError`: its image or video file is missing, truncated, corrupt, too large)
+        comes back as a trajectory without tokens, images or turns, with reward 0, ``truncated`` True and
+        ``truncated_reason`` ``"sample_error: <the error, naming the file>"``, and a warning is logged on this
+        module's logger; every other episode plays as if it were absent.
 
     Raises:
         ValueError: for an unknown mode, or when a sequence's image placeholders disagree with its image grids.
+        Exception: whatever else the env raises (a bug or a bad configuration, e.g. an unknown split), unchanged.
     """
     if mode not in ("lockstep", "async"):
         raise ValueError(f"mode must be 'lockstep' or 'async', got {mode!r}")
@@ -261,8 +269,15 @@ class _Scheduler:
             return
         step: Step = future.result()
         ep = self.episodes[slot]
+        if step.error is not None:  # the sample's media could not be loaded: this episode fails, the rest go on
+            logger.warning("episode %d (split %r, index %d) ends with reward 0: its sample could not be loaded: %s",
+                           ep.position, ep.spec.split, ep.spec.index, step.error)
+            ep.sample_id, ep.task_name = step.sample_id or "", step.task.name if step.task is not None else ""
+            self._finish(slot, {"reward": 0.0, "truncated": True, "truncated_reason": f"sample_error: {step.error}"})
+            return
         if step.sample is not None:  # a reset
             ep.sample, ep.task, ep.tools_enabled = step.sample, step.task, step.tools_enabled
+            ep.sample_id, ep.task_name = step.sample.id, step.sample.task
         else:
             ep.turns.append({"text": ep.pending_text, "observation": step.observation,
                              "tool_calls": step.info["tool_calls"]})

@@ -13,6 +13,10 @@ per process, one copy of each model-backed tool per process). ``ray.init`` runs 
 initialised yet: pass ``address="auto"`` or ``"ray://host:10001"`` to join an existing cluster, which is how a
 rollout scales beyond one machine. A dead actor is replaced by :meth:`RayEnvPool.restart`; the scheduler then
 re-runs the episodes it hosted from their seeds.
+
+Bad data: when a reset fails with :class:`~vgym.dataset_io.MediaError` (the sample's image or video file is missing,
+truncated, corrupt, ...), :meth:`EnvRunner.reset` returns a :class:`Step` with ``error`` set instead of raising, so
+one bad record ends one episode, not the rollout. Every other exception propagates: it is a bug or a bad config.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from vgym.dataset_io import MediaError
 from vgym.env import VisualToolEnv
 from vgym.task import Sample, Task
 
@@ -44,6 +49,10 @@ class Step:
         observation: the message's text.
         reward / terminated / truncated / info: as returned by the env (reset: 0, False, False, its info).
         sample / task / tools_enabled: set after ``reset`` only (the episode's sample and the env's task).
+        error: set only by a failed ``reset``: why the sample could not be loaded (a :class:`MediaError` message
+            naming the file). The episode is over before it began: ``chunk`` is None, ``truncated`` True.
+        sample_id: with ``error``, the id of the sample that failed (``MediaError.sample_id``, else
+            ``"<task>/<split>/<index>"``).
     """
 
     chunk: Any
@@ -57,6 +66,8 @@ class Step:
     sample: Sample | None = None
     task: Task | None = None
     tools_enabled: bool = False
+    error: str | None = None
+    sample_id: str | None = None
 
 
 class EnvRunner:
@@ -71,8 +82,17 @@ class EnvRunner:
         self.encoder = encoder
 
     def reset(self, split: str, index: int, seed: int) -> Step:
-        """Start the episode of item ``index`` of ``split``, env RNG seeded with ``seed``."""
-        obs, info = self.env.reset(seed=seed, options={"split": split, "index": index})
+        """Start the episode of item ``index`` of ``split``, env RNG seeded with ``seed``.
+
+        Returns:
+            The prompt's :class:`Step`; or, when the sample's media cannot be loaded (:class:`MediaError`), a
+            Step with ``error`` and ``sample_id`` set, ``truncated`` True and nothing to encode.
+        """
+        try:
+            obs, info = self.env.reset(seed=seed, options={"split": split, "index": index})
+        except MediaError as error:  # one record's bad file: this episode fails, the rollout goes on
+            sample_id = error.sample_id or f"{self.env.task.name}/{split}/{index}"
+            return Step(None, (), [], "", truncated=True, task=self.env.task, error=str(error), sample_id=sample_id)
         chunk = self.encoder.encode_prompt(info["messages"], obs["images"])
         return Step(chunk, obs["images"], info["messages"], obs["text"], info=info, sample=self.env.sample,
                     task=self.env.task, tools_enabled=self.env.tools_enabled)

@@ -339,3 +339,29 @@ def test_state_dict_round_trip_continues_identically(split: int) -> None:
 def test_alarm_config_validation(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(InvalidConfigError, match=match):
         AlarmConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_csv_reporter_names_its_file_when_the_disk_is_full(tmp_path: Path) -> None:
+    """A full disk (the write boundary raises ENOSPC) is an OSError naming the CSV; the rows before stay intact."""
+    import errno
+
+    path = tmp_path / "m.csv"
+    rep = CSVReporter(path)
+    rep.log(1, {"loss": 0.5})
+    before = path.read_bytes()
+
+    class FullDisk:
+        def write(self, _: str) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    rep._fh = FullDisk()
+    with pytest.raises(OSError, match=r"step 2 .*m\.csv.*No space left") as info:
+        rep.log(2, {"loss": 0.25})
+    assert info.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before
