@@ -56,6 +56,25 @@ MAX_FRAMES = 16
 
 _BITS = 12  # synthetic clips encode the frame index in 12 black/white cells: up to 4096 frames
 
+_PYAV_DEMUXERS = "mov,matroska,avi,mpegts,mpeg,flv,ogg,asf,gif,h264,hevc,m4v,ivf,mjpeg,yuv4mpegpipe"
+"""FFmpeg demuxers PyAV may use: containers of a single media file. Playlists and manifests (hls, concat, dash)
+are left out: FFmpeg opens the files they name wherever those are, so a clip inside a dataset root could read
+files outside it."""
+_PLAYLIST_HEADS = (b"#EXTM3U", b"ffconcat version")
+
+
+def _refuse_playlist(path: str) -> None:
+    """Raise ValueError when ``path`` is an HLS playlist, an ffconcat list or a DASH manifest, not a video file.
+
+    decord cannot be told which demuxers to use (it opens an HLS playlist named ``x.mp4`` and reads the files it
+    names), so both decoders check the file's first bytes before opening it.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(_PLAYLIST_HEADS) or b"<MPD" in head:
+        raise ValueError(f"{path} is a playlist or manifest (HLS, ffconcat or DASH), not a video file; it would make "
+                         "the decoder open the files it names, so it is refused")
+
 
 @dataclass(frozen=True)
 class ClipInfo:
@@ -127,6 +146,7 @@ class _DecordClip:
     def __init__(self, path: str) -> None:
         import decord  # lazy: decord has no wheels for every platform
 
+        _refuse_playlist(path)
         probe = _PyAVClip(path)  # PyAV vets the file first: decord aborts the process on some corrupt files
         probe.close()
         self._reader = decord.VideoReader(path, ctx=decord.cpu(0))
@@ -150,7 +170,9 @@ class _PyAVClip:
     def __init__(self, path: str) -> None:
         import av
 
-        self._container = av.open(path)
+        _refuse_playlist(path)
+        self._container = av.open(path, container_options={"format_whitelist": _PYAV_DEMUXERS,
+                                                           "protocol_whitelist": "file"})
         try:
             if not self._container.streams.video:
                 raise ValueError("the file has no video stream")
