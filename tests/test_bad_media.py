@@ -584,3 +584,43 @@ def test_a_video_broken_mid_episode_is_an_error_observation(mixed_root: Path, cl
         assert terminated and not truncated
     finally:
         env.close()
+
+
+def test_grpo_trains_on_the_good_samples_and_counts_the_bad(mixed_root: Path, tiny: Any) -> None:
+    """A GRPO step over records 0..3 (records 1 and 3 are bad): the bad groups are dropped and counted, the step
+    trains on the good ones; a step whose every sample is bad fails with a clear error naming the file."""
+    from vgym.errors import VgymError
+    from vgym.trainers.grpo import GRPOConfig, GRPOTrainer
+
+    model, processor = tiny
+    env_fn = functools.partial(VisualToolEnv, "vgym_jsonl", task_config={"root": str(mixed_root)}, split="test",
+                               tools=())
+    cfg = GRPOConfig(num_generations=2, prompts_per_step=4, max_new_tokens=4, steps=1, split="test")
+    trainer = GRPOTrainer(model, processor, env_fn, cfg)
+    trajs, metrics = trainer.collect()
+    assert metrics["rollout/sample_errors"] == 4.0  # 2 bad records x 2 generations
+    assert sorted({t.sample_id for t in trajs}) == ["vgym_jsonl/good_jpeg", "vgym_jsonl/good_png"]
+    assert all(t.input_ids.numel() > 0 for t in trajs)
+    bad_only = GRPOTrainer(model, processor, env_fn, GRPOConfig(num_generations=2, prompts_per_step=1,
+                                                                 max_new_tokens=4, steps=1, split="test",
+                                                                 data_offset=1))
+    with pytest.raises(VgymError, match=r"no sample of the step could be loaded .*cut\.png"):
+        bad_only.collect()
+
+
+def test_eval_scores_a_bad_sample_zero_and_the_rest_as_usual(mixed_root: Path, tmp_path: Path) -> None:
+    """``vgym eval`` with the oracle (the text-only path) over the 7 records: each bad one is a scored failure
+    naming its file, every good one scores 1."""
+    from vgym.evaluate import EvalConfig, run_eval
+
+    report = run_eval(EvalConfig(policy="oracle", suite=("vgym_jsonl",), n=len(RECORDS),
+                                 task_config={"root": str(mixed_root)}), tmp_path / "run")
+    lines = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
+    assert sorted(line["index"] for line in lines) == list(range(len(RECORDS)))
+    for line in lines:
+        rid = RECORDS[line["index"]][0]
+        if rid in BAD_RECORDS:
+            assert line["accuracy"] == 0.0 and str(mixed_root / BAD_RECORDS[rid]) in line["truncated_reason"]
+        else:
+            assert line["accuracy"] == 1.0 and line["truncated_reason"] is None
+    assert report["overall"]["avg_at_k"] == pytest.approx(4 / 7)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from vgym.env import VisualToolEnv
-from vgym.errors import InvalidConfigError
+from vgym.errors import InvalidConfigError, VgymError
 from vgym.modeling import load_pretrained_in_place, model_inputs
 from vgym.policies.hf import GenerationConfig, HFPolicy
 from vgym.rollout import ChatEncoder, EpisodeSpec, rollout
@@ -240,6 +240,7 @@ class GRPOTrainer:
         trajs = rollout(self.env_fn, self.policy, self.encoder, self._specs(cfg.prompts_per_step),
                         batch_size=cfg.batch_size, mode=cfg.rollout_mode)
         generated = list(trajs)
+        trajs = _loaded(trajs)
         rounds = 0
         if cfg.dynamic_sampling:
             trajs = self._informative(trajs)
@@ -249,9 +250,13 @@ class GRPOTrainer:
                 more = rollout(self.env_fn, self.policy, self.encoder, self._specs(missing),
                                batch_size=cfg.batch_size, mode=cfg.rollout_mode)
                 generated += more
-                trajs += self._informative(more)
+                trajs += self._informative(_loaded(more))
             trajs = trajs[: cfg.batch_size]
+        if not trajs:
+            reason = generated[0].truncated_reason if generated else "no episodes"
+            raise VgymError(f"GRPO step {self.step_count + 1}: no sample of the step could be loaded ({reason})")
         metrics = rollout_metrics(generated)
+        metrics["rollout/sample_errors"] = float(len(generated) - len(_loaded(generated)))
         metrics["rollout/resample_rounds"] = float(rounds)
         metrics["rollout/kept_episodes"] = float(len(trajs))
         return trajs, metrics
@@ -454,6 +459,12 @@ class GRPOTrainer:
         self.policy.rng.bit_generator.state = state["policy_rng"]
         self.alarms.load_state_dict(state["alarms"])
         self.alarm_log = list(state.get("alarm_log", []))
+
+
+def _loaded(trajs: Sequence[Trajectory]) -> list[Trajectory]:
+    """Drop episodes whose sample's media could not be loaded (``truncated_reason`` ``sample_error: ...``; no tokens).
+    A sample's episodes form one group, so whole groups go."""
+    return [t for t in trajs if not (t.truncated_reason or "").startswith("sample_error")]
 
 
 def _plain(value: Any) -> Any:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import torch
 import yaml
 
 from vgym.chat import text_message
+from vgym.dataset_io import MediaError
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError
 from vgym.policies.base import Policy, PolicyInput, PolicyOutput
@@ -44,6 +46,8 @@ from vgym.trajectory import Trajectory, append_line, atomic_path, save_trajector
 
 __all__ = ["pass_at_k", "SuiteEntry", "load_suites", "EvalConfig", "RandomAnswerPolicy", "PolicyMaker",
            "make_policy", "episode_record", "run_eval", "SUITES_PATH"]
+
+logger = logging.getLogger(__name__)
 
 SUITES_PATH = Path(__file__).resolve().parents[1] / "configs" / "suites.yaml"
 """The default suites file (``configs/suites.yaml`` of the repository)."""
@@ -276,7 +280,15 @@ def _play_text(env: VisualToolEnv, policy: Policy, specs: Sequence[EpisodeSpec],
         for start in range(0, len(specs), batch_size):
             live = []
             for slot, spec in zip(envs, specs[start:start + batch_size]):
-                obs, info = slot.reset(seed=spec.seed, options={"split": spec.split, "index": spec.index})
+                try:
+                    obs, info = slot.reset(seed=spec.seed, options={"split": spec.split, "index": spec.index})
+                except MediaError as error:  # as in rollout(): this episode fails, the others go on
+                    logger.warning("episode (split %r, index %d) scores 0: its sample could not be loaded: %s",
+                                   spec.split, spec.index, error)
+                    on_episode(Trajectory(error.sample_id or f"{slot.task.name}/{spec.split}/{spec.index}",
+                                          spec.group_id, slot.task.name, empty, empty, torch.zeros(0), [], None, None,
+                                          [], 0.0, {}, None, False, True, f"sample_error: {error}"))
+                    continue
                 live.append({"env": slot, "spec": spec, "messages": list(info["messages"]),
                              "images": list(obs["images"]), "turns": []})
             while live:

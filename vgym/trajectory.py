@@ -48,7 +48,8 @@ class Trajectory:
         answer: the final answer text, or None when the episode was truncated.
         terminated / truncated: how the episode ended.
         truncated_reason: why a truncated episode was cut — ``"turns_or_images"`` (the env's caps),
-            ``"context_tokens"`` or ``"policy_tokens"`` (the rollout's budgets) — else None.
+            ``"context_tokens"`` or ``"policy_tokens"`` (the rollout's budgets), or ``"sample_error: <message>"``
+            (the sample's media could not be loaded; no tokens, reward 0) — else None.
     """
 
     sample_id: str
