@@ -1,7 +1,8 @@
 """Seeded, resumable evaluation of a policy on task suites (``vgym eval``).
 
-Contents: :func:`pass_at_k`, :class:`SuiteEntry`, :func:`load_suites`, :class:`EvalConfig`,
-:class:`RandomAnswerPolicy`, :class:`PolicyMaker`, :func:`make_policy`, :func:`episode_record`, :func:`run_eval`.
+Contents: :func:`pass_at_k`, :class:`SuiteEntry`, :func:`load_suites`, :class:`EvalConfig`, :func:`episode_record`,
+:func:`run_eval`; re-exported from :mod:`vgym.eval_policies` (the policies an eval plays and the text-only player):
+:class:`RandomAnswerPolicy`, :class:`PolicyMaker`, :func:`make_policy`.
 
 A run folder holds ``config.json`` (the :class:`EvalConfig`), ``episodes.jsonl`` (one line per
 ``(task, difficulty, index, attempt)``, appended with fsync as each episode ends), ``failures/`` (the
@@ -20,25 +21,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
-import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import yaml
 
-from vgym.chat import text_message
-from vgym.dataset_io import MediaError
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError
-from vgym.policies.base import Policy, PolicyInput, PolicyOutput
-from vgym.policies.oracle import OraclePolicy
-from vgym.protocol import HermesProtocol
-from vgym.registry import Registry
+from vgym.eval_policies import PolicyMaker, RandomAnswerPolicy, make_policy, play_text
 from vgym.rollout import ChatEncoder, EpisodeSpec, rollout
 from vgym.task import TASKS, Task
 from vgym.tooling import TOOLS
@@ -46,8 +39,6 @@ from vgym.trajectory import Trajectory, append_line, atomic_path, save_trajector
 
 __all__ = ["pass_at_k", "SuiteEntry", "load_suites", "EvalConfig", "RandomAnswerPolicy", "PolicyMaker",
            "make_policy", "episode_record", "run_eval", "SUITES_PATH"]
-
-logger = logging.getLogger(__name__)
 
 SUITES_PATH = Path(__file__).resolve().parents[1] / "configs" / "suites.yaml"
 """The default suites file (``configs/suites.yaml`` of the repository)."""
@@ -191,125 +182,6 @@ class EvalConfig:
                 levels = self.difficulties
             out.append(SuiteEntry(entry.task, config, levels))
         return out
-
-
-class RandomAnswerPolicy:
-    """Answers a uniformly random element of the task's :meth:`~vgym.task.Task.answer_choices` at once, without
-    tools (``"unknown"`` for tasks without a finite answer set): the answer-prior baseline.
-
-    The choice is drawn from ``SeedSequence([seed, crc32(sample id)])``, so it depends on the sample and the
-    policy's seed only (not on batching or on which episodes ran before): a resumed run draws the same answers.
-    """
-
-    def __init__(self, seed: int = 0, *, tasks: Registry[type[Task]] = TASKS) -> None:
-        self.seed, self.protocol, self._tasks = seed, HermesProtocol(), tasks
-        self._instances: dict[str, Task] = {}
-
-    def act(self, batch: Sequence[PolicyInput]) -> list[PolicyOutput]:
-        outputs = []
-        for item in batch:
-            task = item.task or self._instances.setdefault(item.sample.task, self._tasks.get(item.sample.task)())
-            choices = task.answer_choices() or ("unknown",)
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed, zlib.crc32(item.sample.id.encode())]))
-            outputs.append(PolicyOutput(self.protocol.format_answer(str(choices[int(rng.integers(len(choices)))]))))
-        return outputs
-
-
-@dataclass
-class PolicyMaker:
-    """A loaded policy backend: ``make(seed)`` builds the policy of one attempt (model weights are shared)."""
-
-    make: Callable[[int], Policy]
-    """Seed -> policy."""
-    processor: Any = None
-    """The model's processor for token-level rollouts (``hf:``/``vllm:``); None for text-only policies, which are
-    played directly on the env (no token counts)."""
-
-
-def make_policy(spec: str, config: EvalConfig | None = None) -> PolicyMaker:
-    """Load the policy named by ``spec`` (see :attr:`EvalConfig.policy`).
-
-    Raises:
-        InvalidConfigError: for an unknown spec form.
-        FileNotFoundError: for a missing ``hf:``/``vllm:`` checkpoint directory.
-    """
-    config = config or EvalConfig(policy=spec)
-    kind, _, rest = spec.partition(":")
-    if spec == "oracle":
-        return PolicyMaker(lambda seed: OraclePolicy(seed=seed))
-    if spec == "random":
-        return PolicyMaker(lambda seed: RandomAnswerPolicy(seed))
-    if kind == "hf" and rest:
-        from vgym.policies.hf import GenerationConfig, HFPolicy
-        from vgym.tiny import load_vlm
-
-        device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        model, processor = load_vlm(rest, device=device)
-        gen = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.sampling_temperature)
-        return PolicyMaker(lambda seed: HFPolicy(model, processor, gen, seed=seed), processor)
-    if kind == "vllm" and rest:
-        from transformers import AutoProcessor
-
-        from vgym.policies.vllm import VLLMPolicy, VLLMPolicyConfig
-
-        vcfg = VLLMPolicyConfig(model=rest, max_new_tokens=config.max_new_tokens,
-                                temperature=config.sampling_temperature, seed=config.seed)
-        first = VLLMPolicy(vcfg)  # builds the engine once; later attempts share it
-        return PolicyMaker(lambda seed: VLLMPolicy(dataclasses.replace(vcfg, seed=seed), engine=first.engine),
-                           AutoProcessor.from_pretrained(rest, local_files_only=True))
-    if kind == "openai" and rest:
-        from vgym.policies.openai import OpenAIPolicy, OpenAIPolicyConfig
-
-        url, _, model = rest.partition("#")
-        return PolicyMaker(lambda seed: OpenAIPolicy(OpenAIPolicyConfig(
-            base_url=url, model=model or "default", temperature=config.sampling_temperature,
-            max_tokens=config.max_new_tokens, seed=seed)))
-    raise InvalidConfigError(f"unknown policy {spec!r}; expected oracle, random, hf:DIR, vllm:DIR or "
-                             "openai:URL[#model]")
-
-
-def _play_text(env: VisualToolEnv, policy: Policy, specs: Sequence[EpisodeSpec], batch_size: int,
-               on_episode: Callable[[Trajectory], None]) -> None:
-    """Play ``specs`` on one env per slot in lockstep batches, for policies without a processor: the chat and the
-    shown images are kept as :func:`~vgym.rollout.rollout` keeps them; trajectories carry no tokens."""
-    envs = [env] + [VisualToolEnv(env.config.task, **{f.name: getattr(env.config, f.name)
-                                                     for f in dataclasses.fields(env.config) if f.name != "task"})
-                    for _ in range(min(batch_size, len(specs)) - 1)]
-    empty = torch.zeros(0, dtype=torch.long)
-    try:
-        for start in range(0, len(specs), batch_size):
-            live = []
-            for slot, spec in zip(envs, specs[start:start + batch_size]):
-                try:
-                    obs, info = slot.reset(seed=spec.seed, options={"split": spec.split, "index": spec.index})
-                except MediaError as error:  # as in rollout(): this episode fails, the others go on
-                    logger.warning("episode (split %r, index %d) scores 0: its sample could not be loaded: %s",
-                                   spec.split, spec.index, error)
-                    on_episode(Trajectory(error.sample_id or f"{slot.task.name}/{spec.split}/{spec.index}",
-                                          spec.group_id, slot.task.name, empty, empty, torch.zeros(0), [], None, None,
-                                          [], 0.0, {}, None, False, True, f"sample_error: {error}"))
-                    continue
-                live.append({"env": slot, "spec": spec, "messages": list(info["messages"]),
-                             "images": list(obs["images"]), "turns": []})
-            while live:
-                inputs = [PolicyInput(empty, None, None, list(e["messages"]), e["env"].sample, len(e["turns"]),
-                                      e["env"].tools_enabled, e["env"].task, list(e["images"])) for e in live]
-                for e, out in zip(live, policy.act(inputs)):
-                    obs, reward, terminated, truncated, info = e["env"].step(out.text)
-                    e["turns"].append({"text": out.text, "observation": obs["text"], "tool_calls": info["tool_calls"]})
-                    e["messages"] += [text_message("assistant", out.text), *info["messages"]]
-                    e["images"] += list(obs["images"])
-                    if terminated or truncated:
-                        e["done"] = True
-                        on_episode(Trajectory(
-                            e["env"].sample.id, e["spec"].group_id, e["env"].sample.task, empty, empty,
-                            torch.zeros(0), e["images"], None, None, e["turns"], float(reward),
-                            info["reward_parts"], info["answer"], terminated, truncated,
-                            "turns_or_images" if truncated else None))
-                live = [e for e in live if not e.get("done")]
-    finally:
-        for extra in envs[1:]:
-            extra.close()
 
 
 def episode_record(traj: Trajectory, task: Task, tools_enabled: bool, threshold: float) -> dict[str, Any]:
@@ -463,7 +335,7 @@ def _run_group(config: EvalConfig, out: Path, task: str, level: int | None, task
 
             policy = maker.make(_seed(config.seed, attempt, 1))
             if encoder is None:
-                _play_text(probe, policy, specs, config.batch_size, on_episode)
+                play_text(probe, policy, specs, config.batch_size, on_episode)
             else:
                 rollout(lambda: VisualToolEnv(task, task_config=task_config, data_seed=config.seed, split="test",
                                               tools=tools, tool_runtime=runtime),

@@ -1,7 +1,8 @@
 """Running tools: backend selection, lazy loading, a deterministic result cache, timeouts and process isolation.
 
-Contents: :class:`ToolRuntimeConfig`, :class:`CallInfo`, :class:`ResourcePool`, :data:`RESOURCES`,
-:class:`ToolCache`, :class:`ToolServer`, :func:`tool_server_name`, :class:`ToolRuntime`.
+Contents: :class:`ToolRuntimeConfig`, :class:`CallInfo`, :class:`ToolCache`, :class:`ToolServer`,
+:func:`tool_server_name`, :class:`ToolRuntime`; re-exported from :mod:`vgym.tool_workers` (the worker that runs
+calls, with its restarts and recycling): :class:`ResourcePool`, :data:`RESOURCES`.
 
 One :class:`ToolRuntime` serves one env. Every failure of a call — invalid arguments, a backend that raises, hangs
 past the timeout or kills its worker process — comes back as a :class:`~vgym.errors.ToolError` for the model;
@@ -16,10 +17,7 @@ import concurrent.futures as cf
 import hashlib
 import json
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
-import sys
 import threading
 import weakref
 from collections.abc import Mapping
@@ -30,13 +28,13 @@ from typing import Any
 import numpy as np
 
 from vgym.errors import InvalidConfigError, ToolError
+from vgym.tool_workers import RESOURCES, ResourcePool, ToolWorker, call_backend
 from vgym.tooling import Tool, ToolContext, ToolResult
 
 __all__ = ["ToolRuntimeConfig", "CallInfo", "ResourcePool", "RESOURCES", "ToolCache", "ToolServer", "tool_server_name",
            "ToolRuntime"]
 
 logger = logging.getLogger(__name__)
-
 
 @dataclass
 class ToolRuntimeConfig:
@@ -94,30 +92,6 @@ class CallInfo:
 
     backend: str
     cache_hit: bool = False
-
-
-class ResourcePool:
-    """Loaded backend resources, built once per process per (tool, backend, options)."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def get(self, tool: Tool, backend: str, options: Mapping[str, Any]) -> Any:
-        """The resource of ``tool``'s ``backend`` for ``options``, loading it on first use (None without loader)."""
-        loader = tool.backend(backend).loader
-        if loader is None:
-            return None
-        key = json.dumps([tool.name, backend, options], sort_keys=True, default=str)
-        with self._lock:
-            if key not in self._items:
-                logger.info("loading %s/%s with %s", tool.name, backend, options)
-                self._items[key] = loader(options)
-            return self._items[key]
-
-
-RESOURCES = ResourcePool()
-"""This process's loaded backends (a model is loaded once however many envs use it)."""
 
 
 class ToolCache:
@@ -205,39 +179,6 @@ def _file_digest(path: str) -> str:
     return _DIGESTS[key]
 
 
-def _call_backend(tool: Tool, backend: str, ctx: ToolContext, arguments: dict[str, Any]) -> ToolResult:
-    """Load the backend's resource (once per process) and run it; what worker threads and processes execute."""
-    ctx.resource = RESOURCES.get(tool, backend, ctx.options)
-    return tool(ctx, arguments, backend=backend)
-
-
-def _load_resource(tool: Tool, backend: str, options: dict[str, Any]) -> None:
-    """Ready a worker: imports done (it runs at all), the backend's resource loaded."""
-    RESOURCES.get(tool, backend, options)
-
-
-def _rss_mb() -> float:
-    """This process's resident memory in MiB (Linux: current, from /proc; elsewhere: the peak)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-        return peak / (2**20 if sys.platform == "darwin" else 2**10)
-
-
-def _worker_call(tool: Tool, backend: str, ctx: ToolContext,
-                 arguments: dict[str, Any]) -> tuple[ToolResult | None, str | None, float]:
-    """What a worker process runs: ``(result, None, rss_mb)`` or ``(None, ToolError message, rss_mb)``, so the
-    RSS is reported after failed calls too (any other exception is a bug and propagates)."""
-    try:
-        return _call_backend(tool, backend, ctx, arguments), None, _rss_mb()
-    except ToolError as exc:
-        return None, str(exc), _rss_mb()
-
-
 class ToolServer:
     """The body of a shared Ray actor serving one (tool, backend, options): loads the resource once, then runs calls."""
 
@@ -250,7 +191,7 @@ class ToolServer:
         event, passed back as a value; any other exception is a bug and propagates)."""
         self.calls += 1
         try:
-            return _call_backend(tool, backend, ctx, arguments), None
+            return call_backend(tool, backend, ctx, arguments), None
         except ToolError as exc:
             return None, str(exc)
 
@@ -291,23 +232,12 @@ def _call_tool_server(tool: Tool, backend: str, ctx: ToolContext, arguments: dic
     return result  # type: ignore[return-value]
 
 
-def _worker_context() -> Any:
-    """How worker processes start: forked from a fork server that has imported vgym once (a restart then takes a
-    fork, ~0.1 s, instead of a spawn's fresh interpreter and imports, ~3.5 s on 2 CPU cores), where the platform
-    has fork servers; else spawned. Either way a worker shares no threads, locks or CUDA state with the rollout.
-
-    The fork server is per process and shared by every user of the "forkserver" start method; the preload list only
-    applies when it starts, so a server someone else started first works too, just without the head start.
-    """
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["vgym"])
-        return context
-    return multiprocessing.get_context("spawn")
-
-
 class ToolRuntime:
     """Runs tool calls for one env with caching, a timeout and optional process isolation.
+
+    Calls with a timeout, and every call under "subprocess" isolation, run on a
+    :class:`~vgym.tool_workers.ToolWorker`, which reads ``config`` at each call (replacing ``config`` between calls
+    takes effect at the next one).
 
     Attributes:
         counters: ``{"worker_starts", "timeouts", "crashes", "recycled"}``: workers started (thread or process),
@@ -319,11 +249,8 @@ class ToolRuntime:
     def __init__(self, config: ToolRuntimeConfig | None = None) -> None:
         self.config = config or ToolRuntimeConfig()
         self.cache = ToolCache(self.config.cache_dir) if self.config.cache_dir else None
-        self._pool: cf.Executor | None = None
-        self._loaded: set[str] = set()
-        self._worker_calls = 0
-        self.counters = {"worker_starts": 0, "timeouts": 0, "crashes": 0, "recycled": 0}
-        self.last_worker_rss_mb: float | None = None
+        self._worker = ToolWorker()
+        self.counters = self._worker.counters  # the same dict: the worker counts, the runtime shows
 
     def backend_name(self, tool: Tool) -> str:
         """The backend this runtime uses for ``tool``."""
@@ -357,103 +284,22 @@ class ToolRuntime:
         return result, info
 
     def _run(self, tool: Tool, backend: str, ctx: ToolContext, arguments: dict[str, Any]) -> ToolResult:
-        timeout = self.config.timeout_s
-        if self.config.isolation == "none" and timeout is None:
-            return _call_backend(tool, backend, ctx, arguments)
+        if self.config.isolation == "none" and self.config.timeout_s is None:
+            return call_backend(tool, backend, ctx, arguments)
         if self.config.isolation == "ray":
-            return _call_tool_server(tool, backend, ctx, arguments, timeout)
-        pool = self._ready_pool(tool, backend, ctx.options)
-        isolated = self.config.isolation == "subprocess"
-        try:
-            if isolated:
-                worker_ctx = ToolContext(list(ctx.images), dict(ctx.metadata), ctx.rng, ctx.max_pixels, ctx.video,
-                                         dict(ctx.arrays), None, dict(ctx.options))
-                future = pool.submit(_worker_call, tool, backend, worker_ctx, arguments)
-            else:
-                future = pool.submit(_call_backend, tool, backend, ctx, arguments)
-            # cf.wait, not future.result(timeout): a backend's own TimeoutError must not read as our timeout
-            if not cf.wait([future], timeout=timeout).done:
-                self.counters["timeouts"] += 1
-                self._abandon_pool()  # a hung call keeps its worker; later calls get a fresh one
-                raise ToolError(f"{tool.name} timed out after {timeout} s; try a smaller input or another call.")
-            out = future.result()
-        except cf.BrokenExecutor:  # the worker process died (crash, out-of-memory kill)
-            self.counters["crashes"] += 1
-            self._abandon_pool()
-            raise ToolError(f"{tool.name} crashed its worker process (backend {backend!r}); the call was lost.") from None
-        if not isolated:
-            return out  # type: ignore[no-any-return]
-        result, error, rss = out
-        self._worker_calls += 1
-        self.last_worker_rss_mb = rss
-        cfg = self.config
-        if ((cfg.max_calls_per_worker is not None and self._worker_calls >= cfg.max_calls_per_worker)
-                or (cfg.max_worker_rss_mb is not None and rss > cfg.max_worker_rss_mb)):
-            self.counters["recycled"] += 1
-            self._retire_pool()
-        if error is not None:
-            raise ToolError(error)
-        return result  # type: ignore[no-any-return]
+            return _call_tool_server(tool, backend, ctx, arguments, self.config.timeout_s)
+        return self._worker.run(tool, backend, ctx, arguments, self.config)
 
-    def _ready_pool(self, tool: Tool, backend: str, options: Mapping[str, Any]) -> cf.Executor:
-        """The worker pool, started if needed, with ``tool``'s backend resource loaded, within ``start_timeout_s``.
+    @property
+    def last_worker_rss_mb(self) -> float | None:
+        """The "subprocess" worker's RSS (MiB) after the last call; None before one."""
+        return self._worker.last_rss_mb
 
-        Raises:
-            ToolError: if the worker is not ready in time or dies while starting (it is discarded).
-        """
-        if self._pool is not None and getattr(self._pool, "_broken", False):  # it died while idle (OOM killer)
-            self.counters["crashes"] += 1
-            self._abandon_pool()
-        if self._pool is None:
-            self._pool = self._new_pool()
-            self._loaded, self._worker_calls = set(), 0
-            self.counters["worker_starts"] += 1
-        key = json.dumps([tool.name, backend, options], sort_keys=True, default=str)
-        if key not in self._loaded:
-            limit = self.config.start_timeout_s
-            try:
-                future = self._pool.submit(_load_resource, tool, backend, dict(options))
-                if not cf.wait([future], timeout=limit).done:
-                    self.counters["timeouts"] += 1
-                    self._abandon_pool()
-                    raise ToolError(f"{tool.name} could not be readied within {limit} s (backend {backend!r}: "
-                                    "worker start-up and loading); the call was not run.")
-                future.result()  # a loader's own exception propagates: a config error, such as a missing model
-            except cf.BrokenExecutor:
-                self.counters["crashes"] += 1
-                self._abandon_pool()
-                raise ToolError(f"{tool.name} crashed its worker process while loading (backend {backend!r}); the "
-                                "call was not run.") from None
-            self._loaded.add(key)
-        return self._pool
-
-    def _new_pool(self) -> cf.Executor:
-        if self.config.isolation == "subprocess":
-            return cf.ProcessPoolExecutor(max_workers=1, mp_context=_worker_context())
-        return cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vgym-tool")
-
-    def _retire_pool(self) -> None:
-        """Let an idle worker process exit (its memory goes back to the system); killed if it does not in 5 s."""
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        processes = list(getattr(pool, "_processes", {}).values())
-        pool.shutdown(wait=False)
-        # Wait on the sentinels (readable once a process ended) rather than join: the pool's own thread joins them.
-        ended = multiprocessing.connection.wait([p.sentinel for p in processes], timeout=5.0)
-        for proc in processes:
-            if proc.sentinel not in ended:
-                proc.kill()
-
-    def _abandon_pool(self) -> None:
-        if self._pool is not None:
-            pool = self._pool
-            self._pool = None
-            if isinstance(pool, cf.ProcessPoolExecutor):
-                for proc in list(getattr(pool, "_processes", {}).values()):  # a hung worker process is killed
-                    proc.kill()
-            pool.shutdown(wait=False, cancel_futures=True)
+    @property
+    def _pool(self) -> cf.Executor | None:
+        """The worker's executor (None when no worker is running); tests watch it to see an idle worker die."""
+        return self._worker.executor
 
     def close(self) -> None:
         """Shut the worker down (idempotent)."""
-        self._abandon_pool()
+        self._worker.abandon()
