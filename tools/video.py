@@ -326,7 +326,11 @@ def _frames(ctx: ToolContext, backend: str, choose: Callable[[ClipInfo], list[in
 
 def _check_time(name: str, value: float, info: ClipInfo | None = None) -> None:
     """Raise :class:`ToolError` unless ``value`` is finite (and, given ``info``, within the clip)."""
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float, e.g. 10**400
+        finite = False
+    if not finite:
         raise ToolError(f"{name} must be a finite number of seconds, got {value!r}.")
     if info is not None and not 0.0 <= value <= info.duration:
         raise ToolError(f"{name}={value:g} is outside the video: the {info.describe()}, so times lie in "

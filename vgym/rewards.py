@@ -37,6 +37,7 @@ _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 # In lists a sign right after a digit is a range dash ("1.2-2.5"), not a negative number, and digits glued to a
 # word ("x1", "t0") are names, not numbers.
 _LIST_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def normalize_text(text: str) -> str:
@@ -46,7 +47,7 @@ def normalize_text(text: str) -> str:
     'red'
     """
     text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = text.translate(_PUNCTUATION)
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -100,8 +101,8 @@ class Tool:
     """A registered tool: its name, JSON schema and one or more backends.
 
     Calling :meth:`__call__` validates the arguments against the schema (unknown, missing or wrongly typed
-    arguments raise :class:`ToolError`) before running the selected backend. Caching, timeouts and process
-    isolation live in :mod:`vgym.tool_runtime`.
+    arguments, and non-finite numbers, raise :class:`ToolError`) before running the selected backend. Caching,
+    timeouts and process isolation live in :mod:`vgym.tool_runtime`.
     """
 
     def __init__(
@@ -146,7 +147,8 @@ class Tool:
         """Check ``arguments`` against the schema.
 
         Raises:
-            ToolError: naming the unknown/missing argument or the type mismatch, and the expected signature.
+            ToolError: naming the unknown/missing argument, the type mismatch or the non-finite ``number`` (NaN,
+                infinity, an int too large for a float), and the expected signature.
         """
         usage = f"Expected arguments: {self.signature_hint()}."
         unknown = sorted(set(arguments) - set(self._properties))
@@ -162,7 +164,9 @@ class Tool:
             types = _JSON_TYPES.get(want) if isinstance(want, str) else None
             # bool is an int subclass in Python but not a JSON number.
             if types and (not isinstance(value, types) or (isinstance(value, bool) and want != "boolean")):
-                raise ToolError(f"{self.name}: argument {arg!r} must be a JSON {want}, got {value!r}. {usage}")
+                raise ToolError(f"{self.name}: argument {arg!r} must be a JSON {want}, got {_short(value)}. {usage}")
+            if want == "number" and not _finite(value):  # Python's json reads NaN, Infinity, 1e999 and 10**400
+                raise ToolError(f"{self.name}: argument {arg!r} must be a finite number, got {_short(value)}. {usage}")
 
     def signature_hint(self) -> str:
         """A compact ``name: type`` listing of the arguments, for error messages."""
@@ -198,6 +202,20 @@ class Tool:
 
     def __repr__(self) -> str:
         return f"Tool({self.name!r})"
+
+
+def _finite(value: int | float) -> bool:
+    """Whether ``value`` is a finite float, or an int that converts to one (``10**400`` does not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a model's argument may be a megabyte long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _schema_without_context(fn: Callable[..., Any], name: str) -> dict[str, Any]:
