@@ -252,9 +252,9 @@ class GRPOTrainer:
                 generated += more
                 trajs += self._informative(_loaded(more))
             trajs = trajs[: cfg.batch_size]
-        if not trajs:
-            reason = generated[0].truncated_reason if generated else "no episodes"
-            raise VgymError(f"GRPO step {self.step_count + 1}: no sample of the step could be loaded ({reason})")
+        if generated and not _loaded(generated):
+            raise VgymError(f"GRPO step {self.step_count + 1}: no sample of the step could be loaded "
+                            f"({generated[0].truncated_reason})")
         metrics = rollout_metrics(generated)
         metrics["rollout/sample_errors"] = float(len(generated) - len(_loaded(generated)))
         metrics["rollout/resample_rounds"] = float(rounds)
