@@ -252,11 +252,12 @@ class GRPOTrainer:
                 generated += more
                 trajs += self._informative(_loaded(more))
             trajs = trajs[: cfg.batch_size]
-        if generated and not _loaded(generated):
+        failed = len(generated) - len(_loaded(generated))
+        if generated and failed == len(generated):
             raise VgymError(f"GRPO step {self.step_count + 1}: no sample of the step could be loaded "
                             f"({generated[0].truncated_reason})")
         metrics = rollout_metrics(generated)
-        metrics["rollout/sample_errors"] = float(len(generated) - len(_loaded(generated)))
+        metrics["rollout/sample_errors"] = float(failed)
         metrics["rollout/resample_rounds"] = float(rounds)
         metrics["rollout/kept_episodes"] = float(len(trajs))
         return trajs, metrics

@@ -185,7 +185,6 @@ def sft(
     seed: Annotated[int, typer.Option(help="data seed")] = 0,
 ) -> None:
     """Behaviour-clone the oracle with a local checkpoint, then evaluate it on the held-out split."""
-    import json
     from dataclasses import asdict
 
     import torch
@@ -209,10 +208,9 @@ def sft(
         result = sft_then_evaluate(vlm, processor, env_fn, label=task, out=out, train_episodes=train_episodes,
                                    eval_episodes=eval_episodes, sft=config, generation=GenerationConfig(temperature=0.0),
                                    batch_size=16, progress=progress)
-    from vgym.trajectory import atomic_path
+    from vgym.trajectory import write_json
 
-    with atomic_path(out / "results.json") as tmp:  # write-then-rename: a kill or full disk keeps the old file
-        tmp.write_text(json.dumps(asdict(result), indent=2))
+    write_json(out / "results.json", asdict(result))  # write-then-rename: a kill or full disk keeps the old file
     console.print(f"held-out accuracy {result.accuracy:.3f} · reward {result.reward:.3f} · tool calls/episode "
                   f"{result.tool_calls_per_episode:.2f} · SFT loss {result.initial_loss:.3f}→{result.final_loss:.3f} "
                   f"· checkpoint {out / 'checkpoint'}")

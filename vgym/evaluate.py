@@ -35,7 +35,7 @@ from vgym.eval_policies import PolicyMaker, RandomAnswerPolicy, make_policy, pla
 from vgym.rollout import ChatEncoder, EpisodeSpec, rollout
 from vgym.task import TASKS, Task
 from vgym.tooling import TOOLS
-from vgym.trajectory import Trajectory, append_line, atomic_path, save_trajectories
+from vgym.trajectory import Trajectory, append_line, save_trajectories, write_json
 
 __all__ = ["pass_at_k", "SuiteEntry", "load_suites", "EvalConfig", "RandomAnswerPolicy", "PolicyMaker",
            "make_policy", "episode_record", "run_eval", "SUITES_PATH"]
@@ -244,13 +244,7 @@ def _check_config(out: Path, config: EvalConfig) -> None:
             raise InvalidConfigError(f"{out} holds a run with another config ({', '.join(differ)} differ: "
                                      f"{[saved.get(k) for k in differ]} vs {[current.get(k) for k in differ]}); "
                                      "use a new --out folder")
-    _write_json(path, current)
-
-
-def _write_json(path: Path, value: Any) -> None:
-    """Write-then-rename (a kill or a full disk leaves the previous file); raises OSError naming ``path``."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=2))
+    write_json(path, current)
 
 
 def _seed(*parts: int) -> int:
@@ -290,7 +284,7 @@ def run_eval(config: EvalConfig, out: str | Path, progress: Progress | None = No
             task_config = dict(entry.task_config, **({} if level is None else {"difficulty": level}))
             _run_group(config, out, entry.task, level, task_config, maker, encoder, done, path, progress)
     report = build_report(out)
-    _write_json(out / "report.json", report)
+    write_json(out / "report.json", report)
     return report
 
 

@@ -14,7 +14,6 @@ reported through callbacks; the CLI draws the bars.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,7 @@ from vgym.task import TASKS
 from vgym.tiny import TinyVLMConfig, build_tiny_vlm, load_vlm
 from vgym.trainers.grpo import GRPOConfig, GRPOTrainer
 from vgym.trainers.sft import SFTConfig
-from vgym.trajectory import atomic_path, save_trajectories
+from vgym.trajectory import save_trajectories, write_json
 
 __all__ = ["QuickstartConfig", "QUICKSTART_GRPO", "run_quickstart", "tokenizer_corpus", "plot_curves"]
 
@@ -164,8 +163,7 @@ def run_quickstart(cfg: QuickstartConfig, progress: Progress | None = None) -> d
         "out": str(cfg.out),
         "chance": TASKS.get(cfg.task)().chance_accuracy(),
     }
-    with atomic_path(cfg.out / "results.json") as tmp:  # write-then-rename
-        tmp.write_text(json.dumps(result, indent=2))
+    write_json(cfg.out / "results.json", result)
     plot_curves(arms, cfg.out / "curves.png", grpo)
     return result
 

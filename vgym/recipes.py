@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import logging
 import re
 import time
@@ -33,7 +32,7 @@ from vgym.rollout import ChatEncoder
 from vgym.trainers.grpo import GRPOConfig, GRPOTrainer
 from vgym.trainers.monitors import make_reporters
 from vgym.trainers.sft import SFTConfig, SFTTrainer
-from vgym.trajectory import atomic_path, save_trajectories
+from vgym.trajectory import save_trajectories, write_json
 
 __all__ = ["Recipe", "apply_override", "load_recipe", "load_model", "run_recipe"]
 
@@ -255,6 +254,5 @@ def run_recipe(recipe: Recipe, progress: Progress | None = None) -> dict[str, An
         results["after"] = _evaluate(recipe, model, processor, "eval_after", progress)
     results.update({"steps": trainer.step_count, "wall_seconds": time.perf_counter() - start,
                     "alarms": trainer.alarm_log})
-    with atomic_path(out / "results.json") as tmp:  # write-then-rename: a kill or full disk keeps the old file
-        tmp.write_text(json.dumps(results, indent=2))
+    write_json(out / "results.json", results)
     return results

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 __all__ = ["Trajectory", "save_trajectories", "load_trajectory_records", "staged_writes", "atomic_path",
-           "append_line"]
+           "append_line", "write_json"]
 
 
 @dataclass
@@ -283,6 +283,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     with staged_writes(clean_stale=True) as stage:
         yield stage(path)
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """Write ``value`` as indented JSON to ``path``, write-then-rename (:func:`atomic_path`): a kill or a full disk
+    leaves the previous file; raises OSError naming ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2))
 
 
 def append_line(path: str | Path, line: str) -> None:
