@@ -38,6 +38,9 @@ def test_unknown_and_invalid_keys_are_named(tmp_path: Path) -> None:
     bad.write_text("grpo: {num_generations: 1}\n")
     with pytest.raises(InvalidConfigError, match="at least 2 generations"):
         load_recipe(bad)
+    bad.write_text("grpo: {learning_rate: 1e-6x}\n")
+    with pytest.raises(InvalidConfigError, match="grpo.learning_rate must be a number, got '1e-6x'"):
+        load_recipe(bad)
     bad.write_text("model: /nowhere/Qwen2-VL\n")
     with pytest.raises(InvalidConfigError, match="not a local folder"):
         run_recipe(load_recipe(bad, out=str(tmp_path / "run")))
@@ -74,6 +77,15 @@ def test_a_small_recipe_runs_and_resumes(tmp_path: Path) -> None:
     recipe.write_text(recipe.read_text().replace("learning_rate: 1.0e-4", "learning_rate: 2.0e-4"))
     with pytest.raises(InvalidConfigError, match=r"differs from this run's in \['learning_rate'\]"):
         run_recipe(load_recipe(recipe, out=str(out), resume=True))
+
+
+def test_exponent_notation_is_a_number(tmp_path: Path) -> None:
+    """PyYAML reads ``1e-6`` (no dot) as a string; recipes and overrides read it as the float it means."""
+    path = tmp_path / "r.yaml"
+    path.write_text("grpo: {learning_rate: 1e-6, epsilon: 2E-1}\nsft: {learning_rate: 5e-5}\n")
+    recipe = load_recipe(path, "grpo.beta=1e-3")
+    assert recipe.grpo_config.learning_rate == 1e-6 and recipe.grpo_config.epsilon == 0.2
+    assert recipe.grpo_config.beta == 1e-3 and recipe.sft == {"learning_rate": 5e-5}
 
 
 def test_recipe_defaults_are_valid() -> None:

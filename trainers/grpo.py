@@ -81,7 +81,8 @@ class GRPOConfig:
     """Extra rollout rounds dynamic sampling may spend per step."""
     turn_credit: str = "outcome"
     """``"outcome"``: the outcome advantage on every token of every turn (Flow-GRPO, arXiv:2510.05592);
-    ``"steps"``: plus ``step_weight`` times a group-normalised per-turn tool-step reward (valid call +1, tool error -1)."""
+    ``"steps"``: plus ``step_weight`` times a group-normalised per-turn tool-step reward (valid call +1, tool
+    error -1)."""
     step_weight: float = 0.5
     """Weight of the per-turn step reward when ``turn_credit="steps"``."""
     # -- loss
@@ -135,7 +136,8 @@ class GRPOConfig:
         if self.num_generations < 2:
             raise InvalidConfigError(f"GRPO needs at least 2 generations per sample (a group); got "
                                      f"num_generations={self.num_generations}")
-        if self.prompts_per_step < 1 or self.num_iterations < 1 or self.steps < 0 or self.gradient_accumulation_steps < 1:
+        if (self.prompts_per_step < 1 or self.num_iterations < 1 or self.steps < 0
+                or self.gradient_accumulation_steps < 1):
             raise InvalidConfigError("need prompts_per_step >= 1, num_iterations >= 1, steps >= 0 and "
                                      "gradient_accumulation_steps >= 1; got "
                                      f"{self.prompts_per_step}, {self.num_iterations}, {self.steps}, "
@@ -283,7 +285,8 @@ class GRPOTrainer:
 
     # ---------------------------------------------------------------- update
 
-    def _advantages(self, trajs: Sequence[Trajectory], loss_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def _advantages(self, trajs: Sequence[Trajectory],
+                    loss_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
         group_ids = torch.tensor([t.group_id for t in trajs], dtype=torch.long)
         estimator = ADVANTAGE_ESTIMATORS.get(cfg.advantage)
@@ -330,7 +333,8 @@ class GRPOTrainer:
             logprobs, old, advantages, loss_mask, policy_loss=cfg.policy_loss, epsilon=cfg.epsilon,
             epsilon_high=cfg.epsilon_high, clip_ratio_c=cfg.clip_ratio_c if cfg.policy_loss == "dual_clip" else None,
             loss_type=cfg.loss_type, max_tokens=cfg.max_new_tokens * self.max_turns,  # dr_grpo's constant budget
-            num_items_in_batch=num_items, ref_logprobs=ref, beta=cfg.beta, kl_estimator=cfg.kl_estimator, llds_coef=cfg.llds_coef, turn_ids=turn_ids_from_mask(loss_mask),
+            num_items_in_batch=num_items, ref_logprobs=ref, beta=cfg.beta, kl_estimator=cfg.kl_estimator,
+            llds_coef=cfg.llds_coef, turn_ids=turn_ids_from_mask(loss_mask),
             entropy=entropy, entropy_coef=cfg.entropy_coef)
         metrics["actor/logprob_mean"] = float(chosen)
         return loss, metrics
@@ -366,8 +370,10 @@ class GRPOTrainer:
             for lo in range(0, len(trajs), size):
                 rows = list(range(lo, min(lo + size, len(trajs))))
                 updates.append(self._update(trajs, rows, advantages, loss_mask, old))
-        for key in updates[-1]:
-            metrics[key] = float(np.mean([u[key] for u in updates if key in u]))
+        done = [u for u in updates if u]
+        for key in done[-1] if done else ():
+            metrics[key] = float(np.mean([u[key] for u in done if key in u]))
+        metrics["optim/skipped_minibatches"] = float(len(updates) - len(done))
         metrics["optim/lr"] = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step_count += 1
@@ -381,10 +387,13 @@ class GRPOTrainer:
 
     def _update(self, trajs: Sequence[Trajectory], rows: list[int], advantages: torch.Tensor,
                 loss_mask: torch.Tensor, old: torch.Tensor) -> dict[str, float]:
-        """One optimizer step on ``rows``, in ``gradient_accumulation_steps`` micro-batches."""
+        """One optimizer step on ``rows``, in ``gradient_accumulation_steps`` micro-batches; none (and no metrics)
+        when ``rows`` hold no trained token."""
         cfg = self.config
-        self.optimizer.zero_grad(set_to_none=True)
         num_items = int(loss_mask[rows].sum())
+        if num_items == 0:  # every token masked (e.g. all episodes truncated and masked): nothing to learn from
+            return {}
+        self.optimizer.zero_grad(set_to_none=True)
         micro = max(1, math.ceil(len(rows) / cfg.gradient_accumulation_steps))
         parts: list[dict[str, float]] = []
         for lo in range(0, len(rows), micro):

@@ -124,10 +124,19 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise InvalidConfigError(f"override {assignment!r}: {part!r} is {child!r}, not a mapping")
         node = child
-    value = yaml.safe_load(text)
+    node[leaf] = _numbers(yaml.safe_load(text))
+
+
+def _numbers(value: Any) -> Any:
+    """``value`` with every string in exponent notation (``1e-6``) made a float, recursively: YAML 1.1 (PyYAML)
+    reads a float without a dot as a string, which would reach the optimizer as ``lr="1e-6"``."""
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
     if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value.strip()):
-        value = float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string; on a command line it means a number
-    node[leaf] = value
+        return float(value)
+    return value
 
 
 def load_recipe(path: str | Path, *assignments: str, **overrides: Any) -> Recipe:
@@ -136,7 +145,7 @@ def load_recipe(path: str | Path, *assignments: str, **overrides: Any) -> Recipe
     Raises:
         InvalidConfigError: for an unknown key (with the closest valid one) or an invalid value.
     """
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = _numbers(yaml.safe_load(Path(path).read_text()) or {})
     if not isinstance(data, dict):
         raise InvalidConfigError(f"{path}: a recipe is a mapping of keys, got {type(data).__name__}")
     for assignment in assignments:
@@ -153,8 +162,15 @@ def load_recipe(path: str | Path, *assignments: str, **overrides: Any) -> Recipe
 
 
 def _check_keys(path: str | Path, prefix: str, data: dict[str, Any], cls: type) -> None:
-    """Raise for a key of ``data`` that is not a field of the dataclass ``cls``, naming the closest one."""
-    valid = [f.name for f in dataclasses.fields(cls)]
+    """Raise for a key of ``data`` that is not a field of the dataclass ``cls``, naming the closest one, or whose
+    field defaults to a number while the value is not one (e.g. a quoted ``"1e-6"``)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    valid = list(fields)
+    for key, value in data.items():
+        default = fields[key].default if key in fields else None
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise InvalidConfigError(f"{path}: {prefix}{key} must be a number, got {value!r}")
     for key in data:
         if key not in valid:
             hint = difflib.get_close_matches(key, valid, n=1)
@@ -180,8 +196,7 @@ def load_model(recipe: Recipe, progress: Progress) -> tuple[Any, Any]:
             progress("build tiny VLM", 1, 1)
     elif not path.is_dir():
         raise InvalidConfigError(f"model {recipe.model!r} is not a local folder; vgym never downloads checkpoints")
-    model, processor = load_vlm(path)
-    model = model.to(device=recipe.device, dtype=getattr(torch, recipe.dtype))
+    model, processor = load_vlm(path, device=recipe.device, dtype=getattr(torch, recipe.dtype))
     if recipe.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if recipe.lora:
