@@ -30,7 +30,7 @@ import torch
 
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError, VgymError
-from vgym.modeling import load_pretrained_in_place, model_inputs
+from vgym.modeling import load_pretrained_in_place, model_inputs, shared_image_features
 from vgym.policies.hf import GenerationConfig, HFPolicy
 from vgym.rollout import ChatEncoder, EpisodeSpec, rollout
 from vgym.trainers.advantages import ADVANTAGE_ESTIMATORS, broadcast_advantages, turn_advantages
@@ -302,7 +302,8 @@ class GRPOTrainer:
     def _logits(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, V) logits at the sampling temperature and (B, T) token log-probs."""
         inputs = model_inputs(model, **batch)
-        logits = model(**inputs).logits / self.config.temperature
+        with shared_image_features(model):  # a group's episodes share their first image: encode it once
+            logits = model(**inputs).logits / self.config.temperature
         if self.policy.suppressed_ids:  # the rollout never samples image placeholders: score the same distribution
             logits[..., self.policy.suppressed_ids] = -1e9  # finite, so entropy's p * log p stays 0, not NaN
         return logits, token_logprobs(logits, inputs["input_ids"])

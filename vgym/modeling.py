@@ -1,6 +1,7 @@
 """Model-input assembly shared by the policies and the trainers.
 
-Contents: :func:`model_inputs`, :func:`load_pretrained_in_place`.
+Contents: :func:`model_inputs`, :func:`shared_image_features`, :func:`unique_images`,
+:func:`load_pretrained_in_place`.
 
 Recent transformers Qwen-VL models need ``mm_token_type_ids`` (0 text, 1 image, 2 video) to compute their
 multimodal rotary positions; without it ``generate`` silently falls back to 1-D text positions and ``forward``
@@ -10,12 +11,14 @@ it from the ids instead, for every model whose ``forward`` accepts it.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["model_inputs", "load_pretrained_in_place"]
+__all__ = ["model_inputs", "shared_image_features", "unique_images", "load_pretrained_in_place"]
 
 
 def model_inputs(
@@ -66,3 +69,87 @@ def load_pretrained_in_place(model: Any, folder: Any) -> None:
     """
     saved = type(model).from_pretrained(folder, local_files_only=True)
     model.load_state_dict(saved.state_dict())
+
+
+def unique_images(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> tuple[list[int], list[int]]:
+    """Find the distinct images of a batch (a GRPO group shows one image to every episode).
+
+    Args:
+        pixel_values: (P, D) patches of every image, image after image.
+        image_grid_thw: (N, 3) each image's patch grid (its row count is the product).
+
+    Returns:
+        ``(keep, inverse)``: indices of the first occurrence of each distinct image, in order, and for every image
+        the position in ``keep`` of its equal. Images are equal when their grids and patches are exactly equal
+        (a projection of the patches narrows the candidates; ``torch.equal`` decides).
+    """
+    sizes = image_grid_thw.prod(-1)
+    columns = pixel_values[:, :: max(1, pixel_values.shape[1] // 64)].float()  # a sample of columns suffices
+    weights = torch.rand(columns.shape[1], generator=torch.Generator().manual_seed(0)).to(columns.device)
+    image_of_row = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
+    row_in_image = torch.arange(len(columns), device=columns.device) - (sizes.cumsum(0) - sizes)[image_of_row] + 1
+    prints = torch.zeros(len(sizes), dtype=torch.float64, device=columns.device).index_add_(
+        0, image_of_row.to(columns.device), ((columns @ weights) * row_in_image).double()).tolist()
+    sizes = sizes.tolist()
+    chunks = pixel_values.split(sizes)
+    keep: list[int] = []
+    inverse: list[int] = []
+    seen: dict[tuple[Any, ...], list[int]] = {}
+    for i, key in enumerate(zip(map(tuple, image_grid_thw.tolist()), prints)):
+        match = next((j for j in seen.get(key, []) if torch.equal(chunks[keep[j]], chunks[i])), None)
+        if match is None:
+            match = len(keep)
+            keep.append(i)
+            seen.setdefault(key, []).append(match)
+        inverse.append(match)
+    return keep, inverse
+
+
+def _vision_owner(model: Any) -> Any | None:
+    """The submodule whose ``forward`` calls ``self.get_image_features`` (Qwen-VL's inner ``*Model``), or None."""
+    for module in model.modules():
+        if hasattr(module, "get_image_features") and hasattr(module, "visual") and hasattr(module, "language_model"):
+            return module
+    return None
+
+
+@contextlib.contextmanager
+def shared_image_features(model: Any) -> Iterator[None]:
+    """Within the block, ``model`` encodes each distinct image of a call once and reuses its features.
+
+    GRPO shows a sample's image to all G episodes of its group, so generation's prefill and the loss forward
+    would otherwise run the vision tower G times on the same pixels. Features are computed for the distinct
+    images (:func:`unique_images`) and handed back in the original order; gradients of the shared features sum
+    over their uses, as they would over copies. The outputs equal the unshared call's up to float rounding.
+    Works with the Qwen-VL ``get_image_features`` output (``pooler_output`` split per image, plus Qwen3-VL's
+    ``deepstack_features``); any other output, or a model without that method, runs unshared.
+    """
+    owner = _vision_owner(model)
+    if owner is None:
+        yield
+        return
+    original = owner.get_image_features
+
+    def shared(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        if image_grid_thw is None or len(image_grid_thw) < 2:
+            return original(pixel_values, image_grid_thw, **kwargs)
+        keep, inverse = unique_images(pixel_values, image_grid_thw)
+        if len(keep) == len(inverse):
+            return original(pixel_values, image_grid_thw, **kwargs)
+        chunks = pixel_values.split(image_grid_thw.prod(-1).tolist())
+        out = original(torch.cat([chunks[i] for i in keep]), image_grid_thw[keep], **kwargs)
+        pooled = getattr(out, "pooler_output", None)
+        if not isinstance(pooled, (tuple, list)) or len(pooled) != len(keep):
+            return original(pixel_values, image_grid_thw, **kwargs)  # an output layout we do not know
+        out.pooler_output = tuple(pooled[j] for j in inverse)
+        deepstack = getattr(out, "deepstack_features", None)
+        if deepstack is not None:
+            sizes = [len(p) for p in pooled]
+            out.deepstack_features = [torch.cat([f.split(sizes)[j] for j in inverse]) for f in deepstack]
+        return out
+
+    owner.get_image_features = shared
+    try:
+        yield
+    finally:
+        del owner.get_image_features  # the class's method again

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from vgym.modeling import model_inputs
+from vgym.modeling import model_inputs, shared_image_features
 from vgym.policies.base import PolicyInput, PolicyOutput
 
 __all__ = ["GenerationConfig", "HFPolicy", "collate_left"]
@@ -113,7 +113,7 @@ class HFPolicy:
         self.model.eval()
         seed = int(self.rng.integers(2**62))
         devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), shared_image_features(self.model):
             torch.manual_seed(seed)
             sequences = self.model.generate(
                 **inputs,
