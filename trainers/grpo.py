@@ -18,6 +18,7 @@ the alarm state, so a resumed run reproduces the next step exactly (tested on CP
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -299,14 +300,31 @@ class GRPOTrainer:
             token_adv = broadcast_advantages(adv, loss_mask)
         return token_adv, metrics
 
-    def _logits(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, V) logits at the sampling temperature and (B, T) token log-probs."""
+    def _logits(self, model: Any, batch: dict[str, torch.Tensor],
+                first: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits at the sampling temperature from position ``first - 1`` on, (B, T - first + 1, V), and (B, T)
+        token log-probs (0 before ``first``).
+
+        Only the positions that predict a trained token need the vocabulary projection: ``first`` is the first
+        column of the batch with a trained token, and the model projects only the last ``T - first + 1`` hidden
+        states (``logits_to_keep``), which spares most of the (B, T, V) logits a long multimodal prompt would
+        cost (at Qwen's 151,936-token vocabulary, the largest activation of the loss forward).
+        """
         inputs = model_inputs(model, **batch)
+        width = inputs["input_ids"].shape[1]
+        keep = width - max(1, min(first, width - 1)) + 1
+        extra = {"logits_to_keep": keep} if keep < width and self._takes_logits_to_keep(model) else {}
         with shared_image_features(model):  # a group's episodes share their first image: encode it once
-            logits = model(**inputs).logits / self.config.temperature
+            logits = model(**inputs, **extra).logits / self.config.temperature
         if self.policy.suppressed_ids:  # the rollout never samples image placeholders: score the same distribution
             logits[..., self.policy.suppressed_ids] = -1e9  # finite, so entropy's p * log p stays 0, not NaN
-        return logits, token_logprobs(logits, inputs["input_ids"])
+        logprobs = token_logprobs(logits, inputs["input_ids"][:, width - logits.shape[1] :])
+        return logits, torch.nn.functional.pad(logprobs, (width - logits.shape[1], 0))
+
+    @staticmethod
+    def _takes_logits_to_keep(model: Any) -> bool:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
 
     def loss_on(self, trajs: Sequence[Trajectory], advantages: torch.Tensor, loss_mask: torch.Tensor,
                 old: torch.Tensor, num_items: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -316,7 +334,9 @@ class GRPOTrainer:
         batch.pop("loss_mask")
         width = batch["input_ids"].shape[1]
         loss_mask, advantages, old = loss_mask[:, :width], advantages[:, :width], old[:, :width]
-        logits, logprobs = self._logits(self.model, batch)
+        trained = loss_mask.any(0).nonzero()
+        first = int(trained[0]) if len(trained) else width - 1
+        logits, logprobs = self._logits(self.model, batch, first)
         device = logprobs.device
         loss_mask, advantages, old = loss_mask.to(device), advantages.to(device), old.to(device)
         ref = None
@@ -324,10 +344,12 @@ class GRPOTrainer:
             with torch.no_grad():
                 if self.ref_is_base:
                     with self.model.disable_adapter():  # LoRA: the base weights are the reference
-                        ref = self._logits(self.model, batch)[1]
+                        ref = self._logits(self.model, batch, first)[1]
                 else:
-                    ref = self._logits(self.ref_model, batch)[1]
-        entropy = entropy_from_logits(logits) if cfg.entropy_coef > 0 else None
+                    ref = self._logits(self.ref_model, batch, first)[1]
+        entropy = None
+        if cfg.entropy_coef > 0:
+            entropy = torch.nn.functional.pad(entropy_from_logits(logits), (width - logits.shape[1], 0))
         with torch.no_grad():
             chosen = (logprobs * loss_mask).sum() / loss_mask.sum().clamp(min=1)
         loss, metrics = compute_policy_objective(

@@ -16,7 +16,7 @@ from vgym.pipeline import collect
 from vgym.policies.oracle import OraclePolicy
 from vgym.rollout import ChatEncoder
 from vgym.trainers.grpo import GRPOConfig, GRPOTrainer, otc_tool_factor, step_rewards, turn_ids_from_mask
-from vgym.trainers.sft import SFTConfig, SFTTrainer
+from vgym.trainers.sft import SFTConfig, SFTTrainer, collate
 from vgym.tasks.visual_search import VisualSearchTask
 
 search_env = functools.partial(VisualToolEnv, "visual_search")
@@ -215,3 +215,24 @@ def test_grpo_raises_the_reward_on_its_training_distribution(sft_dir: Path) -> N
     history = GRPOTrainer(model, processor, _prefer_vertical_env, cfg).train()
     rewards = [h["rollout/reward"] for h in history]
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.15, rewards
+
+
+def test_loss_forward_projects_only_positions_that_predict_trained_tokens(tiny) -> None:  # type: ignore[no-untyped-def]
+    """``logits_to_keep`` from the first trained column: the same log-probs there and after, zeros before, and
+    only ``T - first + 1`` positions of logits; the first-pass ratio of a real step stays 1."""
+    model, processor = tiny
+    cfg = GRPOConfig(**SMALL, mask_truncated_completions=False)
+    trainer = GRPOTrainer(model, processor, search_env, cfg)
+    trajs, _ = trainer.collect()
+    batch = collate(trajs[:3], trainer.pad_id)
+    mask = batch.pop("loss_mask")
+    first = int(mask.any(0).nonzero()[0])
+    width = batch["input_ids"].shape[1]
+    assert first > 10  # the prompt (with its image) is long: most positions are skipped
+    with torch.no_grad():
+        full_logits, full = trainer._logits(model, batch)
+        kept_logits, kept = trainer._logits(model, batch, first)
+    assert full_logits.shape[1] == width and kept_logits.shape[1] == width - first + 1
+    assert kept.shape == full.shape and not kept[:, :first].any()
+    torch.testing.assert_close(kept[:, first:], full[:, first:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kept_logits, full_logits[:, first - 1 :], atol=1e-5, rtol=1e-5)
