@@ -80,7 +80,7 @@ def _synced(fn: Any, seconds: dict[str, float], label: str, device: str) -> Any:
 
 
 def run_config(model: Any, processor: Any, *, prompts: int, group: int, new_tokens: int, max_pixels: int,
-               warmup: int, steps: int, device: str, checkpointing: bool) -> dict[str, Any]:
+               warmup: int, steps: int, device: str, checkpointing: bool, accumulation: int = 1) -> dict[str, Any]:
     """Time ``warmup + steps`` GRPO steps of ``prompts × group`` single-turn episodes; returns the report row."""
     model.generation_config.min_new_tokens = new_tokens  # a random model stops at random: force full length
     if checkpointing:
@@ -88,7 +88,8 @@ def run_config(model: Any, processor: Any, *, prompts: int, group: int, new_toke
         model.config.use_cache = True  # generation still uses the KV cache; HF turns it off only in training
     env_fn = functools.partial(VisualToolEnv, TASK, tools=(), max_turns=1, max_pixels=max_pixels)
     cfg = GRPOConfig(num_generations=group, prompts_per_step=prompts, max_new_tokens=new_tokens, temperature=1.0,
-                     learning_rate=1e-6, mask_truncated_completions=False, steps=warmup + steps, beta=0.0)
+                     learning_rate=1e-6, mask_truncated_completions=False, steps=warmup + steps, beta=0.0,
+                     gradient_accumulation_steps=accumulation)
     trainer = GRPOTrainer(model, processor, env_fn, cfg)
     seconds: dict[str, float] = {}
     trainer.policy.act = _synced(trainer.policy.act, seconds, "generate", device)  # type: ignore[method-assign]
@@ -116,7 +117,8 @@ def run_config(model: Any, processor: Any, *, prompts: int, group: int, new_toke
     total = sum(r["wall"] for r in rows)
     mean = {k: statistics.mean(r[k] for r in rows) for k in rows[0]}
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    return {"prompts": prompts, "group": group, "episodes": prompts * group, "new_tokens": new_tokens,
+    return {"prompts": prompts, "group": group, "episodes": prompts * group, "accumulation": accumulation,
+            "new_tokens": new_tokens,
             "max_pixels": max_pixels, "s_per_step": statistics.median(r["wall"] for r in rows),
             "tokens_per_s": sum(r["tokens"] for r in rows) / total,
             "completion_tokens_per_s": sum(r["completion_tokens"] for r in rows) / total,
@@ -133,6 +135,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--group", type=int, default=8, help="generations per prompt (G)")
     parser.add_argument("--new-tokens", type=int, default=128, help="completion length (forced)")
     parser.add_argument("--max-pixels", type=int, default=448 * 448, help="image budget (448²: 256 image tokens)")
+    parser.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
@@ -155,11 +158,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for prompts in args.prompts:
         row = run_config(model, processor, prompts=prompts, group=args.group, new_tokens=args.new_tokens,
                          max_pixels=args.max_pixels, warmup=args.warmup, steps=args.steps, device=args.device,
-                         checkpointing=not args.no_checkpointing)
+                         checkpointing=not args.no_checkpointing, accumulation=args.accumulation)
         row.update(size=args.size, params=n_params, dtype=args.dtype, device=args.device)
         rows.append(row)
         m = row["mean"]
-        print(f"  {prompts} x {args.group} episodes, {args.new_tokens} new tokens: {row['s_per_step']:.2f} s/step, "
+        print(f"  {prompts} x {args.group} episodes ({args.accumulation} micro-batches), {args.new_tokens} new tokens: "
+              f"{row['s_per_step']:.2f} s/step, "
               f"{row['tokens_per_s']:.0f} tok/s total, {row['completion_tokens_per_s']:.0f} completion tok/s, "
               f"{m['tokens']:.0f} tok/step, peak {row['peak_gpu_gib']:.1f} GiB  [generate {m['generate']:.2f} / "
               f"rollout rest {m['rollout_other']:.2f} / forward {m['forward']:.2f} / backward+optim "
