@@ -497,7 +497,7 @@ class GRPOTrainer:
 def _loaded(trajs: Sequence[Trajectory]) -> list[Trajectory]:
     """Drop episodes whose sample's media could not be loaded (``truncated_reason`` ``sample_error: ...``; no tokens).
     A sample's episodes form one group, so whole groups go."""
-    return [t for t in trajs if not (t.truncated_reason or "").startswith("sample_error")]
+    return [t for t in trajs if not t.sample_failed]
 
 
 def _plain(value: Any) -> Any:

@@ -151,9 +151,8 @@ def play_text(env: VisualToolEnv, policy: Policy, specs: Sequence[EpisodeSpec], 
                 except MediaError as error:  # as in rollout(): this episode fails, the others go on
                     logger.warning("episode (split %r, index %d) scores 0: its sample could not be loaded: %s",
                                    spec.split, spec.index, error)
-                    on_episode(Trajectory(error.sample_id or f"{slot.task.name}/{spec.split}/{spec.index}",
-                                          spec.group_id, slot.task.name, empty, empty, torch.zeros(0), [], None, None,
-                                          [], 0.0, {}, None, False, True, f"sample_error: {error}"))
+                    on_episode(Trajectory.failed(error.sample_id or f"{slot.task.name}/{spec.split}/{spec.index}",
+                                                 spec.group_id, slot.task.name, error))
                     continue
                 live.append({"env": slot, "spec": spec, "messages": list(info["messages"]),
                              "images": list(obs["images"]), "turns": []})

@@ -25,7 +25,7 @@ import torch
 from vgym.chat import ChatEncoder, Encoded, text_message
 from vgym.env import VisualToolEnv
 from vgym.policies.base import Policy, PolicyInput
-from vgym.trajectory import Trajectory
+from vgym.trajectory import SAMPLE_ERROR, Trajectory
 from vgym.workers import EnvPool, Step, make_pool
 
 __all__ = ["EpisodeSpec", "ChatEncoder", "RolloutBudgets", "rollout"]
@@ -273,7 +273,7 @@ class _Scheduler:
             logger.warning("episode %d (split %r, index %d) ends with reward 0: its sample could not be loaded: %s",
                            ep.position, ep.spec.split, ep.spec.index, step.error)
             ep.sample_id, ep.task_name = step.sample_id or "", step.task.name if step.task is not None else ""
-            self._finish(slot, {"reward": 0.0, "truncated": True, "truncated_reason": f"sample_error: {step.error}"})
+            self._finish(slot, {"reward": 0.0, "truncated": True, "truncated_reason": f"{SAMPLE_ERROR}: {step.error}"})
             return
         if step.sample is not None:  # a reset
             ep.sample, ep.task, ep.tools_enabled = step.sample, step.task, step.tools_enabled

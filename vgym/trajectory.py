@@ -30,6 +30,10 @@ __all__ = ["Trajectory", "save_trajectories", "load_trajectory_records", "staged
            "append_line", "write_json"]
 
 
+SAMPLE_ERROR = "sample_error"
+"""Prefix of ``truncated_reason`` for an episode whose sample's media could not be loaded."""
+
+
 @dataclass
 class Trajectory:
     """One finished episode, token-exact.
@@ -68,6 +72,19 @@ class Trajectory:
     terminated: bool = False
     truncated: bool = False
     truncated_reason: str | None = None
+
+    @classmethod
+    def failed(cls, sample_id: str, group_id: int, task: str, error: object) -> Trajectory:
+        """An episode whose sample could not be loaded: no tokens or images, reward 0, truncated with
+        ``truncated_reason = "sample_error: <error>"`` (the error names the file)."""
+        empty = torch.zeros(0, dtype=torch.long)
+        return cls(sample_id, group_id, task, empty, empty, torch.zeros(0), [], None, None, truncated=True,
+                   truncated_reason=f"{SAMPLE_ERROR}: {error}")
+
+    @property
+    def sample_failed(self) -> bool:
+        """Whether the sample could not be loaded (see :meth:`failed`)."""
+        return (self.truncated_reason or "").startswith(SAMPLE_ERROR)
 
     @property
     def num_turns(self) -> int:
