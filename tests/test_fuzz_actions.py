@@ -1,10 +1,12 @@
 """Action fuzzing (issue 9): every registered env takes thousands of hostile and near-valid turns without raising.
 
-Two generators: the seeded grammar of ``benchmarks/fuzz.py`` (imported from there, so the benchmark and this test
-share one grammar and one set of checks: no exception, observation inside the space, bool flags, finite reward,
-UTF-8/JSON-writable observation and records, no tool crash, every error naming its problem, every malformed turn
-rejected, and the oracle's episode replayed exactly after fuzzing), over every registered env id; and hypothesis
-over arbitrary JSON in tool-call tags. Then one regression test per bug the fuzzing found.
+Two generators: the seeded grammar of ``benchmarks/fuzz_grammar.py`` with the checks of ``benchmarks/fuzz.py``
+(imported from there, so the benchmark and this test share one grammar and one set of checks: no exception,
+observation inside the space, bool flags, finite reward, UTF-8/JSON-writable observation and records, no tool
+crash, every error naming its problem, every malformed turn rejected, and the oracle's episode replayed exactly
+after fuzzing), over every registered env id (the five dataset loaders play :mod:`vgym.sample_data`'s datasets,
+written once per module); and hypothesis over arbitrary JSON in tool-call tags. Then one regression test per bug
+the fuzzing found.
 """
 
 from __future__ import annotations
@@ -33,10 +35,20 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # benchmarks/ is a folder of scripts, importable from the repository root
     sys.path.insert(0, ROOT)
 
-from benchmarks.fuzz import (FuzzAction, FuzzReport, Target, check_step, fuzz_target, fuzz_targets,  # noqa: E402
-                             oracle_reward)
+from benchmarks.fuzz import FuzzReport, Target, check_step, fuzz_target, fuzz_targets, oracle_reward  # noqa: E402
+from benchmarks.fuzz_grammar import ActionGrammar, FuzzAction  # noqa: E402
 
-TARGETS, SKIPPED = fuzz_targets(fast=True)
+_WITHOUT_DATA, _NEED_DATA = fuzz_targets(fast=True)
+LABELS = [t.label for t in _WITHOUT_DATA] + [f"{eid}{kind}" for eid in sorted(_NEED_DATA) for kind in ("", " deep")]
+"""Every target's label, known at collection time; the dataset-backed envs' targets need the sample data."""
+
+
+@pytest.fixture(scope="module")
+def fuzz_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Target], dict[str, str]]:
+    """``fuzz_targets(fast=True)`` with vgym.sample_data's datasets written once for this module: label -> target,
+    and the skipped ids."""
+    targets, skipped = fuzz_targets(fast=True, data_root=tmp_path_factory.mktemp("sample_data"))
+    return {target.label: target for target in targets}, skipped
 
 
 def _describe(report: FuzzReport) -> str:
@@ -45,23 +57,29 @@ def _describe(report: FuzzReport) -> str:
     return "\n".join(lines + list(report.exceptions.values()))
 
 
-def test_every_registered_env_is_fuzzed_or_skipped_for_a_reason() -> None:
+def test_every_registered_env_is_fuzzed(fuzz_setup: tuple[dict[str, Target], dict[str, str]]) -> None:
+    targets, skipped = fuzz_setup
     registered = {name for name in gymnasium.registry if name.startswith("vgym/")}
-    fuzzed = {target.env_id for target in TARGETS}
-    assert fuzzed | set(SKIPPED) == registered and not fuzzed & set(SKIPPED)
+    fuzzed = {target.env_id for target in targets.values()}
+    assert fuzzed == registered and skipped == {}  # nothing skipped: the loaders play the sample datasets
+    assert sorted(targets) == sorted(LABELS)
     by_id = {env_id(TASKS.get(name)): TASKS.get(name) for name in TASKS.names()}
-    assert all(not by_id[eid].procedural for eid in SKIPPED)  # only loaders that need a dataset root on disk
-    assert {"vgym/VideoQa-v0", "vgym/VideoGrounding-v0", "vgym/MultiTool-v0", "vgym/RealMini-v0"} <= fuzzed
-    offered = {tool for target in TARGETS for tool in target.kwargs.get("tools", ())}
+    assert set(_NEED_DATA) == {eid for eid in registered if not by_id[eid].procedural} - {"vgym/RealMini-v0"}
+    assert {"vgym/VideoQa-v0", "vgym/VideoGrounding-v0", "vgym/MultiTool-v0", "vgym/RealMini-v0", "vgym/Vstar-v0",
+            "vgym/Refcoco-v0", "vgym/CharadesSta-v0", "vgym/ChartqaDataset-v0", "vgym/VgymJsonl-v0"} <= fuzzed
+    offered = {tool for target in targets.values() for tool in target.kwargs.get("tools", ())}
     assert offered == set(TOOLS.names())  # the deep targets offer every tool
+    for eid in _NEED_DATA:  # the default target plays train where the sample has it, the deep one test
+        assert targets[f"{eid} deep"].kwargs["split"] == "test"
+        assert targets[eid].kwargs["task_config"]["root"] == targets[f"{eid} deep"].kwargs["task_config"]["root"]
 
 
-@pytest.mark.parametrize("target", TARGETS, ids=[target.label for target in TARGETS])
-def test_grammar_fuzzing(target: Target) -> None:
-    # 150 turns per target (22 targets: 3,300 turns); 200 kB "huge" strings instead of the benchmark's 1 MB (both
+@pytest.mark.parametrize("label", LABELS)
+def test_grammar_fuzzing(fuzz_setup: tuple[dict[str, Target], dict[str, str]], label: str) -> None:
+    # 150 turns per target (32 targets: 4,800 turns); 200 kB "huge" strings instead of the benchmark's 1 MB (both
     # exceed MAX_CALL_CHARS; a 1 MB answer takes ~2 s to score) and 3 samples per target (video tasks render a clip
-    # per new sample). test_one_megabyte_strings covers 1 MB.
-    report = fuzz_target(target, 150, seed=0, huge_chars=200_000, samples=3)
+    # per new sample; a split with fewer records wraps around). test_one_megabyte_strings covers 1 MB.
+    report = fuzz_target(fuzz_setup[0][label], 150, seed=0, huge_chars=200_000, samples=3)
     assert report.actions == 150 and report.episodes > 10
     assert report.ok, _describe(report)
     assert report.rejected > 50  # most generated turns are malformed and the env said so
@@ -100,7 +118,7 @@ _turns = st.one_of(
 @pytest.fixture(scope="module", params=["vgym/MultiTool-v0 deep", "vgym/Geometry-v0 deep"])
 def deep_env(request: pytest.FixtureRequest) -> Iterator[tuple[gymnasium.Env, float]]:
     """A deep target's env (every tool offered; MultiTool has images and a video) and its fresh oracle reward."""
-    target = next(t for t in TARGETS if t.label == request.param)
+    target = next(t for t in _WITHOUT_DATA if t.label == request.param)
     fresh = gymnasium.make(target.env_id, **target.kwargs)
     reference = oracle_reward(fresh, 0, {"index": 0})
     fresh.close()
@@ -127,6 +145,23 @@ def test_hypothesis_turns(deep_env: tuple[gymnasium.Env, float], turns: list[str
 
 
 # ------------------------------------------------------------------------------------ regressions found by fuzzing
+
+
+def test_grammar_draws_video_times_inside_a_dataset_clip(fuzz_setup: tuple[dict[str, Target], dict[str, str]]) -> None:
+    # Was: the grammar read "duration_s" from the top of the sample metadata (procedural video tasks); dataset
+    # records keep it under "video", so it assumed 4 s and most "valid" times fell outside the 2 s sample clip.
+    target = fuzz_setup[0]["vgym/CharadesSta-v0"]  # default tools: sample_frames and get_frame
+    env = gymnasium.make(target.env_id, **target.kwargs)
+    try:
+        env.reset(seed=0)
+        grammar = ActionGrammar(np.random.default_rng(0), huge_chars=10)
+        grammar.start_episode(env.unwrapped)
+        calls = [grammar.valid_call(env.unwrapped) for _ in range(40)]
+        times = [args[key] for _, args in calls for key in ("t_s", "start_s", "end_s") if key in args]
+        duration = env.unwrapped.sample.metadata["video"]["duration_s"]
+    finally:
+        env.close()
+    assert duration == 2.0 and len(times) > 20 and max(times) <= duration
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 """Tests of tasks/local_data.py (``vgym.tasks.local_data``): each of the five loaders end to end on a tiny fixture
-dataset written here in its real layout (ChartQA folders, V* ``test_questions.jsonl`` in both option styles,
-RefCOCO lines with COCO boxes, Charades-STA text lines with mp4 videos, the vgym JSONL format). Checked: sample
-fields, images equal to the written pixels, video frames identified from the indices they encode, scoring of gold,
-wrong and edge answers, splits, ``gymnasium.make`` + ``check_env``, oracle episodes through the env, a ``crop`` and a
-``get_frame`` call through the env, confinement and malformed-input errors.
+dataset in its real layout, written by :mod:`vgym.sample_data` (ChartQA folders, V* ``test_questions.jsonl`` in
+both option styles, RefCOCO lines with COCO boxes, Charades-STA text lines with mp4 videos, the vgym JSONL format).
+Checked: sample fields, images equal to the written pixels, video frames identified from the indices they encode,
+scoring of gold, wrong and edge answers, splits, ``gymnasium.make`` + ``check_env``, oracle episodes through the
+env, a ``crop`` and a ``get_frame`` call through the env, confinement and malformed-input errors.
 """
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import cv2
 import gymnasium
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
-from PIL import Image
 
 import vgym  # noqa: F401  (registers the tools)
 import vgym.tasks.local_data  # noqa: F401  (registers the loaders)
@@ -26,29 +24,18 @@ from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError
 from vgym.policies.base import PolicyInput
 from vgym.policies.oracle import OraclePolicy
+from vgym.sample_data import (VSTAR_TEXT, vstar_image, write_charades_sta, write_chartqa, write_refcoco,
+                               write_sample_datasets, write_vgym_jsonl, write_vstar)
+from vgym.sample_data import noise_image as _noise
+from vgym.sample_data import write_jsonl as _jsonl
 from vgym.task import TASKS, env_id
 from vgym.tasks.local_data import ChartqaTask, CharadesStaTask, RefcocoTask, VgymJsonlTask, VstarTask
 from vgym.tooling import fit_to_budget
-from vgym.tools.video import write_synthetic_clip
 
 EXTRA_CONFIG = {"refcoco": {"image_dir": "train2014"}}
 """Loader config beyond ``root`` that the fixtures need."""
 LOADERS = {"vgym_jsonl": "vgym/VgymJsonl-v0", "chartqa_dataset": "vgym/ChartqaDataset-v0", "vstar": "vgym/Vstar-v0",
            "refcoco": "vgym/Refcoco-v0", "charades_sta": "vgym/CharadesSta-v0"}
-
-
-def _noise(height: int, width: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def _png(path: Path, image: np.ndarray) -> np.ndarray:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path, format="PNG")  # PNG bytes whatever the name says (COCO names end in .jpg)
-    return image
-
-
-def _jsonl(path: Path, lines: list[Any]) -> None:
-    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
 
 
 def frame_index(frame: np.ndarray) -> int:
@@ -63,87 +50,29 @@ def frame_index(frame: np.ndarray) -> int:
 
 @pytest.fixture
 def jsonl_root(tmp_path: Path) -> Path:
-    root = tmp_path / "jsonl"
-    _png(root / "img" / "a.png", _noise(60, 80, 1))
-    _png(root / "img" / "b.png", _noise(50, 50, 2))
-    write_synthetic_clip(str(root / "clip.mp4"), seconds=2, fps=8)
-    _jsonl(root / "data.jsonl", [
-        "// two train records and two test records",
-        {"id": "t1", "split": "train", "question": "Which colour is the square?", "answer": "C",
-         "answer_type": "choice", "options": ["red", "green", "blue"], "images": ["img/a.png"]},
-        {"id": "t2", "split": "train", "question": "How many dots?", "answer": "7", "answer_type": "numeric",
-         "images": ["img/a.png", "img/b.png"]},
-        {"id": "e1", "question": "Where is the cup?", "answer": "[10, 5, 40, 30]", "answer_type": "box",
-         "images": ["img/b.png"], "metadata": {"source": "fixture"}},
-        {"id": "e2", "question": "When does the flash happen?", "answer": "[0.5, 1.25]", "answer_type": "interval",
-         "video": "clip.mp4", "tools": ["sample_frames"]},
-    ])
-    return root
+    return write_vgym_jsonl(tmp_path / "jsonl")
 
 
 @pytest.fixture
 def chartqa_root(tmp_path: Path) -> Path:
-    root = tmp_path / "ChartQA Dataset"
-    for split, name, seed in (("test", "a.png", 3), ("test", "b.png", 4), ("train", "c.png", 5)):
-        _png(root / split / "png" / name, _noise(200, 300, seed))
-    (root / "test" / "test_human.json").write_text(json.dumps([
-        {"imgname": "a.png", "query": "What is the value of Peru in 2019?", "label": "45"},
-        {"imgname": "b.png", "query": "Which country has the highest value?", "label": "Chile"},
-    ]))
-    (root / "test" / "test_augmented.json").write_text(json.dumps([
-        {"imgname": "a.png", "query": "What share do others have?", "label": "12.5%"},
-        {"imgname": "b.png", "query": "What is the sum of the two bars?", "label": ["1200"]},
-    ]))
-    (root / "train" / "train_human.json").write_text(json.dumps([
-        {"imgname": "c.png", "query": "How many bars are there?", "label": 3},
-    ]))
-    return root
-
-
-VSTAR_TEXT = ("What is the material of the glove?\n(A) rubber\n(B) cotton\n(C) kevlar\n(D) leather\n"
-              "Answer with the option's letter from the given choices directly.")
+    return write_chartqa(tmp_path / "ChartQA Dataset")
 
 
 @pytest.fixture
 def vstar_root(tmp_path: Path) -> Path:
-    root = tmp_path / "vstar_bench"
-    image = cv2.resize(_noise(60, 80, 6), (1600, 1200), interpolation=cv2.INTER_CUBIC)  # smooth: JPEG keeps it
-    (root / "direct_attributes").mkdir(parents=True)
-    cv2.imwrite(str(root / "direct_attributes" / "sa_4690.jpg"), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
-    np.save(root / "expected.npy", image)
-    _png(root / "relative_position" / "sa_2.png", _noise(300, 400, 7))
-    _jsonl(root / "test_questions.jsonl", [
-        {"image": "direct_attributes/sa_4690.jpg", "text": VSTAR_TEXT, "category": "direct_attributes",
-         "question_id": 0, "label": "A"},
-        {"image": "relative_position/sa_2.png", "text": "Is the cup on the left or right side of the dog?",
-         "options": ["left", "right"], "label": 1, "category": "relative_position", "question_id": "1"},
-        {"image": "relative_position/sa_2.png", "text": "Which is larger?\n(A) cup\n(B) dog", "label": "(B)"},
-    ])
+    root = write_vstar(tmp_path / "vstar_bench")
+    np.save(root / "expected.npy", vstar_image())  # the JPEG's pixels before compression
     return root
 
 
 @pytest.fixture
 def refcoco_root(tmp_path: Path) -> Path:
-    root = tmp_path / "refcoco"
-    _png(root / "train2014" / "COCO_train2014_000000000001.jpg", _noise(120, 160, 8))  # PNG bytes; found by content
-    _jsonl(root / "refcoco.jsonl", [
-        {"image": "COCO_train2014_000000000001.jpg", "bbox": [10.5, 20, 30, 40], "split": "testA", "ref_id": 7,
-         "sentences": [{"sent": "man on left", "raw": "Man on left."}, {"sent": "guy in red"}]},
-        {"image": "COCO_train2014_000000000001.jpg", "bbox": [0, 0, 50, 50], "split": "train", "expression": "dog"},
-        {"image": "COCO_train2014_000000000001.jpg", "bbox": [100, 60, 20, 20], "sent": "the cat."},
-    ])
-    return root
+    return write_refcoco(tmp_path / "refcoco")
 
 
 @pytest.fixture
 def charades_root(tmp_path: Path) -> Path:
-    root = tmp_path / "charades"
-    (root / "videos").mkdir(parents=True)
-    write_synthetic_clip(str(root / "videos" / "AO8RW.mp4"), seconds=2, fps=8)
-    (root / "charades_sta_test.txt").write_text("AO8RW 0.5 1.25##a person opens a door.\n\n"
-                                                "AO8RW 0.0 0.75##person sits down\n")
-    (root / "charades_sta_train.txt").write_text("AO8RW 1.0 2.0##a person walks away.\n")
-    return root
+    return write_charades_sta(tmp_path / "charades")
 
 
 @pytest.fixture
@@ -199,6 +128,15 @@ def test_oracle_episodes_earn_full_reward(roots: dict[str, Path], name: str, too
                 assert reward >= 0.99 and info["reward_parts"]["accuracy"] == 1.0, (name, split, index, info)
     finally:
         env.close()
+
+
+def test_sample_datasets_name_their_env_config_and_splits(tmp_path: Path) -> None:
+    datasets = write_sample_datasets(tmp_path)
+    assert {name: sample.env_id for name, sample in datasets.items()} == LOADERS
+    for name, sample in datasets.items():
+        assert sample.task_config == {"root": str(sample.root), **EXTRA_CONFIG.get(name, {})}
+        task: Any = TASKS.get(name)(sample.task_config)
+        assert sample.splits == tuple(s for s in ("train", "val", "test") if task.split_records(s)), name
 
 
 # ---------------------------------------------------------------- vgym JSONL
