@@ -1,0 +1,131 @@
+"""The settings of a GRPO-family run (:class:`GRPOConfig`), named as TRL's ``GRPOConfig`` where the knob is the same,
+each field citing the paper it comes from. Validated on construction (``InvalidConfigError`` names the field).
+The trainer is :class:`vgym.trainers.grpo.GRPOTrainer`, which re-exports this class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vgym.errors import InvalidConfigError
+from vgym.trainers.advantages import ADVANTAGE_ESTIMATORS
+from vgym.trainers.monitors import AlarmConfig
+
+__all__ = ["GRPOConfig"]
+
+
+@dataclass
+class GRPOConfig:
+    """Settings of a GRPO-family run; names follow TRL's ``GRPOConfig`` where the knob is the same."""
+
+    # -- rollout
+    num_generations: int = 8
+    """G, episodes per sample (the group); GRPO needs at least 2 (DeepSeekMath, arXiv:2402.03300)."""
+    prompts_per_step: int = 4
+    """Samples (groups) per step; a step trains on ``prompts_per_step * num_generations`` episodes."""
+    split: str = "train"
+    """Split the samples come from, read in order from ``data_offset``."""
+    data_offset: int = 0
+    """First sample index (use different offsets for SFT and RL data)."""
+    max_new_tokens: int = 64
+    """Tokens per model turn."""
+    temperature: float = 1.0
+    """Sampling temperature; the loss scores tokens with the same temperature, so the first ratio is 1."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    rollout_mode: str = "lockstep"
+    """``"lockstep"`` or ``"async"`` (see :func:`vgym.rollout.rollout`)."""
+    # -- rewards and advantages
+    advantage: str = "grpo"
+    """Estimator: ``grpo``, ``rloo``, ``reinforce_pp`` or ``dgrpo`` (see :mod:`vgym.trainers.advantages`)."""
+    scale_rewards: bool = True
+    """Divide by the group std (GRPO); False is Dr.GRPO's fix (arXiv:2503.20783). grpo and dgrpo only."""
+    otc_weight: float = 0.0
+    """Tool-efficiency shaping after OTC-PPO (arXiv:2504.14870): ``reward * (1 - w + w * cos(m*pi / (2m + c)))``
+    for m tool calls; 0 disables it, 1 is OTC's multiplicative form."""
+    otc_c: float = 2.0
+    """OTC's smoothing constant c (larger: a slower decay with the number of calls)."""
+    dynamic_sampling: bool = False
+    """Drop groups whose rewards are all equal (no signal) and roll out new samples instead (DAPO,
+    arXiv:2503.14476), at most ``max_resample_rounds`` times per step."""
+    max_resample_rounds: int = 3
+    """Extra rollout rounds dynamic sampling may spend per step."""
+    turn_credit: str = "outcome"
+    """``"outcome"``: the outcome advantage on every token of every turn (Flow-GRPO, arXiv:2510.05592);
+    ``"steps"``: plus ``step_weight`` times a group-normalised per-turn tool-step reward (valid call +1, tool
+    error -1)."""
+    step_weight: float = 0.5
+    """Weight of the per-turn step reward when ``turn_credit="steps"``."""
+    # -- loss
+    policy_loss: str = "ppo_clip"
+    """``ppo_clip``, ``dual_clip`` or ``gspo`` (see :mod:`vgym.trainers.rl_losses`)."""
+    loss_type: str = "grpo"
+    """Token aggregation: ``grpo``, ``bnpo``, ``dr_grpo`` or ``dapo``."""
+    epsilon: float | None = None
+    """Lower clip range of the ratio (PPO, arXiv:1707.06347); None = the loss's default (0.2; GSPO's 3e-4)."""
+    epsilon_high: float | None = None
+    """Upper clip range; None = the loss's default (``epsilon``; GSPO's 4e-4). DAPO's clip-higher uses 0.28
+    (arXiv:2503.14476)."""
+    clip_ratio_c: float | None = None
+    """Dual-clip bound for negative advantages (Ye et al., arXiv:1912.09729); ``dual_clip`` only, None = 3.0."""
+    beta: float = 0.0
+    """KL coefficient to the frozen reference model (0: no reference is kept, as Dr.GRPO and DAPO do)."""
+    kl_estimator: str = "k3"
+    """``k1`` or ``k3`` (Schulman's low-variance estimator)."""
+    llds_coef: float = 0.0
+    """Weight of the LLDS likelihood-preserving regulariser against GRPO collapse (0 disables it)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight (0 disables it)."""
+    mask_truncated_completions: bool = True
+    """Exclude episodes cut by a turn, image or token budget from the loss (over-turn masking, Mini-o3
+    arXiv:2509.07969; DAPO's overlong filtering)."""
+    num_iterations: int = 1
+    """Passes over each rollout batch (μ in GRPO); >1 reuses the rollout, and the clip then matters."""
+    mini_batch_size: int | None = None
+    """Episodes per optimizer step; None = the whole batch in one step."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step (memory); the loss is normalised over the whole minibatch."""
+    # -- optimisation
+    learning_rate: float = 1e-6
+    """AdamW peak learning rate (real checkpoints ~1e-6; the tiny CPU model wants ~1e-4)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm; 0 disables it."""
+    warmup_steps: int = 0
+    """Linear warm-up steps, then a constant learning rate."""
+    steps: int = 100
+    """Training steps (rollout + update)."""
+    seed: int = 0
+    """Seeds sampling."""
+    alarms: AlarmConfig = field(default_factory=AlarmConfig)
+    """Tool-collapse and likelihood-drift alarms (see :mod:`vgym.trainers.monitors`)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.alarms, dict):
+            self.alarms = AlarmConfig(**self.alarms)
+        if self.num_generations < 2:
+            raise InvalidConfigError(f"GRPO needs at least 2 generations per sample (a group); got "
+                                     f"num_generations={self.num_generations}")
+        if (self.prompts_per_step < 1 or self.num_iterations < 1 or self.steps < 0
+                or self.gradient_accumulation_steps < 1):
+            raise InvalidConfigError("need prompts_per_step >= 1, num_iterations >= 1, steps >= 0 and "
+                                     "gradient_accumulation_steps >= 1; got "
+                                     f"{self.prompts_per_step}, {self.num_iterations}, {self.steps}, "
+                                     f"{self.gradient_accumulation_steps}")
+        if self.advantage not in ADVANTAGE_ESTIMATORS.names():
+            ADVANTAGE_ESTIMATORS.get(self.advantage)  # raises with the valid names and a "did you mean"
+        if self.turn_credit not in ("outcome", "steps"):
+            raise InvalidConfigError(f"turn_credit must be 'outcome' or 'steps', got {self.turn_credit!r}")
+        if self.rollout_mode not in ("lockstep", "async"):
+            raise InvalidConfigError(f"rollout_mode must be 'lockstep' or 'async', got {self.rollout_mode!r}")
+        if not 0.0 <= self.otc_weight <= 1.0 or self.otc_c <= 0:
+            raise InvalidConfigError(f"need 0 <= otc_weight <= 1 and otc_c > 0, got {self.otc_weight}, {self.otc_c}")
+        if self.temperature <= 0:
+            raise InvalidConfigError(f"temperature must be positive (greedy rollouts give no group variance), "
+                                     f"got {self.temperature}")
+
+    @property
+    def batch_size(self) -> int:
+        """Episodes per step."""
+        return self.prompts_per_step * self.num_generations
