@@ -1,7 +1,7 @@
 """GRPO and its variants over multi-turn, multimodal tool-use rollouts: a thin loop around pure losses.
 
-Contents: :class:`GRPOConfig`, :func:`otc_tool_factor`, :func:`turn_ids_from_mask`, :func:`step_rewards`,
-:class:`GRPOTrainer`.
+Contents: :class:`GRPOConfig` (defined in :mod:`vgym.trainers.grpo_config`, re-exported), :func:`otc_tool_factor`,
+:func:`turn_ids_from_mask`, :func:`step_rewards`, :class:`GRPOTrainer`.
 
 One step: roll out ``prompts_per_step`` samples × ``num_generations`` episodes with the current model (one group per
 sample; episodes of a group share the sample and the env seed) → rewards (the env's composite reward, optionally
