@@ -165,7 +165,7 @@ def compute_reinforce_pp_advantage(
     ``Ã_i = R_i - mean_g(R)``; ``A_i = (Ã_i - mean_B(Ã)) / (std_B(Ã) + eps)`` where mean_B and (n-1) std_B run over
     all B trajectories (global advantage normalisation). With whole groups mean_B(Ã) is 0; it is subtracted anyway,
     as the paper's whitening does. The outcome-reward form is used (no per-token KL folded into the reward; apply KL
-    as a loss term instead, see :func:`vgym.trainers.rl_losses.kl_penalty`).
+    as a loss term instead, see :func:`vgym.trainers.regularisers.kl_penalty`).
 
     Args:
         rewards: (B,) float, one scalar outcome reward per trajectory.

@@ -38,7 +38,8 @@ from vgym.trainers.advantages import ADVANTAGE_ESTIMATORS, broadcast_advantages,
 from vgym.trainers.grpo_config import GRPOConfig
 from vgym.trainers.losses import token_logprobs
 from vgym.trainers.monitors import AlarmMonitor, rollout_metrics
-from vgym.trainers.rl_losses import compute_policy_objective, entropy_from_logits
+from vgym.trainers.regularisers import entropy_from_logits
+from vgym.trainers.rl_losses import compute_policy_objective
 from vgym.trainers.sft import collate
 from vgym.trajectory import Trajectory, atomic_path
 

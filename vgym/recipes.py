@@ -30,7 +30,7 @@ from vgym.policies.hf import GenerationConfig, HFPolicy
 from vgym.policies.oracle import OraclePolicy
 from vgym.rollout import ChatEncoder
 from vgym.trainers.grpo import GRPOConfig, GRPOTrainer
-from vgym.trainers.monitors import make_reporters
+from vgym.trainers.reporters import make_reporters
 from vgym.trainers.sft import SFTConfig, SFTTrainer
 from vgym.trajectory import save_trajectories, write_json
 

@@ -1,5 +1,6 @@
-"""Tests of trainers/monitors.py: rollout metrics on hand-built trajectories, the CSV log (round trip, new keys,
-resume), reporter construction, and the tool-collapse / LLD / entropy alarms on synthetic metric streams."""
+"""Tests of trainers/monitors.py and trainers/reporters.py: rollout metrics on hand-built trajectories, the CSV
+log (round trip, new keys, resume), reporter construction, and the tool-collapse / LLD / entropy alarms on synthetic
+metric streams."""
 
 from __future__ import annotations
 
@@ -15,16 +16,15 @@ import pytest
 import torch
 
 from vgym.errors import InvalidConfigError, UnknownNameError
-from vgym.trainers.monitors import (
+from vgym.trainers import monitors, reporters
+from vgym.trainers.monitors import AlarmConfig, AlarmMonitor, rollout_metrics
+from vgym.trainers.reporters import (
     REPORTERS,
-    AlarmConfig,
-    AlarmMonitor,
     CSVReporter,
     Reporter,
     TensorBoardReporter,
     make_reporters,
     read_metrics_csv,
-    rollout_metrics,
 )
 from vgym.trajectory import Trajectory
 
@@ -202,6 +202,13 @@ def test_every_registered_reporter_builds_or_names_its_package(
     rep.log(1, {"loss/pg": 0.5})
     rep.close()
     rep.close()
+
+
+@pytest.mark.parametrize("name", reporters.__all__)
+def test_monitors_re_exports_every_reporter_name(name: str) -> None:
+    # the reporters moved to vgym.trainers.reporters; `from vgym.trainers.monitors import X` must still work
+    assert name in monitors.__all__
+    assert getattr(monitors, name) is getattr(reporters, name)
 
 
 def test_tensorboard_writes_scalars(tmp_path: Path) -> None:

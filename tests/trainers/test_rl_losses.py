@@ -1,4 +1,5 @@
-"""Tests of trainers/advantages.py and trainers/rl_losses.py on small tensors whose values are worked out by hand."""
+"""Tests of trainers/advantages.py, trainers/rl_losses.py and trainers/regularisers.py on small tensors whose values
+are worked out by hand."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from vgym.trainers.advantages import (
     turn_advantages,
 )
 from vgym.trainers.losses import token_logprobs
+from vgym.trainers import regularisers, rl_losses
+from vgym.trainers.regularisers import entropy_from_logits, kl_penalty, llds_regulariser
 from vgym.trainers.rl_losses import (
     POLICY_LOSSES,
     LossType,
@@ -24,10 +27,7 @@ from vgym.trainers.rl_losses import (
     aggregate_loss,
     compute_policy_objective,
     dual_clip_policy_loss,
-    entropy_from_logits,
     gspo_policy_loss,
-    kl_penalty,
-    llds_regulariser,
     ppo_clip_policy_loss,
 )
 
@@ -285,6 +285,13 @@ def test_gspo_uses_one_sequence_ratio() -> None:
 
 
 # ---------------------------------------------------------------- KL, LLDS, entropy
+@pytest.mark.parametrize("name", regularisers.__all__)
+def test_rl_losses_re_exports_every_regulariser(name: str) -> None:
+    # the regularisers moved to vgym.trainers.regularisers; `from vgym.trainers.rl_losses import X` must still work
+    assert name in rl_losses.__all__
+    assert getattr(rl_losses, name) is getattr(regularisers, name)
+
+
 def test_kl_k1_and_k3_by_hand() -> None:
     """logp = [ln .5, ln .25], ref = [ln .25, ln .5]; δ = ref - logp = [-ln 2, ln 2].
     k1 = -δ = [0.6931, -0.6931]; k3 = e^δ - δ - 1 = [0.5 + 0.6931 - 1, 2 - 0.6931 - 1] = [0.1931, 0.3069].
