@@ -75,3 +75,35 @@ def test_shared_features_in_generation(tiny) -> None:  # type: ignore[no-untyped
     with shared_image_features(model):
         shared = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert torch.equal(plain, shared)
+
+
+def test_shared_features_keep_qwen3_vl_deepstack_features_in_order() -> None:
+    """Qwen3-VL also injects per-layer "deepstack" image features: reordered with the pooled ones, the logits of a
+    batch (image A, image B, image A) equal the unshared call's, with the vision tower run on two images."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+    config = Qwen3VLConfig(
+        text_config=dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_parameters=rope),
+        vision_config=dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                           deepstack_visual_indexes=[0, 1], num_position_embeddings=64),
+        image_token_id=5, video_token_id=6, vision_start_token_id=7, vision_end_token_id=8)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Qwen3VLForConditionalGeneration(config).eval()
+    seen: list[int] = []
+    model.model.visual.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    gen = torch.Generator().manual_seed(0)
+    image_a, image_b = (torch.randn(16, 3 * 2 * 16 * 16, generator=gen) for _ in range(2))  # 4 x 4 patches each
+    ids = torch.tensor([[1, 7, 5, 5, 5, 5, 8, 20, 21, 22]] * 3)  # 4 image tokens after the 2 x 2 merge
+    inputs = model_inputs(model, ids, torch.ones_like(ids), torch.cat([image_a, image_b, image_a]),
+                          torch.tensor([[1, 4, 4]] * 3))
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        with shared_image_features(model):
+            shared = model(**inputs).logits
+    assert seen == [48, 32]
+    torch.testing.assert_close(shared, plain)
+    assert not torch.allclose(plain[0], plain[1])  # the two images do differ in the output

@@ -143,9 +143,10 @@ def shared_image_features(model: Any) -> Iterator[None]:
             return original(pixel_values, image_grid_thw, **kwargs)  # an output layout we do not know
         out.pooler_output = tuple(pooled[j] for j in inverse)
         deepstack = getattr(out, "deepstack_features", None)
-        if deepstack is not None:
+        if deepstack is not None:  # Qwen3-VL: per layer, split per image (5.24) or concatenated (5.17)
             sizes = [len(p) for p in pooled]
-            out.deepstack_features = [torch.cat([f.split(sizes)[j] for j in inverse]) for f in deepstack]
+            out.deepstack_features = [type(f)(f[j] for j in inverse) if isinstance(f, (tuple, list))
+                                      else torch.cat([f.split(sizes)[j] for j in inverse]) for f in deepstack]
         return out
 
     owner.get_image_features = shared
