@@ -1,7 +1,8 @@
 """Two tools in sequence: the second call's arguments come from the first call's output.
 
 Contents: :data:`TASK_NAME`, :data:`KINDS`, :data:`PATTERNS`, :data:`OPTIONS`, :data:`SCALE_RANGE`,
-:data:`CF_RATIO`, :data:`CLIP_SIZE`, :data:`FPS`, :class:`MultiToolConfig`, :class:`MultiToolTask`, :func:`render_clip_frame`.
+:data:`CF_RATIO`, :data:`CLIP_SIZE`, :data:`FPS`, :class:`MultiToolConfig`, :class:`MultiToolTask`,
+:func:`render_clip_frame`.
 
 Kinds (``MultiToolConfig.kind``; None alternates them by index: even indices ``ground_depth``, odd ``frames_crop``;
 a sample is the same whichever way its kind was chosen):
@@ -13,10 +14,11 @@ about the camera centre (solids, camera height, wall distance, checker cells): a
 and every depth is multiplied by ``s``, so metric depth is not recoverable from the image. The picture is the
 renderer's unit scene (s = 1) and ``arrays["depth"]`` is its depth times ``s``; a float ray cast of the scaled scene
 itself (a copy of the depth_3d renderer with every length times s, run once outside the tests) gave
-byte-identical pictures for 300 of 300 scenes at random s. Oracle: ``ground`` with the object's name gives its box (the visible pixels' bounding box), ``depth`` with
-that box reports the box's median; only objects whose box median is within a quarter of the tolerance of the gold are
-asked (occluders or background inside the box never push the reading out). Arrays also hold ``right``, the stereo
-view, with ``metadata["stereo"]`` calibrated at the scaled baseline, so the depth tool's stereo backend works too.
+byte-identical pictures for 300 of 300 scenes at random s. Oracle: ``ground`` with the object's name gives its box
+(the visible pixels' bounding box), ``depth`` with that box reports the box's median; only objects whose box median
+is within a quarter of the tolerance of the gold are asked (occluders or background inside the box never push the
+reading out). Arrays also hold ``right``, the stereo view, with ``metadata["stereo"]`` calibrated at the scaled
+baseline, so the depth tool's stereo backend works too.
 Counterfactuals: the same scene at scales ``s · 1.25^k`` inside the range (identical pictures, answers 25% apart).
 
 ``frames_crop`` — a :data:`CLIP_SIZE` clip at :data:`FPS` fps (mp4v, cached like video_grounding's) of framed
@@ -38,21 +40,18 @@ distractors): 0 — 4 / 12-18 / 16 / 2 / 1;  1 — 6 / 8-14 / 12 / 1 / 2;  2 —
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from vgym.clips import default_clip_dir, ensure_clip
+from vgym.clips import clip_path, ensure_clip, overview_indices, overview_timeline
 from vgym.errors import InvalidConfigError
 from vgym.rewards import multiple_choice_reward, numeric_reward
 from vgym.task import Sample, Solution, Task, register_task, sample_seed
 from vgym.tasks.depth_3d import Depth3dConfig, Depth3dTask, Scene, render_view
 from vgym.tasks.visual_search import pattern_tile
-from vgym.tools.video import frame_indices
 
 __all__ = ["TASK_NAME", "KINDS", "PATTERNS", "OPTIONS", "SCALE_RANGE", "CF_RATIO", "CLIP_SIZE", "FPS",
            "MultiToolConfig", "MultiToolTask", "render_clip_frame"]
@@ -188,8 +187,7 @@ class MultiToolTask(Task):
 
     def _overview(self, num_frames: int) -> list[int]:
         """The overview frames: those ``sample_frames`` picks for ``overview_frames`` frames over the whole clip."""
-        n, times = self.config.overview_frames, np.arange(num_frames) / FPS
-        return frame_indices(times, [(k + 0.5) * num_frames / FPS / n for k in range(n)])
+        return overview_indices(num_frames, FPS, self.config.overview_frames)
 
     def plan(self, split: str, index: int, seed: int) -> dict[str, Any]:
         """The frames_crop clip of item ``index`` (whatever the configured kind), a pure function of the arguments.
@@ -203,9 +201,8 @@ class MultiToolTask(Task):
         rng = sample_seed(seed, split, index)
         seconds, (lo, hi), side, stripe, n_distractors = _CLIP_LEVELS[self.config.difficulty]
         num_frames = seconds * FPS
-        overview = self._overview(num_frames)
-        edges = [-1, *overview, num_frames]  # the gaps between overview frames, which the marker must keep to
-        gaps = [(a + 1, b) for a, b in zip(edges, edges[1:]) if b > a + 1]
+        # The non-empty gaps between overview frames, which the marker must keep to.
+        gaps = [(a, b) for a, b in overview_timeline(num_frames, FPS, self.config.overview_frames).gaps if b > a]
         length = min(int(rng.integers(lo, hi + 1)), max(b - a for a, b in gaps))
         fitting = [(a, b) for a, b in gaps if b - a >= length]
         a, b = fitting[int(rng.integers(len(fitting)))]
@@ -223,10 +220,8 @@ class MultiToolTask(Task):
 
     def clip_path(self, plan: dict[str, Any]) -> str:
         """Where the clip of ``plan`` is cached: ``clip_dir / multi_tool-<hash>.mp4``, the hash of the task, its
-        version, the renderer's version and the plan (which fixes every pixel)."""
-        key = json.dumps([TASK_NAME, self.version, _RENDER_VERSION, plan], sort_keys=True)
-        folder = self.config.clip_dir or default_clip_dir()
-        return os.path.join(folder, f"{TASK_NAME}-{hashlib.sha1(key.encode()).hexdigest()[:20]}.mp4")
+        version, the renderer's version and the plan (which fixes every pixel; :func:`vgym.clips.clip_path`)."""
+        return clip_path(TASK_NAME, [self.version, _RENDER_VERSION, plan], clip_dir=self.config.clip_dir)
 
     def _frames_crop(self, plan: dict[str, Any], split: str, index: int, seed: int, suffix: str = "") -> Sample:
         path = self.clip_path(plan)

@@ -30,20 +30,16 @@ Difficulty (clip seconds / event length in frames / distractor events / static o
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
-from vgym.clips import default_clip_dir, ensure_clip, write_clip
+from vgym.clips import clip_path, ensure_clip, overview_indices, write_clip
 from vgym.errors import InvalidConfigError
 from vgym.rewards import interval_iou_reward
 from vgym.task import Sample, Solution, Task, register_task, sample_seed
-from vgym.tools.video import frame_indices
 
 __all__ = ["TASK_NAME", "KINDS", "COLOURS", "SHAPES", "FLASH_COLOURS", "VideoGroundingConfig", "VideoGroundingTask",
            "render_frame", "write_clip"]
@@ -242,11 +238,9 @@ class VideoGroundingTask(Task):
         )
 
     def overview_indices(self) -> list[int]:
-        """Indices of the frames in ``Sample.images``: those ``sample_frames`` picks over the whole clip."""
-        cfg = self.config
-        times = np.arange(cfg.num_frames) / cfg.fps
-        duration = cfg.num_frames / cfg.fps
-        return frame_indices(times, [(k + 0.5) * duration / cfg.overview_frames for k in range(cfg.overview_frames)])
+        """Indices of the frames in ``Sample.images``: those ``sample_frames`` picks over the whole clip
+        (:func:`vgym.clips.overview_indices`)."""
+        return overview_indices(self.config.num_frames, self.config.fps, self.config.overview_frames)
 
     def counterfactuals(self, sample: Sample) -> list[Sample]:
         """Every other placement of the queried event, at its length, that changes no overview frame.
@@ -287,12 +281,11 @@ class VideoGroundingTask(Task):
 
     def clip_path(self, split: str, index: int, seed: int) -> str:
         """Where :meth:`sample` writes the clip: ``clip_dir`` / ``video_grounding-<hash>.mp4``, the hash of the task,
-        its version, the renderer's version, the config (less ``clip_dir``), split, seed and index."""
-        cfg = self.config
-        fields = {k: v for k, v in asdict(cfg).items() if k != "clip_dir"}
-        key = json.dumps([TASK_NAME, self.version, _RENDER_VERSION, fields, split, seed, index], sort_keys=True)
-        folder = cfg.clip_dir or default_clip_dir()
-        return os.path.join(folder, f"{TASK_NAME}-{hashlib.sha1(key.encode()).hexdigest()[:20]}.mp4")
+        its version, the renderer's version, the config (less ``clip_dir``), split, seed and index
+        (:func:`vgym.clips.clip_path`)."""
+        fields = {k: v for k, v in asdict(self.config).items() if k != "clip_dir"}
+        return clip_path(TASK_NAME, [self.version, _RENDER_VERSION, fields, split, seed, index],
+                         clip_dir=self.config.clip_dir)
 
     def score(self, sample: Sample, answer: str) -> float:
         return interval_iou_reward(answer, [sample.metadata["start_s"], sample.metadata["end_s"]])

@@ -13,15 +13,15 @@ background a colour). Three question kinds, each with an exact answer drawn unif
 - ``at_time``: "What colour is the screen at 3.4 s? (A) green (B) white (C) purple (D) pink (E) no flash".
   The two multiple-choice kinds are scored by :func:`vgym.rewards.multiple_choice_reward`.
 
-Timing. The model sees ``overview_frames`` (n) evenly spaced frames, the ones video_grounding shows (the frame
-nearest (k + 1/2)·D/n s). Every event lies strictly between two of them, in a *gap*, so the overview shows only the
+Timing (:func:`vgym.clips.overview_timeline`). The model sees ``overview_frames`` (n) evenly spaced frames, the ones
+video_grounding shows. Every event lies strictly between two of them, in a *gap*, so the overview shows only the
 background and the static objects, whatever the events are. Each of the n - 1 inner gaps has a *slot*: an interval
-around the gap's midpoint k·D/n. Count and order subjects happen only in slots, at most one per slot (a slot may
-instead hold a look-alike: another flash colour, or another colour of the counted shape in its cell), and nowhere
-else. The oracle's one call ``sample_frames(D/(2n), D - D/(2n), n - 1)`` returns the frames at the slot midpoints
-(every slot holds both frames a rounding tie could pick), so it sees each subject event once, separated by overview
-frames in which nothing shows: counts and order follow from its frames. ``at_time`` asks about a frame inside a slot
-in any gap (never an overview frame); the slot holds a flash or nothing, and the oracle calls ``get_frame`` there.
+around the gap's probe frames (at k·D/n s). Count and order subjects happen only in slots, at most one per slot (a
+slot may instead hold a look-alike: another flash colour, or another colour of the counted shape in its cell), and
+nowhere else. The oracle's one call ``sample_frames(D/(2n), D - D/(2n), n - 1)`` returns probe frames, so it sees
+each subject event once, separated by overview frames in which nothing shows: counts and order follow from its
+frames. ``at_time`` asks about a frame inside a slot in any gap (never an overview frame); the slot holds a flash or
+nothing, and the oracle calls ``get_frame`` there.
 Distractor flashes keep a frame away from slots and from each other; distractor appearances go anywhere in gaps.
 4 overview frames + 3 tool frames fit the env's default budget of 8 images (a 16-frame call would not).
 
@@ -38,22 +38,18 @@ Difficulty (clip seconds / event length in frames at 10 fps / distractor events 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import os
 import string
-from dataclasses import asdict, dataclass
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from vgym.clips import default_clip_dir, ensure_clip
+from vgym.clips import OverviewTimeline, clip_path, ensure_clip, overview_timeline
 from vgym.errors import InvalidConfigError
 from vgym.rewards import multiple_choice_reward, numeric_reward
 from vgym.task import Sample, Solution, Task, register_task, sample_seed
 from vgym.tasks.video_grounding import COLOURS, FLASH_COLOURS, SHAPES, VideoGroundingConfig, render_frame
-from vgym.tools.video import frame_indices
 
 __all__ = ["TASK_NAME", "QUESTIONS", "AT_TIME_OPTIONS", "VideoQaConfig", "VideoQaTask"]
 
@@ -127,31 +123,10 @@ class VideoQaConfig:
         return max(1, round(low * self.fps / 10)), max(1, round(high * self.fps / 10))
 
 
-@dataclass(frozen=True)
-class _Timeline:
-    """Where events may go: ``overview`` frames, ``gaps`` between them (half-open frame ranges, edges included) and
-    ``probes``, per inner gap, every frame the oracle's call may return for it."""
-
-    overview: list[int]
-    gaps: list[tuple[int, int]]
-    probes: list[list[int]]
-
-
-def _timeline(cfg: VideoQaConfig) -> _Timeline:
-    n_frames, n = cfg.num_frames, cfg.overview_frames
-    duration = n_frames / cfg.fps
-    overview = frame_indices(np.arange(n_frames) / cfg.fps, [(k + 0.5) * duration / n for k in range(n)])
-    bounds = [-1, *overview, n_frames]
-    gaps = [(bounds[j] + 1, bounds[j + 1]) for j in range(n + 1)]
-    # The call aims at frame k·N/n; a tie (x.5) may go either way after float rounding, so both frames count.
-    probes = [[i for i in range(n_frames) if abs(i - k * n_frames / n) <= 0.5 + 1e-3] for k in range(1, n)]
-    return _Timeline(overview, gaps, probes)
-
-
 class _Scene:
     """A plan under construction: objects, events and the frames no further flash may touch."""
 
-    def __init__(self, rng: np.random.Generator, cfg: VideoQaConfig, timeline: _Timeline) -> None:
+    def __init__(self, rng: np.random.Generator, cfg: VideoQaConfig, timeline: OverviewTimeline) -> None:
         self.rng, self.timeline, self.lengths = rng, timeline, cfg.event_frames
         self.look_alike = _LEVELS[cfg.difficulty][4]
         identities = [(c, s) for c in COLOURS for s in SHAPES]
@@ -185,12 +160,15 @@ class _Scene:
         self.events.append({"kind": "flash", "start": interval[0], "end": interval[1], "colour": colour})
         self.blocked.update(range(*interval))
 
-    def appear(self, interval: list[int]) -> None:
-        """A new object (identity and cell from the pools) on screen during ``interval``."""
+    def new_object(self) -> int:
+        """A new object, its identity and cell taken from the pools; its index."""
         colour, shape = self.identities.pop()
         self.objects.append({"colour": colour, "shape": shape, "cell": list(self.cells.pop())})
-        self.events.append({"kind": "appear", "start": interval[0], "end": interval[1],
-                            "object": len(self.objects) - 1})
+        return len(self.objects) - 1
+
+    def appear(self, interval: list[int]) -> None:
+        """A new object on screen during ``interval``."""
+        self.events.append({"kind": "appear", "start": interval[0], "end": interval[1], "object": self.new_object()})
 
     def distractors(self, count: int) -> None:
         """``count`` flashes (colours left in the pool, a frame away from slots and flashes) or appearances."""
@@ -210,8 +188,7 @@ class _Scene:
 
     def statics(self, count: int) -> None:
         for _ in range(count):
-            colour, shape = self.identities.pop()
-            self.objects.append({"colour": colour, "shape": shape, "cell": list(self.cells.pop())})
+            self.new_object()
 
 
 def _subject(scene: _Scene) -> dict[str, Any]:
@@ -372,7 +349,7 @@ class VideoQaTask(Task):
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
-        self._timeline = _timeline(self.config)
+        self._timeline = overview_timeline(self.config.num_frames, self.config.fps, self.config.overview_frames)
 
     def plan(self, split: str, index: int, seed: int) -> dict[str, Any]:
         """The clip and question, a pure function of the arguments (no pixels; cheap enough to hash thousands).
@@ -404,11 +381,11 @@ class VideoQaTask(Task):
         return self._build(self.plan(split, index, seed), split, index, seed)
 
     def counterfactuals(self, sample: Sample) -> list[Sample]:
-        """One sample per other answer, its plan differing only inside the slots (so the overview frames are
-        byte-identical): every other count (free slots filled with the subject from the first, or filled ones
-        emptied from the last), the order swapped, every other screen colour at the asked time. Their answers are
-        the whole answer set, whichever member of the class it is computed from. Each has its own clip (named by
-        its plan) and the id ``<sample id>/cf<k>``."""
+        """One sample per other answer, its plan differing only inside the slots (see "Tool necessity" in the module
+        docstring): every other count (free slots filled with the subject from the first, or filled ones emptied
+        from the last), the order swapped, every other screen colour at the asked time. Their answers are the whole
+        answer set, whichever member of the class it is computed from. Each has its own clip (named by its plan) and
+        the id ``<sample id>/cf<k>``."""
         meta = sample.metadata
         plan = meta["plan"]
         others = _KINDS[plan["query"]["kind"]][2](plan["query"], _state(plan))
@@ -422,43 +399,25 @@ class VideoQaTask(Task):
         ensure_clip(path, lambda: [render_frame(plan, i, render) for i in range(cfg.num_frames)], cfg.fps)
         answer, gold_index = _gold(plan)
         query = plan["query"]
-        metadata: dict[str, Any] = {
-            "question_kind": query["kind"],
-            "fps": cfg.fps,
-            "num_frames": cfg.num_frames,
-            "duration_s": cfg.num_frames / cfg.fps,
-            "overview_frames": tl.overview,
-            "probe_frames": tl.probes,
-            "seed": seed,
-            "plan": plan,
-        }
+        metadata: dict[str, Any] = {"question_kind": query["kind"], "fps": cfg.fps, "num_frames": cfg.num_frames,
+                                    "duration_s": cfg.num_frames / cfg.fps, "overview_frames": tl.overview,
+                                    "probe_frames": tl.probes, "seed": seed, "plan": plan}
         if gold_index is not None:
             metadata.update(options=_options(plan), gold_index=gold_index)
         if query["kind"] == "at_time":
             metadata["time_s"] = round(query["frame"] / cfg.fps, 3)
-        return Sample(
-            id=sample_id or f"{TASK_NAME}/{split}/{seed}/{index}",
-            task=TASK_NAME,
-            split=split,
-            index=index,
-            question=_question(plan, cfg.fps),
-            images=tuple(render_frame(plan, i, render) for i in tl.overview),
-            answer=answer,
-            metadata=metadata,
-            video=path,
-        )
+        images = tuple(render_frame(plan, i, render) for i in tl.overview)
+        return Sample(id=sample_id or f"{TASK_NAME}/{split}/{seed}/{index}", task=TASK_NAME, split=split, index=index,
+                      question=_question(plan, cfg.fps), images=images, answer=answer, metadata=metadata, video=path)
 
     def clip_path(self, split: str, index: int, seed: int, *, plan: dict[str, Any] | None = None) -> str:
         """Where the clip goes: ``clip_dir`` / ``video_qa-<hash>.mp4``, the hash of the task, its version, the
         renderer's version, the config (less ``clip_dir``), split, seed, index and the plan (None: the sample's;
-        a counterfactual's plan names its own clip)."""
-        cfg = self.config
-        fields = {k: v for k, v in asdict(cfg).items() if k != "clip_dir"}
+        a counterfactual's plan names its own clip; :func:`vgym.clips.clip_path`)."""
+        fields = {k: v for k, v in asdict(self.config).items() if k != "clip_dir"}
         plan = self.plan(split, index, seed) if plan is None else plan
-        key = json.dumps([TASK_NAME, self.version, _RENDER_VERSION, fields, split, seed, index, plan],
-                         sort_keys=True)
-        folder = cfg.clip_dir or default_clip_dir()
-        return os.path.join(folder, f"{TASK_NAME}-{hashlib.sha1(key.encode()).hexdigest()[:20]}.mp4")
+        return clip_path(TASK_NAME, [self.version, _RENDER_VERSION, fields, split, seed, index, plan],
+                         clip_dir=self.config.clip_dir)
 
     def score(self, sample: Sample, answer: str) -> float:
         meta = sample.metadata
