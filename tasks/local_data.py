@@ -5,16 +5,17 @@ Contents: :class:`VgymJsonlConfig`, :class:`VgymJsonlTask`, :class:`ChartqaConfi
 :class:`CharadesStaTask`.
 
 Every loader is a :class:`vgym.datasets.DatasetTask` (``procedural = False``): its config names the dataset folder
-``root`` (required), and each format's records become :class:`~vgym.datasets.DatasetRecord` s through
-:func:`~vgym.datasets.parse_record`, so they are validated and scored exactly like the vgym JSONL format. Every
+``root`` (required), and each format's records become :class:`~vgym.dataset_records.DatasetRecord` s through
+:func:`~vgym.dataset_records.parse_record`, so they are validated and scored exactly like the vgym JSONL format. Every
 path goes through :func:`~vgym.datasets.confined_path`. Layouts:
 
 - ``vgym_jsonl`` (``vgym/VgymJsonl-v0``): ``<root>/<annotations>`` in the vgym JSONL format (module docstring of
-  :mod:`vgym.datasets`).
-- ``chartqa_dataset`` (``vgym/ChartqaDataset-v0``): the official ChartQA release, ``<root>/<split>/<split>_<subset>.json`` (JSON
-  lists of ``{"imgname", "query", "label"}``) with images in ``<root>/<split>/png/``. Scored by ChartQA's relaxed
-  accuracy: a label that is one number (optionally with ``%``) is ``numeric`` with 5 % tolerance relative to the
-  gold value, any other label a normalised ``exact`` match. Record ids ``<split>/<subset>/<position>``.
+  :mod:`vgym.dataset_records`).
+- ``chartqa_dataset`` (``vgym/ChartqaDataset-v0``): the official ChartQA release,
+  ``<root>/<split>/<split>_<subset>.json`` (JSON lists of ``{"imgname", "query", "label"}``) with images in
+  ``<root>/<split>/png/``. Scored by ChartQA's relaxed accuracy: a label that is one number (optionally with ``%``)
+  is ``numeric`` with 5 % tolerance relative to the gold value, any other label a normalised ``exact`` match. Record
+  ids ``<split>/<subset>/<position>``.
 - ``vstar`` (``vgym/Vstar-v0``): V* Bench's ``<root>/test_questions.jsonl`` (the Hugging Face release
   ``craigwu/vstar_bench``), lines ``{"image": "direct_attributes/sa_4690.jpg", "text": "What is the material of the
   glove?\\n(A) rubber\\n(B) cotton\\n(C) kevlar\\n(D) leather\\nAnswer with the option's letter from the given choices
@@ -41,8 +42,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from vgym.datasets import (DatasetConfig, DatasetRecord, DatasetTask, confined_path, parse_record, read_json,
-                           read_json_lines, read_text_lines, read_vgym_jsonl)
+from vgym.dataset_records import DatasetRecord, parse_record, read_vgym_jsonl
+from vgym.datasets import DatasetConfig, DatasetTask, confined_path, read_json, read_json_lines, read_text_lines
 from vgym.errors import InvalidConfigError
 from vgym.task import SPLITS, register_task
 

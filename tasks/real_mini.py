@@ -42,7 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from vgym.datasets import DatasetRecord, DatasetTask, confined_path, load_image, read_vgym_jsonl
+from vgym.dataset_records import DatasetRecord, read_vgym_jsonl
+from vgym.datasets import DatasetTask, confined_path, load_image
 from vgym.errors import InvalidConfigError, VgymError
 from vgym.task import Sample, Solution, register_task
 

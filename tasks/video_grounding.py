@@ -1,7 +1,8 @@
 """Video temporal grounding: find when one event happens in a short synthetic clip and answer ``[start, end]``.
 
-Contents: :data:`TASK_NAME`, :data:`KINDS`, :data:`COLOURS`, :data:`SHAPES`, :data:`FLASH_COLOURS`,
-:class:`VideoGroundingConfig`, :class:`VideoGroundingTask`, :func:`render_frame`, :func:`write_clip`.
+Contents: :data:`TASK_NAME`, :data:`KINDS`, :class:`VideoGroundingConfig`, :class:`VideoGroundingTask`;
+re-exported: :data:`COLOURS`, :data:`SHAPES`, :data:`FLASH_COLOURS`, :func:`render_frame` (the shape-scene renderer
+and its tables, :mod:`vgym.shape_scenes`) and :func:`write_clip` (:mod:`vgym.clips`).
 
 A clip (224×168 at 10 fps, 6/8/10 s by difficulty) shows coloured shapes (ball, square, triangle) on a dark
 background. Several events happen at known times, each on its own object (or, for flashes, the whole screen):
@@ -33,12 +34,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import cv2
-import numpy as np
-
 from vgym.clips import clip_path, ensure_clip, overview_indices, write_clip
 from vgym.errors import InvalidConfigError
 from vgym.rewards import interval_iou_reward
+from vgym.shape_scenes import COLOURS, DIRECTIONS, FLASH_COLOURS, GRID, SHAPES, render_frame
 from vgym.task import Sample, Solution, Task, register_task, sample_seed
 
 __all__ = ["TASK_NAME", "KINDS", "COLOURS", "SHAPES", "FLASH_COLOURS", "VideoGroundingConfig", "VideoGroundingTask",
@@ -49,36 +48,11 @@ TASK_NAME = "video_grounding"
 KINDS: tuple[str, ...] = ("appear", "move", "flash")
 """Event kinds; the queried event's kind is uniform over these."""
 
-SHAPES: tuple[str, ...] = ("ball", "square", "triangle")
-"""Object shapes."""
-
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (230, 30, 30),
-    "blue": (40, 80, 240),
-    "yellow": (240, 220, 30),
-    "magenta": (220, 40, 220),
-    "cyan": (30, 220, 230),
-    "orange": (245, 140, 20),
-}
-"""Object colours (RGB); objects get a black outline so they stay visible during any flash."""
-
-FLASH_COLOURS: dict[str, tuple[int, int, int]] = {
-    "green": (40, 200, 60),
-    "white": (245, 245, 245),
-    "purple": (130, 50, 200),
-    "pink": (255, 150, 190),
-}
-"""Background colours of ``flash`` events (RGB)."""
-
-DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-"""Move directions as (column, row) steps of one grid cell."""
-
 _LEVELS = {  # difficulty: (seconds, (shortest, longest) event in frames, distractor events, static objects)
     0: (6, (15, 30), 1, 1),
     1: (8, (8, 20), 3, 2),
     2: (10, (3, 10), 5, 2),
 }
-_GRID = (4, 3)  # (columns, rows) of cells an object rests in; a move spans two neighbouring cells
 _RENDER_VERSION = 1  # bump when the pictures change, so cached clips are rewritten under new names
 
 
@@ -164,7 +138,7 @@ class VideoGroundingTask(Task):
         identities = [(c, s) for c in COLOURS for s in SHAPES]
         order = rng.permutation(len(identities))
         flash_names = [str(name) for name in rng.permutation(list(FLASH_COLOURS))]
-        free = {(c, r) for c in range(_GRID[0]) for r in range(_GRID[1])}
+        free = {(c, r) for c in range(GRID[0]) for r in range(GRID[1])}
         objects: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
         flashes: list[tuple[int, int]] = []
@@ -323,52 +297,6 @@ def _question(plan: dict[str, Any]) -> str:
     if event["kind"] == "appear":
         return f"When is the {name} visible?"
     return f"When does the {name} move {event['direction']}?"
-
-
-def render_frame(plan: dict[str, Any], index: int, config: VideoGroundingConfig) -> np.ndarray:
-    """Frame ``index`` of the clip described by ``plan`` (see :meth:`VideoGroundingTask.plan`): RGB uint8 (H, W, 3).
-
-    Flashes fill the background during frames ``[start, end)``; appearing objects are drawn only then; a moving
-    object sits at ``cell + direction * clip((index - start) / (end - start), 0, 1)`` cells.
-    """
-    cfg = config
-    background = plan["background"]
-    for event in plan["events"]:
-        if event["kind"] == "flash" and event["start"] <= index < event["end"]:
-            background = FLASH_COLOURS[event["colour"]]
-    image = np.empty((cfg.height, cfg.width, 3), np.uint8)
-    image[:] = background
-    events = {e["object"]: e for e in plan["events"] if "object" in e}
-    cell = cfg.width // _GRID[0]
-    radius = cell * 5 // 14  # 20 px at the default 56-px cells
-    for i, obj in enumerate(plan["objects"]):
-        col, row = obj["cell"]
-        event = events.get(i)
-        if event and event["kind"] == "appear" and not event["start"] <= index < event["end"]:
-            continue
-        if event and event["kind"] == "move":
-            dx, dy = DIRECTIONS[event["direction"]]
-            f = min(1.0, max(0.0, (index - event["start"]) / (event["end"] - event["start"])))
-            col, row = col + f * dx, row + f * dy
-        cx, cy = round((col + 0.5) * cell), round((row + 0.5) * cell)
-        _draw_shape(image, obj["shape"], (cx, cy), radius, COLOURS[obj["colour"]])
-    return image
-
-
-def _draw_shape(image: np.ndarray, shape: str, centre: tuple[int, int], r: int, colour: tuple[int, int, int]) -> None:
-    """A filled ``shape`` of radius ``r`` with a 2-px black outline."""
-    cx, cy = centre
-    if shape == "ball":
-        cv2.circle(image, centre, r, (0, 0, 0), -1, cv2.LINE_AA)
-        cv2.circle(image, centre, r - 2, colour, -1, cv2.LINE_AA)
-        return
-    if shape == "square":
-        s = r * 4 // 5
-        points = np.array([[cx - s, cy - s], [cx + s, cy - s], [cx + s, cy + s], [cx - s, cy + s]], np.int32)
-    else:  # triangle, apex up
-        points = np.array([[cx, cy - r], [cx + r, cy + r * 3 // 4], [cx - r, cy + r * 3 // 4]], np.int32)
-    cv2.fillPoly(image, [points], colour, cv2.LINE_AA)
-    cv2.polylines(image, [points], True, (0, 0, 0), 2, cv2.LINE_AA)
 
 
 register_task(VideoGroundingTask)

@@ -3,9 +3,10 @@
 Contents: :data:`TASK_NAME`, :data:`QUESTIONS`, :data:`AT_TIME_OPTIONS`, :class:`VideoQaConfig`,
 :class:`VideoQaTask`.
 
-Clips come from the renderer of :mod:`vgym.tasks.video_grounding` (coloured shapes on a dark background, 224×168 at
-10 fps, 6/8/10 s by difficulty; an ``appear`` event shows an object only during its interval, a ``flash`` turns the
-background a colour). Three question kinds, each with an exact answer drawn uniformly *before* the clip is built:
+Clips come from the shape-scene renderer of :mod:`vgym.shape_scenes`, as video_grounding's do, and their plans are
+built with its :class:`~vgym.shape_scenes.Scene` (coloured shapes on a dark background, 224×168 at 10 fps, 6/8/10 s
+by difficulty; an ``appear`` event shows an object only during its interval, a ``flash`` turns the background a
+colour). Three question kinds, each with an exact answer drawn uniformly *before* the clip is built:
 
 - ``count``: "How many times does the screen flash green?" / "How many times does the red ball appear?" — an
   integer 0..m (m = overview_frames - 1), scored by :func:`vgym.rewards.numeric_reward`;
@@ -43,13 +44,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
-
-from vgym.clips import OverviewTimeline, clip_path, ensure_clip, overview_timeline
+from vgym.clips import clip_path, ensure_clip, overview_timeline
 from vgym.errors import InvalidConfigError
 from vgym.rewards import multiple_choice_reward, numeric_reward
+from vgym.shape_scenes import COLOURS, FLASH_COLOURS, Scene, render_frame
 from vgym.task import Sample, Solution, Task, register_task, sample_seed
-from vgym.tasks.video_grounding import COLOURS, FLASH_COLOURS, SHAPES, VideoGroundingConfig, render_frame
+from vgym.tasks.video_grounding import VideoGroundingConfig
 
 __all__ = ["TASK_NAME", "QUESTIONS", "AT_TIME_OPTIONS", "VideoQaConfig", "VideoQaTask"]
 
@@ -66,7 +66,6 @@ _LEVELS = {  # difficulty: (seconds, (shortest, longest) event in frames at 10 f
     1: (8, (4, 10), 3, 2, 0.5),
     2: (10, (2, 5), 5, 2, 0.75),
 }
-_CELLS = [(c, r) for r in range(3) for c in range(4)]  # video_grounding's 4 x 3 grid of object cells
 _RENDER_VERSION = 1  # bump when plans or pictures change, so cached clips are rewritten under new names
 
 
@@ -123,89 +122,13 @@ class VideoQaConfig:
         return max(1, round(low * self.fps / 10)), max(1, round(high * self.fps / 10))
 
 
-class _Scene:
-    """A plan under construction: objects, events and the frames no further flash may touch."""
-
-    def __init__(self, rng: np.random.Generator, cfg: VideoQaConfig, timeline: OverviewTimeline) -> None:
-        self.rng, self.timeline, self.lengths = rng, timeline, cfg.event_frames
-        self.look_alike = _LEVELS[cfg.difficulty][4]
-        identities = [(c, s) for c in COLOURS for s in SHAPES]
-        self.identities = [identities[i] for i in rng.permutation(len(identities))]  # popped: each used once
-        self.cells = [_CELLS[i] for i in rng.permutation(len(_CELLS))]  # popped: one object identity per cell
-        self.flash_colours = [str(c) for c in rng.permutation(list(FLASH_COLOURS))]
-        self.objects: list[dict[str, Any]] = []
-        self.events: list[dict[str, Any]] = []
-        self.blocked: set[int] = set()
-
-    def length(self) -> int:
-        return int(self.rng.integers(self.lengths[0], self.lengths[1] + 1))
-
-    def pick(self, options: list[Any]) -> Any:
-        return options[int(self.rng.integers(len(options)))]
-
-    def slot(self, gap: tuple[int, int], must: list[int]) -> list[int]:
-        """A random interval inside ``gap`` holding every frame of ``must``; blocked for distractor flashes."""
-        lo, hi = gap
-        first, last = (min(must), max(must)) if must else (hi - 1, lo)
-        length = min(max(self.length(), last - first + 1), hi - lo)
-        start = int(self.rng.integers(max(lo, last - length + 1), min(first, hi - length) + 1))
-        self.blocked.update(range(start, start + length))
-        return [start, start + length]
-
-    def inner_slots(self) -> list[list[int]]:
-        """One slot per inner gap, around the frames the oracle's call returns there."""
-        return [self.slot(self.timeline.gaps[g + 1], probes) for g, probes in enumerate(self.timeline.probes)]
-
-    def flash(self, interval: list[int], colour: str) -> None:
-        self.events.append({"kind": "flash", "start": interval[0], "end": interval[1], "colour": colour})
-        self.blocked.update(range(*interval))
-
-    def new_object(self) -> int:
-        """A new object, its identity and cell taken from the pools; its index."""
-        colour, shape = self.identities.pop()
-        self.objects.append({"colour": colour, "shape": shape, "cell": list(self.cells.pop())})
-        return len(self.objects) - 1
-
-    def appear(self, interval: list[int]) -> None:
-        """A new object on screen during ``interval``."""
-        self.events.append({"kind": "appear", "start": interval[0], "end": interval[1], "object": self.new_object()})
-
-    def distractors(self, count: int) -> None:
-        """``count`` flashes (colours left in the pool, a frame away from slots and flashes) or appearances."""
-        for _ in range(count):
-            length = self.length()
-            if self.rng.random() < 0.5:
-                starts = [s for lo, hi in self.timeline.gaps for s in range(lo, hi - length + 1)
-                          if self.blocked.isdisjoint(range(s - 1, s + length + 1))]
-                if starts:
-                    start = self.pick(starts)
-                    self.flash([start, start + length], self.pick(self.flash_colours))
-                    continue
-            lo, hi = self.pick(self.timeline.gaps)
-            length = min(length, hi - lo)
-            start = int(self.rng.integers(lo, hi - length + 1))
-            self.appear([start, start + length])
-
-    def statics(self, count: int) -> None:
-        for _ in range(count):
-            self.new_object()
-
-
-def _subject(scene: _Scene) -> dict[str, Any]:
-    """A flash colour or an object identity (with its cell), taken out of the scene's pools."""
-    if scene.rng.random() < 0.5:
-        return {"kind": "flash", "colour": scene.flash_colours.pop()}
-    colour, shape = scene.identities.pop()
-    return {"kind": "appear", "colour": colour, "shape": shape, "cell": list(scene.cells.pop())}
-
-
 # Each kind: a planner (query without slot contents, and the sample's state), the slot contents of a state, and the
 # states of the counterfactuals. A state is the list of slots holding the subject (count), the option shown
 # first (order: 0 or 1) or the flash colour in the slot (at_time: a colour or None).
 
 
-def _plan_count(scene: _Scene) -> tuple[dict[str, Any], Any]:
-    rng, slots, subject = scene.rng, scene.inner_slots(), _subject(scene)
+def _plan_count(scene: Scene) -> tuple[dict[str, Any], Any]:
+    rng, slots, subject = scene.rng, scene.inner_slots(), scene.subject()
     pool = scene.flash_colours if subject["kind"] == "flash" else [c for c in COLOURS if c != subject["colour"]]
     # Each slot's look-alike (another flash colour, or another colour of the subject's shape in its cell), or None.
     alternatives = [str(scene.pick(pool)) if rng.random() < scene.look_alike else None for _ in slots]
@@ -225,9 +148,9 @@ def _count_others(query: dict[str, Any], on: list[int]) -> list[Any]:
             for a in range(len(query["slots"]) + 1) if a != len(on)]
 
 
-def _plan_order(scene: _Scene) -> tuple[dict[str, Any], Any]:
+def _plan_order(scene: Scene) -> tuple[dict[str, Any], Any]:
     rng, slots = scene.rng, scene.inner_slots()
-    options = [_subject(scene), _subject(scene)]
+    options = [scene.subject(), scene.subject()]
     pair = sorted(rng.permutation(len(slots))[:2].tolist())
     for g, slot in enumerate(slots):  # a distractor in the unused slot, with the difficulty's rate
         if g not in pair and rng.random() < scene.look_alike:
@@ -242,7 +165,7 @@ def _order_contents(query: dict[str, Any], first: int) -> list[tuple[dict[str, A
     return list(zip([query["options"][first], query["options"][1 - first]], query["pair"]))
 
 
-def _plan_at_time(scene: _Scene) -> tuple[dict[str, Any], Any]:
+def _plan_at_time(scene: Scene) -> tuple[dict[str, Any], Any]:
     slot = scene.slot(scene.pick(scene.timeline.gaps), [])
     frame = int(scene.rng.integers(slot[0], slot[1]))
     colour = scene.pick([*FLASH_COLOURS, None])  # the answer, uniform over the options
@@ -253,7 +176,7 @@ def _at_time_contents(query: dict[str, Any], colour: str | None) -> list[tuple[d
     return [] if colour is None else [({"kind": "flash", "colour": colour}, 0)]
 
 
-_KINDS: dict[str, tuple[Callable[[_Scene], tuple[dict[str, Any], Any]], Callable[..., list], Callable[..., list]]] = {
+_KINDS: dict[str, tuple[Callable[[Scene], tuple[dict[str, Any], Any]], Callable[..., list], Callable[..., list]]] = {
     "count": (_plan_count, _count_contents, _count_others),
     "order": (_plan_order, _order_contents, lambda query, first: [1 - first]),
     "at_time": (_plan_at_time, _at_time_contents, lambda query, colour: [c for c in (*FLASH_COLOURS, None)
@@ -368,7 +291,7 @@ class VideoQaTask(Task):
         cfg = self.config
         rng = sample_seed(seed, split, index)
         kind = cfg.question or QUESTIONS[int(rng.integers(len(QUESTIONS)))]
-        scene = _Scene(rng, cfg, self._timeline)
+        scene = Scene(rng, self._timeline, lengths=cfg.event_frames, look_alike=_LEVELS[cfg.difficulty][4])
         query, state = _KINDS[kind][0](scene)
         _, _, n_distractors, n_static, _ = _LEVELS[cfg.difficulty]
         scene.distractors(n_distractors)

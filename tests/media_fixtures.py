@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 import vgym  # noqa: F401  (registers the tools and tasks)
+from vgym.synthetic_video import synthetic_frame, write_synthetic_clip
 from vgym.tooling import TOOLS
-from vgym.tools.video import synthetic_frame, write_synthetic_clip
 
 __all__ = ["BACKENDS", "noise", "smooth", "jpeg_bytes", "png_bytes", "PNG", "JPEG", "VFR_MS", "frame_index",
            "write_pyav", "write_audio_only", "write_no_frames", "write_clips"]

@@ -32,7 +32,7 @@ from PIL import Image
 import vgym  # noqa: F401  (registers the tools and tasks)
 from vgym.dataset_io import MediaError, load_image
 from vgym.errors import InvalidConfigError
-from vgym.tools.video import write_synthetic_clip
+from vgym.synthetic_video import write_synthetic_clip
 from media_fixtures import JPEG, PNG, jpeg_bytes, noise, png_bytes, smooth
 
 

@@ -29,8 +29,9 @@ import pytest
 
 import vgym  # noqa: F401  (registers the tools and tasks)
 from vgym.errors import ToolError
+from vgym.synthetic_video import write_synthetic_clip
 from vgym.tooling import TOOLS, ToolContext
-from vgym.tools.video import VideoReaderCache, write_synthetic_clip
+from vgym.tools.video import VideoReaderCache
 from media_fixtures import BACKENDS, VFR_MS, frame_index, write_clips
 
 

@@ -1,4 +1,4 @@
-"""Tests of vgym/datasets.py: record validation (every rule, messages matched), the JSON Lines reader's limits,
+"""Tests of vgym/datasets.py and vgym/dataset_records.py: record validation (every rule, messages matched), the JSON Lines reader's limits,
 path confinement (``..``, absolute paths, symbolic links out of and inside the root), image loading (each mode
 converted, pixels checked against what was written, the bomb guard, broken files), scoring by answer type with
 hand-worked values, and the generic :class:`DatasetTask` (index modulo, splits, question and prompt, video frames
@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vgym.datasets import (MAX_LINE_BYTES, DatasetConfig, DatasetRecord, DatasetTask, confined_path, load_image,
-                           parse_record, read_json, read_json_lines, read_vgym_jsonl, score_record)
+from vgym.dataset_records import DatasetRecord, parse_record, read_vgym_jsonl, score_record
+from vgym.datasets import (MAX_LINE_BYTES, DatasetConfig, DatasetTask, confined_path, load_image, read_json,
+                           read_json_lines)
 from vgym.errors import InvalidConfigError
-from vgym.tools.video import write_synthetic_clip
+from vgym.synthetic_video import write_synthetic_clip
 
 WHERE = "data.jsonl:3"
 

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from vgym.tools.video import write_synthetic_clip
+from vgym.synthetic_video import write_synthetic_clip
 
 __all__ = ["noise_image", "write_png", "write_jsonl", "VSTAR_TEXT", "vstar_image", "write_vgym_jsonl",
            "write_chartqa", "write_vstar", "write_refcoco", "write_charades_sta", "SampleDataset",

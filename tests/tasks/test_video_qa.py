@@ -29,9 +29,9 @@ from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError
 from vgym.policies.base import PolicyInput
 from vgym.policies.oracle import OraclePolicy
+from vgym.shape_scenes import COLOURS, FLASH_COLOURS
 from vgym.task import SPLITS, Sample, env_id
 from vgym.tasks.video_qa import AT_TIME_OPTIONS, QUESTIONS, TASK_NAME, VideoQaConfig, VideoQaTask
-from vgym.tasks.video_grounding import COLOURS, FLASH_COLOURS
 from vgym.tooling import fit_to_budget
 from split_checks import assert_disjoint_splits
 

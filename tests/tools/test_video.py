@@ -13,15 +13,10 @@ import pytest
 
 import vgym.tools.video  # noqa: F401  (registers sample_frames and get_frame)
 from vgym.errors import ToolError
+from vgym.synthetic_video import synthetic_frame, write_synthetic_clip
 from vgym.tool_runtime import ToolRuntime, ToolRuntimeConfig
 from vgym.tooling import TOOLS, ToolContext
-from vgym.tools.video import (
-    MAX_FRAMES,
-    VideoReaderCache,
-    frame_indices,
-    synthetic_frame,
-    write_synthetic_clip,
-)
+from vgym.tools.video import MAX_FRAMES, VideoReaderCache, frame_indices
 
 BACKENDS = sorted(TOOLS.get("sample_frames").backends)  # auto, decord, pyav: parametrised over the registry
 DECODERS = ["decord", "pyav"]
