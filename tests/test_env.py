@@ -434,3 +434,22 @@ def test_vector_env(mode: str, vector_kwargs: dict) -> None:
         assert 0.0 <= reward[0] <= 1.0 and reward[1] == 0.0
     finally:
         envs.close()
+
+
+def test_group_resets_share_one_resize_and_get_their_own_arrays() -> None:
+    """Envs reset to the same sample: the budget-fitted images are computed once (``SAMPLES.fitted`` returns the
+    same read-only list), equal ``fit_to_budget`` of the sample's images, and every reset gets new, writable arrays."""
+    from vgym.env import SAMPLES
+    from vgym.tooling import fit_to_budget
+
+    envs = [VisualToolEnv("visual_search", max_pixels=112 * 112) for _ in range(3)]
+    shown = [env.reset(seed=0, options={"split": "train", "index": 5})[0]["images"] for env in envs]
+    sample = envs[0].sample
+    assert all(env.sample is sample for env in envs)
+    cached = SAMPLES.fitted(sample, 112 * 112)
+    assert SAMPLES.fitted(sample, 112 * 112) is cached and not cached[0].flags.writeable
+    expected = fit_to_budget(sample.images[0], 112 * 112)
+    for images in shown:
+        assert np.array_equal(images[0], expected) and images[0].flags.writeable
+        assert not any(np.shares_memory(images[0], other[0]) for other in shown if other is not images)
+        assert not np.shares_memory(images[0], cached[0])

@@ -54,6 +54,8 @@ class SampleCache:
     def __init__(self, capacity: int = 32) -> None:
         self.capacity = capacity
         self._items: collections.OrderedDict[str, Sample] = collections.OrderedDict()
+        self._fitted: collections.OrderedDict[tuple[int, int], tuple[Sample, list[np.ndarray]]] = (
+            collections.OrderedDict())
         self._lock = threading.Lock()
 
     def get(self, task: Task, split: str, index: int, seed: int) -> Sample:
@@ -72,6 +74,25 @@ class SampleCache:
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
         return sample
+
+    def fitted(self, sample: Sample, max_pixels: int) -> list[np.ndarray]:
+        """``sample``'s images fitted to ``max_pixels`` (:func:`~vgym.tooling.fit_to_budget`), read-only, resized
+        once per sample and budget: a group's episodes would otherwise each resize the same large image.
+        At most ``2 * capacity`` entries are kept; an entry holds its sample, so its ``id`` cannot be reused."""
+        key = (id(sample), max_pixels)
+        with self._lock:
+            hit = self._fitted.get(key)
+            if hit is not None and hit[0] is sample:
+                self._fitted.move_to_end(key)
+                return hit[1]
+        images = [fit_to_budget(im, max_pixels) for im in sample.images]
+        for image in images:
+            image.flags.writeable = False
+        with self._lock:
+            self._fitted[key] = (sample, images)
+            while len(self._fitted) > 2 * self.capacity:
+                self._fitted.popitem(last=False)
+        return images
 
 
 SAMPLES = SampleCache()
@@ -119,7 +140,8 @@ class EnvConfig:
         if isinstance(self.tool_runtime, dict):
             self.tool_runtime = ToolRuntimeConfig(**self.tool_runtime)
         if isinstance(self.tools, str):
-            raise InvalidConfigError(f"tools must be a sequence of tool names such as ('crop',), got the string {self.tools!r}")
+            raise InvalidConfigError("tools must be a sequence of tool names such as ('crop',), got the string "
+                                     f"{self.tools!r}")
         if self.tools is not None:
             self.tools = tuple(self.tools)
 
@@ -214,9 +236,7 @@ class VisualToolEnv(gym.Env[dict, str]):
         self._images = [np.ascontiguousarray(im) for im in self.sample.images]
         self._turn = self._format_errors = self._tool_ok = 0
         self._done = False
-        # New arrays on every reset (gymnasium's contract): an image within budget comes back as the cached object.
-        shown = [fit if fit is not im else im.copy() for im in self._images
-                 for fit in (fit_to_budget(im, self.config.max_pixels),)]
+        shown = [fit.copy() for fit in SAMPLES.fitted(self.sample, self.config.max_pixels)]  # new arrays every reset
         content: list[dict[str, Any]] = []
         for i, im in enumerate(self._images):
             content.append({"type": "image"})
