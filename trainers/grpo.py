@@ -18,7 +18,6 @@ the alarm state, so a resumed run reproduces the next step exactly (tested on CP
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ import torch
 
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError, VgymError
-from vgym.modeling import load_pretrained_in_place, model_inputs, shared_image_features
+from vgym.modeling import forward_accepts, load_pretrained_in_place, model_inputs, shared_image_features
 from vgym.policies.hf import GenerationConfig, HFPolicy
 from vgym.rollout import ChatEncoder, EpisodeSpec, rollout
 from vgym.trainers.advantages import ADVANTAGE_ESTIMATORS, broadcast_advantages, turn_advantages
@@ -198,18 +197,13 @@ class GRPOTrainer:
         inputs = model_inputs(model, **batch)
         width = inputs["input_ids"].shape[1]
         keep = width - max(1, min(first, width - 1)) + 1
-        extra = {"logits_to_keep": keep} if keep < width and self._takes_logits_to_keep(model) else {}
+        extra = {"logits_to_keep": keep} if keep < width and forward_accepts(model, "logits_to_keep") else {}
         with shared_image_features(model):  # a group's episodes share their first image: encode it once
             logits = model(**inputs, **extra).logits / self.config.temperature
         if self.policy.suppressed_ids:  # the rollout never samples image placeholders: score the same distribution
             logits[..., self.policy.suppressed_ids] = -1e9  # finite, so entropy's p * log p stays 0, not NaN
         logprobs = token_logprobs(logits, inputs["input_ids"][:, width - logits.shape[1] :])
         return logits, torch.nn.functional.pad(logprobs, (width - logits.shape[1], 0))
-
-    @staticmethod
-    def _takes_logits_to_keep(model: Any) -> bool:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
 
     def loss_on(self, trajs: Sequence[Trajectory], advantages: torch.Tensor, loss_mask: torch.Tensor,
                 old: torch.Tensor, num_items: int) -> tuple[torch.Tensor, dict[str, float]]:

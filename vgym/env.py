@@ -81,10 +81,9 @@ class SampleCache:
         At most ``2 * capacity`` entries are kept; an entry holds its sample, so its ``id`` cannot be reused."""
         key = (id(sample), max_pixels)
         with self._lock:
-            hit = self._fitted.get(key)
-            if hit is not None and hit[0] is sample:
+            if key in self._fitted:
                 self._fitted.move_to_end(key)
-                return hit[1]
+                return self._fitted[key][1]
         images = [fit_to_budget(im, max_pixels) for im in sample.images]
         for image in images:
             image.flags.writeable = False

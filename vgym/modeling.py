@@ -1,6 +1,6 @@
 """Model-input assembly shared by the policies and the trainers.
 
-Contents: :func:`model_inputs`, :func:`shared_image_features`, :func:`unique_images`,
+Contents: :func:`model_inputs`, :func:`forward_accepts`, :func:`shared_image_features`, :func:`unique_images`,
 :func:`load_pretrained_in_place`.
 
 Recent transformers Qwen-VL models need ``mm_token_type_ids`` (0 text, 1 image, 2 video) to compute their
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["model_inputs", "shared_image_features", "unique_images", "load_pretrained_in_place"]
+__all__ = ["model_inputs", "forward_accepts", "shared_image_features", "unique_images", "load_pretrained_in_place"]
 
 
 def model_inputs(
@@ -49,8 +49,7 @@ def model_inputs(
     if pixel_values is not None:
         out["pixel_values"] = pixel_values.to(device=param.device, dtype=param.dtype)
         out["image_grid_thw"] = image_grid_thw.to(param.device)  # type: ignore[union-attr]
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper hides the signature
-    if "mm_token_type_ids" in inspect.signature(base.forward).parameters:
+    if forward_accepts(model, "mm_token_type_ids"):
         types = torch.zeros_like(out["input_ids"])
         for value, key in ((1, "image_token_id"), (2, "video_token_id")):
             token = getattr(model.config, key, None)
@@ -58,6 +57,13 @@ def model_inputs(
                 types[out["input_ids"] == token] = value
         out["mm_token_type_ids"] = types
     return out
+
+
+def forward_accepts(model: Any, name: str) -> bool:
+    """Whether ``model.forward`` takes the keyword ``name`` (looked through a peft wrapper, whose own signature
+    hides the base model's)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return name in inspect.signature(base.forward).parameters
 
 
 def load_pretrained_in_place(model: Any, folder: Any) -> None:
