@@ -39,18 +39,21 @@ def _teacher_forced(model, item: PolicyInput, tokens: list[int], temperature: fl
     return torch.log_softmax(scores, -1).gather(-1, torch.tensor(tokens)[:, None]).squeeze(-1)
 
 
+@pytest.mark.parametrize("decoder", ["auto", "generate"])
 @pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.9)])
-def test_logprobs_are_those_of_the_sampling_distribution(tiny, temperature: float, top_p: float) -> None:
+def test_logprobs_are_those_of_the_sampling_distribution(tiny, temperature: float, top_p: float,
+                                                         decoder: str) -> None:
     """Temperature and nucleus cut applied: the recorded log-prob of every sampled token equals a teacher-forced
-    forward's under the same warping — even when the checkpoint's generation config asks for a repetition
-    penalty, top-k and another temperature (as real Qwen2-VL checkpoints do), which must not leak into sampling."""
+    forward's under the same warping, with either decoder (vgym's lean loop or ``generate``) — even when the
+    checkpoint's generation config asks for a repetition penalty, top-k and another temperature (as real Qwen2-VL
+    checkpoints do), which must not leak into sampling."""
     model, processor = tiny
     model = copy.deepcopy(model)
     model.generation_config.repetition_penalty = 1.5
     model.generation_config.top_k = 3
     model.generation_config.temperature = 0.01
-    policy = HFPolicy(model, processor, GenerationConfig(max_new_tokens=12, temperature=temperature, top_p=top_p),
-                      seed=3)
+    config = GenerationConfig(max_new_tokens=12, temperature=temperature, top_p=top_p, decoder=decoder)
+    policy = HFPolicy(model, processor, config, seed=3)
     batch = [_item(processor, i) for i in range(3)]
     for item, out in zip(batch, policy.act(batch)):
         expected = _teacher_forced(model, item, out.token_ids, temperature, top_p, policy.suppressed_ids)

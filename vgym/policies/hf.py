@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
+from vgym.decoding import lean_decoding_supported, sample_turn
 from vgym.modeling import model_inputs, shared_image_features
 from vgym.policies.base import PolicyInput, PolicyOutput
 
@@ -36,8 +38,14 @@ class GenerationConfig:
     """Sampling temperature; 0 means greedy decoding."""
     top_p: float = 1.0
     """Nucleus sampling mass (Holtzman et al., 2019, arXiv:1904.09751); 1.0 disables it."""
+    decoder: str = "auto"
+    """``"auto"``: :func:`vgym.decoding.sample_turn` (one prefill per distinct prompt, no ``generate`` overhead)
+    where it supports the model and images (Qwen-VL family, still images), else ``generate``; ``"generate"``:
+    always transformers' ``generate``."""
 
     def __post_init__(self) -> None:
+        if self.decoder not in ("auto", "generate"):
+            raise ValueError(f"decoder must be 'auto' or 'generate', got {self.decoder!r}")
         if self.max_new_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(
                 "need max_new_tokens >= 1, temperature >= 0 and 0 < top_p <= 1; got "
@@ -100,7 +108,6 @@ class HFPolicy:
         )
         device = inputs["input_ids"].device
         cfg = self.config
-        recorder = _ChosenLogprobs()
         processors: list[LogitsProcessor] = []
         if cfg.temperature > 0:  # sampling settings go in our list so the recorder sees the final distribution;
             processors.append(TemperatureLogitsWarper(cfg.temperature))  # generate's own are neutralised below
@@ -112,24 +119,20 @@ class HFPolicy:
         was_training = self.model.training
         self.model.eval()
         seed = int(self.rng.integers(2**62))
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), shared_image_features(self.model):
-            torch.manual_seed(seed)
-            sequences = self.model.generate(
-                **inputs,
-                max_new_tokens=cfg.max_new_tokens,
-                eos_token_id=self.eos_ids,
-                pad_token_id=self.pad_id,
-                logits_processor=LogitsProcessorList([*processors, recorder]),
-                top_k=None,
-                repetition_penalty=1.0,  # a checkpoint's default (Qwen2-VL: 1.05) would sample off the trained policy
-                suppress_tokens=self.suppressed_ids or None,
-                **kwargs,
-            )
-        self.model.train(was_training)
-        new = sequences[:, ids.shape[1] :]  # (B, N)
-        logprobs = recorder.finish(new)  # (B, N)
+        try:
+            if cfg.decoder == "auto" and lean_decoding_supported(self.model, inputs.get("image_grid_thw")):
+                new, logprobs = sample_turn(
+                    self.model, inputs, max_new_tokens=cfg.max_new_tokens, eos_ids=self.eos_ids,
+                    pad_id=self.pad_id, warpers=processors, greedy=cfg.temperature == 0,
+                    suppressed_ids=self.suppressed_ids,
+                    min_new_tokens=int(getattr(self.model.generation_config, "min_new_tokens", None) or 0),
+                    generator=torch.Generator(device=device).manual_seed(seed))
+            else:
+                new, logprobs = self._generate(inputs, processors, kwargs, seed)
+        finally:
+            self.model.train(was_training)
         results = []
+        new = new.cpu()
         eos = set(self.eos_ids)
         for row in range(new.shape[0]):
             toks = new[row].tolist()
@@ -139,6 +142,29 @@ class HFPolicy:
             text = self.processor.tokenizer.decode(text_ids, skip_special_tokens=False)
             results.append(PolicyOutput(text=text, token_ids=toks, logprobs=logprobs[row, :end].tolist()))
         return results
+
+
+    def _generate(self, inputs: dict[str, torch.Tensor], processors: list[LogitsProcessor], kwargs: dict[str, Any],
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One turn through transformers' ``generate``: new tokens (B, N) and their log-probs (B, N)."""
+        device = inputs["input_ids"].device
+        recorder = _ChosenLogprobs()
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), shared_image_features(self.model):
+            torch.manual_seed(seed)
+            sequences = self.model.generate(
+                **inputs,
+                max_new_tokens=self.config.max_new_tokens,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.pad_id,
+                logits_processor=LogitsProcessorList([*processors, recorder]),
+                top_k=None,
+                repetition_penalty=1.0,  # a checkpoint's default (Qwen2-VL: 1.05) would sample off the trained policy
+                suppress_tokens=self.suppressed_ids or None,
+                **kwargs,
+            )
+        new = sequences[:, inputs["input_ids"].shape[1] :]  # (B, N)
+        return new, recorder.finish(new)
 
 
 class _ChosenLogprobs(LogitsProcessor):

@@ -1,0 +1,183 @@
+"""vgym/decoding.py: the lean sampling loop reproduces the model's own rotary positions and ``generate``'s tokens
+and log-probs for the Qwen-VL family, prefills each distinct prompt once, and stops, pads and seeds as documented."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from vgym.decoding import lean_decoding_supported, mrope_positions, sample_turn
+from vgym.env import VisualToolEnv
+from vgym.modeling import model_inputs
+from vgym.policies.base import PolicyInput
+from vgym.policies.hf import GenerationConfig, HFPolicy, collate_left
+from vgym.rollout import ChatEncoder
+
+VISION_START, VISION_END, IMAGE = 7, 8, 5
+
+
+def _family_model(family: str):  # type: ignore[no-untyped-def]
+    """A random tiny Qwen2-VL / Qwen2.5-VL / Qwen3-VL (vocab 300, image token 5, 14- or 16-pixel patches)."""
+    import transformers as tf
+
+    rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}
+    text = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, rope_parameters=rope)
+    ids = dict(image_token_id=IMAGE, video_token_id=6, vision_start_token_id=VISION_START,
+               vision_end_token_id=VISION_END)
+    if family == "qwen2_vl":
+        config = tf.Qwen2VLConfig(text_config=text, vision_config=dict(
+            depth=2, embed_dim=32, hidden_size=64, num_heads=2, patch_size=14, spatial_merge_size=2), **ids)
+        cls = tf.Qwen2VLForConditionalGeneration
+    elif family == "qwen2_5_vl":
+        config = tf.Qwen2_5_VLConfig(text_config=text, vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+            spatial_merge_size=2, window_size=56, fullatt_block_indexes=[1]), **ids)
+        cls = tf.Qwen2_5_VLForConditionalGeneration
+    else:
+        text.update(head_dim=16, rope_parameters={**rope, "mrope_interleaved": True})
+        config = tf.Qwen3VLConfig(text_config=text, vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
+            spatial_merge_size=2, deepstack_visual_indexes=[0], num_position_embeddings=64), **ids)
+        cls = tf.Qwen3VLForConditionalGeneration
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = cls(config).eval()
+    return model, config.vision_config.patch_size
+
+
+def _image_row(grids: list[tuple[int, int]], text: list[int], gen: torch.Generator) -> list[int]:
+    """Ids: text, then per image (h, w patches) start + h*w/4 placeholders + end + two text ids."""
+    ids = list(text)
+    for h, w in grids:
+        tail = torch.randint(20, 300, (2,), generator=gen).tolist()
+        ids += [VISION_START] + [IMAGE] * (h * w // 4) + [VISION_END] + tail
+    return ids
+
+
+def _family_batch(patch: int):  # type: ignore[no-untyped-def]
+    """Five left-padded rows: a group of three equal rows (one image), a row with two images of other shapes, and
+    a text-only row."""
+    gen = torch.Generator().manual_seed(1)
+    shared = torch.randn(16, 3 * 2 * patch * patch, generator=gen)
+    layout = [[(4, 4)], [(4, 4)], [(4, 4)], [(2, 4), (6, 4)], []]
+    rows, pixels, grids = [], [], []
+    for r, row_grids in enumerate(layout):
+        text = [1, 30, 31] if r < 3 else torch.randint(20, 300, (5 + r,), generator=gen).tolist()
+        rows.append(torch.tensor(_image_row(row_grids, text, gen)))
+        for h, w in row_grids:
+            pixels.append(shared if r < 3 else torch.randn(h * w, shared.shape[1], generator=gen))
+            grids.append([1, h, w])
+    ids, mask = collate_left(rows, pad_id=0)
+    return ids, mask, torch.cat(pixels), torch.tensor(grids)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_positions_and_greedy_tokens_match_the_model_and_generate(family: str) -> None:
+    """Our positions give the logits of the model's own (every non-pad column), and greedy decoding gives
+    ``generate``'s tokens with the log-softmax of its raw logits."""
+    model, patch = _family_model(family)
+    ids, mask, pixels, grids = _family_batch(patch)
+    inputs = model_inputs(model, ids, mask, pixels, grids)
+    assert lean_decoding_supported(model, grids)
+    positions, _ = mrope_positions(ids, mask, grids, IMAGE, 2)
+    with torch.no_grad():
+        own = model(**inputs).logits
+        ours = model(**inputs, position_ids=positions).logits
+    valid = mask.bool()
+    torch.testing.assert_close(ours[valid], own[valid], atol=1e-5, rtol=1e-4)
+
+    def greedy(eos: list[int]):  # type: ignore[no-untyped-def]
+        with torch.no_grad():
+            reference = model.generate(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=eos or None,
+                                       pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+        return reference, sample_turn(model, inputs, max_new_tokens=6, eos_ids=eos, pad_id=0, greedy=True)
+
+    _, (free_run, _) = greedy([])
+    eos = [int(free_run[3, 1])]  # row 3's second token ends that row: rows end at different steps
+    reference, (tokens, logprobs) = greedy(eos)
+    expected = reference.sequences[:, ids.shape[1]:]
+    assert torch.equal(tokens, expected)
+    raw = torch.stack(reference.scores, 1).float().log_softmax(-1).gather(-1, expected[..., None]).squeeze(-1)
+    ended = torch.isin(expected, torch.tensor(eos)).long()
+    live = (ended.cumsum(1) - ended) == 0  # up to and including each row's end token
+    assert not live.all()  # generate's scores after a row's end are never used; ours are 0 there
+    torch.testing.assert_close(logprobs[live], raw[live], atol=1e-4, rtol=0)
+    assert (logprobs[~live] == 0).all()
+
+
+def test_each_distinct_prompt_is_prefilled_once(tiny) -> None:  # type: ignore[no-untyped-def]
+    """A group of 4 equal prompts plus another sample: the prefill runs on 2 rows, decoding on all 5, and the
+    rows of the group sample different tokens from the shared prefix."""
+    model, processor = tiny
+    encoder, rows = ChatEncoder(processor), []
+    for index in (0, 0, 0, 1, 0):
+        env = VisualToolEnv("visual_search", tools=(), max_turns=1, max_pixels=112 * 112)
+        obs, info = env.reset(seed=index, options={"split": "train", "index": index})
+        rows.append(encoder.encode_prompt(info["messages"], obs["images"]))
+    ids, mask = collate_left([r.input_ids for r in rows], pad_id=0)
+    inputs = model_inputs(model, ids, mask, torch.cat([r.pixel_values for r in rows]),
+                          torch.cat([r.image_grid_thw for r in rows]))
+    batch_sizes: list[int] = []
+    model.model.language_model.register_forward_hook(
+        lambda module, args, kwargs, out: batch_sizes.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True)
+    tokens, _ = sample_turn(model, inputs, max_new_tokens=8, eos_ids=[], pad_id=0,
+                            generator=torch.Generator().manual_seed(0))
+    assert batch_sizes[0] == 2 and set(batch_sizes[1:]) == {5}
+    assert tokens.shape == (5, 8) and len({tuple(t) for t in tokens[[0, 1, 2, 4]].tolist()}) > 1
+
+
+def test_stops_pads_honours_min_tokens_and_is_seeded(tiny) -> None:  # type: ignore[no-untyped-def]
+    """Rows end at their first end id (pad after it, log-prob 0); the loop ends when all rows have; no end id
+    before ``min_new_tokens``; the same generator seed gives the same tokens, and the global RNG is untouched."""
+    model, processor = tiny
+    env = VisualToolEnv("visual_search", tools=(), max_turns=1, max_pixels=112 * 112)
+    obs, info = env.reset(seed=0, options={"split": "train", "index": 0})
+    enc = ChatEncoder(processor).encode_prompt(info["messages"], obs["images"])
+    ids = enc.input_ids[None].repeat(6, 1)
+    inputs = model_inputs(model, ids, torch.ones_like(ids), enc.pixel_values.repeat(6, 1),
+                          enc.image_grid_thw.repeat(6, 1))
+    vocab = len(processor.tokenizer)
+    common = list(range(0, vocab, 3))  # a third of the vocabulary ends a row: rows end early and at different steps
+    state = torch.random.get_rng_state()
+    runs = [sample_turn(model, inputs, max_new_tokens=40, eos_ids=common, pad_id=1,
+                        generator=torch.Generator().manual_seed(5)) for _ in range(2)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    (tokens, logprobs), (again, _) = runs
+    assert torch.equal(tokens, again)
+    ends = [next(i for i, t in enumerate(row) if t % 3 == 0) for row in tokens.tolist()]
+    assert tokens.shape[1] == max(ends) + 1 < 40 and len(set(ends)) > 1
+    for row, end in enumerate(ends):
+        assert (tokens[row, end + 1:] == 1).all() and (logprobs[row, end + 1:] == 0).all()
+        assert (logprobs[row, : end + 1] < 0).all()
+    late, _ = sample_turn(model, inputs, max_new_tokens=12, eos_ids=common, pad_id=1, min_new_tokens=10,
+                          generator=torch.Generator().manual_seed(5))
+    assert not (late[:, :10] % 3 == 0).any() and late.shape[1] > 10
+
+
+def test_policy_decoders_agree_and_videos_fall_back(tiny) -> None:  # type: ignore[no-untyped-def]
+    """``HFPolicy`` with the lean loop and with ``generate``: the same greedy turns on a multi-turn-like batch;
+    video grids (t > 1) and non-Qwen-VL models are not claimed by the lean loop."""
+    model, processor = tiny
+    batch = []
+    for index in (0, 0, 3):
+        env = VisualToolEnv("visual_search", max_pixels=112 * 112)
+        obs, info = env.reset(seed=index, options={"split": "train", "index": index})
+        enc = ChatEncoder(processor).encode_prompt(info["messages"], obs["images"])
+        batch.append(PolicyInput(input_ids=enc.input_ids, pixel_values=enc.pixel_values,
+                                 image_grid_thw=enc.image_grid_thw, messages=info["messages"], sample=env.sample,
+                                 turn=0, tools_enabled=True, images=obs["images"]))
+    outs = [HFPolicy(model, processor, GenerationConfig(max_new_tokens=10, temperature=0.0, decoder=d)).act(batch)
+            for d in ("auto", "generate")]
+    for lean, slow in zip(*outs):
+        assert lean.token_ids == slow.token_ids and lean.text == slow.text
+        torch.testing.assert_close(torch.tensor(lean.logprobs), torch.tensor(slow.logprobs), atol=1e-4, rtol=0)
+    assert not lean_decoding_supported(model, torch.tensor([[2, 4, 4]]))
+    other = copy.copy(model)
+    other.config = copy.copy(model.config)
+    other.config.model_type = "llava"
+    assert not lean_decoding_supported(other, torch.tensor([[1, 4, 4]]))
+    with pytest.raises(ValueError, match="decoder"):
+        GenerationConfig(decoder="vllm")
