@@ -181,3 +181,34 @@ def test_policy_decoders_agree_and_videos_fall_back(tiny) -> None:  # type: igno
     assert not lean_decoding_supported(other, torch.tensor([[1, 4, 4]]))
     with pytest.raises(ValueError, match="decoder"):
         GenerationConfig(decoder="vllm")
+
+
+def test_ended_rows_leave_the_batch_without_changing_any_row(tiny) -> None:  # type: ignore[no-untyped-def]
+    """Six different prompts whose rows end at different steps: once half of the rows have ended the cache keeps
+    only the running ones (the decode batch shrinks), and every row's greedy tokens still equal ``generate``'s."""
+    model, processor = tiny
+    rows = []
+    for index in range(6):
+        env = VisualToolEnv("visual_search", tools=(), max_turns=1, max_pixels=112 * 112)
+        obs, info = env.reset(seed=index, options={"split": "train", "index": index})
+        rows.append(ChatEncoder(processor).encode_prompt(info["messages"], obs["images"]))
+    ids, mask = collate_left([r.input_ids for r in rows], pad_id=0)
+    inputs = model_inputs(model, ids, mask, torch.cat([r.pixel_values for r in rows]),
+                          torch.cat([r.image_grid_thw for r in rows]))
+    free, _ = sample_turn(model, inputs, max_new_tokens=30, eos_ids=[], pad_id=0, greedy=True)
+    ends = sorted({int(free[r, 1]) for r in (1, 2, 3)})  # rows 1-3 end at step 1, others later or never
+    batch_sizes: list[int] = []
+    model.model.language_model.register_forward_hook(
+        lambda module, args, kwargs, out: batch_sizes.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True)
+    tokens, logprobs = sample_turn(model, inputs, max_new_tokens=30, eos_ids=ends, pad_id=0, greedy=True)
+    sizes = list(batch_sizes)  # generate's own forwards below are not counted
+    with torch.no_grad():
+        reference = model.generate(**inputs, max_new_tokens=30, do_sample=False, eos_token_id=ends, pad_token_id=0)
+    assert torch.equal(tokens, reference[:, ids.shape[1]:])
+    ended = torch.isin(tokens, torch.tensor(ends)).long()
+    steps = (ended.cumsum(1) - ended == 0).sum(1)  # each row's length up to and including its end
+    assert sorted(steps.tolist())[:3] == [2, 2, 2] and max(steps) >= 10  # the premise: three rows end early
+    assert sizes[:2] == [6, 6] and 0 < min(sizes) <= 3  # prefill, step 0; then half the rows left
+    assert sizes[1:] == sorted(sizes[1:], reverse=True)
+    for row, n in enumerate(steps.tolist()):
+        assert (logprobs[row, n:] == 0).all() and (logprobs[row, :n] < 0).all()

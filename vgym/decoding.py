@@ -219,9 +219,12 @@ def sample_turn(
     mask = inputs["attention_mask"]
     eos = torch.tensor(list(eos_ids), device=device)
     suppress = torch.tensor(list(suppressed_ids), dtype=torch.long, device=device)
-    running = torch.ones(batch, dtype=torch.bool, device=device)
-    tokens, logprobs = [], []
+    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros(batch, max_new_tokens, device=device)
+    rows = torch.arange(batch, device=device)  # the batch row of each cache row
+    running = torch.ones(batch, dtype=torch.bool, device=device)  # per cache row
     seen = inputs["input_ids"]
+    length = 0
     for step in range(max_new_tokens):
         scores = logits.float()
         if len(suppress):
@@ -236,16 +239,23 @@ def sample_turn(
             chosen = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator).squeeze(-1)
         logp = scores.gather(-1, chosen[:, None]).squeeze(-1) - torch.logsumexp(scores, -1)
         chosen = torch.where(running, chosen, pad_id)
-        tokens.append(chosen)
-        logprobs.append(torch.where(running, logp, 0.0))
+        tokens[rows, step] = chosen
+        logprobs[rows, step] = torch.where(running, logp, 0.0)
+        length = step + 1
         running &= ~torch.isin(chosen, eos)
-        if step == max_new_tokens - 1 or not bool(running.any()):
+        alive = int(running.sum())
+        if step == max_new_tokens - 1 or not alive:
             break
-        mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-        step_positions = (next_position + step).view(1, batch, 1).expand(3, -1, -1)
+        if alive <= len(rows) // 2:  # drop ended rows once half have ended: at most log2(B) copies of the cache
+            live = running.nonzero().squeeze(-1)
+            cache.reorder_cache(live)
+            rows, running, chosen = rows[live], running[live], chosen[live]
+            mask, next_position, seen = mask[live], next_position[live], seen[live]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        step_positions = (next_position + step).view(1, -1, 1).expand(3, -1, -1)
         if warpers and not greedy:
             seen = torch.cat([seen, chosen[:, None]], dim=1)
         out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=step_positions, use_cache=True,
                     **{cache_key: cache})
         logits = out.logits[:, -1]
-    return torch.stack(tokens, dim=1).cpu(), torch.stack(logprobs, dim=1).float().cpu()
+    return tokens[:, :length].cpu(), logprobs[:, :length].float().cpu()
