@@ -212,3 +212,68 @@ def test_ended_rows_leave_the_batch_without_changing_any_row(tiny) -> None:  # t
     assert sizes[1:] == sorted(sizes[1:], reverse=True)
     for row, n in enumerate(steps.tolist()):
         assert (logprobs[row, n:] == 0).all() and (logprobs[row, :n] < 0).all()
+
+
+def _second_turn(model, processor, first: dict, tokens: torch.Tensor, gen: torch.Generator):  # type: ignore[no-untyped-def]
+    """Turn 2 inputs: each row's turn-1 prompt + its generated tokens + a reply holding a new random image."""
+    config = model.config
+    width = first["input_ids"].shape[1]
+    rows, pixels, grids = [], [first["pixel_values"]], [first["image_grid_thw"]]
+    for b in range(len(tokens)):
+        prompt = first["input_ids"][b, width - int(first["attention_mask"][b].sum()):]
+        image = (torch.rand(56, 84, 3, generator=gen) * 255).to(torch.uint8).numpy()
+        patch = processor.image_processor(images=[image], return_tensors="pt")
+        n = int(patch["image_grid_thw"].prod()) // 4
+        reply = [config.vision_start_token_id] + [config.image_token_id] * n + [config.vision_end_token_id, 40, 41]
+        rows.append(torch.cat([prompt, tokens[b], torch.tensor(reply)]))
+        pixels.append(patch["pixel_values"])
+        grids.append(patch["image_grid_thw"])
+    ids, mask = collate_left(rows, pad_id=0)
+    # images in row order: row b's turn-1 image(s), then its reply image
+    first_images = first["pixel_values"].split(first["image_grid_thw"].prod(-1).tolist())
+    ordered = [t for b in range(len(tokens)) for t in (first_images[b], pixels[b + 1])]
+    ordered_grids = [g for b in range(len(tokens)) for g in (first["image_grid_thw"][b:b + 1], grids[b + 1])]
+    return model_inputs(model, ids, mask, torch.cat(ordered), torch.cat(ordered_grids))
+
+
+def test_next_turn_reads_the_kept_prefix_and_decodes_the_same(tiny) -> None:  # type: ignore[no-untyped-def]
+    """Turn 1 on a group of 3 equal prompts + 2 others (rows ending at different steps), turn 2 with a new image
+    per row: with the prefix cache the turn-2 prefill runs on the new tails only, and every token and log-prob
+    equals a run without it. After a weight update the kept prefixes are not used."""
+    from vgym.prefix_cache import PrefixCache
+
+    model, processor = tiny
+    encoder, rows = ChatEncoder(processor), []
+    for index in (0, 0, 0, 1, 2):
+        env = VisualToolEnv("visual_search", tools=(), max_turns=1, max_pixels=112 * 112)
+        obs, info = env.reset(seed=index, options={"split": "train", "index": index})
+        rows.append(encoder.encode_prompt(info["messages"], obs["images"]))
+    ids, mask = collate_left([r.input_ids for r in rows], pad_id=0)
+    first = model_inputs(model, ids, mask, torch.cat([r.pixel_values for r in rows]),
+                         torch.cat([r.image_grid_thw for r in rows]))
+    store = PrefixCache()
+    ends = list(range(0, len(processor.tokenizer), 4))  # a quarter of the vocabulary ends a row
+    tokens, _ = sample_turn(model, first, max_new_tokens=12, eos_ids=ends, pad_id=1,
+                            generator=torch.Generator().manual_seed(0), prefix_cache=store)
+    ended = torch.isin(tokens, torch.tensor(ends)).long()
+    lengths = ((ended.cumsum(1) - ended) == 0).sum(1).tolist()
+    assert len(set(lengths)) > 2 and min(lengths) < 6  # rows end at different steps, some before the cache shrinks
+    tokens = [t[:n] for t, n in zip(tokens, lengths)]
+    second = _second_turn(model, processor, first, tokens, torch.Generator().manual_seed(1))
+    widths: list[int] = []
+    model.model.language_model.register_forward_hook(
+        lambda module, args, kwargs, out: widths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
+    reused = sample_turn(model, second, max_new_tokens=10, eos_ids=[], pad_id=0, greedy=True, prefix_cache=store)
+    tail = widths[0]
+    fresh = sample_turn(model, second, max_new_tokens=10, eos_ids=[], pad_id=0, greedy=True)
+    reply = 10  # vision start, 6 image tokens (4 x 6 patches merged 2 x 2), vision end, 2 text tokens
+    assert tail <= reply + 2  # the replies (and a long row's last token, never fed), not the ~80-token prompts
+    assert widths[10] == second["input_ids"].shape[1]  # the run without the cache prefills everything
+    assert torch.equal(reused[0], fresh[0])
+    torch.testing.assert_close(reused[1], fresh[1], atol=1e-4, rtol=0)
+
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.0)  # an in-place update, as an optimizer step
+    widths.clear()
+    sample_turn(model, second, max_new_tokens=1, eos_ids=[], pad_id=0, greedy=True, prefix_cache=store)
+    assert widths == [second["input_ids"].shape[1]]

@@ -20,9 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from transformers import DynamicCache
-
 from vgym.modeling import forward_accepts, shared_image_features, unique_images
+from vgym.prefix_cache import PrefixCache, prefill, record
 
 __all__ = ["lean_decoding_supported", "mrope_positions", "sample_turn"]
 
@@ -106,30 +105,42 @@ def mrope_positions(
     return positions.to(input_ids.device), next_position.to(input_ids.device)
 
 
-def _distinct_rows(inputs: dict[str, torch.Tensor]) -> tuple[list[int], list[int]]:
-    """``(keep, inverse)`` over the batch rows: rows are equal when their ids, mask and images are all equal."""
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+def _row_images(inputs: dict[str, torch.Tensor], image_token: int,
+                merge: int) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+    """Each row's image patches (one tensor per image) and grids ((k, 3) per row), from the batch's images."""
+    ids = inputs["input_ids"]
     grids = inputs.get("image_grid_thw")
-    if grids is not None and len(grids):
-        image_token = inputs["_image_token_id"]
-        per_row = (ids == image_token).sum(-1).tolist()
-        _, image_class = unique_images(inputs["pixel_values"], grids)
-        sizes = (grids[:, 1] * grids[:, 2] // inputs["_merge"] ** 2).tolist()
-        classes, cursor = [], 0
-        for count in per_row:
-            taken = []
-            while count > 0:
-                taken.append(image_class[cursor])
-                count -= sizes[cursor]
-                cursor += 1
-            classes.append(tuple(taken))
-    else:
-        classes = [()] * len(ids)
+    if grids is None or not len(grids):
+        return [[] for _ in range(len(ids))], [torch.zeros(0, 3, dtype=torch.long) for _ in range(len(ids))]
+    sizes = (grids[:, 1] * grids[:, 2] // merge**2).tolist()
+    chunks = inputs["pixel_values"].split(grids.prod(-1).tolist())
+    images, row_grids, cursor = [], [], 0
+    for count in (ids == image_token).sum(-1).tolist():
+        start = cursor
+        while count > 0:
+            count -= sizes[cursor]
+            cursor += 1
+        images.append(list(chunks[start:cursor]))
+        row_grids.append(grids[start:cursor])
+    return images, row_grids
+
+
+def _distinct_rows(inputs: dict[str, torch.Tensor], images: list[list[torch.Tensor]],
+                   grids: list[torch.Tensor]) -> tuple[list[int], list[int]]:
+    """``(keep, inverse)`` over the batch rows: rows are equal when their ids, mask and images are all equal."""
+    classes: list[tuple[int, ...]] = [()] * len(images)
+    if any(images):
+        _, image_class = unique_images(inputs["pixel_values"], inputs["image_grid_thw"])
+        cursor = 0
+        for row, row_images in enumerate(images):
+            classes[row] = tuple(image_class[cursor:cursor + len(row_images)])
+            cursor += len(row_images)
     keep: list[int] = []
     inverse: list[int] = []
     seen: dict[Any, int] = {}
-    for row, (row_ids, row_mask, images) in enumerate(zip(ids.tolist(), mask.tolist(), classes)):
-        key = (tuple(row_ids), tuple(row_mask), images)
+    rows = zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist(), classes)
+    for row, (row_ids, row_mask, row_classes) in enumerate(rows):
+        key = (tuple(row_ids), tuple(row_mask), row_classes)
         if key not in seen:
             seen[key] = len(keep)
             keep.append(row)
@@ -137,26 +148,14 @@ def _distinct_rows(inputs: dict[str, torch.Tensor]) -> tuple[list[int], list[int
     return keep, inverse
 
 
-def _rows(inputs: dict[str, torch.Tensor], keep: list[int], merge: int, image_token: int) -> dict[str, torch.Tensor]:
+def _subset(inputs: dict[str, torch.Tensor], keep: list[int], images: list[list[torch.Tensor]],
+            grids: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """The model inputs of rows ``keep`` only (their images included)."""
     out = {k: v[keep] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
-    grids = inputs.get("image_grid_thw")
-    if grids is not None and len(grids):
-        per_row = (inputs["input_ids"] == image_token).sum(-1).tolist()
-        sizes = (grids[:, 1] * grids[:, 2] // merge**2).tolist()
-        patches = grids.prod(-1).tolist()
-        chunks = inputs["pixel_values"].split(patches)
-        owner, cursor = [], 0
-        for row, count in enumerate(per_row):
-            while count > 0:
-                owner.append(row)
-                count -= sizes[cursor]
-                cursor += 1
-        wanted = set(keep)
-        chosen = [i for i, row in enumerate(owner) if row in wanted]
-        if chosen:
-            out["pixel_values"] = torch.cat([chunks[i] for i in chosen])
-            out["image_grid_thw"] = grids[chosen]
+    chosen = [image for row in keep for image in images[row]]
+    if chosen:
+        out["pixel_values"] = torch.cat(chosen)
+        out["image_grid_thw"] = torch.cat([grids[row] for row in keep])
     return out
 
 
@@ -173,6 +172,7 @@ def sample_turn(
     suppressed_ids: Sequence[int] = (),
     min_new_tokens: int = 0,
     generator: torch.Generator | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one turn for every row of a left-padded batch.
 
@@ -188,6 +188,8 @@ def sample_turn(
         suppressed_ids: ids whose scores are set to -inf before warping.
         min_new_tokens: the end ids are suppressed for the first this-many tokens.
         generator: the sampling RNG (on the model's device).
+        prefix_cache: rows whose start was decoded in the previous call read it from here (see
+            :mod:`vgym.prefix_cache`), and every row's prompt and tokens are kept in it for the next call.
 
     Returns:
         ``tokens`` (B, N) int64 and ``logprobs`` (B, N) float32 on the CPU, N ≤ ``max_new_tokens`` (the loop ends
@@ -199,24 +201,41 @@ def sample_turn(
     merge = int(model.config.vision_config.spatial_merge_size)
     batch = inputs["input_ids"].shape[0]
     device = inputs["input_ids"].device
-    keep, inverse = _distinct_rows({**inputs, "_image_token_id": image_token, "_merge": merge})
-    prefill = _rows(inputs, keep, merge, image_token) if len(keep) < batch else dict(inputs)
-    positions, next_position = mrope_positions(prefill["input_ids"], prefill["attention_mask"],
-                                               prefill.get("image_grid_thw"), image_token, merge)
+    images, grids = _row_images(inputs, image_token, merge)
+    keep, inverse = _distinct_rows(inputs, images, grids)
+    distinct = _subset(inputs, keep, images, grids) if len(keep) < batch else dict(inputs)
+    positions, next_position = mrope_positions(distinct["input_ids"], distinct["attention_mask"],
+                                               distinct.get("image_grid_thw"), image_token, merge)
     cache_key = "cache" if forward_accepts(model, "cache") else "past_key_values"
     extra = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
-    try:
-        cache = DynamicCache(config=model.config)
-    except TypeError:  # an older signature
-        cache = DynamicCache()
+    table = None
+    if prefix_cache is not None:
+        prefix_cache.check_weights(model)
+        table = prefix_cache.start_generation()
     with shared_image_features(model):
-        out = model(**prefill, position_ids=positions, use_cache=True, **{cache_key: cache}, **extra)
-    logits = out.logits[:, -1]
+        cache, logits, mask = prefill(model, distinct, positions, [images[k] for k in keep],
+                                      [grids[k] for k in keep], prefix_cache, cache_key, extra)
     if len(keep) < batch:
         index = torch.tensor(inverse, device=device)
         cache.reorder_cache(index)
-        logits, next_position = logits[index], next_position[index]
-    mask = inputs["attention_mask"]
+        logits, next_position, mask = logits[index], next_position[index], mask[index]
+    prompt_mask, width = mask, inputs["input_ids"].shape[1]
+    prompt_lengths = inputs["attention_mask"].sum(-1).tolist()
+    produced = torch.zeros(batch, dtype=torch.long, device=device)  # tokens per row so far, its end included
+
+    def keep_rows(cache_rows: torch.Tensor) -> None:
+        """Record these cache rows' keys and values (prompt and fed tokens) for the episode's next turn."""
+        if table is None:
+            return
+        fed = mask.shape[1] - prompt_mask.shape[1]  # decode forwards so far
+        for r in cache_rows.tolist():
+            b = int(rows[r])
+            n = min(int(produced[b]), fed)
+            columns = torch.cat([prompt_mask[b].nonzero().squeeze(-1),
+                                 prompt_mask.shape[1] + torch.arange(n, device=device)])
+            row_ids = torch.cat([inputs["input_ids"][b, width - prompt_lengths[b]:], tokens[b, :n]])
+            record(prefix_cache, table, cache, r, columns, row_ids, images[b], grids[b])
+
     eos = torch.tensor(list(eos_ids), device=device)
     suppress = torch.tensor(list(suppressed_ids), dtype=torch.long, device=device)
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -239,6 +258,7 @@ def sample_turn(
             chosen = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator).squeeze(-1)
         logp = scores.gather(-1, chosen[:, None]).squeeze(-1) - torch.logsumexp(scores, -1)
         chosen = torch.where(running, chosen, pad_id)
+        produced[rows[running]] += 1
         tokens[rows, step] = chosen
         logprobs[rows, step] = torch.where(running, logp, 0.0)
         length = step + 1
@@ -248,6 +268,7 @@ def sample_turn(
             break
         if alive <= len(rows) // 2:  # drop ended rows once half have ended: at most log2(B) copies of the cache
             live = running.nonzero().squeeze(-1)
+            keep_rows((~running).nonzero().squeeze(-1))
             cache.reorder_cache(live)
             rows, running, chosen = rows[live], running[live], chosen[live]
             mask, next_position, seen = mask[live], next_position[live], seen[live]
@@ -258,4 +279,5 @@ def sample_turn(
         out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=step_positions, use_cache=True,
                     **{cache_key: cache})
         logits = out.logits[:, -1]
+    keep_rows(torch.arange(len(rows), device=device))
     return tokens[:, :length].cpu(), logprobs[:, :length].float().cpu()

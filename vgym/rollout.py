@@ -202,6 +202,9 @@ def rollout(
     try:
         return _Scheduler(pool, policy, encoder, specs, mode, budgets, on_episode, min_batch_fraction).run()
     finally:
+        clear = getattr(policy, "clear_cache", None)
+        if callable(clear):  # e.g. HFPolicy's kept keys and values: no use after the episodes, and GPU memory
+            clear()
         if isinstance(parallel, str):  # a pool the caller passed in is the caller's to close
             pool.close()
 

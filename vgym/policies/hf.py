@@ -20,6 +20,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogits
 
 from vgym.decoding import lean_decoding_supported, sample_turn
 from vgym.modeling import model_inputs, shared_image_features
+from vgym.prefix_cache import PrefixCache
 from vgym.policies.base import PolicyInput, PolicyOutput
 
 __all__ = ["GenerationConfig", "HFPolicy", "collate_left"]
@@ -90,6 +91,11 @@ class HFPolicy:
         vocab = tokenizer.get_vocab()
         # A generated image placeholder would desynchronise image tokens and image features on the next turn.
         self.suppressed_ids = [vocab[t] for t in _PLACEHOLDER_TOKENS if t in vocab]
+        self.prefix_cache = PrefixCache()  # the lean decoder's keys and values of the last call, for the next turn
+
+    def clear_cache(self) -> None:
+        """Free the keys and values kept for episodes' next turns (the rollout calls this when it ends)."""
+        self.prefix_cache.clear()
 
     @torch.no_grad()
     def act(self, batch: Sequence[PolicyInput]) -> list[PolicyOutput]:
@@ -126,7 +132,7 @@ class HFPolicy:
                     pad_id=self.pad_id, warpers=processors, greedy=cfg.temperature == 0,
                     suppressed_ids=self.suppressed_ids,
                     min_new_tokens=int(getattr(self.model.generation_config, "min_new_tokens", None) or 0),
-                    generator=torch.Generator(device=device).manual_seed(seed))
+                    generator=torch.Generator(device=device).manual_seed(seed), prefix_cache=self.prefix_cache)
             else:
                 new, logprobs = self._generate(inputs, processors, kwargs, seed)
         finally:
