@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from vgym.decoding import lean_decoding_supported, mrope_positions, sample_turn
+from vgym.decoding import draw, lean_decoding_supported, mrope_positions, sample_turn
 from vgym.env import VisualToolEnv
 from vgym.modeling import model_inputs
 from vgym.policies.base import PolicyInput
@@ -277,3 +277,18 @@ def test_next_turn_reads_the_kept_prefix_and_decodes_the_same(tiny) -> None:  # 
     widths.clear()
     sample_turn(model, second, max_new_tokens=1, eos_ids=[], pad_id=0, greedy=True, prefix_cache=store)
     assert widths == [second["input_ids"].shape[1]]
+
+
+def test_draw_samples_the_given_distribution() -> None:
+    """200,000 draws from two known distributions (one with zero-probability entries, as after top-p or a
+    suppressed token): every frequency within 0.005 of its probability, zero-probability entries never drawn,
+    and the same generator seed gives the same draws."""
+    probs = torch.tensor([[0.5, 0.25, 0.15, 0.1, 0.0], [0.0, 0.0, 0.01, 0.09, 0.9]])
+    logprobs = probs.log().repeat(100_000, 1)
+    picks = draw(logprobs, torch.Generator().manual_seed(0)).view(100_000, 2)
+    for row in range(2):
+        freq = torch.bincount(picks[:, row], minlength=5).float() / 100_000
+        assert (freq - probs[row]).abs().max() < 0.005, freq  # 3 standard errors at p = 0.5
+        assert (freq[probs[row] == 0] == 0).all()
+    assert torch.equal(draw(logprobs[:50], torch.Generator().manual_seed(3)),
+                       draw(logprobs[:50], torch.Generator().manual_seed(3)))

@@ -33,6 +33,7 @@ from vgym.errors import InvalidConfigError, VgymError
 from vgym.modeling import forward_accepts, load_pretrained_in_place, model_inputs, shared_image_features
 from vgym.policies.hf import GenerationConfig, HFPolicy
 from vgym.rollout import ChatEncoder, EpisodeSpec, rollout
+from vgym.shared_prefix import shared_prefix_logits
 from vgym.trainers.advantages import ADVANTAGE_ESTIMATORS, broadcast_advantages, turn_advantages
 from vgym.trainers.grpo_config import GRPOConfig
 from vgym.trainers.losses import token_logprobs
@@ -199,7 +200,10 @@ class GRPOTrainer:
         keep = width - max(1, min(first, width - 1)) + 1
         extra = {"logits_to_keep": keep} if keep < width and forward_accepts(model, "logits_to_keep") else {}
         with shared_image_features(model):  # a group's episodes share their first image: encode it once
-            logits = model(**inputs, **extra).logits / self.config.temperature
+            logits = shared_prefix_logits(model, inputs, width - keep + 1)  # and their prompt: run it once
+            if logits is None:
+                logits = model(**inputs, **extra).logits
+        logits = logits / self.config.temperature
         if self.policy.suppressed_ids:  # the rollout never samples image placeholders: score the same distribution
             logits[..., self.policy.suppressed_ids] = -1e9  # finite, so entropy's p * log p stays 0, not NaN
         logprobs = token_logprobs(logits, inputs["input_ids"][:, width - logits.shape[1] :])

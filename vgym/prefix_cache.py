@@ -45,8 +45,27 @@ class _Entry:
     """Patches of each image among ``ids``, in order."""
     grids: torch.Tensor
     """(len(images), 3) their grids."""
-    layers: list[tuple[torch.Tensor, torch.Tensor]]
-    """Per decoder layer, keys and values (heads, n, head_dim)."""
+    source: list[tuple[torch.Tensor, torch.Tensor]]
+    """Per decoder layer, the decoding cache's keys and values (rows, heads, columns, head_dim) at recording time
+    (the cache replaces its tensors as it grows, so these stay as they were)."""
+    row: int
+    columns: torch.Tensor
+    """The columns of ``source`` row ``row`` that hold ``ids``, in order."""
+    versions: list[int]
+    """``source`` tensors' in-place-modification counters at recording time."""
+
+    def intact(self) -> bool:
+        """False if a cache implementation wrote into the recorded tensors in place since (then unusable)."""
+        return hasattr(self, "_layers") or [t._version for pair in self.source for t in pair] == self.versions
+
+    @property
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, keys and values (heads, n, head_dim) — gathered on first use (most entries never are)."""
+        if not hasattr(self, "_layers"):
+            self._layers = [(k[self.row].index_select(1, self.columns), v[self.row].index_select(1, self.columns))
+                            for k, v in self.source]
+            self.source = []
+        return self._layers
 
 
 class PrefixCache:
@@ -88,7 +107,7 @@ class PrefixCache:
             for table in tables:
                 for entry in table.get((n, int(prints[n - 1])), []):
                     k = len(entry.images)
-                    if (k <= len(images) and torch.equal(entry.ids, ids[:n].cpu())
+                    if (k <= len(images) and entry.intact() and torch.equal(entry.ids, ids[:n].cpu())
                             and all(torch.equal(a, b) for a, b in zip(entry.images, images[:k]))):
                         return entry
         return None
@@ -108,9 +127,9 @@ def record(prefix_cache: PrefixCache, table: dict[tuple[int, int], list[_Entry]]
     layers = _layers(cache)
     if layers is None or len(columns) != len(ids):
         return
-    kept = [(layer.keys[row].index_select(1, columns), layer.values[row].index_select(1, columns))
-            for layer in layers]
-    prefix_cache.add(table, _Entry(ids=ids.cpu(), images=images, grids=grids, layers=kept))
+    source = [(layer.keys, layer.values) for layer in layers]
+    prefix_cache.add(table, _Entry(ids=ids.cpu(), images=images, grids=grids, source=source, row=row,
+                                   columns=columns, versions=[t._version for pair in source for t in pair]))
 
 
 def prefill(model: Any, inputs: dict[str, torch.Tensor], positions: torch.Tensor, row_images: list[list[torch.Tensor]],

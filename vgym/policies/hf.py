@@ -116,7 +116,8 @@ class HFPolicy:
         cfg = self.config
         processors: list[LogitsProcessor] = []
         if cfg.temperature > 0:  # sampling settings go in our list so the recorder sees the final distribution;
-            processors.append(TemperatureLogitsWarper(cfg.temperature))  # generate's own are neutralised below
+            if cfg.temperature != 1.0:  # generate's own are neutralised below
+                processors.append(TemperatureLogitsWarper(cfg.temperature))
             if cfg.top_p < 1.0:
                 processors.append(TopPLogitsWarper(cfg.top_p))
             kwargs = {"do_sample": True, "temperature": 1.0, "top_p": 1.0}

@@ -1,0 +1,118 @@
+"""The loss forward with each distinct prompt computed once: a GRPO group's G rows share their prompt.
+
+Contents: :func:`shared_prefix_logits`.
+
+A training batch of G episodes per sample repeats each sample's prompt (system text, tool schemas, the image) G
+times, and the plain forward and backward pay for every copy. Here the columns before the first trained token are
+run once per distinct prefix (with its images) into a KV cache, the cache rows are copied to the rows that share
+them (``index_select``: in the backward, the gradients of the copies add up, as they would over separate copies),
+and the rest of every row is run against it. Logits and gradients equal the plain forward's up to float rounding.
+Rotary positions are passed explicitly (:func:`vgym.decoding.mrope_positions`), so it applies to the Qwen-VL
+family with still images, and not under gradient checkpointing (which drops the KV cache in training).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from vgym.decoding import row_images, lean_decoding_supported, mrope_positions
+from vgym.modeling import forward_accepts, unique_images
+
+__all__ = ["shared_prefix_logits"]
+
+MIN_PREFIX = 8
+"""Shorter shared prefixes are not worth the second forward call."""
+
+
+def _cut(ids: torch.Tensor, first: int, image_token: int) -> int:
+    """The prefix length: ``first - 1`` (the logits from column ``first - 1`` on are wanted), moved back so that
+    no row's image placeholder run is split (a run may end exactly at the cut: its image is then in the prefix)."""
+    cut = first - 1
+    while cut > 0 and bool(((ids[:, cut - 1] == image_token) & (ids[:, cut] == image_token)).any()):
+        cut -= 1
+    return cut
+
+
+def shared_prefix_logits(model: Any, inputs: dict[str, torch.Tensor], first: int) -> torch.Tensor | None:
+    """Logits (B, T - first + 1, V) of a right-padded batch, each distinct prefix computed once.
+
+    Args:
+        model: a Qwen-VL ``*ForConditionalGeneration`` (train or eval mode; grads flow as in a plain forward).
+        inputs: :func:`vgym.modeling.model_inputs` of a right-padded batch: ``input_ids`` (B, T),
+            ``attention_mask`` (B, T), optionally ``pixel_values`` / ``image_grid_thw`` (rows' images in order).
+        first: the first column holding a trained token (logits are wanted from column ``first - 1``).
+
+    Returns:
+        The logits, or None when sharing does not apply (another model, videos, gradient checkpointing, a prefix
+        shorter than :data:`MIN_PREFIX` or padded in some row, or no two rows sharing one) — run the plain forward.
+    """
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    grids = inputs.get("image_grid_thw")
+    checkpointing = any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+    if not lean_decoding_supported(model, grids) or checkpointing or not forward_accepts(model, "logits_to_keep"):
+        return None
+    image_token = int(model.config.image_token_id)
+    merge = int(model.config.vision_config.spatial_merge_size)
+    cut = _cut(ids, first, image_token)
+    if cut < MIN_PREFIX or not bool(mask[:, :cut].all()):
+        return None
+    images, row_grids = row_images(inputs, image_token, merge)
+    sizes = [(g[:, 1] * g[:, 2] // merge**2).tolist() for g in row_grids]
+    in_prefix = []  # per row: how many of its images lie in the prefix
+    for row in range(len(ids)):
+        tokens, count = int((ids[row, :cut] == image_token).sum()), 0
+        while tokens > 0:
+            tokens -= sizes[row][count]
+            count += 1
+        in_prefix.append(count)
+    classes: list[tuple[int, ...]] = [()] * len(ids)
+    if grids is not None and len(grids):
+        _, image_class = unique_images(inputs["pixel_values"], grids)
+        cursor = 0
+        for row in range(len(ids)):
+            classes[row] = tuple(image_class[cursor:cursor + in_prefix[row]])
+            cursor += len(images[row])
+    keep: list[int] = []
+    inverse: list[int] = []
+    seen: dict[Any, int] = {}
+    for row, (prefix, row_classes) in enumerate(zip(ids[:, :cut].tolist(), classes)):
+        key = (tuple(prefix), row_classes)
+        if key not in seen:
+            seen[key] = len(keep)
+            keep.append(row)
+        inverse.append(seen[key])
+    if len(keep) == len(ids):
+        return None
+    positions, _ = mrope_positions(ids, mask, grids, image_token, merge)
+    cache_key = "cache" if forward_accepts(model, "cache") else "past_key_values"
+    try:
+        cache = DynamicCache(config=model.config)
+    except TypeError:  # an older signature
+        cache = DynamicCache()
+    types = "mm_token_type_ids" in inputs
+    head = _images([images[r][: in_prefix[r]] for r in keep], [row_grids[r][: in_prefix[r]] for r in keep])
+    head_ids = ids[keep, :cut]
+    model(input_ids=head_ids, attention_mask=mask[keep, :cut], position_ids=positions[:, keep, :cut],
+          use_cache=True, logits_to_keep=1, **{cache_key: cache}, **head, **_types(head_ids, image_token, types))
+    cache.reorder_cache(torch.tensor(inverse, device=ids.device))
+    tail = _images([images[r][in_prefix[r]:] for r in range(len(ids))],
+                   [row_grids[r][in_prefix[r]:] for r in range(len(ids))])
+    tail_ids = ids[:, cut:]
+    out = model(input_ids=tail_ids, attention_mask=mask, position_ids=positions[:, :, cut:], use_cache=True,
+                logits_to_keep=ids.shape[1] - first + 1, **{cache_key: cache}, **tail,
+                **_types(tail_ids, image_token, types))
+    return out.logits
+
+
+def _images(images: list[list[torch.Tensor]], grids: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    flat = [image for row in images for image in row]
+    if not flat:
+        return {}
+    return {"pixel_values": torch.cat(flat), "image_grid_thw": torch.cat([g for g in grids if len(g)])}
+
+
+def _types(ids: torch.Tensor, image_token: int, wanted: bool) -> dict[str, torch.Tensor]:
+    return {"mm_token_type_ids": (ids == image_token).long()} if wanted else {}
