@@ -155,6 +155,10 @@ def test_stops_pads_honours_min_tokens_and_is_seeded(tiny) -> None:  # type: ign
     late, _ = sample_turn(model, inputs, max_new_tokens=12, eos_ids=common, pad_id=1, min_new_tokens=10,
                           generator=torch.Generator().manual_seed(5))
     assert not (late[:, :10] % 3 == 0).any() and late.shape[1] > 10
+    greedy, _ = sample_turn(model, inputs, max_new_tokens=10, eos_ids=[], pad_id=1, greedy=True)  # no padding:
+    with torch.no_grad():  # decoded without an attention mask
+        reference = model.generate(**inputs, max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=1)
+    assert torch.equal(greedy, reference[:, ids.shape[1]:])
 
 
 def test_policy_decoders_agree_and_videos_fall_back(tiny) -> None:  # type: ignore[no-untyped-def]

@@ -231,6 +231,7 @@ def sample_turn(
         cache.reorder_cache(index)
         logits, next_position, mask = logits[index], next_position[index], mask[index]
     prompt_mask, width = mask, inputs["input_ids"].shape[1]
+    padded = not bool(mask.all())  # without padding every row attends to its whole cache: no mask needed
     prompt_lengths = inputs["attention_mask"].sum(-1).tolist()
     produced = torch.zeros(batch, dtype=torch.long, device=device)  # tokens per row so far, its end included
 
@@ -289,8 +290,8 @@ def sample_turn(
         step_positions = (next_position + step).view(1, -1, 1).expand(3, -1, -1)
         if warpers and not greedy:
             seen = torch.cat([seen, chosen[:, None]], dim=1)
-        out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=step_positions, use_cache=True,
-                    **{cache_key: cache})
+        out = model(input_ids=chosen[:, None], attention_mask=mask if padded else None,  # no mask to build
+                    position_ids=step_positions, use_cache=True, **{cache_key: cache})
         logits = out.logits[:, -1]
     keep_rows(torch.arange(len(rows), device=device))
     return tokens[:, :length].cpu(), logprobs[:, :length].float().cpu()
