@@ -288,7 +288,7 @@ def test_draw_samples_the_given_distribution() -> None:
     suppressed token): every frequency within 0.005 of its probability, zero-probability entries never drawn,
     and the same generator seed gives the same draws."""
     probs = torch.tensor([[0.5, 0.25, 0.15, 0.1, 0.0], [0.0, 0.0, 0.01, 0.09, 0.9]])
-    logprobs = probs.log().repeat(100_000, 1)
+    logprobs = (probs.log() + 3.0).repeat(100_000, 1)  # unnormalised scores: draw takes the softmax
     picks = draw(logprobs, torch.Generator().manual_seed(0)).view(100_000, 2)
     for row in range(2):
         freq = torch.bincount(picks[:, row], minlength=5).float() / 100_000

@@ -40,7 +40,7 @@ import vgym  # noqa: F401  (registers crop and visual_search)
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError, ToolError
 from vgym.tool_runtime import ToolRuntime, ToolRuntimeConfig
-from vgym.tooling import Backend, Tool, ToolContext, ToolResult
+from vgym.tooling import Tool, ToolContext, ToolResult
 
 # --- tool backends that misbehave -------------------------------------------------------------------------------
 

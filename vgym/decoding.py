@@ -6,7 +6,9 @@ Contents: :func:`lean_decoding_supported`, :func:`mrope_positions`, :func:`row_i
 ``generate`` spends about a fifth of a small model's decode step in its own bookkeeping (stopping criteria, input
 preparation, logits-processor plumbing), and prefills every row of a batch even when a GRPO group shows the same
 prompt to all of its episodes. This loop prefills each distinct row once and copies its KV cache to the equal rows,
-then runs the model on one token per step. It passes its own 3-D rotary positions, computed here from the ids and
+reads the part of a row decoded in the previous call (the episode's earlier turns) from a
+:class:`~vgym.prefix_cache.PrefixCache`, then runs the model on one token per step; once half of the rows have
+ended, the cache keeps only the running ones. It passes its own 3-D rotary positions, computed here from the ids and
 image grids (Qwen2-VL's M-RoPE: text positions advance by one; an image's tokens take (0, row, column) offsets from
 the position after the preceding text; the text after an image starts at that position plus the image's larger
 side in merged patches), so it does not depend on how a transformers version derives positions during generation.
@@ -160,14 +162,14 @@ def _subset(inputs: dict[str, torch.Tensor], keep: list[int], images: list[list[
     return out
 
 
-def draw(logprobs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One index per row of ``logprobs`` (B, V), drawn with probability ``exp(logprobs)``.
+def draw(scores: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of ``scores`` (B, V), drawn with probability ``softmax(scores)`` (``-inf``: never).
 
-    The exponential race (equivalent to Gumbel-max): ``argmax_i p_i / E_i`` with ``E_i ~ Exp(1)`` is ``i`` with
-    probability ``p_i``. On a small model's CPU decode step it costs a fifth of ``torch.multinomial``.
+    ``torch.multinomial`` on the softmax, as ``generate`` samples: with the same seed and batch, the same tokens.
+    (An exponential race, ``argmax p / E`` with ``E ~ Exp(1)``, measured no faster on the CPU: its random numbers
+    cost as much as ``multinomial``'s.)
     """
-    race = torch.empty_like(logprobs).exponential_(generator=generator).clamp_(min=1e-20)  # never 0 / 0
-    return (logprobs.exp() / race).argmax(-1)
+    return torch.multinomial(torch.softmax(scores, -1), 1, generator=generator).squeeze(-1)
 
 
 @torch.no_grad()
@@ -266,10 +268,7 @@ def sample_turn(
             for warp in warpers:
                 scores = warp(seen, scores)
         logp_all = torch.log_softmax(scores, -1)
-        if greedy:
-            chosen = logp_all.argmax(-1)
-        else:
-            chosen = draw(logp_all, generator)
+        chosen = logp_all.argmax(-1) if greedy else draw(scores, generator)
         logp = logp_all.gather(-1, chosen[:, None]).squeeze(-1)
         chosen = torch.where(running, chosen, pad_id)
         produced[rows[running]] += 1

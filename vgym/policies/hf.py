@@ -1,11 +1,13 @@
-"""A transformers policy: batched ``generate`` over multi-turn, multi-image sequences.
+"""A transformers policy: batched sampling over multi-turn, multi-image sequences.
 
 Contents: :class:`GenerationConfig`, :class:`HFPolicy`, :func:`collate_left`.
 
 Sequences of different lengths are left-padded into one batch; the images of all episodes are concatenated in
-batch order (the order the model's placeholder tokens appear). Sampling randomness comes from the policy's own
-seed: each call draws a seed from its generator and runs ``generate`` inside ``torch.random.fork_rng``, so the
-global torch RNG is left as it was.
+batch order (the order the model's placeholder tokens appear). Qwen-VL models with still images decode with
+:func:`vgym.decoding.sample_turn` (one prefill per distinct prompt, earlier turns read from the kept KV cache);
+other models, videos and ``decoder="generate"`` use transformers' ``generate``. Sampling randomness comes from the
+policy's own seed: each call draws a seed from its generator, used by a dedicated ``torch.Generator`` (lean loop) or
+inside ``torch.random.fork_rng`` (``generate``), so the global torch RNG is left as it was.
 """
 
 from __future__ import annotations
