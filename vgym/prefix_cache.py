@@ -74,6 +74,7 @@ class PrefixCache:
     def __init__(self) -> None:
         self.generations: list[dict[tuple[int, int], list[_Entry]]] = []
         self.version: int | None = None
+        self._params: tuple[Any, list[torch.Tensor]] | None = None  # the model and its parameters, listed once
 
     def clear(self) -> None:
         """Drop every entry (frees their memory)."""
@@ -81,7 +82,9 @@ class PrefixCache:
 
     def check_weights(self, model: Any) -> None:
         """Empty the cache if a parameter of ``model`` was modified in place since the last call."""
-        version = sum(p._version for p in model.parameters())  # bumped by in-place updates (optimizer, copy_)
+        if self._params is None or self._params[0] is not model:
+            self._params = (model, list(model.parameters()))
+        version = sum(p._version for p in self._params[1])  # bumped by in-place updates (optimizer, copy_)
         if version != self.version:
             self.clear()
             self.version = version
