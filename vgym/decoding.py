@@ -1,7 +1,7 @@
 """A lean sampling loop for Qwen-VL models: one prefill per distinct prompt, then one forward per new token.
 
-Contents: :func:`lean_decoding_supported`, :func:`mrope_positions`, :func:`row_images`, :func:`draw`,
-:func:`sample_turn`.
+Contents: :func:`lean_decoding_supported`, :func:`mrope_positions`, :func:`row_images`, :func:`image_classes`,
+:func:`distinct`, :func:`draw`, :func:`sample_turn`.
 
 ``generate`` spends about a fifth of a small model's decode step in its own bookkeeping (stopping criteria, input
 preparation, logits-processor plumbing), and prefills every row of a batch even when a GRPO group shows the same
@@ -23,10 +23,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from vgym.modeling import forward_accepts, shared_image_features, unique_images
-from vgym.prefix_cache import PrefixCache, prefill, record
 
-__all__ = ["draw", "lean_decoding_supported", "mrope_positions", "row_images", "sample_turn"]
+from vgym.modeling import forward_accepts, shared_image_features, unique_images
+from vgym.prefix_cache import PrefixCache, cache_keyword, prefill, record
+
+__all__ = [
+    "distinct", "draw", "image_classes", "lean_decoding_supported", "mrope_positions", "row_images", "sample_turn",
+]
 
 _MROPE_MODELS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 """``model_type``s whose rotary positions :func:`mrope_positions` reproduces (their ``get_rope_index`` for images)."""
@@ -128,27 +131,39 @@ def row_images(inputs: dict[str, torch.Tensor], image_token: int,
     return images, row_grids
 
 
-def _distinct_rows(inputs: dict[str, torch.Tensor], images: list[list[torch.Tensor]],
-                   grids: list[torch.Tensor]) -> tuple[list[int], list[int]]:
-    """``(keep, inverse)`` over the batch rows: rows are equal when their ids, mask and images are all equal."""
+def image_classes(inputs: dict[str, torch.Tensor], images: list[list[torch.Tensor]],
+                  taken: list[int]) -> list[tuple[int, ...]]:
+    """Per row, the distinct-image classes (:func:`vgym.modeling.unique_images`) of its first ``taken[row]``
+    images: equal tuples mean equal pixels."""
     classes: list[tuple[int, ...]] = [()] * len(images)
     if any(images):
         _, image_class = unique_images(inputs["pixel_values"], inputs["image_grid_thw"])
         cursor = 0
         for row, row_images in enumerate(images):
-            classes[row] = tuple(image_class[cursor:cursor + len(row_images)])
+            classes[row] = tuple(image_class[cursor:cursor + taken[row]])
             cursor += len(row_images)
+    return classes
+
+
+def distinct(keys: Sequence[Any]) -> tuple[list[int], list[int]]:
+    """``(keep, inverse)``: the index of the first of each distinct key, in order, and for every key the position in
+    ``keep`` of its equal."""
     keep: list[int] = []
     inverse: list[int] = []
     seen: dict[Any, int] = {}
-    rows = zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist(), classes)
-    for row, (row_ids, row_mask, row_classes) in enumerate(rows):
-        key = (tuple(row_ids), tuple(row_mask), row_classes)
+    for row, key in enumerate(keys):
         if key not in seen:
             seen[key] = len(keep)
             keep.append(row)
         inverse.append(seen[key])
     return keep, inverse
+
+
+def _distinct_rows(inputs: dict[str, torch.Tensor], images: list[list[torch.Tensor]]) -> tuple[list[int], list[int]]:
+    """``(keep, inverse)`` over the batch rows: rows are equal when their ids, mask and images are all equal."""
+    classes = image_classes(inputs, images, [len(row) for row in images])
+    rows = zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist(), classes)
+    return distinct([(tuple(ids), tuple(mask), row_classes) for ids, mask, row_classes in rows])
 
 
 def _subset(inputs: dict[str, torch.Tensor], keep: list[int], images: list[list[torch.Tensor]],
@@ -220,11 +235,11 @@ def sample_turn(
     batch = inputs["input_ids"].shape[0]
     device = inputs["input_ids"].device
     images, grids = row_images(inputs, image_token, merge)
-    keep, inverse = _distinct_rows(inputs, images, grids)
+    keep, inverse = _distinct_rows(inputs, images)
     distinct = _subset(inputs, keep, images, grids) if len(keep) < batch else dict(inputs)
     positions, next_position = mrope_positions(distinct["input_ids"], distinct["attention_mask"],
                                                distinct.get("image_grid_thw"), image_token, merge)
-    cache_key = "cache" if forward_accepts(model, "cache") else "past_key_values"
+    cache_key = cache_keyword(model)
     extra = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
     table = None
     if prefix_cache is not None:

@@ -1,6 +1,6 @@
 """KV reuse across turns: an episode's next turn reads its earlier turns from the keys and values kept last turn.
 
-Contents: :class:`PrefixCache`, :func:`prefill`, :func:`record`.
+Contents: :class:`PrefixCache`, :func:`prefill`, :func:`record`, :func:`new_cache`, :func:`cache_keyword`.
 
 A multi-turn episode's turn ``t + 1`` sequence is its turn ``t`` sequence, the tokens generated at turn ``t``, and
 the environment's reply. :func:`vgym.decoding.sample_turn` records, for every row it decoded, the keys and values
@@ -22,7 +22,9 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-__all__ = ["PrefixCache", "prefill", "record"]
+from vgym.modeling import forward_accepts
+
+__all__ = ["PrefixCache", "cache_keyword", "new_cache", "prefill", "record"]
 
 _WEIGHTS = torch.randint(-(2**62), 2**62, (1 << 12,), generator=torch.Generator().manual_seed(0))
 """Per-position multipliers of the prefix fingerprints (extended as needed; int64 arithmetic wraps)."""
@@ -116,6 +118,19 @@ class PrefixCache:
         return None
 
 
+def new_cache(model: Any) -> Any:
+    """An empty ``DynamicCache`` for ``model``."""
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # an older signature
+        return DynamicCache()
+
+
+def cache_keyword(model: Any) -> str:
+    """The keyword ``model.forward`` takes its KV cache by: ``cache`` (transformers ≥ 5.2x) or ``past_key_values``."""
+    return "cache" if forward_accepts(model, "cache") else "past_key_values"
+
+
 def _layers(cache: Any) -> list[Any] | None:
     """The cache's per-layer objects with ``keys`` / ``values`` tensors, or None for another layout."""
     layers = getattr(cache, "layers", None)
@@ -156,10 +171,7 @@ def prefill(model: Any, inputs: dict[str, torch.Tensor], positions: torch.Tensor
     hits = [None] * batch
     if prefix_cache is not None:
         hits = [prefix_cache.lookup(ids[b, width - lengths[b]:], row_images[b]) for b in range(batch)]
-    try:
-        cache = DynamicCache(config=model.config)
-    except TypeError:  # an older signature
-        cache = DynamicCache()
+    cache = new_cache(model)
     if not any(hits):
         out = model(**inputs, position_ids=positions, use_cache=True, **{cache_key: cache}, **extra)
         return cache, out.logits[:, -1], mask

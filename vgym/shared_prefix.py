@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
-from vgym.decoding import row_images, lean_decoding_supported, mrope_positions
-from vgym.modeling import forward_accepts, unique_images
+from vgym.decoding import distinct, image_classes, lean_decoding_supported, mrope_positions, row_images
+from vgym.modeling import forward_accepts
+from vgym.prefix_cache import cache_keyword, new_cache
 
 __all__ = ["shared_prefix_logits"]
 
@@ -68,30 +68,12 @@ def shared_prefix_logits(model: Any, inputs: dict[str, torch.Tensor], first: int
             tokens -= sizes[row][count]
             count += 1
         in_prefix.append(count)
-    classes: list[tuple[int, ...]] = [()] * len(ids)
-    if grids is not None and len(grids):
-        _, image_class = unique_images(inputs["pixel_values"], grids)
-        cursor = 0
-        for row in range(len(ids)):
-            classes[row] = tuple(image_class[cursor:cursor + in_prefix[row]])
-            cursor += len(images[row])
-    keep: list[int] = []
-    inverse: list[int] = []
-    seen: dict[Any, int] = {}
-    for row, (prefix, row_classes) in enumerate(zip(ids[:, :cut].tolist(), classes)):
-        key = (tuple(prefix), row_classes)
-        if key not in seen:
-            seen[key] = len(keep)
-            keep.append(row)
-        inverse.append(seen[key])
+    classes = image_classes(inputs, images, in_prefix)
+    keep, inverse = distinct([(tuple(prefix), c) for prefix, c in zip(ids[:, :cut].tolist(), classes)])
     if len(keep) == len(ids):
         return None
     positions, _ = mrope_positions(ids, mask, grids, image_token, merge)
-    cache_key = "cache" if forward_accepts(model, "cache") else "past_key_values"
-    try:
-        cache = DynamicCache(config=model.config)
-    except TypeError:  # an older signature
-        cache = DynamicCache()
+    cache_key, cache = cache_keyword(model), new_cache(model)
     types = "mm_token_type_ids" in inputs
     head = _images([images[r][: in_prefix[r]] for r in keep], [row_grids[r][: in_prefix[r]] for r in keep])
     head_ids = ids[keep, :cut]
