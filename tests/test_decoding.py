@@ -108,18 +108,23 @@ def test_positions_and_greedy_tokens_match_the_model_and_generate(family: str) -
     assert (logprobs[~live] == 0).all()
 
 
-def test_each_distinct_prompt_is_prefilled_once(tiny) -> None:  # type: ignore[no-untyped-def]
-    """A group of 4 equal prompts plus another sample: the prefill runs on 2 rows, decoding on all 5, and the
-    rows of the group sample different tokens from the shared prefix."""
-    model, processor = tiny
+def _prompts(model, processor, samples: tuple[int, ...]):  # type: ignore[no-untyped-def]
+    """Model inputs of visual-search prompts (112² images, tools off), one per sample index, left-padded."""
     encoder, rows = ChatEncoder(processor), []
-    for index in (0, 0, 0, 1, 0):
+    for index in samples:
         env = VisualToolEnv("visual_search", tools=(), max_turns=1, max_pixels=112 * 112)
         obs, info = env.reset(seed=index, options={"split": "train", "index": index})
         rows.append(encoder.encode_prompt(info["messages"], obs["images"]))
     ids, mask = collate_left([r.input_ids for r in rows], pad_id=0)
-    inputs = model_inputs(model, ids, mask, torch.cat([r.pixel_values for r in rows]),
-                          torch.cat([r.image_grid_thw for r in rows]))
+    return model_inputs(model, ids, mask, torch.cat([r.pixel_values for r in rows]),
+                        torch.cat([r.image_grid_thw for r in rows]))
+
+
+def test_each_distinct_prompt_is_prefilled_once(tiny) -> None:  # type: ignore[no-untyped-def]
+    """A group of 4 equal prompts plus another sample: the prefill runs on 2 rows, decoding on all 5, and the
+    rows of the group sample different tokens from the shared prefix."""
+    model, processor = tiny
+    inputs = _prompts(model, processor, (0, 0, 0, 1, 0))
     batch_sizes: list[int] = []
     model.model.language_model.register_forward_hook(
         lambda module, args, kwargs, out: batch_sizes.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True)
@@ -191,14 +196,8 @@ def test_ended_rows_leave_the_batch_without_changing_any_row(tiny) -> None:  # t
     """Six different prompts whose rows end at different steps: once half of the rows have ended the cache keeps
     only the running ones (the decode batch shrinks), and every row's greedy tokens still equal ``generate``'s."""
     model, processor = tiny
-    rows = []
-    for index in range(6):
-        env = VisualToolEnv("visual_search", tools=(), max_turns=1, max_pixels=112 * 112)
-        obs, info = env.reset(seed=index, options={"split": "train", "index": index})
-        rows.append(ChatEncoder(processor).encode_prompt(info["messages"], obs["images"]))
-    ids, mask = collate_left([r.input_ids for r in rows], pad_id=0)
-    inputs = model_inputs(model, ids, mask, torch.cat([r.pixel_values for r in rows]),
-                          torch.cat([r.image_grid_thw for r in rows]))
+    inputs = _prompts(model, processor, tuple(range(6)))
+    ids = inputs["input_ids"]
     free, _ = sample_turn(model, inputs, max_new_tokens=30, eos_ids=[], pad_id=0, greedy=True)
     ends = sorted({int(free[r, 1]) for r in (1, 2, 3)})  # rows 1-3 end at step 1, others later or never
     batch_sizes: list[int] = []
@@ -247,14 +246,7 @@ def test_next_turn_reads_the_kept_prefix_and_decodes_the_same(tiny) -> None:  # 
     from vgym.prefix_cache import PrefixCache
 
     model, processor = tiny
-    encoder, rows = ChatEncoder(processor), []
-    for index in (0, 0, 0, 1, 2):
-        env = VisualToolEnv("visual_search", tools=(), max_turns=1, max_pixels=112 * 112)
-        obs, info = env.reset(seed=index, options={"split": "train", "index": index})
-        rows.append(encoder.encode_prompt(info["messages"], obs["images"]))
-    ids, mask = collate_left([r.input_ids for r in rows], pad_id=0)
-    first = model_inputs(model, ids, mask, torch.cat([r.pixel_values for r in rows]),
-                         torch.cat([r.image_grid_thw for r in rows]))
+    first = _prompts(model, processor, (0, 0, 0, 1, 2))
     store = PrefixCache()
     ends = list(range(0, len(processor.tokenizer), 4))  # a quarter of the vocabulary ends a row
     tokens, _ = sample_turn(model, first, max_new_tokens=12, eos_ids=ends, pad_id=1,
@@ -296,3 +288,23 @@ def test_draw_samples_the_given_distribution() -> None:
         assert (freq[probs[row] == 0] == 0).all()
     assert torch.equal(draw(logprobs[:50], torch.Generator().manual_seed(3)),
                        draw(logprobs[:50], torch.Generator().manual_seed(3)))
+
+
+def test_a_kept_prefix_needs_equal_image_grids() -> None:
+    """Equal ids and equal patch tensors laid out on another grid (2 x 8 vs 8 x 2 patches) are another image
+    (other rotary positions): the kept prefix is not reused for it; with the same grid it is."""
+    from transformers import DynamicCache
+
+    from vgym.prefix_cache import PrefixCache, record
+
+    store = PrefixCache()
+    cache = DynamicCache()
+    cache.update(torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4), 0)
+    patches = torch.randn(16, 12)
+    ids = torch.tensor([1, VISION_START, IMAGE, IMAGE, IMAGE, IMAGE])
+    record(store, store.start_generation(), cache, 0, torch.arange(6), ids, [patches], torch.tensor([[1, 2, 8]]))
+    store.start_generation()
+    longer = torch.cat([ids, torch.tensor([VISION_END, 30])])
+    assert store.lookup(longer, [patches], torch.tensor([[1, 8, 2]])) is None
+    hit = store.lookup(longer, [patches], torch.tensor([[1, 2, 8]]))
+    assert hit is not None and torch.equal(hit.ids, ids)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from vgym.modeling import forward_accepts, shared_image_features, unique_images
+from vgym.modeling import forward_accepts, image_inputs, shared_image_features, unique_images
 from vgym.prefix_cache import PrefixCache, cache_keyword, prefill, record
 
 __all__ = [
@@ -170,11 +170,7 @@ def _subset(inputs: dict[str, torch.Tensor], keep: list[int], images: list[list[
             grids: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """The model inputs of rows ``keep`` only (their images included)."""
     out = {k: v[keep] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
-    chosen = [image for row in keep for image in images[row]]
-    if chosen:
-        out["pixel_values"] = torch.cat(chosen)
-        out["image_grid_thw"] = torch.cat([grids[row] for row in keep])
-    return out
+    return {**out, **image_inputs([images[row] for row in keep], [grids[row] for row in keep])}
 
 
 def draw(scores: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -236,9 +232,9 @@ def sample_turn(
     device = inputs["input_ids"].device
     images, grids = row_images(inputs, image_token, merge)
     keep, inverse = _distinct_rows(inputs, images)
-    distinct = _subset(inputs, keep, images, grids) if len(keep) < batch else dict(inputs)
-    positions, next_position = mrope_positions(distinct["input_ids"], distinct["attention_mask"],
-                                               distinct.get("image_grid_thw"), image_token, merge)
+    unique_rows = _subset(inputs, keep, images, grids) if len(keep) < batch else dict(inputs)
+    positions, next_position = mrope_positions(unique_rows["input_ids"], unique_rows["attention_mask"],
+                                               unique_rows.get("image_grid_thw"), image_token, merge)
     cache_key = cache_keyword(model)
     extra = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
     table = None
@@ -246,7 +242,7 @@ def sample_turn(
         prefix_cache.check_weights(model)
         table = prefix_cache.start_generation()
     with shared_image_features(model):
-        cache, logits, mask = prefill(model, distinct, positions, [images[k] for k in keep],
+        cache, logits, mask = prefill(model, unique_rows, positions, [images[k] for k in keep],
                                       [grids[k] for k in keep], prefix_cache, cache_key, extra)
     if len(keep) < batch:
         index = torch.tensor(inverse, device=device)

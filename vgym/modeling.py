@@ -1,7 +1,7 @@
 """Model-input assembly shared by the policies and the trainers.
 
-Contents: :func:`model_inputs`, :func:`forward_accepts`, :func:`shared_image_features`, :func:`unique_images`,
-:func:`load_pretrained_in_place`.
+Contents: :func:`model_inputs`, :func:`token_types`, :func:`image_inputs`, :func:`forward_accepts`,
+:func:`shared_image_features`, :func:`unique_images`, :func:`load_pretrained_in_place`.
 
 Recent transformers Qwen-VL models need ``mm_token_type_ids`` (0 text, 1 image, 2 video) to compute their
 multimodal rotary positions; without it ``generate`` silently falls back to 1-D text positions and ``forward``
@@ -19,7 +19,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["model_inputs", "forward_accepts", "shared_image_features", "unique_images", "load_pretrained_in_place"]
+__all__ = [
+    "model_inputs", "token_types", "image_inputs", "forward_accepts", "shared_image_features", "unique_images",
+    "load_pretrained_in_place",
+]
 
 
 def model_inputs(
@@ -51,13 +54,27 @@ def model_inputs(
         out["pixel_values"] = pixel_values.to(device=param.device, dtype=param.dtype)
         out["image_grid_thw"] = image_grid_thw.to(param.device)  # type: ignore[union-attr]
     if forward_accepts(model, "mm_token_type_ids"):
-        types = torch.zeros_like(out["input_ids"])
-        for value, key in ((1, "image_token_id"), (2, "video_token_id")):
-            token = getattr(model.config, key, None)
-            if token is not None:
-                types[out["input_ids"] == token] = value
-        out["mm_token_type_ids"] = types
+        out["mm_token_type_ids"] = token_types(model, out["input_ids"])
     return out
+
+
+def token_types(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    """``mm_token_type_ids`` for ``input_ids`` (B, T): 0 text, 1 image placeholder, 2 video placeholder."""
+    types = torch.zeros_like(input_ids)
+    for value, key in ((1, "image_token_id"), (2, "video_token_id")):
+        token = getattr(model.config, key, None)
+        if token is not None:
+            types[input_ids == token] = value
+    return types
+
+
+def image_inputs(images: list[list[torch.Tensor]], grids: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``pixel_values`` / ``image_grid_thw`` for rows' images in row order (per row: a list of patch tensors and
+    their (k, 3) grids); empty when no row has an image."""
+    flat = [image for row in images for image in row]
+    if not flat:
+        return {}
+    return {"pixel_values": torch.cat(flat), "image_grid_thw": torch.cat([g for g in grids if len(g)])}
 
 
 def forward_accepts(model: Any, name: str) -> bool:

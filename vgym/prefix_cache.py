@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from vgym.modeling import forward_accepts
+from vgym.modeling import forward_accepts, image_inputs, token_types
 
 __all__ = ["PrefixCache", "cache_keyword", "new_cache", "prefill", "record"]
 
@@ -101,8 +101,9 @@ class PrefixCache:
             key = (len(entry.ids), int(_fingerprints(entry.ids)[-1]))
             table.setdefault(key, []).append(entry)
 
-    def lookup(self, ids: torch.Tensor, images: list[torch.Tensor]) -> _Entry | None:
-        """The longest entry whose ids are a proper prefix of ``ids`` with equal images, or None."""
+    def lookup(self, ids: torch.Tensor, images: list[torch.Tensor], grids: torch.Tensor) -> _Entry | None:
+        """The longest entry whose ids are a proper prefix of ``ids`` with equal images (patches and grids: equal
+        patches laid out on another grid get other positions), or None."""
         tables = self.generations[:-1]  # not the table this call is filling
         if not tables:
             return None
@@ -113,6 +114,7 @@ class PrefixCache:
                 for entry in table.get((n, int(prints[n - 1])), []):
                     k = len(entry.images)
                     if (k <= len(images) and entry.intact() and torch.equal(entry.ids, ids[:n].cpu())
+                            and torch.equal(entry.grids.cpu(), grids[:k].cpu())
                             and all(torch.equal(a, b) for a, b in zip(entry.images, images[:k]))):
                         return entry
         return None
@@ -170,7 +172,7 @@ def prefill(model: Any, inputs: dict[str, torch.Tensor], positions: torch.Tensor
     lengths = mask.sum(-1).tolist()
     hits = [None] * batch
     if prefix_cache is not None:
-        hits = [prefix_cache.lookup(ids[b, width - lengths[b]:], row_images[b]) for b in range(batch)]
+        hits = [prefix_cache.lookup(ids[b, width - lengths[b]:], row_images[b], row_grids[b]) for b in range(batch)]
     cache = new_cache(model)
     if not any(hits):
         out = model(**inputs, position_ids=positions, use_cache=True, **{cache_key: cache}, **extra)
@@ -190,20 +192,15 @@ def prefill(model: Any, inputs: dict[str, torch.Tensor], positions: torch.Tensor
     new_ids = ids.new_zeros(batch, tail_width)
     new_positions = positions.new_zeros(3, batch, tail_width)
     full_mask = mask.new_zeros(batch, prefix_width + tail_width)
-    pixels, grids = [], []
     for b in range(batch):
         new_ids[b, tail_width - tails[b]:] = ids[b, width - tails[b]:]
         new_positions[:, b, tail_width - tails[b]:] = positions[:, b, width - tails[b]:]
         full_mask[b, prefix_width - kept[b]:prefix_width] = 1
         full_mask[b, prefix_width + tail_width - tails[b]:] = 1
-        done = len(hits[b].images) if hits[b] else 0
-        pixels += row_images[b][done:]
-        grids.append(row_grids[b][done:])
-    step_inputs: dict[str, Any] = {"input_ids": new_ids, "attention_mask": full_mask}
-    if pixels:
-        step_inputs["pixel_values"] = torch.cat(pixels)
-        step_inputs["image_grid_thw"] = torch.cat(grids)
+    done = [len(hit.images) if hit else 0 for hit in hits]  # images already in the kept prefix
+    step_inputs: dict[str, Any] = {"input_ids": new_ids, "attention_mask": full_mask, **image_inputs(
+        [images[d:] for images, d in zip(row_images, done)], [grids[d:] for grids, d in zip(row_grids, done)])}
     if "mm_token_type_ids" in inputs:
-        step_inputs["mm_token_type_ids"] = (new_ids == model.config.image_token_id).long()
+        step_inputs["mm_token_type_ids"] = token_types(model, new_ids)
     out = model(**step_inputs, position_ids=new_positions, use_cache=True, **{cache_key: cache}, **extra)
     return cache, out.logits[:, -1], full_mask

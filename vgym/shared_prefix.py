@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from vgym.decoding import distinct, image_classes, lean_decoding_supported, mrope_positions, row_images
-from vgym.modeling import forward_accepts
+from vgym.modeling import forward_accepts, image_inputs, token_types
 from vgym.prefix_cache import cache_keyword, new_cache
 
 __all__ = ["shared_prefix_logits"]
@@ -75,26 +75,19 @@ def shared_prefix_logits(model: Any, inputs: dict[str, torch.Tensor], first: int
     positions, _ = mrope_positions(ids, mask, grids, image_token, merge)
     cache_key, cache = cache_keyword(model), new_cache(model)
     types = "mm_token_type_ids" in inputs
-    head = _images([images[r][: in_prefix[r]] for r in keep], [row_grids[r][: in_prefix[r]] for r in keep])
+    head = image_inputs([images[r][: in_prefix[r]] for r in keep], [row_grids[r][: in_prefix[r]] for r in keep])
     head_ids = ids[keep, :cut]
     model(input_ids=head_ids, attention_mask=mask[keep, :cut], position_ids=positions[:, keep, :cut],
-          use_cache=True, logits_to_keep=1, **{cache_key: cache}, **head, **_types(head_ids, image_token, types))
+          use_cache=True, logits_to_keep=1, **{cache_key: cache}, **head, **_types(model, head_ids, types))
     cache.reorder_cache(torch.tensor(inverse, device=ids.device))
-    tail = _images([images[r][in_prefix[r]:] for r in range(len(ids))],
+    tail = image_inputs([images[r][in_prefix[r]:] for r in range(len(ids))],
                    [row_grids[r][in_prefix[r]:] for r in range(len(ids))])
     tail_ids = ids[:, cut:]
     out = model(input_ids=tail_ids, attention_mask=mask, position_ids=positions[:, :, cut:], use_cache=True,
                 logits_to_keep=ids.shape[1] - first + 1, **{cache_key: cache}, **tail,
-                **_types(tail_ids, image_token, types))
+                **_types(model, tail_ids, types))
     return out.logits
 
 
-def _images(images: list[list[torch.Tensor]], grids: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    flat = [image for row in images for image in row]
-    if not flat:
-        return {}
-    return {"pixel_values": torch.cat(flat), "image_grid_thw": torch.cat([g for g in grids if len(g)])}
-
-
-def _types(ids: torch.Tensor, image_token: int, wanted: bool) -> dict[str, torch.Tensor]:
-    return {"mm_token_type_ids": (ids == image_token).long()} if wanted else {}
+def _types(model: Any, ids: torch.Tensor, wanted: bool) -> dict[str, torch.Tensor]:
+    return {"mm_token_type_ids": token_types(model, ids)} if wanted else {}
