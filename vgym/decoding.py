@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from vgym.decode_step import DecodeStep
 from vgym.modeling import forward_accepts, image_inputs, shared_image_features, unique_images
 from vgym.prefix_cache import PrefixCache, cache_keyword, prefill, record
 
@@ -202,6 +203,7 @@ def sample_turn(
     min_new_tokens: int = 0,
     generator: torch.Generator | None = None,
     prefix_cache: PrefixCache | None = None,
+    direct: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one turn for every row of a left-padded batch.
 
@@ -219,6 +221,8 @@ def sample_turn(
         generator: the sampling RNG (on the model's device).
         prefix_cache: rows whose start was decoded in the previous call read it from here (see
             :mod:`vgym.prefix_cache`), and every row's prompt and tokens are kept in it for the next call.
+        direct: run the decode steps with :class:`vgym.decode_step.DecodeStep` where it reproduces the model
+            (False, or where it does not: ``model(...)``).
 
     Returns:
         ``tokens`` (B, N) int64 and ``logprobs`` (B, N) float32 on the CPU, N ≤ ``max_new_tokens`` (the loop ends
@@ -244,9 +248,11 @@ def sample_turn(
     with shared_image_features(model):
         cache, logits, mask = prefill(model, unique_rows, positions, [images[k] for k in keep],
                                       [grids[k] for k in keep], prefix_cache, cache_key, extra)
+    stepper = DecodeStep.create(model, cache, room=max_new_tokens) if direct else None
+    reorder = cache.reorder_cache if stepper is None else stepper.reorder
     if len(keep) < batch:
         index = torch.tensor(inverse, device=device)
-        cache.reorder_cache(index)
+        reorder(index)
         logits, next_position, mask = logits[index], next_position[index], mask[index]
     prompt_mask, width = mask, inputs["input_ids"].shape[1]
     padded = not bool(mask.all())  # without padding every row attends to its whole cache: no mask needed
@@ -298,15 +304,18 @@ def sample_turn(
         if alive <= len(rows) // 2:  # drop ended rows once half have ended: at most log2(B) copies of the cache
             live = running.nonzero().squeeze(-1)
             keep_rows((~running).nonzero().squeeze(-1))
-            cache.reorder_cache(live)
+            reorder(live)
             rows, running, chosen = rows[live], running[live], chosen[live]
             mask, next_position, seen = mask[live], next_position[live], seen[live]
         mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
-        step_positions = (next_position + step).view(1, -1, 1).expand(3, -1, -1)
         if warpers and not greedy:
             seen = torch.cat([seen, chosen[:, None]], dim=1)
-        out = model(input_ids=chosen[:, None], attention_mask=mask if padded else None,  # no mask to build
-                    position_ids=step_positions, use_cache=True, **{cache_key: cache})
-        logits = out.logits[:, -1]
+        if stepper is not None:
+            logits = stepper(chosen, next_position + step, mask if padded else None)
+        else:
+            out = model(input_ids=chosen[:, None], attention_mask=mask if padded else None,  # no mask to build
+                        position_ids=(next_position + step).view(1, -1, 1).expand(3, -1, -1), use_cache=True,
+                        **{cache_key: cache})
+            logits = out.logits[:, -1]
     keep_rows(torch.arange(len(rows), device=device))
     return tokens[:, :length].cpu(), logprobs[:, :length].float().cpu()
