@@ -40,7 +40,7 @@ from vgym.trainers.losses import token_logprobs
 from vgym.trainers.monitors import AlarmMonitor, rollout_metrics
 from vgym.trainers.regularisers import entropy_from_logits
 from vgym.trainers.rl_losses import compute_policy_objective
-from vgym.trainers.sft import collate
+from vgym.trainers.sft import adamw, collate
 from vgym.trajectory import Trajectory, atomic_path
 
 __all__ = ["GRPOConfig", "otc_tool_factor", "turn_ids_from_mask", "step_rewards", "GRPOTrainer"]
@@ -95,7 +95,7 @@ class GRPOTrainer:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.alarm_log: list[str] = []
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.optimizer = adamw(params, config.learning_rate, config.weight_decay)
         warmup = config.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
