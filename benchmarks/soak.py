@@ -124,7 +124,7 @@ def cache_sizes(encoder: ChatEncoder) -> dict[str, int]:
            for attr, fn in list(vars(module).items()) if callable(getattr(fn, "cache_info", None))}
     return {"sample_cache": len(SAMPLES._items), "array_digests": len(tool_runtime._ARRAY_DIGESTS),
             "file_digests": len(tool_runtime._DIGESTS), "tool_resources": len(resources), "open_clips": clips,
-            "encoder_prompts": len(encoder._prompts), "lru_entries": sum(lru.values()),
+            "encoder_prompts": len(encoder._memo), "lru_entries": sum(lru.values()),
             **{f"lru:{k}": v for k, v in lru.items()}}
 
 

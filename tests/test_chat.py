@@ -1,5 +1,6 @@
 """vgym/chat.py's direct encoding (image processor + tokenizer, without the processor's generic call) gives the
-processor's exact output, and is used only where a probe at construction shows that it does."""
+processor's exact output, and is used only where a probe at construction shows that it does; repeated prompts and
+replies are encoded once."""
 
 from __future__ import annotations
 
@@ -61,3 +62,33 @@ def test_a_mismatch_on_the_probe_keeps_the_processor_call(tiny, monkeypatch: pyt
     ids, _, _ = _processor_output(processor, encoder._template(info["messages"], generation_prompt=True),
                                   obs["images"])
     assert torch.equal(got.input_ids, ids)
+
+
+def test_repeated_replies_are_encoded_once(tiny, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A group's episodes often get the same tool reply: an equal delta (text and image bytes) is encoded once and
+    its tensors shared; other pixels of the same shape, or another text, are encoded anew — all equal to a fresh
+    encoder's output."""
+    _, processor = tiny
+    encoder, fresh = ChatEncoder(processor), ChatEncoder(processor)
+    calls: list[str] = []
+    original = ChatEncoder._encode
+
+    def counted(self, text, images):  # type: ignore[no-untyped-def]
+        calls.append(text)
+        return original(self, text, images)
+
+    monkeypatch.setattr(ChatEncoder, "_encode", counted)
+    rng = np.random.default_rng(0)
+    crop = (rng.random((56, 84, 3)) * 255).astype(np.uint8)
+    other = crop.copy()
+    other[0, 0] ^= 1  # one value differs
+    reply = [{"role": "tool", "content": [{"type": "image"}, {"type": "text", "text": "crop"}]}]
+    renamed = [{"role": "tool", "content": [{"type": "image"}, {"type": "text", "text": "zoom"}]}]
+    first, again = encoder.encode_delta(reply, [crop]), encoder.encode_delta(reply, [crop.copy()])
+    assert len(calls) == 1 and again.pixel_values is first.pixel_values
+    for messages, image in ((reply, other), (renamed, crop)):
+        got, want = encoder.encode_delta(messages, [image]), fresh.encode_delta(messages, [image])
+        assert got.pixel_values is not first.pixel_values
+        assert torch.equal(got.input_ids, want.input_ids) and torch.equal(got.pixel_values, want.pixel_values)
+    assert not torch.equal(encoder.encode_delta(reply, [other]).pixel_values, first.pixel_values)
+    assert len(calls) == 5  # 1 + (2 new deltas) + their 2 fresh-encoder encodings

@@ -52,7 +52,7 @@ class ChatEncoder:
         """
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self._prompts: collections.OrderedDict[str, Encoded] = collections.OrderedDict()
+        self._memo: collections.OrderedDict[str, Encoded] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._direct = False
         self._direct = self._direct_matches()
@@ -136,33 +136,34 @@ class ChatEncoder:
                 and torch.equal(mine.image_grid_thw, out["image_grid_thw"]))
 
     def encode_prompt(self, messages: list[dict[str, Any]], images: Sequence[np.ndarray]) -> Encoded:
-        """The first chunk: ``messages`` templated with the generation prompt.
+        """The first chunk: ``messages`` templated with the generation prompt (memoised, see :meth:`_memoised`)."""
+        return self._memoised(self._template(messages, generation_prompt=True), images)
 
-        Memoised (the last 64 prompts, keyed by the text and the images' bytes): the episodes of a group share their
-        prompt, and the processor's patching is the costliest part of a reset. The returned tensors are shared:
-        callers copy before changing them (the rollout concatenates).
-        """
-        text = self._template(messages, generation_prompt=True)
+    def _memoised(self, text: str, images: Sequence[np.ndarray]) -> Encoded:
+        """``_encode(text, images)``, memoised over the last 64 calls (keyed by the text and the images' bytes): the
+        episodes of a group share their prompt, and often the same tool reply, and the processor's patching is the
+        costliest part of encoding. The returned tensors are shared: callers copy before changing them (the
+        rollout concatenates)."""
         digest = hashlib.blake2b(text.encode(), digest_size=16)
         for im in images:
-            digest.update(str(im.shape).encode())
+            digest.update(f"{im.shape}{im.dtype}".encode())
             digest.update(np.ascontiguousarray(im).data)
         key = digest.hexdigest()
         with self._lock:
-            if key in self._prompts:
-                self._prompts.move_to_end(key)
-                return self._prompts[key]
+            if key in self._memo:
+                self._memo.move_to_end(key)
+                return self._memo[key]
         encoded = self._encode(text, images)
         with self._lock:
-            self._prompts[key] = encoded
-            while len(self._prompts) > 64:
-                self._prompts.popitem(last=False)
+            self._memo[key] = encoded
+            while len(self._memo) > 64:
+                self._memo.popitem(last=False)
         return encoded
 
     def __getstate__(self) -> dict[str, Any]:  # pickled to Ray workers: without the lock and the memo
         state = dict(self.__dict__)
         state.pop("_lock")
-        state["_prompts"] = collections.OrderedDict()
+        state["_memo"] = collections.OrderedDict()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -176,7 +177,7 @@ class ChatEncoder:
             ValueError: if the template rewrites earlier text when messages are appended.
         """
         full = self._check_append_only(messages)
-        return self._encode(self._after_turn_end + full[len(self._probe_prefix) :], images)
+        return self._memoised(self._after_turn_end + full[len(self._probe_prefix) :], images)
 
     def check_image_tokens(self, ids: Sequence[torch.Tensor], grids: Sequence[torch.Tensor]) -> None:
         """Check that the sequence holds exactly one placeholder token per merged image patch of its images.

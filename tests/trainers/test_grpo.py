@@ -208,7 +208,7 @@ def _prefer_vertical_env() -> VisualToolEnv:
 def test_grpo_raises_the_reward_on_its_training_distribution(sft_dir: Path) -> None:
     """With a fixed seed, 12 GRPO steps raise the mean rollout reward of the last three steps well above the first
     three. Settings that learn fast on the tiny model: token-level loss (shared prefixes cancel), no std scaling,
-    four PPO passes per batch under the clip. (Seeds 0-3 gave +0.26 to +0.41; after 8 steps the gain ranged from
+    four PPO passes per batch under the clip. (Seeds 0-3 gave +0.26 to +0.37; after 8 steps the gain ranged from
     +0.01 to +0.28 over seeds, too close to the margin.)"""
     model, processor = _load(sft_dir)
     cfg = GRPOConfig(num_generations=8, prompts_per_step=4, max_new_tokens=48, steps=12, learning_rate=3e-4,
