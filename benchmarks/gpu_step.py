@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoProcessor, GenerationConfig, Qwen2VLForConditionalGeneration
 
+from vgym.decode_step import DecodeStep
+from vgym.decoding import lean_decoding_supported
 from vgym.env import VisualToolEnv
 from vgym.tiny import TinyVLMConfig, build_tiny_vlm
 from vgym.trainers.grpo import GRPOConfig, GRPOTrainer
@@ -154,6 +156,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{args.size}: {n_params / 1e9:.3f} B parameters, {args.dtype} on {args.device}, built in {built_s:.1f} s"
           + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
+    model.eval()  # as during the rollout (the trainer switches modes itself)
+    path = "lean sampling loop, " + ("direct decode steps" if DecodeStep.supports(model) else "model(...) steps")
+    print(f"  decoding: {path if lean_decoding_supported(model, None) else 'generate'}, "
+          f"attention {model.config._attn_implementation}")
     rows = []
     for prompts in args.prompts:
         row = run_config(model, processor, prompts=prompts, group=args.group, new_tokens=args.new_tokens,

@@ -79,6 +79,11 @@ class DecodeStep:
                         for layer in self.layers]
         self._show()
 
+    @staticmethod
+    def supports(model: Any) -> bool:
+        """Whether this module reproduces ``model``'s text decode steps (family, attention, no hooks, no windows)."""
+        return _parts(model) is not None
+
     @classmethod
     def create(cls, model: Any, cache: Any, room: int) -> DecodeStep | None:
         """A stepper over ``cache`` for ``model``, or None where this module does not reproduce the model."""
