@@ -105,10 +105,10 @@ def test_models_it_does_not_reproduce_are_refused() -> None:
     ids = torch.randint(20, 300, (1, 4), generator=torch.Generator().manual_seed(0))
     positions, _ = mrope_positions(ids, torch.ones_like(ids), None, IMAGE, 2)
     cache = _prefill(model, model_inputs(model, ids, torch.ones_like(ids)), positions)
-    assert DecodeStep.create(model, cache, room=1) is not None
+    assert DecodeStep.create(model, cache, room=1) is not None and DecodeStep.supports(model)
     eager = copy.deepcopy(model)
     eager.set_attn_implementation("eager")
-    assert DecodeStep.create(eager, cache, room=1) is None
+    assert DecodeStep.create(eager, cache, room=1) is None and not DecodeStep.supports(eager)
     hooked = copy.deepcopy(model)
     hooked.model.language_model.layers[1].register_forward_hook(lambda *args: None)
     assert DecodeStep.create(hooked, cache, room=1) is None
