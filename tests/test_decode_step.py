@@ -52,14 +52,18 @@ def _compare_steps(model, inputs, steps: int, room: int, padded: bool, reorder_a
             torch.testing.assert_close(mine.values, theirs.values, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_steps_match_the_model_on_a_padded_batch_with_images(family: str) -> None:
+def test_steps_match_the_model_on_a_padded_batch_with_images(family: str, dtype: torch.dtype) -> None:
     """Five left-padded rows with images (GQA: 4 query heads on 2 kv heads), 6 steps with only 2 columns of room
-    (doubled twice), rows reordered after step 3."""
+    (doubled twice), rows reordered after step 3; in float32 and in bfloat16 (the GPU recipes' dtype: the same
+    operations in the same order, so the same rounding)."""
     model, patch = family_model(family)
+    model = model.to(dtype)
     ids, mask, pixels, grids = family_batch(patch)
     assert not mask.all()
-    _compare_steps(model, model_inputs(model, ids, mask, pixels, grids), steps=6, room=2, padded=True, reorder_at=3)
+    inputs = model_inputs(model, ids, mask, pixels.to(dtype), grids)
+    _compare_steps(model, inputs, steps=6, room=2, padded=True, reorder_at=3)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
