@@ -57,6 +57,15 @@ def _parts(model: Any) -> tuple[Any, Any] | None:
     return lm, head
 
 
+def _linear(module: Any) -> Any:
+    """``module`` as a function: ``F.linear`` on its weights for a plain ``nn.Linear`` (what its forward does, without
+    the module call), the module itself otherwise (a LoRA or quantised layer)."""
+    if type(module) is not torch.nn.Linear:
+        return module
+    weight, bias = module.weight, module.bias
+    return lambda x: torch.nn.functional.linear(x, weight, bias)
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -73,6 +82,9 @@ class DecodeStep:
 
     def __init__(self, lm: Any, head: Any, cache: Any, room: int) -> None:
         self.lm, self.head, self.cache = lm, head, cache
+        self.projections = [tuple(map(_linear, (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                                                layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj,
+                                                layer.mlp.down_proj))) for layer in lm.layers]
         self.layers = list(cache.layers)
         self.length = int(self.layers[0].keys.shape[-2])
         self.buffers = [(self._with_room(layer.keys, room), self._with_room(layer.values, room))
@@ -135,15 +147,15 @@ class DecodeStep:
         hidden = self.lm.embed_tokens(tokens[:, None])
         cos, sin = self.lm.rotary_emb(hidden, positions.view(1, -1, 1).expand(3, -1, -1))
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, 1, D): broadcast over heads
-        for layer, (keys, values) in zip(self.lm.layers, self.buffers):
-            attn, mlp = layer.self_attn, layer.mlp
+        for layer, (keys, values), linears in zip(self.lm.layers, self.buffers, self.projections):
+            attn, (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) = layer.self_attn, linears
             x = layer.input_layernorm(hidden)
-            q = attn.q_proj(x).view(batch, 1, -1, attn.head_dim)
-            k = attn.k_proj(x).view(batch, 1, -1, attn.head_dim)
+            q = q_proj(x).view(batch, 1, -1, attn.head_dim)
+            k = k_proj(x).view(batch, 1, -1, attn.head_dim)
             if hasattr(attn, "q_norm"):  # Qwen3-VL: per-head norms before the rotation
                 q, k = attn.q_norm(q), attn.k_norm(k)
             q, k = q.transpose(1, 2), k.transpose(1, 2)
-            v = attn.v_proj(x).view(batch, 1, -1, attn.head_dim).transpose(1, 2)
+            v = v_proj(x).view(batch, 1, -1, attn.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             keys[:, :, column : column + 1] = k * cos + _rotate_half(k) * sin
             values[:, :, column : column + 1] = v
@@ -152,7 +164,7 @@ class DecodeStep:
             q = q.reshape(batch, heads // attn.num_key_value_groups, attn.num_key_value_groups, attn.head_dim)
             out = torch.nn.functional.scaled_dot_product_attention(
                 q, keys[:, :, : self.length], values[:, :, : self.length], attn_mask=attend, scale=attn.scaling)
-            hidden = hidden + attn.o_proj(out.reshape(batch, 1, heads * attn.head_dim))
+            hidden = hidden + o_proj(out.reshape(batch, 1, heads * attn.head_dim))
             x = layer.post_attention_layernorm(hidden)
-            hidden = hidden + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+            hidden = hidden + down_proj(layer.mlp.act_fn(gate_proj(x)) * up_proj(x))
         return self.head(self.lm.norm(hidden))[:, -1]
