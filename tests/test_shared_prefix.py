@@ -4,7 +4,9 @@ gradients, runs the prefix once per group, and steps aside where it does not app
 from __future__ import annotations
 
 import copy
+import inspect
 
+import pytest
 import torch
 
 from vgym.env import VisualToolEnv
@@ -42,9 +44,19 @@ def _two_turn_batch(model, processor):  # type: ignore[no-untyped-def]
     return model_inputs(model, ids, mask, torch.cat(pixels), torch.cat(grids)), min(prompt_lengths)
 
 
-def test_same_logits_and_gradients_with_the_prompt_run_once(tiny) -> None:  # type: ignore[no-untyped-def]
+def _checkpoint(model, reentrant: bool = False) -> None:  # type: ignore[no-untyped-def]
+    enable = getattr(model, "activation_checkpointing_enable", getattr(model, "gradient_checkpointing_enable", None))
+    enable(**{next(iter(inspect.signature(enable).parameters)): {"use_reentrant": reentrant}})
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_same_logits_and_gradients_with_the_prompt_run_once(tiny, checkpointing: bool) -> None:  # type: ignore[no-untyped-def]
+    """With and without (non-reentrant) gradient checkpointing — the backward then replays every decoder layer,
+    which must read the same prefix again."""
     model, processor = tiny
     model = copy.deepcopy(model).train()
+    if checkpointing:
+        _checkpoint(model)
     inputs, first = _two_turn_batch(model, processor)
     keep = inputs["input_ids"].shape[1] - first + 1
     calls: list[tuple[int, int]] = []
@@ -70,8 +82,11 @@ def test_same_logits_and_gradients_with_the_prompt_run_once(tiny) -> None:  # ty
         torch.testing.assert_close(shared_grads[name], grad, atol=1e-6, rtol=1e-3, msg=name)
 
 
-def test_steps_aside_where_it_does_not_apply(tiny) -> None:  # type: ignore[no-untyped-def]
-    """No shared prompt (one row per sample), a prefix too short, or gradient checkpointing: None."""
+def test_steps_aside_where_it_does_not_apply(tiny, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """No shared prompt (one row per sample), a prefix too short, reentrant checkpointing, or a transformers whose
+    checkpointed layers cannot keep a cache: None."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
     model, processor = tiny
     inputs, first = _two_turn_batch(model, processor)
     one_each = {k: (v[[0, 3]] if k != "pixel_values" and k != "image_grid_thw" else v) for k, v in inputs.items()}
@@ -81,6 +96,11 @@ def test_steps_aside_where_it_does_not_apply(tiny) -> None:  # type: ignore[no-u
     one_each["image_grid_thw"] = grids[[0, 1, 6, 7]]
     assert shared_prefix_logits(model, one_each, first) is None
     assert shared_prefix_logits(model, inputs, 4) is None
-    model = copy.deepcopy(model)
-    getattr(model, "activation_checkpointing_enable", getattr(model, "gradient_checkpointing_enable", None))()
-    assert shared_prefix_logits(model, inputs, first) is None
+    reentrant, plain = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    _checkpoint(reentrant, reentrant=True)
+    assert shared_prefix_logits(reentrant, inputs, first) is None
+    _checkpoint(plain)
+    assert shared_prefix_logits(plain, inputs, first) is not None
+    monkeypatch.delattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache")
+    assert shared_prefix_logits(plain, inputs, first) is None
+    assert not any(hasattr(m, "_can_checkpoint_with_cache") for m in plain.modules())  # nothing left behind

@@ -8,7 +8,15 @@ run once per distinct prefix (with its images) into a KV cache, the cache rows a
 them (``index_select``: in the backward, the gradients of the copies add up, as they would over separate copies),
 and the rest of every row is run against it. Logits and gradients equal the plain forward's up to float rounding.
 Rotary positions are passed explicitly (:func:`vgym.decoding.mrope_positions`), so it applies to the Qwen-VL
-family with still images, and not under gradient checkpointing (which drops the KV cache in training).
+family with still images.
+
+Under gradient checkpointing (the GPU recipes) the backward replays each decoder layer's forward, so a cache that
+grew on the first run would grow again. The two caches here never grow: the prefix pass's records each layer's
+first keys and values and returns what it is given, the tail pass's returns the prefix joined to what it is given,
+so a replay computes what the first run did. transformers drops any cache a checkpointed layer is handed unless
+the layer declares that it may keep one (``_can_checkpoint_with_cache``, set on the layers for the two calls), and
+checkpointing must be non-reentrant (a reentrant replay would not carry gradients back through the prefix's
+keys and values); where either is not so — an older transformers, ``use_reentrant=True`` — the plain forward runs.
 """
 
 from __future__ import annotations
@@ -17,14 +25,73 @@ from typing import Any
 
 import torch
 
+import contextlib
+from collections.abc import Iterator
+
+from transformers import DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+
 from vgym.decoding import distinct, image_classes, lean_decoding_supported, mrope_positions, row_images
 from vgym.modeling import forward_accepts, image_inputs, token_types
-from vgym.prefix_cache import cache_keyword, new_cache
+from vgym.prefix_cache import cache_keyword
 
 __all__ = ["shared_prefix_logits"]
 
 MIN_PREFIX = 8
 """Shorter shared prefixes are not worth the second forward call."""
+
+
+class _Recorder(DynamicCache):
+    """Keeps each layer's first keys and values; stores nothing else and returns what it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        self.recorded.setdefault(layer_idx, (key_states, value_states))
+        return key_states, value_states
+
+
+class _FixedPrefix(DynamicCache):
+    """Reads a fixed prefix: ``update`` returns the prefix's keys and values joined to the given ones and stores
+    nothing, so its length (for the attention mask) stays the prefix's."""
+
+    def __init__(self, layers: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        super().__init__()
+        for index in sorted(layers):
+            super().update(*layers[index], index)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = self.layers[layer_idx]
+        return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
+
+
+def _checkpointed_layers(model: Any) -> list[Any] | None:
+    """The gradient-checkpointed layers of ``model`` ([] without checkpointing), or None where the caches above
+    cannot pass them (this transformers drops caches regardless, or the checkpointing is reentrant)."""
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    if layers and not hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache"):
+        return None
+    for layer in layers:
+        keywords = getattr(getattr(layer, "_gradient_checkpointing_func", None), "keywords", {})
+        if keywords.get("use_reentrant") is not False:
+            return None
+    return layers
+
+
+@contextlib.contextmanager
+def _keep_caches(layers: list[Any]) -> Iterator[None]:
+    """Let checkpointed ``layers`` keep the cache they are handed (instance attributes, removed afterwards)."""
+    for layer in layers:
+        layer._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer._can_checkpoint_with_cache
 
 
 def _cut(ids: torch.Tensor, first: int, image_token: int) -> int:
@@ -46,13 +113,15 @@ def shared_prefix_logits(model: Any, inputs: dict[str, torch.Tensor], first: int
         first: the first column holding a trained token (logits are wanted from column ``first - 1``).
 
     Returns:
-        The logits, or None when sharing does not apply (another model, videos, gradient checkpointing, a prefix
-        shorter than :data:`MIN_PREFIX` or padded in some row, or no two rows sharing one) — run the plain forward.
+        The logits, or None when sharing does not apply (another model, videos, gradient checkpointing it cannot
+        pass, a prefix shorter than :data:`MIN_PREFIX` or padded in some row, or no two rows sharing one) — run
+        the plain forward.
     """
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     grids = inputs.get("image_grid_thw")
-    checkpointing = any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
-    if not lean_decoding_supported(model, grids) or checkpointing or not forward_accepts(model, "logits_to_keep"):
+    checkpointed = _checkpointed_layers(model)
+    if not lean_decoding_supported(model, grids) or checkpointed is None or not forward_accepts(model,
+                                                                                               "logits_to_keep"):
         return None
     image_token = int(model.config.image_token_id)
     merge = int(model.config.vision_config.spatial_merge_size)
@@ -73,19 +142,22 @@ def shared_prefix_logits(model: Any, inputs: dict[str, torch.Tensor], first: int
     if len(keep) == len(ids):
         return None
     positions, _ = mrope_positions(ids, mask, grids, image_token, merge)
-    cache_key, cache = cache_keyword(model), new_cache(model)
+    cache_key, recorder = cache_keyword(model), _Recorder()
     types = "mm_token_type_ids" in inputs
     head = image_inputs([images[r][: in_prefix[r]] for r in keep], [row_grids[r][: in_prefix[r]] for r in keep])
     head_ids = ids[keep, :cut]
-    model(input_ids=head_ids, attention_mask=mask[keep, :cut], position_ids=positions[:, keep, :cut],
-          use_cache=True, logits_to_keep=1, **{cache_key: cache}, **head, **_types(model, head_ids, types))
-    cache.reorder_cache(torch.tensor(inverse, device=ids.device))
     tail = image_inputs([images[r][in_prefix[r]:] for r in range(len(ids))],
-                   [row_grids[r][in_prefix[r]:] for r in range(len(ids))])
+                        [row_grids[r][in_prefix[r]:] for r in range(len(ids))])
     tail_ids = ids[:, cut:]
-    out = model(input_ids=tail_ids, attention_mask=mask, position_ids=positions[:, :, cut:], use_cache=True,
-                logits_to_keep=ids.shape[1] - first + 1, **{cache_key: cache}, **tail,
-                **_types(model, tail_ids, types))
+    rows = torch.tensor(inverse, device=ids.device)
+    with _keep_caches(checkpointed):
+        model(input_ids=head_ids, attention_mask=mask[keep, :cut], position_ids=positions[:, keep, :cut],
+              use_cache=False, logits_to_keep=1, **{cache_key: recorder}, **head, **_types(model, head_ids, types))
+        prefix = _FixedPrefix({i: (k.index_select(0, rows), v.index_select(0, rows))
+                               for i, (k, v) in recorder.recorded.items()})
+        out = model(input_ids=tail_ids, attention_mask=mask, position_ids=positions[:, :, cut:], use_cache=False,
+                    logits_to_keep=ids.shape[1] - first + 1, **{cache_key: prefix}, **tail,
+                    **_types(model, tail_ids, types))
     return out.logits
 
 
