@@ -36,6 +36,7 @@ from transformers import AutoConfig, AutoProcessor, GenerationConfig, Qwen2VLFor
 from vgym.decode_step import DecodeStep
 from vgym.decoding import lean_decoding_supported
 from vgym.env import VisualToolEnv
+from vgym.modeling import enable_checkpointing
 from vgym.tiny import TinyVLMConfig, build_tiny_vlm
 from vgym.trainers.grpo import GRPOConfig, GRPOTrainer
 
@@ -86,7 +87,7 @@ def run_config(model: Any, processor: Any, *, prompts: int, group: int, new_toke
     """Time ``warmup + steps`` GRPO steps of ``prompts × group`` single-turn episodes; returns the report row."""
     model.generation_config.min_new_tokens = new_tokens  # a random model stops at random: force full length
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_checkpointing(model)
         model.config.use_cache = True  # generation still uses the KV cache; HF turns it off only in training
     env_fn = functools.partial(VisualToolEnv, TASK, tools=(), max_turns=1, max_pixels=max_pixels)
     cfg = GRPOConfig(num_generations=group, prompts_per_step=prompts, max_new_tokens=new_tokens, temperature=1.0,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vgym.env import VisualToolEnv
-from vgym.modeling import model_inputs
+from vgym.modeling import enable_checkpointing, model_inputs
 from vgym.rollout import ChatEncoder
 from vgym.shared_prefix import shared_prefix_logits
 
@@ -44,9 +44,9 @@ def _two_turn_batch(model, processor):  # type: ignore[no-untyped-def]
     return model_inputs(model, ids, mask, torch.cat(pixels), torch.cat(grids)), min(prompt_lengths)
 
 
-def _checkpoint(model, reentrant: bool = False) -> None:  # type: ignore[no-untyped-def]
+def _reentrant_checkpointing(model) -> None:  # type: ignore[no-untyped-def]
     enable = getattr(model, "activation_checkpointing_enable", getattr(model, "gradient_checkpointing_enable", None))
-    enable(**{next(iter(inspect.signature(enable).parameters)): {"use_reentrant": reentrant}})
+    enable(**{next(iter(inspect.signature(enable).parameters)): {"use_reentrant": True}})
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -56,7 +56,7 @@ def test_same_logits_and_gradients_with_the_prompt_run_once(tiny, checkpointing:
     model, processor = tiny
     model = copy.deepcopy(model).train()
     if checkpointing:
-        _checkpoint(model)
+        enable_checkpointing(model)  # what the recipes call
     inputs, first = _two_turn_batch(model, processor)
     keep = inputs["input_ids"].shape[1] - first + 1
     calls: list[tuple[int, int]] = []
@@ -97,9 +97,9 @@ def test_steps_aside_where_it_does_not_apply(tiny, monkeypatch: pytest.MonkeyPat
     assert shared_prefix_logits(model, one_each, first) is None
     assert shared_prefix_logits(model, inputs, 4) is None
     reentrant, plain = copy.deepcopy(model).train(), copy.deepcopy(model).train()
-    _checkpoint(reentrant, reentrant=True)
+    _reentrant_checkpointing(reentrant)
     assert shared_prefix_logits(reentrant, inputs, first) is None
-    _checkpoint(plain)
+    enable_checkpointing(plain)
     assert shared_prefix_logits(plain, inputs, first) is not None
     monkeypatch.delattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache")
     assert shared_prefix_logits(plain, inputs, first) is None

@@ -190,6 +190,7 @@ def sft(
     import torch
 
     from vgym.env import VisualToolEnv
+    from vgym.modeling import enable_checkpointing
     from vgym.pipeline import sft_then_evaluate
     from vgym.policies.hf import GenerationConfig
     from vgym.tiny import load_vlm
@@ -198,7 +199,7 @@ def sft(
     chosen = None if tools == "default" else () if tools == "off" else tuple(t for t in tools.split(",") if t)
     vlm, processor = load_vlm(model, device=device, dtype=getattr(torch, dtype))
     if gradient_checkpointing and hasattr(vlm, "gradient_checkpointing_enable"):
-        vlm.gradient_checkpointing_enable()
+        enable_checkpointing(vlm)
     config = SFTConfig(steps=steps, batch_size=batch_size, learning_rate=learning_rate, warmup_steps=min(20, steps))
 
     def env_fn() -> VisualToolEnv:

@@ -21,7 +21,7 @@ import torch
 
 __all__ = [
     "model_inputs", "token_types", "image_inputs", "forward_accepts", "shared_image_features", "unique_images",
-    "load_pretrained_in_place",
+    "load_pretrained_in_place", "enable_checkpointing",
 ]
 
 
@@ -184,3 +184,14 @@ def shared_image_features(model: Any) -> Iterator[None]:
         yield
     finally:
         del owner.get_image_features  # the class's method again
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Turn on non-reentrant activation (gradient) checkpointing: PyTorch's recommended kind, and the one under which
+    :func:`vgym.shared_prefix.shared_prefix_logits` can share a group's prompt (transformers' default has changed
+    between versions, so it is asked for explicitly)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

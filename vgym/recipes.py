@@ -25,6 +25,7 @@ import yaml
 
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError
+from vgym.modeling import enable_checkpointing
 from vgym.pipeline import collect, summarize
 from vgym.policies.hf import GenerationConfig, HFPolicy
 from vgym.policies.oracle import OraclePolicy
@@ -198,7 +199,7 @@ def load_model(recipe: Recipe, progress: Progress) -> tuple[Any, Any]:
         raise InvalidConfigError(f"model {recipe.model!r} is not a local folder; vgym never downloads checkpoints")
     model, processor = load_vlm(path, device=recipe.device, dtype=getattr(torch, recipe.dtype))
     if recipe.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_checkpointing(model)
     if recipe.lora:
         from peft import LoraConfig, get_peft_model
 
