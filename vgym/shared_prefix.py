@@ -29,7 +29,11 @@ import contextlib
 from collections.abc import Iterator
 
 from transformers import DynamicCache
-from transformers.modeling_layers import GradientCheckpointingLayer
+
+try:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+except ImportError:  # an older transformers: checkpointed layers drop caches there
+    GradientCheckpointingLayer = None
 
 from vgym.decoding import distinct, image_classes, lean_decoding_supported, mrope_positions, row_images
 from vgym.modeling import forward_accepts, image_inputs, token_types
@@ -72,9 +76,13 @@ class _FixedPrefix(DynamicCache):
 def _checkpointed_layers(model: Any) -> list[Any] | None:
     """The gradient-checkpointed layers of ``model`` ([] without checkpointing), or None where the caches above
     cannot pass them (this transformers drops caches regardless, or the checkpointing is reentrant)."""
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
-    if layers and not hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache"):
-        return None
+    flagged = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    if not flagged:
+        return []
+    kind = GradientCheckpointingLayer
+    layers = [m for m in flagged if kind is not None and isinstance(m, kind)]
+    if not layers or not hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache"):
+        return None  # checkpointing done by the model's own loop, or layers that drop any cache
     for layer in layers:
         keywords = getattr(getattr(layer, "_gradient_checkpointing_func", None), "keywords", {})
         if keywords.get("use_reentrant") is not False:
