@@ -83,8 +83,8 @@ def test_same_logits_and_gradients_with_the_prompt_run_once(tiny, checkpointing:
 
 
 def test_steps_aside_where_it_does_not_apply(tiny, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    """No shared prompt (one row per sample), a prefix too short, reentrant checkpointing, or a transformers whose
-    checkpointed layers cannot keep a cache: None."""
+    """No shared prompt (one row per sample), a prefix too short, reentrant checkpointing, checkpointing outside
+    transformers' checkpointing layers, or a transformers whose checkpointed layers cannot keep a cache: None."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     model, processor = tiny
@@ -101,6 +101,9 @@ def test_steps_aside_where_it_does_not_apply(tiny, monkeypatch: pytest.MonkeyPat
     assert shared_prefix_logits(reentrant, inputs, first) is None
     enable_checkpointing(plain)
     assert shared_prefix_logits(plain, inputs, first) is not None
+    own_loop = copy.deepcopy(model).train()
+    own_loop.model.language_model.gradient_checkpointing = True  # as a model that checkpoints in its own layer loop
+    assert shared_prefix_logits(own_loop, inputs, first) is None
     monkeypatch.delattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache")
     assert shared_prefix_logits(plain, inputs, first) is None
     assert not any(hasattr(m, "_can_checkpoint_with_cache") for m in plain.modules())  # nothing left behind
