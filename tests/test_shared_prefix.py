@@ -4,7 +4,6 @@ gradients, runs the prefix once per group, and steps aside where it does not app
 from __future__ import annotations
 
 import copy
-import inspect
 
 import pytest
 import torch
@@ -42,11 +41,6 @@ def _two_turn_batch(model, processor):  # type: ignore[no-untyped-def]
     mask = torch.stack([torch.nn.functional.pad(torch.ones(len(r), dtype=torch.long), (0, width - len(r)))
                         for r in rows])
     return model_inputs(model, ids, mask, torch.cat(pixels), torch.cat(grids)), min(prompt_lengths)
-
-
-def _reentrant_checkpointing(model) -> None:  # type: ignore[no-untyped-def]
-    enable = getattr(model, "activation_checkpointing_enable", getattr(model, "gradient_checkpointing_enable", None))
-    enable(**{next(iter(inspect.signature(enable).parameters)): {"use_reentrant": True}})
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -97,7 +91,7 @@ def test_steps_aside_where_it_does_not_apply(tiny, monkeypatch: pytest.MonkeyPat
     assert shared_prefix_logits(model, one_each, first) is None
     assert shared_prefix_logits(model, inputs, 4) is None
     reentrant, plain = copy.deepcopy(model).train(), copy.deepcopy(model).train()
-    _reentrant_checkpointing(reentrant)
+    enable_checkpointing(reentrant, reentrant=True)
     assert shared_prefix_logits(reentrant, inputs, first) is None
     enable_checkpointing(plain)
     assert shared_prefix_logits(plain, inputs, first) is not None

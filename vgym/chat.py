@@ -54,7 +54,6 @@ class ChatEncoder:
         self.tokenizer = processor.tokenizer
         self._memo: collections.OrderedDict[str, Encoded] = collections.OrderedDict()
         self._lock = threading.Lock()
-        self._direct = False
         self._direct = self._direct_matches()
         probe = [text_message("user", _PROBE_USER), text_message("assistant", _PROBE_ASSISTANT)]
         prefix = self._template(probe, generation_prompt=False)

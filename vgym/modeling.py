@@ -186,12 +186,13 @@ def shared_image_features(model: Any) -> Iterator[None]:
         del owner.get_image_features  # the class's method again
 
 
-def enable_checkpointing(model: Any) -> None:
-    """Turn on non-reentrant activation (gradient) checkpointing: PyTorch's recommended kind, and the one under which
-    :func:`vgym.shared_prefix.shared_prefix_logits` can share a group's prompt (transformers' default has changed
-    between versions, so it is asked for explicitly)."""
+def enable_checkpointing(model: Any, reentrant: bool = False) -> None:
+    """Turn on activation (gradient) checkpointing, non-reentrant unless asked: PyTorch's recommended kind, and the
+    one under which :func:`vgym.shared_prefix.shared_prefix_logits` can share a group's prompt (transformers' default
+    has changed between versions, so it is asked for explicitly)."""
+    kwargs = {"use_reentrant": reentrant}
     enable = getattr(model, "activation_checkpointing_enable", None)
     if enable is not None:
-        enable({"use_reentrant": False})
+        enable(kwargs)
     else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
