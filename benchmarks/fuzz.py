@@ -4,7 +4,7 @@ Run: ``python benchmarks/fuzz.py --actions 100000 --seed 0``. Prints the count, 
 exceptions (the first traceback of each distinct kind), observations outside the space, errors that do not name
 the problem, malformed turns that were accepted, and a row per env. Nothing is asserted here (the fast version is
 ``tests/test_fuzz_actions.py``, which imports this module); exit status 1 when any problem was found. The five
-dataset-backed envs play the sample datasets of :mod:`vgym.sample_data`, written to a temporary folder
+dataset-backed envs play the sample datasets of :mod:`vgym.data.sample_data`, written to a temporary folder
 (``--no-sample-data`` skips them); ``--targets Vstar Refcoco`` fuzzes only the targets whose label contains one of
 the given texts.
 
@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 
 import vgym  # noqa: E402,F401  (registers the envs)
 from benchmarks.fuzz_grammar import ActionGrammar, FuzzAction  # noqa: E402
-from vgym.sample_data import write_sample_datasets  # noqa: E402
+from vgym.data.sample_data import write_sample_datasets  # noqa: E402
 from vgym.task import TASKS, env_id  # noqa: E402
 from vgym.tooling import TOOLS  # noqa: E402
 
@@ -67,7 +67,7 @@ def fuzz_targets(*, fast: bool = False, data_root: str | Path | None = None) -> 
     Args:
         fast: run every tool on its oracle backend (RapidOCR, GrabCut and the Haar/HOG detectors take up to
             seconds a call on large images); decoders stay real.
-        data_root: a folder to write :mod:`vgym.sample_data`'s datasets into (overwriting files of the same names);
+        data_root: a folder to write :mod:`vgym.data.sample_data`'s datasets into (overwriting files of the same names);
             the dataset-backed envs then play them, the default target on the first split with records (train
             where there is one), the deep target on the last (test). None: those envs are skipped.
 

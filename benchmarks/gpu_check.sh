@@ -28,7 +28,7 @@ if [ "$DEVICE" = cuda ]; then nvidia-smi --query-gpu=name,memory.total,driver_ve
 "$PY" benchmarks/gpu_step.py --size "$SIZE" --device "$DEVICE" --dtype "$DTYPE" --prompts $PROMPTS \
   --new-tokens "$NEW_TOKENS" --save "$WORK/model" --out "$OUT/gpu_step.json" 2>&1 | grep -v -i "warn"
 start=$(date +%s)
-"$PY" -m vgym.cli train --config configs/qwen2vl_2b.yaml --out "$WORK/run" --set "model=$WORK/model" \
+"$PY" -m vgym.app.cli train --config configs/qwen2vl_2b.yaml --out "$WORK/run" --set "model=$WORK/model" \
   --set "device=$DEVICE" --set "dtype=$DTYPE" --set sft.steps=4 --set sft_episodes=32 --set sft.warmup_steps=1 \
   --set grpo.steps=2 --set grpo.prompts_per_step=2 --set grpo.max_new_tokens=64 --set grpo.mini_batch_size=8 \
   --set grpo.gradient_accumulation_steps=2 --set grpo.data_offset=0 --set grpo.dynamic_sampling=false --set grpo.mask_truncated_completions=false --set eval_episodes=16 --set max_new_tokens=64 \

@@ -33,12 +33,14 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoProcessor, GenerationConfig, Qwen2VLForConditionalGeneration
 
-from vgym.decode_step import DecodeStep
-from vgym.decoding import lean_decoding_supported
+from vgym.engine.decode_step import DecodeStep
+from vgym.engine.decoding import lean_decoding_supported
+from vgym.engine.fast_paths import fast_paths
+from vgym.engine.modeling import enable_checkpointing
+from vgym.engine.tiny import TinyVLMConfig, build_tiny_vlm
 from vgym.env import VisualToolEnv
-from vgym.modeling import enable_checkpointing
-from vgym.tiny import TinyVLMConfig, build_tiny_vlm
-from vgym.trainers.grpo import GRPOConfig, GRPOTrainer
+from vgym.trainers.grpo import GRPOTrainer
+from vgym.trainers.grpo_config import GRPOConfig
 
 TASK = "visual_search"
 SIZES: dict[str, dict[str, Any]] = {
@@ -158,9 +160,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"{args.size}: {n_params / 1e9:.3f} B parameters, {args.dtype} on {args.device}, built in {built_s:.1f} s"
           + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
     model.eval()  # as during the rollout (the trainer switches modes itself)
-    path = "lean sampling loop, " + ("direct decode steps" if DecodeStep.supports(model) else "model(...) steps")
-    print(f"  decoding: {path if lean_decoding_supported(model, None) else 'generate'}, "
-          f"attention {model.config._attn_implementation}")
+    paths = fast_paths(model)
+    steps = "direct decode steps" if paths.direct_steps and DecodeStep.supports(model) else "model(...) steps"
+    lean = paths.decoder and lean_decoding_supported(model, None)
+    print(f"  decoding: {'lean sampling loop, ' + steps if lean else 'generate'}"
+          f"{'' if paths.reason is None else f' ({paths.reason})'}, attention {model.config._attn_implementation}")
     rows = []
     for prompts in args.prompts:
         row = run_config(model, processor, prompts=prompts, group=args.group, new_tokens=args.new_tokens,

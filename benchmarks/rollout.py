@@ -25,13 +25,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from vgym.app.quickstart import tokenizer_corpus  # noqa: E402
+from vgym.engine.tiny import build_tiny_vlm, load_vlm  # noqa: E402
 from vgym.env import VisualToolEnv  # noqa: E402
-from vgym.policies.base import PolicyInput, PolicyOutput  # noqa: E402
+from vgym.policies.base import PolicyInput, PolicyOutput, reads_ground_truth  # noqa: E402
 from vgym.policies.hf import GenerationConfig, HFPolicy  # noqa: E402
 from vgym.policies.oracle import OraclePolicy  # noqa: E402
-from vgym.quickstart import tokenizer_corpus  # noqa: E402
-from vgym.rollout import ChatEncoder, EpisodeSpec, rollout  # noqa: E402
-from vgym.tiny import build_tiny_vlm, load_vlm  # noqa: E402
+from vgym.rollout.chat import ChatEncoder  # noqa: E402
+from vgym.rollout.loop import EpisodeSpec, RolloutConfig, rollout  # noqa: E402
 
 
 class Timed:
@@ -39,6 +40,7 @@ class Timed:
 
     def __init__(self, inner: Any) -> None:
         self.inner, self.seconds = inner, 0.0
+        self.reads_ground_truth = reads_ground_truth(inner)  # what the wrapped policy is given, no more
 
     def act(self, batch: Sequence[PolicyInput]) -> list[PolicyOutput]:
         start = time.perf_counter()
@@ -66,6 +68,8 @@ class SlowToolEnv(VisualToolEnv):
 class CropThenAnswer:
     """Crops the question's region on turn 0, answers on turn 1 — fixed text, generation done by ``inner``."""
 
+    reads_ground_truth = True  # the oracle's text needs the solution
+
     def __init__(self, inner: Any) -> None:
         self.inner, self.oracle = inner, OraclePolicy()
 
@@ -74,9 +78,10 @@ class CropThenAnswer:
         return self.oracle.act(batch)
 
 
-def timed_rollout(env_fn: Any, policy: Any, encoder: ChatEncoder, specs: list[EpisodeSpec], **kw: Any) -> float:
+def timed_rollout(env_fn: Any, policy: Any, encoder: ChatEncoder, specs: list[EpisodeSpec], pool: Any = None,
+                  **config: Any) -> float:
     start = time.perf_counter()
-    rollout(env_fn, policy, encoder, specs, **kw)
+    rollout(env_fn, policy, encoder, specs, RolloutConfig(**config), pool=pool)
     return time.perf_counter() - start
 
 
@@ -95,7 +100,7 @@ def main() -> None:
         import ray
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        from vgym.workers import RayEnvPool
+        from vgym.rollout.workers import RayEnvPool
     except ImportError:
         ray = None
         print("Ray is not installed (pip install 'vgym[ray]'): the Ray rows are skipped")
@@ -106,8 +111,8 @@ def main() -> None:
                                                   ("async, 4 env threads", {"mode": "async", "threads": 4})]
     if ray is not None:
         search_pool = RayEnvPool(search, encoder, 16, num_workers=2)
-        timed_rollout(search, OraclePolicy(), encoder, specs[:4], batch_size=16, parallel=search_pool)  # warm up
-        variants.append(("async, 2 Ray env workers", {"mode": "async", "parallel": search_pool}))
+        timed_rollout(search, OraclePolicy(), encoder, specs[:4], batch_size=16, pool=search_pool)  # warm up
+        variants.append(("async, 2 Ray env workers", {"mode": "async", "pool": search_pool}))
     for label, kw in variants:
         policy = Timed(hf)
         wall = timed_rollout(search, policy, encoder, specs, batch_size=16, **kw)
@@ -126,8 +131,8 @@ def main() -> None:
     if ray is not None:
         search_pool.close()
         pool = RayEnvPool(env_bound(2), encoder, 8, num_workers=2)  # another data seed: new clips, as cold
-        timed_rollout(env_bound(2), OraclePolicy(), encoder, specs[-4:], batch_size=8, parallel=pool)  # warm up
-        distributed = timed_rollout(env_bound(2), OraclePolicy(), encoder, specs[:-4], batch_size=8, parallel=pool,
+        timed_rollout(env_bound(2), OraclePolicy(), encoder, specs[-4:], batch_size=8, pool=pool)  # warm up
+        distributed = timed_rollout(env_bound(2), OraclePolicy(), encoder, specs[:-4], batch_size=8, pool=pool,
                                     mode="async") * len(specs) / (len(specs) - 4)
         pool.close()
         ray.shutdown()

@@ -3,7 +3,7 @@ and throughput over time, with a LEAK flag (issue 9, part 5). Nothing is asserte
 
 Run: ``python benchmarks/soak.py --minutes 30 --out runs/soak`` (``--minutes 0.2`` for a smoke run).
 
-What runs: batches of ``--batch`` episodes through :func:`vgym.rollout.rollout` (lockstep, env work inline, a fresh
+What runs: batches of ``--batch`` episodes through :func:`vgym.rollout.loop.rollout` (lockstep, env work inline, a fresh
 env pool per batch, the tiny Qwen2-VL processor encoding every message), one registered procedural task after the
 other, round-robin, cycling difficulty 0-2. Every episode is new: item ``i`` of the train split with env seed ``i``,
 ``i`` counting up over the whole run. The policy is the scripted oracle with answer noise (``--noise``), and a turn
@@ -58,9 +58,10 @@ import vgym  # noqa: E402,F401  (registers tasks and tools)
 from vgym.env import SAMPLES, VisualToolEnv  # noqa: E402
 from vgym.policies.base import PolicyInput, PolicyOutput  # noqa: E402
 from vgym.policies.oracle import OraclePolicy  # noqa: E402
-from vgym.rollout import ChatEncoder, EpisodeSpec, rollout  # noqa: E402
+from vgym.rollout.chat import ChatEncoder
+from vgym.rollout.loop import EpisodeSpec, RolloutConfig, rollout
+from vgym.rollout.trajectory import Trajectory  # noqa: E402
 from vgym.task import TASKS  # noqa: E402
-from vgym.trajectory import Trajectory  # noqa: E402
 
 COLUMNS = ["t_s", "episodes", "episodes_per_s", "rss_mb", "fds", "threads", "py_objects", "sample_cache",
            "array_digests", "file_digests", "tool_resources", "open_clips", "encoder_prompts", "lru_entries",
@@ -84,6 +85,8 @@ BAD_ACTIONS = (
 class NoisyOracle:
     """The scripted oracle (with answer noise), whose turns are replaced by one of :data:`BAD_ACTIONS` with
     probability ``bad_actions``; both choices come from generators seeded by ``seed``."""
+
+    reads_ground_truth = True  # the oracle's turns need the solution
 
     def __init__(self, *, noise: float, bad_actions: float, seed: int) -> None:
         self.oracle = OraclePolicy(noise=noise, seed=seed)
@@ -115,7 +118,7 @@ def cache_sizes(encoder: ChatEncoder) -> dict[str, int]:
     LRU, the digest memos, loaded tool resources, the clips the video tools keep open (4 per decoder), the
     encoder's prompt LRU (64) and every ``functools.lru_cache`` of a ``vgym`` module."""
     from vgym import tool_runtime
-    from vgym.tools.video import VideoReaderCache
+    from vgym.data.media import VideoReaderCache
 
     resources = list(tool_runtime.RESOURCES._items.values())
     clips = sum(len(c) for r in resources if isinstance(r, dict) for c in r.values() if isinstance(c, VideoReaderCache))
@@ -241,8 +244,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the soak; returns the summary (also written to ``<out>/summary.json``)."""
     args = _parse(argv)
-    from vgym.quickstart import tokenizer_corpus
-    from vgym.tiny import build_tiny_vlm, load_vlm
+    from vgym.app.quickstart import tokenizer_corpus
+    from vgym.engine.tiny import build_tiny_vlm, load_vlm
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -309,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 specs = [EpisodeSpec("train", i, group_id=i, seed=i) for i in range(index, index + args.batch)]
                 index += args.batch
                 try:
-                    rollout(env_fn, policy, encoder, specs, batch_size=args.batch, on_episode=on_episode)
+                    rollout(env_fn, policy, encoder, specs, RolloutConfig(batch_size=args.batch), on_episode=on_episode)
                 except Exception:  # a soak reports crashes instead of stopping at the first
                     totals["uncaught"] += 1
                     with (out / "errors.log").open("a") as log:

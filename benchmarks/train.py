@@ -37,12 +37,13 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import torch  # noqa: E402
 
+from vgym.app.quickstart import tokenizer_corpus  # noqa: E402
+from vgym.engine.modeling import model_inputs  # noqa: E402
+from vgym.engine.tiny import build_tiny_vlm, load_vlm  # noqa: E402
 from vgym.env import VisualToolEnv  # noqa: E402
-from vgym.modeling import model_inputs  # noqa: E402
 from vgym.policies.oracle import OraclePolicy  # noqa: E402
-from vgym.quickstart import tokenizer_corpus  # noqa: E402
-from vgym.rollout import ChatEncoder, EpisodeSpec, rollout  # noqa: E402
-from vgym.tiny import build_tiny_vlm, load_vlm  # noqa: E402
+from vgym.rollout.chat import ChatEncoder
+from vgym.rollout.loop import EpisodeSpec, RolloutConfig, rollout
 from vgym.trainers.sft import collate  # noqa: E402
 
 TASK = "visual_search"
@@ -96,7 +97,8 @@ def _summary(steps: list[dict[str, float]], extra: dict[str, Any]) -> dict[str, 
 
 
 def run_vgym(model_dir: str, scenario: str, warmup: int, steps: int) -> dict[str, Any]:
-    from vgym.trainers.grpo import GRPOConfig, GRPOTrainer
+    from vgym.trainers.grpo import GRPOTrainer
+    from vgym.trainers.grpo_config import GRPOConfig
 
     spec = SCENARIOS[scenario]
     model, processor = load_vlm(model_dir)
@@ -136,8 +138,13 @@ def run_trl(model_dir: str, scenario: str, warmup: int, steps: int, checkpointin
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from vgym.trainers.trl_adapter import (vgym_dataset, vgym_env_reward_func, vgym_environment_factory,
-                                           vgym_reward_func, with_tool_chat_template)
+    from vgym.trainers.trl_adapter import (
+        vgym_dataset,
+        vgym_env_reward_func,
+        vgym_environment_factory,
+        vgym_reward_func,
+        with_tool_chat_template,
+    )
 
     spec = SCENARIOS[scenario]
     model, processor = load_vlm(model_dir)
@@ -241,7 +248,7 @@ def _trl_episode(processor: Any, max_pixels: int) -> tuple[torch.Tensor, ...]:
 def _vgym_episode(processor: Any, max_pixels: int) -> tuple[torch.Tensor, ...]:
     """Sample 0's crop episode as vgym's rollout builds it (the scripted oracle's turns)."""
     env_fn = functools.partial(VisualToolEnv, TASK, tools=("crop",), max_turns=2, max_pixels=max_pixels)
-    (traj,) = rollout(env_fn, OraclePolicy(), ChatEncoder(processor), [EpisodeSpec("train", 0, seed=0)], batch_size=1)
+    (traj,) = rollout(env_fn, OraclePolicy(), ChatEncoder(processor), [EpisodeSpec("train", 0, seed=0)], RolloutConfig(batch_size=1))
     batch = collate([traj], processor.tokenizer.pad_token_id)
     labels = batch["input_ids"].masked_fill(batch["loss_mask"] == 0, -100)
     return batch["input_ids"], labels, batch["pixel_values"], batch["image_grid_thw"]

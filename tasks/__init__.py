@@ -1,31 +1,3 @@
-"""Task families (one module per family); importing this package registers them and their gymnasium ids."""
-
-from vgym.tasks import (
-    box_grounding,
-    chart_qa,
-    counting,
-    depth_3d,
-    geometry,
-    local_data,
-    multi_tool,
-    real_mini,
-    spatial_2d,
-    video_grounding,
-    video_qa,
-    visual_search,
-)
-
-__all__ = [
-    "box_grounding",
-    "chart_qa",
-    "counting",
-    "depth_3d",
-    "geometry",
-    "local_data",
-    "multi_tool",
-    "real_mini",
-    "spatial_2d",
-    "video_grounding",
-    "video_qa",
-    "visual_search",
-]
+"""Task families, one module per family (``vgym.tasks``). Nothing is imported here: :mod:`vgym.catalog` registers
+each built-in task by name and its module loads on first use. A task module may import the ``vgym`` root
+contracts, :mod:`vgym.data` and other task modules; never tools, the env, rollout, policies, eval or trainers."""

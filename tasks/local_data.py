@@ -4,13 +4,13 @@ Contents: :class:`VgymJsonlConfig`, :class:`VgymJsonlTask`, :class:`ChartqaConfi
 :class:`VstarConfig`, :class:`VstarTask`, :class:`RefcocoConfig`, :class:`RefcocoTask`, :class:`CharadesStaConfig`,
 :class:`CharadesStaTask`.
 
-Every loader is a :class:`vgym.datasets.DatasetTask` (``procedural = False``): its config names the dataset folder
-``root`` (required), and each format's records become :class:`~vgym.dataset_records.DatasetRecord` s through
-:func:`~vgym.dataset_records.parse_record`, so they are validated and scored exactly like the vgym JSONL format. Every
-path goes through :func:`~vgym.datasets.confined_path`. Layouts:
+Every loader is a :class:`vgym.data.dataset_task.DatasetTask` (``procedural = False``): its config names the dataset folder
+``root`` (required), and each format's records become :class:`~vgym.data.records.DatasetRecord` s through
+:func:`~vgym.data.records.parse_record`, so they are validated and scored exactly like the vgym JSONL format. Every
+path goes through :func:`~vgym.data.dataset_task.confined_path`. Layouts:
 
 - ``vgym_jsonl`` (``vgym/VgymJsonl-v0``): ``<root>/<annotations>`` in the vgym JSONL format (module docstring of
-  :mod:`vgym.dataset_records`).
+  :mod:`vgym.data.records`).
 - ``chartqa_dataset`` (``vgym/ChartqaDataset-v0``): the official ChartQA release,
   ``<root>/<split>/<split>_<subset>.json`` (JSON lists of ``{"imgname", "query", "label"}``) with images in
   ``<root>/<split>/png/``. Scored by ChartQA's relaxed accuracy: a label that is one number (optionally with ``%``)
@@ -42,8 +42,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from vgym.dataset_records import DatasetRecord, parse_record, read_vgym_jsonl
-from vgym.datasets import DatasetConfig, DatasetTask, confined_path, read_json, read_json_lines, read_text_lines
+from vgym.data.dataset_task import DatasetConfig, DatasetTask
+from vgym.data.files import confined_path, read_json, read_json_lines, read_text_lines
+from vgym.data.records import DatasetRecord, parse_record, read_vgym_jsonl
 from vgym.errors import InvalidConfigError
 from vgym.task import SPLITS, register_task
 
@@ -62,7 +63,7 @@ def _line_number(where: str) -> str:
 
 
 class _LocalTask(DatasetTask):
-    """A loader whose config is a :class:`~vgym.datasets.DatasetConfig`: the root is ``config.root``."""
+    """A loader whose config is a :class:`~vgym.data.dataset_task.DatasetConfig`: the root is ``config.root``."""
 
     config: Any
 
@@ -70,7 +71,7 @@ class _LocalTask(DatasetTask):
         return self.config.root
 
     def path(self, relative: str) -> str:
-        """``relative`` resolved inside the root (:func:`~vgym.datasets.confined_path`)."""
+        """``relative`` resolved inside the root (:func:`~vgym.data.dataset_task.confined_path`)."""
         return confined_path(self.root(), relative)
 
 
@@ -86,7 +87,7 @@ class VgymJsonlConfig(DatasetConfig):
 
 
 class VgymJsonlTask(_LocalTask):
-    """Records of a vgym JSONL file (see :mod:`vgym.datasets`)."""
+    """Records of a vgym JSONL file (see :mod:`vgym.data.dataset_task`)."""
 
     name = "vgym_jsonl"
     config_cls = VgymJsonlConfig

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from vgym.clips import clip_path, ensure_clip, overview_indices, overview_timeline
+from vgym.data.clips import clip_path, ensure_clip, overview_indices, overview_timeline
 from vgym.errors import InvalidConfigError
 from vgym.rewards import multiple_choice_reward, numeric_reward
 from vgym.task import Sample, Solution, Task, register_task, sample_seed
@@ -220,7 +220,7 @@ class MultiToolTask(Task):
 
     def clip_path(self, plan: dict[str, Any]) -> str:
         """Where the clip of ``plan`` is cached: ``clip_dir / multi_tool-<hash>.mp4``, the hash of the task, its
-        version, the renderer's version and the plan (which fixes every pixel; :func:`vgym.clips.clip_path`)."""
+        version, the renderer's version and the plan (which fixes every pixel; :func:`vgym.data.clips.clip_path`)."""
         return clip_path(TASK_NAME, [self.version, _RENDER_VERSION, plan], clip_dir=self.config.clip_dir)
 
     def _frames_crop(self, plan: dict[str, Any], split: str, index: int, seed: int, suffix: str = "") -> Sample:

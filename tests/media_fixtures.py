@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 import vgym  # noqa: F401  (registers the tools and tasks)
-from vgym.synthetic_video import synthetic_frame, write_synthetic_clip
+from vgym.data.synthetic_video import synthetic_frame, write_synthetic_clip
 from vgym.tooling import TOOLS
 
 __all__ = ["BACKENDS", "noise", "smooth", "jpeg_bytes", "png_bytes", "PNG", "JPEG", "VFR_MS", "frame_index",

@@ -1,12 +1,12 @@
 """Bad records among good ones (issue 9): a vgym JSONL dataset whose records name a truncated PNG, a truncated
-MP4 and a missing file, through the loader (``vgym.tasks.local_data``), ``vgym.rollout.rollout`` in every mode,
+MP4 and a missing file, through the loader (``vgym.tasks.local_data``), ``vgym.rollout.loop.rollout`` in every mode,
 the env's video tools mid-episode, GRPO and ``vgym eval``.
 
 Contents:
 
 - :data:`RECORDS`, :data:`BAD_RECORDS` and the ``mixed_root`` fixture: the dataset (7 records, 3 bad).
 - ``test_loading_keeps_every_good_record``: loading decodes nothing; each bad sample raises
-  :class:`~vgym.dataset_io.MediaError` naming its record and file, every good one loads.
+  :class:`~vgym.errors.MediaError` naming its record and file, every good one loads.
 - :data:`PLANS` and ``test_a_rollout_loses_only_the_bad_episodes``: lockstep, async, threads and Ray rollouts
   return every spec once, the good episodes identical to a rollout without the bad records, each bad one a
   flagged ``sample_error`` trajectory logged with its file.
@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from media_fixtures import BACKENDS, PNG, VFR_MS, jpeg_bytes, noise, png_bytes, smooth, write_clips
 
 import vgym  # noqa: F401  (registers the tools and tasks)
-from vgym.dataset_io import MediaError
 from vgym.env import VisualToolEnv
+from vgym.errors import MediaError
 from vgym.tasks.local_data import VgymJsonlConfig, VgymJsonlTask
-from media_fixtures import BACKENDS, PNG, VFR_MS, jpeg_bytes, noise, png_bytes, smooth, write_clips
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +92,14 @@ def _content(t: Any) -> tuple:
 
 @pytest.fixture(scope="module")
 def processor(tiny_dir):  # type: ignore[no-untyped-def]
-    from vgym.tiny import load_vlm
+    from vgym.engine.tiny import load_vlm
 
     return load_vlm(tiny_dir)[1]
 
 
 PLANS = [("lockstep", "local", 0), ("async", "local", 0), ("lockstep", "local", 2), ("async", "local", 2),
          pytest.param("async", "ray", 0, marks=pytest.mark.slow)]  # starting Ray and its worker: most of the time
-"""(mode, parallel, threads) of :func:`vgym.rollout.rollout`: inline, a thread pool, a Ray worker."""
+"""(mode, parallel, threads) of :func:`vgym.rollout.loop.rollout`: inline, a thread pool, a Ray worker."""
 
 
 @pytest.mark.parametrize(("mode", "parallel", "threads"), PLANS)
@@ -108,7 +108,8 @@ def test_a_rollout_loses_only_the_bad_episodes(mixed_root: Path, processor: Any,
     """Two passes over the 7 records, 4 in flight: every spec comes back once, in order; the good episodes equal a
     rollout without the bad records; each bad one is a flagged failure, logged with its file."""
     from vgym.policies.oracle import OraclePolicy
-    from vgym.rollout import ChatEncoder, EpisodeSpec, rollout
+    from vgym.rollout.chat import ChatEncoder
+    from vgym.rollout.loop import EpisodeSpec, RolloutConfig, rollout
 
     env_fn = functools.partial(VisualToolEnv, "vgym_jsonl", task_config={"root": str(mixed_root)}, split="test")
     good = [i for i, (rid, _, _) in enumerate(RECORDS) if rid not in BAD_RECORDS]
@@ -122,9 +123,8 @@ def test_a_rollout_loses_only_the_bad_episodes(mixed_root: Path, processor: Any,
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     finished: list[str] = []
     try:
-        with caplog.at_level(logging.WARNING, "vgym.rollout"):
-            trajectories = rollout(env_fn, OraclePolicy(), ChatEncoder(processor), specs, batch_size=4, mode=mode,
-                                   parallel=parallel, num_workers=1, threads=threads,
+        with caplog.at_level(logging.WARNING, "vgym.rollout.loop"):
+            trajectories = rollout(env_fn, OraclePolicy(), ChatEncoder(processor), specs, RolloutConfig(batch_size=4, mode=mode, parallel=parallel, num_workers=1, threads=threads),
                                    on_episode=lambda t: finished.append(t.sample_id))
     finally:
         if started:
@@ -142,7 +142,7 @@ def test_a_rollout_loses_only_the_bad_episodes(mixed_root: Path, processor: Any,
         assert path in t.truncated_reason
         assert t.input_ids.numel() == t.loss_mask.numel() == t.logprobs.numel() == 0 and t.images == [] and not t.turns
         json.dumps(t.record())  # still a valid trajectory record
-    warnings = [r.getMessage() for r in caplog.records if r.name == "vgym.rollout" and r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "vgym.rollout.loop" and r.levelno == logging.WARNING]
     assert len(warnings) == 2 * len(BAD_RECORDS)
     assert all(any(str(mixed_root / f) in w for f in BAD_RECORDS.values()) for w in warnings)
 
@@ -171,7 +171,8 @@ def test_grpo_trains_on_the_good_samples_and_counts_the_bad(mixed_root: Path, ti
     """A GRPO step over records 0..3 (records 1 and 3 are bad): the bad groups are dropped and counted, the step
     trains on the good ones; a step whose every sample is bad fails with a clear error naming the file."""
     from vgym.errors import VgymError
-    from vgym.trainers.grpo import GRPOConfig, GRPOTrainer
+    from vgym.trainers.grpo import GRPOTrainer
+    from vgym.trainers.grpo_config import GRPOConfig
 
     model, processor = tiny
     env_fn = functools.partial(VisualToolEnv, "vgym_jsonl", task_config={"root": str(mixed_root)}, split="test",
@@ -192,7 +193,7 @@ def test_grpo_trains_on_the_good_samples_and_counts_the_bad(mixed_root: Path, ti
 def test_eval_scores_a_bad_sample_zero_and_the_rest_as_usual(mixed_root: Path, tmp_path: Path) -> None:
     """``vgym eval`` with the oracle (the text-only path) over the 7 records: each bad one is a scored failure
     naming its file, every good one scores 1."""
-    from vgym.evaluate import EvalConfig, run_eval
+    from vgym.eval.evaluate import EvalConfig, run_eval
 
     report = run_eval(EvalConfig(policy="oracle", suite=("vgym_jsonl",), n=len(RECORDS),
                                  task_config={"root": str(mixed_root)}), tmp_path / "run")

@@ -1,5 +1,5 @@
 """Bad images (issue 9): truncated, corrupt, empty, mislabelled, huge and unusual images, written here with real
-encoders (Pillow, OpenCV), through ``vgym.dataset_io.load_image``.
+encoders (Pillow, OpenCV), through ``vgym.data.media.load_image``.
 
 Contents:
 
@@ -7,7 +7,7 @@ Contents:
   transparency), 1-bit, BMP, TIFF, WebP and wrong-extension files decode to RGB uint8, pixels checked against what
   was written (alpha composited over white).
 - :data:`BAD` and ``test_bad_images_raise_media_error_naming_the_file``: truncated, corrupt, empty, non-image,
-  missing, directory, float and decompression-bomb files raise :class:`~vgym.dataset_io.MediaError` naming the file.
+  missing, directory, float and decompression-bomb files raise :class:`~vgym.errors.MediaError` naming the file.
 - ``test_the_bomb_guard_reads_no_pixels``: the pixel limit is checked from the header, before any decoding.
 - ``test_mutated_images_decode_or_raise_media_error``: 320 seeded truncations and byte flips of eight formats
   either decode to RGB uint8 or raise ``MediaError``, never another exception.
@@ -27,13 +27,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from media_fixtures import JPEG, PNG, jpeg_bytes, noise, png_bytes, smooth
 from PIL import Image
 
 import vgym  # noqa: F401  (registers the tools and tasks)
-from vgym.dataset_io import MediaError, load_image
+from vgym.data.media import load_image
+from vgym.errors import MediaError
+from vgym.data.synthetic_video import write_synthetic_clip
 from vgym.errors import InvalidConfigError
-from vgym.synthetic_video import write_synthetic_clip
-from media_fixtures import JPEG, PNG, jpeg_bytes, noise, png_bytes, smooth
 
 
 def _over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from media_fixtures import BACKENDS, VFR_MS, frame_index, write_clips
 
 import vgym  # noqa: F401  (registers the tools and tasks)
+from vgym.data.synthetic_video import write_synthetic_clip
 from vgym.errors import ToolError
-from vgym.synthetic_video import write_synthetic_clip
 from vgym.tooling import TOOLS, ToolContext
-from vgym.tools.video import VideoReaderCache
-from media_fixtures import BACKENDS, VFR_MS, frame_index, write_clips
+from vgym.data.media import VideoReaderCache
 
 
 @pytest.fixture(scope="module")

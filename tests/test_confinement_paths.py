@@ -6,7 +6,7 @@ Sections:
 1. Tools: no argument schema can name a file, path-like strings in every string argument open nothing outside
    Python's own files (checked with an audit hook, through the env), and the file-opening call sites in ``tools/``
    are a reviewed list (:data:`REVIEWED_FILE_OPENS`).
-2. Dataset loaders (only cases ``tests/test_datasets.py`` and ``tests/tasks/test_local_data.py`` lack): ``..`` after
+2. Dataset loaders (only cases ``tests/data/test_datasets.py`` and ``tests/tasks/test_local_data.py`` lack): ``..`` after
    a symbolic link, absolute forms, symbolic-link loops, symlinked media folders, URL-like paths, NUL bytes, JSON
    depth and line-size limits through each loader, and video playlists (HLS, ffconcat) that name files outside
    the root.
@@ -36,7 +36,7 @@ from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError, ToolError
 from vgym.tasks.local_data import CharadesStaTask, ChartqaTask, RefcocoTask, VgymJsonlTask, VstarTask
 from vgym.tooling import TOOLS, ToolContext
-from vgym.tools.video import VideoReaderCache
+from vgym.data.media import VideoReaderCache
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,8 +165,7 @@ REVIEWED_FILE_OPENS = {
                   ("load_detector", "AutoProcessor.from_pretrained")},
     "ocr.py": {("_load_rapidocr", "RapidOCR")},
     "segment.py": {("_load_sam", "SamImageProcessorPil.from_pretrained"), ("_load_sam", "SamModel.from_pretrained")},
-    "video.py": {("_DecordClip.__init__", "decord.VideoReader"), ("_PyAVClip.__init__", "av.open"),
-                 ("_fetch", "cache.open"), ("_refuse_playlist", "open")},
+    "video.py": {("_fetch", "cache.open")},
 }
 """Where tools open files, reviewed: model folders come from the env's backend options (operator config, never the
 model), the face cascade and RapidOCR's models ship inside their wheels, video tools open ``ctx.video`` (the
@@ -177,6 +176,15 @@ sample's own clip, never a path the model names) and read its first bytes to ref
 def test_tools_open_files_only_at_reviewed_places(module: str) -> None:
     assert _file_opening_calls(REPO / "tools" / module) == REVIEWED_FILE_OPENS.get(module, set()), \
         f"tools/{module}: file-opening calls changed; review that no tool argument reaches them"
+
+
+def test_media_readers_open_only_the_file_they_are_given() -> None:
+    """The video tools open clips through :mod:`vgym.data.media` (with ``ctx.video``, above); its readers open the
+    path they are handed, once each, and read a clip's first bytes to refuse playlists."""
+    assert _file_opening_calls(REPO / "vgym" / "data" / "media.py") == {
+        ("_DecordClip.__init__", "decord.VideoReader"), ("_PyAVClip.__init__", "av.open"),
+        ("_refuse_playlist", "open"), ("load_image", "Image.open"), ("load_image", "image.load"),
+        ("overview_frames", "cache.open")}
 
 
 # ---------------------------------------------------------------- 2. dataset loaders
@@ -285,7 +293,7 @@ def test_media_folders_linked_out_of_the_root_are_refused(layout: Path) -> None:
 @pytest.mark.parametrize("loader, name, first", [
     (VstarTask, "test_questions.jsonl", {"image": "a/x.png", "text": "q\n(A) a\n(B) b", "label": "A"}),
     (RefcocoTask, "refcoco.jsonl", {"image": "a/x.png", "bbox": [0, 0, 4, 4], "expression": "a"}),
-])  # the vgym JSONL reader's own limits are in tests/test_datasets.py
+])  # the vgym JSONL reader's own limits are in tests/data/test_datasets.py
 def test_json_line_limits_name_file_and_line(layout: Path, loader: type, name: str, first: dict, bad: str,
                                              message: str) -> None:
     path = layout / name

@@ -43,7 +43,7 @@ def _trajectories(seed: int, side: int, text: int) -> list:  # type: ignore[type
     """Two trajectories with one random ``side``-pixel image each and ``text`` characters of turn text."""
     import torch
 
-    from vgym.trajectory import Trajectory
+    from vgym.rollout.trajectory import Trajectory
 
     rng = np.random.default_rng(seed)
     empty = torch.zeros(0, dtype=torch.long)
@@ -56,7 +56,7 @@ def _trajectories(seed: int, side: int, text: int) -> list:  # type: ignore[type
 @pytest.mark.parametrize("fails_on, side, text", [("png", 64, 10), ("jsonl", 4, 40_000)])
 def test_disk_full_while_saving_trajectories_keeps_the_earlier_save(tmp_path, fails_on: str, side: int,
                                                                      text: int) -> None:  # type: ignore[no-untyped-def]
-    from vgym.trajectory import save_trajectories
+    from vgym.rollout.trajectory import save_trajectories
 
     save_trajectories(_trajectories(0, 64, 10), tmp_path, "t")
     before = _snapshot(tmp_path)
@@ -72,7 +72,7 @@ def test_disk_full_while_saving_trajectories_keeps_the_earlier_save(tmp_path, fa
 def test_disk_full_during_evaluation_keeps_whole_lines_and_resumes(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from vgym.evaluate import EvalConfig, run_eval
+    from vgym.eval.evaluate import EvalConfig, run_eval
 
     base = dict(policy="oracle", suite=("visual_search",), k=1, difficulties=(0,))  # oracle: no failure files
     run, path = tmp_path / "run", tmp_path / "run" / "episodes.jsonl"
@@ -100,11 +100,12 @@ def test_disk_full_during_evaluation_keeps_whole_lines_and_resumes(tmp_path) -> 
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tiny_dir, tmp_path, trainer_kind: str) -> None:  # type: ignore[no-untyped-def]
     import functools
 
-    from vgym.pipeline import collect
+    from vgym.app.pipeline import collect
+    from vgym.engine.tiny import load_vlm
     from vgym.policies.oracle import OraclePolicy
-    from vgym.rollout import ChatEncoder
-    from vgym.tiny import load_vlm
-    from vgym.trainers.grpo import GRPOConfig, GRPOTrainer
+    from vgym.rollout.chat import ChatEncoder
+    from vgym.trainers.grpo import GRPOTrainer
+    from vgym.trainers.grpo_config import GRPOConfig
     from vgym.trainers.sft import SFTConfig, SFTTrainer
 
     def make():  # type: ignore[no-untyped-def]
@@ -130,7 +131,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tiny_dir, t
 
 
 def test_a_writer_killed_between_its_two_renames_loses_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from vgym.trajectory import atomic_path
+    from vgym.rollout.trajectory import atomic_path
 
     # Replacing a folder moves the old one aside, then renames the new one in; a kill between the two leaves only
     # the hidden old copy. The next write of the path puts it back before anything else, so even when that write

@@ -17,7 +17,6 @@ from test_env import VS, _assert_obs_valid, _make
 from vgym.env import VisualToolEnv
 from vgym.tasks.visual_search import PATTERNS
 
-
 # ---------------------------------------------------------------- fuzz
 
 _FRAGMENTS = ["<tool_call>", "</tool_call>", "<answer>", "</answer>", "{", "}", '"name"', '"arguments"', '"crop"', ":"]

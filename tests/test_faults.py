@@ -11,7 +11,7 @@
   and reproduces the uninterrupted report.
 - Full disk: ``tests/test_disk_full.py``.
 
-The Ray case (a killed Ray env worker loses and duplicates no episode) is in ``tests/test_workers.py``.
+The Ray case (a killed Ray env worker loses and duplicates no episode) is in ``tests/rollout/test_workers.py``.
 
 The backends below are module-level functions so that spawned worker processes can import them; the module keeps
 its top-level imports light because every worker start imports it.
@@ -190,7 +190,7 @@ GRPO_FAST = {"num_generations": 2, "prompts_per_step": 2, "max_new_tokens": 8, "
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "vgym.cli", *args]
+    return [sys.executable, "-m", "vgym.app.cli", *args]
 
 
 def _start(args: list[str], log) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
@@ -251,7 +251,7 @@ def test_training_killed_at_a_random_point_resumes_to_the_same_metrics(tiny_dir,
     import yaml
     from safetensors.numpy import load_file
 
-    from vgym.recipes import load_recipe, run_recipe
+    from vgym.app.recipes import load_recipe, run_recipe
 
     rng = np.random.default_rng(2024)
     step = int(rng.integers(1, 3))  # kill during step 2 or 3 of 5, at a random time within it
@@ -283,8 +283,9 @@ _SAVE_LOOP = """
 import functools, sys
 from pathlib import Path
 from vgym.env import VisualToolEnv
-from vgym.tiny import load_vlm
-from vgym.trainers.grpo import GRPOConfig, GRPOTrainer
+from vgym.engine.tiny import load_vlm
+from vgym.trainers.grpo import GRPOTrainer
+from vgym.trainers.grpo_config import GRPOConfig
 model, processor = load_vlm(sys.argv[1])
 trainer = GRPOTrainer(model, processor, functools.partial(VisualToolEnv, "visual_search"), GRPOConfig(steps=1000))
 for step in range(1, 1001):
@@ -296,8 +297,9 @@ for step in range(1, 1001):
 def test_a_kill_while_saving_leaves_every_visible_checkpoint_loadable(tiny_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import functools
 
-    from vgym.tiny import load_vlm
-    from vgym.trainers.grpo import GRPOConfig, GRPOTrainer
+    from vgym.engine.tiny import load_vlm
+    from vgym.trainers.grpo import GRPOTrainer
+    from vgym.trainers.grpo_config import GRPOConfig
 
     out = tmp_path / "run"
     proc = _start([sys.executable, "-c", _SAVE_LOOP, str(tiny_dir), str(out)], tmp_path / "save.log")
@@ -331,7 +333,7 @@ def test_a_kill_while_saving_leaves_every_visible_checkpoint_loadable(tiny_dir, 
 def test_evaluation_killed_at_a_random_point_scores_each_episode_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from vgym.evaluate import EvalConfig, run_eval
+    from vgym.eval.evaluate import EvalConfig, run_eval
 
     config = EvalConfig(policy="random", suite=("visual_search", "counting"), n=12, k=2, difficulties=(1,))
     total = 2 * 12 * 2

@@ -4,7 +4,7 @@ Two generators: the seeded grammar of ``benchmarks/fuzz_grammar.py`` with the ch
 (imported from there, so the benchmark and this test share one grammar and one set of checks: no exception,
 observation inside the space, bool flags, finite reward, UTF-8/JSON-writable observation and records, no tool
 crash, every error naming its problem, every malformed turn rejected, and the oracle's episode replayed exactly
-after fuzzing), over every registered env id (the five dataset loaders play :mod:`vgym.sample_data`'s datasets,
+after fuzzing), over every registered env id (the five dataset loaders play :mod:`vgym.data.sample_data`'s datasets,
 written once per module); and hypothesis over arbitrary JSON in tool-call tags. Then one regression test per bug
 the fuzzing found.
 """
@@ -45,7 +45,7 @@ LABELS = [t.label for t in _WITHOUT_DATA] + [f"{eid}{kind}" for eid in sorted(_N
 
 @pytest.fixture(scope="module")
 def fuzz_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Target], dict[str, str]]:
-    """``fuzz_targets(fast=True)`` with vgym.sample_data's datasets written once for this module: label -> target,
+    """``fuzz_targets(fast=True)`` with vgym.data.sample_data's datasets written once for this module: label -> target,
     and the skipped ids."""
     targets, skipped = fuzz_targets(fast=True, data_root=tmp_path_factory.mktemp("sample_data"))
     return {target.label: target for target in targets}, skipped

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from vgym.tiny import load_vlm
+from vgym.engine.tiny import load_vlm
 
 REPO = Path(__file__).resolve().parents[1]
 

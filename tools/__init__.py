@@ -1,5 +1,3 @@
-"""Visual tools (one module per tool); importing this package registers them in :data:`vgym.tooling.TOOLS`."""
-
-from vgym.tools import crop, depth, ground, image_info, measure, ocr, point, segment, video
-
-__all__ = ["crop", "depth", "ground", "image_info", "measure", "ocr", "point", "segment", "video"]
+"""Tools, one module per tool (``vgym.tools``). Nothing is imported here: :mod:`vgym.catalog` registers each
+built-in tool by name and its module loads on first use. A tool module may import the ``vgym`` root contracts
+(tooling, errors), :mod:`vgym.data` and other tool modules; never tasks, the env, rollout, policies or trainers."""

@@ -281,7 +281,11 @@ def load_detector(options: Mapping[str, Any]) -> tuple[Any, Any, str]:
     if not path or not Path(str(path)).is_dir():
         raise ToolError(f"the hf grounding backend needs the option 'model' set to a local directory with an "
                         f"OWLv2/OWL-ViT checkpoint, got {path!r}; set options {{'ground': {{'model': '/dir'}}}}.")
-    from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoProcessor  # heavy: only when used
+    from transformers import (  # heavy: only when used
+        AutoConfig,
+        AutoModelForZeroShotObjectDetection,
+        AutoProcessor,
+    )
 
     model_type = AutoConfig.from_pretrained(str(path), local_files_only=True).model_type
     if model_type not in ("owlv2", "owlvit"):

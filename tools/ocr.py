@@ -28,8 +28,8 @@ import cv2
 import numpy as np
 
 from vgym.errors import ToolError
-from vgym.tools.crop import parse_box
 from vgym.tooling import TOOLS, Backend, Tool, ToolContext, ToolResult
+from vgym.tools.crop import parse_box
 
 __all__ = ["ocr", "reading_order", "render_text_scene"]
 

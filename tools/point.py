@@ -12,8 +12,15 @@ import json
 from collections.abc import Sequence
 
 from vgym.tooling import TOOLS, Backend, Tool, ToolContext, ToolResult
-from vgym.tools.ground import (Detection, detect_hf, detect_opencv, detect_oracle, detection_point, draw_detections,
-                               load_detector)
+from vgym.tools.ground import (
+    Detection,
+    detect_hf,
+    detect_opencv,
+    detect_oracle,
+    detection_point,
+    draw_detections,
+    load_detector,
+)
 
 __all__ = ["point", "best_point"]
 

@@ -1,4 +1,7 @@
-"""Trainers: SFT and the GRPO family. The maths lives in pure modules: :mod:`vgym.trainers.losses` (SFT),
-:mod:`vgym.trainers.advantages` (advantage estimators, turn-level credit), :mod:`vgym.trainers.rl_losses` (policy
-losses, aggregation, the combined objective) and :mod:`vgym.trainers.regularisers` (KL, LLDS, entropy); rollout
-metrics and alarms in :mod:`vgym.trainers.monitors`, metric reporters in :mod:`vgym.trainers.reporters`."""
+"""Trainers (``vgym.trainers``): SFT and the GRPO family, their losses as pure functions, rollout monitors and
+metric reporters, and adapters for users who keep TRL or verl. The maths lives in pure modules (advantage
+estimators, policy losses, loss aggregation, regularisers); the trainers only coordinate.
+
+May import: the ``vgym`` root, :mod:`vgym.data`, :mod:`vgym.rollout`, :mod:`vgym.policies` and
+:mod:`vgym.engine`. Never eval or the entry layer (:mod:`vgym.app`), which is what imports the trainers.
+"""

@@ -1,7 +1,7 @@
 """GRPO and its variants over multi-turn, multimodal tool-use rollouts: a thin loop around pure losses.
 
-Contents: :class:`GRPOConfig` (defined in :mod:`vgym.trainers.grpo_config`, re-exported), :func:`otc_tool_factor`,
-:func:`turn_ids_from_mask`, :func:`step_rewards`, :class:`GRPOTrainer`.
+Contents: :func:`otc_tool_factor`, :func:`turn_ids_from_mask`, :func:`step_rewards`, :class:`GRPOTrainer` (its
+settings: :class:`vgym.trainers.grpo_config.GRPOConfig`).
 
 One step: roll out ``prompts_per_step`` samples × ``num_generations`` episodes with the current model (one group per
 sample; episodes of a group share the sample and the env seed) → rewards (the env's composite reward, optionally
@@ -28,12 +28,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from vgym.engine.modeling import (
+    forward_accepts,
+    load_pretrained_in_place,
+    model_inputs,
+    shared_image_features,
+)
+from vgym.engine.shared_prefix import shared_prefix_logits
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError, VgymError
-from vgym.modeling import forward_accepts, load_pretrained_in_place, model_inputs, shared_image_features
 from vgym.policies.hf import GenerationConfig, HFPolicy
-from vgym.rollout import ChatEncoder, EpisodeSpec, rollout
-from vgym.shared_prefix import shared_prefix_logits
+from vgym.rollout.chat import ChatEncoder
+from vgym.rollout.loop import EpisodeSpec, RolloutConfig, rollout
+from vgym.rollout.trajectory import Trajectory, atomic_path
 from vgym.trainers.advantages import ADVANTAGE_ESTIMATORS, broadcast_advantages, turn_advantages
 from vgym.trainers.grpo_config import GRPOConfig
 from vgym.trainers.losses import token_logprobs
@@ -41,9 +48,8 @@ from vgym.trainers.monitors import AlarmMonitor, rollout_metrics
 from vgym.trainers.regularisers import entropy_from_logits
 from vgym.trainers.rl_losses import compute_policy_objective
 from vgym.trainers.sft import adamw, collate
-from vgym.trajectory import Trajectory, atomic_path
 
-__all__ = ["GRPOConfig", "otc_tool_factor", "turn_ids_from_mask", "step_rewards", "GRPOTrainer"]
+__all__ = ["otc_tool_factor", "turn_ids_from_mask", "step_rewards", "GRPOTrainer"]
 
 
 def otc_tool_factor(calls: int, c: float) -> float:
@@ -125,8 +131,7 @@ class GRPOTrainer:
         """
         cfg = self.config
         self.model.eval()
-        trajs = rollout(self.env_fn, self.policy, self.encoder, self._specs(cfg.prompts_per_step),
-                        batch_size=cfg.batch_size, mode=cfg.rollout_mode)
+        trajs = rollout(self.env_fn, self.policy, self.encoder, self._specs(cfg.prompts_per_step), RolloutConfig(batch_size=cfg.batch_size, mode=cfg.rollout_mode))
         generated = list(trajs)
         trajs = _loaded(trajs)
         rounds = 0
@@ -135,8 +140,7 @@ class GRPOTrainer:
             while len(trajs) < cfg.batch_size and rounds < cfg.max_resample_rounds:
                 rounds += 1
                 missing = (cfg.batch_size - len(trajs)) // cfg.num_generations
-                more = rollout(self.env_fn, self.policy, self.encoder, self._specs(missing),
-                               batch_size=cfg.batch_size, mode=cfg.rollout_mode)
+                more = rollout(self.env_fn, self.policy, self.encoder, self._specs(missing), RolloutConfig(batch_size=cfg.batch_size, mode=cfg.rollout_mode))
                 generated += more
                 trajs += self._informative(_loaded(more))
             trajs = trajs[: cfg.batch_size]

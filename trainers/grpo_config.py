@@ -1,6 +1,6 @@
 """The settings of a GRPO-family run (:class:`GRPOConfig`), named as TRL's ``GRPOConfig`` where the knob is the same,
 each field citing the paper it comes from. Validated on construction (``InvalidConfigError`` names the field).
-The trainer is :class:`vgym.trainers.grpo.GRPOTrainer`, which re-exports this class.
+The trainer is :class:`vgym.trainers.grpo.GRPOTrainer`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class GRPOConfig:
     top_p: float = 1.0
     """Nucleus sampling mass."""
     rollout_mode: str = "lockstep"
-    """``"lockstep"`` or ``"async"`` (see :func:`vgym.rollout.rollout`)."""
+    """``"lockstep"`` or ``"async"`` (see :func:`vgym.rollout.loop.rollout`)."""
     # -- rewards and advantages
     advantage: str = "grpo"
     """Estimator: ``grpo``, ``rloo``, ``reinforce_pp`` or ``dgrpo`` (see :mod:`vgym.trainers.advantages`)."""

@@ -1,13 +1,10 @@
-"""Training monitors: rollout metrics and training alarms; re-exports the metric reporters.
+"""Training monitors: rollout metrics and training alarms (the reporters that emit them live in
+:mod:`vgym.trainers.reporters`).
 
 Contents:
     :func:`rollout_metrics` — ``rollout/…`` and ``tool/<name>/…`` metrics of a batch of trajectories.
     :class:`AlarmConfig` and :class:`AlarmMonitor` — the tool-collapse, likelihood-drift (LLD) and optional
     entropy-collapse alarms.
-    Re-exported from :mod:`vgym.trainers.reporters` (where they are defined and documented, so existing
-    ``from vgym.trainers.monitors import ...`` keeps working): :class:`Reporter`, :class:`CSVReporter`,
-    :class:`TensorBoardReporter`, :class:`WandbReporter`, :data:`REPORTERS`, :func:`make_reporters`,
-    :func:`read_metrics_csv`.
 
 Contracts: step functions return metric dicts and only reporters emit them (STYLE.md §9); :func:`rollout_metrics`
 is pure; :class:`AlarmMonitor` returns the messages of the alarms that fire, logs them as warnings on this
@@ -26,27 +23,11 @@ from typing import Any
 import numpy as np
 
 from vgym.errors import InvalidConfigError
+from vgym.rollout.trajectory import Trajectory
 from vgym.tooling import TOOLS
-from vgym.trainers.reporters import (
-    REPORTERS,
-    CSVReporter,
-    Reporter,
-    TensorBoardReporter,
-    WandbReporter,
-    make_reporters,
-    read_metrics_csv,
-)
-from vgym.trajectory import Trajectory
 
 __all__ = [
     "rollout_metrics",
-    "Reporter",
-    "CSVReporter",
-    "TensorBoardReporter",
-    "WandbReporter",
-    "REPORTERS",
-    "make_reporters",
-    "read_metrics_csv",
     "AlarmConfig",
     "AlarmMonitor",
 ]

@@ -10,8 +10,7 @@ Contents:
 Contracts: step functions return metric dicts and only reporters emit them (STYLE.md §9); every reporter takes a
 ``resume_step`` so that a resumed run first discards what it logged after its checkpoint and then appends;
 :meth:`Reporter.close` is safe to call twice. TensorBoard and W&B are optional packages, imported only when their
-reporter is built (a missing one raises ImportError naming the package). :mod:`vgym.trainers.monitors` re-exports
-every name here.
+reporter is built (a missing one raises ImportError naming the package).
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ tensors in, ``(loss, metrics)`` out.
 Contents: :class:`LossType` + :func:`aggregate_loss` (grpo, bnpo, dr_grpo, dapo); :class:`PolicyLoss` +
 :data:`POLICY_LOSSES` (``Registry``): :func:`ppo_clip_policy_loss`, :func:`dual_clip_policy_loss`,
 :func:`gspo_policy_loss`; :func:`compute_policy_objective` (policy + beta KL + llds_coef LLDS - entropy_coef H).
-Re-exported from :mod:`vgym.trainers.regularisers` (defined and documented there): :class:`KLEstimator` +
-:func:`kl_penalty` (k1, k3); :func:`llds_regulariser`; :func:`entropy_from_logits`.
+The regularisers it adds live in :mod:`vgym.trainers.regularisers`.
 
 Shapes: B trajectories, T tokens, V vocabulary. Common inputs: ``logprobs`` (B, T) float from
 :func:`vgym.trainers.losses.token_logprobs` (with grad); ``old_logprobs`` (B, T) under the policy that sampled
@@ -28,14 +27,12 @@ from vgym.trainers.regularisers import (
     KLEstimator,
     _check_shapes,
     _parse,
-    entropy_from_logits,
     kl_penalty,
     llds_regulariser,
 )
 
-__all__ = ["LossType", "PolicyLoss", "KLEstimator", "POLICY_LOSSES", "aggregate_loss", "ppo_clip_policy_loss",
-           "dual_clip_policy_loss", "gspo_policy_loss", "kl_penalty", "llds_regulariser", "entropy_from_logits",
-           "compute_policy_objective"]
+__all__ = ["LossType", "PolicyLoss", "POLICY_LOSSES", "aggregate_loss", "ppo_clip_policy_loss",
+           "dual_clip_policy_loss", "gspo_policy_loss", "compute_policy_objective"]
 
 
 class LossType(str, Enum):

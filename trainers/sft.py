@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from vgym.engine.modeling import load_pretrained_in_place, model_inputs
 from vgym.errors import InvalidConfigError
-from vgym.modeling import load_pretrained_in_place, model_inputs
+from vgym.rollout.trajectory import Trajectory, atomic_path
 from vgym.trainers.losses import sft_loss, token_logprobs
-from vgym.trajectory import Trajectory, atomic_path
 
 __all__ = ["SFTConfig", "SFTTrainer", "adamw", "collate"]
 

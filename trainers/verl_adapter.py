@@ -36,7 +36,7 @@ from PIL import Image
 
 from vgym.env import VisualToolEnv
 from vgym.protocol import HermesProtocol
-from vgym.rollout import ChatEncoder
+from vgym.rollout.chat import ChatEncoder
 from vgym.task import TASKS
 from vgym.trainers.trl_adapter import parse_sample_id  # imports neither TRL nor datasets
 

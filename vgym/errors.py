@@ -1,15 +1,19 @@
 """The vgym exception hierarchy.
 
-Contents: :class:`VgymError` (base), :class:`UnknownNameError`, :class:`InvalidConfigError`, :class:`ToolError`.
+Contents: :class:`VgymError` (base), :class:`UnknownNameError`, :class:`InvalidConfigError`, :class:`ToolError`,
+:class:`MediaError` (an ``InvalidConfigError``).
 
 Bugs in vgym raise ordinary Python exceptions. Bad *model actions* (a malformed tool call, a box outside the
 image) are episode events, not exceptions: tools raise :class:`ToolError` and the env turns it into an error
-observation, so :meth:`vgym.env.VisualToolEnv.step` never raises on model output.
+observation, so :meth:`vgym.env.VisualToolEnv.step` never raises on model output. A media file that is missing,
+empty, not an image, truncated, corrupt or too large raises :class:`MediaError`, which marks a fault of *one
+record's data* rather than of the configuration: :func:`vgym.rollout.loop.rollout` turns it into a failed episode
+(reward 0, ``truncated_reason`` naming the error and the file) and plays the rest of the batch.
 """
 
 from __future__ import annotations
 
-__all__ = ["VgymError", "UnknownNameError", "InvalidConfigError", "ToolError"]
+__all__ = ["VgymError", "UnknownNameError", "InvalidConfigError", "ToolError", "MediaError"]
 
 
 class VgymError(Exception):
@@ -33,3 +37,23 @@ class ToolError(VgymError):
     The message is written for the *model*: it says what was wrong, the value received, and what a valid call
     looks like. The env shows it to the policy as the tool's observation.
     """
+
+
+class MediaError(InvalidConfigError):
+    """A record's media file (image or video) cannot be used: missing, empty, not a known format, truncated,
+    corrupt, too large, or without an RGB meaning. The message names the file.
+
+    It is an :class:`InvalidConfigError`, so ``except InvalidConfigError`` still catches it; the
+    subclass lets a rollout tell one bad record (skip the episode, keep the batch) from a bad configuration
+    (stop). Pickles with its attributes (Ray workers may raise it).
+
+    Attributes:
+        path: the file at fault, or None when unknown.
+        sample_id: the id of the sample that needed it (``"<task>/<record id>"``), set by
+            :meth:`vgym.data.dataset_task.DatasetTask.sample`; None when raised outside a task.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, sample_id: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.sample_id = sample_id

@@ -1,7 +1,7 @@
 """Task contract and registry.
 
 Contents: :class:`Sample`, :class:`Solution`, :class:`Task`, :data:`TASKS`, :func:`register_task`,
-:func:`sample_seed`, :func:`env_id`.
+:func:`register_task_lazily`, :func:`sample_seed`, :func:`env_id`, :func:`task_env_id`.
 
 A task family lives in one file under ``tasks/``: a config dataclass, a :class:`Task` subclass whose
 :meth:`Task.sample` is a pure function of ``(split, index, seed)``, its scorer, prompt, default tools and oracle
@@ -9,7 +9,9 @@ solution, and one registration line at the bottom::
 
     register_task(VisualSearchTask)
 
-Registering also registers the gymnasium id ``vgym/<CamelName>-v<version>``.
+Registering also registers the gymnasium id ``vgym/<CamelName>-v<version>``. vgym's own tasks are registered
+lazily (:mod:`vgym.catalog`): their names and gymnasium ids exist from ``import vgym`` on, and a task's module is
+imported on first use; its registration line then replaces the lazy entry.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import numpy as np
 from vgym.errors import InvalidConfigError
 from vgym.registry import Registry
 
-__all__ = ["Sample", "Solution", "Task", "TASKS", "register_task", "sample_seed", "env_id", "SPLITS"]
+__all__ = ["Sample", "Solution", "Task", "TASKS", "register_task", "register_task_lazily", "sample_seed", "env_id",
+           "task_env_id", "SPLITS"]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 """Procedural splits; each has its own seed stream, so they are disjoint by construction."""
@@ -163,22 +166,52 @@ class Task(ABC):
 
 TASKS: Registry[type[Task]] = Registry("task")
 
+_ENV_ENTRY_POINT = "vgym.env:VisualToolEnv"
+
+
+def task_env_id(name: str, version: int) -> str:
+    """The gymnasium id of task ``name`` at ``version``: ``vgym/<CamelName>-v<version>``."""
+    return f"vgym/{''.join(part.capitalize() for part in name.split('_'))}-v{version}"
+
 
 def env_id(task_cls: type[Task]) -> str:
     """The gymnasium id of a task: ``vgym/<CamelName>-v<version>``."""
-    camel = "".join(part.capitalize() for part in task_cls.name.split("_"))
-    return f"vgym/{camel}-v{task_cls.version}"
+    return task_env_id(task_cls.name, task_cls.version)
+
+
+def _register_env_id(name: str, version: int) -> None:
+    """Register the gymnasium id of ``name`` unless it is registered already for the same task."""
+    gym_id = task_env_id(name, version)
+    spec = gymnasium.registry.get(gym_id)
+    if spec is not None and spec.entry_point == _ENV_ENTRY_POINT and spec.kwargs.get("task") == name:
+        return
+    gymnasium.register(gym_id, entry_point=_ENV_ENTRY_POINT, kwargs={"task": name})
 
 
 def register_task(task_cls: type[Task]) -> type[Task]:
     """Register ``task_cls`` under its ``name`` and register its gymnasium id.
 
     Raises:
-        VgymError: if the name is taken.
+        VgymError: if the name is taken (by a task defined elsewhere).
         TypeError: if ``config_cls`` is not a dataclass.
     """
     if not dataclasses.is_dataclass(task_cls.config_cls):
         raise TypeError(f"{task_cls.__name__}.config_cls must be a dataclass")
     TASKS.register(task_cls.name, task_cls)
-    gymnasium.register(env_id(task_cls), entry_point="vgym.env:VisualToolEnv", kwargs={"task": task_cls.name})
+    _register_env_id(task_cls.name, task_cls.version)
     return task_cls
+
+
+def register_task_lazily(name: str, target: str, version: int = 0) -> None:
+    """Register task ``name`` and its gymnasium id without importing the task's module.
+
+    Args:
+        name: the task's registry name (its class's ``name``).
+        target: ``"package.module:ClassName"``; the module is imported on first :meth:`Registry.get`.
+        version: the class's ``version`` (it fixes the gymnasium id; ``tests/test_catalog.py`` checks both).
+
+    Raises:
+        VgymError: if the name is taken.
+    """
+    TASKS.register(name, target)
+    _register_env_id(name, version)

@@ -5,7 +5,8 @@ Contents: :class:`ToolContext`, :class:`ToolResult`, :class:`Backend`, :class:`T
 
 A tool is a plain function ``fn(ctx: ToolContext, **arguments) -> ToolResult`` with type hints and a Google-style
 docstring describing every model-facing argument. Its schema is produced by
-``transformers.utils.get_json_schema`` with the ``ctx`` parameter hidden. Invalid arguments raise
+:func:`vgym.tool_schema.function_schema` (the format of ``transformers.utils.get_json_schema``) with the
+``ctx`` parameter hidden. Invalid arguments raise
 :class:`vgym.errors.ToolError` with a message for the model. Register at the bottom of the tool's file::
 
     TOOLS.register("crop", Tool(crop))
@@ -16,17 +17,16 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
-from transformers.utils import get_json_schema
 
 from vgym.errors import ToolError, UnknownNameError
 from vgym.registry import Registry
+from vgym.tool_schema import function_schema
 
 __all__ = ["ToolContext", "ToolResult", "Backend", "Tool", "TOOLS", "fit_to_budget"]
 
@@ -219,26 +219,11 @@ def _short(value: Any, limit: int = 100) -> str:
 
 
 def _schema_without_context(fn: Callable[..., Any], name: str) -> dict[str, Any]:
-    """``get_json_schema`` of ``fn`` with its first (context) parameter removed."""
-    signature = inspect.signature(fn)
-    params = list(signature.parameters.values())
+    """The model-facing JSON schema of ``fn``: :func:`~vgym.tool_schema.function_schema` without the context."""
+    params = list(inspect.signature(fn).parameters.values())
     if not params:
         raise TypeError(f"tool {name!r} must take the ToolContext as its first parameter")
-    hints = typing.get_type_hints(fn)
-    shown = params[1:]
-
-    def shim() -> None:  # a stand-in whose signature is the model-facing one
-        return None
-
-    shim.__signature__ = signature.replace(parameters=shown)  # type: ignore[attr-defined]
-    shim.__annotations__ = {p.name: hints[p.name] for p in shown if p.name in hints}
-    if "return" in hints:
-        shim.__annotations__["return"] = hints["return"]
-    shim.__doc__ = fn.__doc__
-    shim.__name__ = name
-    schema = get_json_schema(shim)
-    schema["function"].pop("return", None)
-    return schema
+    return function_schema(fn, name, params[1:])
 
 
 def fit_to_budget(image: np.ndarray, max_pixels: int, *, upscale: bool = False) -> np.ndarray:
@@ -270,4 +255,5 @@ def fit_to_budget(image: np.ndarray, max_pixels: int, *, upscale: bool = False) 
     return cv2.resize(image, (new_w, new_h), interpolation=interpolation)
 
 
-TOOLS: Registry[Tool] = Registry("tool")
+TOOLS: Registry[Tool] = Registry("tool", defined_by=lambda tool: tool.fn)
+"""Every tool by name; a tool's origin (for a second import of its file under another module name) is its function."""

@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import TopPLogitsWarper
 
+from vgym.engine.modeling import model_inputs
 from vgym.env import VisualToolEnv
-from vgym.modeling import model_inputs
 from vgym.policies.base import PolicyInput
 from vgym.policies.hf import GenerationConfig, HFPolicy, _ChosenLogprobs
-from vgym.rollout import ChatEncoder
+from vgym.rollout.chat import ChatEncoder
 
 
 def _item(processor, index: int) -> PolicyInput:  # type: ignore[no-untyped-def]
@@ -20,8 +20,7 @@ def _item(processor, index: int) -> PolicyInput:  # type: ignore[no-untyped-def]
     obs, info = env.reset(seed=index, options={"split": "train", "index": index})
     enc = ChatEncoder(processor).encode_prompt(info["messages"], obs["images"])
     return PolicyInput(input_ids=enc.input_ids, pixel_values=enc.pixel_values, image_grid_thw=enc.image_grid_thw,
-                       messages=info["messages"], sample=env.sample, turn=0, tools_enabled=True,
-                       images=obs["images"])
+                       messages=info["messages"], turn=0, tools_enabled=True, images=obs["images"])
 
 
 def _teacher_forced(model, item: PolicyInput, tokens: list[int], temperature: float, top_p: float,

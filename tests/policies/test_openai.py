@@ -21,10 +21,11 @@ from PIL import Image
 
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError, VgymError
-from vgym.policies.base import PolicyInput, PolicyOutput
+from vgym.policies.base import PolicyInput, PolicyOutput, reads_ground_truth
 from vgym.policies.hf import GenerationConfig, HFPolicy
 from vgym.policies.openai import OpenAIPolicy, OpenAIPolicyConfig, to_chat_messages
-from vgym.rollout import ChatEncoder, EpisodeSpec, rollout
+from vgym.rollout.chat import ChatEncoder
+from vgym.rollout.loop import EpisodeSpec, rollout
 
 MAX_TOKENS = 16  # the server's limit too: a request above it gets HTTP 400 (as vLLM answers a too-long request)
 MODEL = "tiny-qwen2-vl"
@@ -121,7 +122,7 @@ class ChatServer:
                                top_p=body.get("top_p", 1.0))
         policy = HFPolicy(self.model, self.processor, gen, seed=body.get("seed", 0))
         item = PolicyInput(encoded.input_ids, encoded.pixel_values, encoded.image_grid_thw, record.messages,
-                           sample=None, turn=0, tools_enabled=True)  # type: ignore[arg-type]
+                           turn=0, tools_enabled=True)
         out = policy.act([item])[0]
         ids, lps = out.token_ids or [], out.logprobs or []
         stopped = bool(ids) and ids[-1] in policy.eos_ids
@@ -165,8 +166,8 @@ def _first_turn(processor: Any, index: int = 0) -> PolicyInput:
     env = VisualToolEnv("visual_search")
     obs, info = env.reset(seed=0, options={"split": "train", "index": index})
     enc = ChatEncoder(processor).encode_prompt(info["messages"], obs["images"])
-    return PolicyInput(enc.input_ids, enc.pixel_values, enc.image_grid_thw, info["messages"], env.sample, 0,
-                       env.tools_enabled, env.task, list(obs["images"]))
+    return PolicyInput(enc.input_ids, enc.pixel_values, enc.image_grid_thw, info["messages"], 0,
+                       env.tools_enabled, list(obs["images"]))
 
 
 def _greedy(tiny: Any, item: PolicyInput) -> PolicyOutput:
@@ -180,6 +181,7 @@ class Recorder:
 
     def __init__(self, inner: OpenAIPolicy) -> None:
         self.inner = inner
+        self.reads_ground_truth = reads_ground_truth(inner)  # what the wrapped policy is given, no more
         self.calls: list[tuple[PolicyInput, PolicyOutput]] = []
 
     def act(self, batch: Sequence[PolicyInput]) -> list[PolicyOutput]:
@@ -217,7 +219,7 @@ def test_rollout_through_the_server_matches_the_local_model(tiny, serve) -> None
         assert out.text == _greedy(tiny, item).text
     for traj in trajs:
         texts = [t["text"] for t in traj.turns]
-        assert texts == [out.text for item, out in recorder.calls if item.sample.id == traj.sample_id]
+        assert texts == [out.text for item, out in recorder.calls if item.episode_id == traj.sample_id]
         assert int(traj.loss_mask.sum()) > 0
 
 
@@ -323,7 +325,7 @@ def test_config_rejects_bad_values() -> None:
 def test_vgym_eval_through_the_server_scores_as_the_local_model(tiny_dir, serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """``vgym eval --policy openai:URL#model`` end to end: greedy attempts over HTTP score episode for episode as
     ``hf:DIR`` does (same model behind the server), and the server saw one request per model turn."""
-    from vgym.evaluate import EvalConfig, run_eval
+    from vgym.eval.evaluate import EvalConfig, run_eval
 
     server = serve()
     common = {"suite": ("visual_search", "spatial_2d"), "n": 3, "k": 1, "max_new_tokens": MAX_TOKENS,

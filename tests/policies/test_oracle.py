@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from oracle_play import oracle_input
 
 from vgym.env import VisualToolEnv
-from vgym.policies.base import PolicyInput
 from vgym.policies.oracle import OraclePolicy
 
 
@@ -15,9 +15,7 @@ def _play(policy: OraclePolicy, index: int) -> tuple[list[str], float, str]:
     obs, info = env.reset(seed=index, options={"split": "train", "index": index})
     texts, done, turn = [], False, 0
     while not done:
-        item = PolicyInput(input_ids=None, pixel_values=None, image_grid_thw=None, messages=info["messages"],  # type: ignore[arg-type]
-                           sample=env.sample, turn=turn, tools_enabled=env.tools_enabled,
-                           task=env.task)
+        item = oracle_input(env, turn, info["messages"])
         text = policy.act([item])[0].text
         texts.append(text)
         obs, reward, terminated, truncated, info = env.step(text)

@@ -31,7 +31,7 @@ from vgym.policies.vllm import (
     chosen_logprobs,
     completion_to_output,
 )
-from vgym.rollout import ChatEncoder
+from vgym.rollout.chat import ChatEncoder
 
 
 class FakeModel:
@@ -77,8 +77,8 @@ def _first_turn(processor: Any) -> PolicyInput:
     env = VisualToolEnv("visual_search")
     obs, info = env.reset(seed=0, options={"split": "train", "index": 0})
     enc = ChatEncoder(processor).encode_prompt(info["messages"], obs["images"])
-    return PolicyInput(enc.input_ids, enc.pixel_values, enc.image_grid_thw, info["messages"], env.sample, 0,
-                       env.tools_enabled, env.task, list(obs["images"]))
+    return PolicyInput(enc.input_ids, enc.pixel_values, enc.image_grid_thw, info["messages"], 0,
+                       env.tools_enabled, list(obs["images"]))
 
 
 def test_prompt_keeps_the_ids_and_converts_the_images(tiny) -> None:
@@ -97,7 +97,7 @@ def test_prompt_keeps_the_ids_and_converts_the_images(tiny) -> None:
     for pil, shown in zip(images, item.images):
         assert isinstance(pil, Image.Image) and pil.mode == "RGB"
         np.testing.assert_array_equal(np.asarray(pil), shown)
-    text_only = PolicyInput(torch.tensor([5, 6, 7]), None, None, [], item.sample, 0, False)
+    text_only = PolicyInput(torch.tensor([5, 6, 7]), None, None, [], 0, False)
     assert build_vllm_prompt(text_only) == {"prompt_token_ids": [5, 6, 7]}
 
 

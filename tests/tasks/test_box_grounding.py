@@ -17,6 +17,7 @@ import gymnasium
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from split_checks import assert_disjoint_splits, image_digest
 
 import vgym  # noqa: F401  (registers the core tools before the task module)
 from vgym.env import VisualToolEnv
@@ -24,7 +25,6 @@ from vgym.errors import InvalidConfigError
 from vgym.protocol import HermesProtocol
 from vgym.task import SPLITS
 from vgym.tasks.box_grounding import COLOURS, SHAPES, TASK_NAME, BoxGroundingConfig, BoxGroundingTask
-from split_checks import assert_disjoint_splits, image_digest
 
 DIFFICULTIES = (0, 1, 2)
 QUESTION = re.compile(

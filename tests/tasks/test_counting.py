@@ -16,14 +16,22 @@ import gymnasium
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from split_checks import assert_disjoint_splits, image_digest
 
 import vgym  # noqa: F401  (registers the core envs first)
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError
 from vgym.protocol import HermesProtocol
 from vgym.task import SPLITS, Sample
-from vgym.tasks.counting import COLOURS, MAX_COUNT, SHAPES, TASK_NAME, CountingConfig, CountingTask, shape_mask
-from split_checks import assert_disjoint_splits, image_digest
+from vgym.tasks.counting import (
+    COLOURS,
+    MAX_COUNT,
+    SHAPES,
+    TASK_NAME,
+    CountingConfig,
+    CountingTask,
+    shape_mask,
+)
 
 DIFFICULTIES = (0, 1, 2)  # every difficulty CountingConfig accepts (test_invalid_config: 3 is rejected)
 SCENE_SIDE = {0: 448, 1: 672, 2: 896}  # default size 448 scaled by 1, 1.5 and 2

@@ -20,6 +20,7 @@ import gymnasium
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from split_checks import assert_disjoint_splits
 
 import vgym  # noqa: F401  (registers the tools and tasks)
 from vgym.env import VisualToolEnv
@@ -38,7 +39,6 @@ from vgym.tasks.depth_3d import (
     render_view,
 )
 from vgym.tools.depth import stereo_disparity
-from split_checks import assert_disjoint_splits
 
 DIFFICULTIES = (0, 1, 2)
 GAPS = {0: 1.5, 1: 1.0, 2: 0.5}  # documented minimum centre-depth gap per difficulty (metres)

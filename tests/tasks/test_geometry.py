@@ -17,6 +17,7 @@ import gymnasium
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from split_checks import assert_disjoint_splits, image_digest
 
 import vgym  # noqa: F401  (registers the tools)
 from vgym.env import VisualToolEnv
@@ -24,7 +25,6 @@ from vgym.errors import InvalidConfigError
 from vgym.protocol import HermesProtocol
 from vgym.task import SPLITS, Sample
 from vgym.tasks.geometry import KINDS, LEVELS, TASK_NAME, GeometryConfig, GeometryTask
-from split_checks import assert_disjoint_splits, image_digest
 
 DIFFICULTIES = (0, 1, 2)  # every difficulty GeometryConfig accepts (test_invalid_config: 3 is rejected)
 PROTOCOL = HermesProtocol()

@@ -1,5 +1,5 @@
 """Tests of tasks/local_data.py (``vgym.tasks.local_data``): each of the five loaders end to end on a tiny fixture
-dataset in its real layout, written by :mod:`vgym.sample_data` (ChartQA folders, V* ``test_questions.jsonl`` in
+dataset in its real layout, written by :mod:`vgym.data.sample_data` (ChartQA folders, V* ``test_questions.jsonl`` in
 both option styles, RefCOCO lines with COCO boxes, Charades-STA text lines with mp4 videos, the vgym JSONL format).
 Checked: sample fields, images equal to the written pixels, video frames identified from the indices they encode,
 scoring of gold, wrong and edge answers, splits, ``gymnasium.make`` + ``check_env``, oracle episodes through the
@@ -17,19 +17,27 @@ import gymnasium
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from oracle_play import oracle_input
 
 import vgym  # noqa: F401  (registers the tools)
 import vgym.tasks.local_data  # noqa: F401  (registers the loaders)
+from vgym.data.sample_data import (
+    VSTAR_TEXT,
+    vstar_image,
+    write_charades_sta,
+    write_chartqa,
+    write_refcoco,
+    write_sample_datasets,
+    write_vgym_jsonl,
+    write_vstar,
+)
+from vgym.data.sample_data import noise_image as _noise
+from vgym.data.sample_data import write_jsonl as _jsonl
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError
-from vgym.policies.base import PolicyInput
 from vgym.policies.oracle import OraclePolicy
-from vgym.sample_data import (VSTAR_TEXT, vstar_image, write_charades_sta, write_chartqa, write_refcoco,
-                               write_sample_datasets, write_vgym_jsonl, write_vstar)
-from vgym.sample_data import noise_image as _noise
-from vgym.sample_data import write_jsonl as _jsonl
 from vgym.task import TASKS, env_id
-from vgym.tasks.local_data import ChartqaTask, CharadesStaTask, RefcocoTask, VgymJsonlTask, VstarTask
+from vgym.tasks.local_data import CharadesStaTask, ChartqaTask, RefcocoTask, VgymJsonlTask, VstarTask
 from vgym.tooling import fit_to_budget
 
 EXTRA_CONFIG = {"refcoco": {"image_dir": "train2014"}}
@@ -110,7 +118,7 @@ def _oracle_episode(env: VisualToolEnv, split: str, index: int) -> tuple[float, 
     policy = OraclePolicy()
     env.reset(options={"split": split, "index": index})
     for turn in range(env.config.max_turns):
-        item = PolicyInput(None, None, None, [], env.sample, turn, env.tools_enabled, env.task)  # type: ignore[arg-type]
+        item = oracle_input(env, turn)
         _, reward, terminated, truncated, info = env.step(policy.act([item])[0].text)
         if terminated or truncated:
             return float(reward), info

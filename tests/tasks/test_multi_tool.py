@@ -20,11 +20,12 @@ import gymnasium
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from oracle_play import oracle_input
+from split_checks import assert_disjoint_splits
 
 import vgym  # noqa: F401  (registers the tools and tasks)
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError
-from vgym.policies.base import PolicyInput
 from vgym.policies.oracle import OraclePolicy
 from vgym.task import SPLITS, Sample, env_id
 from vgym.tasks.depth_3d import CAMERA_HEIGHT_M, COLOURS, PITCH_DEG
@@ -41,7 +42,6 @@ from vgym.tasks.multi_tool import (
     render_clip_frame,
 )
 from vgym.tooling import TOOLS, ToolContext, fit_to_budget
-from split_checks import assert_disjoint_splits
 
 DIFFICULTIES = (0, 1, 2)
 BUDGET = 224 * 224
@@ -358,9 +358,7 @@ def test_oracle_policy_earns_full_reward(difficulty: int, tools: tuple | None, c
             env.reset(seed=index, options={"index": index})
             done, turn, reward, records = False, 0, 0.0, []
             while not done:
-                item = PolicyInput(input_ids=None, pixel_values=None, image_grid_thw=None,  # type: ignore[arg-type]
-                                   messages=[], sample=env.sample, turn=turn, tools_enabled=env.tools_enabled,
-                                   task=env.task)
+                item = oracle_input(env, turn)
                 _, reward, terminated, truncated, info = env.step(oracle.act([item])[0].text)
                 assert all(r["ok"] for r in info["tool_calls"]), info["tool_calls"]
                 records += info["tool_calls"]

@@ -26,8 +26,8 @@ import skimage.data  # noqa: E402
 from gymnasium.utils.env_checker import check_env  # noqa: E402
 from sklearn.datasets import load_sample_image  # noqa: E402
 
-from vgym.dataset_records import DatasetRecord, read_vgym_jsonl  # noqa: E402
-from vgym.datasets import load_image  # noqa: E402
+from vgym.data.media import load_image
+from vgym.data.records import DatasetRecord, read_vgym_jsonl  # noqa: E402
 from vgym.errors import InvalidConfigError, VgymError  # noqa: E402
 from vgym.protocol import HermesProtocol  # noqa: E402
 from vgym.task import env_id  # noqa: E402

@@ -19,6 +19,7 @@ import gymnasium
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from split_checks import assert_disjoint_splits, image_digest
 
 import vgym  # noqa: F401  (registers the core envs first)
 from vgym.env import VisualToolEnv
@@ -26,9 +27,17 @@ from vgym.errors import InvalidConfigError
 from vgym.protocol import HermesProtocol
 from vgym.task import SPLITS, Sample
 from vgym.tasks.spatial_2d import (
-    COLOURS, LETTERS, PALETTES, RELATIONS, SHAPES, SIMILAR, TASK_NAME, Spatial2dConfig, Spatial2dTask, shape_mask,
+    COLOURS,
+    LETTERS,
+    PALETTES,
+    RELATIONS,
+    SHAPES,
+    SIMILAR,
+    TASK_NAME,
+    Spatial2dConfig,
+    Spatial2dTask,
+    shape_mask,
 )
-from split_checks import assert_disjoint_splits, image_digest
 
 DIFFICULTIES = (0, 1, 2)  # every difficulty Spatial2dConfig accepts (test_invalid_config: 3 is rejected)
 SIDES = {0: (36, 52), 1: (25, 36), 2: (17, 24)}  # object_size 52 times 1, 0.7, 0.46; the smallest 0.7 of that

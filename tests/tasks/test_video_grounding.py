@@ -19,23 +19,16 @@ import gymnasium
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from split_checks import assert_disjoint_splits
 
 import vgym  # noqa: F401  (registers the tools and tasks)
+from vgym.data.shape_scenes import COLOURS, FLASH_COLOURS, render_frame
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError
 from vgym.protocol import HermesProtocol
 from vgym.task import SPLITS, env_id
-from vgym.tasks.video_grounding import (
-    COLOURS,
-    FLASH_COLOURS,
-    KINDS,
-    TASK_NAME,
-    VideoGroundingConfig,
-    VideoGroundingTask,
-    render_frame,
-)
-from vgym.tools.video import _PyAVClip
-from split_checks import assert_disjoint_splits
+from vgym.tasks.video_grounding import KINDS, TASK_NAME, VideoGroundingConfig, VideoGroundingTask
+from vgym.data.media import DECODERS
 
 DIFFICULTIES = (0, 1, 2)
 CELL = 56  # default width 224 / 4 columns
@@ -206,7 +199,7 @@ def test_metadata_and_question_match_the_queried_event(task: VideoGroundingTask,
 
 def test_decoded_clip_matches_the_rendered_frames(task: VideoGroundingTask) -> None:
     sample = task.sample("train", 1, 0)
-    clip = _PyAVClip(sample.video)
+    clip = DECODERS["pyav"](sample.video)
     try:
         assert len(clip.info.times) == sample.metadata["num_frames"] and clip.info.fps == 10
         np.testing.assert_allclose(clip.info.times, np.arange(len(clip.info.times)) / 10, atol=1e-6)

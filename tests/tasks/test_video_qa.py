@@ -23,17 +23,17 @@ import gymnasium
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from oracle_play import oracle_input
+from split_checks import assert_disjoint_splits
 
 import vgym  # noqa: F401  (registers the tools and tasks)
+from vgym.data.shape_scenes import COLOURS, FLASH_COLOURS
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError
-from vgym.policies.base import PolicyInput
 from vgym.policies.oracle import OraclePolicy
-from vgym.shape_scenes import COLOURS, FLASH_COLOURS
 from vgym.task import SPLITS, Sample, env_id
 from vgym.tasks.video_qa import AT_TIME_OPTIONS, QUESTIONS, TASK_NAME, VideoQaConfig, VideoQaTask
 from vgym.tooling import fit_to_budget
-from split_checks import assert_disjoint_splits
 
 DIFFICULTIES = (0, 1, 2)
 TOL = 40  # colour tolerance (L-inf); palette, flash and background colours are >= 90 apart on some channel
@@ -378,8 +378,7 @@ def episodes(clip_dir: str) -> dict[int, list[tuple[Sample, list, list, str, flo
                 obs, _ = env.reset(options={"split": "test", "index": index})
                 overview, shown, text, reward = list(obs["images"]), [], "", 0.0
                 for turn in range(env.config.max_turns):
-                    item = PolicyInput(None, None, None, [], env.sample, turn,  # type: ignore[arg-type]
-                                       env.tools_enabled, env.task)
+                    item = oracle_input(env, turn)
                     obs, reward, terminated, truncated, info = env.step(oracle.act([item])[0].text)
                     if terminated or truncated:
                         break

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import pytest
+from split_checks import assert_disjoint_splits, image_digest
 
 from vgym.env import EnvConfig
 from vgym.errors import InvalidConfigError
@@ -29,7 +30,6 @@ from vgym.tasks.visual_search import (
     pattern_tile,
 )
 from vgym.tooling import fit_to_budget
-from split_checks import assert_disjoint_splits, image_digest
 
 DIFFICULTIES = (0, 1, 2)  # every difficulty VisualSearchConfig accepts (test_invalid_config: 3 is rejected)
 MAX_PIXELS = EnvConfig(task=TASK_NAME).max_pixels  # the env's default image budget (224 * 224)

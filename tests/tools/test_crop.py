@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 import vgym  # noqa: F401  (registers the crop tool and the envs)
 from vgym.errors import ToolError
-from vgym.tools.crop import parse_box
 from vgym.tooling import TOOLS, ToolContext, fit_to_budget
+from vgym.tools.crop import parse_box
 
 H, W = 60, 80  # a non-square test image, so x/y mix-ups show
 IMAGE = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)

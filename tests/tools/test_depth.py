@@ -231,8 +231,14 @@ def test_stereo_needs_a_right_view_of_image_0_and_valid_options() -> None:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random-weight models of the real classes with the real (PIL) processor, saved with save_pretrained."""
     import torch
-    from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTConfig,
-                              DPTForDepthEstimation, DPTImageProcessorPil)
+    from transformers import (
+        DepthAnythingConfig,
+        DepthAnythingForDepthEstimation,
+        Dinov2Config,
+        DPTConfig,
+        DPTForDepthEstimation,
+        DPTImageProcessorPil,
+    )
 
     torch.manual_seed(0)
     root, paths = tmp_path_factory.mktemp("depth_models"), {}

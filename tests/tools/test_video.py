@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 import vgym.tools.video  # noqa: F401  (registers sample_frames and get_frame)
+from vgym.data.synthetic_video import synthetic_frame, write_synthetic_clip
 from vgym.errors import ToolError
-from vgym.synthetic_video import synthetic_frame, write_synthetic_clip
 from vgym.tool_runtime import ToolRuntime, ToolRuntimeConfig
 from vgym.tooling import TOOLS, ToolContext
-from vgym.tools.video import MAX_FRAMES, VideoReaderCache, frame_indices
+from vgym.data.media import frame_indices, VideoReaderCache
+from vgym.tools.video import MAX_FRAMES
 
 BACKENDS = sorted(TOOLS.get("sample_frames").backends)  # auto, decord, pyav: parametrised over the registry
 DECODERS = ["decord", "pyav"]

@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from vgym.app.pipeline import collect
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError, UnknownNameError
-from vgym.pipeline import collect
 from vgym.policies.oracle import OraclePolicy
-from vgym.rollout import ChatEncoder
-from vgym.trainers.grpo import GRPOConfig, GRPOTrainer, otc_tool_factor, step_rewards, turn_ids_from_mask
-from vgym.trainers.sft import SFTConfig, SFTTrainer, collate
+from vgym.rollout.chat import ChatEncoder
 from vgym.tasks.visual_search import VisualSearchTask
+from vgym.trainers.grpo import GRPOTrainer, otc_tool_factor, step_rewards, turn_ids_from_mask
+from vgym.trainers.grpo_config import GRPOConfig
+from vgym.trainers.sft import SFTConfig, SFTTrainer, collate
 
 search_env = functools.partial(VisualToolEnv, "visual_search")
 # Small groups and short turns keep a step ~1 s on the tiny model (real runs: 8 x 8 or more, 256+ tokens).
@@ -28,7 +29,7 @@ SMALL = {"num_generations": 4, "prompts_per_step": 2, "max_new_tokens": 16, "ste
 def sft_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny VLM behaviour-cloned on 128 oracle episodes for 60 steps: it calls crop and answers, sometimes
     correctly, so sampled groups have reward variance (a random model never answers)."""
-    from vgym.tiny import load_vlm
+    from vgym.engine.tiny import load_vlm
 
     model, processor = load_vlm(tiny_dir)
     data = collect(search_env, OraclePolicy(), ChatEncoder(processor), "train", 128, batch_size=32,
@@ -42,7 +43,7 @@ def sft_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _load(path: Path):  # type: ignore[no-untyped-def]
-    from vgym.tiny import load_vlm
+    from vgym.engine.tiny import load_vlm
 
     return load_vlm(path)
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from vgym.errors import InvalidConfigError, UnknownNameError
-from vgym.trainers import monitors, reporters
+from vgym.rollout.trajectory import Trajectory
 from vgym.trainers.monitors import AlarmConfig, AlarmMonitor, rollout_metrics
 from vgym.trainers.reporters import (
     REPORTERS,
@@ -26,7 +26,6 @@ from vgym.trainers.reporters import (
     make_reporters,
     read_metrics_csv,
 )
-from vgym.trajectory import Trajectory
 
 # ----------------------------------------------------------------------------------------------- rollout_metrics
 
@@ -202,13 +201,6 @@ def test_every_registered_reporter_builds_or_names_its_package(
     rep.log(1, {"loss/pg": 0.5})
     rep.close()
     rep.close()
-
-
-@pytest.mark.parametrize("name", reporters.__all__)
-def test_monitors_re_exports_every_reporter_name(name: str) -> None:
-    # the reporters moved to vgym.trainers.reporters; `from vgym.trainers.monitors import X` must still work
-    assert name in monitors.__all__
-    assert getattr(monitors, name) is getattr(reporters, name)
 
 
 def test_tensorboard_writes_scalars(tmp_path: Path) -> None:

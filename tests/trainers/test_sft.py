@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from vgym.engine.tiny import load_vlm
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError
 from vgym.policies.oracle import OraclePolicy
-from vgym.rollout import ChatEncoder, EpisodeSpec, rollout
-from vgym.tiny import load_vlm
+from vgym.rollout.chat import ChatEncoder
+from vgym.rollout.loop import EpisodeSpec, rollout
+from vgym.rollout.trajectory import Trajectory
 from vgym.trainers.sft import SFTConfig, SFTTrainer
-from vgym.trajectory import Trajectory
 
 # Small on purpose: batch 4 of 8 trajectories and 2 warm-up steps keep every test to a few seconds on a CPU.
 CONFIG = SFTConfig(steps=6, batch_size=4, learning_rate=2e-3, warmup_steps=2)

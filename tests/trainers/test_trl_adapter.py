@@ -18,8 +18,8 @@ import torch
 pytest.importorskip("trl", reason="the TRL adapter tests need TRL (pip install trl)")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is experimental in TRL 1.16
 
+from vgym.engine.modeling import model_inputs  # noqa: E402
 from vgym.errors import InvalidConfigError, ToolError  # noqa: E402
-from vgym.modeling import model_inputs  # noqa: E402
 from vgym.trainers.trl_adapter import (  # noqa: E402
     finish_episode,
     parse_sample_id,
@@ -80,7 +80,7 @@ def taught_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     (with one sample only, the other's region numbers leak into the sampled box)."""
     from trl.data_utils import prepare_multimodal_messages
 
-    from vgym.tiny import load_vlm
+    from vgym.engine.tiny import load_vlm
 
     model, processor = load_vlm(tiny_dir)
     tool_processor = with_tool_chat_template(processor)
@@ -154,7 +154,7 @@ def test_reward_func_scores_with_the_task_scorer() -> None:
 def test_trl_grpo_single_turn_step_calls_our_reward(taught_dir: Path, tmp_path: Path) -> None:
     from trl import GRPOTrainer
 
-    from vgym.tiny import load_vlm
+    from vgym.engine.tiny import load_vlm
 
     model, processor = load_vlm(taught_dir)
     rows = _rows_with_answers()
@@ -185,7 +185,7 @@ def test_trl_grpo_single_turn_step_calls_our_reward(taught_dir: Path, tmp_path: 
 def test_trl_environment_factory_plays_a_crop_episode(taught_dir: Path, tmp_path: Path) -> None:
     from trl import GRPOTrainer
 
-    from vgym.tiny import load_vlm
+    from vgym.engine.tiny import load_vlm
 
     model, processor = load_vlm(taught_dir)
     rows = _rows_with_answers()

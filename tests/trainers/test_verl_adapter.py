@@ -10,13 +10,15 @@ import functools
 import numpy as np
 import pytest
 import torch
+from oracle_play import oracle_input
 from PIL import Image
 
 from vgym.env import VisualToolEnv
 from vgym.policies.base import PolicyInput
 from vgym.policies.hf import GenerationConfig, HFPolicy
 from vgym.policies.oracle import OraclePolicy
-from vgym.rollout import ChatEncoder, EpisodeSpec, rollout
+from vgym.rollout.chat import ChatEncoder
+from vgym.rollout.loop import EpisodeSpec, RolloutConfig, rollout
 from vgym.trainers.verl_adapter import agent_loop_config, compute_score, play_episode, verl_row
 
 TASK = "visual_search"
@@ -70,8 +72,7 @@ def _oracle_server(env: VisualToolEnv, encoder: ChatEncoder):  # type: ignore[no
     turn = [0]
 
     async def generate(ids: list[int], images: list[Image.Image], max_tokens: int) -> tuple[list[int], None]:
-        item = PolicyInput(input_ids=torch.tensor(ids), pixel_values=None, image_grid_thw=None, messages=[],
-                           sample=env.sample, turn=turn[0], tools_enabled=env.tools_enabled, task=env.task)
+        item = oracle_input(env, turn[0])
         turn[0] += 1
         return encoder.encode_policy_text(oracle.act([item])[0].text), None
 
@@ -86,7 +87,7 @@ def test_play_episode_matches_vgym_rollout(tiny, index: int) -> None:  # type: i
     env = env_fn()
     ep = asyncio.run(play_episode(env, encoder, _oracle_server(env, encoder), split="train", index=index,
                                   response_length=4096, max_new_tokens=256))
-    (traj,) = rollout(env_fn, OraclePolicy(), encoder, [EpisodeSpec("train", index, seed=index)], batch_size=1)
+    (traj,) = rollout(env_fn, OraclePolicy(), encoder, [EpisodeSpec("train", index, seed=index)], RolloutConfig(batch_size=1))
     assert ep.prompt_ids + ep.response_ids == traj.input_ids.tolist()
     assert ep.response_mask == traj.loss_mask.tolist()[len(ep.prompt_ids) :]
     assert ep.reward == traj.reward == 1.0 and ep.num_turns == 2 and ep.env_messages == 1 and not ep.truncated
@@ -107,7 +108,7 @@ def test_play_episode_with_the_tiny_model_respects_budgets(tiny) -> None:  # typ
         policy.config.max_new_tokens = max_tokens
         budgets.append(max_tokens)
         (out,) = policy.act([PolicyInput(torch.tensor(ids), pixels["pixel_values"], pixels["image_grid_thw"], [],
-                                         None, 0, True)])  # type: ignore[arg-type]
+                                         0, True)])
         return out.token_ids, out.logprobs  # type: ignore[return-value]
 
     env = VisualToolEnv(TASK, tools=("crop",), max_turns=4)

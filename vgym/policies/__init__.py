@@ -1,10 +1,8 @@
-"""Policies: the scripted oracle, a transformers (HF) policy, an OpenAI-compatible HTTP policy and an offline vLLM
-policy behind one :class:`Policy` protocol. vLLM itself is imported only when a :class:`VLLMPolicy` is built."""
+"""Policies: what plays a model's turns. The protocol (:mod:`~vgym.policies.base`: a policy sees the prompt,
+images and tool schemas, never the answer; only a policy declaring ``reads_ground_truth`` gets the task's
+solution), the scripted oracle, the random-answer baseline, a transformers (HF) policy, an OpenAI-compatible HTTP
+policy and an offline vLLM policy, and :mod:`~vgym.policies.spec` (``oracle``, ``hf:DIR``, ... strings → policies).
 
-from vgym.policies.base import Policy, PolicyInput, PolicyOutput
-from vgym.policies.openai import OpenAIPolicy, OpenAIPolicyConfig
-from vgym.policies.oracle import OraclePolicy
-from vgym.policies.vllm import VLLMPolicy, VLLMPolicyConfig
-
-__all__ = ["Policy", "PolicyInput", "PolicyOutput", "OraclePolicy", "OpenAIPolicy", "OpenAIPolicyConfig",
-           "VLLMPolicy", "VLLMPolicyConfig"]
+May import: the ``vgym`` root (task, protocol, errors) and :mod:`vgym.engine`. Never the rollout, eval, trainers or
+the entry layer. vLLM is imported only when a :class:`~vgym.policies.vllm.VLLMPolicy` is built.
+"""

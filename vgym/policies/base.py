@@ -1,6 +1,13 @@
 """The policy protocol: what the rollout engine gives a policy each turn and what it gets back.
 
-Contents: :class:`PolicyInput`, :class:`PolicyOutput`, :class:`Policy`.
+Contents: :class:`GroundTruth`, :class:`PolicyInput`, :class:`PolicyOutput`, :class:`Policy`,
+:func:`reads_ground_truth`, :func:`ground_truth`.
+
+A policy sees what a model would see — the sequence so far, its images, the chat, the tools offered — and the
+episode's public facts (its id, task name and the answer choices the prompt states). It never sees the sample or
+the task, whose metadata holds the answer. Scripted policies that need the answer (the oracle playing the task's
+solution) say so with a class attribute ``reads_ground_truth = True``; only for them does the rollout fill
+:attr:`PolicyInput.ground_truth` with the task's :class:`~vgym.task.Solution` — the one explicit channel.
 """
 
 from __future__ import annotations
@@ -12,9 +19,27 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from vgym.task import Sample, Task
+from vgym.task import Sample, Solution, Task
 
-__all__ = ["PolicyInput", "PolicyOutput", "Policy"]
+__all__ = ["GroundTruth", "PolicyInput", "PolicyOutput", "Policy", "reads_ground_truth", "ground_truth"]
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """What a scripted policy may know of its episode and a learned one must not.
+
+    Attributes:
+        solution: the task's plan for the episode (tool calls, then the answer) with the env's tools setting.
+        tools_off: the plan without tools (what to answer when skipping them).
+    """
+
+    solution: Solution
+    tools_off: Solution
+
+
+def ground_truth(task: Task, sample: Sample, tools_enabled: bool) -> GroundTruth:
+    """The :class:`GroundTruth` of ``sample``: ``task.solution`` with the env's tools setting and without tools."""
+    return GroundTruth(task.solution(sample, tools_enabled), task.solution(sample, False))
 
 
 @dataclass
@@ -22,27 +47,33 @@ class PolicyInput:
     """One episode's state at the start of a model turn.
 
     Attributes:
-        input_ids: (T,) the whole sequence so far, ending with the generation prompt.
+        input_ids: (T,) the whole sequence so far, ending with the generation prompt (empty for rollouts without
+            a processor, which play text-only policies).
         pixel_values: (P, D) the processor's patches of every image so far, or None.
         image_grid_thw: (N, 3) the processor's grid per image, or None.
         messages: the chat so far (images as ``{"type": "image"}`` items).
-        sample: the episode's sample (only the scripted oracle may read its ground truth).
         turn: 0-based index of the turn to play.
         tools_enabled: whether the env offers tools.
-        task: the env's task instance (with its config), for the scripted oracle; None to look it up by name.
         images: the images so far as shown to the model (budget-fitted RGB uint8 (H, W, 3)), in the order of the
             ``{"type": "image"}`` items of ``messages`` (for policies that send pixels themselves, e.g. over HTTP).
+        episode_id: the sample's id (``"<task>/<split>/<seed>/<index>"`` or ``"<task>/<record id>"``): names the
+            episode, e.g. to seed a baseline per sample; it reveals nothing of the answer.
+        task_name: the task's registry name.
+        answer_choices: the task's finite answer set, which its prompt states, or None.
+        ground_truth: the task's solution, only for a policy whose ``reads_ground_truth`` is True; else None.
     """
 
     input_ids: torch.Tensor
     pixel_values: torch.Tensor | None
     image_grid_thw: torch.Tensor | None
     messages: list[dict[str, Any]]
-    sample: Sample
     turn: int
     tools_enabled: bool
-    task: Task | None = None
     images: list[np.ndarray] = field(default_factory=list)
+    episode_id: str = ""
+    task_name: str = ""
+    answer_choices: tuple[str, ...] | None = None
+    ground_truth: GroundTruth | None = None
 
 
 @dataclass
@@ -64,8 +95,17 @@ class PolicyOutput:
 
 
 class Policy(Protocol):
-    """Anything that plays one turn for a batch of episodes."""
+    """Anything that plays one turn for a batch of episodes.
+
+    A scripted policy that plays the task's solution sets the class attribute ``reads_ground_truth = True``
+    (see :func:`reads_ground_truth`); every other policy leaves it unset and gets ``ground_truth=None``.
+    """
 
     def act(self, batch: Sequence[PolicyInput]) -> list[PolicyOutput]:
         """Return one :class:`PolicyOutput` per input, in order."""
         ...
+
+
+def reads_ground_truth(policy: Any) -> bool:
+    """Whether ``policy`` declared ``reads_ground_truth = True`` (a scripted policy given the solution)."""
+    return getattr(policy, "reads_ground_truth", False) is True

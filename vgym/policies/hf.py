@@ -4,8 +4,9 @@ Contents: :class:`GenerationConfig`, :class:`HFPolicy`, :func:`collate_left`.
 
 Sequences of different lengths are left-padded into one batch; the images of all episodes are concatenated in
 batch order (the order the model's placeholder tokens appear). Qwen-VL models with still images decode with
-:func:`vgym.decoding.sample_turn` (one prefill per distinct prompt, earlier turns read from the kept KV cache);
-other models, videos and ``decoder="generate"`` use transformers' ``generate``. Sampling randomness comes from the
+:func:`vgym.engine.decoding.sample_turn` (one prefill per distinct prompt, earlier turns read from the kept KV cache)
+where :func:`vgym.engine.fast_paths.fast_paths` allows it (a checked transformers version); other models, other
+versions, videos and ``decoder="generate"`` use transformers' ``generate``. Sampling randomness comes from the
 policy's own seed: each call draws a seed from its generator, used by a dedicated ``torch.Generator`` (lean loop) or
 inside ``torch.random.fork_rng`` (``generate``), so the global torch RNG is left as it was.
 """
@@ -20,9 +21,10 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from vgym.decoding import lean_decoding_supported, sample_turn
-from vgym.modeling import model_inputs, shared_image_features
-from vgym.prefix_cache import PrefixCache
+from vgym.engine.decoding import lean_decoding_supported, sample_turn
+from vgym.engine.fast_paths import fast_paths
+from vgym.engine.modeling import model_inputs, shared_image_features
+from vgym.engine.prefix_cache import PrefixCache
 from vgym.policies.base import PolicyInput, PolicyOutput
 
 __all__ = ["GenerationConfig", "HFPolicy", "collate_left"]
@@ -42,7 +44,7 @@ class GenerationConfig:
     top_p: float = 1.0
     """Nucleus sampling mass (Holtzman et al., 2019, arXiv:1904.09751); 1.0 disables it."""
     decoder: str = "auto"
-    """``"auto"``: :func:`vgym.decoding.sample_turn` (one prefill per distinct prompt, no ``generate`` overhead)
+    """``"auto"``: :func:`vgym.engine.decoding.sample_turn` (one prefill per distinct prompt, no ``generate`` overhead)
     where it supports the model and images (Qwen-VL family, still images), else ``generate``; ``"generate"``:
     always transformers' ``generate``."""
 
@@ -129,13 +131,16 @@ class HFPolicy:
         self.model.eval()
         seed = int(self.rng.integers(2**62))
         try:
-            if cfg.decoder == "auto" and lean_decoding_supported(self.model, inputs.get("image_grid_thw")):
+            paths = fast_paths(self.model)
+            lean = paths.decoder and lean_decoding_supported(self.model, inputs.get("image_grid_thw"))
+            if cfg.decoder == "auto" and lean:
                 new, logprobs = sample_turn(
                     self.model, inputs, max_new_tokens=cfg.max_new_tokens, eos_ids=self.eos_ids,
                     pad_id=self.pad_id, warpers=processors, greedy=cfg.temperature == 0,
                     suppressed_ids=self.suppressed_ids,
                     min_new_tokens=int(getattr(self.model.generation_config, "min_new_tokens", None) or 0),
-                    generator=torch.Generator(device=device).manual_seed(seed), prefix_cache=self.prefix_cache)
+                    generator=torch.Generator(device=device).manual_seed(seed), prefix_cache=self.prefix_cache,
+                    direct=paths.direct_steps)
             else:
                 new, logprobs = self._generate(inputs, processors, kwargs, seed)
         finally:

@@ -1,0 +1,358 @@
+"""The ``vgym`` command line: ``list``, ``demo``, ``quickstart``, ``diagnose``, ``sft``, ``train``, ``view``, ``eval``,
+``compare``.
+
+Contents: :data:`app` (a typer app). Progress bars and printing live here, never in library modules.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="vgym: VLMs that reason with visual tools.")
+console = Console()
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """Show the registered environments (gymnasium ids) and tools."""
+    import gymnasium
+
+    import vgym
+    from vgym.task import env_id
+
+    table = Table(title="vgym environments")
+    for col in ("gymnasium id", "task", "default tools"):
+        table.add_column(col)
+    for name in vgym.TASKS.names():
+        cls = vgym.TASKS.get(name)
+        table.add_row(env_id(cls), name, ", ".join(cls.default_tools) or "-")
+    console.print(table)
+    tools = Table(title="vgym tools")
+    tools.add_column("tool")
+    tools.add_column("backends (default first)")
+    tools.add_column("arguments")
+    tools.add_column("description")
+    for name in vgym.TOOLS.names():
+        tool = vgym.TOOLS.get(name)
+        backends = [tool.default_backend] + [b for b in tool.backends if b != tool.default_backend]
+        tools.add_row(name, ", ".join(backends), tool.signature_hint(), tool.description)
+    console.print(tools)
+    ids = [i for i in gymnasium.registry if i.startswith("vgym/")]
+    console.print(f"{len(ids)} environment(s), {len(vgym.TOOLS)} tool(s)")
+
+
+@app.command()
+def demo(
+    env_id: Annotated[str, typer.Argument(help="gymnasium id, e.g. vgym/VisualSearch-v0")] = "vgym/VisualSearch-v0",
+    seed: Annotated[int, typer.Option(help="reset seed (picks the sample)")] = 0,
+    split: Annotated[str, typer.Option(help="train, val or test")] = "train",
+) -> None:
+    """Play one episode with the scripted oracle and print every turn."""
+    import gymnasium
+
+    import torch
+
+    import vgym  # noqa: F401  (registers the envs)
+    from vgym.policies.base import PolicyInput, ground_truth
+    from vgym.policies.oracle import OraclePolicy
+
+    try:
+        env = gymnasium.make(env_id)
+    except gymnasium.error.Error as exc:
+        console.print(f"[red]{exc}[/] (see `vgym list`)")
+        raise typer.Exit(code=2) from None
+    inner = env.unwrapped
+    obs, info = env.reset(seed=seed, options={"split": split})
+    console.rule(f"{env_id} · {info['sample_id']}")
+    console.print(f"[bold]question[/] {inner.sample.question}")
+    console.print(f"[bold]images[/] {[im.shape[:2] for im in obs['images']]} (shown to the model)")
+    oracle = OraclePolicy()
+    done, turn, reward = False, 0, 0.0
+    while not done:
+        item = PolicyInput(torch.zeros(0, dtype=torch.long), None, None, [], turn, inner.tools_enabled,
+                           episode_id=inner.sample.id, task_name=inner.task.name,
+                           answer_choices=inner.task.answer_choices(),
+                           ground_truth=ground_truth(inner.task, inner.sample, inner.tools_enabled))
+        action = oracle.act([item])[0].text
+        console.print(f"[bold cyan]model[/] {action}")
+        obs, reward, terminated, truncated, info = env.step(action)
+        for call in info["tool_calls"]:
+            sizes = [im.shape[:2] for im in obs["images"]]
+            status = "ok" if call["ok"] else f"error: {call['error']}"
+            console.print(f"[bold green]tool[/] {call['name']} {status}; result images {sizes}; "
+                          f"{call['latency_s'] * 1000:.1f} ms")
+        done = terminated or truncated
+        turn += 1
+    console.print(f"[bold]answer[/] {info['answer']!r} (gold {inner.sample.answer!r})")
+    console.print(f"[bold]reward[/] {float(reward):.3f} parts {info['reward_parts']}")
+    env.close()
+
+
+@app.command()
+def quickstart(
+    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/quickstart"),
+    train_episodes: Annotated[int, typer.Option(help="oracle trajectories per arm")] = 768,
+    eval_episodes: Annotated[int, typer.Option(help="held-out episodes per arm")] = 200,
+    steps: Annotated[int, typer.Option(help="SFT steps of the tools arm")] = 1000,
+    no_tools_steps: Annotated[int, typer.Option(help="SFT steps of the tools-off arm")] = 300,
+    seed: Annotated[int, typer.Option(help="data and model seed")] = 0,
+    grpo_steps: Annotated[int, typer.Option(help="GRPO steps after SFT for the tools arm (0: none)")] = 20,
+    teacher_skip_tools: Annotated[float, typer.Option(help="share of teacher episodes that skip the tool")] = 0.5,
+    teacher_noise: Annotated[float, typer.Option(help="share of the teacher's answers made wrong")] = 0.0,
+) -> None:
+    """Build the tiny VLM, SFT it on teacher trajectories with and without tools, GRPO the tools arm, evaluate."""
+    from dataclasses import replace
+
+    from vgym.app.quickstart import QUICKSTART_GRPO, QuickstartConfig, run_quickstart
+
+    base = QuickstartConfig()
+    cfg = QuickstartConfig(out=out, train_episodes=train_episodes, eval_episodes=eval_episodes,
+                           sft=replace(base.sft, steps=steps), no_tools_sft_steps=no_tools_steps, seed=seed,
+                           teacher_noise=teacher_noise, teacher_skip_tools=teacher_skip_tools,
+                           grpo=replace(QUICKSTART_GRPO, steps=grpo_steps) if grpo_steps else None)
+    logging.basicConfig(level=logging.WARNING)
+    with _progress_bars() as progress:
+        result = run_quickstart(cfg, progress)
+    print_quickstart_results(result, eval_episodes)
+
+
+def print_quickstart_results(result: dict[str, Any], eval_episodes: int) -> None:
+    """The quickstart's summary table and closing line."""
+    table = Table(title=f"held-out test split, {eval_episodes} episodes per row")
+    for col in ("arm", "acc [95% CI]", "reward", "calls/ep", "format", "train loss / reward", "train s"):
+        table.add_column(col)
+    for arm in result["arms"]:
+        lo, hi = arm["accuracy_ci"]
+        table.add_row(f"{arm['label']} (SFT)", f"{arm['accuracy']:.3f} [{lo:.2f}, {hi:.2f}]", f"{arm['reward']:.3f}",
+                      f"{arm['tool_calls_per_episode']:.2f}", f"{arm['format_ok']:.2f}",
+                      f"loss {arm['initial_loss']:.1f}→{arm['final_loss']:.3f}", f"{arm['train_seconds']:.0f}")
+    grpo = result.get("grpo")
+    if grpo:
+        lo, hi = grpo["accuracy_ci"]
+        rewards = grpo["rewards"]
+        table.add_row(grpo["label"], f"{grpo['accuracy']:.3f} [{lo:.2f}, {hi:.2f}]", f"{grpo['reward']:.3f}",
+                      f"{grpo['tool_calls_per_episode']:.2f}", f"{grpo['format_ok']:.2f}",
+                      f"reward {rewards[0]:.2f}→{rewards[-1]:.2f}", f"{grpo['train_seconds']:.0f}")
+    console.print(table)
+    for alarm in (grpo or {}).get("alarms", []):
+        console.print(f"[yellow]alarm:[/yellow] {alarm}")
+    console.print(f"chance accuracy {result['chance']:.3f} · wall time {result['wall_seconds']:.0f} s · "
+                  f"run folder {result['out']} (results.json, curves.png, */eval_test*.jsonl, images/)")
+
+
+@app.command()
+def diagnose(
+    episodes: Annotated[int, typer.Option(help="episodes per task and difficulty")] = 50,
+    seed: Annotated[int, typer.Option(help="data seed")] = 0,
+) -> None:
+    """Oracle success, tool necessity (tools off / decoy) and answer-prior baselines for every task and difficulty."""
+    from vgym.eval.diagnose import diagnose_all
+
+    rows = diagnose_all(episodes=episodes, seed=seed)
+    table = Table(title=f"task diagnostics ({episodes} test episodes each; accuracy unless marked reward)")
+    for col in ("env id", "diff", "oracle reward", "calls", "needs", "witnessed", "off bound", "off acc",
+                "decoy acc", "maj acc", "rand acc", "maj rate"):
+        table.add_column(col)
+
+    def fmt(value: float, spec: str = ".3f") -> str:
+        return "-" if value != value else format(value, spec)  # NaN (no claim / no answer set) shows as "-"
+
+    for r in rows:
+        table.add_row(r.env_id, "-" if r.difficulty is None else str(r.difficulty), f"{r.oracle_reward:.3f}",
+                      f"{r.oracle_tool_calls:.2f}", "|".join(r.necessary_tools) or "-", fmt(r.witnessed, ".2f"),
+                      fmt(r.tools_off_bound), fmt(r.tools_off_accuracy), fmt(r.decoy_accuracy),
+                      fmt(r.majority_accuracy), fmt(r.random_accuracy), f"{r.majority_rate:.2f}")
+    console.print(table)
+
+
+@app.command()
+def sft(
+    model: Annotated[Path, typer.Option(help="local checkpoint folder (e.g. Qwen2-VL-2B-Instruct); never downloaded")],
+    task: Annotated[str, typer.Option(help="task registry name")] = "visual_search",
+    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/sft"),
+    tools: Annotated[str, typer.Option(help="'default', 'off', or comma-separated tool names")] = "default",
+    train_episodes: Annotated[int, typer.Option(help="oracle trajectories")] = 2048,
+    eval_episodes: Annotated[int, typer.Option(help="held-out episodes")] = 200,
+    steps: Annotated[int, typer.Option(help="optimizer steps")] = 500,
+    batch_size: Annotated[int, typer.Option(help="trajectories per step")] = 8,
+    learning_rate: Annotated[float, typer.Option(help="peak AdamW learning rate")] = 1e-5,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cuda",
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16")] = "bfloat16",
+    max_pixels: Annotated[int, typer.Option(help="env image budget (H*W)")] = 224 * 224,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="trade compute for memory")] = True,
+    seed: Annotated[int, typer.Option(help="data seed")] = 0,
+) -> None:
+    """Behaviour-clone the oracle with a local checkpoint, then evaluate it on the held-out split."""
+    from dataclasses import asdict
+
+    import torch
+
+    from vgym.app.pipeline import sft_then_evaluate
+    from vgym.engine.modeling import enable_checkpointing
+    from vgym.engine.tiny import load_vlm
+    from vgym.env import VisualToolEnv
+    from vgym.policies.hf import GenerationConfig
+    from vgym.trainers.sft import SFTConfig
+
+    chosen = None if tools == "default" else () if tools == "off" else tuple(t for t in tools.split(",") if t)
+    vlm, processor = load_vlm(model, device=device, dtype=getattr(torch, dtype))
+    if gradient_checkpointing and hasattr(vlm, "gradient_checkpointing_enable"):
+        enable_checkpointing(vlm)
+    config = SFTConfig(steps=steps, batch_size=batch_size, learning_rate=learning_rate, warmup_steps=min(20, steps))
+
+    def env_fn() -> VisualToolEnv:
+        return VisualToolEnv(task, tools=chosen, data_seed=seed, max_pixels=max_pixels)
+
+    with _progress_bars() as progress:
+        result = sft_then_evaluate(vlm, processor, env_fn, label=task, out=out, train_episodes=train_episodes,
+                                   eval_episodes=eval_episodes, sft=config, generation=GenerationConfig(temperature=0.0),
+                                   batch_size=16, progress=progress)
+    from vgym.rollout.trajectory import write_json
+
+    write_json(out / "results.json", asdict(result))  # write-then-rename: a kill or full disk keeps the old file
+    console.print(f"held-out accuracy {result.accuracy:.3f} · reward {result.reward:.3f} · tool calls/episode "
+                  f"{result.tool_calls_per_episode:.2f} · SFT loss {result.initial_loss:.3f}→{result.final_loss:.3f} "
+                  f"· checkpoint {out / 'checkpoint'}")
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option(help="a YAML recipe, e.g. configs/quickstart_cpu.yaml")],
+    out: Annotated[Path | None, typer.Option(help="run folder (overrides the recipe's)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint in the run folder")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. grpo.learning_rate=1e-4; repeatable")] = None,
+) -> None:
+    """SFT warm start (optional) then GRPO, from a YAML recipe; held-out evaluation before and after."""
+    from vgym.app.recipes import load_recipe, run_recipe
+
+    recipe = load_recipe(config, *(set_ or []), out=str(out) if out else None, resume=resume or None)
+    logging.basicConfig(level=logging.WARNING)
+    with _progress_bars() as progress:
+        result = run_recipe(recipe, progress)
+    table = Table(title=f"held-out test split of {recipe.task} ({recipe.eval_episodes} episodes)")
+    for col in ("when", "acc", "reward", "calls/ep", "format"):
+        table.add_column(col)
+    for when in ("before", "after"):
+        if when in result:
+            r = result[when]
+            table.add_row(f"{when} GRPO", f"{r['accuracy']:.3f}", f"{r['reward']:.3f}",
+                          f"{r['tool_calls_per_episode']:.2f}", f"{r['format_ok']:.2f}")
+    console.print(table)
+    for alarm in result["alarms"]:
+        console.print(f"[yellow]alarm:[/yellow] {alarm}")
+    console.print(f"{result['steps']} GRPO steps · wall time {result['wall_seconds']:.0f} s · run folder {recipe.out}")
+
+
+@app.command()
+def view(
+    run: Annotated[Path, typer.Argument(help="run folder; every trajectory *.jsonl under it is shown")],
+    out: Annotated[Path | None, typer.Option(help="page to write (default <run>/view.html)")] = None,
+) -> None:
+    """Write a static HTML page of the run's trajectories (filters, turns, tool calls, images) and print its path."""
+    from vgym.errors import VgymError
+    from vgym.eval.viewer import build_view
+
+    logging.basicConfig(level=logging.WARNING)  # shows which *.jsonl files were skipped and why
+    try:
+        page = build_view(run, out)
+    except (FileNotFoundError, VgymError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(code=2) from None
+    print(page)  # plain print: the path alone, not wrapped by rich, so scripts can use it
+
+
+@app.command("eval")
+def eval_cmd(
+    policy: Annotated[str, typer.Option(help="oracle | random | hf:DIR | vllm:DIR | openai:URL[#model]")],
+    suite: Annotated[list[str], typer.Option(help="suite (spatial, video, visual, all) or task name; repeatable")],
+    out: Annotated[Path, typer.Option(help="run folder (an existing one is resumed)")],
+    k: Annotated[int, typer.Option(help="attempts per episode")] = 1,
+    n: Annotated[int, typer.Option(help="episodes per task and difficulty")] = 200,
+    seed: Annotated[int, typer.Option(help="data, env and policy seed")] = 0,
+    tools: Annotated[str, typer.Option(help="default | off | oracle (oracle-backend tools)")] = "default",
+    difficulty: Annotated[list[int] | None, typer.Option(help="levels to run instead of the suite's; repeatable")] = None,
+    clip_dir: Annotated[Path | None, typer.Option(help="folder for video tasks' clips")] = None,
+    batch_size: Annotated[int, typer.Option(help="episodes in flight")] = 16,
+    max_new_tokens: Annotated[int, typer.Option(help="most tokens per model turn")] = 256,
+) -> None:
+    """Evaluate a policy on task suites (seeded, resumable); writes report.json, report.md, plots and view.html."""
+    from vgym.errors import VgymError
+    from vgym.eval.evaluate import EvalConfig, run_eval
+    from vgym.eval.reports import write_markdown, write_plots
+    from vgym.eval.viewer import build_view
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        config = EvalConfig(policy=policy, suite=tuple(suite), n=n, k=k, seed=seed, tools=tools,
+                            difficulties=tuple(difficulty) if difficulty else None,
+                            task_config={"clip_dir": str(clip_dir)} if clip_dir else {}, batch_size=batch_size,
+                            max_new_tokens=max_new_tokens)
+        with _progress_bars() as progress:
+            report = run_eval(config, out, progress)
+    except VgymError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(code=2) from None
+    console.print(write_markdown(report, out / "report.md"), markup=False, highlight=False)
+    plots = write_plots(report, out / "plots")
+    pages = [build_view(out / "failures", out / "view.html")] if any((out / "failures").glob("*.jsonl")) else []
+    for path in [out / "report.json", out / "report.md", *plots, *pages]:
+        print(path)
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="baseline run folder (with report.json)")],
+    run_b: Annotated[Path, typer.Argument(help="run folder compared against it")],
+) -> None:
+    """Per-task avg@k deltas (B - A) with 95 % bootstrap intervals and whether they are significant."""
+    import json
+
+    from vgym.eval.reports import compare as compare_reports
+    from vgym.eval.reports import validate_report
+
+    reports = []
+    for run in (run_a, run_b):
+        report = json.loads((run / "report.json").read_text())
+        validate_report(report)
+        reports.append(report)
+    table = Table(title=f"avg@k: {run_b} minus {run_a}")
+    for col in ("task", "diff", "A", "B", "delta [95% CI]", "significant", "test"):
+        table.add_column(col)
+    for r in compare_reports(*reports)["rows"]:
+        table.add_row(r["task"], "-" if r["difficulty"] is None else str(r["difficulty"]), f"{r['a']:.3f}",
+                      f"{r['b']:.3f}", f"{r['delta']:+.3f} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}]",
+                      "yes" if r["significant"] else "no", "paired" if r["paired"] else "unpaired")
+    console.print(table)
+
+
+class _progress_bars:
+    """Context manager yielding a ``progress(stage, done, total)`` callback drawn as rich bars."""
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our bars only; the CLI is an entry point, so global settings are fine
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), console=console)
+        self.bars.__enter__()
+        self.ids: dict[str, Any] = {}
+        return self.update
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.ids:
+            self.ids[stage] = self.bars.add_task(stage, total=total)
+        self.bars.update(self.ids[stage], completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.__exit__(*exc)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    app()
