@@ -1,16 +1,17 @@
 """Action fuzzing: a seeded grammar of near-valid model turns, played against every registered env (issue 9).
 
 Run: ``python benchmarks/fuzz.py --actions 100000 --seed 0``. Prints the count, wall time, actions/s, uncaught
-exceptions (the first traceback of each distinct kind), observations outside the space, errors that do not name
-the problem, malformed turns that were accepted, and a row per env. Nothing is asserted here (the fast version is
-``tests/test_fuzz_actions.py``, which imports this module); exit status 1 when any problem was found. The five
-dataset-backed envs play the sample datasets of :mod:`vgym.data.sample_data`, written to a temporary folder
-(``--no-sample-data`` skips them); ``--targets Vstar Refcoco`` fuzzes only the targets whose label contains one of
-the given texts.
+exceptions (the first traceback of each distinct kind), observations outside the space, errors that do not
+name the problem, malformed turns that were accepted, and a row per env. Nothing is asserted here (the fast
+version is ``tests/test_fuzz_actions.py``, which imports this module); exit status 1 when any problem was
+found. The five dataset-backed envs play the sample datasets of :mod:`vgym.data.sample_data`, written to a
+temporary folder (``--no-sample-data`` skips them); ``--targets Vstar Refcoco`` fuzzes only the targets whose
+label contains one of the given texts.
 
-Contents: :class:`Target`, :func:`fuzz_targets`, :func:`check_step`, :class:`FuzzReport`, :func:`oracle_reward`,
-:func:`fuzz_target`, :func:`fuzz`. The grammar (:class:`~benchmarks.fuzz_grammar.ActionGrammar`, and
-:class:`~benchmarks.fuzz_grammar.FuzzAction`, one generated turn) is in ``benchmarks/fuzz_grammar.py``.
+Contents: :class:`Target`, :func:`fuzz_targets`, :func:`check_step`, :class:`FuzzReport`,
+:func:`oracle_reward`, :func:`fuzz_target`, :func:`fuzz`. The grammar
+(:class:`~benchmarks.fuzz_grammar.ActionGrammar`, and :class:`~benchmarks.fuzz_grammar.FuzzAction`, one
+generated turn) is in ``benchmarks/fuzz_grammar.py``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from vgym.tooling import TOOLS  # noqa: E402
 __all__ = ["Target", "fuzz_targets", "check_step", "FuzzReport", "oracle_reward", "fuzz_target", "fuzz"]
 
 _GENERIC = ("image budget", "timed out", "elongated", "video", "backend", "crashed")
-"""Words that name a problem on their own (budget, timeout, tool-output shape, missing media, backend setup)."""
+"""Words that name a problem on their own (budget, timeout, tool-output shape, missing media, backend
+setup)."""
 
 
 @dataclass(frozen=True)
@@ -58,18 +60,23 @@ class Target:
 
 
 _ORACLES = {"ground": "oracle", "point": "oracle", "segment": "oracle", "ocr": "oracle", "depth": "oracle"}
-"""Ground-truth backends: no model and no classical vision, so a call costs microseconds (the fast test's choice)."""
+"""Ground-truth backends: no model and no classical vision, so a call costs microseconds (the fast test's
+choice)."""
 
 
-def fuzz_targets(*, fast: bool = False, data_root: str | Path | None = None) -> tuple[list[Target], dict[str, str]]:
-    """Every registered env id once with its defaults, once "deep" (every tool, other backends, small budgets).
+def fuzz_targets(
+    *, fast: bool = False, data_root: str | Path | None = None
+) -> tuple[list[Target], dict[str, str]]:
+    """Every registered env id once with its defaults, once "deep" (every tool, other backends, small
+    budgets).
 
     Args:
         fast: run every tool on its oracle backend (RapidOCR, GrabCut and the Haar/HOG detectors take up to
             seconds a call on large images); decoders stay real.
-        data_root: a folder to write :mod:`vgym.data.sample_data`'s datasets into (overwriting files of the same names);
-            the dataset-backed envs then play them, the default target on the first split with records (train
-            where there is one), the deep target on the last (test). None: those envs are skipped.
+        data_root: a folder to write :mod:`vgym.data.sample_data`'s datasets into (overwriting files of the
+            same names); the dataset-backed envs then play them, the default target on the first split with
+            records (train where there is one), the deep target on the last (test). None: those envs are
+            skipped.
 
     Returns:
         ``(targets, skipped)``: ``skipped`` maps the ids that need a dataset root on disk (and have no sample
@@ -79,12 +86,25 @@ def fuzz_targets(*, fast: bool = False, data_root: str | Path | None = None) -> 
     # OCR's oracle keeps the deep runs fast (RapidOCR runs in the default targets); the others swap in the
     # classical backends (the defaults are oracles; stereo needs RealMini's stereo pair) and PyAV (the default
     # tries decord first).
-    backends = {"ground": "opencv", "point": "opencv", "segment": "grabcut", "ocr": "oracle", "depth": "stereo",
-                "sample_frames": "pyav", "get_frame": "pyav"}
+    backends = {
+        "ground": "opencv",
+        "point": "opencv",
+        "segment": "grabcut",
+        "ocr": "oracle",
+        "depth": "stereo",
+        "sample_frames": "pyav",
+        "get_frame": "pyav",
+    }
     if fast:
         backends.update(_ORACLES)
-    deep = {"tools": everything, "max_turns": 12, "max_calls_per_turn": 3, "max_images": 5, "max_pixels": 56 * 56,
-            "tool_runtime": {"backends": backends}}
+    deep = {
+        "tools": everything,
+        "max_turns": 12,
+        "max_calls_per_turn": 3,
+        "max_images": 5,
+        "max_pixels": 56 * 56,
+        "tool_runtime": {"backends": backends},
+    }
     default: dict[str, Any] = {"tool_runtime": {"backends": dict(_ORACLES)}} if fast else {}
     datasets = write_sample_datasets(data_root) if data_root is not None else {}
     targets: list[Target] = []
@@ -123,8 +143,10 @@ def check_step(env: gymnasium.Env, action: FuzzAction, result: tuple,
 
     Returns:
         ``(category, detail)`` pairs, empty when all is well. Categories: ``outside_space``, ``bad_flags``,
-        ``bad_reward``, ``unencodable`` (observation text or tool records that cannot be written as UTF-8 JSON),
-        ``internal_error`` (a tool crashed and the env caught it), ``unnamed`` (an error that names neither its
+        ``bad_reward``, ``unencodable`` (observation text or tool records that cannot be written as UTF-8
+            JSON),
+        ``internal_error`` (a tool crashed and the env caught it), ``unnamed`` (an error that names neither
+            its
         problem nor the tool or an argument) and ``accepted`` (a turn that had to be rejected was not).
     """
     obs, reward, terminated, truncated, info = result
@@ -162,7 +184,9 @@ def check_step(env: gymnasium.Env, action: FuzzAction, result: tuple,
         elif "error" not in text:
             problems.append(("accepted", f"{action.kind}: {action.text[:120]!r} -> {obs['text'][:160]!r}"))
         elif not any(word.lower() in text for word in (*action.expect, *_GENERIC)):
-            problems.append(("unnamed", f"{action.kind}: expected one of {action.expect} in {obs['text'][:300]!r}"))
+            problems.append(
+                ("unnamed", f"{action.kind}: expected one of {action.expect} in {obs['text'][:300]!r}")
+            )
     return problems
 
 
@@ -224,8 +248,8 @@ def oracle_reward(env: gymnasium.Env, seed: int, options: dict[str, Any] | None)
 
 def fuzz_target(target: Target, actions: int, seed: int, *, huge_chars: int = 1 << 20,
                 samples: int | None = None) -> FuzzReport:
-    """Play ``actions`` generated turns on a fresh env of ``target``, then check that it still plays the oracle's
-    episode exactly as a fresh env does (same reward).
+    """Play ``actions`` generated turns on a fresh env of ``target``, then check that it still plays the
+    oracle's episode exactly as a fresh env does (same reward).
 
     Args:
         target: the env.
@@ -295,13 +319,18 @@ def _row(label: str, row: dict[str, Any]) -> str:
             f"{row['problems']:8d}  {row['slowest_s']:.2f} s {row['slowest'][:70]}")
 
 
-def fuzz(actions: int, seed: int, targets: list[Target] | None = None, *, verbose: bool = False) -> FuzzReport:
+def fuzz(
+    actions: int, seed: int, targets: list[Target] | None = None, *, verbose: bool = False
+) -> FuzzReport:
     """Spread ``actions`` evenly over ``targets`` (default: :func:`fuzz_targets`) and merge the reports; with
     ``verbose``, print a row per target as it finishes."""
     targets = targets if targets is not None else fuzz_targets()[0]
     report = FuzzReport()
     if verbose:
-        print(f"\n{'target':28s} {'actions':>7s} {'episodes':>8s} {'actions/s':>9s} {'problems':>8s}  slowest step")
+        print(
+            f"\n{'target':28s} {'actions':>7s} {'episodes':>8s} {'actions/s':>9s} {'problems':>8s}  slowest "
+            "step"
+        )
     for i, target in enumerate(targets):
         share = actions // len(targets) + (i < actions % len(targets))
         report.merge(fuzz_target(target, share, seed))
@@ -312,12 +341,17 @@ def fuzz(actions: int, seed: int, targets: list[Target] | None = None, *, verbos
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--actions", type=int, default=100_000, help="generated turns in all (spread over the envs)")
+    parser.add_argument(
+        "--actions", type=int, default=100_000, help="generated turns in all (spread over the envs)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the grammar and of the episodes")
     parser.add_argument("--targets", "--only", nargs="+", default=[""], metavar="TEXT",
                         help="fuzz only targets whose label contains one of these texts (e.g. Vstar Refcoco)")
-    parser.add_argument("--no-sample-data", action="store_true",
-                        help="skip the dataset-backed envs instead of writing sample datasets to a temporary folder")
+    parser.add_argument(
+        "--no-sample-data",
+        action="store_true",
+        help="skip the dataset-backed envs instead of writing sample datasets to a temporary folder",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vgym-fuzz-data-") as folder:
         targets, skipped = fuzz_targets(data_root=None if args.no_sample_data else folder)
@@ -325,8 +359,11 @@ def main() -> int:
         for eid, reason in sorted(skipped.items()):
             print(f"skipped {eid}: {reason}")
         report = fuzz(args.actions, args.seed, targets, verbose=True)
-    print(f"\nactions {report.actions} over {len(targets)} targets ({report.episodes} episodes) in "
-          f"{report.seconds:.1f} s = {report.actions / report.seconds:.0f} actions/s; rejected {report.rejected}")
+    print(
+        f"\nactions {report.actions} over {len(targets)} targets ({report.episodes} episodes) in "
+        f"{report.seconds:.1f} s = {report.actions / report.seconds:.0f} actions/s; rejected "
+        f"{report.rejected}"
+    )
     print("rules:", dict(sorted(report.kinds.items())))
     print("uncaught exceptions:", report.problems["uncaught"], "| observations outside the space:",
           report.problems["outside_space"], "| errors not naming the problem:", report.problems["unnamed"],

@@ -2,10 +2,10 @@
 
 Run: ``python benchmarks/rollout.py [--episodes 32]``. Goals (issue 6):
 
-1. env + tool overhead as a fraction of rollout wall time with the tiny HF policy (goal ≤ 5 %): the time outside
-   ``policy.act`` (reset, tools, encoding of env messages, scheduling) over the total;
-2. Ray with 2 env workers vs local on env-bound work (the oracle policy, so generation costs nothing; every reset
-   renders and encodes a new 10 s clip; goal ≥ 1.7× on 2 cores);
+1. env + tool overhead as a fraction of rollout wall time with the tiny HF policy (goal ≤ 5 %): the time
+   outside ``policy.act`` (reset, tools, encoding of env messages, scheduling) over the total;
+2. Ray with 2 env workers vs local on env-bound work (the oracle policy, so generation costs nothing; every
+   reset renders and encodes a new 10 s clip; goal ≥ 1.7× on 2 cores);
 3. async vs lockstep when tool latency varies (tiny HF policy; every tool call also waits an exponentially
    distributed latency, mean 60 ms, as a remote tool server would; env work in threads; goal ≥ 1.5×).
 """
@@ -74,7 +74,8 @@ class CropThenAnswer:
         self.inner, self.oracle = inner, OraclePolicy()
 
     def act(self, batch: Sequence[PolicyInput]) -> list[PolicyOutput]:
-        self.inner.act(batch)  # pay for real generation, keep the oracle's text so every episode uses the tool
+        # pay for real generation, keep the oracle's text so every episode uses the tool
+        self.inner.act(batch)
         return self.oracle.act(batch)
 
 
@@ -92,7 +93,9 @@ def main() -> None:
     args = parser.parse_args()
     specs = [EpisodeSpec("train", i, group_id=i, seed=i) for i in range(args.episodes)]
     with tempfile.TemporaryDirectory() as tmp:
-        model, processor = load_vlm(build_tiny_vlm(f"{tmp}/vlm", corpus=tokenizer_corpus("visual_search", 0, n=40)))
+        model, processor = load_vlm(
+            build_tiny_vlm(f"{tmp}/vlm", corpus=tokenizer_corpus("visual_search", 0, n=40))
+        )
     encoder = ChatEncoder(processor)
     hf = HFPolicy(model, processor, GenerationConfig(max_new_tokens=args.new_tokens, temperature=1.0), seed=0)
 
@@ -132,20 +135,30 @@ def main() -> None:
         search_pool.close()
         pool = RayEnvPool(env_bound(2), encoder, 8, num_workers=2)  # another data seed: new clips, as cold
         timed_rollout(env_bound(2), OraclePolicy(), encoder, specs[-4:], batch_size=8, pool=pool)  # warm up
-        distributed = timed_rollout(env_bound(2), OraclePolicy(), encoder, specs[:-4], batch_size=8, pool=pool,
-                                    mode="async") * len(specs) / (len(specs) - 4)
+        distributed = (
+            timed_rollout(
+                env_bound(2), OraclePolicy(), encoder, specs[:-4], batch_size=8, pool=pool, mode="async"
+            )
+            * len(specs)
+            / (len(specs) - 4)
+        )
         pool.close()
         ray.shutdown()
-        print(f"2. env-bound (video_grounding difficulty 2, cold clips, oracle): local {local:.2f} s, Ray 2 workers async "
-              f"{distributed:.2f} s -> {local / distributed:.2f}x (goal >= 1.7x on 2 cores)")
+        print(
+            f"2. env-bound (video_grounding difficulty 2, cold clips, oracle): local {local:.2f} s, Ray 2 "
+            "workers async "
+            f"{distributed:.2f} s -> {local / distributed:.2f}x (goal >= 1.7x on 2 cores)"
+        )
 
     # 3. async vs lockstep with variable tool latency
     for mean_s in (0.06, 0.3):
         slow = functools.partial(SlowToolEnv, mean_s)
         lock = timed_rollout(slow, CropThenAnswer(hf), encoder, specs, batch_size=8, threads=8)
         free = timed_rollout(slow, CropThenAnswer(hf), encoder, specs, batch_size=8, threads=8, mode="async")
-        print(f"3. variable tool latency (exponential, mean {1000 * mean_s:.0f} ms), tiny HF policy: lockstep "
-              f"{lock:.2f} s, async {free:.2f} s -> {lock / free:.2f}x (goal >= 1.5x)")
+        print(
+            f"3. variable tool latency (exponential, mean {1000 * mean_s:.0f} ms), tiny HF policy: lockstep "
+            f"{lock:.2f} s, async {free:.2f} s -> {lock / free:.2f}x (goal >= 1.5x)"
+        )
 
 
 if __name__ == "__main__":

@@ -1,34 +1,37 @@
-"""Soak: a long rollout with the scripted oracle over every procedural task, watching memory, file handles, threads
-and throughput over time, with a LEAK flag (issue 9, part 5). Nothing is asserted; the figures are reported.
+"""Soak: a long rollout with the scripted oracle over every procedural task, watching memory, file handles,
+threads and throughput over time, with a LEAK flag (issue 9, part 5). Nothing is asserted; the figures are
+reported.
 
 Run: ``python benchmarks/soak.py --minutes 30 --out runs/soak`` (``--minutes 0.2`` for a smoke run).
 
-What runs: batches of ``--batch`` episodes through :func:`vgym.rollout.loop.rollout` (lockstep, env work inline, a fresh
-env pool per batch, the tiny Qwen2-VL processor encoding every message), one registered procedural task after the
-other, round-robin, cycling difficulty 0-2. Every episode is new: item ``i`` of the train split with env seed ``i``,
-``i`` counting up over the whole run. The policy is the scripted oracle with answer noise (``--noise``), and a turn
-is replaced with probability ``--bad-actions`` by a malformed action (no tag, bad JSON, unknown tool, wrong type,
-NaN, elongated box, 3000-character unicode query, unclosed answer, inverted time range), so error paths run too.
-Video tasks write their clips under ``<out>/clips`` (deleted at the end unless ``--keep-clips``), so the disk
-growth of that cache is measured apart from memory.
+What runs: batches of ``--batch`` episodes through :func:`vgym.rollout.loop.rollout` (lockstep, env work
+inline, a fresh env pool per batch, the tiny Qwen2-VL processor encoding every message), one registered
+procedural task after the other, round-robin, cycling difficulty 0-2. Every episode is new: item ``i`` of the
+train split with env seed ``i``, ``i`` counting up over the whole run. The policy is the scripted oracle with
+answer noise (``--noise``), and a turn is replaced with probability ``--bad-actions`` by a malformed action
+(no tag, bad JSON, unknown tool, wrong type, NaN, elongated box, 3000-character unicode query, unclosed
+answer, inverted time range), so error paths run too. Video tasks write their clips under ``<out>/clips``
+(deleted at the end unless ``--keep-clips``), so the disk growth of that cache is measured apart from memory.
 
-Sampled every ``--interval`` s (after ``gc.collect()``, between batches): RSS (``/proc/self/status`` VmRSS), open
-file descriptors (``/proc/self/fd``), threads, live Python objects, cumulative episodes and episodes/s over the
-window, and the sizes of the caches meant to be bounded (the env's sample LRU ``vgym.env.SAMPLES``, capacity 32;
-the tool runtime's image-digest memo, pruned of dead arrays above 4096 entries, and file-digest memo; loaded tool
-resources; every ``functools.lru_cache`` in ``vgym.*``), so that a full cache is not mistaken for a leak.
+Sampled every ``--interval`` s (after ``gc.collect()``, between batches): RSS (``/proc/self/status`` VmRSS),
+open file descriptors (``/proc/self/fd``), threads, live Python objects, cumulative episodes and episodes/s
+over the window, and the sizes of the caches meant to be bounded (the env's sample LRU ``vgym.env.SAMPLES``,
+capacity 32; the tool runtime's image-digest memo, pruned of dead arrays above 4096 entries, and file-digest
+memo; loaded tool resources; every ``functools.lru_cache`` in ``vgym.*``), so that a full cache is not
+mistaken for a leak.
 
 Outputs: ``<out>/soak.csv`` (one row per sample, flushed as it goes), ``<out>/summary.json`` and
-``<out>/errors.log`` (tracebacks of rollouts that raised, if any). The LEAK flag is raised when, after the warm-up
-(the first minute, at most a quarter of the run), RSS grows faster than ``--leak-mb-per-hour`` (default 50 MB/h;
-least-squares slope over the samples of the run's second half), or the largest fd or thread count of the last
-half of the post-warm-up samples exceeds that of the first half by more than ``--fd-slack`` (default 2).
+``<out>/errors.log`` (tracebacks of rollouts that raised, if any). The LEAK flag is raised when, after the
+warm-up (the first minute, at most a quarter of the run), RSS grows faster than ``--leak-mb-per-hour``
+(default 50 MB/h; least-squares slope over the samples of the run's second half), or the largest fd or thread
+count of the last half of the post-warm-up samples exceeds that of the first half by more than ``--fd-slack``
+(default 2).
 
 Reading RSS growth: native libraries here run ~35 threads (OpenCV, FFmpeg, onnxruntime pools), and glibc gives
-threads their own malloc arenas, whose fragmentation grows RSS without a leak. Flat Python-object counts and full
-but bounded caches point that way; ``MALLOC_ARENA_MAX=2 python benchmarks/soak.py ...`` tells the two apart (a leak
-still grows, fragmentation does not; the summary records the variable), and so does ``--malloc-trim``, which hands
-freed heap memory back to the OS before each sample.
+threads their own malloc arenas, whose fragmentation grows RSS without a leak. Flat Python-object counts and
+full but bounded caches point that way; ``MALLOC_ARENA_MAX=2 python benchmarks/soak.py ...`` tells the two
+apart (a leak still grows, fragmentation does not; the summary records the variable), and so does
+``--malloc-trim``, which hands freed heap memory back to the OS before each sample.
 """
 
 from __future__ import annotations
@@ -104,7 +107,9 @@ class NoisyOracle:
 def process_stats() -> dict[str, float]:
     """``rss_mb``, ``fds`` and ``threads`` of this process (Linux ``/proc``; psutil elsewhere)."""
     if os.path.isdir("/proc/self/fd"):
-        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        status = dict(
+            line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line
+        )
         return {"rss_mb": int(status["VmRSS"].split()[0]) / 1024, "fds": len(os.listdir("/proc/self/fd")),
                 "threads": int(status["Threads"])}
     import psutil
@@ -114,14 +119,20 @@ def process_stats() -> dict[str, float]:
 
 
 def cache_sizes(encoder: ChatEncoder) -> dict[str, int]:
-    """Entries in the caches meant to be bounded (private attributes read on purpose: this is a probe): the sample
-    LRU, the digest memos, loaded tool resources, the clips the video tools keep open (4 per decoder), the
-    encoder's prompt LRU (64) and every ``functools.lru_cache`` of a ``vgym`` module."""
+    """Entries in the caches meant to be bounded (private attributes read on purpose: this is a probe): the
+    sample LRU, the digest memos, loaded tool resources, the clips the video tools keep open (4 per decoder),
+    the encoder's prompt LRU (64) and every ``functools.lru_cache`` of a ``vgym`` module."""
     from vgym import tool_runtime
     from vgym.data.media import VideoReaderCache
 
     resources = list(tool_runtime.RESOURCES._items.values())
-    clips = sum(len(c) for r in resources if isinstance(r, dict) for c in r.values() if isinstance(c, VideoReaderCache))
+    clips = sum(
+        len(c)
+        for r in resources
+        if isinstance(r, dict)
+        for c in r.values()
+        if isinstance(c, VideoReaderCache)
+    )
     lru = {f"{name}.{attr}": fn.cache_info().currsize for name, module in list(sys.modules.items())
            if name.startswith("vgym") and module is not None
            for attr, fn in list(vars(module).items()) if callable(getattr(fn, "cache_info", None))}
@@ -149,7 +160,8 @@ def folder_size(folder: Path) -> tuple[int, float]:
 
 
 def slope_per_hour(ts: Sequence[float], values: Sequence[float]) -> float | None:
-    """Least-squares slope of ``values`` over ``ts`` (seconds), per hour; None with fewer than 2 distinct times."""
+    """Least-squares slope of ``values`` over ``ts`` (seconds), per hour; None with fewer than 2 distinct
+    times."""
     if len(set(ts)) < 2:
         return None
     return float(np.polyfit(np.asarray(ts, float), np.asarray(values, float), 1)[0] * 3600)
@@ -170,51 +182,94 @@ def summarize(rows: list[dict[str, Any]], args: argparse.Namespace, totals: dict
         reasons.append(f"RSS grows {rss_slope:.1f} MB/h after warm-up (> {args.leak_mb_per_hour})")
     reasons += [f"{k} grow by {g} (> {args.fd_slack})" for k, g in growth.items() if g > args.fd_slack]
     # Windows of at least half an interval (the final sample may follow the one before it closely).
-    windows = [b["episodes_per_s"] for a, b in zip(rows, rows[1:]) if b["t_s"] - a["t_s"] >= args.interval / 2]
+    windows = [
+        b["episodes_per_s"] for a, b in zip(rows, rows[1:]) if b["t_s"] - a["t_s"] >= args.interval / 2
+    ]
     caches_end = {k: v for k, v in rows[-1].items() if k in COLUMNS[7:14]}
     return {
-        "minutes": end / 60, "warmup_s": warmup, "samples": len(rows), **totals,
-        "rss_mb": {"start": rows[0]["rss_mb"], "at_1min": at_1min["rss_mb"], "at_1min_t_s": at_1min["t_s"],
-                   "end": rows[-1]["rss_mb"], "max": max(r["rss_mb"] for r in rows),
-                   "growth_mb_per_h": rss_slope, "fit_from_t_s": fit[0]["t_s"]},
-        "fds": {"start": rows[0]["fds"], "after_warmup": post[0]["fds"], "end": rows[-1]["fds"],
-                "max": max(r["fds"] for r in rows), "growth": growth["fds"]},
-        "threads": {"start": rows[0]["threads"], "after_warmup": post[0]["threads"], "end": rows[-1]["threads"],
-                    "max": max(r["threads"] for r in rows), "growth": growth["threads"]},
-        "py_objects": {"after_warmup": post[0]["py_objects"], "end": rows[-1]["py_objects"],
-                       "growth_per_h": slope_per_hour([r["t_s"] for r in fit], [r["py_objects"] for r in fit])},
-        "episodes_per_s": {"first_window": windows[0] if windows else None,
-                           "last_window": windows[-1] if windows else None,
-                           "overall": rows[-1]["episodes"] / end if end else None},
-        "caches_end": caches_end, "caches_max": {k: max(r[k] for r in rows) for k in caches_end},
-        "lru_end": rows[-1]["lru"], "sample_cache_capacity": SAMPLES.capacity,
-        "python_threads": dict(Counter(t.name.rstrip("_0123456789").split("-")[0] for t in threading.enumerate())),
-        "clips": {"files": rows[-1]["clip_files"], "mb": rows[-1]["clip_mb"],
-                  "mb_per_h": slope_per_hour([r["t_s"] for r in post], [r["clip_mb"] for r in post])},
+        "minutes": end / 60,
+        "warmup_s": warmup,
+        "samples": len(rows),
+        **totals,
+        "rss_mb": {
+            "start": rows[0]["rss_mb"],
+            "at_1min": at_1min["rss_mb"],
+            "at_1min_t_s": at_1min["t_s"],
+            "end": rows[-1]["rss_mb"],
+            "max": max(r["rss_mb"] for r in rows),
+            "growth_mb_per_h": rss_slope,
+            "fit_from_t_s": fit[0]["t_s"],
+        },
+        "fds": {
+            "start": rows[0]["fds"],
+            "after_warmup": post[0]["fds"],
+            "end": rows[-1]["fds"],
+            "max": max(r["fds"] for r in rows),
+            "growth": growth["fds"],
+        },
+        "threads": {
+            "start": rows[0]["threads"],
+            "after_warmup": post[0]["threads"],
+            "end": rows[-1]["threads"],
+            "max": max(r["threads"] for r in rows),
+            "growth": growth["threads"],
+        },
+        "py_objects": {
+            "after_warmup": post[0]["py_objects"],
+            "end": rows[-1]["py_objects"],
+            "growth_per_h": slope_per_hour([r["t_s"] for r in fit], [r["py_objects"] for r in fit]),
+        },
+        "episodes_per_s": {
+            "first_window": windows[0] if windows else None,
+            "last_window": windows[-1] if windows else None,
+            "overall": rows[-1]["episodes"] / end if end else None,
+        },
+        "caches_end": caches_end,
+        "caches_max": {k: max(r[k] for r in rows) for k in caches_end},
+        "lru_end": rows[-1]["lru"],
+        "sample_cache_capacity": SAMPLES.capacity,
+        "python_threads": dict(
+            Counter(t.name.rstrip("_0123456789").split("-")[0] for t in threading.enumerate())
+        ),
+        "clips": {
+            "files": rows[-1]["clip_files"],
+            "mb": rows[-1]["clip_mb"],
+            "mb_per_h": slope_per_hour([r["t_s"] for r in post], [r["clip_mb"] for r in post]),
+        },
         "thresholds": {"leak_mb_per_hour": args.leak_mb_per_hour, "fd_slack": args.fd_slack},
         "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
-        "leak": bool(reasons), "leak_reasons": reasons,
+        "leak": bool(reasons),
+        "leak_reasons": reasons,
     }
 
 
 def _report(s: dict[str, Any], out: Path) -> None:
     rss, fds, threads, eps = s["rss_mb"], s["fds"], s["threads"], s["episodes_per_s"]
     growth = "n/a" if rss["growth_mb_per_h"] is None else f"{rss['growth_mb_per_h']:+.1f} MB/h"
-    print(f"soak: {s['minutes']:.1f} min, {s['episodes']} episodes over {len(s['by_task'])} tasks, "
-          f"{s['uncaught']} uncaught exceptions, {s['tool_errors']} of {s['tool_calls']} tool calls were errors, "
-          f"{s['bad_actions']} malformed turns")
+    print(
+        f"soak: {s['minutes']:.1f} min, {s['episodes']} episodes over {len(s['by_task'])} tasks, "
+        f"{s['uncaught']} uncaught exceptions, {s['tool_errors']} of {s['tool_calls']} tool calls were "
+        "errors, "
+        f"{s['bad_actions']} malformed turns"
+    )
     print(f"RSS: {rss['at_1min']:.1f} MB at {rss['at_1min_t_s']:.0f} s -> {rss['end']:.1f} MB at end (max "
           f"{rss['max']:.1f}); growth after warm-up, fit from {rss['fit_from_t_s']:.0f} s: {growth} "
           f"(threshold {s['thresholds']['leak_mb_per_hour']} MB/h)")
-    print(f"fds: {fds['after_warmup']} after warm-up -> {fds['end']} at end (max {fds['max']}, growth "
-          f"{fds['growth']}); "
-          f"threads: {threads['after_warmup']} -> {threads['end']} (growth {threads['growth']}); Python objects "
-          f"{s['py_objects']['after_warmup']} -> {s['py_objects']['end']}")
+    print(
+        f"fds: {fds['after_warmup']} after warm-up -> {fds['end']} at end (max {fds['max']}, growth "
+        f"{fds['growth']}); "
+        f"threads: {threads['after_warmup']} -> {threads['end']} (growth {threads['growth']}); Python "
+        "objects "
+        f"{s['py_objects']['after_warmup']} -> {s['py_objects']['end']}"
+    )
     rate = {k: "n/a" if v is None else f"{v:.2f}" for k, v in eps.items()}
     print(f"episodes/s: {rate['first_window']} first window, {rate['last_window']} last window, "
           f"{rate['overall']} overall")
-    print("caches at end (max): " + ", ".join(f"{k} {v} ({s['caches_max'][k]})" for k, v in s["caches_end"].items())
-          + f"; sample cache capacity {s['sample_cache_capacity']}")
+    print(
+        "caches at end (max): "
+        + ", ".join(f"{k} {v} ({s['caches_max'][k]})" for k, v in s["caches_end"].items())
+        + f"; sample cache capacity {s['sample_cache_capacity']}"
+    )
     print(f"clip cache: {s['clips']['files']} files, {s['clips']['mb']:.1f} MB; Python threads at end: "
           f"{s['python_threads']}")
     print(f"LEAK: {'YES: ' + '; '.join(s['leak_reasons']) if s['leak'] else 'no'}  ({out}/soak.csv, "
@@ -230,9 +285,15 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--noise", type=float, default=0.2, help="oracle answer noise")
     parser.add_argument("--bad-actions", type=float, default=0.1, help="probability of a malformed turn")
     parser.add_argument("--seed", type=int, default=0, help="seeds the policy's noise")
-    parser.add_argument("--tasks", default="", help="comma-separated task names (default: every procedural task)")
-    parser.add_argument("--vlm", type=Path, default=None, help="processor folder (default: build the tiny VLM)")
-    parser.add_argument("--warmup-minutes", type=float, default=1.0, help="excluded from leak fits (<= 1/4 of run)")
+    parser.add_argument(
+        "--tasks", default="", help="comma-separated task names (default: every procedural task)"
+    )
+    parser.add_argument(
+        "--vlm", type=Path, default=None, help="processor folder (default: build the tiny VLM)"
+    )
+    parser.add_argument(
+        "--warmup-minutes", type=float, default=1.0, help="excluded from leak fits (<= 1/4 of run)"
+    )
     parser.add_argument("--leak-mb-per-hour", type=float, default=50.0, help="RSS slope that flags a leak")
     parser.add_argument("--fd-slack", type=int, default=2, help="fd / thread growth tolerated")
     parser.add_argument("--keep-clips", action="store_true", help="keep <out>/clips")
@@ -253,14 +314,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     names = [n for n in args.tasks.split(",") if n] or [n for n in TASKS.names() if TASKS.get(n).procedural]
     if args.vlm is None:
         with tempfile.TemporaryDirectory() as tmp:
-            _, processor = load_vlm(build_tiny_vlm(f"{tmp}/vlm", corpus=tokenizer_corpus("visual_search", 0, n=40)))
+            _, processor = load_vlm(
+                build_tiny_vlm(f"{tmp}/vlm", corpus=tokenizer_corpus("visual_search", 0, n=40))
+            )
     else:
         _, processor = load_vlm(args.vlm)
     encoder = ChatEncoder(processor)
     policy = NoisyOracle(noise=args.noise, bad_actions=args.bad_actions, seed=args.seed)
     fields = {n: {f.name for f in dataclasses.fields(TASKS.get(n).config_cls)} for n in names}
-    totals: dict[str, Any] = {"episodes": 0, "uncaught": 0, "tool_calls": 0, "tool_errors": 0, "bad_actions": 0,
-                              "truncated": 0, "by_task": Counter(), "reward_by_task": Counter()}
+    totals: dict[str, Any] = {
+        "episodes": 0,
+        "uncaught": 0,
+        "tool_calls": 0,
+        "tool_errors": 0,
+        "bad_actions": 0,
+        "truncated": 0,
+        "by_task": Counter(),
+        "reward_by_task": Counter(),
+    }
 
     def on_episode(trajectory: Trajectory) -> None:
         totals["episodes"] += 1
@@ -287,7 +358,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         t = time.perf_counter() - start
         caches = cache_sizes(encoder)
         prev = rows[-1] if rows else None
-        rate = (totals["episodes"] - prev["episodes"]) / (t - prev["t_s"]) if prev and t > prev["t_s"] else 0.0
+        rate = (
+            (totals["episodes"] - prev["episodes"]) / (t - prev["t_s"]) if prev and t > prev["t_s"] else 0.0
+        )
         files, mb = folder_size(clips)
         row = {"t_s": round(t, 2), "episodes": totals["episodes"], "episodes_per_s": round(rate, 3),
                **process_stats(), "py_objects": len(gc.get_objects()), **caches, "clip_files": files,
@@ -309,14 +382,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 def env_fn(name: str = name, config: dict[str, Any] = config) -> VisualToolEnv:
                     return VisualToolEnv(name, task_config=config)
 
-                specs = [EpisodeSpec("train", i, group_id=i, seed=i) for i in range(index, index + args.batch)]
+                specs = [
+                    EpisodeSpec("train", i, group_id=i, seed=i) for i in range(index, index + args.batch)
+                ]
                 index += args.batch
                 try:
-                    rollout(env_fn, policy, encoder, specs, RolloutConfig(batch_size=args.batch), on_episode=on_episode)
+                    rollout(
+                        env_fn,
+                        policy,
+                        encoder,
+                        specs,
+                        RolloutConfig(batch_size=args.batch),
+                        on_episode=on_episode,
+                    )
                 except Exception:  # a soak reports crashes instead of stopping at the first
                     totals["uncaught"] += 1
                     with (out / "errors.log").open("a") as log:
-                        log.write(f"--- {name} episodes {specs[0].index}-{specs[-1].index}\n{traceback.format_exc()}")
+                        log.write(
+                            f"--- {name} episodes "
+                            f"{specs[0].index}-{specs[-1].index}\n{traceback.format_exc()}"
+                        )
                 if time.perf_counter() - start - rows[-1]["t_s"] >= args.interval:
                     sample()
                 if time.perf_counter() >= deadline:

@@ -1,8 +1,9 @@
 """Sample-generation speed per task and difficulty: median and 95th-percentile milliseconds per sample.
 
-Run: ``python benchmarks/tasks.py [--samples 50]``. Targets (issue 5): ≤ 50 ms per image sample, ≤ 500 ms per video
-clip. Video tasks are measured cold (a fresh clip folder, so every clip is rendered and encoded) and warm (the
-clips already on disk). Nothing here is asserted: these machines are noisy, so targets are read, not tested.
+Run: ``python benchmarks/tasks.py [--samples 50]``. Targets (issue 5): ≤ 50 ms per image sample, ≤ 500 ms per
+video clip. Video tasks are measured cold (a fresh clip folder, so every clip is rendered and encoded) and
+warm (the clips already on disk). Nothing here is asserted: these machines are noisy, so targets are read, not
+tested.
 """
 
 from __future__ import annotations

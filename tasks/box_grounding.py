@@ -39,7 +39,8 @@ from vgym.errors import InvalidConfigError
 from vgym.rewards import box_iou_reward
 from vgym.task import Sample, Solution, Task, register_task, sample_seed
 
-__all__ = ["TASK_NAME", "COLOURS", "SHAPES", "RELATIONS", "BoxGroundingConfig", "BoxGroundingTask", "render_preview"]
+__all__ = ["TASK_NAME", "COLOURS", "SHAPES", "RELATIONS", "BoxGroundingConfig", "BoxGroundingTask",
+           "render_preview"]
 
 TASK_NAME = "box_grounding"
 
@@ -104,12 +105,16 @@ class BoxGroundingConfig:
                 )
             least = 4 if d == 2 and self.relation_rate > 0 else 2  # + the twin and the anchor of a relation
             if n < least:
-                raise InvalidConfigError(f"difficulty {d} needs at least {least} distractors (the confusers), got {n}")
-            # Rejection sampling stays fast while the objects' padded footprints cover under a quarter of the scene.
+                raise InvalidConfigError(
+                    f"difficulty {d} needs at least {least} distractors (the confusers), got {n}"
+                )
+            # Rejection sampling stays fast while the objects' padded footprints cover under a quarter of the
+            # scene.
             if (n + 1) * (hi + self.gap) ** 2 > side * side / 4:
                 raise InvalidConfigError(
                     f"difficulty {d} is too crowded: {n + 1} objects of up to {hi} px (+{self.gap} gap) in a "
-                    f"{side}² image cover over 1/4 of it; use fewer distractors, smaller objects or a larger image"
+                    f"{side}² image cover over 1/4 of it; use fewer distractors, smaller objects or a larger "
+                    "image"
                 )
 
     @property
@@ -124,7 +129,8 @@ class BoxGroundingConfig:
 
 
 class BoxGroundingTask(Task):
-    """Give the box of the object a colour + shape (+ relation) description names (see the module docstring)."""
+    """Give the box of the object a colour + shape (+ relation) description names (see the module
+    docstring)."""
 
     name = TASK_NAME
     config_cls = BoxGroundingConfig
@@ -143,11 +149,14 @@ class BoxGroundingTask(Task):
             if (boxes := _place(rng, cfg, len(names), relation)) is not None:
                 break
         else:  # pragma: no cover - unreachable for valid configs (see BoxGroundingConfig.__post_init__)
-            raise RuntimeError(f"could not place {len(names)} objects in a {size}² scene ({split}, {index}, {seed})")
+            raise RuntimeError(
+                f"could not place {len(names)} objects in a {size}² scene ({split}, {index}, {seed})"
+            )
         grey = int(rng.integers(*_BACKGROUND))
         image = np.full((size, size, 3), grey, dtype=np.uint8)
         objects = [_draw(image, name, box) for name, box in zip(names, boxes)]
-        # Shuffle the listing so the target's position in metadata (and in oracle ground results) says nothing.
+        # Shuffle the listing so the target's position in metadata (and in oracle ground results) says
+        # nothing.
         order = [int(i) for i in rng.permutation(len(objects))]
         objects = [objects[i] for i in order]
         target = order.index(0)
@@ -203,9 +212,9 @@ def _format_box(box: list[int]) -> str:
 def _draw_names(rng: np.random.Generator, n: int, *, relational: bool) -> list[str]:
     """Object names: [target, same colour other shape | twin, same shape other colour | anchor, ...].
 
-    Without a relation, entries 1 and 2 are the two confusers; with one, entry 1 is the twin (the target's name)
-    and entry 2 the anchor (a name no other object has), and the confusers come next. The rest are random names
-    other than the target's (and the anchor's).
+    Without a relation, entries 1 and 2 are the two confusers; with one, entry 1 is the twin (the target's
+    name) and entry 2 the anchor (a name no other object has), and the confusers come next. The rest are
+    random names other than the target's (and the anchor's).
     """
     colours, shapes = list(COLOURS), list(SHAPES)
     colour, shape = colours[int(rng.integers(len(colours)))], shapes[int(rng.integers(len(shapes)))]
@@ -246,7 +255,8 @@ def _place(
 ) -> list[tuple[int, int, int, int]] | None:
     """Square footprints ``(x1, y1, x2, y2)`` for ``n`` objects, ``cfg.gap`` apart, or None at a dead end.
 
-    With a relation, object 0 (target) must lie ``relation`` object 2 (anchor) and object 1 (twin) the opposite.
+    With a relation, object 0 (target) must lie ``relation`` object 2 (anchor) and object 1 (twin) the
+    opposite.
     """
     size, (lo, hi) = cfg.image_size, cfg.object_sizes[cfg.difficulty]
     boxes: list[tuple[int, int, int, int]] = []
@@ -258,7 +268,10 @@ def _place(
             x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
             box = (x, y, x + side, y + side)
             g = cfg.gap
-            if any(box[0] < b[2] + g and b[0] < box[2] + g and box[1] < b[3] + g and b[1] < box[3] + g for b in boxes):
+            if any(
+                box[0] < b[2] + g and b[0] < box[2] + g and box[1] < b[3] + g and b[1] < box[3] + g
+                for b in boxes
+            ):
                 continue
             if relation is not None and i in (0, 1):
                 want = relation if i == 0 else _OPPOSITE[relation]
@@ -287,7 +300,9 @@ def _draw(image: np.ndarray, name: str, footprint: tuple[int, int, int, int]) ->
     elif shape == "square":
         mask[:] = 1
     else:  # an upward triangle filling the footprint's width and height
-        cv2.fillPoly(mask, [np.array([[(side - 1) // 2, 0], [0, side - 1], [side - 1, side - 1]], np.int32)], 1)
+        cv2.fillPoly(
+            mask, [np.array([[(side - 1) // 2, 0], [0, side - 1], [side - 1, side - 1]], np.int32)], 1
+        )
     region = image[y1:y2, x1:x2]
     region[mask.astype(bool)] = COLOURS[colour]
     ys, xs = np.nonzero(mask)

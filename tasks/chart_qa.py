@@ -4,28 +4,30 @@ Contents: :data:`TASK_NAME`, :data:`KINDS`, :data:`QUESTIONS`, :data:`CATEGORIES
 :class:`ChartSpec`, :class:`ChartQaConfig`, :class:`ChartQaTask`, :func:`render_chart`.
 
 A chart of 3–6 categories (fruit names; pies hold at most 8, 5 or 4 wedges at difficulty 0, 1, 2) with random
-integer values is drawn with matplotlib (Agg canvas on a :class:`~matplotlib.figure.Figure`, no pyplot state) at
-320×240 by default (median 24–33 ms per sample on one shared CPU core). Bar and line charts have a 0–100 y-axis
-with gridlines (0–100·s at difficulty 2); pie charts show shares in percent that sum to 100. Questions:
+integer values is drawn with matplotlib (Agg canvas on a :class:`~matplotlib.figure.Figure`, no pyplot state)
+at 320×240 by default (median 24–33 ms per sample on one shared CPU core). Bar and line charts have a 0–100
+y-axis with gridlines (0–100·s at difficulty 2); pie charts show shares in percent that sum to 100. Questions:
 
 - ``value``: "What is the value of Pear?" (pie: its percentage) — a number;
 - ``max`` / ``min``: "Which category has the largest value?" — a category name, scored by exact match;
 - ``difference``: "How much larger is the value of Pear than that of Fig?" — a positive number.
 
-Numbers are scored with ``numeric_reward(abs_tol=TOLERANCE[difficulty] · scale)``: 0.5 at difficulty 0 (printed
-integers, read exactly), 2 at difficulty 1 (values are multiples of 5 on a 10-unit grid, so any reading within
-half a value step is right) and 5 at difficulty 2 (a quarter of the 20-unit gridline spacing). A difference
-gets the same tolerance. Extremes (largest and smallest) lead the runner-up by at least ``2 · tol`` (and 1), and
-a difference is at least that large, so every question has one readable answer.
+Numbers are scored with ``numeric_reward(abs_tol=TOLERANCE[difficulty] · scale)``: 0.5 at difficulty 0
+(printed integers, read exactly), 2 at difficulty 1 (values are multiples of 5 on a 10-unit grid, so any
+reading within half a value step is right) and 5 at difficulty 2 (a quarter of the 20-unit gridline spacing).
+A difference gets the same tolerance. Extremes (largest and smallest) lead the runner-up by at least
+``2 · tol`` (and 1), and a difference is at least that large, so every question has one readable answer.
 
 Difficulty:
     0 — every value is printed on its bar, point or wedge (readable with crop, or OCR).
-    1 — no value labels: values (multiples of 5) are read off the axis gridlines, or estimated from pie angles.
+    1 — no value labels: values (multiples of 5) are read off the axis gridlines, or estimated from pie
+        angles.
     2 — as 1 with any integer value, gridlines every 20, and the axis scaled by 1, 10 or 100.
 
 ``metadata["texts"]`` lists every printed label (values, categories, axis ticks) with its pixel box, for the
-oracle OCR backend; ``metadata["objects"]`` names each bar, point or wedge with its box; ``metadata["crop_box"]``
-is the oracle's crop (the target marks with their labels, plus the y-axis when values must be read off it).
+oracle OCR backend; ``metadata["objects"]`` names each bar, point or wedge with its box;
+``metadata["crop_box"]`` is the oracle's crop (the target marks with their labels, plus the y-axis when values
+must be read off it).
 """
 
 from __future__ import annotations
@@ -70,8 +72,9 @@ _SCALES = (1, 10, 100)  # difficulty-2 axis scales
 _AXIS_MAX = 100  # y-axis top (before the scale); values stay in [_STEP, 90] so labels fit above them
 _MIN_SHARE = {0: 5, 1: 10, 2: 5}  # smallest pie share in percent
 _PIE_MAX = {0: 8, 1: 5, 2: 4}
-"""Most wedges per pie: shares sum to 100, so unique extremes with the margin get rare (and impossible past 6 at
-difficulties 1 and 2); at these caps at least 15% of draws are accepted (measured), so rejection stays quick."""
+"""Most wedges per pie: shares sum to 100, so unique extremes with the margin get rare (and impossible past 6
+at difficulties 1 and 2); at these caps at least 15% of draws are accepted (measured), so rejection stays
+quick."""
 _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 """Bar/line colours (one per chart) and pie wedge colours (one per wedge)."""
 
@@ -102,8 +105,8 @@ class ChartQaConfig:
     """Chart generation settings."""
 
     difficulty: int = 0
-    """0: values printed on the marks; 1: read off a 10-unit grid (multiples of 5); 2: any integer, 20-unit grid,
-    scaled axis (see the module docstring)."""
+    """0: values printed on the marks; 1: read off a 10-unit grid (multiples of 5); 2: any integer, 20-unit
+    grid, scaled axis (see the module docstring)."""
     width: int = 320
     """Image width in pixels (at least 40 per category)."""
     height: int = 240
@@ -132,10 +135,14 @@ class ChartQaConfig:
         if self.width < 40 * self.max_categories or self.height < 160 or self.dpi < 30 or self.font_size <= 0:
             raise InvalidConfigError(
                 "need width >= 40 * max_categories, height >= 160, dpi >= 30 and font_size > 0, got "
-                f"width={self.width}, max_categories={self.max_categories}, height={self.height}, dpi={self.dpi}, "
+                f"width={self.width}, max_categories={self.max_categories}, height={self.height}, "
+                f"dpi={self.dpi}, "
                 f"font_size={self.font_size}"
             )
-        for field_name, given, valid in (("kinds", self.kinds, KINDS), ("questions", self.questions, QUESTIONS)):
+        for field_name, given, valid in (
+            ("kinds", self.kinds, KINDS),
+            ("questions", self.questions, QUESTIONS),
+        ):
             if not given or len(set(given)) != len(given) or not set(given) <= set(valid):
                 raise InvalidConfigError(f"{field_name} must be distinct names from {valid}, got {given!r}")
 
@@ -170,7 +177,10 @@ class ChartQaTask(Task):
             else:
                 values = step * rng.integers(1, 90 // step + 1, n)
             order = np.argsort(values, kind="stable")
-            if values[order[-1]] - values[order[-2]] >= margin and values[order[1]] - values[order[0]] >= margin:
+            if (
+                values[order[-1]] - values[order[-2]] >= margin
+                and values[order[1]] - values[order[0]] >= margin
+            ):
                 break
         if question == "value":
             targets: tuple[int, ...] = (int(rng.integers(n)),)
@@ -189,7 +199,11 @@ class ChartQaTask(Task):
         names, (t0, *rest) = spec.names, spec.targets
         pie = spec.kind == "pie"
         if spec.question == "value":
-            question = f"What percentage does {names[t0]} account for?" if pie else f"What is the value of {names[t0]}?"
+            question = (
+                f"What percentage does {names[t0]} account for?"
+                if pie
+                else f"What is the value of {names[t0]}?"
+            )
             answer = str(spec.values[t0])
         elif spec.question in ("max", "min"):
             word = "largest" if spec.question == "max" else "smallest"
@@ -197,8 +211,11 @@ class ChartQaTask(Task):
             answer = names[t0]
         else:
             t1 = rest[0]
-            question = (f"How many percentage points larger is the share of {names[t0]} than that of {names[t1]}?"
-                        if pie else f"How much larger is the value of {names[t0]} than that of {names[t1]}?")
+            question = (
+                f"How many percentage points larger is the share of {names[t0]} than that of {names[t1]}?"
+                if pie
+                else f"How much larger is the value of {names[t0]} than that of {names[t1]}?"
+            )
             answer = str(spec.values[t0] - spec.values[t1])
         return Sample(
             id=f"{TASK_NAME}/{split}/{seed}/{index}",
@@ -286,9 +303,15 @@ def render_chart(spec: ChartSpec, config: ChartQaConfig) -> tuple[np.ndarray, di
     if spec.kind == "pie":
         fig.subplots_adjust(left=0.2, right=0.8, bottom=0.1, top=0.9)
         wedges, cat_texts, *auto = ax.pie(
-            spec.values, labels=spec.names, colors=_COLOURS[:n], startangle=90, counterclock=False,
+            spec.values,
+            labels=spec.names,
+            colors=_COLOURS[:n],
+            startangle=90,
+            counterclock=False,
             # autopct gets the float share (29 arrives as 28.99...), so round it; "%d" would print 28.
-            textprops={"fontsize": fs}, autopct=(lambda pct: f"{round(pct)}%") if labelled else None, pctdistance=0.7,
+            textprops={"fontsize": fs},
+            autopct=(lambda pct: f"{round(pct)}%") if labelled else None,
+            pctdistance=0.7,
             wedgeprops={"edgecolor": "white", "linewidth": 1},
         )
         value_texts, marks, tick_texts = (auto[0] if auto else []), wedges, []
@@ -338,7 +361,8 @@ def render_chart(spec: ChartSpec, config: ChartQaConfig) -> tuple[np.ndarray, di
         boxes += [vals[i]["box"] for i in spec.targets] if vals else []
         if not labelled and spec.kind != "pie":
             boxes += [t["box"] for t in texts if t["role"] == "tick"]
-            boxes.append([axes_box[0], axes_box[1], axes_box[0] + 1, axes_box[3]])  # the axis line, full height
+            # the axis line, full height
+            boxes.append([axes_box[0], axes_box[1], axes_box[0] + 1, axes_box[3]])
         crop_box = _union(boxes, 3, w, h)
     return image, {
         "texts": texts,

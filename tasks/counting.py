@@ -3,25 +3,26 @@
 Contents: :data:`TASK_NAME`, :data:`MAX_COUNT`, :data:`SHAPES`, :data:`COLOURS`, :class:`CountingConfig`,
 :class:`CountingTask`, :func:`shape_mask`.
 
-The scene is a square of ``size`` pixels (448² at difficulty 0) holding solid circles, squares and triangles of
-several colours. The question names one kind (a colour and a shape) and asks how many there are; the answer is an
-integer 0–9, drawn uniformly *before* the scene is built, so every count is equally likely (chance 1/10).
+The scene is a square of ``size`` pixels (448² at difficulty 0) holding solid circles, squares and triangles
+of several colours. The question names one kind (a colour and a shape) and asks how many there are; the answer
+is an integer 0–9, drawn uniformly *before* the scene is built, so every count is equally likely (chance
+1/10).
 
-Generation: the scene is cut into square cells of ``1.5 * object_size`` pixels; each object takes its own randomly
-chosen cell and sits at a random offset inside it, at least 2 pixels from the cell's border, so objects never
-overlap or touch (4 pixels apart at least). The total number of objects is drawn uniformly from
-``[MAX_COUNT + 3, objects * (1 + difficulty)]`` independently of the answer, so the amount of clutter says nothing
-about the count; the rest are distractors, half of them *confusers* that share exactly one attribute with the target
-(its colour or its shape), so neither colour nor shape alone gives the count.
+Generation: the scene is cut into square cells of ``1.5 * object_size`` pixels; each object takes its own
+randomly chosen cell and sits at a random offset inside it, at least 2 pixels from the cell's border, so
+objects never overlap or touch (4 pixels apart at least). The total number of objects is drawn uniformly from
+``[MAX_COUNT + 3, objects * (1 + difficulty)]`` independently of the answer, so the amount of clutter says
+nothing about the count; the rest are distractors, half of them *confusers* that share exactly one attribute
+with the target (its colour or its shape), so neither colour nor shape alone gives the count.
 
-``metadata["objects"]`` lists every object (``name`` "<colour> <shape>", tight ``box`` [x1, y1, x2, y2] with x2/y2
-exclusive, ``point`` a pixel of the object); the oracle grounding backend returns exactly the target's boxes for
-the query "<colour> <shape>" (at most 10, enough for counts up to :data:`MAX_COUNT`).
+``metadata["objects"]`` lists every object (``name`` "<colour> <shape>", tight ``box`` [x1, y1, x2, y2] with
+x2/y2 exclusive, ``point`` a pixel of the object); the oracle grounding backend returns exactly the target's
+boxes for the query "<colour> <shape>" (at most 10, enough for counts up to :data:`MAX_COUNT`).
 
 Difficulty:
     0 — 448² on a flat grey background; 4 colours (red, green, blue, yellow) × 3 shapes.
-    1 — 672² (1.5×), up to twice the objects; 6 colours (adds orange and purple, close to red and blue) on a noisy
-        background with ``speckles`` random-colour dots.
+    1 — 672² (1.5×), up to twice the objects; 6 colours (adds orange and purple, close to red and blue) on a
+        noisy background with ``speckles`` random-colour dots.
     2 — 896² (2×), up to three times the objects, twice the speckles; at the default budget (224²) an 18-pixel
         object is ~4 pixels wide, so zooming (crop) or grounding pays off.
 """
@@ -42,7 +43,8 @@ __all__ = ["TASK_NAME", "MAX_COUNT", "SHAPES", "COLOURS", "CountingConfig", "Cou
 TASK_NAME = "counting"
 
 MAX_COUNT = 9
-"""Largest answer; answers are the integers 0..MAX_COUNT (the oracle grounding backend returns at most 10 boxes)."""
+"""Largest answer; answers are the integers 0..MAX_COUNT (the oracle grounding backend returns at most 10
+boxes)."""
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 """Object shapes (every difficulty)."""
@@ -73,16 +75,18 @@ class CountingConfig:
     """0: small flat scene, 4 colours; 1: 1.5× the side, up to 2× the objects, 6 colours, noise and speckles;
     2: 2× the side, up to 3× the objects, twice the speckles (see the module docstring)."""
     size: int = 448
-    """Scene side in pixels at difficulty 0; difficulties 1 and 2 use 1.5× and 2× it (672 and 896 by default)."""
+    """Scene side in pixels at difficulty 0; difficulties 1 and 2 use 1.5× and 2× it (672 and 896 by
+    default)."""
     object_size: int = 36
-    """Largest object side in pixels; each object's side is uniform in [object_size // 2, object_size]. At least
-    8. Cells are ``1.5 * object_size`` pixels (54 by default)."""
+    """Largest object side in pixels; each object's side is uniform in [object_size // 2, object_size]. At
+    least 8. Cells are ``1.5 * object_size`` pixels (54 by default)."""
     objects: int = 16
-    """Most objects (targets + distractors) in a scene at difficulty 0; difficulty d allows ``objects * (1 + d)``.
-    Each scene holds a uniform number in [MAX_COUNT + 3, that]; must fit one object per cell."""
+    """Most objects (targets + distractors) in a scene at difficulty 0; difficulty d allows
+    ``objects * (1 + d)``. Each scene holds a uniform number in [MAX_COUNT + 3, that]; must fit one object per
+    cell."""
     speckles: int = 2000
-    """1–2 pixel dots of random colour scattered over the background at difficulty 1 (twice as many at 2, none at
-    0); drawn under the objects."""
+    """1–2 pixel dots of random colour scattered over the background at difficulty 1 (twice as many at 2, none
+    at 0); drawn under the objects."""
 
     def __post_init__(self) -> None:
         if self.difficulty not in (0, 1, 2):
@@ -152,7 +156,9 @@ class CountingTask(Task):
         if cfg.difficulty == 0:
             image = np.full((size, size, 3), _BACKGROUND, dtype=np.uint8)
         else:
-            grey = rng.integers(_BACKGROUND - _NOISE, _BACKGROUND + _NOISE + 1, (size, size, 1), dtype=np.uint8)
+            grey = rng.integers(
+                _BACKGROUND - _NOISE, _BACKGROUND + _NOISE + 1, (size, size, 1), dtype=np.uint8
+            )
             image = np.repeat(grey, 3, axis=2)
             n = cfg.speckles * cfg.difficulty
             xs, ys = rng.integers(0, size - 1, n), rng.integers(0, size - 1, n)
@@ -176,8 +182,14 @@ class CountingTask(Task):
             mask = shape_mask(shape, side)
             image[y : y + side, x : x + side][mask] = COLOURS[colour]
             ys_in, xs_in = np.nonzero(mask)
-            box = [x + int(xs_in.min()), y + int(ys_in.min()), x + int(xs_in.max()) + 1, y + int(ys_in.max()) + 1]
-            # A pixel of the object: the mask pixel nearest its centroid (inside even for a thin triangle tip).
+            box = [
+                x + int(xs_in.min()),
+                y + int(ys_in.min()),
+                x + int(xs_in.max()) + 1,
+                y + int(ys_in.max()) + 1,
+            ]
+            # A pixel of the object: the mask pixel nearest its centroid (inside even for a thin triangle
+            # tip).
             nearest = int(np.argmin((xs_in - xs_in.mean()) ** 2 + (ys_in - ys_in.mean()) ** 2))
             point = [x + int(xs_in[nearest]), y + int(ys_in[nearest])]
             objects.append({"name": f"{colour} {shape}", "box": box, "point": point})
@@ -191,7 +203,13 @@ class CountingTask(Task):
             question=f"How many {query}s are in the image?",
             images=(image,),
             answer=str(count),
-            metadata={"objects": objects, "target": query, "colour": target[0], "shape": target[1], "count": count},
+            metadata={
+                "objects": objects,
+                "target": query,
+                "colour": target[0],
+                "shape": target[1],
+                "count": count,
+            },
         )
 
     def score(self, sample: Sample, answer: str) -> float:
@@ -211,8 +229,9 @@ class CountingTask(Task):
 def shape_mask(shape: str, side: int) -> np.ndarray:
     """A ``side × side`` bool mask of ``shape``, touching all four borders of the square.
 
-    A circle of diameter ``side``, the full square, or an isosceles triangle with its base on the bottom row and its
-    apex in the middle of the top row (no anti-aliasing: every object pixel has the object's exact colour).
+    A circle of diameter ``side``, the full square, or an isosceles triangle with its base on the bottom row
+    and its apex in the middle of the top row (no anti-aliasing: every object pixel has the object's exact
+    colour).
 
     Raises:
         ValueError: for an unknown shape or ``side < 2``.

@@ -1,25 +1,28 @@
-"""3D spatial reasoning with depth: which object is nearer, the depth order of three, or how far apart two are.
+"""3D spatial reasoning with depth: which object is nearer, the depth order of three, or how far apart two
+are.
 
 Contents: :data:`TASK_NAME`, :data:`QUESTIONS`, :data:`COLOURS`, :data:`SHAPES`, :class:`Depth3dConfig`,
 :class:`Solid`, :class:`Scene`, :class:`Depth3dTask`, :func:`render_view`.
 
-A checkered ground plane and back wall (``WALL_Z_M`` ahead) with solids standing on the ground: spheres, cubes and
-upright cylinders, each of its own colour, so names such as "red sphere" are unique. A pinhole camera
-(``fx = fy = focal_px``, ``cx = (W - 1) / 2``, ``cy = (H - 1) / 2``; pixel ``(x, y)`` at depth ``Z`` is the camera
-point ``((x - cx) Z / fx, (y - cy) Z / fy, Z)``) ``CAMERA_HEIGHT_M`` up and pitched ``PITCH_DEG`` down sees it.
-Rendering is numpy ray casting (ray–sphere, ray–box slabs, ray–cylinder) with Lambert shading and mild checker
-textures (for stereo matching). Arrays: ``depth`` (exact, metres along the optical axis), ``masks`` (visible pixels
-per object) and ``right``, the right view of a rectified pair (camera shifted ``baseline_m`` along its x axis).
+A checkered ground plane and back wall (``WALL_Z_M`` ahead) with solids standing on the ground: spheres, cubes
+and upright cylinders, each of its own colour, so names such as "red sphere" are unique. A pinhole camera
+(``fx = fy = focal_px``, ``cx = (W - 1) / 2``, ``cy = (H - 1) / 2``; pixel ``(x, y)`` at depth ``Z`` is the
+camera point ``((x - cx) Z / fx, (y - cy) Z / fy, Z)``) ``CAMERA_HEIGHT_M`` up and pitched ``PITCH_DEG`` down
+sees it. Rendering is numpy ray casting (ray–sphere, ray–box slabs, ray–cylinder) with Lambert shading and
+mild checker textures (for stereo matching). Arrays: ``depth`` (exact, metres along the optical axis),
+``masks`` (visible pixels per object) and ``right``, the right view of a rectified pair (camera shifted
+``baseline_m`` along its x axis).
 
-Questions (``Depth3dConfig.question``): closer — "Which is closer to the camera, the red sphere or the blue box?"
-(A/B or the name; chance 1/2); order — three named objects from nearest to farthest (six lettered orders, chance
-1/6); distance — metres between two objects' centres (numeric, within ``distance_rel_tol``).
+Questions (``Depth3dConfig.question``): closer — "Which is closer to the camera, the red sphere or the blue
+box?" (A/B or the name; chance 1/2); order — three named objects from nearest to farthest (six lettered
+orders, chance 1/6); distance — metres between two objects' centres (numeric, within ``distance_rel_tol``).
 
-Relations are unambiguous: any two solids' centre depths differ by ``min_gap_m`` (1.5 / 1.0 / 0.5 m by difficulty),
-and their centres' ranges and the depths at their ``metadata["objects"]`` points (visible pixels) agree in order,
-the latter by half the gap. For distance questions the tool estimate (both points back-projected with their
-depths) is within half the tolerance. Difficulty: 0 — only the asked objects, one size, fully visible; 1 — one or
-two more, sizes 0.25–0.45 m, 70% visible; 2 — two or three more, sizes 0.2–0.6 m (apparent size misleads), 40%.
+Relations are unambiguous: any two solids' centre depths differ by ``min_gap_m`` (1.5 / 1.0 / 0.5 m by
+difficulty), and their centres' ranges and the depths at their ``metadata["objects"]`` points (visible pixels)
+agree in order, the latter by half the gap. For distance questions the tool estimate (both points
+back-projected with their depths) is within half the tolerance. Difficulty: 0 — only the asked objects, one
+size, fully visible; 1 — one or two more, sizes 0.25–0.45 m, 70% visible; 2 — two or three more, sizes 0.2–0.6
+m (apparent size misleads), 40%.
 """
 
 from __future__ import annotations
@@ -41,8 +44,14 @@ __all__ = ["TASK_NAME", "QUESTIONS", "COLOURS", "SHAPES", "Depth3dConfig", "Soli
 TASK_NAME = "depth_3d"
 QUESTIONS: tuple[str, ...] = ("closer", "order", "distance")
 """Question kinds; see the module docstring."""
-COLOURS: dict[str, tuple[int, int, int]] = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (40, 70, 230),
-                                             "yellow": (235, 215, 30), "magenta": (215, 40, 215), "cyan": (30, 210, 220)}
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (40, 70, 230),
+    "yellow": (235, 215, 30),
+    "magenta": (215, 40, 215),
+    "cyan": (30, 210, 220),
+}
 """Object colours (RGB albedo); each appears at most once per scene."""
 SHAPES: tuple[str, ...] = ("sphere", "box", "cylinder")
 """Solid kinds; ``size`` is a sphere's radius, half a cube's side, a cylinder's radius and half its height."""
@@ -53,7 +62,11 @@ Z_RANGE_M = (3.0, 11.0)
 """Range of the solids' world z (ground distance ahead of the camera)."""
 MIN_PIXELS = 40
 """Fewest pixels a solid covers (unoccluded) in the left view."""
-_LEVELS = {0: ((0, 0), 1.5, (0.35, 0.35), 0.9), 1: ((1, 2), 1.0, (0.25, 0.45), 0.7), 2: ((2, 3), 0.5, (0.2, 0.6), 0.4)}
+_LEVELS = {
+    0: ((0, 0), 1.5, (0.35, 0.35), 0.9),
+    1: ((1, 2), 1.0, (0.25, 0.45), 0.7),
+    2: ((2, 3), 0.5, (0.2, 0.6), 0.4),
+}
 """Per difficulty: extra solids (min, max), min centre-depth gap (m), size range (m), min visible fraction."""
 _LIGHT, _MAX_TRIES = np.array([-0.5, 1.0, -0.6]) / np.linalg.norm([-0.5, 1.0, -0.6]), 200
 
@@ -63,7 +76,8 @@ class Depth3dConfig:
     """Scene and question settings."""
 
     difficulty: int = 0
-    """0, 1 or 2: more distractors, smaller depth gaps, varied sizes and occlusion (see the module docstring)."""
+    """0, 1 or 2: more distractors, smaller depth gaps, varied sizes and occlusion (see the module
+    docstring)."""
     question: str = "closer"
     """One of QUESTIONS: "closer" (A/B), "order" (A–F) or "distance" (metres)."""
     width: int = 320
@@ -74,7 +88,8 @@ class Depth3dConfig:
     """Focal length fx = fy in pixels, from ``0.5 * width`` (horizontal field of view 90°) to ``1.5 * height``
     (vertical field of view 37°, so the ground from 3 m to the far solids stays in view)."""
     baseline_m: float = 0.2
-    """Stereo baseline in metres (0, 1]: disparity = focal_px * baseline_m / depth (17 px at 3 m by default)."""
+    """Stereo baseline in metres (0, 1]: disparity = focal_px * baseline_m / depth (17 px at 3 m by
+    default)."""
     distance_rel_tol: float = 0.1
     """Relative tolerance of distance answers, in (0, 0.5)."""
 
@@ -85,7 +100,9 @@ class Depth3dConfig:
         if self.question not in QUESTIONS:
             raise InvalidConfigError(f"question must be one of {QUESTIONS}, got {self.question!r}")
         if not (160 <= w <= 1280 and w / 2 <= h <= w):
-            raise InvalidConfigError(f"need 160 <= width <= 1280 and width / 2 <= height <= width, got {w}x{h}")
+            raise InvalidConfigError(
+                f"need 160 <= width <= 1280 and width / 2 <= height <= width, got {w}x{h}"
+            )
         if not w / 2 <= f <= 1.5 * h:
             raise InvalidConfigError(f"focal_px must be between 0.5 * width ({w / 2:g}) and 1.5 * height "
                                      f"({1.5 * h:g}), got {f}")
@@ -120,7 +137,8 @@ class Solid:
 
 @dataclass(frozen=True)
 class Scene:
-    """An accepted layout: the solids and the indices of the asked ones, in the order the question names them."""
+    """An accepted layout: the solids and the indices of the asked ones, in the order the question names
+    them."""
 
     solids: tuple[Solid, ...]
     asked: tuple[int, ...]
@@ -136,8 +154,8 @@ def _camera(cfg: Depth3dConfig, right: bool = False) -> tuple[np.ndarray, np.nda
 
 @functools.lru_cache(maxsize=8)
 def _rays(cfg: Depth3dConfig) -> np.ndarray:
-    """(H, W, 3) world ray directions with unit forward component, so the ray parameter t is the depth (read-only,
-    cached per config: both views share them)."""
+    """(H, W, 3) world ray directions with unit forward component, so the ray parameter t is the depth
+    (read-only, cached per config: both views share them)."""
     fx, fy, cx, cy = cfg.intrinsics
     _, basis = _camera(cfg)
     xs, ys = (np.arange(cfg.width) - cx) / fx, (np.arange(cfg.height) - cy) / fy
@@ -154,7 +172,8 @@ def _project(cfg: Depth3dConfig, origin: np.ndarray, basis: np.ndarray, points: 
 
 
 def _intersect(solid: Solid, o: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Ray parameter of the first hit of rays ``o + t d`` (d: (..., 3)) with ``solid``; inf where they miss."""
+    """Ray parameter of the first hit of rays ``o + t d`` (d: (..., 3)) with ``solid``; inf where they
+    miss."""
     centre, s = np.asarray(solid.centre), solid.size
     with np.errstate(divide="ignore", invalid="ignore"):
         if solid.shape == "sphere":
@@ -184,7 +203,8 @@ _Traced = list[tuple[tuple[slice, slice], np.ndarray]]
 
 
 def _trace_solids(cfg: Depth3dConfig, solids: tuple[Solid, ...], right: bool = False) -> _Traced | None:
-    """Each solid traced alone inside its projected bounding rectangle; None if one leaves the frame (2 px)."""
+    """Each solid traced alone inside its projected bounding rectangle; None if one leaves the frame (2
+    px)."""
     (origin, basis), rays, traced = _camera(cfg, right), _rays(cfg), []
     for solid in solids:
         corners = np.array(list(itertools.product(*[(c - solid.size, c + solid.size) for c in solid.centre])))
@@ -193,7 +213,9 @@ def _trace_solids(cfg: Depth3dConfig, solids: tuple[Solid, ...], right: bool = F
         x2, y2 = math.ceil(px[:, 0].max()) + 2, math.ceil(px[:, 1].max()) + 2
         if x1 < 2 or y1 < 2 or x2 > cfg.width - 2 or y2 > cfg.height - 2:
             return None
-        traced.append(((rows := slice(y1, y2), cols := slice(x1, x2)), _intersect(solid, origin, rays[rows, cols])))
+        traced.append(
+            ((rows := slice(y1, y2), cols := slice(x1, x2)), _intersect(solid, origin, rays[rows, cols]))
+        )
     return traced
 
 
@@ -221,11 +243,15 @@ def _background(cfg: Depth3dConfig, right: bool) -> tuple[np.ndarray, np.ndarray
     wall = (WALL_Z_M - origin[2]) / rays[..., 2]  # rays[..., 2] > 0: the vertical half-FOV (<= 45°) < 80°
     depth, on_ground = np.minimum(ground, wall), ground <= wall
     hit = origin + depth[..., None] * rays
-    # Parities from the two in-plane coordinates only: float noise around y = 0 or z = WALL_Z_M would flip them.
+    # Parities from the two in-plane coordinates only: float noise around y = 0 or z = WALL_Z_M would flip
+    # them.
     ground_cells = (np.floor(hit[..., 0]) + np.floor(hit[..., 2])) % 2
     wall_cells = (np.floor(hit[..., 0] / 0.5) + np.floor(hit[..., 1] / 0.5)) % 2
-    rgb = np.where(on_ground[..., None], _shade(np.array([0.0, 1.0, 0.0]), [150 / 255] * 3, ground_cells, 0.18),
-                   _shade(np.array([0.0, 0.0, -1.0]), [0.78, 0.76, 0.72], wall_cells, 0.18))
+    rgb = np.where(
+        on_ground[..., None],
+        _shade(np.array([0.0, 1.0, 0.0]), [150 / 255] * 3, ground_cells, 0.18),
+        _shade(np.array([0.0, 0.0, -1.0]), [0.78, 0.76, 0.72], wall_cells, 0.18),
+    )
     rgb.flags.writeable = depth.flags.writeable = False  # cached: shared by every call
     return rgb, depth
 
@@ -234,7 +260,8 @@ def render_view(cfg: Depth3dConfig, solids: tuple[Solid, ...], right: bool = Fal
     """Ray-cast the scene from the left (or right) camera.
 
     Returns:
-        ``(rgb, depth, ids)``: (H, W, 3) uint8; (H, W) float32 metres along the optical axis; (H, W) int index of
+        ``(rgb, depth, ids)``: (H, W, 3) uint8; (H, W) float32 metres along the optical axis; (H, W) int index
+            of
         the solid seen at each pixel, -1 for the ground and the wall.
 
     Raises:
@@ -304,7 +331,11 @@ class Depth3dTask(Task):
             return None
         (origin, basis), centres = _camera(cfg), np.array([s.centre for s in scene.solids])
         proj = _project(cfg, origin, basis, centres)
-        depth, ids, objects = np.full((cfg.height, cfg.width), np.inf), np.full((cfg.height, cfg.width), -1), []
+        depth, ids, objects = (
+            np.full((cfg.height, cfg.width), np.inf),
+            np.full((cfg.height, cfg.width), -1),
+            [],
+        )
         _composite(traced, depth, ids)
         for k, (solid, (rect, t)) in enumerate(zip(scene.solids, traced)):
             mask = ids[rect] == k
@@ -312,10 +343,23 @@ class Depth3dTask(Task):
                 return None
             (x0, y0), (ys, xs) = (rect[1].start, rect[0].start), np.nonzero(mask)
             x, y = _visible_point(mask, (proj[k, 0] - x0, proj[k, 1] - y0))
-            objects.append({"name": solid.name, "box": [int(xs.min()) + x0, int(ys.min()) + y0, int(xs.max()) + x0
-                            + 1, int(ys.max()) + y0 + 1], "point": [x + x0, y + y0], "depth": float(t[y, x]),
-                            "shape": solid.shape, "colour": solid.colour, "size_m": solid.size,
-                            "centre_m": [float(v) for v in (centres[k] - origin) @ basis.T]})
+            objects.append(
+                {
+                    "name": solid.name,
+                    "box": [
+                        int(xs.min()) + x0,
+                        int(ys.min()) + y0,
+                        int(xs.max()) + x0 + 1,
+                        int(ys.max()) + y0 + 1,
+                    ],
+                    "point": [x + x0, y + y0],
+                    "depth": float(t[y, x]),
+                    "shape": solid.shape,
+                    "colour": solid.colour,
+                    "size_m": solid.size,
+                    "centre_m": [float(v) for v in (centres[k] - origin) @ basis.T],
+                }
+            )
         ranges = np.linalg.norm(centres - origin, axis=1)
         for i, j in itertools.permutations(range(len(objects)), 2):
             if proj[i, 2] < proj[j, 2] and (proj[j, 2] - proj[i, 2] < gap or ranges[i] >= ranges[j]
@@ -324,16 +368,19 @@ class Depth3dTask(Task):
         if cfg.question == "distance":  # the tool estimate: the two points back-projected at their depths
             fx, fy, cx, cy = cfg.intrinsics
             a, b = (objects[i] for i in scene.asked)
-            pa, pb = ([(o["point"][0] - cx) * o["depth"] / fx, (o["point"][1] - cy) * o["depth"] / fy, o["depth"]]
-                      for o in (a, b))
+            pa, pb = (
+                [(o["point"][0] - cx) * o["depth"] / fx, (o["point"][1] - cy) * o["depth"] / fy, o["depth"]]
+                for o in (a, b)
+            )
             gold = math.dist(a["centre_m"], b["centre_m"])
             if abs(math.dist(pa, pb) - gold) > cfg.distance_rel_tol / 2 * gold:
                 return None
         return objects
 
     def scene(self, split: str, index: int, seed: int) -> tuple[Scene, list[dict]]:
-        """Item ``index``'s accepted layout and per-solid metadata (no shading, no right view); the first of up to
-        ``_MAX_TRIES`` proposals that passes (at most 30 were needed in 1,000 scenes; RuntimeError beyond)."""
+        """Item ``index``'s accepted layout and per-solid metadata (no shading, no right view); the first of
+        up to ``_MAX_TRIES`` proposals that passes (at most 30 were needed in 1,000 scenes; RuntimeError
+        beyond)."""
         rng = sample_seed(seed, split, index)
         for _ in range(_MAX_TRIES):
             if (scene := self._propose(rng)) is not None and (objects := self._accept(scene)) is not None:
@@ -342,7 +389,10 @@ class Depth3dTask(Task):
 
     def sample(self, split: str, index: int, seed: int) -> Sample:
         cfg, (scene, objects) = self.config, self.scene(split, index, seed)
-        (rgb, depth, ids), (right, _, _) = render_view(cfg, scene.solids), render_view(cfg, scene.solids, right=True)
+        (rgb, depth, ids), (right, _, _) = (
+            render_view(cfg, scene.solids),
+            render_view(cfg, scene.solids, right=True),
+        )
         names, (fx, fy, cx, cy) = [scene.solids[i].name for i in scene.asked], cfg.intrinsics
         metadata: dict = {"objects": objects, "asked": names, "question": cfg.question,
                           "camera": {"fx": fx, "fy": fy, "cx": cx, "cy": cy},
@@ -351,9 +401,11 @@ class Depth3dTask(Task):
             a, b = (objects[i] for i in scene.asked)
             metadata["distance_m"] = gold = math.dist(a["centre_m"], b["centre_m"])
             answer = f"{gold:.2f}"
-            question = (f"How far apart are the centres of the {names[0]} and the {names[1]}, in metres? The "
-                        f"pinhole camera has fx = {fx:g}, fy = {fy:g}, cx = {cx:g}, cy = {cy:g} (pixels): pixel "
-                        "(x, y) at depth Z is the point ((x - cx) Z / fx, (y - cy) Z / fy, Z).")
+            question = (
+                f"How far apart are the centres of the {names[0]} and the {names[1]}, in metres? The "
+                f"pinhole camera has fx = {fx:g}, fy = {fy:g}, cx = {cx:g}, cy = {cy:g} (pixels): pixel "
+                "(x, y) at depth Z is the point ((x - cx) Z / fx, (y - cy) Z / fy, Z)."
+            )
         else:  # lettered options: the two names, or the six orders in itertools.permutations order
             ranked = sorted(scene.asked, key=lambda i: objects[i]["depth"])
             if cfg.question == "closer":
@@ -362,8 +414,10 @@ class Depth3dTask(Task):
             else:
                 options = [", ".join(p) for p in itertools.permutations(names)]
                 gold_text = ", ".join(scene.solids[i].name for i in ranked)
-                question = f"Order the {names[0]}, the {names[1]} and the {names[2]} from nearest to farthest " \
-                           "from the camera."
+                question = (
+                    f"Order the {names[0]}, the {names[1]} and the {names[2]} from nearest to farthest "
+                    "from the camera."
+                )
             question += " " + " ".join(f"({chr(65 + i)}) {o}" for i, o in enumerate(options))
             metadata.update(options=options, gold_index=options.index(gold_text))
             answer = chr(65 + options.index(gold_text))
@@ -386,8 +440,9 @@ class Depth3dTask(Task):
                                   "distance": " Answer with one number in metres."}[self.config.question]
 
     def solution(self, sample: Sample, tools_enabled: bool) -> Solution:
-        """Ground each asked object, then read the depth at their points; for "order" (three objects, which with
-        three ground calls would need five turns) the depth call alone, at the objects' visible points."""
+        """Ground each asked object, then read the depth at their points; for "order" (three objects, which
+        with three ground calls would need five turns) the depth call alone, at the objects' visible
+        points."""
         if not tools_enabled:
             return Solution(tool_calls=(), answer=sample.answer)
         by_name, asked = {o["name"]: o for o in sample.metadata["objects"]}, sample.metadata["asked"]

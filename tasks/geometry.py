@@ -1,13 +1,14 @@
-"""Plane geometry on a rendered diagram: the length of a segment, an angle, or the area of a polygon, in pixels.
+"""Plane geometry on a rendered diagram: the length of a segment, an angle, or the area of a polygon, in
+pixels.
 
 Contents: :data:`TASK_NAME`, :data:`KINDS`, :data:`TOLERANCES`, :data:`LEVELS`, :class:`Level`,
 :class:`GeometryConfig`, :class:`GeometryTask`.
 
-The scene (512² by default) is a white canvas with black anti-aliased segments and labelled points (a dot and a
-letter A, B, C, ... drawn with ``cv2.putText``). One figure answers the question: a segment (length), two arms
-meeting at a vertex (angle, optionally closed into a triangle) or a triangle or convex quadrilateral (area). Other
-labelled points, segments between labelled points and unlabelled lines are clutter. The question names points by
-their labels::
+The scene (512² by default) is a white canvas with black anti-aliased segments and labelled points (a dot and
+a letter A, B, C, ... drawn with ``cv2.putText``). One figure answers the question: a segment (length), two
+arms meeting at a vertex (angle, optionally closed into a triangle) or a triangle or convex quadrilateral
+(area). Other labelled points, segments between labelled points and unlabelled lines are clutter. The question
+names points by their labels::
 
     How long is segment DB in pixels?                       (length, rel_tol 0.02)
     What is angle CAF in degrees?                           (the angle at A, in [15, 165]; abs_tol 2)
@@ -16,13 +17,13 @@ their labels::
 Difficulty adds clutter (:data:`LEVELS`); at difficulty 2 lines are 1 pixel wide and points sit at non-integer
 coordinates (drawn with 1/16-pixel precision).
 
-Tools: ``metadata["objects"]`` holds one object per labelled point (name ``"point <label>"``, a small box around
-it, ``point`` its exact ``[x, y]``), so the oracle ``point`` tool finds each label and ``measure`` computes the
-value (the oracle plan does both when they fit in ``oracle_calls``; see :class:`GeometryConfig`). The oracle
-``point`` backend returns whole pixels (it truncates), so figures are large enough that values measured from those
-whole pixels stay within the tolerance: segments and arms are at least ``min_length`` (100) pixels, which bounds
-the error by sqrt(2)/100 = 1.4% for lengths and 2 * sqrt(2)/100 rad = 1.6 degrees for angles, and polygons keep
-a truncation error bound under 2.5% of their area.
+Tools: ``metadata["objects"]`` holds one object per labelled point (name ``"point <label>"``, a small box
+around it, ``point`` its exact ``[x, y]``), so the oracle ``point`` tool finds each label and ``measure``
+computes the value (the oracle plan does both when they fit in ``oracle_calls``; see :class:`GeometryConfig`).
+The oracle ``point`` backend returns whole pixels (it truncates), so figures are large enough that values
+measured from those whole pixels stay within the tolerance: segments and arms are at least ``min_length``
+(100) pixels, which bounds the error by sqrt(2)/100 = 1.4% for lengths and 2 * sqrt(2)/100 rad = 1.6 degrees
+for angles, and polygons keep a truncation error bound under 2.5% of their area.
 """
 
 from __future__ import annotations
@@ -100,14 +101,16 @@ class GeometryConfig:
     margin: int = 30
     """Labelled points keep at least this many pixels from the canvas edge (room for their labels)."""
     min_length: float = 100.0
-    """Shortest segment and angle arm in pixels; >= 100 keeps values measured from the whole pixels the point tool
-    returns within the tolerance (see the module docstring). Polygons are kept large by their own bound."""
+    """Shortest segment and angle arm in pixels; >= 100 keeps values measured from the whole pixels the point
+    tool returns within the tolerance (see the module docstring). Polygons are kept large by their own
+    bound."""
     min_gap: float = 40.0
     """Smallest distance in pixels between two labelled points (labels must not collide)."""
     oracle_calls: int = 3
     """Most tool calls in the oracle plan; the env's default ``max_turns`` (4) leaves 3 before the answer. The
-    plan points at every label the question names, then measures, when that fits (a length: 3 calls; an angle or
-    a triangle: 4; a quadrilateral: 5); otherwise it measures at once with the exact coordinates it knows."""
+    plan points at every label the question names, then measures, when that fits (a length: 3 calls; an angle
+    or a triangle: 4; a quadrilateral: 5); otherwise it measures at once with the exact coordinates it
+    knows."""
 
     def __post_init__(self) -> None:
         if self.difficulty not in LEVELS:
@@ -123,7 +126,8 @@ class GeometryConfig:
         if self.margin < 20 or min(self.width, self.height) - 2 * self.margin < 2 * self.min_length:
             raise InvalidConfigError(
                 "need margin >= 20 and each canvas side >= 2 * margin + 2 * min_length so figures fit; got "
-                f"width={self.width}, height={self.height}, margin={self.margin}, min_length={self.min_length}"
+                f"width={self.width}, height={self.height}, margin={self.margin}, "
+                f"min_length={self.min_length}"
             )
 
 
@@ -140,8 +144,10 @@ class GeometryTask(Task):
         rng = sample_seed(seed, split, index)
         kind = KINDS[int(rng.integers(len(KINDS)))]
         figure = self._figure(rng, kind)
-        ends = list(zip(range(len(figure)), range(1, len(figure))))  # an angle's (end, vertex, end): its two arms
-        if kind == "area" or (kind == "angle" and rng.random() < 0.5):  # close the polygon (or the angle's triangle)
+        # an angle's (end, vertex, end): its two arms
+        ends = list(zip(range(len(figure)), range(1, len(figure))))
+        # close the polygon (or the angle's triangle)
+        if kind == "area" or (kind == "angle" and rng.random() < 0.5):
             ends.append((len(figure) - 1, 0))
         points = list(figure) + self._extra_points(rng, figure, [(figure[i], figure[j]) for i, j in ends],
                                                    level.extra_points)
@@ -150,7 +156,9 @@ class GeometryTask(Task):
         names = labels[: len(figure)]  # the question's points, in figure order
         value = _value(kind, figure)
         edges = [(names[i], names[j]) for i, j in ends]
-        extra = [tuple(str(v) for v in rng.choice(labels, 2, replace=False)) for _ in range(level.extra_segments)]
+        extra = [
+            tuple(str(v) for v in rng.choice(labels, 2, replace=False)) for _ in range(level.extra_segments)
+        ]
         lines = [self._clutter_line(rng) for _ in range(level.clutter_lines)]
         centre = (sum(p[0] for p in figure) / len(figure), sum(p[1] for p in figure) / len(figure))
         image = _render(cfg, level, named, [(named[a], named[b]) for a, b in edges + extra], lines, centre)
@@ -193,9 +201,11 @@ class GeometryTask(Task):
         kind = sample.metadata["kind"]
         tol = TOLERANCES[kind]
         within = f"{tol['abs_tol']:g} degrees" if "abs_tol" in tol else f"{tol['rel_tol']:.0%}"
-        return (f"{sample.question} Coordinates are pixels of the {sample.images[0].shape[1]}x"
-                f"{sample.images[0].shape[0]} image. Answer with one number in {_UNITS[kind]}; answers within "
-                f"{within} count as correct.")
+        return (
+            f"{sample.question} Coordinates are pixels of the {sample.images[0].shape[1]}x"
+            f"{sample.images[0].shape[0]} image. Answer with one number in {_UNITS[kind]}; answers within "
+            f"{within} count as correct."
+        )
 
     def solution(self, sample: Sample, tools_enabled: bool) -> Solution:
         if not tools_enabled:
@@ -228,7 +238,8 @@ class GeometryTask(Task):
         return self._coord(rng, m, self.config.width - m), self._coord(rng, m, self.config.height - m)
 
     def _figure(self, rng: np.random.Generator, kind: str) -> list[tuple[float, float]]:
-        """The question's points in order: segment ends, arm-vertex-arm, or polygon vertices around the boundary.
+        """The question's points in order: segment ends, arm-vertex-arm, or polygon vertices around the
+        boundary.
 
         Raises:
             RuntimeError: if no valid figure is found in ``_MAX_TRIES`` draws (not with valid configs).
@@ -260,7 +271,8 @@ class GeometryTask(Task):
 
     def _extra_points(self, rng: np.random.Generator, taken: list[tuple[float, float]], segments: list,
                       n: int) -> list[tuple[float, float]]:
-        """Up to ``n`` clutter points, ``min_gap`` from every point and half of it from the figure's segments."""
+        """Up to ``n`` clutter points, ``min_gap`` from every point and half of it from the figure's
+        segments."""
         out: list[tuple[float, float]] = []
         for _ in range(_MAX_TRIES):
             if len(out) == n:
@@ -307,15 +319,23 @@ def _valid(kind: str, pts: list[tuple[float, float]], cfg: GeometryConfig) -> bo
     if kind == "length":
         return math.dist(*pts) >= cfg.min_length
     if kind == "angle":
-        return min(math.dist(pts[0], pts[1]), math.dist(pts[2], pts[1])) >= cfg.min_length and 15 <= _angle(*pts) <= 165
-    # Area (vertices in boundary order): convex, every interior angle in [30, 150] degrees, and truncating each
+        return (
+            min(math.dist(pts[0], pts[1]), math.dist(pts[2], pts[1])) >= cfg.min_length
+            and 15 <= _angle(*pts) <= 165
+        )
+    # Area (vertices in boundary order): convex, every interior angle in [30, 150] degrees, and truncating
+    # each
     # vertex by < 1 px per axis moves the area by < _AREA_BOUND of it (which also keeps polygons large).
     angles = [_angle(pts[i - 1], pts[i], pts[(i + 1) % n]) for i in range(n)]
-    if abs(sum(angles) - 180 * (n - 2)) > 1e-6 or not all(30 <= a <= 150 for a in angles):  # convex, no slivers
+    # convex, no slivers
+    if abs(sum(angles) - 180 * (n - 2)) > 1e-6 or not all(30 <= a <= 150 for a in angles):
         return False
-    # Area is translation invariant, so truncating every vertex by a vector in [0, 1)^2 moves the area as much as
-    # keeping one vertex k fixed and moving the others by differences of norm < sqrt(2). d(area)/d(vertex i) has
-    # norm |p[i+1] - p[i-1]| / 2, and the quadratic remainder, half a sum of n cross products of moves, is < n.
+    # Area is translation invariant, so truncating every vertex by a vector in [0, 1)^2 moves the area as much
+    # as
+    # keeping one vertex k fixed and moving the others by differences of norm < sqrt(2). d(area)/d(vertex i)
+    # has
+    # norm |p[i+1] - p[i-1]| / 2, and the quadratic remainder, half a sum of n cross products of moves, is <
+    # n.
     grads = [math.dist(pts[(i + 1) % n], pts[i - 1]) / 2 for i in range(n)]
     bound = math.sqrt(2) * (sum(grads) - max(grads)) + n
     return bound <= _AREA_BOUND * _area(pts)

@@ -1,37 +1,41 @@
 """Dataset loader tasks: a local annotation file plus a media folder, in five common formats.
 
 Contents: :class:`VgymJsonlConfig`, :class:`VgymJsonlTask`, :class:`ChartqaConfig`, :class:`ChartqaTask`,
-:class:`VstarConfig`, :class:`VstarTask`, :class:`RefcocoConfig`, :class:`RefcocoTask`, :class:`CharadesStaConfig`,
-:class:`CharadesStaTask`.
+:class:`VstarConfig`, :class:`VstarTask`, :class:`RefcocoConfig`, :class:`RefcocoTask`,
+:class:`CharadesStaConfig`, :class:`CharadesStaTask`.
 
-Every loader is a :class:`vgym.data.dataset_task.DatasetTask` (``procedural = False``): its config names the dataset folder
-``root`` (required), and each format's records become :class:`~vgym.data.records.DatasetRecord` s through
-:func:`~vgym.data.records.parse_record`, so they are validated and scored exactly like the vgym JSONL format. Every
-path goes through :func:`~vgym.data.dataset_task.confined_path`. Layouts:
+Every loader is a :class:`vgym.data.dataset_task.DatasetTask` (``procedural = False``): its config names the
+dataset folder ``root`` (required), and each format's records become :class:`~vgym.data.records.DatasetRecord`
+s through :func:`~vgym.data.records.parse_record`, so they are validated and scored exactly like the vgym
+JSONL format. Every path goes through :func:`~vgym.data.dataset_task.confined_path`. Layouts:
 
-- ``vgym_jsonl`` (``vgym/VgymJsonl-v0``): ``<root>/<annotations>`` in the vgym JSONL format (module docstring of
-  :mod:`vgym.data.records`).
+- ``vgym_jsonl`` (``vgym/VgymJsonl-v0``): ``<root>/<annotations>`` in the vgym JSONL format (module docstring
+  of :mod:`vgym.data.records`).
 - ``chartqa_dataset`` (``vgym/ChartqaDataset-v0``): the official ChartQA release,
   ``<root>/<split>/<split>_<subset>.json`` (JSON lists of ``{"imgname", "query", "label"}``) with images in
-  ``<root>/<split>/png/``. Scored by ChartQA's relaxed accuracy: a label that is one number (optionally with ``%``)
-  is ``numeric`` with 5 % tolerance relative to the gold value, any other label a normalised ``exact`` match. Record
-  ids ``<split>/<subset>/<position>``.
+  ``<root>/<split>/png/``. Scored by ChartQA's relaxed accuracy: a label that is one number (optionally with
+  ``%``) is ``numeric`` with 5 % tolerance relative to the gold value, any other label a normalised ``exact``
+  match. Record ids ``<split>/<subset>/<position>``.
 - ``vstar`` (``vgym/Vstar-v0``): V* Bench's ``<root>/test_questions.jsonl`` (the Hugging Face release
-  ``craigwu/vstar_bench``), lines ``{"image": "direct_attributes/sa_4690.jpg", "text": "What is the material of the
-  glove?\\n(A) rubber\\n(B) cotton\\n(C) kevlar\\n(D) leather\\nAnswer with the option's letter from the given choices
-  directly.", "category": "direct_attributes", "question_id": 0, "label": "A"}``: the options are ``(A) ...`` lines
-  of ``text`` (lines after them, the instruction, are dropped: the prompt adds its own). Lines carrying an
-  ``options`` list instead (``text`` is then the bare question) are accepted too; ``label`` is a letter or an
-  option index. (The GitHub release keeps one JSON per image with the gold option first; convert it to either
-  form.) Record ids: ``question_id``, else the line number. Every record goes to one split (config ``split``).
-- ``refcoco`` (``vgym/Refcoco-v0``): JSONL lines ``{"image": "COCO_train2014_000000581857.jpg", "bbox": [x, y, w,
-  h], "expression" | "sent" | "sentences": ..., "split": ...}``; ``sentences`` may list strings or refer-API
-  ``{"sent": ...}`` objects, one record each. COCO's ``[x, y, w, h]`` becomes the answer ``[x1, y1, x2, y2]``;
-  scored by box IoU. Splits ``train``/``val`` map to themselves and ``test``/``testA``/``testB`` to ``test`` (the
-  original name is in the metadata; ``keep_splits`` filters on it). Record ids ``<line>`` or ``<line>.<k>``.
-- ``charades_sta`` (``vgym/CharadesSta-v0``): Charades-STA's ``charades_sta_<split>.txt``, lines ``VIDEOID START
-  END##sentence``, videos ``<root>/<video_dir>/<VIDEOID><video_ext>``; the answer is ``[start, end]`` in seconds,
-  scored by temporal IoU. Record ids ``<split>/<line>``.
+  ``craigwu/vstar_bench``), lines
+  ``{"image": "direct_attributes/sa_4690.jpg", "text": "What is the material of the glove?\\n(A) rubber\\n
+  (B) cotton\\n(C) kevlar\\n(D) leather\\nAnswer with the option's letter from the given choices directly.",
+  "category": "direct_attributes", "question_id": 0, "label": "A"}`` (one line):
+  the options are ``(A) ...`` lines of ``text`` (lines after them, the instruction, are dropped: the prompt
+  adds its own). Lines carrying an ``options`` list instead (``text`` is then the bare question) are accepted
+  too; ``label`` is a letter or an option index. (The GitHub release keeps one JSON per image with the gold
+  option first; convert it to either form.) Record ids: ``question_id``, else the line number. Every record
+  goes to one split (config ``split``).
+- ``refcoco`` (``vgym/Refcoco-v0``): JSONL lines
+  ``{"image": "COCO_train2014_000000581857.jpg", "bbox": [x, y, w, h],
+  "expression" | "sent" | "sentences": ..., "split": ...}``;
+  ``sentences`` may list strings or refer-API ``{"sent": ...}`` objects, one record each. COCO's
+  ``[x, y, w, h]`` becomes the answer ``[x1, y1, x2, y2]``; scored by box IoU. Splits ``train``/``val`` map to
+  themselves and ``test``/``testA``/``testB`` to ``test`` (the original name is in the metadata;
+  ``keep_splits`` filters on it). Record ids ``<line>`` or ``<line>.<k>``.
+- ``charades_sta`` (``vgym/CharadesSta-v0``): Charades-STA's ``charades_sta_<split>.txt``, lines
+  ``VIDEOID START END##sentence``, videos ``<root>/<video_dir>/<VIDEOID><video_ext>``; the answer is
+  ``[start, end]`` in seconds, scored by temporal IoU. Record ids ``<split>/<line>``.
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ def _line_number(where: str) -> str:
 
 
 class _LocalTask(DatasetTask):
-    """A loader whose config is a :class:`~vgym.data.dataset_task.DatasetConfig`: the root is ``config.root``."""
+    """A loader whose config is a :class:`~vgym.data.dataset_task.DatasetConfig`: the root is
+    ``config.root``."""
 
     config: Any
 
@@ -153,9 +158,15 @@ class ChartqaTask(_LocalTask):
                 label = label[0]
             label = str(label) if isinstance(label, (int, float)) and not isinstance(label, bool) else label
             numeric = isinstance(label, str) and _CHARTQA_NUMBER.fullmatch(label) is not None
-            record = {"id": f"{split}/{subset}/{i}", "split": split, "question": item["query"], "answer": label,
-                      "answer_type": "numeric" if numeric else "exact", "images": [f"{split}/png/{item['imgname']}"],
-                      "metadata": {"subset": subset, "imgname": item["imgname"]}}
+            record = {
+                "id": f"{split}/{subset}/{i}",
+                "split": split,
+                "question": item["query"],
+                "answer": label,
+                "answer_type": "numeric" if numeric else "exact",
+                "images": [f"{split}/png/{item['imgname']}"],
+                "metadata": {"subset": subset, "imgname": item["imgname"]},
+            }
             if numeric:
                 record["tolerance"] = 0.05
             out.append(parse_record(record, where=where))
@@ -186,7 +197,9 @@ def _vstar_options(text: str, where: str) -> tuple[str, list[str], str]:
     lines = text.splitlines()
     first = next((i for i, line in enumerate(lines) if _OPTION_LINE.fullmatch(line)), None)
     if first is None:
-        raise InvalidConfigError(f"{where}: no options: expected an 'options' list or '(A) ...' lines in 'text'")
+        raise InvalidConfigError(
+            f"{where}: no options: expected an 'options' list or '(A) ...' lines in 'text'"
+        )
     options: list[str] = []
     end = first
     while end < len(lines) and (match := _OPTION_LINE.fullmatch(lines[end])) \
@@ -258,8 +271,9 @@ def _sentences(line: dict[str, Any], where: str) -> list[str]:
     items = value if isinstance(value, list) else [value]
     out = [item.get("sent", item.get("raw")) if isinstance(item, dict) else item for item in items]
     if not out or not all(isinstance(s, str) and s.strip() for s in out):
-        raise InvalidConfigError(f"{where}: expected 'expression', 'sent' or 'sentences' with non-empty text, "
-                                 f"got {value!r}")
+        raise InvalidConfigError(
+            f"{where}: expected 'expression', 'sent' or 'sentences' with non-empty text, got {value!r}"
+        )
     return [s.strip() for s in out]
 
 
@@ -268,8 +282,9 @@ def _coco_box(value: Any, where: str) -> str:
     if not (isinstance(value, list) and len(value) == 4
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
             and value[2] > 0 and value[3] > 0):
-        raise InvalidConfigError(f"{where}: 'bbox' must be COCO [x, y, width, height] with width, height > 0, "
-                                 f"got {value!r}")
+        raise InvalidConfigError(
+            f"{where}: 'bbox' must be COCO [x, y, width, height] with width, height > 0, got {value!r}"
+        )
     x, y, w, h = (float(v) for v in value)
     return "[" + ", ".join(f"{round(v, 2):.12g}" for v in (x, y, x + w, y + h)) + "]"
 
@@ -287,23 +302,46 @@ class RefcocoTask(_LocalTask):
         for where, line in read_json_lines(self.path(cfg.annotations)):
             number = _line_number(where)
             if not isinstance(line, dict) or "image" not in line or "bbox" not in line:
-                raise InvalidConfigError(f"{where}: expected an object with 'image', 'bbox' and an expression")
+                raise InvalidConfigError(
+                    f"{where}: expected an object with 'image', 'bbox' and an expression"
+                )
             original = line.get("split", cfg.default_split)
             if original not in _REFCOCO_SPLITS:
-                raise InvalidConfigError(f"{where}: split must be one of {sorted(_REFCOCO_SPLITS)}, got {original!r}")
+                raise InvalidConfigError(
+                    f"{where}: split must be one of {sorted(_REFCOCO_SPLITS)}, got {original!r}"
+                )
             if cfg.keep_splits and original not in cfg.keep_splits:
                 continue
             sentences = _sentences(line, where)
             answer = _coco_box(line["bbox"], where)
-            image = posixpath.join(cfg.image_dir, line["image"]) if isinstance(line["image"], str) else line["image"]
-            extra = {k: v for k, v in line.items() if k not in ("image", "bbox", "expression", "sent", "sentences")}
+            image = (
+                posixpath.join(cfg.image_dir, line["image"])
+                if isinstance(line["image"], str)
+                else line["image"]
+            )
+            extra = {
+                k: v for k, v in line.items() if k not in ("image", "bbox", "expression", "sent", "sentences")
+            }
             for k, sentence in enumerate(sentences):
-                out.append(parse_record({
-                    "id": f"{number}" if len(sentences) == 1 else f"{number}.{k}",
-                    "split": _REFCOCO_SPLITS[original], "question": f"Give the box of: {sentence.rstrip('.')}.",
-                    "answer": answer, "answer_type": "box", "images": [image],
-                    "metadata": {**extra, "split": original, "expression": sentence, "bbox_xywh": line["bbox"]},
-                }, where=where))
+                out.append(
+                    parse_record(
+                        {
+                            "id": f"{number}" if len(sentences) == 1 else f"{number}.{k}",
+                            "split": _REFCOCO_SPLITS[original],
+                            "question": f"Give the box of: {sentence.rstrip('.')}.",
+                            "answer": answer,
+                            "answer_type": "box",
+                            "images": [image],
+                            "metadata": {
+                                **extra,
+                                "split": original,
+                                "expression": sentence,
+                                "bbox_xywh": line["bbox"],
+                            },
+                        },
+                        where=where,
+                    )
+                )
         return out
 
 
@@ -315,8 +353,8 @@ class CharadesStaConfig(DatasetConfig):
     """Charades-STA (see the module docstring)."""
 
     annotations: str = "charades_sta_{split}.txt"
-    """Annotation file per split, relative to ``root``; ``{split}`` becomes train, val and test (missing files are
-    skipped: Charades-STA has train and test)."""
+    """Annotation file per split, relative to ``root``; ``{split}`` becomes train, val and test (missing files
+    are skipped: Charades-STA has train and test)."""
     video_dir: str = "videos"
     """Folder of the videos, relative to ``root``."""
     video_ext: str = ".mp4"
@@ -359,7 +397,9 @@ class CharadesStaTask(_LocalTask):
                     raise ValueError
                 start, end = float(fields[1]), float(fields[2])
             except ValueError:
-                raise InvalidConfigError(f"{where}: expected 'VIDEOID START END##sentence', got {text!r}") from None
+                raise InvalidConfigError(
+                    f"{where}: expected 'VIDEOID START END##sentence', got {text!r}"
+                ) from None
             video = posixpath.join(cfg.video_dir, fields[0] + cfg.video_ext)
             out.append(parse_record({
                 "id": f"{split}/{_line_number(where)}", "split": split, "answer_type": "interval",

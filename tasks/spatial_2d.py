@@ -1,34 +1,35 @@
 """2D spatial relations: multiple-choice questions about where named shapes lie relative to each other.
 
-Contents: :data:`TASK_NAME`, :data:`SHAPES`, :data:`COLOURS`, :data:`PALETTES`, :data:`SIMILAR`, :data:`RELATIONS`,
-:data:`KINDS`, :data:`LETTERS`, :class:`Spatial2dConfig`, :class:`Spatial2dTask`, :func:`shape_mask`.
+Contents: :data:`TASK_NAME`, :data:`SHAPES`, :data:`COLOURS`, :data:`PALETTES`, :data:`SIMILAR`,
+:data:`RELATIONS`, :data:`KINDS`, :data:`LETTERS`, :class:`Spatial2dConfig`, :class:`Spatial2dTask`,
+:func:`shape_mask`.
 
-A scene (``size``² pixels, light grey) holds non-overlapping filled shapes, each named "<colour> <shape>" ("red
-circle"); every name occurs once, and no name's words are a subset of another's, so grounding a name finds exactly
-one object. Each sample asks one of two kinds of question, both with four options lettered A-D (shuffled with the
-sample's generator, so every letter is the answer a quarter of the time):
+A scene (``size``² pixels, light grey) holds non-overlapping filled shapes, each named "<colour> <shape>"
+("red circle"); every name occurs once, and no name's words are a subset of another's, so grounding a name
+finds exactly one object. Each sample asks one of two kinds of question, both with four options lettered A-D
+(shuffled with the sample's generator, so every letter is the answer a quarter of the time):
 
-- ``relation``: "Where is the red circle relative to the blue triangle?" — to the left, to the right, above, below.
-  Relations compare box centres: the asked axis separates them by at least ``axis_margin`` times the larger object
-  side, and the other axis by at most ``off_axis_ratio`` times that separation (within ~22° of the axis at the
-  default), so exactly one option is true. The four relations are drawn uniformly.
-- ``nearest``: "Which of these triangles is nearest to the red circle?" — four objects of one shape. The runner-up's
-  centre distance is at least ``nearest_ratio`` times the nearest's and at least one larger object side more.
+- ``relation``: "Where is the red circle relative to the blue triangle?" — to the left, to the right, above,
+  below. Relations compare box centres: the asked axis separates them by at least ``axis_margin`` times the
+  larger object side, and the other axis by at most ``off_axis_ratio`` times that separation (within ~22° of
+  the axis at the default), so exactly one option is true. The four relations are drawn uniformly.
+- ``nearest``: "Which of these triangles is nearest to the red circle?" — four objects of one shape. The
+  runner-up's centre distance is at least ``nearest_ratio`` times the nearest's and at least one larger object
+  side more.
 
-The answer is the correct letter (:func:`vgym.rewards.multiple_choice_reward`; the option text is accepted too).
-The oracle grounds the two named objects (``relation``), or the anchor and then the options' shape word, which
-returns every object of that shape, at most 10 (``nearest``), and answers the letter.
+The answer is the correct letter (:func:`vgym.rewards.multiple_choice_reward`; the option text is accepted
+too). The oracle grounds the two named objects (``relation``), or the anchor and then the options' shape word,
+which returns every object of that shape, at most 10 (``nearest``), and answers the letter.
 
 ``metadata["objects"]`` lists every object (``name``, tight ``box`` [x1, y1, x2, y2] with x2/y2 exclusive, and
 ``point``, the box centre, which lies inside every shape) for the oracle ``ground`` / ``point`` backends.
 
 Difficulty (sides scale with ``object_size``, counts with ``objects``; defaults shown):
-    0 — 6 to 8 objects with sides 36-52 px, 6 well-separated colours.
-    1 — 9 to 12 objects with sides 25-36 px, 8 colours (adds cyan and pink).
-    2 — 13 to 16 objects with sides 16-24 px, 10 colours in 5 similar pairs (red/crimson, green/lime, blue/navy,
-        purple/magenta, orange/yellow); the question's objects get a same-shape twin of the paired colour (placed
-        anywhere free), so a "red circle" question shows a crimson circle too
-        (up to 18 objects).
+    0 — 6 to 8 objects with sides 36-52 px, 6 well-separated colours. 1 — 9 to 12 objects with sides 25-36 px,
+    8 colours (adds cyan and pink). 2 — 13 to 16 objects with sides 16-24 px, 10 colours in 5 similar pairs
+    (red/crimson, green/lime, blue/navy,
+        purple/magenta, orange/yellow); the question's objects get a same-shape twin of the paired colour
+        (placed anywhere free), so a "red circle" question shows a crimson circle too (up to 18 objects).
 """
 
 from __future__ import annotations
@@ -42,10 +43,8 @@ from vgym.errors import InvalidConfigError
 from vgym.rewards import multiple_choice_reward
 from vgym.task import Sample, Solution, Task, register_task, sample_seed
 
-__all__ = [
-    "TASK_NAME", "SHAPES", "COLOURS", "PALETTES", "SIMILAR", "RELATIONS", "KINDS", "LETTERS", "Spatial2dConfig",
-    "Spatial2dTask", "shape_mask",
-]
+__all__ = ["TASK_NAME", "SHAPES", "COLOURS", "PALETTES", "SIMILAR", "RELATIONS", "KINDS", "LETTERS",
+           "Spatial2dConfig", "Spatial2dTask", "shape_mask"]
 
 TASK_NAME = "spatial_2d"
 
@@ -73,7 +72,8 @@ PALETTES: dict[int, tuple[str, ...]] = {
     1: ("red", "orange", "yellow", "green", "blue", "purple", "cyan", "pink"),
     2: ("red", "orange", "yellow", "green", "blue", "purple", "crimson", "lime", "navy", "magenta"),
 }
-"""Colours per difficulty; at most 10, so a shape word grounds at most 10 objects (the ground tool's limit)."""
+"""Colours per difficulty; at most 10, so a shape word grounds at most 10 objects (the ground tool's
+limit)."""
 
 SIMILAR: dict[str, str] = {
     "red": "crimson", "crimson": "red", "green": "lime", "lime": "green", "blue": "navy", "navy": "blue",
@@ -93,7 +93,8 @@ LETTERS: tuple[str, ...] = ("A", "B", "C", "D")
 _BACKGROUND = 235
 """Grey level of the scene."""
 _SIDE_SCALE = (1.0, 0.7, 0.46)
-"""Largest object side per difficulty, as a multiple of ``object_size``; the smallest is 0.7 of the largest."""
+"""Largest object side per difficulty, as a multiple of ``object_size``; the smallest is 0.7 of the
+largest."""
 _LAYOUT_TRIES = 200
 """Scene layouts tried before giving up (a valid one is found within a few at every valid config)."""
 
@@ -103,23 +104,23 @@ class Spatial2dConfig:
     """Scene generation settings."""
 
     difficulty: int = 0
-    """0: few large objects, distinct colours; 1: more, smaller objects, 8 colours; 2: many small objects among
-    look-alike colours (see the module docstring)."""
+    """0: few large objects, distinct colours; 1: more, smaller objects, 8 colours; 2: many small objects
+    among look-alike colours (see the module docstring)."""
     size: int = 448
     """Scene side in pixels (square scene). The default budget (224²) shows it at half size."""
     objects: int = 8
-    """Most objects at difficulty 0; difficulty d allows ``objects * (2 + d) // 2`` (8, 12, 16), at least 6, and a
-    scene holds between 3 fewer than that and that many (difficulty-2 twins come on top)."""
+    """Most objects at difficulty 0; difficulty d allows ``objects * (2 + d) // 2`` (8, 12, 16), at least 6,
+    and a scene holds between 3 fewer than that and that many (difficulty-2 twins come on top)."""
     object_size: int = 52
     """Largest object side at difficulty 0, in pixels; difficulties 1 and 2 use 0.7 and 0.46 of it."""
     gap: int = 4
     """Fewest pixels between two objects' boxes, and between a box and the scene's edge."""
     axis_margin: float = 1.0
-    """``relation``: least centre separation on the asked axis, in multiples of the larger object side (>= 1, so
-    the two boxes do not overlap on that axis)."""
+    """``relation``: least centre separation on the asked axis, in multiples of the larger object side (>= 1,
+    so the two boxes do not overlap on that axis)."""
     off_axis_ratio: float = 0.4
-    """``relation``: most centre separation on the other axis, as a fraction of the asked one (0.4: within 21.8°
-    of the axis), in [0, 1)."""
+    """``relation``: most centre separation on the other axis, as a fraction of the asked one (0.4: within
+    21.8° of the axis), in [0, 1)."""
     nearest_ratio: float = 1.3
     """``nearest``: least ratio of the runner-up option's centre distance to the nearest one's (> 1)."""
 
@@ -127,11 +128,15 @@ class Spatial2dConfig:
         if self.difficulty not in (0, 1, 2):
             raise InvalidConfigError(f"difficulty must be 0, 1 or 2, got {self.difficulty}")
         if self.objects < 6:
-            raise InvalidConfigError(f"objects must be >= 6 (a nearest question needs an anchor and 4 options "
-                                     f"plus one more object), got {self.objects}")
+            raise InvalidConfigError(
+                f"objects must be >= 6 (a nearest question needs an anchor and 4 options "
+                f"plus one more object), got {self.objects}"
+            )
         if self.object_size < 20 or self.gap < 1:
-            raise InvalidConfigError(f"need object_size >= 20 (difficulty 2 shrinks it to 0.46) and gap >= 1; got "
-                                     f"object_size={self.object_size}, gap={self.gap}")
+            raise InvalidConfigError(
+                f"need object_size >= 20 (difficulty 2 shrinks it to 0.46) and gap >= 1; got "
+                f"object_size={self.object_size}, gap={self.gap}"
+            )
         if self.axis_margin < 1 or not 0 <= self.off_axis_ratio < 1 or self.nearest_ratio <= 1:
             raise InvalidConfigError(
                 "need axis_margin >= 1, 0 <= off_axis_ratio < 1 and nearest_ratio > 1; got "
@@ -209,7 +214,8 @@ class Spatial2dTask(Task):
         question, options, gold, involved = found
         if cfg.difficulty == 2:
             self._add_twins(objects, involved, rng)
-        objects = [objects[i] for i in rng.permutation(len(objects))]  # drawing and metadata order tell nothing
+        # drawing and metadata order tell nothing
+        objects = [objects[i] for i in rng.permutation(len(objects))]
         order = rng.permutation(len(options))
         options = [options[i] for i in order]
         gold_index = int(np.flatnonzero(order == gold)[0])
@@ -221,7 +227,11 @@ class Spatial2dTask(Task):
             mask = shape_mask(obj.shape, obj.side)
             image[y1 : y1 + obj.side, x1 : x1 + obj.side][mask] = COLOURS[obj.colour]
         records = [
-            {"name": o.name, "box": list(o.box), "point": [(o.box[0] + o.box[2]) // 2, (o.box[1] + o.box[3]) // 2]}
+            {
+                "name": o.name,
+                "box": list(o.box),
+                "point": [(o.box[0] + o.box[2]) // 2, (o.box[1] + o.box[3]) // 2],
+            }
             for o in objects
         ]
         queries = [involved[0].name, involved[1].name if kind == "relation" else shape]
@@ -238,8 +248,9 @@ class Spatial2dTask(Task):
         )
 
     def _layout(self, rng: np.random.Generator, kind: str) -> tuple[list[_Object], str] | None:
-        """Random non-overlapping objects and a shape, or None when they did not fit. For ``nearest`` object 0 is
-        the anchor and objects 1-4 the options, all of the returned shape (see :meth:`_nearest_question`)."""
+        """Random non-overlapping objects and a shape, or None when they did not fit. For ``nearest`` object 0
+        is the anchor and objects 1-4 the options, all of the returned shape (see
+        :meth:`_nearest_question`)."""
         cfg = self.config
         palette = PALETTES[cfg.difficulty]
         count = int(rng.integers(max(6, cfg.max_objects - 3), cfg.max_objects + 1))
@@ -296,7 +307,8 @@ class Spatial2dTask(Task):
         return question, [o.name for o in options], gold, [anchor, options[gold]]
 
     def _relation(self, a: _Object, b: _Object) -> str | None:
-        """Where ``a`` lies relative to ``b`` (one of :data:`RELATIONS`), or None when no relation is clear."""
+        """Where ``a`` lies relative to ``b`` (one of :data:`RELATIONS`), or None when no relation is
+        clear."""
         dx, dy = a.centre[0] - b.centre[0], a.centre[1] - b.centre[1]
         margin = self.config.axis_margin * max(a.side, b.side)
         for main, other, (negative, positive) in ((dx, dy, RELATIONS[:2]), (dy, dx, RELATIONS[2:])):
@@ -305,8 +317,8 @@ class Spatial2dTask(Task):
         return None
 
     def _add_twins(self, objects: list[_Object], involved: list[_Object], rng: np.random.Generator) -> None:
-        """Add a same-shape object of the look-alike colour for each of ``involved``, anywhere free, unless that name
-        is already in the scene or no free spot is found."""
+        """Add a same-shape object of the look-alike colour for each of ``involved``, anywhere free, unless
+        that name is already in the scene or no free spot is found."""
         names = {o.name for o in objects}
         for obj in involved:
             twin = SIMILAR[obj.colour]
@@ -343,7 +355,8 @@ def shape_mask(shape: str, side: int) -> np.ndarray:
         return (xx - c) ** 2 + (yy - c) ** 2 <= (side / 2) ** 2
     if shape == "square":
         return np.ones((side, side), dtype=bool)
-    return np.abs(xx - c) <= (yy + 1) / 2  # half-width grows from 1/2 on the top row to side/2 on the bottom one
+    # half-width grows from 1/2 on the top row to side/2 on the bottom one
+    return np.abs(xx - c) <= (yy + 1) / 2
 
 
 def _box(square: tuple[int, int, int]) -> tuple[int, int, int, int]:

@@ -1,28 +1,31 @@
-"""Video temporal grounding: find when one event happens in a short synthetic clip and answer ``[start, end]``.
+"""Video temporal grounding: find when one event happens in a short synthetic clip and answer
+``[start, end]``.
 
 Contents: :data:`TASK_NAME`, :data:`KINDS`, :class:`VideoGroundingConfig`, :class:`VideoGroundingTask`. The
-shape-scene renderer and its tables live in :mod:`vgym.data.shape_scenes`, the clip cache in :mod:`vgym.data.clips`.
+shape-scene renderer and its tables live in :mod:`vgym.data.shape_scenes`, the clip cache in
+:mod:`vgym.data.clips`.
 
 A clip (224×168 at 10 fps, 6/8/10 s by difficulty) shows coloured shapes (ball, square, triangle) on a dark
 background. Several events happen at known times, each on its own object (or, for flashes, the whole screen):
 
 - ``appear``: the object is on screen only during the interval ("When is the red ball visible?");
-- ``move``: the object rests, glides 56 px left/right/up/down during the interval, then rests again ("When does
-  the blue square move left?");
+- ``move``: the object rests, glides 56 px left/right/up/down during the interval, then rests again ("When
+  does the blue square move left?");
 - ``flash``: the background turns a colour during the interval ("When does the screen flash green?").
 
-Every object is a unique (colour, shape) and has at most one event, and flash colours are unique, so the queried
-event happens exactly once. The other events are distractors (possibly overlapping in time), plus a few static
-objects. Event boundaries lie on frame boundaries, so the gold interval is exact: ``appear`` and ``flash`` show in
-frames ``i0 .. i1 - 1``, i.e. ``[i0 / fps, i1 / fps]`` (frame ``i`` spans ``[i / fps, (i + 1) / fps)``); a
-``move`` is continuous in time, sampled at frame starts: frame ``i0`` is the last one at rest before it and frame
-``i1`` the first at rest after it.
+Every object is a unique (colour, shape) and has at most one event, and flash colours are unique, so the
+queried event happens exactly once. The other events are distractors (possibly overlapping in time), plus a
+few static objects. Event boundaries lie on frame boundaries, so the gold interval is exact: ``appear`` and
+``flash`` show in frames ``i0 .. i1 - 1``, i.e. ``[i0 / fps, i1 / fps]`` (frame ``i`` spans
+``[i / fps, (i + 1) / fps)``); a ``move`` is continuous in time, sampled at frame starts: frame ``i0`` is the
+last one at rest before it and frame ``i1`` the first at rest after it.
 
-The model sees only ``overview_frames`` (4) evenly spaced frames of the clip (the frames ``sample_frames`` picks
-over the whole clip), so a short event is usually missed and its boundaries are never visible: the frame tools
-``sample_frames`` / ``get_frame`` read ``Sample.video``, an mp4 written deterministically to ``clip_dir`` (named by
-a hash of task, version, config, split, seed and index; written under a temporary name and ``os.replace``-d into
-place, reused when present). Reward: temporal IoU (:func:`vgym.rewards.interval_iou_reward`).
+The model sees only ``overview_frames`` (4) evenly spaced frames of the clip (the frames ``sample_frames``
+picks over the whole clip), so a short event is usually missed and its boundaries are never visible: the frame
+tools ``sample_frames`` / ``get_frame`` read ``Sample.video``, an mp4 written deterministically to
+``clip_dir`` (named by a hash of task, version, config, split, seed and index; written under a temporary name
+and ``os.replace``-d into place, reused when present). Reward: temporal IoU
+(:func:`vgym.rewards.interval_iou_reward`).
 
 Difficulty (clip seconds / event length in frames / distractor events / static objects):
     0 — 6 s / 15–30 / 1 / 1;  1 — 8 s / 8–20 / 3 / 2;  2 — 10 s / 3–10 / 5 / 2.
@@ -61,18 +64,18 @@ class VideoGroundingConfig:
     difficulty: int = 0
     """0, 1 or 2: longer clips, shorter events and more distractors (see the module docstring)."""
     fps: int = 10
-    """Frames per second, at least 2. The default keeps every boundary at a whole 0.1 s, which the tools' 2-decimal
-    time stamps show exactly."""
+    """Frames per second, at least 2. The default keeps every boundary at a whole 0.1 s, which the tools'
+    2-decimal time stamps show exactly."""
     width: int = 224
     """Frame width in pixels (a multiple of 4, 96 to 640); objects scale with it."""
     height: int = 168
     """Frame height in pixels: 3/4 of ``width`` (4 x 3 square cells)."""
     overview_frames: int = 4
-    """Frames of the clip in ``Sample.images``, spread evenly over it (1 to 4, so 4 more frames from one tool call
-    fit the env's default budget of 8 images)."""
+    """Frames of the clip in ``Sample.images``, spread evenly over it (1 to 4, so 4 more frames from one tool
+    call fit the env's default budget of 8 images)."""
     clip_dir: str | None = None
-    """Folder of the cached mp4 clips; None means ``<tempfile.gettempdir()>/vgym-clips``. Not part of the clip's
-    name: the same sample gives the same file name anywhere."""
+    """Folder of the cached mp4 clips; None means ``<tempfile.gettempdir()>/vgym-clips``. Not part of the
+    clip's name: the same sample gives the same file name anywhere."""
 
     def __post_init__(self) -> None:
         if self.difficulty not in _LEVELS:
@@ -81,7 +84,8 @@ class VideoGroundingConfig:
             raise InvalidConfigError(f"fps must be an int >= 2 (10 by default), got {self.fps!r}")
         if not (96 <= self.width <= 640 and self.width % 4 == 0 and 4 * self.height == 3 * self.width):
             raise InvalidConfigError(
-                "need width a multiple of 4 in [96, 640] and height = 3/4 of it (a 4 x 3 grid of square cells), "
+                "need width a multiple of 4 in [96, 640] and height = 3/4 of it (a 4 x 3 grid of square "
+                "cells), "
                 f"got width={self.width}, height={self.height}"
             )
         if not 1 <= self.overview_frames <= 4:
@@ -122,8 +126,10 @@ class VideoGroundingTask(Task):
 
         Returns:
             ``{"background": [r, g, b], "objects": [...], "events": [...], "query": 0}``: objects are
-            ``{"colour", "shape", "cell": [col, row]}``; events are ``{"kind", "start", "end"}`` in frames plus
-            ``"object"`` (index) for appear/move, ``"direction"`` for move, ``"colour"`` for flash; ``events[0]`` is the
+            ``{"colour", "shape", "cell": [col, row]}``; events are ``{"kind", "start", "end"}`` in frames
+                plus
+            ``"object"`` (index) for appear/move, ``"direction"`` for move, ``"colour"`` for flash;
+                ``events[0]`` is the
             queried one. JSON-serialisable, cheap (no pixels), so tests can hash thousands.
 
         Raises:
@@ -151,7 +157,8 @@ class VideoGroundingTask(Task):
             length = int(rng.integers(cfg.min_event_frames, cfg.max_event_frames + 1))
             start = int(rng.integers(0, cfg.num_frames - length + 1))
             clash = any(start < e + 1 and s < start + length + 1 for s, e in flashes)  # 1-frame gap at least
-            if kind == "flash" and not clash and len(flashes) < len(FLASH_COLOURS):  # the query's never clashes
+            # the query's never clashes
+            if kind == "flash" and not clash and len(flashes) < len(FLASH_COLOURS):
                 flashes.append((start, start + length))
                 events.append({"kind": kind, "start": start, "end": start + length,
                                "colour": flash_names[len(flashes) - 1]})
@@ -159,7 +166,9 @@ class VideoGroundingTask(Task):
             # A clashing distractor flash (one background at a time) and a move with no free pair of
             # neighbouring cells become appears.
             cells = sorted(free)
-            pairs = [(a, d) for a in cells for d, (dx, dy) in DIRECTIONS.items() if (a[0] + dx, a[1] + dy) in free]
+            pairs = [
+                (a, d) for a in cells for d, (dx, dy) in DIRECTIONS.items() if (a[0] + dx, a[1] + dy) in free
+            ]
             if kind == "move" and pairs:
                 (col, row), direction = pairs[int(rng.integers(len(pairs)))]
                 dx, dy = DIRECTIONS[direction]
@@ -177,7 +186,9 @@ class VideoGroundingTask(Task):
         return {"background": background, "objects": objects, "events": events, "query": 0}
 
     def sample(self, split: str, index: int, seed: int) -> Sample:
-        return self._sample(self.plan(split, index, seed), split, index, seed, self.clip_path(split, index, seed))
+        return self._sample(
+            self.plan(split, index, seed), split, index, seed, self.clip_path(split, index, seed)
+        )
 
     def _sample(self, plan: dict[str, Any], split: str, index: int, seed: int, path: str | None,
                 suffix: str = "") -> Sample:
@@ -217,10 +228,10 @@ class VideoGroundingTask(Task):
     def counterfactuals(self, sample: Sample) -> list[Sample]:
         """Every other placement of the queried event, at its length, that changes no overview frame.
 
-        An appear or flash event may slide while the same overview frames fall inside it; a move only while none
-        does (an overview frame inside a move shows the object part-way, which would change). Every other event
-        stays put, so the shown frames are identical while the gold interval moves; moved flashes keep the
-        generator's 1-frame gap to other flashes. The class fixes the event's length (see
+        An appear or flash event may slide while the same overview frames fall inside it; a move only while
+        none does (an overview frame inside a move shows the object part-way, which would change). Every other
+        event stays put, so the shown frames are identical while the gold interval moves; moved flashes keep
+        the generator's 1-frame gap to other flashes. The class fixes the event's length (see
         :meth:`vgym.task.Task.counterfactuals`). Clips are not written (``video=None``).
         """
         plan = sample.metadata["plan"]
@@ -228,7 +239,8 @@ class VideoGroundingTask(Task):
         start, end = event["start"], event["end"]
         length = end - start
         overview = sample.metadata["overview_frames"]
-        # Overview frame i shows the event if start <= i < end (appear, flash) or start < i < end (a move is at
+        # Overview frame i shows the event if start <= i < end (appear, flash) or start < i < end (a move is
+        # at
         # rest at both ends).
         slack = int(event["kind"] == "move")
         inside = [i for i in overview if start + slack <= i < end]
@@ -244,16 +256,20 @@ class VideoGroundingTask(Task):
         for new_start in range(first, last + 1):
             if new_start == start:
                 continue
-            if event["kind"] == "flash" and any(new_start < e + 1 and s < new_start + length + 1 for s, e in flashes):
+            if event["kind"] == "flash" and any(
+                new_start < e + 1 and s < new_start + length + 1 for s, e in flashes
+            ):
                 continue
             cf_plan = {**plan, "events": [{**event, "start": new_start, "end": new_start + length},
                                           *plan["events"][1:]]}
-            out.append(self._sample(cf_plan, sample.split, sample.index, seed, None, suffix=f"/cf{new_start}"))
+            out.append(
+                self._sample(cf_plan, sample.split, sample.index, seed, None, suffix=f"/cf{new_start}")
+            )
         return out
 
     def clip_path(self, split: str, index: int, seed: int) -> str:
-        """Where :meth:`sample` writes the clip: ``clip_dir`` / ``video_grounding-<hash>.mp4``, the hash of the task,
-        its version, the renderer's version, the config (less ``clip_dir``), split, seed and index
+        """Where :meth:`sample` writes the clip: ``clip_dir`` / ``video_grounding-<hash>.mp4``, the hash of
+        the task, its version, the renderer's version, the config (less ``clip_dir``), split, seed and index
         (:func:`vgym.data.clips.clip_path`)."""
         fields = {k: v for k, v in asdict(self.config).items() if k != "clip_dir"}
         return clip_path(TASK_NAME, [self.version, _RENDER_VERSION, fields, split, seed, index],
@@ -272,8 +288,11 @@ class VideoGroundingTask(Task):
         meta = sample.metadata
         start, end, step = meta["start_s"], meta["end_s"], 1.0 / meta["fps"]
         pad = max(0.25 * (end - start), step)  # 4 frames: one before the event, two inside, one after
-        window = {"start_s": round(max(0.0, start - pad), 3), "end_s": round(min(meta["duration_s"], end + pad), 3),
-                  "num_frames": 4}
+        window = {
+            "start_s": round(max(0.0, start - pad), 3),
+            "end_s": round(min(meta["duration_s"], end + pad), 3),
+            "num_frames": 4,
+        }
         return Solution(tool_calls=(("sample_frames", window),), answer=sample.answer)
 
 

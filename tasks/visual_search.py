@@ -3,23 +3,24 @@
 Contents: :data:`TASK_NAME`, :data:`PATTERNS`, :data:`COLOURS`, :class:`VisualSearchConfig`,
 :class:`VisualSearchTask`, :func:`render_preview`.
 
-The scene (1344² by default) is a ``grid × grid`` board of ``cell``-pixel cells on a speckled background; every
-cell holds one small framed square marker filled with a pattern of a random colour and white: horizontal lines,
-vertical lines or a checkerboard, with 3-pixel lines. The question names a region (a box in pixels) that holds
-exactly one marker and asks for its pattern.
+The scene (1344² by default) is a ``grid × grid`` board of ``cell``-pixel cells on a speckled background;
+every cell holds one small framed square marker filled with a pattern of a random colour and white: horizontal
+lines, vertical lines or a checkerboard, with 3-pixel lines. The question names a region (a box in pixels)
+that holds exactly one marker and asks for its pattern.
 
-Why the crop tool is necessary, exactly: every pattern covers each ``align × align`` block (6 × 6, one period of
-the pattern) with the same number of coloured and white pixels, and markers sit on that block grid. At the default
-budget (224²) the scene is shrunk by exactly ``align`` = 6 with area averaging, so the three patterns give
-*byte-identical* budget images: the answer is not in what the model sees. A crop of the region zoomed to the
-budget shows the marker ~96 pixels wide with 16-pixel lines (difficulty 0). ``tests/tasks/test_visual_search.py``
-checks both.
+Why the crop tool is necessary, exactly: every pattern covers each ``align × align`` block (6 × 6, one period
+of the pattern) with the same number of coloured and white pixels, and markers sit on that block grid. At the
+default budget (224²) the scene is shrunk by exactly ``align`` = 6 with area averaging, so the three patterns
+give *byte-identical* budget images: the answer is not in what the model sees. A crop of the region zoomed to
+the budget shows the marker ~96 pixels wide with 16-pixel lines (difficulty 0).
+``tests/tasks/test_visual_search.py`` checks both.
 
 Difficulty:
     0 — the region is the marker's grid cell (coordinates are multiples of ``cell``; the crop zooms 5.3×): the
-        quickstart variant, learnable by a tiny model that copies the box into the crop call and names the pattern.
-    1 — the region is the marker plus a margin of half its side (arbitrary coordinates, harder to copy; clipped to
-        the scene).
+        quickstart variant, learnable by a tiny model that copies the box into the crop call and names the
+        pattern.
+    1 — the region is the marker plus a margin of half its side (arbitrary coordinates, harder to copy;
+        clipped to the scene).
     2 — the region is a random box inside the target's cell, and markers are 2/3 as large.
 """
 
@@ -62,8 +63,8 @@ class VisualSearchConfig:
     """Scene generation settings."""
 
     difficulty: int = 0
-    """0: the region is the marker's grid cell; 1: the marker plus a margin; 2: a random box inside the cell and
-    smaller markers (see the module docstring)."""
+    """0: the region is the marker's grid cell; 1: the marker plus a margin; 2: a random box inside the cell
+    and smaller markers (see the module docstring)."""
     grid: int = 32
     """Cells per side; the scene is ``grid * cell`` pixels square."""
     cell: int = 42
@@ -72,10 +73,12 @@ class VisualSearchConfig:
     """Marker side in pixels at difficulties 0 and 1 (difficulty 2 uses 2/3, rounded down to ``align``); a
     multiple of ``align``."""
     stripe: int = 3
-    """Width of the pattern's lines (and checker squares) in pixels; ``align`` must be a multiple of twice it."""
+    """Width of the pattern's lines (and checker squares) in pixels; ``align`` must be a multiple of twice
+    it."""
     align: int = 6
-    """Markers' corners and sides are multiples of this; equal to the default downscale (1344 / 224) so patterns
-    average to identical budget pixels. Set it to ``grid * cell / sqrt(max_pixels)`` when changing sizes."""
+    """Markers' corners and sides are multiples of this; equal to the default downscale (1344 / 224) so
+    patterns average to identical budget pixels. Set it to ``grid * cell / sqrt(max_pixels)`` when changing
+    sizes."""
     speckles: int = 6000
     """Number of 1–2 pixel speckles of random colour scattered over the scene (clutter)."""
 
@@ -83,7 +86,9 @@ class VisualSearchConfig:
         if self.difficulty not in (0, 1, 2):
             raise InvalidConfigError(f"difficulty must be 0, 1 or 2, got {self.difficulty}")
         if self.align < 1:  # checked first: marker_side and the checks below divide by it
-            raise InvalidConfigError(f"align must be >= 1 (the budget's downscale, 6 by default), got {self.align}")
+            raise InvalidConfigError(
+                f"align must be >= 1 (the budget's downscale, 6 by default), got {self.align}"
+            )
         side = self.marker_side
         if (
             self.grid < 2
@@ -138,11 +143,17 @@ class VisualSearchTask(Task):
             for c in range(cfg.grid):
                 # Corner on the align grid, at least one align step inside the cell on every side.
                 lo_x, lo_y = -(-(c * cfg.cell + step) // step), -(-(r * cfg.cell + step) // step)
-                hi_x, hi_y = ((c + 1) * cfg.cell - step - side) // step, ((r + 1) * cfg.cell - step - side) // step
+                hi_x, hi_y = (
+                    ((c + 1) * cfg.cell - step - side) // step,
+                    ((r + 1) * cfg.cell - step - side) // step,
+                )
                 x, y = step * int(rng.integers(lo_x, hi_x + 1)), step * int(rng.integers(lo_y, hi_y + 1))
-                image[y - 1 : y + side + 1, x - 1 : x + side + 1] = 0  # 1 px black frame, the same for all patterns
+                # 1 px black frame, the same for all patterns
+                image[y - 1 : y + side + 1, x - 1 : x + side + 1] = 0
                 colour = COLOURS[names[colour_idx[r, c]]]
-                image[y : y + side, x : x + side] = _cached_tile(PATTERNS[pattern_idx[r, c]], side, colour, cfg.stripe)
+                image[y : y + side, x : x + side] = _cached_tile(
+                    PATTERNS[pattern_idx[r, c]], side, colour, cfg.stripe
+                )
                 boxes[(r, c)] = (x, y, x + side, y + side)
         r, c = (int(v) for v in rng.integers(0, cfg.grid, 2))
         target = boxes[(r, c)]
@@ -201,8 +212,15 @@ class VisualSearchTask(Task):
                 continue
             image = sample.images[0].copy()
             image[y1:y2, x1:x2] = pattern_tile(pattern, x2 - x1, colour, self.config.stripe)
-            out.append(dataclasses.replace(sample, id=f"{sample.id}/cf-{pattern}", images=(image,), answer=pattern,
-                                           metadata={**sample.metadata, "pattern": pattern}))
+            out.append(
+                dataclasses.replace(
+                    sample,
+                    id=f"{sample.id}/cf-{pattern}",
+                    images=(image,),
+                    answer=pattern,
+                    metadata={**sample.metadata, "pattern": pattern},
+                )
+            )
         return out
 
     def solution(self, sample: Sample, tools_enabled: bool) -> Solution:
@@ -211,10 +229,11 @@ class VisualSearchTask(Task):
 
 
 def pattern_tile(pattern: str, side: int, colour: tuple[int, int, int], stripe: int = 1) -> np.ndarray:
-    """A ``side × side`` RGB tile: ``pattern`` of ``colour`` on white with ``stripe``-pixel lines (or squares).
+    """A ``side × side`` RGB tile: ``pattern`` of ``colour`` on white with ``stripe``-pixel lines (or
+    squares).
 
-    Half the pixels are coloured, and every block aligned to the tile whose side is a multiple of ``2 * stripe``
-    holds the same number of coloured pixels for all patterns.
+    Half the pixels are coloured, and every block aligned to the tile whose side is a multiple of
+    ``2 * stripe`` holds the same number of coloured pixels for all patterns.
 
     Raises:
         ValueError: for an unknown pattern.

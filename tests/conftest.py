@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-# The test models are tiny, so intra-op threads buy nothing; on a shared 2-core machine OpenMP's spin-waiting made
+# The test models are tiny, so intra-op threads buy nothing; on a shared 2-core machine OpenMP's spin-waiting
+# made
 # one SFT step ~20x slower (3.6 s with 2 threads vs 0.18 s with 1). Set before torch is first imported;
 # setdefault keeps a value the caller chose.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

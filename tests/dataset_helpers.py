@@ -1,5 +1,5 @@
-"""Helpers shared by the dataset tests (``test_datasets.py``, ``test_dataset_task.py``): a valid record line, a
-JSON Lines writer, noise images and the frame index a synthetic clip shows."""
+"""Helpers shared by the dataset tests (``test_datasets.py``, ``test_dataset_task.py``): a valid record line,
+a JSON Lines writer, noise images and the frame index a synthetic clip shows."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def noise(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def frame_index(frame: np.ndarray) -> int:
-    """The index a synthetic clip frame shows: 12 cells across its top quarter, most significant bit left, white 1."""
+    """The index a synthetic clip frame shows: 12 cells across its top quarter, most significant bit left,
+    white 1."""
     height, width = frame.shape[:2]
     bits = ["1" if frame[height // 8, int((b + 0.5) * width / 12)].mean() > 128 else "0" for b in range(12)]
     return int("".join(bits), 2)

@@ -1,7 +1,9 @@
-"""Builders shared by the bad-media tests (``test_bad_images.py``, ``test_bad_videos.py``, ``test_bad_batches.py``).
+"""Builders shared by the bad-media tests (``test_bad_images.py``, ``test_bad_videos.py``,
+``test_bad_batches.py``).
 
-Imported by those ``test_*.py`` files beside it (pytest puts this folder on ``sys.path``); not a test module itself,
-and it defines no fixture: each test module wraps :func:`write_clips` in its own module-scoped ``clips`` fixture.
+Imported by those ``test_*.py`` files beside it (pytest puts this folder on ``sys.path``); not a test module
+itself, and it defines no fixture: each test module wraps :func:`write_clips` in its own module-scoped
+``clips`` fixture.
 
 Contents:
 
@@ -10,7 +12,8 @@ Contents:
 - :func:`jpeg_bytes`, :func:`png_bytes`: the encoded bytes of an RGB image; :data:`PNG`, :data:`JPEG`: a 64x64
   image of each, the source of the truncated and mutated files.
 - :data:`VFR_MS`, :func:`frame_index`, :func:`write_pyav`, :func:`write_audio_only`, :func:`write_no_frames`,
-  :func:`write_clips`: real clips written with OpenCV and PyAV, good and broken, whose frames encode their index.
+  :func:`write_clips`: real clips written with OpenCV and PyAV, good and broken, whose frames encode their
+  index.
 
 Every random choice comes from an explicit seed, so every build writes the same bytes.
 """
@@ -67,9 +70,12 @@ VFR_MS = [0, 40, 200, 240, 700, 704, 1500, 1600]
 
 
 def frame_index(frame: np.ndarray) -> int:
-    """The frame index a synthetic frame encodes: 12 cells in its top quarter, white = 1, most significant left."""
+    """The frame index a synthetic frame encodes: 12 cells in its top quarter, white = 1, most significant
+    left."""
     h, w = frame.shape[:2]
-    cells = [frame[h // 16 : 3 * h // 16, (4 * k + 1) * w // 48 : (4 * k + 3) * w // 48].mean() for k in range(12)]
+    cells = [
+        frame[h // 16 : 3 * h // 16, (4 * k + 1) * w // 48 : (4 * k + 3) * w // 48].mean() for k in range(12)
+    ]
     return int("".join("1" if c > 128 else "0" for c in cells), 2)
 
 
@@ -109,10 +115,12 @@ def write_no_frames(path: Path) -> None:
 
 
 def write_clips(folder: Path) -> dict[str, Path]:
-    """Good clips (``cfr``, ``vfr``, ``one``) and broken ones, each named after what is wrong with it, in ``folder``.
+    """Good clips (``cfr``, ``vfr``, ``one``) and broken ones, each named after what is wrong with it, in
+    ``folder``.
 
     Returns:
-        name -> path: ``cfr`` (2 s at 10 fps, OpenCV), ``vfr`` (frames at :data:`VFR_MS`), ``one`` (one frame),
+        name -> path: ``cfr`` (2 s at 10 fps, OpenCV), ``vfr`` (frames at :data:`VFR_MS`), ``one`` (one
+            frame),
         ``index_first`` (20 frames, index before the data), ``truncated`` (``cfr`` cut in half: no index),
         ``truncated_index`` (``index_first`` cut to 60 %: the index lists frames that are gone), ``empty``
         (0 bytes), ``garbage`` (seeded random bytes), ``audio_only`` and ``no_frames`` (an AVI).

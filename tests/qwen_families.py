@@ -1,5 +1,5 @@
-"""Random tiny models of the three Qwen-VL families and a left-padded batch with images, shared by the decoding
-tests (``test_decoding.py``, ``test_decode_step.py``)."""
+"""Random tiny models of the three Qwen-VL families and a left-padded batch with images, shared by the
+decoding tests (``test_decoding.py``, ``test_decode_step.py``)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,15 @@ def family_model(family: str):  # type: ignore[no-untyped-def]
     import transformers as tf
 
     rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}
-    text = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, rope_parameters=rope)
+    text = dict(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_parameters=rope,
+    )
     ids = dict(image_token_id=IMAGE, video_token_id=6, vision_start_token_id=VISION_START,
                vision_end_token_id=VISION_END)
     if family == "qwen2_vl":
@@ -51,8 +58,8 @@ def image_row(grids: list[tuple[int, int]], text: list[int], gen: torch.Generato
 
 
 def family_batch(patch: int):  # type: ignore[no-untyped-def]
-    """Five left-padded rows: a group of three equal rows (one image), a row with two images of other shapes, and
-    a text-only row."""
+    """Five left-padded rows: a group of three equal rows (one image), a row with two images of other shapes,
+    and a text-only row."""
     gen = torch.Generator().manual_seed(1)
     shared = torch.randn(16, 3 * 2 * patch * patch, generator=gen)
     layout = [[(4, 4)], [(4, 4)], [(4, 4)], [(2, 4), (6, 4)], []]

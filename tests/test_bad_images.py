@@ -1,19 +1,21 @@
-"""Bad images (issue 9): truncated, corrupt, empty, mislabelled, huge and unusual images, written here with real
-encoders (Pillow, OpenCV), through ``vgym.data.media.load_image``.
+"""Bad images (issue 9): truncated, corrupt, empty, mislabelled, huge and unusual images, written here with
+real encoders (Pillow, OpenCV), through ``vgym.data.media.load_image``.
 
 Contents:
 
 - :data:`DECODED` and ``test_images_decode_to_rgb_uint8``: 16-bit, CMYK, grey, grey+alpha, RGBA, palette (with
-  transparency), 1-bit, BMP, TIFF, WebP and wrong-extension files decode to RGB uint8, pixels checked against what
-  was written (alpha composited over white).
+  transparency), 1-bit, BMP, TIFF, WebP and wrong-extension files decode to RGB uint8, pixels checked against
+  what was written (alpha composited over white).
 - :data:`BAD` and ``test_bad_images_raise_media_error_naming_the_file``: truncated, corrupt, empty, non-image,
-  missing, directory, float and decompression-bomb files raise :class:`~vgym.errors.MediaError` naming the file.
+  missing, directory, float and decompression-bomb files raise :class:`~vgym.errors.MediaError` naming the
+  file.
 - ``test_the_bomb_guard_reads_no_pixels``: the pixel limit is checked from the header, before any decoding.
 - ``test_mutated_images_decode_or_raise_media_error``: 320 seeded truncations and byte flips of eight formats
   either decode to RGB uint8 or raise ``MediaError``, never another exception.
 
-The contract: each file is decoded correctly or fails with a clear error naming the file. Shared builders live in
-``tests/media_fixtures.py``; videos are in ``test_bad_videos.py``, mixed batches in ``test_bad_batches.py``.
+The contract: each file is decoded correctly or fails with a clear error naming the file. Shared builders live
+in ``tests/media_fixtures.py``; videos are in ``test_bad_videos.py``, mixed batches in
+``test_bad_batches.py``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from vgym.errors import InvalidConfigError
 
 
 def _over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Alpha compositing over white, rounded as ``load_image`` documents: (c·a + 255·(255 - a) + 127) // 255."""
+    """Alpha compositing over white, rounded as ``load_image`` documents: (c·a + 255·(255 - a) + 127) //
+    255."""
     a = alpha.astype(np.int64)[..., None]
     return ((rgb.astype(np.int64) * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
 
@@ -83,7 +86,8 @@ def _cmyk(path: Path) -> tuple[np.ndarray, float]:
     cmyk[:, 16:24] = (255, 255, 0, 0)  # blue
     cmyk[:, 24:] = (0, 0, 0, 255)  # black through K
     Image.frombytes("CMYK", (32, 16), cmyk.tobytes()).save(path, format="JPEG", quality=95)
-    expected = 255 - np.minimum(255, cmyk[..., :3].astype(int) + cmyk[..., 3:].astype(int))  # Pillow's formula
+    # Pillow's formula
+    expected = 255 - np.minimum(255, cmyk[..., :3].astype(int) + cmyk[..., 3:].astype(int))
     return expected.astype(np.uint8), 4  # JPEG blurs the block edges; measured mean 1.0
 
 
@@ -131,7 +135,8 @@ DECODED: dict[str, Callable[[Path], tuple[np.ndarray, float]]] = {
     "png_bytes.jpg": _raw(png_bytes(noise(10, 12, 1)), noise(10, 12, 1), 0),  # wrong extension: content wins
     "jpeg_bytes.png": _raw(jpeg_bytes(_SMOOTH), _SMOOTH, 3),
     "grey.png": lambda p: (cv2.imwrite(str(p), _GREY), (np.repeat(_GREY[..., None], 3, axis=2), 0))[1],
-    "grey.jpg": lambda p: (cv2.imwrite(str(p), _SMOOTH_GREY), (np.repeat(_SMOOTH_GREY[..., None], 3, 2), 3))[1],
+    "grey.jpg": lambda p: (cv2.imwrite(str(p), _SMOOTH_GREY),
+                           (np.repeat(_SMOOTH_GREY[..., None], 3, 2), 3))[1],
     "grey16.png": _grey16,
     "rgb16.png": _rgb16,
     "rgba16.png": _rgba16,
@@ -141,7 +146,10 @@ DECODED: dict[str, Callable[[Path], tuple[np.ndarray, float]]] = {
     "palette.png": lambda p: (_palette_image()[0].save(p), (_palette_image()[1], 0))[1],
     "palette_alpha.png": _palette_with_transparency,
     "palette.gif": lambda p: (_palette_image()[0].save(p), (_palette_image()[1], 0))[1],
-    "one_bit.png": lambda p: (Image.fromarray(_BITS).convert("1").save(p), (np.repeat(_BITS[..., None], 3, 2), 0))[1],
+    "one_bit.png": lambda p: (
+        Image.fromarray(_BITS).convert("1").save(p),
+        (np.repeat(_BITS[..., None], 3, 2), 0),
+    )[1],
     "rgb.bmp": _save("BMP", noise(10, 12, 13)),
     "rgb.tiff": _save("TIFF", noise(10, 12, 14)),
     "lossless.webp": _save("WEBP", noise(10, 12, 15), lossless=True),
@@ -195,9 +203,18 @@ BAD: dict[str, tuple[bytes | None, str, int]] = {  # name -> (bytes, None: no fi
     "text.png": (b"id,label\n1,cat\n", r"not an image Pillow can read", 64_000_000),
     "random.jpg": (np.random.default_rng(20).bytes(4096), r"not an image Pillow can read", 64_000_000),
     "missing.png": (None, r"image file not found", 64_000_000),
-    "bomb.png": (_png_with_size(9000, 8000), r"9000x8000 = 72000000 pixels, over max_pixels=64000000", 64_000_000),
-    "bomb.jpg": (_jpeg_with_size(9000, 8000), r"9000x8000 = 72000000 pixels, over max_pixels=64000000", 64_000_000),
-    # max_pixels raised past Pillow's own limit (2 x 89.5 M): Pillow refuses from the header, also before decoding
+    "bomb.png": (
+        _png_with_size(9000, 8000),
+        r"9000x8000 = 72000000 pixels, over max_pixels=64000000",
+        64_000_000,
+    ),
+    "bomb.jpg": (
+        _jpeg_with_size(9000, 8000),
+        r"9000x8000 = 72000000 pixels, over max_pixels=64000000",
+        64_000_000,
+    ),
+    # max_pixels raised past Pillow's own limit (2 x 89.5 M): Pillow refuses from the header, also before
+    # decoding
     "giant.jpg": (_jpeg_with_size(65000, 65000), r"exceeds limit .* decompression bomb", 10**10),
 }
 
@@ -225,8 +242,9 @@ def test_bad_images_raise_media_error_naming_the_file(tmp_path: Path, name: str)
 
 
 def test_the_bomb_guard_reads_no_pixels(tmp_path: Path) -> None:
-    """A real 8200x8000 grey PNG (65.6 M pixels, 197 MB as RGB) is refused with under 4 MB allocated; the header-only
-    files above prove the check precedes decoding (decoding them would fail as truncated instead)."""
+    """A real 8200x8000 grey PNG (65.6 M pixels, 197 MB as RGB) is refused with under 4 MB allocated; the
+    header-only files above prove the check precedes decoding (decoding them would fail as truncated
+    instead)."""
     Image.new("L", (8200, 8000)).save(tmp_path / "big.png")
     tracemalloc.start()
     try:
@@ -247,7 +265,9 @@ def test_mutated_images_decode_or_raise_media_error(tmp_path: Path) -> None:
         buffer = io.BytesIO()
         Image.fromarray(noise(24, 24, 21)).save(buffer, format=ext.upper())
         sources[ext] = buffer.getvalue()
-    sources["g16.png"] = cv2.imencode(".png", (noise(24, 24, 22)[..., 0].astype(np.uint16) * 257))[1].tobytes()
+    sources["g16.png"] = cv2.imencode(".png", (noise(24, 24, 22)[..., 0].astype(np.uint16) * 257))[
+        1
+    ].tobytes()
     _cmyk(tmp_path / "c.jpg")
     sources["cmyk.jpg"] = (tmp_path / "c.jpg").read_bytes()
     outcomes = {"decoded": 0, "error": 0}

@@ -1,13 +1,13 @@
-"""Confinement audit, code (issue 9): no eval / exec / unpickling of untrusted input in the library, and no tool
-runs code.
+"""Confinement audit, code (issue 9): no eval / exec / unpickling of untrusted input in the library, and no
+tool runs code.
 
 Sections:
 
 1. A static AST scan of ``vgym/``, ``tools/``, ``tasks/`` and ``trainers/`` for banned calls (builtin
-   eval/exec/compile, pickle-family loads, ``yaml.load`` without ``SafeLoader``, ``np.load(allow_pickle=True)``,
-   ``torch.load`` without ``weights_only=True``, ``subprocess`` with ``shell=True``, ``os.system``/``os.popen``),
-   with a per-entry-justified allowlist (:data:`ALLOWED`); the scanner (:func:`scan_source`) is shown to catch
-   every pattern and to pass the safe forms.
+   eval/exec/compile, pickle-family loads, ``yaml.load`` without ``SafeLoader``,
+   ``np.load(allow_pickle=True)``, ``torch.load`` without ``weights_only=True``, ``subprocess`` with
+   ``shell=True``, ``os.system``/``os.popen``), with a per-entry-justified allowlist (:data:`ALLOWED`); the
+   scanner (:func:`scan_source`) is shown to catch every pattern and to pass the safe forms.
 2. No tool runs code: no code-like tool or argument name, and no backend's module imports process- or
    code-running modules, calls ``os.exec*``/``os.spawn*``/``os.fork``, or holds a banned call.
 
@@ -35,27 +35,46 @@ LIBRARY_DIRS = ("vgym", "tools", "tasks", "trainers")
 # ---------------------------------------------------------------- 1. static scan
 
 _ALWAYS_BANNED = {
-    **dict.fromkeys(["eval", "exec", "compile", "builtins.eval", "builtins.exec", "builtins.compile"],
-                    "runs Python code from a string"),
-    **dict.fromkeys([f"{m}.{f}" for m in ("pickle", "_pickle", "cloudpickle", "dill", "marshal")
-                     for f in ("load", "loads", "Unpickler")] + ["joblib.load", "pandas.read_pickle", "shelve.open"],
-                    "unpickling runs code named by the data"),
-    **dict.fromkeys(["yaml.unsafe_load", "yaml.full_load", "yaml.unsafe_load_all", "yaml.full_load_all"],
-                    "YAML loaders beyond safe_load build arbitrary objects; use yaml.safe_load"),
-    **dict.fromkeys(["os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput"],
-                    "runs a shell command line"),
+    **dict.fromkeys(
+        ["eval", "exec", "compile", "builtins.eval", "builtins.exec", "builtins.compile"],
+        "runs Python code from a string",
+    ),
+    **dict.fromkeys(
+        [
+            f"{m}.{f}"
+            for m in ("pickle", "_pickle", "cloudpickle", "dill", "marshal")
+            for f in ("load", "loads", "Unpickler")
+        ]
+        + ["joblib.load", "pandas.read_pickle", "shelve.open"],
+        "unpickling runs code named by the data",
+    ),
+    **dict.fromkeys(
+        ["yaml.unsafe_load", "yaml.full_load", "yaml.unsafe_load_all", "yaml.full_load_all"],
+        "YAML loaders beyond safe_load build arbitrary objects; use yaml.safe_load",
+    ),
+    **dict.fromkeys(
+        ["os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput"],
+        "runs a shell command line",
+    ),
 }
 _KEYWORD_RULES = {  # call -> (keyword, its only safe value, whether leaving it out is safe, why)
     "numpy.load": ("allow_pickle", False, True, "allow_pickle=True unpickles object arrays"),
-    "torch.load": ("weights_only", True, False, "torch.load without weights_only=True unpickles arbitrary objects"),
-    **{f"subprocess.{f}": ("shell", False, True, "shell=True hands the command line to a shell")
-       for f in ("run", "call", "check_call", "check_output", "Popen")},
+    "torch.load": (
+        "weights_only",
+        True,
+        False,
+        "torch.load without weights_only=True unpickles arbitrary objects",
+    ),
+    **{
+        f"subprocess.{f}": ("shell", False, True, "shell=True hands the command line to a shell")
+        for f in ("run", "call", "check_call", "check_output", "Popen")
+    },
 }
 _SAFE_YAML_LOADERS = {"yaml.SafeLoader", "yaml.CSafeLoader"}
 
 ALLOWED: dict[tuple[str, str], str] = {}
-"""(file relative to the repo, dotted call) -> why the call is not a risk. Empty: nothing in the library needs one
-(Ray and multiprocessing pickle our own objects internally; the library itself never unpickles)."""
+"""(file relative to the repo, dotted call) -> why the call is not a risk. Empty: nothing in the library needs
+one (Ray and multiprocessing pickle our own objects internally; the library itself never unpickles)."""
 
 
 @dataclass(frozen=True)
@@ -72,12 +91,15 @@ class Finding:
 
 
 def _aliases(tree: ast.AST) -> dict[str, str]:
-    """Local name -> dotted origin for every import in the file (``np`` -> ``numpy``, ``loads`` -> ``pickle.loads``)."""
+    """Local name -> dotted origin for every import in the file (``np`` -> ``numpy``, ``loads`` ->
+    ``pickle.loads``)."""
     out: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                out[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
+                out[alias.asname or alias.name.split(".")[0]] = (
+                    alias.name if alias.asname else alias.name.split(".")[0]
+                )
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             for alias in node.names:
                 out[alias.asname or alias.name] = f"{node.module}.{alias.name}"
@@ -191,7 +213,8 @@ def _properties(name: str) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("name", TOOLS.names())
 def test_no_tool_runs_code(name: str) -> None:
-    """No tool takes code: no code-like argument, and no backend's module starts processes or evaluates strings."""
+    """No tool takes code: no code-like argument, and no backend's module starts processes or evaluates
+    strings."""
     tool = TOOLS.get(name)
     assert not _CODE_WORDS.search(name) and not any(_CODE_WORDS.search(a) for a in _properties(name))
     for backend in tool.backends.values():
@@ -201,6 +224,7 @@ def test_no_tool_runs_code(name: str) -> None:
         imported = set(aliases.values()) | {v.split(".")[0] for v in aliases.values()}
         assert not imported & {"subprocess", "runpy", "code", "codeop", "pty", "ctypes"}, path
         calls = {_dotted(n.func, aliases) or "" for n in ast.walk(tree) if isinstance(n, ast.Call)}
-        assert not [c for c in calls if c.startswith(("os.exec", "os.spawn", "os.fork", "os.posix_spawn"))], path
+        spawning = ("os.exec", "os.spawn", "os.fork", "os.posix_spawn")
+        assert not [c for c in calls if c.startswith(spawning)], path
         assert scan_source(path.read_text(), str(path)) == []
 

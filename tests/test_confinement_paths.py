@@ -4,12 +4,12 @@ roots.
 Sections:
 
 1. Tools: no argument schema can name a file, path-like strings in every string argument open nothing outside
-   Python's own files (checked with an audit hook, through the env), and the file-opening call sites in ``tools/``
-   are a reviewed list (:data:`REVIEWED_FILE_OPENS`).
-2. Dataset loaders (only cases ``tests/data/test_datasets.py`` and ``tests/tasks/test_local_data.py`` lack): ``..`` after
-   a symbolic link, absolute forms, symbolic-link loops, symlinked media folders, URL-like paths, NUL bytes, JSON
-   depth and line-size limits through each loader, and video playlists (HLS, ffconcat) that name files outside
-   the root.
+   Python's own files (checked with an audit hook, through the env), and the file-opening call sites in
+   ``tools/`` are a reviewed list (:data:`REVIEWED_FILE_OPENS`).
+2. Dataset loaders (only cases ``tests/data/test_datasets.py`` and ``tests/tasks/test_local_data.py`` lack):
+   ``..`` after a symbolic link, absolute forms, symbolic-link loops, symlinked media folders, URL-like paths,
+   NUL bytes, JSON depth and line-size limits through each loader, and video playlists (HLS, ffconcat) that
+   name files outside the root.
 
 The static scan for eval / exec / unpickling and the check that no tool runs code are in
 ``tests/test_confinement_code.py``.
@@ -45,7 +45,10 @@ REPO = Path(__file__).resolve().parents[1]
 _FILE_WORDS = re.compile(r"path|file|dir|folder|url|uri|root|model|checkpoint|video", re.IGNORECASE)
 
 REVIEWED_STRING_ARGUMENTS = {
-    ("ground", "query"): "text matched against detections (oracle, OpenCV colour/shape words or a detector prompt)",
+    (
+        "ground",
+        "query",
+    ): "text matched against detections (oracle, OpenCV colour/shape words or a detector prompt)",
     ("point", "query"): "as ground's query",
     ("measure", "kind"): "an enum of measurement names, checked by the tool",
 }
@@ -74,8 +77,8 @@ def test_no_tool_argument_can_name_a_file(name: str) -> None:
 
 
 class _OpenRecorder:
-    """Collects the paths of Python ``open`` audit events while ``active`` (an audit hook cannot be removed, so it
-    is installed once and stays inert otherwise)."""
+    """Collects the paths of Python ``open`` audit events while ``active`` (an audit hook cannot be removed,
+    so it is installed once and stays inert otherwise)."""
 
     def __init__(self) -> None:
         self.active, self.paths = False, []
@@ -95,9 +98,19 @@ def open_recorder() -> _OpenRecorder:
 def _path_like(secret: Path) -> list[str]:
     """Strings a model might use to make a tool read ``secret`` or a system file."""
     up = "../" * len(Path.cwd().parts)
-    return [str(secret), f"file://{secret}", up + str(secret).lstrip("/"), "/etc/passwd", "../../../../etc/passwd",
-            "~/.ssh/id_rsa", "/proc/self/environ", "C:\\Windows\\win.ini", "\\\\server\\share\\x", f"{secret}\x00.png",
-            "http://127.0.0.1:9/x.png"]
+    return [
+        str(secret),
+        f"file://{secret}",
+        up + str(secret).lstrip("/"),
+        "/etc/passwd",
+        "../../../../etc/passwd",
+        "~/.ssh/id_rsa",
+        "/proc/self/environ",
+        "C:\\Windows\\win.ini",
+        "\\\\server\\share\\x",
+        f"{secret}\x00.png",
+        "http://127.0.0.1:9/x.png",
+    ]
 
 
 @pytest.mark.parametrize("backends", [{}, {"ground": "opencv", "point": "opencv"}])
@@ -108,12 +121,16 @@ def test_path_like_strings_in_tool_arguments_open_no_file(tmp_path: Path, open_r
     env = VisualToolEnv("spatial_2d", tools=tuple(TOOLS.names()), max_turns=1000, max_images=1000,
                         tool_runtime={"backends": backends})
     env.reset(seed=0)
-    required = {n: set(TOOLS.get(n).schema["function"]["parameters"].get("required", [])) for n in TOOLS.names()}
+    required = {
+        n: set(TOOLS.get(n).schema["function"]["parameters"].get("required", [])) for n in TOOLS.names()
+    }
     filler = {"number": 0, "integer": 0, "array": [], "boolean": False}
 
     def call(name: str, arguments: dict[str, Any]) -> str:
         full = {a: filler.get(_properties(name)[a].get("type"), "x") for a in required[name] - set(arguments)}
-        action = "<tool_call>" + json.dumps({"name": name, "arguments": {**full, **arguments}}) + "</tool_call>"
+        action = (
+            "<tool_call>" + json.dumps({"name": name, "arguments": {**full, **arguments}}) + "</tool_call>"
+        )
         return env.step(action)[0]["text"]
 
     string_args = [(n, a) for n in TOOLS.names() for a, s in _properties(n).items() if "string" in _types(s)]
@@ -137,8 +154,21 @@ def test_path_like_strings_in_tool_arguments_open_no_file(tmp_path: Path, open_r
 
 def _file_opening_calls(path: Path) -> set[tuple[str, str]]:
     """(enclosing function, called name) of every call in ``path`` that opens a file or a model folder."""
-    opening = {"open", "imread", "VideoCapture", "VideoReader", "CascadeClassifier", "from_pretrained", "read_bytes",
-               "read_text", "load", "fromfile", "loadtxt", "RapidOCR", "InferenceSession"}
+    opening = {
+        "open",
+        "imread",
+        "VideoCapture",
+        "VideoReader",
+        "CascadeClassifier",
+        "from_pretrained",
+        "read_bytes",
+        "read_text",
+        "load",
+        "fromfile",
+        "loadtxt",
+        "RapidOCR",
+        "InferenceSession",
+    }
     found: set[tuple[str, str]] = set()
 
     def visit(node: ast.AST, where: str) -> None:
@@ -148,7 +178,13 @@ def _file_opening_calls(path: Path) -> set[tuple[str, str]]:
                 continue
             if isinstance(child, ast.Call):
                 func = child.func
-                name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+                name = (
+                    func.attr
+                    if isinstance(func, ast.Attribute)
+                    else func.id
+                    if isinstance(func, ast.Name)
+                    else ""
+                )
                 if name in opening:
                     found.add((where, ast.unparse(func)))
             visit(child, where)
@@ -158,29 +194,39 @@ def _file_opening_calls(path: Path) -> set[tuple[str, str]]:
 
 
 REVIEWED_FILE_OPENS = {
-    "depth.py": {("_load_depth_model", "DPTImageProcessorPil.from_pretrained"),
-                 ("_load_depth_model", "AutoModelForDepthEstimation.from_pretrained")},
-    "ground.py": {("_detect_faces", "cv2.CascadeClassifier"), ("load_detector", "AutoConfig.from_pretrained"),
-                  ("load_detector", "AutoModelForZeroShotObjectDetection.from_pretrained"),
-                  ("load_detector", "AutoProcessor.from_pretrained")},
+    "depth.py": {
+        ("_load_depth_model", "DPTImageProcessorPil.from_pretrained"),
+        ("_load_depth_model", "AutoModelForDepthEstimation.from_pretrained"),
+    },
+    "ground.py": {
+        ("_detect_faces", "cv2.CascadeClassifier"),
+        ("load_detector", "AutoConfig.from_pretrained"),
+        ("load_detector", "AutoModelForZeroShotObjectDetection.from_pretrained"),
+        ("load_detector", "AutoProcessor.from_pretrained"),
+    },
     "ocr.py": {("_load_rapidocr", "RapidOCR")},
-    "segment.py": {("_load_sam", "SamImageProcessorPil.from_pretrained"), ("_load_sam", "SamModel.from_pretrained")},
+    "segment.py": {
+        ("_load_sam", "SamImageProcessorPil.from_pretrained"),
+        ("_load_sam", "SamModel.from_pretrained"),
+    },
     "video.py": {("_fetch", "cache.open")},
 }
-"""Where tools open files, reviewed: model folders come from the env's backend options (operator config, never the
-model), the face cascade and RapidOCR's models ship inside their wheels, video tools open ``ctx.video`` (the
-sample's own clip, never a path the model names) and read its first bytes to refuse playlists."""
+"""Where tools open files, reviewed: model folders come from the env's backend options (operator config, never
+the model), the face cascade and RapidOCR's models ship inside their wheels, video tools open ``ctx.video``
+(the sample's own clip, never a path the model names) and read its first bytes to refuse playlists."""
 
 
-@pytest.mark.parametrize("module", sorted(p.name for p in (REPO / "tools").glob("*.py") if p.name != "__init__.py"))
+@pytest.mark.parametrize(
+    "module", sorted(p.name for p in (REPO / "tools").glob("*.py") if p.name != "__init__.py")
+)
 def test_tools_open_files_only_at_reviewed_places(module: str) -> None:
     assert _file_opening_calls(REPO / "tools" / module) == REVIEWED_FILE_OPENS.get(module, set()), \
         f"tools/{module}: file-opening calls changed; review that no tool argument reaches them"
 
 
 def test_media_readers_open_only_the_file_they_are_given() -> None:
-    """The video tools open clips through :mod:`vgym.data.media` (with ``ctx.video``, above); its readers open the
-    path they are handed, once each, and read a clip's first bytes to refuse playlists."""
+    """The video tools open clips through :mod:`vgym.data.media` (with ``ctx.video``, above); its readers open
+    the path they are handed, once each, and read a clip's first bytes to refuse playlists."""
     assert _file_opening_calls(REPO / "vgym" / "data" / "media.py") == {
         ("_DecordClip.__init__", "decord.VideoReader"), ("_PyAVClip.__init__", "av.open"),
         ("_refuse_playlist", "open"), ("load_image", "Image.open"), ("load_image", "image.load"),
@@ -207,8 +253,8 @@ def _ts_clip(path: Path) -> None:
 
 @pytest.fixture
 def layout(tmp_path: Path) -> Path:
-    """``root/`` with ``a/x.png``, a link ``out`` to ``outside/`` (``x.png``, ``secret.ts``), a self-link ``loop``
-    and links ``l1`` <-> ``l2``; next to the root (outside it) also ``a/x.png``."""
+    """``root/`` with ``a/x.png``, a link ``out`` to ``outside/`` (``x.png``, ``secret.ts``), a self-link
+    ``loop`` and links ``l1`` <-> ``l2``; next to the root (outside it) also ``a/x.png``."""
     root = tmp_path / "root"
     for image in (root / "a" / "x.png", tmp_path / "a" / "x.png", tmp_path / "outside" / "x.png"):
         image.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +269,14 @@ def layout(tmp_path: Path) -> Path:
 
 def _jsonl_task(root: Path, **fields: Any) -> VgymJsonlTask:
     """A vgym JSONL dataset of one record (``fields`` override; None removes one), read by the loader."""
-    record = {"id": "r", "question": "q", "answer": "a", "answer_type": "exact", "images": ["a/x.png"], **fields}
+    record = {
+        "id": "r",
+        "question": "q",
+        "answer": "a",
+        "answer_type": "exact",
+        "images": ["a/x.png"],
+        **fields,
+    }
     (root / "data.jsonl").write_text(json.dumps({k: v for k, v in record.items() if v is not None}) + "\n")
     return VgymJsonlTask({"root": str(root)})
 
@@ -231,22 +284,37 @@ def _jsonl_task(root: Path, **fields: Any) -> VgymJsonlTask:
 VIDEO = {"images": None, "answer_type": "interval", "answer": "[0, 1]"}
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"images": ["out/../a/x.png"]}, "path 'out/../a/x.png' resolves to {tmp}/a/x.png, outside the dataset root"),
-    ({"images": ["loop"]}, "{root}/loop…Too many levels of symbolic links"),
-    ({"images": ["l1/x.png"]}, "{root}/l1/x.png…Too many levels of symbolic links"),
-    ({"images": ["file:///etc/passwd"]}, "image file not found: {root}/file:/etc/passwd"),
-    ({"images": ["http://127.0.0.1:9/x.png"]}, "image file not found: {root}/http:/127.0.0.1:9/x.png"),
-    ({"images": ["~/.ssh/id_rsa"]}, "image file not found: {root}/~/.ssh/id_rsa"),
-    ({"images": ["a/x.png\x00.jpg"]}, "a dataset path must be a non-empty string relative to the root"),
-    ({**VIDEO, "video": "concat:/etc/passwd|a/x.png"}, "video file not found: {root}/concat:/etc/passwd|a/x.png"),
-    ({**VIDEO, "video": "subfile,,start,0,end,0,,:/etc/passwd"}, "video file not found: {root}/subfile,,start,0,end"),
-    ({**VIDEO, "video": "out/secret.ts"}, "path 'out/secret.ts' resolves to {tmp}/outside/secret.ts, outside the"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (
+            {"images": ["out/../a/x.png"]},
+            "path 'out/../a/x.png' resolves to {tmp}/a/x.png, outside the dataset root",
+        ),
+        ({"images": ["loop"]}, "{root}/loop…Too many levels of symbolic links"),
+        ({"images": ["l1/x.png"]}, "{root}/l1/x.png…Too many levels of symbolic links"),
+        ({"images": ["file:///etc/passwd"]}, "image file not found: {root}/file:/etc/passwd"),
+        ({"images": ["http://127.0.0.1:9/x.png"]}, "image file not found: {root}/http:/127.0.0.1:9/x.png"),
+        ({"images": ["~/.ssh/id_rsa"]}, "image file not found: {root}/~/.ssh/id_rsa"),
+        ({"images": ["a/x.png\x00.jpg"]}, "a dataset path must be a non-empty string relative to the root"),
+        (
+            {**VIDEO, "video": "concat:/etc/passwd|a/x.png"},
+            "video file not found: {root}/concat:/etc/passwd|a/x.png",
+        ),
+        (
+            {**VIDEO, "video": "subfile,,start,0,end,0,,:/etc/passwd"},
+            "video file not found: {root}/subfile,,start,0,end",
+        ),
+        (
+            {**VIDEO, "video": "out/secret.ts"},
+            "path 'out/secret.ts' resolves to {tmp}/outside/secret.ts, outside the",
+        ),
+    ],
+)
 def test_record_paths_stay_in_the_root(layout: Path, fields: dict[str, Any], message: str) -> None:
-    """``..`` after a link (lexically inside), link loops, URL-like and ``~`` paths (looked up inside the root, never
-    fetched or expanded), a NUL byte, a video reached through a linked folder. ``message``: the parts the error
-    must hold, in order, separated by "…"."""
+    """``..`` after a link (lexically inside), link loops, URL-like and ``~`` paths (looked up inside the
+    root, never fetched or expanded), a NUL byte, a video reached through a linked folder. ``message``: the
+    parts the error must hold, in order, separated by "…"."""
     task = _jsonl_task(layout, **fields)
     with pytest.raises(InvalidConfigError) as error:
         task.sample("test", 0, 0)
@@ -255,9 +323,13 @@ def test_record_paths_stay_in_the_root(layout: Path, fields: dict[str, Any], mes
     assert re.match("vgym_jsonl record 'r': .*" + ".*".join(parts), str(error.value)), str(error.value)
 
 
-@pytest.mark.parametrize("image", ["//etc/passwd", "C:/Windows/win.ini", "\\\\server\\share\\x.png", "\\etc\\passwd"])
+@pytest.mark.parametrize(
+    "image", ["//etc/passwd", "C:/Windows/win.ini", "\\\\server\\share\\x.png", "\\etc\\passwd"]
+)
 def test_absolute_forms_are_refused_when_annotations_are_read(layout: Path, image: str) -> None:
-    with pytest.raises(InvalidConfigError, match=rf"data.jsonl:1: absolute path {re.escape(repr(image))}; paths are "):
+    with pytest.raises(
+        InvalidConfigError, match=rf"data.jsonl:1: absolute path {re.escape(repr(image))}; paths are "
+    ):
         _jsonl_task(layout, images=[image])
 
 
@@ -268,7 +340,9 @@ def test_absolute_forms_are_refused_when_annotations_are_read(layout: Path, imag
     ("a\x00.jsonl", r"a dataset path must be a non-empty string"),
 ])
 @pytest.mark.parametrize("loader", [VgymJsonlTask, VstarTask, RefcocoTask])
-def test_annotation_paths_stay_in_the_root(layout: Path, loader: type, annotations: str, message: str) -> None:
+def test_annotation_paths_stay_in_the_root(
+    layout: Path, loader: type, annotations: str, message: str
+) -> None:
     with pytest.raises(InvalidConfigError, match=message):
         loader({"root": str(layout), "annotations": annotations})
 
@@ -276,14 +350,20 @@ def test_annotation_paths_stay_in_the_root(layout: Path, loader: type, annotatio
 def test_media_folders_linked_out_of_the_root_are_refused(layout: Path) -> None:
     line = {"image": "x.png", "bbox": [0, 0, 4, 4], "expression": "a"}
     (layout / "refcoco.jsonl").write_text(json.dumps(line) + "\n")
-    with pytest.raises(InvalidConfigError, match=r"refcoco record '1': path 'out/x.png' resolves to .*/outside/x.png, "
-                                                 r"outside the dataset root"):
+    with pytest.raises(
+        InvalidConfigError,
+        match=r"refcoco record '1': path 'out/x.png' resolves to .*/outside/x.png, "
+        r"outside the dataset root",
+    ):
         RefcocoTask({"root": str(layout), "image_dir": "out"}).sample("test", 0, 0)
     (layout / "refcoco.jsonl").write_text(json.dumps({**line, "image": "/etc/passwd"}) + "\n")
     with pytest.raises(InvalidConfigError, match=r"refcoco.jsonl:1: absolute path '/etc/passwd'"):
-        RefcocoTask({"root": str(layout), "image_dir": "a"})  # posixpath.join drops image_dir for an absolute image
+        # posixpath.join drops image_dir for an absolute image
+        RefcocoTask({"root": str(layout), "image_dir": "a"})
     (layout / "charades_sta_test.txt").write_text("secret 0 1##a\n")
-    with pytest.raises(InvalidConfigError, match=r"charades_sta record 'test/1': path 'out/secret.ts' resolves to "):
+    with pytest.raises(
+        InvalidConfigError, match=r"charades_sta record 'test/1': path 'out/secret.ts' resolves to "
+    ):
         CharadesStaTask({"root": str(layout), "video_dir": "out", "video_ext": ".ts"}).sample("test", 0, 0)
 
 
@@ -307,17 +387,23 @@ def test_whole_file_and_text_limits_name_the_file(layout: Path) -> None:
     questions.parent.mkdir()
     for bad in (DEEP_LIST, DEEP_OBJECT):
         questions.write_text(bad)
-        with pytest.raises(InvalidConfigError, match=rf"^{re.escape(os.path.realpath(questions))}: JSON nested deeper "
-                                                     r"than 32 levels"):
+        with pytest.raises(
+            InvalidConfigError,
+            match=rf"^{re.escape(os.path.realpath(questions))}: JSON nested deeper "
+            r"than 32 levels",
+        ):
             ChartqaTask({"root": str(layout)})
     lines = layout / "charades_sta_test.txt"
     lines.write_text("v 0 1##a\nv 0 1##" + "a" * (1 << 20) + "\n")
-    with pytest.raises(InvalidConfigError, match=rf"^{re.escape(os.path.realpath(lines))}:2: line is over 1048576"):
+    with pytest.raises(
+        InvalidConfigError, match=rf"^{re.escape(os.path.realpath(lines))}:2: line is over 1048576"
+    ):
         CharadesStaTask({"root": str(layout)})
 
 
 def _playlist(layout: Path, name: str) -> str:
-    """An HLS playlist or ffconcat list that names ``outside/secret.ts`` (absolute, ``..``, file URL, via a link)."""
+    """An HLS playlist or ffconcat list that names ``outside/secret.ts`` (absolute, ``..``, file URL, via a
+    link)."""
     secret = os.path.realpath(layout.parent / "outside" / "secret.ts")
     hls = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n{}\n#EXT-X-ENDLIST\n"
     return {"abs.m3u8": hls.format(secret), "up.m3u8": hls.format("../outside/secret.ts"),
@@ -327,9 +413,9 @@ def _playlist(layout: Path, name: str) -> str:
 
 @pytest.mark.parametrize("name", ["abs.m3u8", "up.m3u8", "url.m3u8", "hls.mp4", "concat.mp4"])
 def test_a_video_playlist_cannot_read_outside_the_root(layout: Path, name: str) -> None:
-    """FFmpeg follows playlists (HLS, ffconcat) to the files they name, wherever those are: a "clip" inside the root
-    must not become a window onto files outside it, neither when the loader decodes it nor through the video tools
-    (the secret's frames are flat grey 200; a refused clip yields none)."""
+    """FFmpeg follows playlists (HLS, ffconcat) to the files they name, wherever those are: a "clip" inside
+    the root must not become a window onto files outside it, neither when the loader decodes it nor through
+    the video tools (the secret's frames are flat grey 200; a refused clip yields none)."""
     (layout / name).write_text(_playlist(layout, name))
     task = _jsonl_task(layout, **VIDEO, video=name)
     with pytest.raises(InvalidConfigError, match=rf"^vgym_jsonl record 'r': .*{re.escape(name)}"):
@@ -339,7 +425,8 @@ def test_a_video_playlist_cannot_read_outside_the_root(layout: Path, name: str) 
     for backend in ("decord", "pyav", "auto"):
         with pytest.raises(ToolError):
             TOOLS.get("get_frame")(ctx, {"t_s": 0.5}, backend=backend)
-    for decoder in ("decord", "pyav"):  # refused when opened, not merely when a seek fails after the file was read
+    # refused when opened, not merely when a seek fails after the file was read
+    for decoder in ("decord", "pyav"):
         with pytest.raises(Exception):  # noqa: B017  each decoder raises its own type; the tools wrap any in ToolError
             with VideoReaderCache(decoder).open(ctx.video):
                 pass

@@ -20,7 +20,8 @@ from vgym.tooling import fit_to_budget
 
 ALL_ENV_IDS = sorted(k for k in gymnasium.registry if k.startswith("vgym/"))
 ENV_IDS = sorted(env_id(TASKS.get(name)) for name in TASKS.names() if TASKS.get(name).procedural)
-"""Procedural tasks: their default config works anywhere. Dataset loaders need a root and have their own tests."""
+"""Procedural tasks: their default config works anywhere. Dataset loaders need a root and have their own
+tests."""
 VS = "vgym/VisualSearch-v0"
 
 
@@ -195,7 +196,12 @@ def test_tool_weight_is_paid_only_with_a_correct_answer() -> None:
         _, reward, *_, info = env.step(_answer(env, env.unwrapped.sample.answer))
         # correct but no tool: 0.7 * 1 + 0.1 * 1 + 0.2 * 0 = 0.8
         assert reward == pytest.approx(0.8)
-        assert info["reward_parts"] == {"accuracy": 1.0, "format": 1.0, "tool": 0.0, "total": pytest.approx(0.8)}
+        assert info["reward_parts"] == {
+            "accuracy": 1.0,
+            "format": 1.0,
+            "tool": 0.0,
+            "total": pytest.approx(0.8),
+        }
     finally:
         env.close()
 
@@ -287,7 +293,9 @@ def test_max_turns_truncates() -> None:
         # No answer: accuracy 0 and format 0; a tool succeeded but the tool weight is 0 -> total 0.
         assert info["reward_parts"] == {"accuracy": 0.0, "format": 0.0, "tool": 1.0, "total": 0.0}
         assert reward == 0.0 and info["answer"] is None
-        with pytest.raises(RuntimeError, match=r"step\(\) called on a finished episode; call reset\(\) first"):
+        with pytest.raises(
+            RuntimeError, match=r"step\(\) called on a finished episode; call reset\(\) first"
+        ):
             env.step(_answer(env, "red"))
     finally:
         env.close()
@@ -336,7 +344,8 @@ def test_every_observation_fits_the_budget(max_pixels: int) -> None:
         obs, _ = env.reset(seed=0)
         _assert_obs_valid(env, obs)
         x1, y1, x2, y2 = _region(env)
-        # The oracle region, two full-length strips as thin as MAX_ASPECT_RATIO allows (1344 / 14 = 96), a crop of a
+        # The oracle region, two full-length strips as thin as MAX_ASPECT_RATIO allows (1344 / 14 = 96), a
+        # crop of a
         # crop and a single pixel.
         boxes = [([x1, y1, x2, y2], 0), ([0, 0, 1344, 14], 0), ([0, 0, 14, 1344], 0), ([0, 0, 10, 10], 1)]
         boxes.append(([0, 0, 1, 1], 0))

@@ -1,6 +1,6 @@
-"""Tests of vgym/env.py under stress: a fuzz test of ``step`` on model-like output (never raises, every observation
-valid) and vectorised use (sync and async vector envs, group resets sharing one resize). The contract and episodes:
-``test_env.py``."""
+"""Tests of vgym/env.py under stress: a fuzz test of ``step`` on model-like output (never raises, every
+observation valid) and vectorised use (sync and async vector envs, group resets sharing one resize). The
+contract and episodes: ``test_env.py``."""
 
 from __future__ import annotations
 
@@ -19,17 +19,34 @@ from vgym.tasks.visual_search import PATTERNS
 
 # ---------------------------------------------------------------- fuzz
 
-_FRAGMENTS = ["<tool_call>", "</tool_call>", "<answer>", "</answer>", "{", "}", '"name"', '"arguments"', '"crop"', ":"]
+_FRAGMENTS = [
+    "<tool_call>",
+    "</tool_call>",
+    "<answer>",
+    "</answer>",
+    "{",
+    "}",
+    '"name"',
+    '"arguments"',
+    '"crop"',
+    ":",
+]
 _numbers = st.one_of(
     st.integers(-200, 1600), st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**30), 10**30)
 )
-_box_items = st.one_of(_numbers, st.text(max_size=3), st.booleans(), st.none(), st.lists(st.integers(), max_size=2))
+_box_items = st.one_of(
+    _numbers, st.text(max_size=3), st.booleans(), st.none(), st.lists(st.integers(), max_size=2)
+)
 _tool_calls = st.builds(
-    lambda name, box, index, extra: "<tool_call>"
-    + json.dumps({"name": name, "arguments": {"box": box, "image_index": index, **extra}})
-    + "</tool_call>",
+    lambda name, box, index, extra: (
+        "<tool_call>"
+        + json.dumps({"name": name, "arguments": {"box": box, "image_index": index, **extra}})
+        + "</tool_call>"
+    ),
     name=st.sampled_from(["crop", "crop", "crop", "zoom", ""]),
-    box=st.one_of(st.lists(_numbers, min_size=4, max_size=4), st.lists(_box_items, max_size=6), st.text(max_size=8)),
+    box=st.one_of(
+        st.lists(_numbers, min_size=4, max_size=4), st.lists(_box_items, max_size=6), st.text(max_size=8)
+    ),
     index=st.one_of(st.integers(-2, 4), st.floats(), st.text(max_size=2), st.none()),
     extra=st.dictionaries(st.sampled_from(["scale", "ctx", "image"]), st.integers(), max_size=1),
 )
@@ -101,8 +118,9 @@ def test_vector_env(mode: str, vector_kwargs: dict) -> None:
 
 
 def test_group_resets_share_one_resize_and_get_their_own_arrays() -> None:
-    """Envs reset to the same sample: the budget-fitted images are computed once (``SAMPLES.fitted`` returns the
-    same read-only list), equal ``fit_to_budget`` of the sample's images, and every reset gets new, writable arrays."""
+    """Envs reset to the same sample: the budget-fitted images are computed once (``SAMPLES.fitted`` returns
+    the same read-only list), equal ``fit_to_budget`` of the sample's images, and every reset gets new,
+    writable arrays."""
     from vgym.env import SAMPLES
     from vgym.tooling import fit_to_budget
 

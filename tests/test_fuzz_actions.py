@@ -1,12 +1,13 @@
-"""Action fuzzing (issue 9): every registered env takes thousands of hostile and near-valid turns without raising.
+"""Action fuzzing (issue 9): every registered env takes thousands of hostile and near-valid turns without
+raising.
 
 Two generators: the seeded grammar of ``benchmarks/fuzz_grammar.py`` with the checks of ``benchmarks/fuzz.py``
 (imported from there, so the benchmark and this test share one grammar and one set of checks: no exception,
 observation inside the space, bool flags, finite reward, UTF-8/JSON-writable observation and records, no tool
-crash, every error naming its problem, every malformed turn rejected, and the oracle's episode replayed exactly
-after fuzzing), over every registered env id (the five dataset loaders play :mod:`vgym.data.sample_data`'s datasets,
-written once per module); and hypothesis over arbitrary JSON in tool-call tags. Then one regression test per bug
-the fuzzing found.
+crash, every error naming its problem, every malformed turn rejected, and the oracle's episode replayed
+exactly after fuzzing), over every registered env id (the five dataset loaders play
+:mod:`vgym.data.sample_data`'s datasets, written once per module); and hypothesis over arbitrary JSON in
+tool-call tags. Then one regression test per bug the fuzzing found.
 """
 
 from __future__ import annotations
@@ -39,14 +40,16 @@ from benchmarks.fuzz import FuzzReport, Target, check_step, fuzz_target, fuzz_ta
 from benchmarks.fuzz_grammar import ActionGrammar, FuzzAction  # noqa: E402
 
 _WITHOUT_DATA, _NEED_DATA = fuzz_targets(fast=True)
-LABELS = [t.label for t in _WITHOUT_DATA] + [f"{eid}{kind}" for eid in sorted(_NEED_DATA) for kind in ("", " deep")]
+LABELS = [t.label for t in _WITHOUT_DATA] + [
+    f"{eid}{kind}" for eid in sorted(_NEED_DATA) for kind in ("", " deep")
+]
 """Every target's label, known at collection time; the dataset-backed envs' targets need the sample data."""
 
 
 @pytest.fixture(scope="module")
 def fuzz_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Target], dict[str, str]]:
-    """``fuzz_targets(fast=True)`` with vgym.data.sample_data's datasets written once for this module: label -> target,
-    and the skipped ids."""
+    """``fuzz_targets(fast=True)`` with vgym.data.sample_data's datasets written once for this module: label
+    -> target, and the skipped ids."""
     targets, skipped = fuzz_targets(fast=True, data_root=tmp_path_factory.mktemp("sample_data"))
     return {target.label: target for target in targets}, skipped
 
@@ -65,19 +68,32 @@ def test_every_registered_env_is_fuzzed(fuzz_setup: tuple[dict[str, Target], dic
     assert sorted(targets) == sorted(LABELS)
     by_id = {env_id(TASKS.get(name)): TASKS.get(name) for name in TASKS.names()}
     assert set(_NEED_DATA) == {eid for eid in registered if not by_id[eid].procedural} - {"vgym/RealMini-v0"}
-    assert {"vgym/VideoQa-v0", "vgym/VideoGrounding-v0", "vgym/MultiTool-v0", "vgym/RealMini-v0", "vgym/Vstar-v0",
-            "vgym/Refcoco-v0", "vgym/CharadesSta-v0", "vgym/ChartqaDataset-v0", "vgym/VgymJsonl-v0"} <= fuzzed
+    assert {
+        "vgym/VideoQa-v0",
+        "vgym/VideoGrounding-v0",
+        "vgym/MultiTool-v0",
+        "vgym/RealMini-v0",
+        "vgym/Vstar-v0",
+        "vgym/Refcoco-v0",
+        "vgym/CharadesSta-v0",
+        "vgym/ChartqaDataset-v0",
+        "vgym/VgymJsonl-v0",
+    } <= fuzzed
     offered = {tool for target in targets.values() for tool in target.kwargs.get("tools", ())}
     assert offered == set(TOOLS.names())  # the deep targets offer every tool
     for eid in _NEED_DATA:  # the default target plays train where the sample has it, the deep one test
         assert targets[f"{eid} deep"].kwargs["split"] == "test"
-        assert targets[eid].kwargs["task_config"]["root"] == targets[f"{eid} deep"].kwargs["task_config"]["root"]
+        assert (
+            targets[eid].kwargs["task_config"]["root"] == targets[f"{eid} deep"].kwargs["task_config"]["root"]
+        )
 
 
 @pytest.mark.parametrize("label", LABELS)
 def test_grammar_fuzzing(fuzz_setup: tuple[dict[str, Target], dict[str, str]], label: str) -> None:
-    # 150 turns per target (32 targets: 4,800 turns); 200 kB "huge" strings instead of the benchmark's 1 MB (both
-    # exceed MAX_CALL_CHARS; a 1 MB answer takes ~2 s to score) and 3 samples per target (video tasks render a clip
+    # 150 turns per target (32 targets: 4,800 turns); 200 kB "huge" strings instead of the benchmark's 1 MB
+    # (both
+    # exceed MAX_CALL_CHARS; a 1 MB answer takes ~2 s to score) and 3 samples per target (video tasks render a
+    # clip
     # per new sample; a split with fewer records wraps around). test_one_megabyte_strings covers 1 MB.
     report = fuzz_target(fuzz_setup[0][label], 150, seed=0, huge_chars=200_000, samples=3)
     assert report.actions == 150 and report.episodes > 10
@@ -85,9 +101,12 @@ def test_grammar_fuzzing(fuzz_setup: tuple[dict[str, Target], dict[str, str]], l
     assert report.rejected > 50  # most generated turns are malformed and the env said so
 
 
-# ---------------------------------------------------------------------------------------------------- hypothesis
+# ----------------------------------------------------------------------------------------------------
+# hypothesis
 
-_ARG_NAMES = sorted({a for n in TOOLS.names() for a in TOOLS.get(n).schema["function"]["parameters"]["properties"]})
+_ARG_NAMES = sorted(
+    {a for n in TOOLS.names() for a in TOOLS.get(n).schema["function"]["parameters"]["properties"]}
+)
 _scalars = (st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.sampled_from([10**400, -(2**64)])
             | st.floats() | st.text(max_size=12))
 
@@ -104,7 +123,19 @@ _calls = st.builds(
     st.dictionaries(st.sampled_from(_ARG_NAMES) | st.text(max_size=6), _json, max_size=4),
     st.booleans(),
 )
-_FRAGMENTS = ["<tool_call>", "</tool_call>", "<answer>", "</answer>", "{", "}", "[", '"name"', ":", "NaN", "1e999"]
+_FRAGMENTS = [
+    "<tool_call>",
+    "</tool_call>",
+    "<answer>",
+    "</answer>",
+    "{",
+    "}",
+    "[",
+    '"name"',
+    ":",
+    "NaN",
+    "1e999",
+]
 _turns = st.one_of(
     _calls,
     st.lists(_calls, min_size=2, max_size=4).map("\n".join),
@@ -117,7 +148,8 @@ _turns = st.one_of(
 
 @pytest.fixture(scope="module", params=["vgym/MultiTool-v0 deep", "vgym/Geometry-v0 deep"])
 def deep_env(request: pytest.FixtureRequest) -> Iterator[tuple[gymnasium.Env, float]]:
-    """A deep target's env (every tool offered; MultiTool has images and a video) and its fresh oracle reward."""
+    """A deep target's env (every tool offered; MultiTool has images and a video) and its fresh oracle
+    reward."""
     target = next(t for t in _WITHOUT_DATA if t.label == request.param)
     fresh = gymnasium.make(target.env_id, **target.kwargs)
     reference = oracle_reward(fresh, 0, {"index": 0})
@@ -144,12 +176,16 @@ def test_hypothesis_turns(deep_env: tuple[gymnasium.Env, float], turns: list[str
     assert oracle_reward(env, 0, {"index": 0}) == reference  # still plays exactly as a fresh env
 
 
-# ------------------------------------------------------------------------------------ regressions found by fuzzing
+# ------------------------------------------------------------------------------------ regressions found by
+# fuzzing
 
 
-def test_grammar_draws_video_times_inside_a_dataset_clip(fuzz_setup: tuple[dict[str, Target], dict[str, str]]) -> None:
+def test_grammar_draws_video_times_inside_a_dataset_clip(
+    fuzz_setup: tuple[dict[str, Target], dict[str, str]],
+) -> None:
     # Was: the grammar read "duration_s" from the top of the sample metadata (procedural video tasks); dataset
-    # records keep it under "video", so it assumed 4 s and most "valid" times fell outside the 2 s sample clip.
+    # records keep it under "video", so it assumed 4 s and most "valid" times fell outside the 2 s sample
+    # clip.
     target = fuzz_setup[0]["vgym/CharadesSta-v0"]  # default tools: sample_frames and get_frame
     env = gymnasium.make(target.env_id, **target.kwargs)
     try:
@@ -203,13 +239,17 @@ def test_call_length_limit_boundary(extra: int, ok: bool) -> None:
                      max_size=16).map("".join))
 def test_tag_scan_matches_the_regex(text: str) -> None:
     for start, end in (("<tool_call>", "</tool_call>"), ("<answer>", "</answer>")):
-        assert _between(text, start, end) == re.findall(re.escape(start) + "(.*?)" + re.escape(end), text, re.DOTALL)
+        assert _between(text, start, end) == re.findall(
+            re.escape(start) + "(.*?)" + re.escape(end), text, re.DOTALL
+        )
 
 
 @pytest.mark.parametrize("tag", ["<tool_call>", "<answer>"])
 def test_unclosed_tags_do_not_stall_the_parser(tag: str) -> None:
-    # Was: the regex rescanned the rest of the turn from every unclosed tag (quadratic): 16,000 tags took 71 s,
-    # so these 50,000 would take ~12 minutes; the linear scan takes milliseconds. A hang detector, not a timing.
+    # Was: the regex rescanned the rest of the turn from every unclosed tag (quadratic): 16,000 tags took 71
+    # s,
+    # so these 50,000 would take ~12 minutes; the linear scan takes milliseconds. A hang detector, not a
+    # timing.
     result: list = []
     worker = threading.Thread(target=lambda: result.append(HermesProtocol().parse(tag * 50_000)), daemon=True)
     worker.start()
@@ -217,9 +257,12 @@ def test_unclosed_tags_do_not_stall_the_parser(tag: str) -> None:
     assert result and result[0].errors, "parse() did not return within 60 s"
 
 
-@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 10**400], ids=["nan", "inf", "-inf", "10**400"])
+@pytest.mark.parametrize(
+    "value", [math.nan, math.inf, -math.inf, 10**400], ids=["nan", "inf", "-inf", "10**400"]
+)
 def test_non_finite_numbers_are_rejected_by_name(value: float) -> None:
-    # Was: 10**400 reached sample_frames, whose math.isfinite raised OverflowError: "internal error" for the model.
+    # Was: 10**400 reached sample_frames, whose math.isfinite raised OverflowError: "internal error" for the
+    # model.
     env = gymnasium.make("vgym/VideoQa-v0")
     env.reset(seed=0, options={"index": 0})
     call = HermesProtocol().format_tool_call("sample_frames", {"start_s": value, "end_s": 1.0})
@@ -230,8 +273,10 @@ def test_non_finite_numbers_are_rejected_by_name(value: float) -> None:
 
 
 def test_grabcut_on_a_flat_figure_finishes() -> None:
-    # Was: a point on the white of this 512x512 geometry figure ran GrabCut's max-flow for 80 s (singular colour
-    # models on flat colours); dithered, ~1 s. Through the runtime, whose 30 s timeout would report it as an error.
+    # Was: a point on the white of this 512x512 geometry figure ran GrabCut's max-flow for 80 s (singular
+    # colour
+    # models on flat colours); dithered, ~1 s. Through the runtime, whose 30 s timeout would report it as an
+    # error.
     task = TASKS.get("geometry")(None)
     sample = task.sample("train", 759873424, 0)
     runtime = ToolRuntime(ToolRuntimeConfig(backends={"segment": "grabcut"}, timeout_s=30.0))

@@ -1,5 +1,6 @@
-"""CPU coverage of ``benchmarks/gpu_step.py`` (the GPU check of issue 7): the 2B-sized model it builds is Qwen2-VL-2B's
-shape, and one timed GRPO step of the tiny size on CPU produces a full report row and a loadable saved checkpoint."""
+"""CPU coverage of ``benchmarks/gpu_step.py`` (the GPU check of issue 7): the 2B-sized model it builds is
+Qwen2-VL-2B's shape, and one timed GRPO step of the tiny size on CPU produces a full report row and a loadable
+saved checkpoint."""
 
 from __future__ import annotations
 
@@ -16,14 +17,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _module():  # type: ignore[no-untyped-def]
     """``benchmarks/gpu_step.py`` imported as a module (``benchmarks`` is not a package)."""
-    spec = importlib.util.spec_from_file_location("vgym_gpu_step_benchmark", REPO / "benchmarks" / "gpu_step.py")
+    spec = importlib.util.spec_from_file_location(
+        "vgym_gpu_step_benchmark", REPO / "benchmarks" / "gpu_step.py"
+    )
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
 
 
 def test_2b_size_is_qwen2_vl_2b(tiny_dir: Path) -> None:
-    """Built on the meta device (no memory): 2.209 B parameters, tied embeddings, 28 text layers, 32 vision blocks."""
+    """Built on the meta device (no memory): 2.209 B parameters, tied embeddings, 28 text layers, 32 vision
+    blocks."""
     model, processor = _module().build_model("2b", tiny_dir, "meta", torch.bfloat16)
     assert sum(p.numel() for p in model.parameters()) == 2_208_985_600
     assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
@@ -34,9 +38,32 @@ def test_2b_size_is_qwen2_vl_2b(tiny_dir: Path) -> None:
 
 def test_tiny_step_report_and_checkpoint(tmp_path: Path) -> None:
     out, saved = tmp_path / "rows.json", tmp_path / "model"
-    rows = _module().main(["--size", "tiny", "--device", "cpu", "--dtype", "float32", "--prompts", "1", "--group",
-                           "2", "--new-tokens", "4", "--max-pixels", str(112 * 112), "--warmup", "0", "--steps", "1",
-                           "--save", str(saved), "--out", str(out)])
+    rows = _module().main(
+        [
+            "--size",
+            "tiny",
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--prompts",
+            "1",
+            "--group",
+            "2",
+            "--new-tokens",
+            "4",
+            "--max-pixels",
+            str(112 * 112),
+            "--warmup",
+            "0",
+            "--steps",
+            "1",
+            "--save",
+            str(saved),
+            "--out",
+            str(out),
+        ]
+    )
     (row,) = json.loads(out.read_text())
     assert row == json.loads(json.dumps(rows[0]))
     assert row["episodes"] == 2 and row["mean"]["completion_tokens"] == 2 * 4  # forced to full length

@@ -1,9 +1,9 @@
-"""The shape of the house: imports run one way (task → env → rollout → trainer → entry layer), never in a circle,
-never through a re-export; importing vgym and playing a crop episode loads no model library.
+"""The shape of the house: imports run one way (task → env → rollout → trainer → entry layer), never in a
+circle, never through a re-export; importing vgym and playing a crop episode loads no model library.
 
 The static checks parse every module of ``vgym/``, ``tools/``, ``tasks/`` and ``trainers/`` (module-level,
-function-level and ``TYPE_CHECKING`` imports alike: each is an arrow between two ideas). The lazy-import checks run
-in a fresh interpreter, so nothing this test session imported earlier can hide an import.
+function-level and ``TYPE_CHECKING`` imports alike: each is an arrow between two ideas). The lazy-import
+checks run in a fresh interpreter, so nothing this test session imported earlier can hide an import.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = {"vgym": "vgym", "vgym.tools": "tools", "vgym.tasks": "tasks", "vgym.trainers": "trainers"}
 
-# (group, rank, module prefixes). A module may import its own group and groups of a lower rank; two groups of one
+# (group, rank, module prefixes). A module may import its own group and groups of a lower rank; two groups of
+# one
 # rank may not import each other (eval and trainers, tasks and tools, data and engine, ...).
 LAYERS: list[tuple[str, int, tuple[str, ...]]] = [
     ("base", 0, ("vgym.errors", "vgym.registry", "vgym.tool_schema")),
@@ -56,22 +57,27 @@ def _group(module: str) -> tuple[str, int]:
     """The layer of ``module`` (longest matching prefix); the package ``vgym`` itself sits with the env."""
     if module == "vgym":
         return "env", 4
-    best = max((p for _, _, prefixes in LAYERS for p in prefixes if module == p or module.startswith(p + ".")),
-               key=len, default=None)
+    best = max(
+        (p for _, _, prefixes in LAYERS for p in prefixes if module == p or module.startswith(p + ".")),
+        key=len,
+        default=None,
+    )
     if best is None:
         raise AssertionError(f"{module} belongs to no layer of tests/test_imports.py: add it to LAYERS")
     return next((name, rank) for name, rank, prefixes in LAYERS if best in prefixes)
 
 
 def _resolve(module: str) -> str:
-    """The vgym module an import names: ``vgym.x.y`` itself, or the package holding a ``from vgym.x import y``."""
+    """The vgym module an import names: ``vgym.x.y`` itself, or the package holding a
+    ``from vgym.x import y``."""
     while module not in MODULES and "." in module:
         module = module.rsplit(".", 1)[0]
     return module
 
 
 def _imports(name: str, path: Path) -> list[tuple[str, int, list[str]]]:
-    """(imported vgym module, line, names taken from it) for every import statement of the file, at any depth."""
+    """(imported vgym module, line, names taken from it) for every import statement of the file, at any
+    depth."""
     tree = ast.parse(path.read_text())
     out = []
     for node in ast.walk(tree):
@@ -86,7 +92,9 @@ def _imports(name: str, path: Path) -> list[tuple[str, int, list[str]]]:
             if base.split(".")[0] == "vgym":
                 for alias in node.names:
                     sub = f"{base}.{alias.name}"
-                    out.append((sub if sub in MODULES else base, node.lineno, [] if sub in MODULES else [alias.name]))
+                    out.append(
+                        (sub if sub in MODULES else base, node.lineno, [] if sub in MODULES else [alias.name])
+                    )
     return out
 
 
@@ -167,8 +175,9 @@ def _defined(path: Path) -> set[str]:
 
 
 def test_no_re_exports() -> None:
-    """Every ``from vgym.x import name`` takes a name that ``vgym.x`` defines, and every ``__all__`` lists only
-    names its module defines — the package ``vgym`` itself, whose ``__all__`` names the contracts, excepted."""
+    """Every ``from vgym.x import name`` takes a name that ``vgym.x`` defines, and every ``__all__`` lists
+    only names its module defines — the package ``vgym`` itself, whose ``__all__`` names the contracts,
+    excepted."""
     problems = []
     sources = {**MODULES, **{f"tests.{p.stem}": p for p in (REPO / "tests").rglob("*.py")},
                **{f"benchmarks.{p.stem}": p for p in (REPO / "benchmarks").glob("*.py")}}
@@ -184,7 +193,9 @@ def test_no_re_exports() -> None:
         if module == "vgym":
             continue
         for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            if isinstance(node, ast.Assign) and any(
+                getattr(t, "id", None) == "__all__" for t in node.targets
+            ):
                 listed = {elt.value for elt in node.value.elts}  # type: ignore[attr-defined]
                 extra = sorted(listed - _defined(path))
                 if extra:
@@ -196,8 +207,9 @@ def test_every_subpackage_says_what_it_holds_and_may_import() -> None:
     for init in sorted((REPO / "vgym").glob("*/__init__.py")) + [REPO / f / "__init__.py" for f in
                                                                  ("tools", "tasks", "trainers")]:
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
-        assert "import" in doc.lower() and len(doc) > 80, f"{init.relative_to(REPO)} needs a docstring saying " \
-                                                          "what lives there and what it may import"
+        assert "import" in doc.lower() and len(doc) > 80, (
+            f"{init.relative_to(REPO)} needs a docstring saying what lives there and what it may import"
+        )
 
 
 def _fresh(code: str) -> dict:
@@ -216,13 +228,14 @@ def test_a_crop_episode_imports_no_model_library() -> None:
         "env = gymnasium.make('vgym/VisualSearch-v0')\n"
         "env.reset(seed=0)\n"
         "box = list(env.unwrapped.sample.metadata['region'])\n"
-        "obs, reward, term, trunc, info = env.step('<tool_call>{\"name\": \"crop\", \"arguments\": {\"box\": %s}}"
+        'obs, reward, term, trunc, info = env.step(\'<tool_call>{"name": "crop", "arguments": {"box": %s}}'
         "</tool_call>' % box)\n"
         "assert info['tool_calls'][0]['ok'], info['tool_calls']\n"
         "from vgym.task import TASKS\nfrom vgym.tooling import TOOLS\n"
         f"print(json.dumps({{'heavy': [m for m in {HEAVY!r} if m in sys.modules],"
         " 'tasks': [n for n in TASKS.names() if TASKS.is_loaded(n)],"
-        " 'tools': [n for n in TOOLS.names() if TOOLS.is_loaded(n)]}))")
+        " 'tools': [n for n in TOOLS.names() if TOOLS.is_loaded(n)]}))"
+    )
     assert found == {"heavy": [], "tasks": ["visual_search"], "tools": ["crop"]}
 
 
@@ -240,11 +253,16 @@ def test_a_file_imported_under_two_names_registers_once(module: str) -> None:
     kind, name = ("tool", "crop") if module.startswith("tools") else ("task", "visual_search")
     registry = "from vgym.tooling import TOOLS as R" if kind == "tool" else "from vgym.task import TASKS as R"
     for first, second in ((module, f"vgym.{module}"), (f"vgym.{module}", module)):
-        code = (f"import json, importlib\nimportlib.import_module({first!r})\nimportlib.import_module({second!r})\n"
-                f"{registry}\nentry = R.get({name!r})\n"
-                "print(json.dumps({'names': R.names().count(%r), 'where': getattr(entry, 'fn', entry).__module__}))"
-                % name)
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False)
+        code = (
+            "import json, "
+            f"importlib\nimportlib.import_module({first!r})\nimportlib.import_module({second!r})\n"
+            f"{registry}\nentry = R.get({name!r})\n"
+            "print(json.dumps({'names': R.names().count(%r), "
+            "'where': getattr(entry, 'fn', entry).__module__}))" % name
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False
+        )
         assert done.returncode == 0, done.stderr
         found = json.loads(done.stdout.strip().splitlines()[-1])
         assert found["names"] == 1

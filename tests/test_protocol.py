@@ -95,14 +95,20 @@ def test_invalid_json_is_reported(protocol: HermesProtocol, body: str) -> None:
     assert len(parsed.errors[0]) < 300  # the snippet of the body is cut short
 
 
-@pytest.mark.parametrize("body, kind", [([1, 2], "list"), ('"crop"', "str"), ("3", "int"), ("null", "NoneType")])
+@pytest.mark.parametrize(
+    "body, kind", [([1, 2], "list"), ('"crop"', "str"), ("3", "int"), ("null", "NoneType")]
+)
 def test_non_object_json_is_reported(protocol: HermesProtocol, body: Any, kind: str) -> None:
     parsed = protocol.parse(_call(body))
     assert parsed.tool_calls == ()
-    assert parsed.errors == (f'Tool call must be a JSON object {{"name": ..., "arguments": {{...}}}}, got {kind}.',)
+    assert parsed.errors == (
+        f'Tool call must be a JSON object {{"name": ..., "arguments": {{...}}}}, got {kind}.',
+    )
 
 
-@pytest.mark.parametrize("body", [{"arguments": {}}, {"name": "", "arguments": {}}, {"name": 5, "arguments": {}}])
+@pytest.mark.parametrize(
+    "body", [{"arguments": {}}, {"name": "", "arguments": {}}, {"name": 5, "arguments": {}}]
+)
 def test_missing_or_bad_name(protocol: HermesProtocol, body: dict) -> None:
     parsed = protocol.parse(_call(body))
     assert parsed.tool_calls == ()
@@ -119,7 +125,8 @@ def test_arguments_encoded_as_a_json_string_are_decoded(protocol: HermesProtocol
     "arguments, message",
     [
         ("box=[1,2,3,4]", '"arguments" of crop must be a JSON object, got the string'),
-        ("[1, 2, 3, 4]", '"arguments" of crop must be a JSON object, got list'),  # a JSON string holding a list
+        # a JSON string holding a list
+        ("[1, 2, 3, 4]", '"arguments" of crop must be a JSON object, got list'),
         ([1, 2, 3, 4], '"arguments" of crop must be a JSON object, got list'),
         (7, '"arguments" of crop must be a JSON object, got int'),
         (None, '"arguments" of crop must be a JSON object, got NoneType'),
@@ -135,7 +142,9 @@ def test_arguments_not_an_object(protocol: HermesProtocol, arguments: Any, messa
 def test_extra_keys_are_rejected(protocol: HermesProtocol) -> None:
     parsed = protocol.parse(_call({"name": "crop", "arguments": {}, "id": 1, "type": "function"}))
     assert parsed.tool_calls == ()
-    assert parsed.errors == ("Tool call has unexpected key(s) ['id', 'type']; use only \"name\" and \"arguments\".",)
+    assert parsed.errors == (
+        "Tool call has unexpected key(s) ['id', 'type']; use only \"name\" and \"arguments\".",
+    )
 
 
 def test_calls_beyond_the_limit_are_dropped(protocol: HermesProtocol) -> None:
@@ -234,7 +243,9 @@ def test_parse_never_raises_and_keeps_its_invariants(text: str, limit: int) -> N
     assert isinstance(parsed, ParsedAction)
     assert all(isinstance(e, str) and e for e in parsed.errors)
     assert len(parsed.tool_calls) <= limit
-    assert all(isinstance(c.name, str) and c.name and isinstance(c.arguments, dict) for c in parsed.tool_calls)
+    assert all(
+        isinstance(c.name, str) and c.name and isinstance(c.arguments, dict) for c in parsed.tool_calls
+    )
     if parsed.answer is not None:
         assert parsed.tool_calls == ()  # an answer always wins
     if not parsed.errors:

@@ -42,21 +42,28 @@ def _python_blocks() -> list[str]:
 
 
 def test_every_python_block_parses_and_its_vgym_imports_exist() -> None:
-    """Blocks that need a model or a cluster are not run, but what they import from vgym must exist as written."""
+    """Blocks that need a model or a cluster are not run, but what they import from vgym must exist as
+    written."""
     blocks = _python_blocks()
     assert len(blocks) >= 4
     imports = []
     for code in blocks:
         compile(code, "README.md", "exec")
-        imports += [line for line in code.splitlines() if re.match(r"(from vgym[\w.]* import |import vgym)", line)]
-    out = subprocess.run([sys.executable, "-c", "\n".join(imports)], capture_output=True, text=True, timeout=120)
+        imports += [
+            line for line in code.splitlines() if re.match(r"(from vgym[\w.]* import |import vgym)", line)
+        ]
+    out = subprocess.run(
+        [sys.executable, "-c", "\n".join(imports)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_the_use_it_from_python_block_runs(tmp_path: Path) -> None:
     section = README.read_text().split("## Use it from Python", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL).group(1)  # type: ignore[union-attr]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "'accuracy'" in out.stdout and "'total'" in out.stdout
 
@@ -68,12 +75,13 @@ def test_the_register_a_tool_block_registers_a_working_tool() -> None:
         "\nimport gymnasium, numpy as np, vgym\n"
         "env = gymnasium.make('vgym/VisualSearch-v0', tools=('crop', 'flip'))\n"
         "first, info = env.reset(seed=0)\n"
-        "obs, r, term, trunc, info = env.step('<tool_call>{\"name\": \"flip\", \"arguments\": {}}</tool_call>')\n"
+        'obs, r, term, trunc, info = env.step(\'<tool_call>{"name": "flip", "arguments": {}}</tool_call>\')\n'
         "assert info['tool_calls'][0]['ok'], info['tool_calls']\n"
         "shown, flipped = first['images'][0].astype(int), obs['images'][0].astype(int)\n"
         "assert shown.shape == flipped.shape and np.abs(flipped - shown[:, ::-1]).mean() < 1.0\n"
         "assert np.abs(flipped - shown).mean() > 1.0\n"
-        "print('flipped', len(obs['images']))\n")
+        "print('flipped', len(obs['images']))\n"
+    )
     out = subprocess.run([sys.executable, "-c", play], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "flipped 1"

@@ -1,4 +1,5 @@
-"""Tests of vgym/rewards.py: text normalisation, the verifiers and the composite reward (values worked by hand)."""
+"""Tests of vgym/rewards.py: text normalisation, the verifiers and the composite reward (values worked by
+hand)."""
 
 from __future__ import annotations
 
@@ -108,7 +109,9 @@ def test_multiple_choice_gold_out_of_range_raises(gold_index: int) -> None:
         ("3", math.nan, 0.0, 1e9, 0.0),  # a nan gold matches nothing, whatever the tolerance
     ],
 )
-def test_numeric_reward(prediction: str, gold: float, rel_tol: float, abs_tol: float, expected: float) -> None:
+def test_numeric_reward(
+    prediction: str, gold: float, rel_tol: float, abs_tol: float, expected: float
+) -> None:
     assert numeric_reward(prediction, gold, rel_tol=rel_tol, abs_tol=abs_tol) == expected
 
 
@@ -117,7 +120,9 @@ def test_reward_config_accepts_valid_weights(format_weight: float, tool_weight: 
     assert RewardConfig(format_weight, tool_weight).tool_weight == tool_weight
 
 
-@pytest.mark.parametrize("format_weight, tool_weight", [(-0.1, 0.0), (0.0, -0.1), (0.5, 0.5), (0.6, 0.5), (1.0, 0.0)])
+@pytest.mark.parametrize(
+    "format_weight, tool_weight", [(-0.1, 0.0), (0.0, -0.1), (0.5, 0.5), (0.6, 0.5), (1.0, 0.0)]
+)
 def test_reward_config_rejects_invalid_weights(format_weight: float, tool_weight: float) -> None:
     with pytest.raises(InvalidConfigError, match=r"format_weight \+ tool_weight < 1"):
         RewardConfig(format_weight, tool_weight)

@@ -91,7 +91,18 @@ def test_image_list_space_contains(images: tuple) -> None:
         ("not an image",),
         _img(4, 4),  # a bare array, not a tuple
     ],
-    ids=["float32", "int64", "too-many-pixels", "long-strip", "too-many-images", "list", "grey", "rgba", "str", "bare"],
+    ids=[
+        "float32",
+        "int64",
+        "too-many-pixels",
+        "long-strip",
+        "too-many-images",
+        "list",
+        "grey",
+        "rgba",
+        "str",
+        "bare",
+    ],
 )
 def test_image_list_space_rejects(images: object) -> None:
     assert not ImageListSpace(max_images=2, max_pixels=100).contains(images)

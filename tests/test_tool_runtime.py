@@ -1,4 +1,5 @@
-"""Tests of vgym/tool_runtime.py: backend selection, byte-identical cache replay, timeouts, crash isolation."""
+"""Tests of vgym/tool_runtime.py: backend selection, byte-identical cache replay, timeouts, crash
+isolation."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ def _echo(ctx: ToolContext, value: int = 0) -> ToolResult:
     Args:
         value: Any integer.
     """
-    return ToolResult(text=f"{ctx.resource}:{value}", images=[np.full((2, 3, 3), value % 256, dtype=np.uint8)])
+    return ToolResult(
+        text=f"{ctx.resource}:{value}", images=[np.full((2, 3, 3), value % 256, dtype=np.uint8)]
+    )
 
 
 def _sleepy(ctx: ToolContext, value: int = 0) -> ToolResult:
@@ -41,7 +44,9 @@ def _load(options):  # type: ignore[no-untyped-def]
     return options.get("name", "unnamed")
 
 
-ECHO = Tool(_echo, backends={"fast": Backend(_echo, loader=_load), "slow": Backend(_sleepy), "die": Backend(_die)})
+ECHO = Tool(
+    _echo, backends={"fast": Backend(_echo, loader=_load), "slow": Backend(_sleepy), "die": Backend(_die)}
+)
 
 
 def _ctx(seed: int = 0) -> ToolContext:
@@ -51,7 +56,9 @@ def _ctx(seed: int = 0) -> ToolContext:
 
 def test_default_backend_is_the_first_and_unknown_backends_are_listed() -> None:
     assert ECHO.default_backend == "fast"
-    with pytest.raises(UnknownNameError, match="no backend 'fsat'. Did you mean 'fast'.*'die', 'fast', 'slow'"):
+    with pytest.raises(
+        UnknownNameError, match="no backend 'fsat'. Did you mean 'fast'.*'die', 'fast', 'slow'"
+    ):
         ECHO.backend("fsat")
 
 
@@ -84,7 +91,9 @@ def test_cache_key_depends_on_options_metadata_and_arrays() -> None:
     key = ToolCache.key(ECHO, "fast", {"value": 1}, base)
     changed = [
         ToolContext(base.images, {"k": 2}, base.rng, base.max_pixels),
-        ToolContext(base.images, base.metadata, base.rng, base.max_pixels, arrays={"depth": np.zeros((2, 2))}),
+        ToolContext(
+            base.images, base.metadata, base.rng, base.max_pixels, arrays={"depth": np.zeros((2, 2))}
+        ),
         ToolContext(base.images, base.metadata, base.rng, base.max_pixels, options={"model": "/x"}),
     ]
     assert all(ToolCache.key(ECHO, "fast", {"value": 1}, c) != key for c in changed)
@@ -110,7 +119,9 @@ def test_invalid_arguments_fail_before_running() -> None:
         runtime.call(ECHO, _ctx(), {"value": "3"})
 
 
-@pytest.mark.parametrize("config, message", [({"isolation": "docker"}, "isolation must be"), ({"timeout_s": 0}, "timeout_s")])
+@pytest.mark.parametrize(
+    "config, message", [({"isolation": "docker"}, "isolation must be"), ({"timeout_s": 0}, "timeout_s")]
+)
 def test_invalid_config(config: dict, message: str) -> None:
     with pytest.raises(InvalidConfigError, match=message):
         ToolRuntimeConfig(**config)
@@ -133,9 +144,14 @@ def test_env_records_backend_and_cache_hit(tmp_path) -> None:  # type: ignore[no
     for _ in range(2):
         env.reset(seed=0)
         region = env.sample.metadata["region"]  # type: ignore[union-attr]
-        _, _, _, _, info = env.step('<tool_call>{"name": "crop", "arguments": {"box": %s}}</tool_call>' % region)
+        _, _, _, _, info = env.step(
+            '<tool_call>{"name": "crop", "arguments": {"box": %s}}</tool_call>' % region
+        )
         records.append(info["tool_calls"][0])
-    assert [(r["backend"], r["cache_hit"], r["ok"]) for r in records] == [("default", False, True), ("default", True, True)]
+    assert [(r["backend"], r["cache_hit"], r["ok"]) for r in records] == [
+        ("default", False, True),
+        ("default", True, True),
+    ]
     env.close()
 
 
@@ -148,7 +164,9 @@ def test_a_crashing_tool_becomes_an_error_observation() -> None:
     env = VisualToolEnv("visual_search")
     env.tools["_echo"] = Tool(_echo, backends={"boom": Backend(_boom)})  # this env instance only
     env.reset(seed=0)
-    obs, reward, terminated, truncated, info = env.step('<tool_call>{"name": "_echo", "arguments": {}}</tool_call>')
+    obs, reward, terminated, truncated, info = env.step(
+        '<tool_call>{"name": "_echo", "arguments": {}}</tool_call>'
+    )
     assert "internal error in _echo: ZeroDivisionError" in obs["text"]
     assert info["tool_calls"][0]["ok"] is False and not terminated
     env.close()
@@ -179,7 +197,8 @@ def _slow_load(options):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("isolation", ["none", "subprocess"])
 def test_worker_start_and_loading_do_not_count_against_the_call_timeout(isolation: str) -> None:
-    # Before the fix, start-up (a fresh worker process's imports, ~3.5 s) and loading ran inside the call's 0.5 s,
+    # Before the fix, start-up (a fresh worker process's imports, ~3.5 s) and loading ran inside the call's
+    # 0.5 s,
     # so every call timed out, killed its worker and the next call started over: no call could ever succeed.
     tool = Tool(_echo, backends={"slow_load": Backend(_echo, loader=_slow_load)})
     runtime = ToolRuntime(ToolRuntimeConfig(isolation=isolation, timeout_s=0.5))

@@ -1,6 +1,6 @@
 """vgym.tool_schema builds the schema the model sees exactly as transformers' ``get_json_schema`` does on this
-transformers version — for every built-in tool, the README's example and hints of every supported kind — and refuses
-what has no JSON meaning."""
+transformers version — for every built-in tool, the README's example and hints of every supported kind — and
+refuses what has no JSON meaning."""
 
 from __future__ import annotations
 

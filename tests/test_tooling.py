@@ -1,7 +1,7 @@
 """Tests of vgym/tooling.py: Tool schemas and argument validation, and fit_to_budget.
 
-Tools under test are local functions wrapped in ``Tool`` (never registered); the registry contract test reads the
-registered TOOLS without changing them.
+Tools under test are local functions wrapped in ``Tool`` (never registered); the registry contract test reads
+the registered TOOLS without changing them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from vgym.errors import ToolError
 from vgym.tooling import TOOLS, Tool, ToolContext, ToolResult, fit_to_budget
 
 
-def zoom(ctx: ToolContext, factor: float, label: str = "x", image_index: int = 0, flip: bool = False) -> ToolResult:
+def zoom(
+    ctx: ToolContext, factor: float, label: str = "x", image_index: int = 0, flip: bool = False
+) -> ToolResult:
     """Zoom into an image.
 
     More text after the first paragraph.
@@ -39,7 +41,9 @@ def tool() -> Tool:
 
 @pytest.fixture
 def ctx() -> ToolContext:
-    return ToolContext(images=[np.zeros((4, 4, 3), np.uint8)], metadata={}, rng=np.random.default_rng(0), max_pixels=16)
+    return ToolContext(
+        images=[np.zeros((4, 4, 3), np.uint8)], metadata={}, rng=np.random.default_rng(0), max_pixels=16
+    )
 
 
 # ---------------------------------------------------------------- schema
@@ -61,8 +65,10 @@ def test_schema_comes_from_signature_and_docstring_without_ctx(tool: Tool) -> No
     }
     assert params["properties"]["factor"]["description"] == "How much to zoom."
     assert "return" not in fn
-    assert tool.signature_hint() == "factor: number, label: string (optional), image_index: integer (optional), " + (
-        "flip: boolean (optional)"
+    assert (
+        tool.signature_hint()
+        == "factor: number, label: string (optional), image_index: integer (optional), "
+        + ("flip: boolean (optional)")
     )
 
 
@@ -90,7 +96,9 @@ def test_every_registered_tool_has_a_described_schema(name: str) -> None:
     assert fn["description"]
     properties = fn["parameters"]["properties"]
     assert "ctx" not in properties
-    assert all(p.get("description") for p in properties.values()), f"{name}: every argument needs a description"
+    assert all(p.get("description") for p in properties.values()), (
+        f"{name}: every argument needs a description"
+    )
 
 
 # ---------------------------------------------------------------- validation
@@ -105,7 +113,8 @@ def test_valid_arguments_run_the_function(tool: Tool, ctx: ToolContext) -> None:
     "arguments, message",
     [
         ({"factor": 2, "zoom_level": 3}, r"zoom: unknown argument\(s\) \['zoom_level'\]"),
-        ({"ctx": None, "factor": 2}, r"zoom: unknown argument\(s\) \['ctx'\]"),  # the hidden context is not an argument
+        # the hidden context is not an argument
+        ({"ctx": None, "factor": 2}, r"zoom: unknown argument\(s\) \['ctx'\]"),
         ({}, r"zoom: missing required argument\(s\) \['factor'\]"),
         ({"label": "y"}, r"missing required argument\(s\) \['factor'\]"),
         ({"factor": "2"}, r"argument 'factor' must be a JSON number, got '2'"),
@@ -118,7 +127,9 @@ def test_valid_arguments_run_the_function(tool: Tool, ctx: ToolContext) -> None:
         ({"factor": 2, "label": 5}, r"argument 'label' must be a JSON string, got 5"),
     ],
 )
-def test_invalid_arguments_raise_tool_error(tool: Tool, ctx: ToolContext, arguments: dict, message: str) -> None:
+def test_invalid_arguments_raise_tool_error(
+    tool: Tool, ctx: ToolContext, arguments: dict, message: str
+) -> None:
     with pytest.raises(ToolError, match=message) as info:
         tool(ctx, arguments)
     # Every message tells the model what a valid call looks like.
@@ -170,7 +181,9 @@ def test_fit_to_budget_keeps_a_flat_colour(upscale: bool) -> None:
     max_pixels=st.integers(1, 300_000),
     upscale=st.booleans(),
 )
-def test_fit_to_budget_respects_the_budget_and_the_aspect_ratio(h: int, w: int, max_pixels: int, upscale: bool) -> None:
+def test_fit_to_budget_respects_the_budget_and_the_aspect_ratio(
+    h: int, w: int, max_pixels: int, upscale: bool
+) -> None:
     image = np.zeros((h, w, 3), np.uint8)
     out = fit_to_budget(image, max_pixels, upscale=upscale)
     H, W = out.shape[:2]
@@ -182,7 +195,8 @@ def test_fit_to_budget_respects_the_budget_and_the_aspect_ratio(h: int, w: int, 
     assert H * W <= max_pixels
     scale = math.sqrt(max_pixels / (h * w))
     if h * scale >= 1 and w * scale >= 1:
-        # Both sides are the ideal scaled size rounded down: the aspect ratio is kept to within a pixel per side,
+        # Both sides are the ideal scaled size rounded down: the aspect ratio is kept to within a pixel per
+        # side,
         # and the budget is nearly filled.
         assert h * scale - 1 < H <= h * scale + 1e-9
         assert w * scale - 1 < W <= w * scale + 1e-9

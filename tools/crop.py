@@ -4,7 +4,8 @@ Contents: :func:`crop`, :func:`parse_box`.
 
 The crop is pixel-exact on the full-resolution image (``image[y1:y2, x1:x2]``); the env then shows it zoomed
 to the image budget. Boxes are ``[x1, y1, x2, y2]`` in pixels of the addressed image, x2/y2 exclusive; a box
-partly outside the image is clipped, one entirely outside, empty, inverted or non-finite is a :class:`ToolError`.
+partly outside the image is clipped, one entirely outside, empty, inverted or non-finite is a
+:class:`ToolError`.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ def crop(ctx: ToolContext, box: list[float], image_index: int = 0) -> ToolResult
         image_index: Which image to crop (0 is the first image).
     """
     if not 0 <= image_index < len(ctx.images):
-        raise ToolError(f"image_index {image_index} does not exist; valid indices are 0..{len(ctx.images) - 1}.")
+        raise ToolError(
+            f"image_index {image_index} does not exist; valid indices are 0..{len(ctx.images) - 1}."
+        )
     image = ctx.images[image_index]
     x1, y1, x2, y2 = parse_box(box, image.shape[1], image.shape[0])
     region = np.ascontiguousarray(image[y1:y2, x1:x2])

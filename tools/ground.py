@@ -8,8 +8,8 @@ Backends (the ``detect_*`` functions return :class:`Detection` lists; :mod:`vgym
 
 - ``oracle``: the sample's ``metadata["objects"]`` whose name contains every query word; image 0 only.
 - ``opencv``: classical vision. Colour and shape words (``"red circle"``, ``"triangle"``) threshold the image
-  in HSV and classify each contour by how well it fills its enclosing circle, rectangle and triangle; ``"face"``
-  uses OpenCV's bundled frontal-face Haar cascade and ``"person"`` its HOG people detector.
+  in HSV and classify each contour by how well it fills its enclosing circle, rectangle and triangle;
+  ``"face"`` uses OpenCV's bundled frontal-face Haar cascade and ``"person"`` its HOG people detector.
 - ``hf``: a transformers zero-shot detector (OWLv2 or OWL-ViT) loaded from the local directory in the backend
   option ``model``; option ``score_threshold`` (default 0.1) drops weak boxes.
 
@@ -74,7 +74,8 @@ class Detection:
     """One found object.
 
     Attributes:
-        box: ``(x1, y1, x2, y2)`` whole pixels, ``0 <= x1 < x2 <= W``, ``0 <= y1 < y2 <= H`` (x2/y2 exclusive).
+        box: ``(x1, y1, x2, y2)`` whole pixels, ``0 <= x1 < x2 <= W``, ``0 <= y1 < y2 <= H`` (x2/y2
+            exclusive).
         score: confidence in [0, 1] (1.0 for the oracle).
         point: a pixel ``(x, y)`` inside the object, when the backend knows one better than the box centre.
     """
@@ -108,7 +109,9 @@ def _query_words(query: str) -> list[str]:
 
 def _image(ctx: ToolContext, image_index: int) -> np.ndarray:
     if not 0 <= image_index < len(ctx.images):
-        raise ToolError(f"image_index {image_index} does not exist; valid indices are 0..{len(ctx.images) - 1}.")
+        raise ToolError(
+            f"image_index {image_index} does not exist; valid indices are 0..{len(ctx.images) - 1}."
+        )
     return ctx.images[image_index]
 
 
@@ -120,7 +123,8 @@ def _pixel_box(box: Sequence[float], width: int, height: int) -> tuple[int, int,
 
 
 def _best(detections: list[Detection], nms_iou: float | None = 0.5) -> list[Detection]:
-    """Sort by score (stable: ties keep their order), drop boxes overlapping a better one, keep the top few."""
+    """Sort by score (stable: ties keep their order), drop boxes overlapping a better one, keep the top
+    few."""
     ranked = sorted(detections, key=lambda d: -d.score)
     if nms_iou is not None:  # greedy non-maximum suppression
         kept: list[Detection] = []
@@ -178,7 +182,8 @@ def _colour_mask(hsv: np.ndarray, colour: str) -> np.ndarray:
 
 
 def _shape_fits(contour: np.ndarray) -> dict[str, float]:
-    """How much of its smallest enclosing circle, rotated rectangle and triangle the contour fills (1 = exactly)."""
+    """How much of its smallest enclosing circle, rotated rectangle and triangle the contour fills (1 =
+    exactly)."""
     area = cv2.contourArea(contour)
     hull = cv2.convexHull(contour)
     _, radius = cv2.minEnclosingCircle(hull)
@@ -217,7 +222,8 @@ def _detect_faces(gray: np.ndarray) -> list[Detection]:
     cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
     rects, neighbours = cascade.detectMultiScale2(cv2.equalizeHist(gray), scaleFactor=1.1, minNeighbors=5,
                                                   minSize=(24, 24))
-    # The cascade gives no probability; more merged neighbour detections mean a surer face, n / (n + 5) in [0, 1).
+    # The cascade gives no probability; more merged neighbour detections mean a surer face, n / (n + 5) in [0,
+    # 1).
     return [Detection((int(x), int(y), int(x + w), int(y + h)), round(float(n) / (float(n) + 5.0), 3))
             for (x, y, w, h), n in zip(np.asarray(rects).reshape(-1, 4), np.asarray(neighbours).reshape(-1))]
 
@@ -260,8 +266,10 @@ def detect_opencv(ctx: ToolContext, query: str, image_index: int = 0) -> list[De
     colours = [w for w in words if w in COLOUR_HSV_RANGES]
     shapes = {SHAPE_WORDS[w] for w in words if w in SHAPE_WORDS}
     if len(set(colours)) > 1 or len(shapes) > 1:
-        raise ToolError(f"query {query!r} names several colours or shapes; ask for one colour and/or one shape, "
-                        "e.g. 'red circle'.")
+        raise ToolError(
+            f"query {query!r} names several colours or shapes; ask for one colour and/or one shape, "
+            "e.g. 'red circle'."
+        )
     return _best(_detect_shapes(image, colours or list(COLOUR_HSV_RANGES), next(iter(shapes), None)))
 
 
@@ -279,8 +287,10 @@ def load_detector(options: Mapping[str, Any]) -> tuple[Any, Any, str]:
     """
     path = options.get("model")
     if not path or not Path(str(path)).is_dir():
-        raise ToolError(f"the hf grounding backend needs the option 'model' set to a local directory with an "
-                        f"OWLv2/OWL-ViT checkpoint, got {path!r}; set options {{'ground': {{'model': '/dir'}}}}.")
+        raise ToolError(
+            f"the hf grounding backend needs the option 'model' set to a local directory with an "
+            f"OWLv2/OWL-ViT checkpoint, got {path!r}; set options {{'ground': {{'model': '/dir'}}}}."
+        )
     from transformers import (  # heavy: only when used
         AutoConfig,
         AutoModelForZeroShotObjectDetection,
@@ -289,18 +299,24 @@ def load_detector(options: Mapping[str, Any]) -> tuple[Any, Any, str]:
 
     model_type = AutoConfig.from_pretrained(str(path), local_files_only=True).model_type
     if model_type not in ("owlv2", "owlvit"):
-        raise ToolError(f"the hf grounding backend runs OWLv2 or OWL-ViT, but {path!r} holds a {model_type!r} "
-                        "model; point the option 'model' at an OWLv2/OWL-ViT checkpoint.")
+        raise ToolError(
+            f"the hf grounding backend runs OWLv2 or OWL-ViT, but {path!r} holds a {model_type!r} "
+            "model; point the option 'model' at an OWLv2/OWL-ViT checkpoint."
+        )
     device = str(options.get("device", "cpu"))
-    model = AutoModelForZeroShotObjectDetection.from_pretrained(str(path), local_files_only=True).to(device).eval()
+    model = (
+        AutoModelForZeroShotObjectDetection.from_pretrained(str(path), local_files_only=True)
+        .to(device)
+        .eval()
+    )
     return model, AutoProcessor.from_pretrained(str(path), local_files_only=True), device
 
 
 def detect_hf(ctx: ToolContext, query: str, image_index: int = 0) -> list[Detection]:
     """Zero-shot detection with the loaded OWLv2/OWL-ViT model (``ctx.resource`` from :func:`load_detector`).
 
-    Boxes scoring at most ``ctx.options["score_threshold"]`` (default 0.1) are dropped, then boxes overlapping a
-    better one by IoU > 0.5.
+    Boxes scoring at most ``ctx.options["score_threshold"]`` (default 0.1) are dropped, then boxes overlapping
+    a better one by IoU > 0.5.
 
     Args and Returns: as :func:`detect_oracle` (``ctx.resource`` and ``ctx.options`` set by the runtime).
 
@@ -313,7 +329,9 @@ def detect_hf(ctx: ToolContext, query: str, image_index: int = 0) -> list[Detect
     image = _image(ctx, image_index)
     threshold = ctx.options.get("score_threshold", 0.1)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-        raise ToolError(f"the hf grounding option 'score_threshold' must be a number in [0, 1], got {threshold!r}.")
+        raise ToolError(
+            f"the hf grounding option 'score_threshold' must be a number in [0, 1], got {threshold!r}."
+        )
     model, processor, device = ctx.resource
     height, width = image.shape[:2]
     inputs = processor(text=[[query.strip()]], images=image, return_tensors="pt").to(device)
@@ -328,8 +346,11 @@ def detect_hf(ctx: ToolContext, query: str, image_index: int = 0) -> list[Detect
     return _best(found)
 
 
-def draw_detections(image: np.ndarray, detections: Sequence[Detection], *, points: bool = False) -> np.ndarray:
-    """A copy of ``image`` (RGB uint8) with each box (or, with ``points``, a cross at each point) and its rank.
+def draw_detections(
+    image: np.ndarray, detections: Sequence[Detection], *, points: bool = False
+) -> np.ndarray:
+    """A copy of ``image`` (RGB uint8) with each box (or, with ``points``, a cross at each point) and its
+    rank.
 
     Args:
         image: RGB uint8 (H, W, 3); not modified.
@@ -353,12 +374,15 @@ def draw_detections(image: np.ndarray, detections: Sequence[Detection], *, point
                 cv2.rectangle(canvas, (x1, y1), (x2 - 1, y2 - 1), colour, width)
             anchor = (x1 + 2, max(y1 - 3, 10 * thick))
         for colour, width in (((0, 0, 0), thick + 2), ((255, 230, 0), thick)):
-            cv2.putText(canvas, str(rank), anchor, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, colour, width, cv2.LINE_AA)
+            cv2.putText(
+                canvas, str(rank), anchor, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, colour, width, cv2.LINE_AA
+            )
     return canvas
 
 
 def detection_point(det: Detection) -> tuple[int, int]:
-    """The detection's own ``point``, else its box's centre pixel ``((x1 + x2 - 1) // 2, (y1 + y2 - 1) // 2)``.
+    """The detection's own ``point``, else its box's centre pixel
+    ``((x1 + x2 - 1) // 2, (y1 + y2 - 1) // 2)``.
 
     x2/y2 are exclusive, so the box's last pixel column is x2 - 1.
     """
@@ -403,6 +427,15 @@ def _ground_hf(ctx: ToolContext, query: str, image_index: int = 0) -> ToolResult
     return _result(detect_hf(ctx, query, image_index), query, ctx.images[image_index], image_index)
 
 
-TOOLS.register("ground", Tool(ground, backends={"oracle": Backend(_ground_oracle), "opencv": Backend(_ground_opencv),
-                                               "hf": Backend(_ground_hf, loader=load_detector, nondeterministic=True)},
-                              default_backend="oracle"))
+TOOLS.register(
+    "ground",
+    Tool(
+        ground,
+        backends={
+            "oracle": Backend(_ground_oracle),
+            "opencv": Backend(_ground_opencv),
+            "hf": Backend(_ground_hf, loader=load_detector, nondeterministic=True),
+        },
+        default_backend="oracle",
+    ),
+)

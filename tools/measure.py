@@ -4,10 +4,10 @@ Contents: :func:`measure`, :func:`parse_points`, :func:`parse_boxes`, :func:`pol
 :data:`KINDS`.
 
 Coordinates are continuous pixel positions of the addressed image (``[x, y]``; boxes ``[x1, y1, x2, y2]`` with
-x2/y2 exclusive, so a box's area is ``(x2 - x1) * (y2 - y1)``). Nothing is clipped: every coordinate must lie in
-the image frame ``0 <= x <= W``, ``0 <= y <= H``. Points and boxes are lists of lists (``[[x, y], ...]``); a flat
-list (``[x1, y1, x2, y2, ...]``) is regrouped, since models often write one. The result is text plus the image
-with the measured geometry drawn on it.
+x2/y2 exclusive, so a box's area is ``(x2 - x1) * (y2 - y1)``). Nothing is clipped: every coordinate must lie
+in the image frame ``0 <= x <= W``, ``0 <= y <= H``. Points and boxes are lists of lists (``[[x, y], ...]``);
+a flat list (``[x1, y1, x2, y2, ...]``) is regrouped, since models often write one. The result is text plus
+the image with the measured geometry drawn on it.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from vgym.tooling import TOOLS, Tool, ToolContext, ToolResult
 __all__ = ["measure", "parse_points", "parse_boxes", "polygon_area", "box_iou", "KINDS"]
 
 KINDS = ("distance", "angle", "area", "iou")
-"""The measurements, and what each takes: two points; three points (angle at the middle one); one box or a polygon
-of three or more points; two boxes."""
+"""The measurements, and what each takes: two points; three points (angle at the middle one); one box or a
+polygon of three or more points; two boxes."""
 
 _DRAW = (255, 0, 255)  # magenta lines on the image
 
@@ -34,7 +34,9 @@ def _numbers(values: Sequence[object]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
-def _parse_groups(name: str, values: Sequence[object], size: int, form: str, width: int, height: int) -> np.ndarray:
+def _parse_groups(
+    name: str, values: Sequence[object], size: int, form: str, width: int, height: int
+) -> np.ndarray:
     """``values`` as a (N, size) float64 array of in-frame finite coordinates (flat lists are regrouped)."""
     frame = f"the image is {width}x{height}, so coordinates lie in 0 <= x <= {width}, 0 <= y <= {height}"
     if _numbers(values) and len(values) > 0:
@@ -57,7 +59,8 @@ def _parse_groups(name: str, values: Sequence[object], size: int, form: str, wid
 
 
 def parse_points(points: Sequence[object], width: int, height: int) -> np.ndarray:
-    """Validate ``points`` (``[[x, y], ...]`` or flat ``[x1, y1, ...]``) against a ``width`` × ``height`` image.
+    """Validate ``points`` (``[[x, y], ...]`` or flat ``[x1, y1, ...]``) against a ``width`` × ``height``
+    image.
 
     Returns:
         (N, 2) float64 array of ``(x, y)``.
@@ -75,7 +78,8 @@ def parse_boxes(boxes: Sequence[object], width: int, height: int) -> np.ndarray:
         (N, 4) float64 array of ``(x1, y1, x2, y2)``.
 
     Raises:
-        ToolError: if the boxes are not quadruples of finite numbers, are empty/inverted, or leave the image frame.
+        ToolError: if the boxes are not quadruples of finite numbers, are empty/inverted, or leave the image
+            frame.
     """
     array = _parse_groups("boxes", boxes, 4, "boxes [[x1, y1, x2, y2], ...]", width, height)
     bad = [list(b) for b in array.tolist() if b[2] <= b[0] or b[3] <= b[1]]
@@ -85,7 +89,8 @@ def parse_boxes(boxes: Sequence[object], width: int, height: int) -> np.ndarray:
 
 
 def polygon_area(points: np.ndarray) -> float:
-    """Area of a simple polygon with vertices ``points`` (N, 2) in order (shoelace formula; either orientation)."""
+    """Area of a simple polygon with vertices ``points`` (N, 2) in order (shoelace formula; either
+    orientation)."""
     x, y = points[:, 0], points[:, 1]
     return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
 
@@ -140,15 +145,24 @@ def measure(
     if kind not in KINDS:
         raise ToolError(f"kind must be one of {list(KINDS)}, got {kind!r}.")
     if not 0 <= image_index < len(ctx.images):
-        raise ToolError(f"image_index {image_index} does not exist; valid indices are 0..{len(ctx.images) - 1}.")
+        raise ToolError(
+            f"image_index {image_index} does not exist; valid indices are 0..{len(ctx.images) - 1}."
+        )
     image = ctx.images[image_index]
     h, w = image.shape[:2]
     pts = parse_points(points, w, h) if points is not None else None
     bxs = parse_boxes(boxes, w, h) if boxes is not None else None
-    wants = {"distance": "2 points", "angle": "3 points a, b, c", "area": "1 box or 3+ points", "iou": "2 boxes"}
+    wants = {
+        "distance": "2 points",
+        "angle": "3 points a, b, c",
+        "area": "1 box or 3+ points",
+        "iou": "2 boxes",
+    }
     usage = f"kind {kind!r} takes {wants[kind]}"
     if kind == "area" and (pts is None) == (bxs is None):
-        raise ToolError(f"{usage}: give either points or boxes, got {'both' if pts is not None else 'neither'}.")
+        raise ToolError(
+            f"{usage}: give either points or boxes, got {'both' if pts is not None else 'neither'}."
+        )
     if kind in ("distance", "angle") and (bxs is not None or pts is None):
         raise ToolError(f"{usage} (and no boxes); got points={points!r}, boxes={boxes!r}.")
     if kind == "iou" and (pts is not None or bxs is None):

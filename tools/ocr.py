@@ -4,13 +4,14 @@ Contents: :func:`ocr`, :func:`reading_order`, :func:`render_text_scene`.
 
 Backends:
 
-- ``rapidocr`` (default): PP-OCR detection + recognition from the ``rapidocr`` 3.x wheel, run by onnxruntime. The
-  wheel ships its models, so it runs offline; it is loaded once per process by the backend's loader, whose options
-  are RapidOCR config keys with JSON values (e.g. ``{"Global.text_score": 0.6,
-  "EngineConfig.onnxruntime.intra_op_num_threads": 2}``). Text is detected on the image shrunk to a long side of
-  960 px and read at up to 2000 px, so tiny print on a 4K image may be missed; OCR of a ``box`` reads closer.
-- ``oracle``: the sample's ``metadata["texts"]`` (a list of ``{"text", "box"}``); with a box argument, the lines
-  whose box centre lies inside it.
+- ``rapidocr`` (default): PP-OCR detection + recognition from the ``rapidocr`` 3.x wheel, run by onnxruntime.
+  The wheel ships its models, so it runs offline; it is loaded once per process by the backend's loader, whose
+  options are RapidOCR config keys with JSON values (e.g.
+  ``{"Global.text_score": 0.6, "EngineConfig.onnxruntime.intra_op_num_threads": 2}``). Text is detected on the
+  image shrunk to a long side of 960 px and read at up to 2000 px, so tiny print on a 4K image may be missed;
+  OCR of a ``box`` reads closer.
+- ``oracle``: the sample's ``metadata["texts"]`` (a list of ``{"text", "box"}``); with a box argument, the
+  lines whose box centre lies inside it.
 
 Both return the lines as JSON text, ``[{"text": ..., "box": [x1, y1, x2, y2], "score": ...}, ...]`` (boxes in
 pixels of the addressed image, x2/y2 exclusive, even when only a ``box`` of it was read), and one image: the
@@ -33,11 +34,16 @@ from vgym.tools.crop import parse_box
 
 __all__ = ["ocr", "reading_order", "render_text_scene"]
 
-_DEFAULT_OPTIONS: dict[str, Any] = {"Global.log_level": "error", "Det.limit_type": "max", "Det.limit_side_len": 960}
+_DEFAULT_OPTIONS: dict[str, Any] = {
+    "Global.log_level": "error",
+    "Det.limit_type": "max",
+    "Det.limit_side_len": 960,
+}
 """Our defaults over RapidOCR's. Log level: RapidOCR warns on every image without text; errors still show.
 Detector size: RapidOCR scales an image's *short* side up to 736 px, so a 580x120 region was read 6x enlarged,
-split into single words and took 3.5 s; detecting at a long side of at most 960 px (PaddleOCR's classic default)
-read it as one line in 0.1 s, kept recall on our scenes, and read 13-px text on a 4K image (measured)."""
+split into single words and took 3.5 s; detecting at a long side of at most 960 px (PaddleOCR's classic
+default) read it as one line in 0.1 s, kept recall on our scenes, and read 13-px text on a 4K image
+(measured)."""
 
 _BOX_COLOUR = (255, 0, 0)  # RGB red: visible on dark-on-light text and on photos alike
 
@@ -50,12 +56,13 @@ def ocr(ctx: ToolContext, image_index: int = 0, box: list[float] | None = None) 
         box: Only read this region [x1, y1, x2, y2] in pixels of that image (omit to read the whole image).
 
     Returns:
-        The lines as JSON text, ``[{"text", "box", "score"}, ...]`` in reading order with boxes in pixels of the
-        addressed image, and one image: the read region with each line's box drawn and numbered in list order.
+        The lines as JSON text, ``[{"text", "box", "score"}, ...]`` in reading order with boxes in pixels of
+        the addressed image, and one image: the read region with each line's box drawn and numbered in list
+        order.
 
     Raises:
-        ToolError: if ``image_index`` does not exist, ``box`` is invalid or outside the image, or the backend cannot
-            serve the sample (no engine loaded, no ``metadata["texts"]`` for the oracle).
+        ToolError: if ``image_index`` does not exist, ``box`` is invalid or outside the image, or the backend
+            cannot serve the sample (no engine loaded, no ``metadata["texts"]`` for the oracle).
     """
     return _ocr_rapidocr(ctx, image_index=image_index, box=box)
 
@@ -63,8 +70,9 @@ def ocr(ctx: ToolContext, image_index: int = 0, box: list[float] | None = None) 
 def reading_order(boxes: Sequence[Sequence[float]]) -> list[int]:
     """The order in which to read text lines: rows top to bottom, and left to right within a row.
 
-    Lines are taken by the vertical centre of their box; a line joins the current row when its centre lies within
-    the vertical extent of the row's first line, so a slightly slanted or taller neighbour stays in its row.
+    Lines are taken by the vertical centre of their box; a line joins the current row when its centre lies
+    within the vertical extent of the row's first line, so a slightly slanted or taller neighbour stays in its
+    row.
 
     Args:
         boxes: ``[x1, y1, x2, y2]`` per line.
@@ -106,17 +114,25 @@ def render_text_scene(
         ValueError: if the image is too small for ``num_rows`` rows.
     """
     if width < 320 or num_rows < 1 or height < 50 * num_rows:
-        raise ValueError(f"need width >= 320 and height >= 50 * num_rows, got {width}x{height}, {num_rows} rows")
+        raise ValueError(
+            f"need width >= 320 and height >= 50 * num_rows, got {width}x{height}, {num_rows} rows"
+        )
     background = int(rng.integers(225, 256))
     image = np.full((height, width, 3), background, np.uint8)
-    fonts = [cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX]
+    fonts = [
+        cv2.FONT_HERSHEY_SIMPLEX,
+        cv2.FONT_HERSHEY_DUPLEX,
+        cv2.FONT_HERSHEY_COMPLEX,
+        cv2.FONT_HERSHEY_TRIPLEX,
+    ]
     band = height // num_rows
     texts: list[dict[str, Any]] = []
     for row in range(num_rows):
         items = [_random_phrase(rng) for _ in range(int(rng.integers(1, 3)))]
         font = fonts[int(rng.integers(len(fonts)))]
         thickness = int(rng.integers(2, 4))
-        scale = min(float(rng.uniform(0.9, 1.6)), 0.5 * band / 30)  # a Hershey glyph is ~30 px tall at scale 1
+        # a Hershey glyph is ~30 px tall at scale 1
+        scale = min(float(rng.uniform(0.9, 1.6)), 0.5 * band / 30)
         widths = [cv2.getTextSize(t, font, scale, thickness)[0][0] for t in items]
         if len(items) == 2 and sum(widths) + 80 > width - 20:  # no room for two: keep the first
             items, widths = items[:1], widths[:1]
@@ -141,8 +157,30 @@ def render_text_scene(
     return image, texts
 
 
-_WORDS = ("exit", "gate", "total", "report", "north", "station", "coffee", "open", "daily", "museum", "parking",
-          "ticket", "price", "hotel", "garden", "market", "bridge", "river", "model", "vision", "street", "office")
+_WORDS = (
+    "exit",
+    "gate",
+    "total",
+    "report",
+    "north",
+    "station",
+    "coffee",
+    "open",
+    "daily",
+    "museum",
+    "parking",
+    "ticket",
+    "price",
+    "hotel",
+    "garden",
+    "market",
+    "bridge",
+    "river",
+    "model",
+    "vision",
+    "street",
+    "office",
+)
 
 
 def _random_phrase(rng: np.random.Generator) -> str:
@@ -158,9 +196,12 @@ def _random_phrase(rng: np.random.Generator) -> str:
 def _select(
     ctx: ToolContext, image_index: int, box: list[float] | None
 ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """The addressed image and the region to read, ``(x1, y1, x2, y2)`` (the whole image when ``box`` is None)."""
+    """The addressed image and the region to read, ``(x1, y1, x2, y2)`` (the whole image when ``box`` is
+    None)."""
     if not 0 <= image_index < len(ctx.images):
-        raise ToolError(f"image_index {image_index} does not exist; valid indices are 0..{len(ctx.images) - 1}.")
+        raise ToolError(
+            f"image_index {image_index} does not exist; valid indices are 0..{len(ctx.images) - 1}."
+        )
     image = ctx.images[image_index]
     height, width = image.shape[:2]
     region = (0, 0, width, height) if box is None else parse_box(box, width, height)
@@ -178,7 +219,9 @@ def _result(image: np.ndarray, region: tuple[int, int, int, int], lines: list[di
         corner1, corner2 = (bx1 - x1, by1 - y1), (bx2 - x1 - 1, by2 - y1 - 1)  # x2/y2 are exclusive
         cv2.rectangle(view, corner1, corner2, _BOX_COLOUR, thickness)
         label_at = (corner1[0], max(corner1[1] - thickness, 12 * thickness))
-        cv2.putText(view, str(number), label_at, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, _BOX_COLOUR, thickness)
+        cv2.putText(
+            view, str(number), label_at, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, _BOX_COLOUR, thickness
+        )
     return ToolResult(text=json.dumps(lines), images=[view])
 
 
@@ -186,7 +229,9 @@ def _ocr_oracle(ctx: ToolContext, image_index: int = 0, box: list[float] | None 
     """The sample's ground-truth lines (score 1.0); with a box, those whose box centre lies inside it."""
     image, region = _select(ctx, image_index, box)
     if "texts" not in ctx.metadata:
-        raise ToolError("the oracle OCR backend needs metadata['texts'], which this sample lacks; use 'rapidocr'.")
+        raise ToolError(
+            "the oracle OCR backend needs metadata['texts'], which this sample lacks; use 'rapidocr'."
+        )
     x1, y1, x2, y2 = region
     lines = []
     for entry in ctx.metadata["texts"]:
@@ -216,23 +261,28 @@ def _load_rapidocr(options: Mapping[str, Any]) -> Any:
     try:
         return RapidOCR(params=params)
     except (ValueError, TypeError, KeyError) as error:
-        raise ToolError(f"invalid rapidocr options {dict(options)!r}: {error}. Options are RapidOCR config keys such "
-                        f"as 'Global.text_score' or 'EngineConfig.onnxruntime.intra_op_num_threads'.") from error
+        raise ToolError(
+            f"invalid rapidocr options {dict(options)!r}: {error}. Options are RapidOCR config keys such "
+            f"as 'Global.text_score' or 'EngineConfig.onnxruntime.intra_op_num_threads'."
+        ) from error
 
 
 def _ocr_rapidocr(ctx: ToolContext, image_index: int = 0, box: list[float] | None = None) -> ToolResult:
     """PP-OCR on the region; polygons become axis-aligned boxes in the addressed image's pixels."""
     image, region = _select(ctx, image_index, box)
     if ctx.resource is None:
-        raise ToolError("the rapidocr backend has no engine; run it through vgym.tool_runtime.ToolRuntime, which "
-                        "loads it, or set ctx.resource to the backend's loader(options).")
+        raise ToolError(
+            "the rapidocr backend has no engine; run it through vgym.tool_runtime.ToolRuntime, which "
+            "loads it, or set ctx.resource to the backend's loader(options)."
+        )
     x1, y1, x2, y2 = region
     bgr = np.ascontiguousarray(image[y1:y2, x1:x2, ::-1])  # RapidOCR takes arrays as OpenCV BGR
     output = ctx.resource(bgr)
     lines = []
     if output.boxes is not None and output.txts is not None:
         for polygon, text, score in zip(output.boxes, output.txts, output.scores):
-            xs, ys = np.asarray(polygon)[:, 0], np.asarray(polygon)[:, 1]  # (4, 2) corners, clockwise from top-left
+            # (4, 2) corners, clockwise from top-left
+            xs, ys = np.asarray(polygon)[:, 0], np.asarray(polygon)[:, 1]
             line_box = [x1 + max(0, math.floor(xs.min())), y1 + max(0, math.floor(ys.min())),
                         x1 + min(x2 - x1, math.ceil(xs.max())), y1 + min(y2 - y1, math.ceil(ys.max()))]
             lines.append({"text": str(text), "box": line_box, "score": round(float(score), 3)})

@@ -2,8 +2,9 @@
 
 Contents: :func:`point`, :func:`best_point`.
 
-Reuses the grounding backends of :mod:`vgym.tools.ground` under the same names (``oracle``, ``opencv``, ``hf``):
-the point is the oracle object's own ``point`` when the metadata has one, else the centre pixel of the best box.
+Reuses the grounding backends of :mod:`vgym.tools.ground` under the same names (``oracle``, ``opencv``,
+``hf``): the point is the oracle object's own ``point`` when the metadata has one, else the centre pixel of
+the best box.
 """
 
 from __future__ import annotations
@@ -71,6 +72,15 @@ def _point_hf(ctx: ToolContext, query: str, image_index: int = 0) -> ToolResult:
     return _result(detect_hf(ctx, query, image_index), query, ctx, image_index)
 
 
-TOOLS.register("point", Tool(point, backends={"oracle": Backend(_point_oracle), "opencv": Backend(_point_opencv),
-                                             "hf": Backend(_point_hf, loader=load_detector, nondeterministic=True)},
-                             default_backend="oracle"))
+TOOLS.register(
+    "point",
+    Tool(
+        point,
+        backends={
+            "oracle": Backend(_point_oracle),
+            "opencv": Backend(_point_opencv),
+            "hf": Backend(_point_hf, loader=load_detector, nondeterministic=True),
+        },
+        default_backend="oracle",
+    ),
+)

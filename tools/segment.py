@@ -2,11 +2,11 @@
 
 Contents: :func:`segment`, :func:`parse_point`, :func:`describe_mask`, :func:`render_mask`.
 
-Backends: ``oracle`` (the sample's ground-truth masks, ``ctx.arrays["masks"]``), ``grabcut`` (OpenCV GrabCut, no
-model) and ``hf`` (SAM through ``SamModel`` + ``SamProcessor``, loaded from the local folder in option ``model``).
-Every backend returns the same :class:`ToolResult`: a text with the mask's area, bounding box and centroid, then
-two images: the mask tinted over the image (with the prompt drawn), and the raw mask as a black/white RGB image
-(white = object, same size as the addressed image) so later tools can use it.
+Backends: ``oracle`` (the sample's ground-truth masks, ``ctx.arrays["masks"]``), ``grabcut`` (OpenCV GrabCut,
+no model) and ``hf`` (SAM through ``SamModel`` + ``SamProcessor``, loaded from the local folder in option
+``model``). Every backend returns the same :class:`ToolResult`: a text with the mask's area, bounding box and
+centroid, then two images: the mask tinted over the image (with the prompt drawn), and the raw mask as a
+black/white RGB image (white = object, same size as the addressed image) so later tools can use it.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ def parse_point(point: Sequence[object], width: int, height: int) -> tuple[int, 
 def describe_mask(mask: np.ndarray) -> str:
     """One line on a boolean (H, W) mask: area in pixels (and % of the image), bounding box, centroid.
 
-    The bounding box is ``[x1, y1, x2, y2]`` with x2/y2 exclusive (as boxes are everywhere in vgym); the centroid
-    is the mean pixel position ``(x, y)``, one decimal. An empty mask reads "empty mask (no object found)".
+    The bounding box is ``[x1, y1, x2, y2]`` with x2/y2 exclusive (as boxes are everywhere in vgym); the
+    centroid is the mean pixel position ``(x, y)``, one decimal. An empty mask reads "empty mask (no object
+    found)".
     """
     area = int(mask.sum())
     if area == 0:
@@ -84,7 +85,8 @@ def render_mask(
         point: the prompt point ``(x, y)`` to draw (green), or None.
 
     Returns:
-        ``(overlay, mask_rgb)``: the image with the mask tinted magenta at 50% and outlined, the prompt drawn on
+        ``(overlay, mask_rgb)``: the image with the mask tinted magenta at 50% and outlined, the prompt drawn
+            on
         top; and the mask as RGB uint8 (H, W, 3), 255 on the object and 0 elsewhere.
     """
     overlay = image.astype(np.float32)
@@ -105,10 +107,14 @@ def _prompt(
 ) -> tuple[np.ndarray, tuple[int, int, int, int] | None, tuple[int, int] | None]:
     """The addressed image and the validated prompt (exactly one of box and point is not None)."""
     if not 0 <= image_index < len(ctx.images):
-        raise ToolError(f"image_index {image_index} does not exist; valid indices are 0..{len(ctx.images) - 1}.")
+        raise ToolError(
+            f"image_index {image_index} does not exist; valid indices are 0..{len(ctx.images) - 1}."
+        )
     if (box is None) == (point is None):
         given = "both box and point" if box is not None else "neither box nor point"
-        raise ToolError(f"segment needs exactly one prompt, got {given}; pass box=[x1, y1, x2, y2] or point=[x, y].")
+        raise ToolError(
+            f"segment needs exactly one prompt, got {given}; pass box=[x1, y1, x2, y2] or point=[x, y]."
+        )
     image = ctx.images[image_index]
     h, w = image.shape[:2]
     if box is not None:
@@ -117,7 +123,11 @@ def _prompt(
 
 
 def _result(
-    image: np.ndarray, mask: np.ndarray, image_index: int, box: tuple[int, ...] | None, point: tuple[int, ...] | None
+    image: np.ndarray,
+    mask: np.ndarray,
+    image_index: int,
+    box: tuple[int, ...] | None,
+    point: tuple[int, ...] | None,
 ) -> ToolResult:
     prompt = f"box {list(box)}" if box is not None else f"point {list(point)}"  # type: ignore[arg-type]
     overlay, mask_rgb = render_mask(image, mask, box, point)
@@ -141,7 +151,8 @@ def segment(
     return _segment_grabcut(ctx, image_index=image_index, box=box, point=point)  # called directly: grabcut
 
 
-# --- oracle -------------------------------------------------------------------------------------------------------
+# --- oracle
+# -------------------------------------------------------------------------------------------------------
 
 
 def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -166,9 +177,13 @@ def _segment_oracle(
     if masks is None or objects is None:
         raise ToolError("segment's oracle backend needs this sample's ground-truth masks, and it has none.")
     if image_index != 0:
-        raise ToolError(f"segment's oracle backend knows masks of image 0 only, got image_index {image_index}.")
+        raise ToolError(
+            f"segment's oracle backend knows masks of image 0 only, got image_index {image_index}."
+        )
     if masks.shape != (len(objects), *image.shape[:2]):
-        raise ToolError(f"this sample's masks {masks.shape} do not match its {len(objects)} objects and image.")
+        raise ToolError(
+            f"this sample's masks {masks.shape} do not match its {len(objects)} objects and image."
+        )
     chosen: int | None = None
     if pbox is not None:
         ious = [_box_iou(pbox, [float(v) for v in obj["box"]]) for obj in objects]
@@ -181,7 +196,8 @@ def _segment_oracle(
     return _result(image, mask, image_index, pbox, ppoint)
 
 
-# --- grabcut ------------------------------------------------------------------------------------------------------
+# --- grabcut
+# ------------------------------------------------------------------------------------------------------
 
 
 def _segment_grabcut(
@@ -189,13 +205,13 @@ def _segment_grabcut(
 ) -> ToolResult:
     """OpenCV GrabCut (5 iterations), deterministic.
 
-    A box initialises GrabCut's rectangle (outside = background, inside = probably foreground). A point becomes a
-    sure-foreground disk (radius 3) inside a probably-foreground square whose half-side is a third of the image's
-    shorter side (at least 8 px), everything else background; the result keeps only the connected part holding
-    the point. A prompt that leaves no background (a box over the whole image) makes the image's 1-pixel border
-    background, since GrabCut learns a background colour model. GrabCut sees the prompt's neighbourhood shrunk
-    to at most 32,768 pixels and dithered (see :func:`_grabcut`). OpenCV's k-means initialisation draws
-    from its thread-local RNG, which is reseeded to 0 before each call.
+    A box initialises GrabCut's rectangle (outside = background, inside = probably foreground). A point
+    becomes a sure-foreground disk (radius 3) inside a probably-foreground square whose half-side is a third
+    of the image's shorter side (at least 8 px), everything else background; the result keeps only the
+    connected part holding the point. A prompt that leaves no background (a box over the whole image) makes
+    the image's 1-pixel border background, since GrabCut learns a background colour model. GrabCut sees the
+    prompt's neighbourhood shrunk to at most 32,768 pixels and dithered (see :func:`_grabcut`). OpenCV's
+    k-means initialisation draws from its thread-local RNG, which is reseeded to 0 before each call.
     """
     image, pbox, ppoint = _prompt(ctx, image_index, box, point)
     h, w = image.shape[:2]
@@ -238,11 +254,12 @@ def _grabcut(region: np.ndarray, prompt: np.ndarray) -> np.ndarray:
     GrabCut's max-flow time grows faster than the pixel count and explodes on flat synthetic colours, whose
     colour models are singular (OpenCV adds only 0.01 to a covariance's diagonal): one point on the white of a
     512x512 geometry figure took 80 s, points on 448x448 box-grounding scenes 5-36 s. So a region of more than
-    :data:`_GRABCUT_MAX_PIXELS` is shrunk (area interpolation; a cell holding any sure-background pixel stays sure
-    background, else any sure-foreground pixel sure foreground), its labels are scaled back (nearest) under the
-    prompt's own sure pixels, and the input gets a seeded ±1 dither that gives every colour a variance of ~2/3.
-    Measured: at most ~1 s a call on those scenes and on whole-image boxes of 1344x1344 ones; on the 120 prompts
-    of the GrabCut tests (small scenes, not shrunk) the dithered masks have IoU >= 0.995 with the undithered ones.
+    :data:`_GRABCUT_MAX_PIXELS` is shrunk (area interpolation; a cell holding any sure-background pixel stays
+    sure background, else any sure-foreground pixel sure foreground), its labels are scaled back (nearest)
+    under the prompt's own sure pixels, and the input gets a seeded ±1 dither that gives every colour a
+    variance of ~2/3. Measured: at most ~1 s a call on those scenes and on whole-image boxes of 1344x1344
+    ones; on the 120 prompts of the GrabCut tests (small scenes, not shrunk) the dithered masks have IoU >=
+    0.995 with the undithered ones.
     """
     h, w = prompt.shape
     scale = min(1.0, math.sqrt(_GRABCUT_MAX_PIXELS / (h * w)))
@@ -271,7 +288,8 @@ def _grabcut(region: np.ndarray, prompt: np.ndarray) -> np.ndarray:
     return np.where(sure, prompt, labels)
 
 
-# --- hf (SAM) -----------------------------------------------------------------------------------------------------
+# --- hf (SAM)
+# -----------------------------------------------------------------------------------------------------
 
 
 def _load_sam(options: Mapping[str, Any]) -> tuple[Any, Any, str]:
@@ -298,8 +316,8 @@ def _load_sam(options: Mapping[str, Any]) -> tuple[Any, Any, str]:
 def _segment_hf(
     ctx: ToolContext, image_index: int = 0, box: list[float] | None = None, point: list[float] | None = None
 ) -> ToolResult:
-    """SAM with one box or one foreground point; a point asks for SAM's 3 candidate masks and keeps the one with
-    the highest predicted IoU (a single point is ambiguous), a box for a single mask."""
+    """SAM with one box or one foreground point; a point asks for SAM's 3 candidate masks and keeps the one
+    with the highest predicted IoU (a single point is ambiguous), a box for a single mask."""
     import torch
 
     image, pbox, ppoint = _prompt(ctx, image_index, box, point)
@@ -310,14 +328,22 @@ def _segment_hf(
         inputs = processor(images=image, input_boxes=[[list(pbox)]], return_tensors="pt")
     else:
         # SAM's prompt encoder itself shifts points to pixel centres, so the pixel goes in as is.
-        inputs = processor(images=image, input_points=[[list(ppoint)]], input_labels=[[1]], return_tensors="pt")
+        inputs = processor(
+            images=image, input_points=[[list(ppoint)]], input_labels=[[1]], return_tensors="pt"
+        )
     prompt_keys = ("pixel_values", "input_boxes", "input_points", "input_labels")
     with torch.no_grad():
-        out = model(**{k: v.to(device) for k, v in inputs.items() if k in prompt_keys}, multimask_output=pbox is None)
-    masks = processor.post_process_masks(out.pred_masks.cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"])
+        out = model(
+            **{k: v.to(device) for k, v in inputs.items() if k in prompt_keys}, multimask_output=pbox is None
+        )
+    masks = processor.post_process_masks(
+        out.pred_masks.cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"]
+    )
     candidates = masks[0][0]  # (num_masks, H, W) bool for the one image and its one prompt
     best = int(out.iou_scores[0, 0].argmax())
     return _result(image, candidates[best].numpy().astype(bool), image_index, pbox, ppoint)
 
 
-TOOLS.register("segment", Tool(segment, backends={"oracle": Backend(_segment_oracle), "grabcut": Backend(_segment_grabcut), "hf": Backend(_segment_hf, loader=_load_sam, nondeterministic=True)}, default_backend="grabcut"))  # fmt: skip
+TOOLS.register("segment", Tool(segment, backends={
+    "oracle": Backend(_segment_oracle), "grabcut": Backend(_segment_grabcut),
+    "hf": Backend(_segment_hf, loader=_load_sam, nondeterministic=True)}, default_backend="grabcut"))

@@ -5,20 +5,22 @@ Contents: :func:`sample_frames`, :func:`get_frame`, :data:`MAX_FRAMES`.
 Both tools read ``ctx.video`` with :mod:`vgym.data.media` (the clip readers datasets use too). Time 0 is the
 first frame's presentation time; valid times lie in ``[0, ClipInfo.duration]``. One helper,
 :func:`~vgym.data.media.frame_indices`, maps times to frames, so all backends return the same frames:
-``sample_frames`` takes the centres of ``num_frames`` equal slices of ``[start_s, end_s]``, ``t_k = start_s + (k + 1/2) · (end_s - start_s) / num_frames``, ``get_frame`` takes
-``t_s``; each time maps to the frame whose start is nearest (ties: the earlier). A range shorter than
-``num_frames`` frame periods gives each of its frames once (the text says so). Frames are RGB uint8, each fitted
-to the budget ``ctx.max_pixels`` (never enlarged).
+``sample_frames`` takes the centres of ``num_frames`` equal slices of ``[start_s, end_s]``,
+``t_k = start_s + (k + 1/2) · (end_s - start_s) / num_frames``, ``get_frame`` takes ``t_s``; each time maps to
+the frame whose start is nearest (ties: the earlier). A range shorter than ``num_frames`` frame periods gives
+each of its frames once (the text says so). Frames are RGB uint8, each fitted to the budget ``ctx.max_pixels``
+(never enlarged).
 
-Backends: ``auto`` (default) is ``decord``, then ``pyav`` when decord is missing or fails (decord 0.6 cannot open
-AV1, for one); ``decord`` and ``pyav`` are the decoders of :data:`vgym.data.media.DECODERS`.
+Backends: ``auto`` (default) is ``decord``, then ``pyav`` when decord is missing or fails (decord 0.6 cannot
+open AV1, for one); ``decord`` and ``pyav`` are the decoders of :data:`vgym.data.media.DECODERS`.
 
 **Bad files.** A missing, empty, truncated or corrupt file, or one without a video stream or frames, is a
-:class:`~vgym.errors.ToolError` for the model naming the file (and a warning on this module's logger with the full
-path).
+:class:`~vgym.errors.ToolError` for the model naming the file (and a warning on this module's logger with the
+full path).
 
-Open clips live in a :class:`~vgym.data.media.VideoReaderCache` per decoder, the backends' loaded resource, so a ``ToolRuntime``
-reuses them (loader option ``max_open``, default 4); without a runtime a call opens the clip for itself.
+Open clips live in a :class:`~vgym.data.media.VideoReaderCache` per decoder, the backends' loaded resource, so
+a ``ToolRuntime`` reuses them (loader option ``max_open``, default 4); without a runtime a call opens the clip
+for itself.
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ class _DecodeFailure(ToolError):
 
 
 def _fetch(ctx: ToolContext, decoder: str, choose: Callable[[ClipInfo], list[int]]) -> tuple[ClipInfo, list]:
-    """Open ``ctx.video`` with ``decoder`` and read the frames ``choose(info)`` picks (it raises for bad times)."""
-    shared = isinstance(ctx.resource, dict)  # a runtime's loaded reader caches; else open the clip for this call
+    """Open ``ctx.video`` with ``decoder`` and read the frames ``choose(info)`` picks (it raises for bad
+    times)."""
+    # a runtime's loaded reader caches; else open the clip for this call
+    shared = isinstance(ctx.resource, dict)
     cache = ctx.resource[decoder] if shared else VideoReaderCache(decoder, max_open=1)
     try:
         with cache.open(str(ctx.video)) as clip:
@@ -64,11 +68,14 @@ def _fetch(ctx: ToolContext, decoder: str, choose: Callable[[ClipInfo], list[int
     except ToolError:
         raise
     except ImportError as error:
-        raise _DecodeFailure(f"{decoder} is not installed ({error}); use the backend 'pyav' or 'auto'.") from error
+        raise _DecodeFailure(
+            f"{decoder} is not installed ({error}); use the backend 'pyav' or 'auto'."
+        ) from error
     except Exception as error:  # decord.DECORDError, av.FFmpegError, our checks' ValueError, ...
         detail = str(error) if type(error) is ValueError else repr(error)
-        raise _DecodeFailure(f"the video could not be read with {decoder}: {detail} (file "
-                             f"{os.path.basename(str(ctx.video))}).") from error
+        raise _DecodeFailure(
+            f"the video could not be read with {decoder}: {detail} (file {os.path.basename(str(ctx.video))})."
+        ) from error
     finally:
         if not shared:
             cache.close()
@@ -104,7 +111,9 @@ def _check_time(name: str, value: float, info: ClipInfo | None = None) -> None:
                         f"[0, {info.duration:.2f}] s.")
 
 
-def _sample(ctx: ToolContext, start_s: float, end_s: float, num_frames: int = 8, *, backend: str) -> ToolResult:
+def _sample(
+    ctx: ToolContext, start_s: float, end_s: float, num_frames: int = 8, *, backend: str
+) -> ToolResult:
     _check_time("start_s", start_s)
     _check_time("end_s", end_s)
     if not 1 <= num_frames <= MAX_FRAMES:
@@ -143,7 +152,8 @@ def sample_frames(ctx: ToolContext, start_s: float, end_s: float, num_frames: in
     Args:
         start_s: Start of the range in seconds from the beginning of the video.
         end_s: End of the range in seconds (greater than start_s).
-        num_frames: How many frames to return (1 to 16, default 8), each from the middle of an equal slice of the range.
+        num_frames: How many frames to return (1 to 16, default 8), each from the middle of an equal slice of
+            the range.
     """
     return _sample(ctx, start_s, end_s, num_frames, backend="auto")
 
@@ -158,7 +168,10 @@ def get_frame(ctx: ToolContext, t_s: float) -> ToolResult:
 
 
 def _backends(impl: Callable[..., ToolResult]) -> dict[str, Backend]:
-    return {name: Backend(functools.partial(impl, backend=name), loader=_load_readers) for name in ("auto", *DECODERS)}
+    return {
+        name: Backend(functools.partial(impl, backend=name), loader=_load_readers)
+        for name in ("auto", *DECODERS)
+    }
 
 
 TOOLS.register("sample_frames", Tool(sample_frames, backends=_backends(_sample), default_backend="auto"))

@@ -2,12 +2,12 @@
 
 Contents: :data:`BUILTIN_TASKS`, :data:`BUILTIN_TOOLS`, :func:`register_builtins`.
 
-``import vgym`` calls :func:`register_builtins`: every built-in task gets its registry name and gymnasium id, every
-built-in tool its registry name, and each module is imported on first use (``TASKS.get``, ``TOOLS.get``,
-``gymnasium.make``). A crop episode of ``vgym/VisualSearch-v0`` therefore imports the visual-search task and the
-crop tool only — no torch, matplotlib, Ray, OCR or ONNX runtime. A new task or tool file under ``tasks/`` or
-``tools/`` gets a line here; ``tests/test_catalog.py`` imports every module of those folders and fails when a
-registered name, class or version is missing from, or differs from, these tables.
+``import vgym`` calls :func:`register_builtins`: every built-in task gets its registry name and gymnasium id,
+every built-in tool its registry name, and each module is imported on first use (``TASKS.get``, ``TOOLS.get``,
+``gymnasium.make``). A crop episode of ``vgym/VisualSearch-v0`` therefore imports the visual-search task and
+the crop tool only — no torch, matplotlib, Ray, OCR or ONNX runtime. A new task or tool file under ``tasks/``
+or ``tools/`` gets a line here; ``tests/test_catalog.py`` imports every module of those folders and fails when
+a registered name, class or version is missing from, or differs from, these tables.
 """
 
 from __future__ import annotations

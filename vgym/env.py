@@ -34,11 +34,13 @@ __all__ = ["EnvConfig", "ToolCallRecord", "VisualToolEnv", "MAX_ASPECT_RATIO", "
 logger = logging.getLogger(__name__)
 
 _MAX_MESSAGE_CHARS = 2000
-"""Error and tool texts longer than this are cut: error messages quote the model's input, which is unbounded."""
+"""Error and tool texts longer than this are cut: error messages quote the model's input, which is
+unbounded."""
 
 MAX_ASPECT_RATIO = 100
-"""Longest side over shortest side of an image a tool may return: vision processors reject extreme shapes (Qwen2-VL
-refuses ratios above 200), so a thinner result (a 1-px-high crop) becomes an error observation instead."""
+"""Longest side over shortest side of an image a tool may return: vision processors reject extreme shapes
+(Qwen2-VL refuses ratios above 200), so a thinner result (a 1-px-high crop) becomes an error observation
+instead."""
 
 _INDEX_RANGE = 2**31 - 1
 
@@ -47,8 +49,8 @@ class SampleCache:
     """A small process-wide LRU of samples keyed by (task, version, config, split, index, seed).
 
     The episodes of a GRPO group (and repeated evaluations) reset to the same sample in different env slots;
-    generation is a pure function of the key, so it runs once. Cached images are made read-only, so a tool that
-    tried to draw on an episode image in place would fail loudly instead of corrupting later episodes.
+    generation is a pure function of the key, so it runs once. Cached images are made read-only, so a tool
+    that tried to draw on an episode image in place would fail loudly instead of corrupting later episodes.
     """
 
     def __init__(self, capacity: int = 32) -> None:
@@ -76,9 +78,10 @@ class SampleCache:
         return sample
 
     def fitted(self, sample: Sample, max_pixels: int) -> list[np.ndarray]:
-        """``sample``'s images fitted to ``max_pixels`` (:func:`~vgym.tooling.fit_to_budget`), read-only, resized
-        once per sample and budget: a group's episodes would otherwise each resize the same large image.
-        At most ``2 * capacity`` entries are kept; an entry holds its sample, so its ``id`` cannot be reused."""
+        """``sample``'s images fitted to ``max_pixels`` (:func:`~vgym.tooling.fit_to_budget`), read-only,
+        resized once per sample and budget: a group's episodes would otherwise each resize the same large
+        image. At most ``2 * capacity`` entries are kept; an entry holds its sample, so its ``id`` cannot be
+        reused."""
         key = (id(sample), max_pixels)
         with self._lock:
             if key in self._fitted:
@@ -139,8 +142,9 @@ class EnvConfig:
         if isinstance(self.tool_runtime, dict):
             self.tool_runtime = ToolRuntimeConfig(**self.tool_runtime)
         if isinstance(self.tools, str):
-            raise InvalidConfigError("tools must be a sequence of tool names such as ('crop',), got the string "
-                                     f"{self.tools!r}")
+            raise InvalidConfigError(
+                f"tools must be a sequence of tool names such as ('crop',), got the string {self.tools!r}"
+            )
         if self.tools is not None:
             self.tools = tuple(self.tools)
 
@@ -169,10 +173,10 @@ class VisualToolEnv(gym.Env[dict, str]):
     Observation: ``{"text": str, "images": tuple[np.ndarray, ...]}`` — the new message. Action: the model's
     text for one turn (see :class:`vgym.protocol.HermesProtocol`).
 
-    ``info`` after ``reset``/``step`` holds ``messages`` (the new chat messages, images as ``{"type": "image"}``
-    items in the order of ``obs["images"]``), ``tool_calls`` (this step's :class:`ToolCallRecord` dicts),
-    ``format_errors`` (episode total), ``num_turns`` and ``sample_id``; the final step adds ``reward_parts``
-    and ``answer``.
+    ``info`` after ``reset``/``step`` holds ``messages`` (the new chat messages, images as
+    ``{"type": "image"}`` items in the order of ``obs["images"]``), ``tool_calls`` (this step's
+    :class:`ToolCallRecord` dicts), ``format_errors`` (episode total), ``num_turns`` and ``sample_id``; the
+    final step adds ``reward_parts`` and ``answer``.
 
     >>> import gymnasium, vgym
     >>> env = gymnasium.make("vgym/VisualSearch-v0")
@@ -235,7 +239,8 @@ class VisualToolEnv(gym.Env[dict, str]):
         self._images = [np.ascontiguousarray(im) for im in self.sample.images]
         self._turn = self._format_errors = self._tool_ok = 0
         self._done = False
-        shown = [fit.copy() for fit in SAMPLES.fitted(self.sample, self.config.max_pixels)]  # new arrays every reset
+        # new arrays every reset
+        shown = [fit.copy() for fit in SAMPLES.fitted(self.sample, self.config.max_pixels)]
         content: list[dict[str, Any]] = []
         for i, im in enumerate(self._images):
             content.append({"type": "image"})
@@ -309,14 +314,22 @@ class VisualToolEnv(gym.Env[dict, str]):
 
     def _run_tool(self, name: str, arguments: dict[str, Any]) -> tuple[ToolCallRecord, str, list[np.ndarray]]:
         """Run one call; every failure becomes an error text for the model."""
-        record = ToolCallRecord(self._turn, name, arguments, ok=False, error=None, latency_s=0.0, image_indices=[])
+        record = ToolCallRecord(
+            self._turn, name, arguments, ok=False, error=None, latency_s=0.0, image_indices=[]
+        )
         tool = self.tools.get(name)
         if tool is None:
             available = sorted(self.tools) or "none (answer directly)"
             record.error = f"Unknown tool {name!r}. Available tools: {available}."
             return record, f"Error: {record.error}", []
-        ctx = ToolContext(self._images, self.sample.metadata, self.np_random, self.config.max_pixels,  # type: ignore[union-attr]
-                          video=self.sample.video, arrays=self.sample.arrays)  # type: ignore[union-attr]
+        ctx = ToolContext(
+            self._images,
+            self.sample.metadata,
+            self.np_random,
+            self.config.max_pixels,  # type: ignore[union-attr]
+            video=self.sample.video,
+            arrays=self.sample.arrays,
+        )  # type: ignore[union-attr]
         record.backend = self.runtime.backend_name(tool)
         start = time.perf_counter()
         try:
@@ -332,8 +345,10 @@ class VisualToolEnv(gym.Env[dict, str]):
             for im in result.images:
                 h, w = im.shape[:2]
                 if min(h, w) < 1 or max(h, w) > MAX_ASPECT_RATIO * min(h, w):
-                    record.error = (f"{name} returned a {w}x{h} image, more elongated than {MAX_ASPECT_RATIO}:1, "
-                                    "which cannot be shown; ask for a less elongated region.")
+                    record.error = (
+                        f"{name} returned a {w}x{h} image, more elongated than {MAX_ASPECT_RATIO}:1, "
+                        "which cannot be shown; ask for a less elongated region."
+                    )
                     break
         if record.error is not None:
             return record, f"Error: {record.error}", []

@@ -1,14 +1,14 @@
 """The vgym exception hierarchy.
 
-Contents: :class:`VgymError` (base), :class:`UnknownNameError`, :class:`InvalidConfigError`, :class:`ToolError`,
-:class:`MediaError` (an ``InvalidConfigError``).
+Contents: :class:`VgymError` (base), :class:`UnknownNameError`, :class:`InvalidConfigError`,
+:class:`ToolError`, :class:`MediaError` (an ``InvalidConfigError``).
 
 Bugs in vgym raise ordinary Python exceptions. Bad *model actions* (a malformed tool call, a box outside the
 image) are episode events, not exceptions: tools raise :class:`ToolError` and the env turns it into an error
-observation, so :meth:`vgym.env.VisualToolEnv.step` never raises on model output. A media file that is missing,
-empty, not an image, truncated, corrupt or too large raises :class:`MediaError`, which marks a fault of *one
-record's data* rather than of the configuration: :func:`vgym.rollout.loop.rollout` turns it into a failed episode
-(reward 0, ``truncated_reason`` naming the error and the file) and plays the rest of the batch.
+observation, so :meth:`vgym.env.VisualToolEnv.step` never raises on model output. A media file that is
+missing, empty, not an image, truncated, corrupt or too large raises :class:`MediaError`, which marks a fault
+of *one record's data* rather than of the configuration: :func:`vgym.rollout.loop.rollout` turns it into a
+failed episode (reward 0, ``truncated_reason`` naming the error and the file) and plays the rest of the batch.
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
-"""The action format: how a model's turn is parsed into tool calls or an answer, and how prompts describe tools.
+"""The action format: how a model's turn is parsed into tool calls or an answer, and how prompts describe
+tools.
 
 Contents: :class:`ToolCall`, :class:`ParsedAction`, :class:`ActionProtocol`, :class:`HermesProtocol`.
 
-The default convention is Hermes/Qwen's: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` for a tool
-call and ``<answer>...</answer>`` for the final answer. Parsing never raises: every problem becomes a message in
-:attr:`ParsedAction.errors`, written for the model.
+The default convention is Hermes/Qwen's: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` for a
+tool call and ``<answer>...</answer>`` for the final answer. Parsing never raises: every problem becomes a
+message in :attr:`ParsedAction.errors`, written for the model.
 
-Limits: a tool call's JSON body may hold at most :data:`MAX_CALL_CHARS` characters and its arguments may nest at
-most :data:`MAX_ARGUMENT_DEPTH` levels. Longer or deeper calls are format errors, so a malformed turn can neither
-stall the parser nor put megabytes or recursion-deep structures into ``info`` and saved trajectories.
+Limits: a tool call's JSON body may hold at most :data:`MAX_CALL_CHARS` characters and its arguments may nest
+at most :data:`MAX_ARGUMENT_DEPTH` levels. Longer or deeper calls are format errors, so a malformed turn can
+neither stall the parser nor put megabytes or recursion-deep structures into ``info`` and saved trajectories.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["ToolCall", "ParsedAction", "ActionProtocol", "HermesProtocol", "MAX_CALL_CHARS", "MAX_ARGUMENT_DEPTH"]
+__all__ = ["ToolCall", "ParsedAction", "ActionProtocol", "HermesProtocol", "MAX_CALL_CHARS",
+           "MAX_ARGUMENT_DEPTH"]
 
 MAX_CALL_CHARS = 2**17
 """Longest tool-call body (the text between the tags), in characters: 131,072, ~100x the longest real call."""
 
 MAX_ARGUMENT_DEPTH = 6
-"""Deepest nesting of a call's ``arguments`` object (the object itself is level 1; ``{"points": [[x, y]]}`` is 3).
-Deeper values would overflow the recursion of ``copy``/``dataclasses.asdict``/``json.dumps`` downstream."""
+"""Deepest nesting of a call's ``arguments`` object (the object itself is level 1; ``{"points": [[x, y]]}`` is
+3). Deeper values would overflow the recursion of ``copy``/``dataclasses.asdict``/``json.dumps``
+downstream."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,8 @@ class ActionProtocol(Protocol):
 
 def _between(text: str, start: str, end: str) -> list[str]:
     """The texts between each ``start`` tag and the next ``end`` tag after it, left to right (what the regex
-    ``start(.*?)end`` with DOTALL finds), in linear time: the regex rescans the rest of the text from every unclosed
-    ``start``, and a turn of 16,000 ``<tool_call>`` tags (176 KB) took 71 s to parse."""
+    ``start(.*?)end`` with DOTALL finds), in linear time: the regex rescans the rest of the text from every
+    unclosed ``start``, and a turn of 16,000 ``<tool_call>`` tags (176 KB) took 71 s to parse."""
     found: list[str] = []
     pos = 0
     while (first := text.find(start, pos)) >= 0:
@@ -92,7 +95,8 @@ def _between(text: str, start: str, end: str) -> list[str]:
 
 
 class HermesProtocol:
-    """``<tool_call>{json}</tool_call>`` / ``<answer>…</answer>``, the convention Qwen chat templates render."""
+    """``<tool_call>{json}</tool_call>`` / ``<answer>…</answer>``, the convention Qwen chat templates
+    render."""
 
     def __init__(self, max_calls_per_turn: int = 1) -> None:
         """Args:
@@ -104,7 +108,8 @@ class HermesProtocol:
         """Parse ``text``.
 
         Returns:
-            A :class:`ParsedAction`. An answer, when present, ends the episode; tool calls in the same turn are
+            A :class:`ParsedAction`. An answer, when present, ends the episode; tool calls in the same turn
+                are
             then ignored and reported as a format error.
         """
         errors: list[str] = []
@@ -117,7 +122,9 @@ class HermesProtocol:
         calls: list[ToolCall] = []
         bodies = _between(text, "<tool_call>", "</tool_call>")
         if text.count("<tool_call>") != len(bodies) or text.count("</tool_call>") != len(bodies):
-            errors.append('Unbalanced <tool_call> tags: write <tool_call>{"name": ..., "arguments": {...}}</tool_call>.')
+            errors.append(
+                'Unbalanced <tool_call> tags: write <tool_call>{"name": ..., "arguments": {...}}</tool_call>.'
+            )
         for body in bodies:
             call, error = self._parse_call(body)
             if error:
@@ -153,7 +160,11 @@ class HermesProtocol:
         except (ValueError, RecursionError) as exc:  # json's int-digit limit, or brackets nested too deep
             return None, f"Tool call is not valid JSON ({type(exc).__name__}): {body.strip()[:80]!r}."
         if not isinstance(data, dict):
-            return None, f'Tool call must be a JSON object {{"name": ..., "arguments": {{...}}}}, got {type(data).__name__}.'
+            return (
+                None,
+                f'Tool call must be a JSON object {{"name": ..., "arguments": {{...}}}}, got '
+                f'{type(data).__name__}.',
+            )
         name = data.get("name")
         if not isinstance(name, str) or not name:
             return None, 'Tool call needs a "name" string, e.g. {"name": "crop", "arguments": {...}}.'
@@ -162,15 +173,20 @@ class HermesProtocol:
             try:
                 arguments = json.loads(arguments)
             except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
-                return None, f'"arguments" of {name} must be a JSON object, got the string {arguments[:60]!r}.'
+                return (
+                    None,
+                    f'"arguments" of {name} must be a JSON object, got the string {arguments[:60]!r}.',
+                )
         if not isinstance(arguments, dict):
             return None, f'"arguments" of {name} must be a JSON object, got {type(arguments).__name__}.'
         extra = sorted(set(data) - {"name", "arguments"})
         if extra:
             return None, f'Tool call has unexpected key(s) {extra}; use only "name" and "arguments".'
         if _nesting(arguments) > MAX_ARGUMENT_DEPTH:
-            return None, (f'"arguments" of {name} are nested too deep: JSON of more than {MAX_ARGUMENT_DEPTH} '
-                          "levels; arguments are numbers, strings and (lists of) lists of them.")
+            return None, (
+                f'"arguments" of {name} are nested too deep: JSON of more than {MAX_ARGUMENT_DEPTH} '
+                "levels; arguments are numbers, strings and (lists of) lists of them."
+            )
         return ToolCall(name=name, arguments=arguments), None
 
     def format_tool_call(self, name: str, arguments: dict[str, Any]) -> str:
@@ -197,8 +213,8 @@ class HermesProtocol:
 
 
 def _nesting(value: Any) -> int:
-    """How many levels of lists/objects ``value`` has (0 for a scalar), without recursion; stops counting just past
-    :data:`MAX_ARGUMENT_DEPTH`."""
+    """How many levels of lists/objects ``value`` has (0 for a scalar), without recursion; stops counting just
+    past :data:`MAX_ARGUMENT_DEPTH`."""
     deepest, stack = 0, [(value, 1)]
     while stack:
         item, level = stack.pop()

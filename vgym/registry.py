@@ -7,10 +7,10 @@ closest match; entries may be lazy — a ``"package.module:attr"`` string, or a 
 :meth:`Registry.register_lazy` that registers the name itself when imported — resolved on first
 :meth:`Registry.get`, so a heavy module loads only when its entry is used.
 
-One file imported under two module names (``tools.crop`` from a checkout's root and ``vgym.tools.crop``) runs its
-registration line twice; the second registration of an object defined at the same place (same source file and
-qualified name) is accepted and keeps the first object, so that is not an error. A lazy entry is replaced by the
-object its module registers; registering the name from any other file raises, as for any taken name.
+One file imported under two module names (``tools.crop`` from a checkout's root and ``vgym.tools.crop``) runs
+its registration line twice; the second registration of an object defined at the same place (same source file
+and qualified name) is accepted and keeps the first object, so that is not an error. A lazy entry is replaced
+by the object its module registers; registering the name from any other file raises, as for any taken name.
 """
 
 from __future__ import annotations
@@ -33,13 +33,15 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class _Lazy:
-    """A lazy entry: import ``module``; take ``attr`` from it, or (``attr`` None) what the module registers."""
+    """A lazy entry: import ``module``; take ``attr`` from it, or (``attr`` None) what the module
+    registers."""
 
     module: str
     attr: str | None
 
     def source_file(self) -> str | None:
-        """The module's file, found without importing it (its parent packages are imported); None if unknown."""
+        """The module's file, found without importing it (its parent packages are imported); None if
+        unknown."""
         try:
             spec = importlib.util.find_spec(self.module)
         except (ImportError, ValueError):
@@ -68,8 +70,8 @@ class Registry(Generic[T]):
 
     def __init__(self, kind: str, *, defined_by: Callable[[T], Any] | None = None) -> None:
         """Args:
-        kind: what is registered ("task", "tool", ...), used in error messages.
-        defined_by: maps an entry to the function or class that defines it, whose source file and qualified name
+        kind: what is registered ("task", "tool", ...), used in error messages. defined_by: maps an entry to
+        the function or class that defines it, whose source file and qualified name
             identify the entry's origin (e.g. a tool's function); default: the entry itself.
         """
         self.kind = kind
@@ -86,9 +88,9 @@ class Registry(Generic[T]):
         """Register ``obj`` under ``name``; without ``obj`` returns a decorator.
 
         Args:
-            name: the key; must not be registered yet, except as a lazy entry pointing at the file that defines
-                ``obj`` (which ``obj`` then replaces) or by an object defined at the same place as ``obj`` (the
-                same file imported under another module name: the first object is kept).
+            name: the key; must not be registered yet, except as a lazy entry pointing at the file that
+                defines ``obj`` (which ``obj`` then replaces) or by an object defined at the same place as
+                ``obj`` (the same file imported under another module name: the first object is kept).
             obj: the object, or a lazy ``"package.module:attr"`` entry point string.
 
         Returns:
@@ -120,8 +122,8 @@ class Registry(Generic[T]):
         Args:
             name: the key; must not be registered yet.
             module: the module to import on first :meth:`get`.
-            attr: the module attribute that is the entry; None when importing ``module`` registers ``name`` itself
-                (its registration line replaces this entry).
+            attr: the module attribute that is the entry; None when importing ``module`` registers ``name``
+                itself (its registration line replaces this entry).
 
         Raises:
             VgymError: if ``name`` is taken.

@@ -34,7 +34,8 @@ __all__ = [
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-# In lists a sign right after a digit is a range dash ("1.2-2.5"), not a negative number, and digits glued to a
+# In lists a sign right after a digit is a range dash ("1.2-2.5"), not a negative number, and digits glued to
+# a
 # word ("x1", "t0") are names, not numbers.
 _LIST_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -109,8 +110,8 @@ def numeric_reward(prediction: str, gold: float, *, rel_tol: float = 0.0, abs_to
 def parse_numbers(text: str) -> list[float]:
     """Every number in ``text`` ("[10, 20.5, 30, 40]" → [10.0, 20.5, 30.0, 40.0]; "1.2-2.5 s" → [1.2, 2.5]).
 
-    Thousands separators are not supported here because commas separate list items; a dash straight after a digit
-    is a range, not a minus sign.
+    Thousands separators are not supported here because commas separate list items; a dash straight after a
+    digit is a range, not a minus sign.
     """
     return [float(n) for n in _LIST_NUMBER.findall(text)]
 
@@ -143,7 +144,8 @@ def box_iou_reward(prediction: str, gold: Sequence[float]) -> float:
 
 
 def interval_iou_reward(prediction: str, gold: Sequence[float]) -> float:
-    """Temporal IoU of the interval written in ``prediction`` ("[start, end]", seconds) with ``gold``, in [0, 1].
+    """Temporal IoU of the interval written in ``prediction`` ("[start, end]", seconds) with ``gold``, in [0,
+    1].
 
     The last bracketed group is read when there is one.
 
@@ -204,5 +206,9 @@ def composite_reward(accuracy: float, format_ok: bool, tool_used: bool, config: 
     """
     w_acc = 1.0 - config.format_weight - config.tool_weight
     tool = float(tool_used)
-    total = w_acc * accuracy + config.format_weight * float(format_ok) + config.tool_weight * tool * (accuracy > 0)
+    total = (
+        w_acc * accuracy
+        + config.format_weight * float(format_ok)
+        + config.tool_weight * tool * (accuracy > 0)
+    )
     return RewardParts(accuracy=float(accuracy), format=float(format_ok), tool=tool, total=float(total))

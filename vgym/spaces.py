@@ -2,10 +2,10 @@
 
 Contents: :class:`TextSpace`, :class:`ImageListSpace`, :func:`message_space`.
 
-Gymnasium's built-in ``Text`` space rejects spaces, punctuation and the empty string by default, which a language
-model's turn always contains, so we define our own ``Space[str]``. Both spaces are variable-sized, so they cannot
-live in shared memory: use ``gymnasium.make_vec(..., vectorization_mode="async",
-vector_kwargs={"shared_memory": False})``.
+Gymnasium's built-in ``Text`` space rejects spaces, punctuation and the empty string by default, which a
+language model's turn always contains, so we define our own ``Space[str]``. Both spaces are variable-sized, so
+they cannot live in shared memory: use
+``gymnasium.make_vec(..., vectorization_mode="async", vector_kwargs={"shared_memory": False})``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ class TextSpace(spaces.Space[str]):
 class ImageListSpace(spaces.Space[tuple]):
     """A tuple of up to ``max_images`` RGB uint8 images, each of shape (H, W, 3) with H·W ≤ ``max_pixels``."""
 
-    def __init__(self, max_images: int, max_pixels: int, seed: int | np.random.Generator | None = None) -> None:
+    def __init__(
+        self, max_images: int, max_pixels: int, seed: int | np.random.Generator | None = None
+    ) -> None:
         """Args:
         max_images: most images one observation may carry.
         max_pixels: the image budget; every image satisfies H·W ≤ max_pixels.

@@ -4,14 +4,14 @@ Contents: :class:`Sample`, :class:`Solution`, :class:`Task`, :data:`TASKS`, :fun
 :func:`register_task_lazily`, :func:`sample_seed`, :func:`env_id`, :func:`task_env_id`.
 
 A task family lives in one file under ``tasks/``: a config dataclass, a :class:`Task` subclass whose
-:meth:`Task.sample` is a pure function of ``(split, index, seed)``, its scorer, prompt, default tools and oracle
-solution, and one registration line at the bottom::
+:meth:`Task.sample` is a pure function of ``(split, index, seed)``, its scorer, prompt, default tools and
+oracle solution, and one registration line at the bottom::
 
     register_task(VisualSearchTask)
 
 Registering also registers the gymnasium id ``vgym/<CamelName>-v<version>``. vgym's own tasks are registered
-lazily (:mod:`vgym.catalog`): their names and gymnasium ids exist from ``import vgym`` on, and a task's module is
-imported on first use; its registration line then replaces the lazy entry.
+lazily (:mod:`vgym.catalog`): their names and gymnasium ids exist from ``import vgym`` on, and a task's module
+is imported on first use; its registration line then replaces the lazy entry.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import numpy as np
 from vgym.errors import InvalidConfigError
 from vgym.registry import Registry
 
-__all__ = ["Sample", "Solution", "Task", "TASKS", "register_task", "register_task_lazily", "sample_seed", "env_id",
-           "task_env_id", "SPLITS"]
+__all__ = ["Sample", "Solution", "Task", "TASKS", "register_task", "register_task_lazily", "sample_seed",
+           "env_id", "task_env_id", "SPLITS"]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 """Procedural splits; each has its own seed stream, so they are disjoint by construction."""
@@ -49,9 +49,9 @@ class Sample:
         answer: the canonical gold answer as text.
         metadata: scene ground truth for oracle tools and scorers (JSON-serialisable).
         video: path of the sample's video file (video tasks), or None.
-        arrays: ground-truth arrays for oracle tools, never shown to the model (e.g. ``"depth"`` (H, W) float32
-            metres of image 0, ``"masks"`` (N, H, W) bool per object of ``metadata["objects"]``, ``"right"`` the
-            right view of a rectified stereo pair).
+        arrays: ground-truth arrays for oracle tools, never shown to the model (e.g. ``"depth"`` (H, W)
+            float32 metres of image 0, ``"masks"`` (N, H, W) bool per object of ``metadata["objects"]``,
+            ``"right"`` the right view of a rectified stereo pair).
     """
 
     id: str
@@ -77,7 +77,8 @@ class Solution:
 def sample_seed(seed: int, split: str, index: int) -> np.random.Generator:
     """The generator for item ``index`` of ``split``: ``SeedSequence([seed, split_id, index])``.
 
-    Mixing through ``SeedSequence`` (never ``seed + index``) keeps items of different seeds and splits unrelated.
+    Mixing through ``SeedSequence`` (never ``seed + index``) keeps items of different seeds and splits
+    unrelated.
 
     Raises:
         InvalidConfigError: for a negative seed/index or an unknown split.
@@ -93,10 +94,11 @@ class Task(ABC):
     """Base class of a task family.
 
     Set these in ALL subclasses: ``name`` (snake_case registry key), ``config_cls`` (a dataclass),
-    ``default_tools`` (tool names offered when the env config does not choose).
-    SOME subclasses set ``version`` (bump when rewards, observations or tools change meaning), ``procedural = False``
-    (tasks that read a dataset from disk, whose config has no usable default), and ``necessary_tools`` together with
-    :meth:`counterfactuals` (the tool-necessity claim and its evidence, checked by ``vgym diagnose`` and the tests).
+    ``default_tools`` (tool names offered when the env config does not choose). SOME subclasses set
+    ``version`` (bump when rewards, observations or tools change meaning), ``procedural = False`` (tasks that
+    read a dataset from disk, whose config has no usable default), and ``necessary_tools`` together with
+    :meth:`counterfactuals` (the tool-necessity claim and its evidence, checked by ``vgym diagnose`` and the
+    tests).
     """
 
     name: ClassVar[str]
@@ -104,11 +106,12 @@ class Task(ABC):
     default_tools: ClassVar[tuple[str, ...]] = ()
     version: ClassVar[int] = 0
     procedural: ClassVar[bool] = True
-    """True when samples are generated (the default config works anywhere); False for dataset loaders, which need a
-    local path in their config, so registry-wide checks (``check_env``, ``vgym diagnose``) skip them by default."""
+    """True when samples are generated (the default config works anywhere); False for dataset loaders, which
+    need a local path in their config, so registry-wide checks (``check_env``, ``vgym diagnose``) skip them by
+    default."""
     necessary_tools: ClassVar[tuple[str, ...]] = ()
-    """The claim "without one of these tools the answer is not recoverable from the images the model is shown":
-    made only with :meth:`counterfactuals` as evidence. Empty = no claim (tools may still help)."""
+    """The claim "without one of these tools the answer is not recoverable from the images the model is
+    shown": made only with :meth:`counterfactuals` as evidence. Empty = no claim (tools may still help)."""
 
     def __init__(self, config: Any = None) -> None:
         """Args:
@@ -119,7 +122,9 @@ class Task(ABC):
         elif isinstance(config, Mapping):
             config = self.config_cls(**config)
         elif not isinstance(config, self.config_cls):
-            raise InvalidConfigError(f"{self.name} expects a {self.config_cls.__name__}, got {type(config).__name__}")
+            raise InvalidConfigError(
+                f"{self.name} expects a {self.config_cls.__name__}, got {type(config).__name__}"
+            )
         self.config = config
 
     @abstractmethod
@@ -148,18 +153,18 @@ class Task(ABC):
         """The oracle plan for ``sample``; with ``tools_enabled=False`` it answers without tools."""
 
     def counterfactuals(self, sample: Sample) -> list[Sample]:
-        """The other members of ``sample``'s look-alike class: samples the generator could also have produced that
-        look the same *without tools* but have other answers.
+        """The other members of ``sample``'s look-alike class: samples the generator could also have produced
+        that look the same *without tools* but have other answers.
 
-        Evidence for :attr:`necessary_tools`. Each returned sample's images, fitted to the env's default budget
-        (``fit_to_budget(image, 224 * 224)``), must be byte-identical to ``sample``'s. The class (``sample`` plus
-        this list) must be complete and canonical: the same set of answers whichever member it is computed from, so a
-        policy without tools, which sees only what the class shares, can pick its answer from the class alone and
-        is right at most ``max_a mean_m score(m, a)`` of the time. A class may fix hidden facts besides the shown
-        images (e.g. an event's length); the bound then assumes the policy knew them, so it stays an upper bound.
-        ``vgym diagnose`` verifies identity and different answers (it never trusts the list) and the tests check
-        canonicity. Samples returned here may carry ``video=None`` (the check needs only images and answers).
-        Default: ``[]`` (no evidence for this sample).
+        Evidence for :attr:`necessary_tools`. Each returned sample's images, fitted to the env's default
+        budget (``fit_to_budget(image, 224 * 224)``), must be byte-identical to ``sample``'s. The class
+        (``sample`` plus this list) must be complete and canonical: the same set of answers whichever member
+        it is computed from, so a policy without tools, which sees only what the class shares, can pick its
+        answer from the class alone and is right at most ``max_a mean_m score(m, a)`` of the time. A class may
+        fix hidden facts besides the shown images (e.g. an event's length); the bound then assumes the policy
+        knew them, so it stays an upper bound. ``vgym diagnose`` verifies identity and different answers (it
+        never trusts the list) and the tests check canonicity. Samples returned here may carry ``video=None``
+        (the check needs only images and answers). Default: ``[]`` (no evidence for this sample).
         """
         return []
 

@@ -1,22 +1,25 @@
-"""Running tools: backend selection, lazy loading, a deterministic result cache, timeouts and process isolation.
+"""Running tools: backend selection, lazy loading, a deterministic result cache, timeouts and process
+isolation.
 
 Contents: :class:`ToolRuntimeConfig`, :class:`ResourcePool`, :data:`RESOURCES`, :func:`call_backend`,
 :class:`ToolWorker`, :class:`CallInfo`, :class:`ToolCache`, :class:`ToolServer`, :func:`tool_server_name`,
 :class:`ToolRuntime`.
 
-One :class:`ToolRuntime` serves one env. Every failure of a call — invalid arguments, a backend that raises, hangs
-past the timeout or kills its worker process — comes back as a :class:`~vgym.errors.ToolError` for the model;
-the episode goes on, and the next call gets a fresh worker where the old one was hung or dead. A worker is readied
-(started, its backend's resource loaded) before a call's clock starts, under its own limit. Under "subprocess"
-isolation a leaking backend is contained by recycling the worker process after N calls or past an RSS limit.
+One :class:`ToolRuntime` serves one env. Every failure of a call — invalid arguments, a backend that raises,
+hangs past the timeout or kills its worker process — comes back as a :class:`~vgym.errors.ToolError` for the
+model; the episode goes on, and the next call gets a fresh worker where the old one was hung or dead. A worker
+is readied (started, its backend's resource loaded) before a call's clock starts, under its own limit. Under
+"subprocess" isolation a leaking backend is contained by recycling the worker process after N calls or past an
+RSS limit.
 
 **Workers.** A :class:`ToolRuntime` hands every call with a timeout, or under "subprocess" isolation, to its
-:class:`ToolWorker`, which keeps one worker: a thread (isolation "none"; a hung thread cannot be killed, so it is
-abandoned) or a process (isolation "subprocess", forked from a fork server that has imported vgym, so a restart
-takes ~0.1 s). A worker that hangs past the timeout or dies (a crash, an out-of-memory kill, also while idle) is
-discarded and the next call starts a fresh one; a worker process is also retired after ``max_calls_per_worker``
-calls or once a call leaves its RSS above ``max_worker_rss_mb``, which bounds a leaking backend. Every failure is
-a :class:`~vgym.errors.ToolError` for the model, and :attr:`ToolWorker.counters` records it.
+:class:`ToolWorker`, which keeps one worker: a thread (isolation "none"; a hung thread cannot be killed, so it
+is abandoned) or a process (isolation "subprocess", forked from a fork server that has imported vgym, so a
+restart takes ~0.1 s). A worker that hangs past the timeout or dies (a crash, an out-of-memory kill, also
+while idle) is discarded and the next call starts a fresh one; a worker process is also retired after
+``max_calls_per_worker`` calls or once a call leaves its RSS above ``max_worker_rss_mb``, which bounds a
+leaking backend. Every failure is a :class:`~vgym.errors.ToolError` for the model, and
+:attr:`ToolWorker.counters` records it.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ import numpy as np
 from vgym.errors import InvalidConfigError, ToolError
 from vgym.tooling import Tool, ToolContext, ToolResult
 
-__all__ = ["ToolRuntimeConfig", "ResourcePool", "RESOURCES", "call_backend", "ToolWorker", "CallInfo", "ToolCache",
-           "ToolServer", "tool_server_name", "ToolRuntime"]
+__all__ = ["ToolRuntimeConfig", "ResourcePool", "RESOURCES", "call_backend", "ToolWorker", "CallInfo",
+           "ToolCache", "ToolServer", "tool_server_name", "ToolRuntime"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,21 +62,21 @@ class ToolRuntimeConfig:
     timeout_s: float | None = 60.0
     """Per-call wall-clock limit; None waits forever (and runs the call in the env's own thread)."""
     isolation: str = "none"
-    """"none" (a worker thread of this process; a hung thread cannot be killed, it is abandoned), "subprocess" (a
-    worker process, so a crash, a hang or an out-of-memory kill in a backend cannot take the rollout down and is
-    cleaned up by killing it; the tool is pickled by reference, so its functions must be importable module-level
-    functions; each env's worker loads its own copy of a backend's model)
-    or "ray" (one named Ray actor per (tool, backend, options), shared by every env of the Ray cluster, so one copy
-    of a detector serves all env workers; needs ``ray.init`` first, e.g. by ``rollout(parallel="ray")``)."""
+    """"none" (a worker thread of this process; a hung thread cannot be killed, it is abandoned), "subprocess"
+    (a worker process, so a crash, a hang or an out-of-memory kill in a backend cannot take the rollout down
+    and is cleaned up by killing it; the tool is pickled by reference, so its functions must be importable
+    module-level functions; each env's worker loads its own copy of a backend's model) or "ray" (one named Ray
+    actor per (tool, backend, options), shared by every env of the Ray cluster, so one copy of a detector
+    serves all env workers; needs ``ray.init`` first, e.g. by ``rollout(parallel="ray")``)."""
 
     start_timeout_s: float = 300.0
-    """Wall-clock limit, in seconds, for readying a worker before a call's clock starts: starting a worker process
-    ("subprocess": ~4 s for the first in a process, which boots the fork server, ~0.2 s after) and loading the
-    backend's resource in it (a model). Not counted in ``timeout_s``, so a short ``timeout_s`` still lets a worker
-    start. A worker not ready in time is killed and the call fails with a ToolError."""
+    """Wall-clock limit, in seconds, for readying a worker before a call's clock starts: starting a worker
+    process ("subprocess": ~4 s for the first in a process, which boots the fork server, ~0.2 s after) and
+    loading the backend's resource in it (a model). Not counted in ``timeout_s``, so a short ``timeout_s``
+    still lets a worker start. A worker not ready in time is killed and the call fails with a ToolError."""
     max_calls_per_worker: int | None = None
-    """"subprocess" only: recycle the worker process after this many calls (a backend's leak is then bounded by what
-    N calls can leak; its model is reloaded in the new worker); None never recycles by count."""
+    """"subprocess" only: recycle the worker process after this many calls (a backend's leak is then bounded
+    by what N calls can leak; its model is reloaded in the new worker); None never recycles by count."""
     max_worker_rss_mb: float | None = None
     """"subprocess" only: recycle the worker process after any call that leaves its resident memory (RSS, MiB)
     above this; the worker's RSS then stays below this plus what one call adds. Set it well above the worker's
@@ -82,18 +85,25 @@ class ToolRuntimeConfig:
 
     def __post_init__(self) -> None:
         if self.isolation not in ("none", "subprocess", "ray"):
-            raise InvalidConfigError(f"isolation must be 'none', 'subprocess' or 'ray', got {self.isolation!r}")
+            raise InvalidConfigError(
+                f"isolation must be 'none', 'subprocess' or 'ray', got {self.isolation!r}"
+            )
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise InvalidConfigError(f"timeout_s must be positive or None, got {self.timeout_s}")
         if self.start_timeout_s <= 0:
             raise InvalidConfigError(f"start_timeout_s must be positive, got {self.start_timeout_s}")
-        recycle = {"max_calls_per_worker": self.max_calls_per_worker, "max_worker_rss_mb": self.max_worker_rss_mb}
+        recycle = {
+            "max_calls_per_worker": self.max_calls_per_worker,
+            "max_worker_rss_mb": self.max_worker_rss_mb,
+        }
         for name, value in recycle.items():
             if value is not None and value <= 0:
                 raise InvalidConfigError(f"{name} must be positive or None, got {value}")
         if self.isolation != "subprocess" and any(v is not None for v in recycle.values()):
-            raise InvalidConfigError(f"max_calls_per_worker and max_worker_rss_mb recycle a worker process, so they "
-                                     f"need isolation='subprocess'; got isolation={self.isolation!r} with {recycle}")
+            raise InvalidConfigError(
+                f"max_calls_per_worker and max_worker_rss_mb recycle a worker process, so they "
+                f"need isolation='subprocess'; got isolation={self.isolation!r} with {recycle}"
+            )
 
 
 class ResourcePool:
@@ -104,7 +114,8 @@ class ResourcePool:
         self._lock = threading.Lock()
 
     def get(self, tool: Tool, backend: str, options: Mapping[str, Any]) -> Any:
-        """The resource of ``tool``'s ``backend`` for ``options``, loading it on first use (None without loader)."""
+        """The resource of ``tool``'s ``backend`` for ``options``, loading it on first use (None without
+        loader)."""
         loader = tool.backend(backend).loader
         if loader is None:
             return None
@@ -158,12 +169,14 @@ def _worker_call(tool: Tool, backend: str, ctx: ToolContext,
 
 
 def _worker_context() -> Any:
-    """How worker processes start: forked from a fork server that has imported vgym once (a restart then takes a
-    fork, ~0.1 s, instead of a spawn's fresh interpreter and imports, ~3.5 s on 2 CPU cores), where the platform
-    has fork servers; else spawned. Either way a worker shares no threads, locks or CUDA state with the rollout.
+    """How worker processes start: forked from a fork server that has imported vgym once (a restart then takes
+    a fork, ~0.1 s, instead of a spawn's fresh interpreter and imports, ~3.5 s on 2 CPU cores), where the
+    platform has fork servers; else spawned. Either way a worker shares no threads, locks or CUDA state with
+    the rollout.
 
-    The fork server is per process and shared by every user of the "forkserver" start method; the preload list only
-    applies when it starts, so a server someone else started first works too, just without the head start.
+    The fork server is per process and shared by every user of the "forkserver" start method; the preload list
+    only applies when it starts, so a server someone else started first works too, just without the head
+    start.
     """
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
@@ -180,9 +193,9 @@ class ToolWorker:
 
     Attributes:
         executor: the single-worker pool, or None before the first call and after the worker was discarded.
-        counters: ``{"worker_starts", "timeouts", "crashes", "recycled"}``: workers started (thread or process),
-            calls that timed out, workers that died during a call, and "subprocess" workers retired by
-            ``max_calls_per_worker`` / ``max_worker_rss_mb`` (diagnostics for soak runs).
+        counters: ``{"worker_starts", "timeouts", "crashes", "recycled"}``: workers started (thread or
+            process), calls that timed out, workers that died during a call, and "subprocess" workers retired
+            by ``max_calls_per_worker`` / ``max_worker_rss_mb`` (diagnostics for soak runs).
         last_rss_mb: the "subprocess" worker's RSS after the last call (None before one).
     """
 
@@ -201,16 +214,25 @@ class ToolWorker:
             The backend's result.
 
         Raises:
-            ToolError: for a backend error, a timeout, a worker that could not be readied in ``start_timeout_s``
-                or a dead worker process; a hung or dead worker is discarded, so the next call gets a fresh one.
+            ToolError: for a backend error, a timeout, a worker that could not be readied in
+                ``start_timeout_s`` or a dead worker process; a hung or dead worker is discarded, so the next
+                call gets a fresh one.
         """
         timeout = config.timeout_s
         pool = self._ready(tool, backend, ctx.options, config)
         isolated = config.isolation == "subprocess"
         try:
             if isolated:
-                worker_ctx = ToolContext(list(ctx.images), dict(ctx.metadata), ctx.rng, ctx.max_pixels, ctx.video,
-                                         dict(ctx.arrays), None, dict(ctx.options))
+                worker_ctx = ToolContext(
+                    list(ctx.images),
+                    dict(ctx.metadata),
+                    ctx.rng,
+                    ctx.max_pixels,
+                    ctx.video,
+                    dict(ctx.arrays),
+                    None,
+                    dict(ctx.options),
+                )
                 future = pool.submit(_worker_call, tool, backend, worker_ctx, arguments)
             else:
                 future = pool.submit(call_backend, tool, backend, ctx, arguments)
@@ -218,12 +240,16 @@ class ToolWorker:
             if not cf.wait([future], timeout=timeout).done:
                 self.counters["timeouts"] += 1
                 self.abandon()  # a hung call keeps its worker; later calls get a fresh one
-                raise ToolError(f"{tool.name} timed out after {timeout} s; try a smaller input or another call.")
+                raise ToolError(
+                    f"{tool.name} timed out after {timeout} s; try a smaller input or another call."
+                )
             out = future.result()
         except cf.BrokenExecutor:  # the worker process died (crash, out-of-memory kill)
             self.counters["crashes"] += 1
             self.abandon()
-            raise ToolError(f"{tool.name} crashed its worker process (backend {backend!r}); the call was lost.") from None
+            raise ToolError(
+                f"{tool.name} crashed its worker process (backend {backend!r}); the call was lost."
+            ) from None
         if not isolated:
             return out  # type: ignore[no-any-return]
         result, error, rss = out
@@ -237,13 +263,17 @@ class ToolWorker:
             raise ToolError(error)
         return result  # type: ignore[no-any-return]
 
-    def _ready(self, tool: Tool, backend: str, options: Mapping[str, Any], config: ToolRuntimeConfig) -> cf.Executor:
-        """The worker pool, started if needed, with ``tool``'s backend resource loaded, within ``start_timeout_s``.
+    def _ready(
+        self, tool: Tool, backend: str, options: Mapping[str, Any], config: ToolRuntimeConfig
+    ) -> cf.Executor:
+        """The worker pool, started if needed, with ``tool``'s backend resource loaded, within
+        ``start_timeout_s``.
 
         Raises:
             ToolError: if the worker is not ready in time or dies while starting (it is discarded).
         """
-        if self.executor is not None and getattr(self.executor, "_broken", False):  # it died while idle (OOM killer)
+        # it died while idle (OOM killer)
+        if self.executor is not None and getattr(self.executor, "_broken", False):
             self.counters["crashes"] += 1
             self.abandon()
         if self.executor is None:
@@ -258,14 +288,19 @@ class ToolWorker:
                 if not cf.wait([future], timeout=limit).done:
                     self.counters["timeouts"] += 1
                     self.abandon()
-                    raise ToolError(f"{tool.name} could not be readied within {limit} s (backend {backend!r}: "
-                                    "worker start-up and loading); the call was not run.")
-                future.result()  # a loader's own exception propagates: a config error, such as a missing model
+                    raise ToolError(
+                        f"{tool.name} could not be readied within {limit} s (backend {backend!r}: "
+                        "worker start-up and loading); the call was not run."
+                    )
+                # a loader's own exception propagates: a config error, such as a missing model
+                future.result()
             except cf.BrokenExecutor:
                 self.counters["crashes"] += 1
                 self.abandon()
-                raise ToolError(f"{tool.name} crashed its worker process while loading (backend {backend!r}); the "
-                                "call was not run.") from None
+                raise ToolError(
+                    f"{tool.name} crashed its worker process while loading (backend {backend!r}); the "
+                    "call was not run."
+                ) from None
             self._loaded.add(key)
         return self.executor
 
@@ -276,20 +311,23 @@ class ToolWorker:
         return cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vgym-tool")
 
     def retire(self) -> None:
-        """Let an idle worker process exit (its memory goes back to the system); killed if it does not in 5 s."""
+        """Let an idle worker process exit (its memory goes back to the system); killed if it does not in 5
+        s."""
         pool, self.executor = self.executor, None
         if pool is None:
             return
         processes = list(getattr(pool, "_processes", {}).values())
         pool.shutdown(wait=False)
-        # Wait on the sentinels (readable once a process ended) rather than join: the pool's own thread joins them.
+        # Wait on the sentinels (readable once a process ended) rather than join: the pool's own thread joins
+        # them.
         ended = multiprocessing.connection.wait([p.sentinel for p in processes], timeout=5.0)
         for proc in processes:
             if proc.sentinel not in ended:
                 proc.kill()
 
     def abandon(self) -> None:
-        """Discard the worker without waiting: a worker process is killed, a thread left to finish (idempotent)."""
+        """Discard the worker without waiting: a worker process is killed, a thread left to finish
+        (idempotent)."""
         if self.executor is not None:
             pool = self.executor
             self.executor = None
@@ -308,7 +346,8 @@ class CallInfo:
 
 
 class ToolCache:
-    """Results on disk keyed by (tool, version, backend, options, arguments, inputs); replays are byte-identical.
+    """Results on disk keyed by (tool, version, backend, options, arguments, inputs); replays are
+    byte-identical.
 
     A result is stored as ``<dir>/<key[:2]>/<key>.npz`` holding the text and each image array.
     """
@@ -319,8 +358,9 @@ class ToolCache:
 
     @staticmethod
     def key(tool: Tool, backend: str, arguments: Mapping[str, Any], ctx: ToolContext) -> str:
-        """SHA-256 over everything a result may depend on: the tool (name, version), backend, options, arguments,
-        every episode image and ground-truth array (shape, dtype, bytes), the scene metadata and the video's bytes."""
+        """SHA-256 over everything a result may depend on: the tool (name, version), backend, options,
+        arguments, every episode image and ground-truth array (shape, dtype, bytes), the scene metadata and
+        the video's bytes."""
         h = hashlib.sha256()
         head = [tool.name, tool.version, backend, dict(ctx.options), dict(arguments), dict(ctx.metadata)]
         h.update(json.dumps(head, sort_keys=True, default=str).encode())
@@ -351,7 +391,8 @@ class ToolCache:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"image_{i}": np.asarray(im) for i, im in enumerate(result.images)}
-        tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp.npz")  # unique across Ray workers too
+        # unique across Ray workers too
+        tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp.npz")
         try:
             np.savez(tmp, text=np.array(result.text), num_images=np.array(len(result.images)), **arrays)
             tmp.replace(path)
@@ -367,8 +408,9 @@ _ARRAY_DIGESTS: dict[int, tuple[weakref.ref, bytes]] = {}
 def _array_digest(array: np.ndarray) -> bytes:
     """BLAKE2b of an array's shape, dtype and bytes, memoised while the array lives.
 
-    An episode's images stay the same objects across its steps, so a 4K image (25 MB) is hashed once per episode,
-    not once per call. Arrays must not be mutated in place after they were hashed (the env never does).
+    An episode's images stay the same objects across its steps, so a 4K image (25 MB) is hashed once per
+    episode, not once per call. Arrays must not be mutated in place after they were hashed (the env never
+    does).
     """
     entry = _ARRAY_DIGESTS.get(id(array))
     if entry is not None and entry[0]() is array:
@@ -393,7 +435,8 @@ def _file_digest(path: str) -> str:
 
 
 class ToolServer:
-    """The body of a shared Ray actor serving one (tool, backend, options): loads the resource once, then runs calls."""
+    """The body of a shared Ray actor serving one (tool, backend, options): loads the resource once, then runs
+    calls."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -409,7 +452,8 @@ class ToolServer:
             return None, str(exc)
 
     def stats(self) -> dict[str, Any]:
-        """``{"pid", "calls", "loaded"}``: this process, calls served, resources loaded (tests check sharing)."""
+        """``{"pid", "calls", "loaded"}``: this process, calls served, resources loaded (tests check
+        sharing)."""
         import os
 
         return {"pid": os.getpid(), "calls": self.calls, "loaded": len(RESOURCES._items)}
@@ -427,9 +471,19 @@ def _call_tool_server(tool: Tool, backend: str, ctx: ToolContext, arguments: dic
     import ray
 
     if not ray.is_initialized():
-        raise InvalidConfigError("tool isolation 'ray' needs a running Ray (ray.init(...) or rollout(parallel='ray'))")
-    server = ray.remote(ToolServer).options(name=tool_server_name(tool, backend, ctx.options), get_if_exists=True,
-                                            lifetime="detached", max_concurrency=1).remote()
+        raise InvalidConfigError(
+            "tool isolation 'ray' needs a running Ray (ray.init(...) or rollout(parallel='ray'))"
+        )
+    server = (
+        ray.remote(ToolServer)
+        .options(
+            name=tool_server_name(tool, backend, ctx.options),
+            get_if_exists=True,
+            lifetime="detached",
+            max_concurrency=1,
+        )
+        .remote()
+    )
     remote_ctx = ToolContext(list(ctx.images), dict(ctx.metadata), ctx.rng, ctx.max_pixels, ctx.video,
                              dict(ctx.arrays), None, dict(ctx.options))
     ref = server.call.remote(tool, backend, remote_ctx, arguments)
@@ -437,9 +491,14 @@ def _call_tool_server(tool: Tool, backend: str, ctx: ToolContext, arguments: dic
         result, error = ray.get(ref, timeout=timeout)
     except ray.exceptions.GetTimeoutError:
         ray.cancel(ref)
-        raise ToolError(f"{tool.name} timed out after {timeout} s; try a smaller input or another call.") from None
-    except ray.exceptions.RayActorError:  # the server died; the next call starts a fresh one under the same name
-        raise ToolError(f"{tool.name} crashed its tool server (backend {backend!r}); the call was lost.") from None
+        raise ToolError(
+            f"{tool.name} timed out after {timeout} s; try a smaller input or another call."
+        ) from None
+    # the server died; the next call starts a fresh one under the same name
+    except ray.exceptions.RayActorError:
+        raise ToolError(
+            f"{tool.name} crashed its tool server (backend {backend!r}); the call was lost."
+        ) from None
     if error is not None:
         raise ToolError(error)
     return result  # type: ignore[return-value]
@@ -453,9 +512,9 @@ class ToolRuntime:
     takes effect at the next one).
 
     Attributes:
-        counters: ``{"worker_starts", "timeouts", "crashes", "recycled"}``: workers started (thread or process),
-            calls that timed out, workers that died during a call, and "subprocess" workers retired by
-            ``max_calls_per_worker`` / ``max_worker_rss_mb`` (diagnostics for soak runs).
+        counters: ``{"worker_starts", "timeouts", "crashes", "recycled"}``: workers started (thread or
+            process), calls that timed out, workers that died during a call, and "subprocess" workers retired
+            by ``max_calls_per_worker`` / ``max_worker_rss_mb`` (diagnostics for soak runs).
         last_worker_rss_mb: the "subprocess" worker's RSS after the last call (None before one).
     """
 
@@ -476,8 +535,8 @@ class ToolRuntime:
             ``(result, info)``.
 
         Raises:
-            ToolError: for invalid arguments, a backend error, a timeout, a worker that could not be readied in
-                ``start_timeout_s`` or a dead worker process.
+            ToolError: for invalid arguments, a backend error, a timeout, a worker that could not be readied
+                in ``start_timeout_s`` or a dead worker process.
         """
         backend = self.backend_name(tool)
         info = CallInfo(backend=backend)
@@ -492,8 +551,11 @@ class ToolRuntime:
         if key is not None:
             try:
                 self.cache.store(key, result)  # type: ignore[union-attr]
-            except OSError as exc:  # the cache is an optimisation: a full disk must not fail a call that worked
-                logger.warning("tool cache %s: could not store a %s result: %s", self.config.cache_dir, tool.name, exc)
+            # the cache is an optimisation: a full disk must not fail a call that worked
+            except OSError as exc:
+                logger.warning(
+                    "tool cache %s: could not store a %s result: %s", self.config.cache_dir, tool.name, exc
+                )
         return result, info
 
     def _run(self, tool: Tool, backend: str, ctx: ToolContext, arguments: dict[str, Any]) -> ToolResult:
@@ -510,7 +572,8 @@ class ToolRuntime:
 
     @property
     def _pool(self) -> cf.Executor | None:
-        """The worker's executor (None when no worker is running); tests watch it to see an idle worker die."""
+        """The worker's executor (None when no worker is running); tests watch it to see an idle worker
+        die."""
         return self._worker.executor
 
     def close(self) -> None:

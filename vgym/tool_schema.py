@@ -1,16 +1,20 @@
-"""The JSON schema a model sees for a tool, built from the tool function's signature and Google-style docstring.
+"""The JSON schema a model sees for a tool, built from the tool function's signature and Google-style
+docstring.
 
 Contents: :func:`function_schema`.
 
 The output is the chat-template "function" format that ``transformers.utils.get_json_schema`` produces (the
-tests compare the two on every built-in tool): ``{"type": "function", "function": {"name", "description",
-"parameters": {"type": "object", "properties": {...}, "required": [...]}}}``. vgym builds it itself for two reasons:
-the prompt a model sees must not change with the installed transformers version (its docstring parser has changed
-between releases), and building it must not import a model library (transformers imports torch to map hints).
+tests compare the two on every built-in tool):
+``{"type": "function", "function": {"name", "description", "parameters": {"type": "object",
+"properties": {...}, "required": [...]}}}``.
+vgym builds it itself for two reasons: the prompt a model sees must not change with the installed transformers
+version (its docstring parser has changed between releases), and building it must not import a model library
+(transformers imports torch to map hints).
 
 Supported hints: ``int``, ``float``, ``str``, ``bool``, ``None``, ``Any``, ``list[X]``, ``tuple[X, Y, ...]``,
 ``dict[str, X]``, unions and ``X | None`` (``"nullable": true``), ``Literal[...]`` and ``Enum`` classes (an
-``"enum"``). A description may end with ``(choices: [...])`` (a JSON list), which becomes the argument's ``"enum"``.
+``"enum"``). A description may end with ``(choices: [...])`` (a JSON list), which becomes the argument's
+``"enum"``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,13 @@ from typing import Any
 
 __all__ = ["function_schema"]
 
-_SCALARS: dict[Any, str] = {int: "integer", float: "number", str: "string", bool: "boolean", type(None): "null"}
+_SCALARS: dict[Any, str] = {
+    int: "integer",
+    float: "number",
+    str: "string",
+    bool: "boolean",
+    type(None): "null",
+}
 _CONTAINERS: dict[Any, str] = {list: "array", tuple: "array", dict: "object"}
 _SECTION = re.compile(r"^\s*(Args|Returns|Raises):\s*$")
 _ARG = re.compile(r"^(\w+)(?:[ \t]*\([^()\n]*\))?:\s*(.*)$")
@@ -34,7 +44,8 @@ _CHOICES = re.compile(r"\(choices:\s*(.*?)\)\s*$", re.IGNORECASE)
 
 
 def _enum_of(values: list[Any], hint: Any) -> dict[str, Any]:
-    """An ``"enum"`` schema of scalar ``values``; ``"type"`` lists each JSON type once, in order of appearance."""
+    """An ``"enum"`` schema of scalar ``values``; ``"type"`` lists each JSON type once, in order of
+    appearance."""
     if not values or any(type(v) not in _SCALARS for v in values):
         raise TypeError(f"{hint!r}: enum values must be a non-empty set of int, float, str, bool or None")
     kinds = list(dict.fromkeys(_SCALARS[type(v)] for v in values))
@@ -57,8 +68,10 @@ def _hint_schema(hint: Any) -> dict[str, Any]:
             return {"type": _SCALARS[hint]}
         if hint in _CONTAINERS:
             return {"type": _CONTAINERS[hint]}
-        raise TypeError(f"type hint {hint!r} has no JSON schema; use int, float, str, bool, list, tuple, dict, "
-                        "Literal, an Enum or unions of those")
+        raise TypeError(
+            f"type hint {hint!r} has no JSON schema; use int, float, str, bool, list, tuple, dict, "
+            "Literal, an Enum or unions of those"
+        )
     if origin is typing.Union or origin is types.UnionType:
         subtypes = [_hint_schema(t) for t in args if t is not type(None)]
         if len(subtypes) == 1:
@@ -82,7 +95,10 @@ def _hint_schema(hint: Any) -> dict[str, Any]:
             raise TypeError(f"type hint {hint!r}: use list[X] for a variable-length sequence")
         return {"type": "array", "prefixItems": [_hint_schema(t) for t in args]}
     if origin is dict:
-        return {"type": "object", **({"additionalProperties": _hint_schema(args[1])} if len(args) == 2 else {})}
+        return {
+            "type": "object",
+            **({"additionalProperties": _hint_schema(args[1])} if len(args) == 2 else {}),
+        }
     raise TypeError(f"type hint {hint!r} has no JSON schema")
 
 
@@ -117,7 +133,9 @@ def _sections(doc: str) -> tuple[str, dict[str, str]]:
     return description, {name: " ".join(parts) for name, parts in args.items()}
 
 
-def function_schema(fn: Callable[..., Any], name: str, parameters: Sequence[inspect.Parameter]) -> dict[str, Any]:
+def function_schema(
+    fn: Callable[..., Any], name: str, parameters: Sequence[inspect.Parameter]
+) -> dict[str, Any]:
     """The tool schema of ``fn`` restricted to ``parameters`` (the model-facing ones).
 
     Args:
@@ -129,8 +147,8 @@ def function_schema(fn: Callable[..., Any], name: str, parameters: Sequence[insp
         ``{"type": "function", "function": {"name", "description", "parameters"}}``.
 
     Raises:
-        TypeError: for a missing docstring, a parameter without a type hint or description, or a hint without a
-            JSON schema.
+        TypeError: for a missing docstring, a parameter without a type hint or description, or a hint without
+            a JSON schema.
     """
     doc = inspect.getdoc(fn)
     if not doc:
@@ -143,7 +161,9 @@ def function_schema(fn: Callable[..., Any], name: str, parameters: Sequence[insp
         if param.name not in hints:
             raise TypeError(f"tool {name!r}: argument {param.name!r} needs a type hint")
         if param.name not in documented:
-            raise TypeError(f"tool {name!r}: the docstring's Args section has no description of {param.name!r}")
+            raise TypeError(
+                f"tool {name!r}: the docstring's Args section has no description of {param.name!r}"
+            )
         schema = _hint_schema(hints[param.name])
         text = documented[param.name]
         choices = _CHOICES.search(text)

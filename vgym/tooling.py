@@ -3,8 +3,8 @@
 Contents: :class:`ToolContext`, :class:`ToolResult`, :class:`Backend`, :class:`Tool`, :data:`TOOLS`,
 :func:`fit_to_budget`.
 
-A tool is a plain function ``fn(ctx: ToolContext, **arguments) -> ToolResult`` with type hints and a Google-style
-docstring describing every model-facing argument. Its schema is produced by
+A tool is a plain function ``fn(ctx: ToolContext, **arguments) -> ToolResult`` with type hints and a
+Google-style docstring describing every model-facing argument. Its schema is produced by
 :func:`vgym.tool_schema.function_schema` (the format of ``transformers.utils.get_json_schema``) with the
 ``ctx`` parameter hidden. Invalid arguments raise
 :class:`vgym.errors.ToolError` with a message for the model. Register at the bottom of the tool's file::
@@ -42,7 +42,8 @@ class ToolContext:
         rng: the episode's seeded generator; tools draw all randomness from it.
         max_pixels: the env's image budget (H·W) for images shown to the model.
         video: path of the sample's video file, or None.
-        arrays: the sample's ground-truth arrays (depth, masks, stereo right view), for oracle/classical backends.
+        arrays: the sample's ground-truth arrays (depth, masks, stereo right view), for oracle/classical
+            backends.
         resource: what the selected backend's ``loader`` built (e.g. a model), or None; set by the runtime.
         options: the backend options from the env config (e.g. ``{"model": "/path"}``); set by the runtime.
     """
@@ -61,7 +62,8 @@ class ToolContext:
 class ToolResult:
     """A tool's output: text for the model and zero or more new images (RGB uint8, any size).
 
-    The env appends the images to the episode (they get the next indices) and shows them resized to the budget.
+    The env appends the images to the episode (they get the next indices) and shows them resized to the
+    budget.
     """
 
     text: str = ""
@@ -84,8 +86,9 @@ class Backend:
 
     Attributes:
         fn: ``fn(ctx, **arguments) -> ToolResult`` with the tool's model-facing arguments.
-        loader: builds the backend's heavy resource (a model, a detector) from the env's backend options; called
-            once per process per distinct options and handed to ``fn`` as ``ctx.resource``. None: nothing to load.
+        loader: builds the backend's heavy resource (a model, a detector) from the env's backend options;
+            called once per process per distinct options and handed to ``fn`` as ``ctx.resource``. None:
+            nothing to load.
         device: where it runs ("cpu", "cuda").
         nondeterministic: True when repeated calls may differ (model backends on GPU); such results are worth
             caching for exact replays.
@@ -116,8 +119,8 @@ class Tool:
     ) -> None:
         """Args:
         fn: defines the model-facing signature and docstring (``fn(ctx, **arguments)``; the first parameter is
-            the context, hidden from the schema; every other parameter needs a type hint and a docstring line).
-            Without ``backends`` it is also the implementation, as backend ``"default"``.
+            the context, hidden from the schema; every other parameter needs a type hint and a docstring
+            line). Without ``backends`` it is also the implementation, as backend ``"default"``.
         name: the name the model calls; defaults to ``fn.__name__``.
         backends: implementations by name (e.g. ``oracle``, ``opencv``, ``hf``).
         default_backend: used when the env config names none; defaults to the first of ``backends``.
@@ -147,8 +150,8 @@ class Tool:
         """Check ``arguments`` against the schema.
 
         Raises:
-            ToolError: naming the unknown/missing argument, the type mismatch or the non-finite ``number`` (NaN,
-                infinity, an int too large for a float), and the expected signature.
+            ToolError: naming the unknown/missing argument, the type mismatch or the non-finite ``number``
+                (NaN, infinity, an int too large for a float), and the expected signature.
         """
         usage = f"Expected arguments: {self.signature_hint()}."
         unknown = sorted(set(arguments) - set(self._properties))
@@ -164,9 +167,14 @@ class Tool:
             types = _JSON_TYPES.get(want) if isinstance(want, str) else None
             # bool is an int subclass in Python but not a JSON number.
             if types and (not isinstance(value, types) or (isinstance(value, bool) and want != "boolean")):
-                raise ToolError(f"{self.name}: argument {arg!r} must be a JSON {want}, got {_short(value)}. {usage}")
-            if want == "number" and not _finite(value):  # Python's json reads NaN, Infinity, 1e999 and 10**400
-                raise ToolError(f"{self.name}: argument {arg!r} must be a finite number, got {_short(value)}. {usage}")
+                raise ToolError(
+                    f"{self.name}: argument {arg!r} must be a JSON {want}, got {_short(value)}. {usage}"
+                )
+            # Python's json reads NaN, Infinity, 1e999 and 10**400
+            if want == "number" and not _finite(value):
+                raise ToolError(
+                    f"{self.name}: argument {arg!r} must be a finite number, got {_short(value)}. {usage}"
+                )
 
     def signature_hint(self) -> str:
         """A compact ``name: type`` listing of the arguments, for error messages."""
@@ -186,10 +194,14 @@ class Tool:
         if name not in self.backends:
             close = difflib.get_close_matches(name, list(self.backends), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise UnknownNameError(f"tool {self.name!r} has no backend {name!r}.{hint} Backends: {sorted(self.backends)}")
+            raise UnknownNameError(
+                f"tool {self.name!r} has no backend {name!r}.{hint} Backends: {sorted(self.backends)}"
+            )
         return self.backends[name]
 
-    def __call__(self, ctx: ToolContext, arguments: Mapping[str, Any], backend: str | None = None) -> ToolResult:
+    def __call__(
+        self, ctx: ToolContext, arguments: Mapping[str, Any], backend: str | None = None
+    ) -> ToolResult:
         """Validate ``arguments`` and run one backend in this thread (no cache, no timeout).
 
         Raises:
@@ -219,7 +231,8 @@ def _short(value: Any, limit: int = 100) -> str:
 
 
 def _schema_without_context(fn: Callable[..., Any], name: str) -> dict[str, Any]:
-    """The model-facing JSON schema of ``fn``: :func:`~vgym.tool_schema.function_schema` without the context."""
+    """The model-facing JSON schema of ``fn``: :func:`~vgym.tool_schema.function_schema` without the
+    context."""
     params = list(inspect.signature(fn).parameters.values())
     if not params:
         raise TypeError(f"tool {name!r} must take the ToolContext as its first parameter")
@@ -227,7 +240,8 @@ def _schema_without_context(fn: Callable[..., Any], name: str) -> dict[str, Any]
 
 
 def fit_to_budget(image: np.ndarray, max_pixels: int, *, upscale: bool = False) -> np.ndarray:
-    """Resize ``image`` (H, W, 3) uint8 to the largest size with H·W ≤ ``max_pixels``, keeping the aspect ratio.
+    """Resize ``image`` (H, W, 3) uint8 to the largest size with H·W ≤ ``max_pixels``, keeping the aspect
+    ratio.
 
     Args:
         image: RGB uint8 (H, W, 3).
@@ -256,4 +270,5 @@ def fit_to_budget(image: np.ndarray, max_pixels: int, *, upscale: bool = False) 
 
 
 TOOLS: Registry[Tool] = Registry("tool", defined_by=lambda tool: tool.fn)
-"""Every tool by name; a tool's origin (for a second import of its file under another module name) is its function."""
+"""Every tool by name; a tool's origin (for a second import of its file under another module name) is its
+function."""

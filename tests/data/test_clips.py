@@ -50,7 +50,9 @@ def test_ensure_clip_renders_once_then_only_marks_use(tmp_path: Path) -> None:
     assert len(calls) == 1 and path.stat().st_mtime > old + 3000
 
 
-def test_prune_removes_least_recently_used_until_under_the_limit_and_spares_recent_clips(tmp_path: Path) -> None:
+def test_prune_removes_least_recently_used_until_under_the_limit_and_spares_recent_clips(
+    tmp_path: Path,
+) -> None:
     oldest = _clip(tmp_path, "a.mp4", 5000)
     older = _clip(tmp_path, "b.mp4", 4000)
     old = _clip(tmp_path, "c.mp4", 3000)
@@ -61,12 +63,14 @@ def test_prune_removes_least_recently_used_until_under_the_limit_and_spares_rece
     assert not oldest.exists() and not older.exists() and old.exists()
     assert all(p.exists() for p in recent) and other.exists()
     # Recent clips are never pruned, even over the limit.
-    assert prune_clips(str(tmp_path), limit_bytes=0, min_age_s=600) == (1, 1000) and all(p.exists() for p in recent)
+    assert prune_clips(str(tmp_path), limit_bytes=0, min_age_s=600) == (1, 1000)
+    assert all(p.exists() for p in recent)
     assert prune_clips(str(tmp_path / "missing"), limit_bytes=0) == (0, 0)
 
 
 def test_tasks_prune_their_folder_every_few_writes(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """A real video task writing into a folder that is over its limit prunes the stale clips, keeps its own."""
+    """A real video task writing into a folder that is over its limit prunes the stale clips, keeps its
+    own."""
     stale = [_clip(tmp_path, f"stale{i}.mp4", 7200, size=50_000) for i in range(4)]
     monkeypatch.setattr(clips, "PRUNE_EVERY", 2)
     monkeypatch.setattr(clips, "CLIP_FOLDER_LIMIT_BYTES", 60_000)

@@ -1,6 +1,7 @@
 """Tests of vgym/dataset_records.py's scoring by answer type (hand-worked values) and the generic
-:class:`vgym.data.dataset_task.DatasetTask` (index modulo, splits, question and prompt, video frames read back from their
-pixels, errors naming the record and file, config validation). Records and the reader: ``test_datasets.py``."""
+:class:`vgym.data.dataset_task.DatasetTask` (index modulo, splits, question and prompt, video frames read back
+from their pixels, errors naming the record and file, config validation). Records and the reader:
+``test_datasets.py``."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def _record(answer_type: str, answer: str, **fields: Any) -> DatasetRecord:
     (_record("numeric", "100", tolerance=0.05), "105", 1.0),
     (_record("numeric", "100", tolerance=0.05), "95", 1.0),
     (_record("numeric", "100", tolerance=0.05), "94.9", 0.0),
-    (_record("numeric", "100", tolerance=0.05), "105.2", 0.0),  # math.isclose(rel_tol=0.05) would accept: 5.26
+    # math.isclose(rel_tol=0.05) would accept: 5.26
+    (_record("numeric", "100", tolerance=0.05), "105.2", 0.0),
     (_record("numeric", "100", tolerance=0.05), "about 100 m", 1.0),
     (_record("numeric", "100", tolerance=0.05), "100 or 101", 0.0),  # two numbers: ambiguous
     (_record("numeric", "-20", tolerance=0.05), "-21", 1.0),
@@ -105,15 +107,20 @@ def _records(*lines: dict[str, Any]) -> list[DatasetRecord]:
 
 
 def test_sample_takes_the_index_modulo_the_split(media: Path) -> None:
-    records = _records(*(record_line(id=f"t{i}", answer=f"a{i}") for i in range(3)), record_line(id="x", split="train"))
+    records = _records(
+        *(record_line(id=f"t{i}", answer=f"a{i}") for i in range(3)), record_line(id="x", split="train")
+    )
     task = ListTask({"root": str(media)}, records)
     assert [task.sample("test", i, 0).id for i in range(7)] == [f"list_dataset/t{i % 3}" for i in range(7)]
     assert task.sample("test", 2**31 - 2, 0).index == (2**31 - 2) % 3
     assert task.sample("train", 5, 0).id == "list_dataset/x"
     same = [task.sample("test", 1, seed).images[0].tobytes() for seed in (0, 9)]
     assert same[0] == same[1]  # the seed is unused: the data is fixed
-    with pytest.raises(InvalidConfigError, match=r"list_dataset: the split 'val' has no records in .* \(records per "
-                                                 r"split: \{'train': 1, 'val': 0, 'test': 3\}\)"):
+    with pytest.raises(
+        InvalidConfigError,
+        match=r"list_dataset: the split 'val' has no records in .* \(records per "
+        r"split: \{'train': 1, 'val': 0, 'test': 3\}\)",
+    ):
         task.sample("val", 0, 0)
     with pytest.raises(InvalidConfigError, match=r"unknown split 'dev'"):
         task.sample("dev", 0, 0)
@@ -123,8 +130,15 @@ def test_sample_takes_the_index_modulo_the_split(media: Path) -> None:
 
 def test_sample_fields_prompt_solution_and_score(media: Path) -> None:
     records = _records(
-        record_line(id="c", answer_type="choice", answer="B", options=["red", "blue"], images=["a.png", "b.png"],
-              metadata={"source": "unit"}, tools=["crop"]),
+        record_line(
+            id="c",
+            answer_type="choice",
+            answer="B",
+            options=["red", "blue"],
+            images=["a.png", "b.png"],
+            metadata={"source": "unit"},
+            tools=["crop"],
+        ),
         record_line(id="n", answer_type="numeric", answer="12", tolerance=0.1),
         record_line(id="b", answer_type="box", answer="[1, 2, 30, 20]"),
         record_line(id="e", answer="red", aliases=["crimson"]),
@@ -139,7 +153,10 @@ def test_sample_fields_prompt_solution_and_score(media: Path) -> None:
     assert choice.metadata["record"] == {"source": "unit"} and choice.metadata["answer_type"] == "choice"
     assert choice.metadata["options"] == ["red", "blue"] and choice.metadata["tools"] == ["crop"]
     json.dumps(dict(choice.metadata))
-    assert task.prompt(choice, True) == choice.question + "\nAnswer with the letter (A or B) of the correct option."
+    assert (
+        task.prompt(choice, True)
+        == choice.question + "\nAnswer with the letter (A or B) of the correct option."
+    )
     assert task.prompt(numeric, True).endswith("\nAnswer with a single number.")
     assert task.prompt(box, False).endswith("in pixels of image 0 at full resolution (40x30).")
     assert task.prompt(exact, True) == "What colour?\nAnswer with a single word or short phrase."
@@ -155,20 +172,26 @@ def test_sample_fields_prompt_solution_and_score(media: Path) -> None:
 
 
 def test_video_records_show_evenly_spaced_decoded_frames(media: Path) -> None:
-    records = _records(record_line(id="v", images=None, video="clip.mp4", answer_type="interval", answer="[0.5, 1]"),
-                       record_line(id="iv", images=["b.png"], video="clip.mp4"))
+    records = _records(
+        record_line(id="v", images=None, video="clip.mp4", answer_type="interval", answer="[0.5, 1]"),
+        record_line(id="iv", images=["b.png"], video="clip.mp4"),
+    )
     task = ListTask({"root": str(media)}, records)
     sample = task.sample("test", 0, 0)
     assert sample.video == os.path.realpath(media / "clip.mp4")
-    # 16 frames at 1/8 s: the centres of 4 equal slices of 2 s are 0.25, 0.75, 1.25, 1.75 s = frames 2, 6, 10, 14.
+    # 16 frames at 1/8 s: the centres of 4 equal slices of 2 s are 0.25, 0.75, 1.25, 1.75 s = frames 2, 6, 10,
+    # 14.
     assert [frame_index(f) for f in sample.images] == [2, 6, 10, 14]
     assert all(f.shape == (120, 160, 3) and f.dtype == np.uint8 for f in sample.images)
     video = sample.metadata["video"]
     assert video["frame_times"] == [0.25, 0.75, 1.25, 1.75] and video["duration_s"] == 2.0
     assert video["num_frames"] == 16 and video["fps"] == 8
-    assert task.prompt(sample, True) == ("What colour?\nThe images are 4 evenly spaced frames of the 2.00 s video.\n"
-                                         "Answer the time interval in seconds as [start, end].")
-    assert task.score(sample, "[0.5, 1.0]") == 1.0 and task.score(sample, "[0.75, 1.25]") == pytest.approx(1 / 3)
+    assert task.prompt(sample, True) == (
+        "What colour?\nThe images are 4 evenly spaced frames of the 2.00 s video.\n"
+        "Answer the time interval in seconds as [start, end]."
+    )
+    assert task.score(sample, "[0.5, 1.0]") == 1.0
+    assert task.score(sample, "[0.75, 1.25]") == pytest.approx(1 / 3)
     mixed = task.sample("test", 1, 0)
     np.testing.assert_array_equal(mixed.images[0], noise(20, 20, 2))  # the record's images come first
     assert [frame_index(f) for f in mixed.images[1:]] == [2, 6, 10, 14]
@@ -180,14 +203,24 @@ def test_video_records_show_evenly_spaced_decoded_frames(media: Path) -> None:
 def test_sample_errors_name_the_record_and_file(media: Path) -> None:
     os.symlink(media.parent, media / "up")
     (media / "broken.mp4").write_bytes(b"\x00" * 100)
-    records = _records(record_line(id="gone", images=["missing.png"]), record_line(id="out", images=["up/x.png"]),
-                       record_line(id="vid", images=None, video="broken.mp4"), record_line(id="big", images=["a.png"]))
+    records = _records(
+        record_line(id="gone", images=["missing.png"]),
+        record_line(id="out", images=["up/x.png"]),
+        record_line(id="vid", images=None, video="broken.mp4"),
+        record_line(id="big", images=["a.png"]),
+    )
     task = ListTask({"root": str(media), "max_image_pixels": 1000}, records)
-    with pytest.raises(InvalidConfigError, match=r"list_dataset record 'gone': image file not found: .*missing.png"):
+    with pytest.raises(
+        InvalidConfigError, match=r"list_dataset record 'gone': image file not found: .*missing.png"
+    ):
         task.sample("test", 0, 0)
-    with pytest.raises(InvalidConfigError, match=r"record 'out': path 'up/x.png' resolves to .* outside the dataset"):
+    with pytest.raises(
+        InvalidConfigError, match=r"record 'out': path 'up/x.png' resolves to .* outside the dataset"
+    ):
         task.sample("test", 1, 0)
-    with pytest.raises(InvalidConfigError, match=r"record 'vid': .*broken.mp4: the video could not be decoded"):
+    with pytest.raises(
+        InvalidConfigError, match=r"record 'vid': .*broken.mp4: the video could not be decoded"
+    ):
         task.sample("test", 2, 0)
     with pytest.raises(InvalidConfigError, match=r"record 'big': .*a.png: image is 40x30 = 1200 pixels, over "
                                                  r"max_pixels=1000"):

@@ -1,7 +1,7 @@
-"""Tests of vgym/datasets.py and vgym/dataset_records.py: record validation (every rule, messages matched), the JSON Lines reader's limits,
-path confinement (``..``, absolute paths, symbolic links out of and inside the root), image loading (each mode
-converted, pixels checked against what was written, the bomb guard, broken files). Scoring and
-:class:`DatasetTask`: ``test_dataset_task.py``.
+"""Tests of vgym/datasets.py and vgym/dataset_records.py: record validation (every rule, messages matched),
+the JSON Lines reader's limits, path confinement (``..``, absolute paths, symbolic links out of and inside the
+root), image loading (each mode converted, pixels checked against what was written, the bomb guard, broken
+files). Scoring and :class:`DatasetTask`: ``test_dataset_task.py``.
 """
 
 from __future__ import annotations
@@ -31,53 +31,87 @@ def test_parse_record_builds_every_field() -> None:
     record = parse_record({"id": "q7", "question": "Which?", "answer": "b", "answer_type": "choice",
                            "options": ["red", "blue"], "images": ["x/a.png", "b.jpg"], "video": "v.mp4",
                            "split": "train", "tools": ["crop"], "metadata": {"source": "s"}}, where=WHERE)
-    assert record == DatasetRecord(id="q7", split="train", question="Which?", answer="B", answer_type="choice",
-                                   images=("x/a.png", "b.jpg"), video="v.mp4", options=("red", "blue"),
-                                   tools=("crop",), metadata={"source": "s"})
-    numeric = parse_record(record_line(answer_type="numeric", answer="1,250 m", tolerance=0.05, abs_tolerance=2),
-                           where=WHERE)
-    assert (numeric.tolerance, numeric.abs_tolerance, numeric.split) == (0.05, 2.0, "test")  # split defaults to test
-    video_only = parse_record(record_line(images=None, video="clip.mp4", answer_type="interval", answer="[0, 1.5]"),
-                              where=WHERE)
+    assert record == DatasetRecord(
+        id="q7",
+        split="train",
+        question="Which?",
+        answer="B",
+        answer_type="choice",
+        images=("x/a.png", "b.jpg"),
+        video="v.mp4",
+        options=("red", "blue"),
+        tools=("crop",),
+        metadata={"source": "s"},
+    )
+    numeric = parse_record(
+        record_line(answer_type="numeric", answer="1,250 m", tolerance=0.05, abs_tolerance=2), where=WHERE
+    )
+    # split defaults to test
+    assert (numeric.tolerance, numeric.abs_tolerance, numeric.split) == (0.05, 2.0, "test")
+    video_only = parse_record(
+        record_line(images=None, video="clip.mp4", answer_type="interval", answer="[0, 1.5]"), where=WHERE
+    )
     assert video_only.images == () and video_only.video == "clip.mp4"
-    assert parse_record(record_line(images=["a/../b.png"]), where=WHERE).images == ("a/../b.png",)  # stays inside
+    # stays inside
+    assert parse_record(record_line(images=["a/../b.png"]), where=WHERE).images == ("a/../b.png",)
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"answer_type": "yesno"}, r"answer_type must be one of \('exact', 'choice', 'numeric', 'box', 'interval'\), "
-                               r"got 'yesno'"),
-    ({"question": None}, r"missing required field\(s\) \['question'\]"),
-    ({"imgaes": ["a.png"]}, r"unknown field\(s\) \['imgaes'\] \(did you mean 'images'\?\).*under 'metadata'"),
-    ({"split": "dev"}, r"split must be one of \('train', 'val', 'test'\), got 'dev'"),
-    ({"images": []}, r"needs at least one of 'images' \(a non-empty list\) or 'video'"),
-    ({"images": "a.png"}, r"'images' must be a list of non-empty strings, got 'a.png'"),
-    ({"images": ["a.png", ""]}, r"'images' must be a list of non-empty strings"),
-    ({"images": ["/etc/passwd"]}, r"absolute path '/etc/passwd'; paths are relative to the dataset root"),
-    ({"images": ["C:/data/a.png"]}, r"absolute path 'C:/data/a.png'"),
-    ({"images": ["../a.png"]}, r"path '../a.png' leaves the dataset root"),
-    ({"video": "x/../../v.mp4"}, r"path 'x/../../v.mp4' leaves the dataset root"),
-    ({"video": ""}, r"'video' must be a non-empty string, got ''"),
-    ({"id": ""}, r"'id' must be a non-empty string, got ''"),
-    ({"id": 5}, r"'id' must be a non-empty string, got 5"),
-    ({"answer": "  "}, r"'answer' must be a non-empty string"),
-    ({"metadata": ["a"]}, r"'metadata' must be a JSON object, got list"),
-    ({"tools": "crop"}, r"'tools' must be a list of non-empty strings"),
-    ({"options": ["a", "b"]}, r"'options' applies only to answer_type 'choice', not 'exact'"),
-    ({"tolerance": 0.1}, r"'tolerance' applies only to answer_type 'numeric'"),
-    ({"answer_type": "numeric", "aliases": ["x"], "answer": "3"}, r"'aliases' applies only to answer_type 'exact'"),
-    ({"answer_type": "choice", "options": ["only"], "answer": "A"}, r"needs 2 to 26 'options', got 1"),
-    ({"answer_type": "choice", "answer": "A"}, r"needs 2 to 26 'options', got 0"),
-    ({"answer_type": "choice", "options": ["x1", "x2"], "answer": "C"}, r"letter \(A to B\), got 'C'"),
-    ({"answer_type": "choice", "options": ["x1", "x2"], "answer": "x2"}, r"letter \(A to B\), got 'x2'"),
-    ({"answer_type": "numeric", "answer": "3 or 4"}, r"must hold exactly one number, got '3 or 4'"),
-    ({"answer_type": "numeric", "answer": "many"}, r"must hold exactly one number"),
-    ({"answer_type": "numeric", "answer": "3", "tolerance": -0.1}, r"'tolerance' must be a finite number >= 0"),
-    ({"answer_type": "numeric", "answer": "3", "abs_tolerance": True}, r"'abs_tolerance' must be a finite number"),
-    ({"answer_type": "box", "answer": "[10, 10, 5, 20]"}, r"x1 < x2 and y1 < y2, got '\[10, 10, 5, 20\]'"),
-    ({"answer_type": "box", "answer": "[1, 2, 3]"}, r"a 'box' answer is"),
-    ({"answer_type": "interval", "answer": "[5, 2]"}, r"0 <= start < end, got '\[5, 2\]'"),
-    ({"answer_type": "interval", "answer": "[-1, 2]"}, r"0 <= start < end"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (
+            {"answer_type": "yesno"},
+            r"answer_type must be one of \('exact', 'choice', 'numeric', 'box', 'interval'\), "
+            r"got 'yesno'",
+        ),
+        ({"question": None}, r"missing required field\(s\) \['question'\]"),
+        (
+            {"imgaes": ["a.png"]},
+            r"unknown field\(s\) \['imgaes'\] \(did you mean 'images'\?\).*under 'metadata'",
+        ),
+        ({"split": "dev"}, r"split must be one of \('train', 'val', 'test'\), got 'dev'"),
+        ({"images": []}, r"needs at least one of 'images' \(a non-empty list\) or 'video'"),
+        ({"images": "a.png"}, r"'images' must be a list of non-empty strings, got 'a.png'"),
+        ({"images": ["a.png", ""]}, r"'images' must be a list of non-empty strings"),
+        ({"images": ["/etc/passwd"]}, r"absolute path '/etc/passwd'; paths are relative to the dataset root"),
+        ({"images": ["C:/data/a.png"]}, r"absolute path 'C:/data/a.png'"),
+        ({"images": ["../a.png"]}, r"path '../a.png' leaves the dataset root"),
+        ({"video": "x/../../v.mp4"}, r"path 'x/../../v.mp4' leaves the dataset root"),
+        ({"video": ""}, r"'video' must be a non-empty string, got ''"),
+        ({"id": ""}, r"'id' must be a non-empty string, got ''"),
+        ({"id": 5}, r"'id' must be a non-empty string, got 5"),
+        ({"answer": "  "}, r"'answer' must be a non-empty string"),
+        ({"metadata": ["a"]}, r"'metadata' must be a JSON object, got list"),
+        ({"tools": "crop"}, r"'tools' must be a list of non-empty strings"),
+        ({"options": ["a", "b"]}, r"'options' applies only to answer_type 'choice', not 'exact'"),
+        ({"tolerance": 0.1}, r"'tolerance' applies only to answer_type 'numeric'"),
+        (
+            {"answer_type": "numeric", "aliases": ["x"], "answer": "3"},
+            r"'aliases' applies only to answer_type 'exact'",
+        ),
+        ({"answer_type": "choice", "options": ["only"], "answer": "A"}, r"needs 2 to 26 'options', got 1"),
+        ({"answer_type": "choice", "answer": "A"}, r"needs 2 to 26 'options', got 0"),
+        ({"answer_type": "choice", "options": ["x1", "x2"], "answer": "C"}, r"letter \(A to B\), got 'C'"),
+        ({"answer_type": "choice", "options": ["x1", "x2"], "answer": "x2"}, r"letter \(A to B\), got 'x2'"),
+        ({"answer_type": "numeric", "answer": "3 or 4"}, r"must hold exactly one number, got '3 or 4'"),
+        ({"answer_type": "numeric", "answer": "many"}, r"must hold exactly one number"),
+        (
+            {"answer_type": "numeric", "answer": "3", "tolerance": -0.1},
+            r"'tolerance' must be a finite number >= 0",
+        ),
+        (
+            {"answer_type": "numeric", "answer": "3", "abs_tolerance": True},
+            r"'abs_tolerance' must be a finite number",
+        ),
+        (
+            {"answer_type": "box", "answer": "[10, 10, 5, 20]"},
+            r"x1 < x2 and y1 < y2, got '\[10, 10, 5, 20\]'",
+        ),
+        ({"answer_type": "box", "answer": "[1, 2, 3]"}, r"a 'box' answer is"),
+        ({"answer_type": "interval", "answer": "[5, 2]"}, r"0 <= start < end, got '\[5, 2\]'"),
+        ({"answer_type": "interval", "answer": "[-1, 2]"}, r"0 <= start < end"),
+    ],
+)
 def test_parse_record_rejects(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidConfigError, match=f"^{WHERE}: .*{message}"):
         parse_record(record_line(**fields), where=WHERE)
@@ -93,8 +127,19 @@ def test_parse_record_rejects_a_non_object() -> None:
 
 def test_reader_skips_blank_and_comment_lines_and_a_bom(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
-    path.write_bytes(b"\xef\xbb\xbf" + "\n".join([
-        json.dumps(record_line(id="a")), "", "   ", "// a comment", json.dumps(record_line(id="b")), "{broken"]).encode())
+    path.write_bytes(
+        b"\xef\xbb\xbf"
+        + "\n".join(
+            [
+                json.dumps(record_line(id="a")),
+                "",
+                "   ",
+                "// a comment",
+                json.dumps(record_line(id="b")),
+                "{broken",
+            ]
+        ).encode()
+    )
     with pytest.raises(InvalidConfigError, match=rf"^{path}:6: invalid JSON: Expecting property name"):
         read_vgym_jsonl(path)  # line numbers count every line, skipped ones included
     path.write_bytes(path.read_bytes().rsplit(b"\n", 1)[0])
@@ -118,7 +163,8 @@ def test_line_length_limit_is_exactly_one_mebibyte(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "long.jsonl", [record_line(id="a"), line_of(MAX_LINE_BYTES + 1)])
     with pytest.raises(InvalidConfigError, match=rf"^{path}:2: line is over 1048576 bytes \(1 MiB\)"):
         read_vgym_jsonl(path)
-    path.write_text(json.dumps(record_line()) + "\n" + "[" * 5_000_000)  # 5 MB without a newline: read in bounded pieces
+    # 5 MB without a newline: read in bounded pieces
+    path.write_text(json.dumps(record_line()) + "\n" + "[" * 5_000_000)
     with pytest.raises(InvalidConfigError, match=r":2: line is over"):
         read_vgym_jsonl(path)
 
@@ -137,7 +183,8 @@ def test_nesting_limit_is_32(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "deep.jsonl", [_nested(33)])
     with pytest.raises(InvalidConfigError, match=rf"^{path}:1: JSON nested deeper than 32 levels \(33\)"):
         read_vgym_jsonl(path)
-    path = write_jsonl(tmp_path / "deeper.jsonl", ["[" * 200_000 + "]" * 200_000])  # the decoder's own recursion
+    # the decoder's own recursion
+    path = write_jsonl(tmp_path / "deeper.jsonl", ["[" * 200_000 + "]" * 200_000])
     with pytest.raises(InvalidConfigError, match=rf"^{path}:1: JSON nested deeper than 32 levels"):
         read_vgym_jsonl(path)
 
@@ -158,14 +205,20 @@ def test_malformed_lines(tmp_path: Path, text: str, message: str) -> None:
 def test_unreadable_files(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_bytes(json.dumps(record_line()).encode() + b"\n" + b'{"id": "\xff"}\n')
-    with pytest.raises(InvalidConfigError, match=rf"^{path}:2: not UTF-8 text \(invalid start byte at byte 8\)"):
+    with pytest.raises(
+        InvalidConfigError, match=rf"^{path}:2: not UTF-8 text \(invalid start byte at byte 8\)"
+    ):
         read_json_lines(path)
-    with pytest.raises(InvalidConfigError, match=r"cannot read the annotation file .*missing.jsonl: No such file"):
+    with pytest.raises(
+        InvalidConfigError, match=r"cannot read the annotation file .*missing.jsonl: No such file"
+    ):
         read_vgym_jsonl(tmp_path / "missing.jsonl")
     big = tmp_path / "big.json"
     big.write_text("[" + "1, " * 100 + "1]")
     assert len(read_json(big)) == 101
-    with pytest.raises(InvalidConfigError, match=r"big.json: annotation file is 303 bytes, over the limit of 100"):
+    with pytest.raises(
+        InvalidConfigError, match=r"big.json: annotation file is 303 bytes, over the limit of 100"
+    ):
         read_json(big, max_bytes=100)
 
 
@@ -191,7 +244,8 @@ def test_confined_paths_inside_the_root(tree: Path) -> None:
     real = os.path.realpath(tree)
     assert confined_path(tree, "a/x.png") == os.path.join(real, "a", "x.png")
     assert confined_path(str(tree), "a/../a/x.png") == os.path.join(real, "a", "x.png")
-    assert confined_path(tree, "in/x.png") == os.path.join(real, "a", "x.png")  # a link that stays inside is fine
+    # a link that stays inside is fine
+    assert confined_path(tree, "in/x.png") == os.path.join(real, "a", "x.png")
     assert confined_path(tree, "a/new.png") == os.path.join(real, "a", "new.png")  # need not exist yet
     linked_root = tree.parent / "root-link"
     os.symlink(tree, linked_root)
@@ -242,7 +296,8 @@ def test_mode_conversions(tmp_path: Path) -> None:
 
     sixteen = np.array([[0, 257, 1000, 65535]], np.uint16)
     cv2.imwrite(str(tmp_path / "g16.png"), sixteen)
-    assert Image.open(tmp_path / "g16.png").mode.startswith("I")  # Pillow keeps 16 bits; convert("RGB") would clip
+    # Pillow keeps 16 bits; convert("RGB") would clip
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
     assert load_image(str(tmp_path / "g16.png"))[0, :, 0].tolist() == [0, 1, 4, 255]  # round(v * 255 / 65535)
 
     Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "c.jpg")  # cyan 0, magenta + yellow full: red
@@ -255,7 +310,12 @@ def test_mode_conversions(tmp_path: Path) -> None:
     assert load_image(str(tmp_path / "p.png"))[0].tolist() == [[10, 20, 30], [200, 100, 50], [200, 100, 50],
                                                               [10, 20, 30]]
     palette.save(tmp_path / "pt.png", transparency=1)  # index 1 transparent: white
-    assert load_image(str(tmp_path / "pt.png"))[0].tolist() == [[10, 20, 30], [255] * 3, [255] * 3, [10, 20, 30]]
+    assert load_image(str(tmp_path / "pt.png"))[0].tolist() == [
+        [10, 20, 30],
+        [255] * 3,
+        [255] * 3,
+        [10, 20, 30],
+    ]
 
     Image.fromarray(np.array([[0, 255, 0]], np.uint8)).convert("1").save(tmp_path / "b.png")
     assert load_image(str(tmp_path / "b.png"))[0, :, 1].tolist() == [0, 255, 0]
@@ -273,7 +333,9 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
 def test_bomb_guard_reads_only_the_header(tmp_path: Path) -> None:
     Image.fromarray(noise(30, 40)).save(tmp_path / "a.png")
     assert load_image(str(tmp_path / "a.png"), max_pixels=1200).shape == (30, 40, 3)
-    with pytest.raises(InvalidConfigError, match=r"a.png: image is 40x30 = 1200 pixels, over max_pixels=1199"):
+    with pytest.raises(
+        InvalidConfigError, match=r"a.png: image is 40x30 = 1200 pixels, over max_pixels=1199"
+    ):
         load_image(str(tmp_path / "a.png"), max_pixels=1199)
     _png_header_only(tmp_path / "huge.png", 9000, 8000)  # 72 M pixels (216 MB decoded) in a 45-byte file
     with pytest.raises(InvalidConfigError, match=r"huge.png: image is 9000x8000 = 72000000 pixels, over "

@@ -1,6 +1,6 @@
 """vgym/decode_step.py: decode steps give the model's own logits and KV cache for the three Qwen-VL families
-(padded and unpadded batches, rows reordered, room used up, LoRA adapters), and the models it does not reproduce
-are refused."""
+(padded and unpadded batches, rows reordered, room used up, LoRA adapters), and the models it does not
+reproduce are refused."""
 
 from __future__ import annotations
 
@@ -42,9 +42,13 @@ def _compare_steps(model, inputs, steps: int, room: int, padded: bool, reorder_a
         tokens = torch.randint(20, 300, (len(full_mask),), generator=gen)
         full_mask = torch.cat([full_mask, full_mask.new_ones(len(full_mask), 1)], 1)
         with torch.no_grad():
-            expected = model(input_ids=tokens[:, None], attention_mask=full_mask if padded else None,
-                             position_ids=(next_position + step).view(1, -1, 1).expand(3, -1, -1), use_cache=True,
-                             **{cache_keyword(model): reference}).logits[:, -1]
+            expected = model(
+                input_ids=tokens[:, None],
+                attention_mask=full_mask if padded else None,
+                position_ids=(next_position + step).view(1, -1, 1).expand(3, -1, -1),
+                use_cache=True,
+                **{cache_keyword(model): reference},
+            ).logits[:, -1]
         ours = stepper(tokens, next_position + step, full_mask if padded else None)
         torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
         for mine, theirs in zip(stepper.cache.layers, reference.layers):
@@ -55,9 +59,9 @@ def _compare_steps(model, inputs, steps: int, room: int, padded: bool, reorder_a
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_steps_match_the_model_on_a_padded_batch_with_images(family: str, dtype: torch.dtype) -> None:
-    """Five left-padded rows with images (GQA: 4 query heads on 2 kv heads), 6 steps with only 2 columns of room
-    (doubled twice), rows reordered after step 3; in float32 and in bfloat16 (the GPU recipes' dtype: the same
-    operations in the same order, so the same rounding)."""
+    """Five left-padded rows with images (GQA: 4 query heads on 2 kv heads), 6 steps with only 2 columns of
+    room (doubled twice), rows reordered after step 3; in float32 and in bfloat16 (the GPU recipes' dtype: the
+    same operations in the same order, so the same rounding)."""
     model, patch = family_model(family)
     model = model.to(dtype)
     ids, mask, pixels, grids = family_batch(patch)
@@ -76,8 +80,8 @@ def test_steps_match_the_model_without_a_mask(family: str) -> None:
 
 
 def test_a_view_taken_before_a_step_keeps_its_contents() -> None:
-    """Steps write to free columns only, so cache tensors read earlier (the prefix cache keeps such views) keep
-    their contents."""
+    """Steps write to free columns only, so cache tensors read earlier (the prefix cache keeps such views)
+    keep their contents."""
     model, _ = family_model("qwen2_vl")
     ids = torch.randint(20, 300, (2, 5), generator=torch.Generator().manual_seed(0))
     inputs = model_inputs(model, ids, torch.ones_like(ids))
@@ -124,8 +128,8 @@ def test_models_it_does_not_reproduce_are_refused() -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sampling_with_and_without_the_direct_steps_agrees(family: str) -> None:
-    """Seeded sampling through ``sample_turn`` draws the same tokens with equal log-probs either way (rows end at
-    different steps, so ended rows leave the batch on the way)."""
+    """Seeded sampling through ``sample_turn`` draws the same tokens with equal log-probs either way (rows end
+    at different steps, so ended rows leave the batch on the way)."""
     model, patch = family_model(family)
     ids, mask, pixels, grids = family_batch(patch)
     inputs = model_inputs(model, ids, mask, pixels, grids)

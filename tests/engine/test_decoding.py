@@ -1,5 +1,6 @@
-"""vgym/decoding.py: the lean sampling loop reproduces the model's own rotary positions and ``generate``'s tokens
-and log-probs for the Qwen-VL family, prefills each distinct prompt once, and stops, pads and seeds as documented."""
+"""vgym/decoding.py: the lean sampling loop reproduces the model's own rotary positions and ``generate``'s
+tokens and log-probs for the Qwen-VL family, prefills each distinct prompt once, and stops, pads and seeds as
+documented."""
 
 from __future__ import annotations
 
@@ -70,7 +71,9 @@ def test_each_distinct_prompt_is_prefilled_once(tiny) -> None:  # type: ignore[n
     inputs = _prompts(model, processor, (0, 0, 0, 1, 0))
     batch_sizes: list[int] = []
     model.model.language_model.register_forward_hook(
-        lambda module, args, kwargs, out: batch_sizes.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True)
+        lambda module, args, kwargs, out: batch_sizes.append(kwargs["inputs_embeds"].shape[0]),
+        with_kwargs=True,
+    )
     tokens, _ = sample_turn(model, inputs, max_new_tokens=8, eos_ids=[], pad_id=0,
                             generator=torch.Generator().manual_seed(0))
     assert batch_sizes[0] == 2 and set(batch_sizes[1:]) == {5}
@@ -79,7 +82,8 @@ def test_each_distinct_prompt_is_prefilled_once(tiny) -> None:  # type: ignore[n
 
 def test_stops_pads_honours_min_tokens_and_is_seeded(tiny) -> None:  # type: ignore[no-untyped-def]
     """Rows end at their first end id (pad after it, log-prob 0); the loop ends when all rows have; no end id
-    before ``min_new_tokens``; the same generator seed gives the same tokens, and the global RNG is untouched."""
+    before ``min_new_tokens``; the same generator seed gives the same tokens, and the global RNG is
+    untouched."""
     model, processor = tiny
     env = VisualToolEnv("visual_search", tools=(), max_turns=1, max_pixels=112 * 112)
     obs, info = env.reset(seed=0, options={"split": "train", "index": 0})
@@ -88,7 +92,8 @@ def test_stops_pads_honours_min_tokens_and_is_seeded(tiny) -> None:  # type: ign
     inputs = model_inputs(model, ids, torch.ones_like(ids), enc.pixel_values.repeat(6, 1),
                           enc.image_grid_thw.repeat(6, 1))
     vocab = len(processor.tokenizer)
-    common = list(range(0, vocab, 3))  # a third of the vocabulary ends a row: rows end early and at different steps
+    # a third of the vocabulary ends a row: rows end early and at different steps
+    common = list(range(0, vocab, 3))
     state = torch.random.get_rng_state()
     runs = [sample_turn(model, inputs, max_new_tokens=40, eos_ids=common, pad_id=1,
                         generator=torch.Generator().manual_seed(5)) for _ in range(2)]
@@ -103,15 +108,18 @@ def test_stops_pads_honours_min_tokens_and_is_seeded(tiny) -> None:  # type: ign
     late, _ = sample_turn(model, inputs, max_new_tokens=12, eos_ids=common, pad_id=1, min_new_tokens=10,
                           generator=torch.Generator().manual_seed(5))
     assert not (late[:, :10] % 3 == 0).any() and late.shape[1] > 10
-    greedy, _ = sample_turn(model, inputs, max_new_tokens=10, eos_ids=[], pad_id=1, greedy=True)  # no padding:
+    # no padding:
+    greedy, _ = sample_turn(model, inputs, max_new_tokens=10, eos_ids=[], pad_id=1, greedy=True)
     with torch.no_grad():  # decoded without an attention mask
-        reference = model.generate(**inputs, max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=1)
+        reference = model.generate(
+            **inputs, max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=1
+        )
     assert torch.equal(greedy, reference[:, ids.shape[1]:])
 
 
 def test_policy_decoders_agree_and_videos_fall_back(tiny) -> None:  # type: ignore[no-untyped-def]
-    """``HFPolicy`` with the lean loop and with ``generate``: the same greedy turns on a multi-turn-like batch;
-    video grids (t > 1) and non-Qwen-VL models are not claimed by the lean loop."""
+    """``HFPolicy`` with the lean loop and with ``generate``: the same greedy turns on a multi-turn-like
+    batch; video grids (t > 1) and non-Qwen-VL models are not claimed by the lean loop."""
     model, processor = tiny
     batch = []
     for index in (0, 0, 3):
@@ -121,11 +129,15 @@ def test_policy_decoders_agree_and_videos_fall_back(tiny) -> None:  # type: igno
         batch.append(PolicyInput(input_ids=enc.input_ids, pixel_values=enc.pixel_values,
                                  image_grid_thw=enc.image_grid_thw, messages=info["messages"], turn=0,
                                  tools_enabled=True, images=obs["images"]))
-    outs = [HFPolicy(model, processor, GenerationConfig(max_new_tokens=10, temperature=0.0, decoder=d)).act(batch)
-            for d in ("auto", "generate")]
+    outs = [
+        HFPolicy(model, processor, GenerationConfig(max_new_tokens=10, temperature=0.0, decoder=d)).act(batch)
+        for d in ("auto", "generate")
+    ]
     for lean, slow in zip(*outs):
         assert lean.token_ids == slow.token_ids and lean.text == slow.text
-        torch.testing.assert_close(torch.tensor(lean.logprobs), torch.tensor(slow.logprobs), atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor(lean.logprobs), torch.tensor(slow.logprobs), atol=1e-4, rtol=0
+        )
     assert not lean_decoding_supported(model, torch.tensor([[2, 4, 4]]))
     other = copy.copy(model)
     other.config = copy.copy(model.config)
@@ -136,8 +148,9 @@ def test_policy_decoders_agree_and_videos_fall_back(tiny) -> None:  # type: igno
 
 
 def test_ended_rows_leave_the_batch_without_changing_any_row(tiny) -> None:  # type: ignore[no-untyped-def]
-    """Six different prompts whose rows end at different steps: once half of the rows have ended the cache keeps
-    only the running ones (the decode batch shrinks), and every row's greedy tokens still equal ``generate``'s."""
+    """Six different prompts whose rows end at different steps: once half of the rows have ended the cache
+    keeps only the running ones (the decode batch shrinks), and every row's greedy tokens still equal
+    ``generate``'s."""
     model, processor = tiny
     inputs = _prompts(model, processor, tuple(range(6)))
     ids = inputs["input_ids"]
@@ -145,11 +158,15 @@ def test_ended_rows_leave_the_batch_without_changing_any_row(tiny) -> None:  # t
     ends = sorted({int(free[r, 1]) for r in (1, 2, 3)})  # rows 1-3 end at step 1, others later or never
     batch_sizes: list[int] = []
     model.model.language_model.register_forward_hook(
-        lambda module, args, kwargs, out: batch_sizes.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True)
+        lambda module, args, kwargs, out: batch_sizes.append(kwargs["inputs_embeds"].shape[0]),
+        with_kwargs=True,
+    )
     tokens, logprobs = sample_turn(model, inputs, max_new_tokens=30, eos_ids=ends, pad_id=0, greedy=True)
     sizes = list(batch_sizes)  # generate's own forwards below are not counted
     with torch.no_grad():
-        reference = model.generate(**inputs, max_new_tokens=30, do_sample=False, eos_token_id=ends, pad_token_id=0)
+        reference = model.generate(
+            **inputs, max_new_tokens=30, do_sample=False, eos_token_id=ends, pad_token_id=0
+        )
     assert torch.equal(tokens, reference[:, ids.shape[1]:])
     ended = torch.isin(tokens, torch.tensor(ends)).long()
     steps = (ended.cumsum(1) - ended == 0).sum(1)  # each row's length up to and including its end
@@ -170,7 +187,11 @@ def _second_turn(model, processor, first: dict, tokens: torch.Tensor, gen: torch
         image = (torch.rand(56, 84, 3, generator=gen) * 255).to(torch.uint8).numpy()
         patch = processor.image_processor(images=[image], return_tensors="pt")
         n = int(patch["image_grid_thw"].prod()) // 4
-        reply = [config.vision_start_token_id] + [config.image_token_id] * n + [config.vision_end_token_id, 40, 41]
+        reply = (
+            [config.vision_start_token_id]
+            + [config.image_token_id] * n
+            + [config.vision_end_token_id, 40, 41]
+        )
         rows.append(torch.cat([prompt, tokens[b], torch.tensor(reply)]))
         pixels.append(patch["pixel_values"])
         grids.append(patch["image_grid_thw"])
@@ -183,9 +204,9 @@ def _second_turn(model, processor, first: dict, tokens: torch.Tensor, gen: torch
 
 
 def test_next_turn_reads_the_kept_prefix_and_decodes_the_same(tiny) -> None:  # type: ignore[no-untyped-def]
-    """Turn 1 on a group of 3 equal prompts + 2 others (rows ending at different steps), turn 2 with a new image
-    per row: with the prefix cache the turn-2 prefill runs on the new tails only, and every token and log-prob
-    equals a run without it. After a weight update the kept prefixes are not used."""
+    """Turn 1 on a group of 3 equal prompts + 2 others (rows ending at different steps), turn 2 with a new
+    image per row: with the prefix cache the turn-2 prefill runs on the new tails only, and every token and
+    log-prob equals a run without it. After a weight update the kept prefixes are not used."""
     from vgym.engine.prefix_cache import PrefixCache
 
     model, processor = tiny
@@ -196,17 +217,21 @@ def test_next_turn_reads_the_kept_prefix_and_decodes_the_same(tiny) -> None:  # 
                             generator=torch.Generator().manual_seed(0), prefix_cache=store)
     ended = torch.isin(tokens, torch.tensor(ends)).long()
     lengths = ((ended.cumsum(1) - ended) == 0).sum(1).tolist()
-    assert len(set(lengths)) > 2 and min(lengths) < 6  # rows end at different steps, some before the cache shrinks
+    # rows end at different steps, some before the cache shrinks
+    assert len(set(lengths)) > 2 and min(lengths) < 6
     tokens = [t[:n] for t, n in zip(tokens, lengths)]
     second = _second_turn(model, processor, first, tokens, torch.Generator().manual_seed(1))
     widths: list[int] = []
     model.model.language_model.register_forward_hook(
         lambda module, args, kwargs, out: widths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
-    reused = sample_turn(model, second, max_new_tokens=10, eos_ids=[], pad_id=0, greedy=True, prefix_cache=store)
+    reused = sample_turn(
+        model, second, max_new_tokens=10, eos_ids=[], pad_id=0, greedy=True, prefix_cache=store
+    )
     tail = widths[0]
     fresh = sample_turn(model, second, max_new_tokens=10, eos_ids=[], pad_id=0, greedy=True)
     reply = 10  # vision start, 6 image tokens (4 x 6 patches merged 2 x 2), vision end, 2 text tokens
-    assert tail <= reply + 2  # the replies (and a long row's last token, never fed), not the ~80-token prompts
+    # the replies (and a long row's last token, never fed), not the ~80-token prompts
+    assert tail <= reply + 2
     assert widths[10] == second["input_ids"].shape[1]  # the run without the cache prefills everything
     assert torch.equal(reused[0], fresh[0])
     torch.testing.assert_close(reused[1], fresh[1], atol=1e-4, rtol=0)
@@ -245,7 +270,9 @@ def test_a_kept_prefix_needs_equal_image_grids() -> None:
     cache.update(torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4), 0)
     patches = torch.randn(16, 12)
     ids = torch.tensor([1, VISION_START, IMAGE, IMAGE, IMAGE, IMAGE])
-    record(store, store.start_generation(), cache, 0, torch.arange(6), ids, [patches], torch.tensor([[1, 2, 8]]))
+    record(
+        store, store.start_generation(), cache, 0, torch.arange(6), ids, [patches], torch.tensor([[1, 2, 8]])
+    )
     store.start_generation()
     longer = torch.cat([ids, torch.tensor([VISION_END, 30])])
     assert store.lookup(longer, [patches], torch.tensor([[1, 8, 2]])) is None

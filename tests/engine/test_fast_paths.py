@@ -1,5 +1,5 @@
-"""The fast-path gate: checked transformers versions and model families take the lean decoder, the direct decode
-steps and the shared-prompt forward; anything else gets ``generate`` and says why, once."""
+"""The fast-path gate: checked transformers versions and model families take the lean decoder, the direct
+decode steps and the shared-prompt forward; anything else gets ``generate`` and says why, once."""
 
 from __future__ import annotations
 
@@ -56,8 +56,9 @@ def test_another_family_gets_generate(version: Any) -> None:
     assert not paths.decoder and "model family 'llava'" in paths.reason
 
 
-def test_hf_policy_falls_back_to_generate_and_logs_once(version: Any, tiny: Any, caplog: pytest.LogCaptureFixture,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hf_policy_falls_back_to_generate_and_logs_once(
+    version: Any, tiny: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On an unchecked transformers the policy decodes with ``generate`` (the real one, counted), and the log
     names the version once however many turns it plays."""
     model, processor = tiny

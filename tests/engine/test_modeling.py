@@ -25,8 +25,8 @@ def test_unique_images_groups_exact_duplicates_only() -> None:
 
 
 def _group_batch(processor, left: bool = False):  # type: ignore[no-untyped-def]
-    """Four sequences: three show sample 0's image, one sample 1's (a group of 3 plus another sample); padded on
-    the right (training) or on the left (generation)."""
+    """Four sequences: three show sample 0's image, one sample 1's (a group of 3 plus another sample); padded
+    on the right (training) or on the left (generation)."""
     encoder, rows = ChatEncoder(processor), []
     for index in (0, 0, 1, 0):
         env = VisualToolEnv("visual_search", tools=(), max_turns=1, max_pixels=112 * 112)
@@ -35,8 +35,15 @@ def _group_batch(processor, left: bool = False):  # type: ignore[no-untyped-def]
     width = max(len(r.input_ids) for r in rows)
     pads = [(width - len(r.input_ids), 0) if left else (0, width - len(r.input_ids)) for r in rows]
     ids = torch.stack([torch.nn.functional.pad(r.input_ids, pad) for r, pad in zip(rows, pads)])
-    mask = torch.stack([torch.nn.functional.pad(torch.ones(len(r.input_ids)), pad) for r, pad in zip(rows, pads)])
-    return ids, mask.long(), torch.cat([r.pixel_values for r in rows]), torch.cat([r.image_grid_thw for r in rows])
+    mask = torch.stack(
+        [torch.nn.functional.pad(torch.ones(len(r.input_ids)), pad) for r, pad in zip(rows, pads)]
+    )
+    return (
+        ids,
+        mask.long(),
+        torch.cat([r.pixel_values for r in rows]),
+        torch.cat([r.image_grid_thw for r in rows]),
+    )
 
 
 def test_shared_features_give_the_same_logits_and_gradients(tiny) -> None:  # type: ignore[no-untyped-def]
@@ -78,8 +85,9 @@ def test_shared_features_in_generation(tiny) -> None:  # type: ignore[no-untyped
 
 
 def test_shared_features_keep_qwen3_vl_deepstack_features_in_order() -> None:
-    """Qwen3-VL also injects per-layer "deepstack" image features: reordered with the pooled ones, the logits of a
-    batch (image A, image B, image A) equal the unshared call's, with the vision tower run on two images."""
+    """Qwen3-VL also injects per-layer "deepstack" image features: reordered with the pooled ones, the logits
+    of a batch (image A, image B, image A) equal the unshared call's, with the vision tower run on two
+    images."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
@@ -96,7 +104,8 @@ def test_shared_features_keep_qwen3_vl_deepstack_features_in_order() -> None:
     seen: list[int] = []
     model.model.visual.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
     gen = torch.Generator().manual_seed(0)
-    image_a, image_b = (torch.randn(16, 3 * 2 * 16 * 16, generator=gen) for _ in range(2))  # 4 x 4 patches each
+    # 4 x 4 patches each
+    image_a, image_b = (torch.randn(16, 3 * 2 * 16 * 16, generator=gen) for _ in range(2))
     ids = torch.tensor([[1, 7, 5, 5, 5, 5, 8, 20, 21, 22]] * 3)  # 4 image tokens after the 2 x 2 merge
     inputs = model_inputs(model, ids, torch.ones_like(ids), torch.cat([image_a, image_b, image_a]),
                           torch.tensor([[1, 4, 4]] * 3))

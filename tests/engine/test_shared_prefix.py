@@ -1,5 +1,5 @@
-"""vgym/shared_prefix.py: the loss forward that runs each distinct prompt once gives the plain forward's logits and
-gradients, runs the prefix once per group, and steps aside where it does not apply."""
+"""vgym/shared_prefix.py: the loss forward that runs each distinct prompt once gives the plain forward's
+logits and gradients, runs the prefix once per group, and steps aside where it does not apply."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from vgym.rollout.chat import ChatEncoder
 
 def _two_turn_batch(model, processor):  # type: ignore[no-untyped-def]
     """Six right-padded rows: two groups of three (samples 0 and 1) whose prompts are shared within the group,
-    each row continuing with its own completion tokens and a reply holding its own image (as a crop result)."""
+    each row continuing with its own completion tokens and a reply holding its own image (as a crop
+    result)."""
     encoder = ChatEncoder(processor)
     gen = torch.Generator().manual_seed(0)
     config = model.config
@@ -45,8 +46,8 @@ def _two_turn_batch(model, processor):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_same_logits_and_gradients_with_the_prompt_run_once(tiny, checkpointing: bool) -> None:  # type: ignore[no-untyped-def]
-    """With and without (non-reentrant) gradient checkpointing — the backward then replays every decoder layer,
-    which must read the same prefix again."""
+    """With and without (non-reentrant) gradient checkpointing — the backward then replays every decoder
+    layer, which must read the same prefix again."""
     model, processor = tiny
     model = copy.deepcopy(model).train()
     if checkpointing:
@@ -55,12 +56,18 @@ def test_same_logits_and_gradients_with_the_prompt_run_once(tiny, checkpointing:
     keep = inputs["input_ids"].shape[1] - first + 1
     calls: list[tuple[int, int]] = []
     model.model.language_model.register_forward_hook(
-        lambda module, args, kwargs, out: calls.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)
+        lambda module, args, kwargs, out: calls.append(tuple(kwargs["inputs_embeds"].shape[:2])),
+        with_kwargs=True,
+    )
     results = []
     for shared in (False, True):
         model.zero_grad()
         calls.clear()
-        logits = shared_prefix_logits(model, inputs, first) if shared else model(**inputs, logits_to_keep=keep).logits
+        logits = (
+            shared_prefix_logits(model, inputs, first)
+            if shared
+            else model(**inputs, logits_to_keep=keep).logits
+        )
         valid = inputs["attention_mask"][:, first - 1:].bool()
         (logits.float().log_softmax(-1)[..., :40].mean(-1)[valid]).sum().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -68,7 +75,8 @@ def test_same_logits_and_gradients_with_the_prompt_run_once(tiny, checkpointing:
     (plain, plain_grads, plain_calls), (shared, shared_grads, shared_calls) = results
     width = inputs["input_ids"].shape[1]
     assert plain_calls == [(6, width)]
-    assert shared_calls == [(2, first - 1), (6, width - first + 1)]  # one prefix per group, then every row's tail
+    # one prefix per group, then every row's tail
+    assert shared_calls == [(2, first - 1), (6, width - first + 1)]
     valid = inputs["attention_mask"][:, first - 1:].bool()
     torch.testing.assert_close(shared[valid], plain[valid], atol=1e-5, rtol=1e-4)
     assert plain_grads.keys() == shared_grads.keys() and any("visual" in n for n in shared_grads)
@@ -77,13 +85,16 @@ def test_same_logits_and_gradients_with_the_prompt_run_once(tiny, checkpointing:
 
 
 def test_steps_aside_where_it_does_not_apply(tiny, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    """No shared prompt (one row per sample), a prefix too short, reentrant checkpointing, checkpointing outside
-    transformers' checkpointing layers, or a transformers whose checkpointed layers cannot keep a cache: None."""
+    """No shared prompt (one row per sample), a prefix too short, reentrant checkpointing, checkpointing
+    outside transformers' checkpointing layers, or a transformers whose checkpointed layers cannot keep a
+    cache: None."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     model, processor = tiny
     inputs, first = _two_turn_batch(model, processor)
-    one_each = {k: (v[[0, 3]] if k != "pixel_values" and k != "image_grid_thw" else v) for k, v in inputs.items()}
+    one_each = {
+        k: (v[[0, 3]] if k != "pixel_values" and k != "image_grid_thw" else v) for k, v in inputs.items()
+    }
     grids = inputs["image_grid_thw"]
     patches = inputs["pixel_values"].split(grids.prod(-1).tolist())
     one_each["pixel_values"] = torch.cat([patches[i] for i in (0, 1, 6, 7)])
@@ -96,7 +107,8 @@ def test_steps_aside_where_it_does_not_apply(tiny, monkeypatch: pytest.MonkeyPat
     enable_checkpointing(plain)
     assert shared_prefix_logits(plain, inputs, first) is not None
     own_loop = copy.deepcopy(model).train()
-    own_loop.model.language_model.gradient_checkpointing = True  # as a model that checkpoints in its own layer loop
+    # as a model that checkpoints in its own layer loop
+    own_loop.model.language_model.gradient_checkpointing = True
     assert shared_prefix_logits(own_loop, inputs, first) is None
     monkeypatch.delattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache")
     assert shared_prefix_logits(plain, inputs, first) is None

@@ -55,7 +55,8 @@ SYSTEM = (
     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
     + json.dumps(CROP_SCHEMA)
     + "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
-    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n'
+    '<tool_call></tool_call> XML '
+    'tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n'
     "</tool_call>\n\nGive the final answer within <answer></answer> tags."
 )
 QUESTION = "What colour is the marker inside the region [224, 448, 448, 672]?"
@@ -134,7 +135,10 @@ def test_chat_template_is_verbatim_qwen2_vl(tiny_dir: Path, loaded) -> None:
 def test_tokenizer_round_trip(loaded) -> None:
     """Lossless decode; special and tool markers are single tokens; tool markers are not special."""
     tok = loaded[1].tokenizer
-    text = TOOL_CALL + '\n<tool_response>{"image_index": 1, "size": [224, 224]}</tool_response><answer>red</answer>'
+    text = (
+        TOOL_CALL
+        + '\n<tool_response>{"image_index": 1, "size": [224, 224]}</tool_response><answer>red</answer>'
+    )
     assert tok.decode(tok.encode(text)) == text
     for t in SPECIAL_TOKENS + TOOL_TOKENS:
         ids = tok.encode(t, add_special_tokens=False)
@@ -175,7 +179,8 @@ def test_forward_generate_backward(tiny_dir: Path) -> None:
     loss.backward()
     grads = [p.grad for p in model.parameters()]
     assert torch.isfinite(loss) and all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert model.model.visual.patch_embed.proj.weight.grad.abs().sum() > 0  # gradient reaches the vision tower
+    # gradient reaches the vision tower
+    assert model.model.visual.patch_embed.proj.weight.grad.abs().sum() > 0
 
 
 def test_determinism_and_no_global_rng_leak(tmp_path: Path, tiny_dir: Path) -> None:
@@ -214,21 +219,27 @@ def test_load_vlm_errors_and_real_checkpoint_fallback(tmp_path: Path, tiny_dir: 
     """Missing dirs raise; a real-checkpoint layout loads through the image-only fallback processor."""
     with pytest.raises(FileNotFoundError):
         load_vlm(tmp_path / "missing")
-    # Lay the dir out like a real Qwen2-VL-Instruct checkpoint: the stock Qwen2VLProcessor needs a video processor
+    # Lay the dir out like a real Qwen2-VL-Instruct checkpoint: the stock Qwen2VLProcessor needs a video
+    # processor
     # (torchvision) -- load_vlm falls back to the image-only processor with the same files.
     real = tmp_path / "real"
     shutil.copytree(tiny_dir, real)
     (real / "processor_config.json").unlink()
     (real / "chat_template.jinja").rename(real / "chat_template.jinja.bak")
     (real / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2_VL_CHAT_TEMPLATE}))
-    pre = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
-           "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2VLProcessor"}  # fmt: skip
+    pre = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2,
+           "merge_size": 2, "image_processor_type": "Qwen2VLImageProcessor",
+           "processor_class": "Qwen2VLProcessor"}  # fmt: skip
     (real / "preprocessor_config.json").write_text(json.dumps(pre))
     tok_cfg = json.loads((real / "tokenizer_config.json").read_text())
-    (real / "tokenizer_config.json").write_text(json.dumps({**tok_cfg, "processor_class": "Qwen2VLProcessor"}))
+    (real / "tokenizer_config.json").write_text(
+        json.dumps({**tok_cfg, "processor_class": "Qwen2VLProcessor"})
+    )
     model, processor = load_vlm(real, dtype=torch.bfloat16)
     assert model.dtype == torch.bfloat16
     assert processor.chat_template == QWEN2_VL_CHAT_TEMPLATE
     assert processor.image_processor.size["longest_edge"] == 12845056
-    out = processor(text=["<|vision_start|><|image_pad|><|vision_end|>hi"], images=[_image()], return_tensors="pt")
+    out = processor(
+        text=["<|vision_start|><|image_pad|><|vision_end|>hi"], images=[_image()], return_tensors="pt"
+    )
     assert int((out["input_ids"] == processor.image_token_id).sum()) == int(out["image_grid_thw"].prod()) // 4

@@ -1,8 +1,9 @@
-"""Tests of vgym/diagnose.py: the oracle solves, baselines sit at the answer prior, and every necessity claim holds.
+"""Tests of vgym/diagnose.py: the oracle solves, baselines sit at the answer prior, and every necessity claim
+holds.
 
-The necessity tests are parametrised over the registry: each procedural task that claims ``necessary_tools`` must
-back it with counterfactuals that pass the check, and a policy without tools (or with the decoy tool) must do no
-better than the bound those counterfactuals give.
+The necessity tests are parametrised over the registry: each procedural task that claims ``necessary_tools``
+must back it with counterfactuals that pass the check, and a policy without tools (or with the decoy tool)
+must do no better than the bound those counterfactuals give.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def test_visual_search_diagnostics() -> None:
     assert row.env_id == "vgym/VisualSearch-v0" and row.difficulty == 0
     assert row.oracle_reward >= 0.99 and row.oracle_tool_calls == 1.0  # crop, then answer
     # Three balanced patterns: a constant answer or a uniform guess is right about 1/3 of the time. With 30
-    # episodes the binomial standard deviation is ~0.09, so [0.05, 0.65] is a > 3-sigma band that still fails for
+    # episodes the binomial standard deviation is ~0.09, so [0.05, 0.65] is a > 3-sigma band that still fails
+    # for
     # a leaked answer (1.0) or a broken scorer (0.0).
     assert 0.05 <= row.majority_accuracy <= 0.65
     assert 0.05 <= row.random_accuracy <= 0.65
@@ -38,7 +40,8 @@ def test_visual_search_diagnostics() -> None:
 
 
 def test_tasks_make_necessity_claims() -> None:
-    assert {"visual_search", "video_grounding"} <= set(CLAIMS)  # guards the parametrised test against running empty
+    # guards the parametrised test against running empty
+    assert {"visual_search", "video_grounding"} <= set(CLAIMS)
 
 
 @pytest.mark.parametrize("name", CLAIMS)
@@ -82,7 +85,11 @@ def test_counterfactual_check_rejects_a_visible_difference_and_a_same_answer() -
     honest = VisualSearchTask()
     sample = honest.sample("test", 0, 0)
     good = honest.counterfactuals(sample)
-    assert len(good) == 2 and {cf.answer for cf in good} | {sample.answer} == {"horizontal", "vertical", "checkered"}
+    assert len(good) == 2 and {cf.answer for cf in good} | {sample.answer} == {
+        "horizontal",
+        "vertical",
+        "checkered",
+    }
 
     def visible(s: Sample) -> list[Sample]:  # the other pattern drawn 6x larger: visible at the budget
         x1, y1, x2, y2 = s.metadata["target_box"]
@@ -98,7 +105,10 @@ def test_counterfactual_check_rejects_a_visible_difference_and_a_same_answer() -
 
     assert ids(counterfactual_group(honest, sample, 224 * 224)) == ([sample.id, *(cf.id for cf in good)], 0)
     assert ids(counterfactual_group(_with_counterfactuals(visible), sample, 224 * 224)) == ([sample.id], 1)
-    assert ids(counterfactual_group(_with_counterfactuals(same_answer), sample, 224 * 224)) == ([sample.id], 1)
+    assert ids(counterfactual_group(_with_counterfactuals(same_answer), sample, 224 * 224)) == (
+        [sample.id],
+        1,
+    )
     # At a 6x larger budget the patterns are resolved, so the honest look-alikes no longer pass.
     assert ids(counterfactual_group(honest, sample, 1344 * 1344)) == ([sample.id], 2)
 
@@ -109,7 +119,8 @@ def test_tasks_without_a_claim_report_nan() -> None:
 
 
 def test_the_oracle_follows_the_env_task_config_not_the_default() -> None:
-    """The oracle's plan comes from the env's own task (its config), through the rollout's ground-truth channel."""
+    """The oracle's plan comes from the env's own task (its config), through the rollout's ground-truth
+    channel."""
     from vgym.env import VisualToolEnv
     from vgym.policies.oracle import OraclePolicy
     from vgym.rollout.loop import EpisodeSpec, rollout

@@ -1,4 +1,5 @@
-"""Tests of vgym.eval.evaluate: the pass@k estimator, suites, the oracle and random baselines, ablations and resume."""
+"""Tests of vgym.eval.evaluate: the pass@k estimator, suites, the oracle and random baselines, ablations and
+resume."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from vgym.task import TASKS
 SUITES = [name for name in load_suites() if name != "all"]
 
 
-# --- pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k) ----------------------------------------------------------
+# --- pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)
+# ----------------------------------------------------------
 
 
 def test_pass_at_k_hand_values() -> None:
@@ -37,7 +39,8 @@ def test_pass_at_k_rejects_bad_counts(n: int, c: int, k: int) -> None:
         pass_at_k(n, c, k)
 
 
-# --- suites and config -------------------------------------------------------------------------------------------
+# --- suites and config
+# -------------------------------------------------------------------------------------------
 
 
 def test_suites_cover_the_issue_tasks_and_all_is_their_union() -> None:
@@ -65,7 +68,8 @@ def test_config_entries_apply_overrides_only_where_the_field_exists(tmp_path: Pa
         EvalConfig(policy="oracle", tools="sometimes")
 
 
-# --- baselines ---------------------------------------------------------------------------------------------------
+# --- baselines
+# ---------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("suite", SUITES)
@@ -87,7 +91,9 @@ def test_oracle_scores_one_on_every_task_of_each_suite(suite: str, tmp_path: Pat
 
 def test_random_policy_matches_the_answer_prior(tmp_path: Path) -> None:
     # spatial_2d: four lettered options, one right, so a uniform guess is right 1/4 of the time.
-    report = run_eval(EvalConfig(policy="random", suite=("spatial_2d",), n=60, k=1, difficulties=(0,)), tmp_path)
+    report = run_eval(
+        EvalConfig(policy="random", suite=("spatial_2d",), n=60, k=1, difficulties=(0,)), tmp_path
+    )
     (group,) = report["groups"]
     chance = TASKS.get("spatial_2d")().chance_accuracy()
     assert chance == 0.25
@@ -110,12 +116,17 @@ def test_tools_off_ablation_offers_no_tools(tmp_path: Path) -> None:
 
 
 class _ReadThenAnswer:
-    """Calls ``ocr`` on image 0 (turn 0), then answers "0": a policy whose tool choice the oracle does not make."""
+    """Calls ``ocr`` on image 0 (turn 0), then answers "0": a policy whose tool choice the oracle does not
+    make."""
 
     def act(self, batch: list[PolicyInput]) -> list[PolicyOutput]:
         p = HermesProtocol()
-        return [PolicyOutput(p.format_tool_call("ocr", {"image_index": 0}) if item.turn == 0 else p.format_answer("0"))
-                for item in batch]
+        return [
+            PolicyOutput(
+                p.format_tool_call("ocr", {"image_index": 0}) if item.turn == 0 else p.format_answer("0")
+            )
+            for item in batch
+        ]
 
 
 def test_oracle_tools_ablation_switches_every_tool_to_its_oracle_backend(tmp_path: Path) -> None:
@@ -123,7 +134,11 @@ def test_oracle_tools_ablation_switches_every_tool_to_its_oracle_backend(tmp_pat
     base = dict(policy="scripted", suite=("chart_qa",), n=3, k=1, difficulties=(0,))
     used = {}
     for tools in ("default", "oracle"):
-        run_eval(EvalConfig(**base, tools=tools), tmp_path / tools, policy=PolicyMaker(lambda seed: _ReadThenAnswer()))
+        run_eval(
+            EvalConfig(**base, tools=tools),
+            tmp_path / tools,
+            policy=PolicyMaker(lambda seed: _ReadThenAnswer()),
+        )
         lines = [json.loads(line) for line in (tmp_path / tools / "episodes.jsonl").read_text().splitlines()]
         used[tools] = {b for r in lines for b in r["backends"]}
         assert all(r["calls"] == 1 for r in lines)
@@ -131,7 +146,9 @@ def test_oracle_tools_ablation_switches_every_tool_to_its_oracle_backend(tmp_pat
 
 
 def test_k_attempts_use_different_env_seeds_and_pass_at_k_counts_any_correct(tmp_path: Path) -> None:
-    report = run_eval(EvalConfig(policy="random", suite=("visual_search",), n=20, k=3, difficulties=(0,)), tmp_path)
+    report = run_eval(
+        EvalConfig(policy="random", suite=("visual_search",), n=20, k=3, difficulties=(0,)), tmp_path
+    )
     lines = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
     assert len(lines) == 60
     assert len({(r["index"], r["env_seed"]) for r in lines}) == 60
@@ -145,7 +162,8 @@ def test_k_attempts_use_different_env_seeds_and_pass_at_k_counts_any_correct(tmp
     assert m["pass_at_k"] >= m["pass_at_1"]
 
 
-# --- resume ------------------------------------------------------------------------------------------------------
+# --- resume
+# ------------------------------------------------------------------------------------------------------
 
 
 def test_resume_after_a_kill_scores_each_episode_once_and_reproduces_the_report(tmp_path: Path) -> None:
@@ -182,7 +200,9 @@ def test_resume_refuses_another_config_but_allows_more_episodes(tmp_path: Path) 
 def test_failures_are_saved_for_the_viewer(tmp_path: Path) -> None:
     from vgym.eval.viewer import build_view
 
-    report = run_eval(EvalConfig(policy="random", suite=("visual_search",), n=6, k=1, difficulties=(0,)), tmp_path)
+    report = run_eval(
+        EvalConfig(policy="random", suite=("visual_search",), n=6, k=1, difficulties=(0,)), tmp_path
+    )
     (group,) = report["groups"]
     records = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
     failed = [r for r in records if r["accuracy"] < 1.0]

@@ -1,4 +1,5 @@
-"""Tests of vgym.eval.reports: schema validation, Markdown, plots and run comparison, on real oracle / random runs."""
+"""Tests of vgym.eval.reports: schema validation, Markdown, plots and run comparison, on real oracle / random
+runs."""
 
 from __future__ import annotations
 
@@ -25,12 +26,18 @@ from vgym.eval.reports import (
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """Small real runs: the oracle and the random baseline on visual_search (two levels), the oracle again on other
-    data (seed 1)."""
+    """Small real runs: the oracle and the random baseline on visual_search (two levels), the oracle again on
+    other data (seed 1)."""
     base = tmp_path_factory.mktemp("runs")
     out = {}
-    for name, policy, seed in (("oracle", "oracle", 0), ("random", "random", 0), ("oracle_seed1", "oracle", 1)):
-        cfg = EvalConfig(policy=policy, suite=("visual_search", "counting"), n=30, k=1, seed=seed, difficulties=(0, 1))
+    for name, policy, seed in (
+        ("oracle", "oracle", 0),
+        ("random", "random", 0),
+        ("oracle_seed1", "oracle", 1),
+    ):
+        cfg = EvalConfig(
+            policy=policy, suite=("visual_search", "counting"), n=30, k=1, seed=seed, difficulties=(0, 1)
+        )
         out[name] = run_eval(cfg, base / name)
     return out
 
@@ -65,7 +72,9 @@ def test_validate_report_rejects_broken_reports(runs: dict[str, dict], where, ke
 
 
 def test_report_matches_the_episode_lines(tmp_path: Path) -> None:
-    report = run_eval(EvalConfig(policy="random", suite=("counting",), n=12, k=2, difficulties=(0,)), tmp_path)
+    report = run_eval(
+        EvalConfig(policy="random", suite=("counting",), n=12, k=2, difficulties=(0,)), tmp_path
+    )
     lines = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
     m = report["overall"]
     assert m["avg_at_k"] == pytest.approx(np.mean([r["accuracy"] for r in lines]))
@@ -87,7 +96,11 @@ def test_markdown_lists_every_group_and_the_overall_row(runs: dict[str, dict], t
 
 def test_plots_are_written_and_not_blank(runs: dict[str, dict], tmp_path: Path) -> None:
     paths = write_plots(runs["random"], tmp_path)
-    assert [p.name for p in paths] == ["accuracy_per_task.png", "calls_histogram.png", "accuracy_vs_difficulty.png"]
+    assert [p.name for p in paths] == [
+        "accuracy_per_task.png",
+        "calls_histogram.png",
+        "accuracy_vs_difficulty.png",
+    ]
     for path in paths:
         image = cv2.imread(str(path))
         assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
@@ -117,7 +130,12 @@ def test_compare_finds_no_difference_in_noise_or_in_a_run_against_itself(runs: d
 
 def test_compare_unpaired_noise_is_not_significant(tmp_path: Path) -> None:
     # The random baseline on two data seeds: same expected accuracy (1/3 on visual_search), different draws.
-    a, b = (run_eval(EvalConfig(policy="random", suite=("visual_search",), n=40, k=1, seed=s, difficulties=(0,)),
-                     tmp_path / str(s)) for s in (0, 1))
+    a, b = (
+        run_eval(
+            EvalConfig(policy="random", suite=("visual_search",), n=40, k=1, seed=s, difficulties=(0,)),
+            tmp_path / str(s),
+        )
+        for s in (0, 1)
+    )
     (row,) = [r for r in compare(a, b)["rows"] if r["difficulty"] == 0]
     assert not row["paired"] and row["ci"][0] < 0 < row["ci"][1] and not row["significant"]

@@ -1,10 +1,11 @@
-"""Tests of vgym/viewer.py and ``vgym view``: real oracle rollouts saved with save_trajectories, the page checked as
-HTML (counts, escaping, image paths) and as rendered by headless Chromium (JS filters, URL presets, no injection).
+"""Tests of vgym/viewer.py and ``vgym view``: real oracle rollouts saved with save_trajectories, the page
+checked as HTML (counts, escaping, image paths) and as rendered by headless Chromium (JS filters, URL presets,
+no injection).
 
-The run folder holds visual-search episodes (correct, wrong answers from ``OraclePolicy(noise=1.0)``, an injected
-first turn that calls an unknown tool with ``<script>`` around it, and one cut by ``max_turns=1`` whose last crop
-is never shown to the model), counting episodes (the ``ground`` tool), and two ``*.jsonl`` files that are not
-trajectories.
+The run folder holds visual-search episodes (correct, wrong answers from ``OraclePolicy(noise=1.0)``, an
+injected first turn that calls an unknown tool with ``<script>`` around it, and one cut by ``max_turns=1``
+whose last crop is never shown to the model), counting episodes (the ``ground`` tool), and two ``*.jsonl``
+files that are not trajectories.
 """
 
 from __future__ import annotations
@@ -39,11 +40,14 @@ INJECTED = ('<script>document.body.setAttribute("data-pwned", "1")</script>'
 """Untrusted model text: it must show as text, and neither the script nor the handler may run."""
 BAD_CALL = INJECTED + '<tool_call>{"name": "zoom", "arguments": {"note": "</code>&amp;"}}</tool_call>'
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt install chromium) on PATH")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium binary (apt install chromium) on PATH"
+)
 
 
 class InjectFirstTurn:
-    """Plays ``text`` as every episode's first turn, then the oracle (which answers once past its tool calls)."""
+    """Plays ``text`` as every episode's first turn, then the oracle (which answers once past its tool
+    calls)."""
 
     reads_ground_truth = True  # the oracle's turns need the solution
 
@@ -84,8 +88,12 @@ def run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def records(run: Path) -> list[dict[str, Any]]:
     """All trajectory records, in the viewer's order (files sorted by path)."""
-    return [r for path in sorted(run.rglob("*.jsonl")) if path.parent.name != "notes" and path.name != "metrics.jsonl"
-            for r in load_trajectory_records(path)]
+    return [
+        r
+        for path in sorted(run.rglob("*.jsonl"))
+        if path.parent.name != "notes" and path.name != "metrics.jsonl"
+        for r in load_trajectory_records(path)
+    ]
 
 
 class Node:
@@ -105,7 +113,11 @@ class Node:
         return "".join(c if isinstance(c, str) else c.all_text() for c in self.children)
 
     def find(self, tag: str, cls: str | None = None) -> list[Node]:
-        return [n for n in self.iter() if n.tag == tag and (cls is None or cls in (n.attrs.get("class") or "").split())]
+        return [
+            n
+            for n in self.iter()
+            if n.tag == tag and (cls is None or cls in (n.attrs.get("class") or "").split())
+        ]
 
 
 class Parser(HTMLParser):
@@ -160,14 +172,20 @@ def test_finds_trajectory_files_and_warns_about_others(run: Path, caplog: pytest
 
 
 def test_page_counts_texts_and_images(run: Path, records: list[dict[str, Any]]) -> None:
-    """Summary and cards agree with the records; every turn text round-trips exactly; images map to the files."""
+    """Summary and cards agree with the records; every turn text round-trips exactly; images map to the
+    files."""
     page = build_view(run)
     assert page == run / "view.html"
     root = parse(page.read_text())
     calls = [c for r in records for t in r["turns"] for c in t["tool_calls"]]
     mean = np.mean([r["reward"] for r in records])
-    assert len(records) == 9 and len(calls) == 9  # one call per episode (the injected one: zoom, then its answer)
-    assert by_id(root, "vgym-summary").all_text().startswith(f"9 episodes · mean reward {mean:.3f} · 9 tool calls")
+    # one call per episode (the injected one: zoom, then its answer)
+    assert len(records) == 9 and len(calls) == 9
+    assert (
+        by_id(root, "vgym-summary")
+        .all_text()
+        .startswith(f"9 episodes · mean reward {mean:.3f} · 9 tool calls")
+    )
     assert by_id(root, "vgym-counter").all_text().startswith("showing 9 of 9 episodes")
     cards = root.find("article", "episode")
     assert [c.attrs["data-task"] for c in cards] == [r["task"] for r in records]
@@ -188,12 +206,14 @@ def test_page_counts_texts_and_images(run: Path, records: list[dict[str, Any]]) 
         shown = [int(i.attrs["data-index"]) for i in images if i.attrs["data-kind"] == "tool"]
         missing = [int(n.attrs["data-missing"]) for n in card.iter() if "data-missing" in n.attrs]
         assert sorted(shown + missing) == sorted(tool_indices)
-        assert missing == ([1] if record["truncated"] else [])  # the cut episode's crop was never shown: not saved
+        # the cut episode's crop was never shown: not saved
+        assert missing == ([1] if record["truncated"] else [])
 
 
 def test_tool_images_are_the_crops(run: Path, records: list[dict[str, Any]]) -> None:
-    """Each visual-search tool image on the page shows the sample's pixels inside its call's crop box (checked against
-    the full-resolution sample image, and against the neighbouring box, so a wrong index mapping would fail)."""
+    """Each visual-search tool image on the page shows the sample's pixels inside its call's crop box (checked
+    against the full-resolution sample image, and against the neighbouring box, so a wrong index mapping would
+    fail)."""
     root = parse(build_view(run).read_text())
     env = VisualToolEnv("visual_search")
     checked = 0
@@ -206,7 +226,8 @@ def test_tool_images_are_the_crops(run: Path, records: list[dict[str, Any]]) -> 
         (crop,) = [cv2.cvtColor(cv2.imread(str(run / i.attrs["src"])), cv2.COLOR_BGR2RGB) for i in tool_imgs]
         (call,) = [c for t in record["turns"] for c in t["tool_calls"]]
         x1, y1, x2, y2 = call["arguments"]["box"]
-        shift = x2 - x1 if x2 + (x2 - x1) <= full.shape[1] else -(x2 - x1)  # the box next to it, inside the image
+        # the box next to it, inside the image
+        shift = x2 - x1 if x2 + (x2 - x1) <= full.shape[1] else -(x2 - x1)
 
         def error(region: np.ndarray) -> float:
             shown = cv2.resize(region, crop.shape[1::-1], interpolation=cv2.INTER_AREA)
@@ -266,10 +287,25 @@ def test_cli_prints_the_page_path(run: Path, tmp_path: Path) -> None:
 
 def dump_dom(*urls: str, tall: bool = False) -> list[Node]:
     """The DOM of each page after its scripts ran (one headless Chromium per URL, run in parallel)."""
-    size = "1200,20000" if tall else "1200,800"  # tall: lazy images all lie in the viewport, so all of them load
-    procs = [subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={size}",
-                               "--dump-dom", url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-             for url in urls]
+    # tall: lazy images all lie in the viewport, so all of them load
+    size = "1200,20000" if tall else "1200,800"
+    procs = [
+        subprocess.Popen(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                f"--window-size={size}",
+                "--dump-dom",
+                url,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for url in urls
+    ]
     try:
         outs = [p.communicate(timeout=60)[0] for p in procs]
     finally:
@@ -284,7 +320,9 @@ def visible(root: Node) -> list[Node]:
 
 
 @needs_chromium
-def test_browser_renders_all_episodes_without_running_model_text(run: Path, records: list[dict[str, Any]]) -> None:
+def test_browser_renders_all_episodes_without_running_model_text(
+    run: Path, records: list[dict[str, Any]]
+) -> None:
     (root,) = dump_dom(build_view(run).as_uri(), tall=True)
     assert by_id(root, "vgym-shown").all_text() == by_id(root, "vgym-total").all_text() == str(len(records))
     assert len(visible(root)) == len(records)
@@ -293,7 +331,8 @@ def test_browser_renders_all_episodes_without_running_model_text(run: Path, reco
     assert BAD_CALL in [n.all_text() for n in root.find("pre", "turn-text")]  # shown as text, verbatim
     images = root.find("img")
     n_saved = sum(len(r["images"]) for r in records)
-    assert len(images) == n_saved == 16  # 9 question images + 7 tool images (the cut crop and the zoom call: none)
+    # 9 question images + 7 tool images (the cut crop and the zoom call: none)
+    assert len(images) == n_saved == 16
     assert all(img.attrs.get("data-loaded") == "1" for img in images)  # the browser decoded every file
 
 
@@ -328,8 +367,20 @@ def test_browser_filters_preset_from_the_url(run: Path, records: list[dict[str, 
 @needs_chromium
 def test_browser_screenshot_has_content(run: Path, tmp_path: Path) -> None:
     shot = tmp_path / "x.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-                    "--window-size=1200,2000", build_view(run).as_uri()], capture_output=True, timeout=60, check=True)
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={shot}",
+            "--window-size=1200,2000",
+            build_view(run).as_uri(),
+        ],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
     image = cv2.imread(str(shot))
     assert image is not None and image.shape[:2] == (2000, 1200)
     assert image.std() > 20  # text, card borders and images, not a blank page

@@ -1,9 +1,9 @@
 """A policy sees what a model sees, never the answer: the ground truth reaches only a policy that declares
 ``reads_ground_truth = True`` (the oracle), through :attr:`PolicyInput.ground_truth`.
 
-The leak checks walk every object reachable from what the policy is handed (``gc.get_referents``), so a sample,
-a task, an env or the sample's full-resolution pixels hidden anywhere in a ``PolicyInput`` — a field, a nested
-dict, a closure — would be found.
+The leak checks walk every object reachable from what the policy is handed (``gc.get_referents``), so a
+sample, a task, an env or the sample's full-resolution pixels hidden anywhere in a ``PolicyInput`` — a field,
+a nested dict, a closure — would be found.
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ def _reachable(root: Any) -> Iterator[Any]:
     stack = [root]
     while stack:
         obj = stack.pop()
-        if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)):
+        if id(obj) in seen or isinstance(
+            obj, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
+        ):
             continue
         seen.add(id(obj))
         yield obj
@@ -78,8 +80,8 @@ def _reachable(root: Any) -> Iterator[Any]:
 
 
 def _assert_blind(root: Any, sample: Sample) -> None:
-    """Nothing of the sample is reachable: no sample/task/solution/env object, not its metadata mapping, and no
-    array sharing memory with its full-resolution images."""
+    """Nothing of the sample is reachable: no sample/task/solution/env object, not its metadata mapping, and
+    no array sharing memory with its full-resolution images."""
     for obj in _reachable(root):
         assert not isinstance(obj, (Sample, Task, Solution, GroundTruth, VisualToolEnv)), type(obj)
         assert obj is not sample.metadata

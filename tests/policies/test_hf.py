@@ -1,4 +1,5 @@
-"""HFPolicy's behaviour log-probs: the distribution it samples from, recorded without keeping every step's scores."""
+"""HFPolicy's behaviour log-probs: the distribution it samples from, recorded without keeping every step's
+scores."""
 
 from __future__ import annotations
 
@@ -19,8 +20,15 @@ def _item(processor, index: int) -> PolicyInput:  # type: ignore[no-untyped-def]
     env = VisualToolEnv("visual_search", max_pixels=112 * 112)
     obs, info = env.reset(seed=index, options={"split": "train", "index": index})
     enc = ChatEncoder(processor).encode_prompt(info["messages"], obs["images"])
-    return PolicyInput(input_ids=enc.input_ids, pixel_values=enc.pixel_values, image_grid_thw=enc.image_grid_thw,
-                       messages=info["messages"], turn=0, tools_enabled=True, images=obs["images"])
+    return PolicyInput(
+        input_ids=enc.input_ids,
+        pixel_values=enc.pixel_values,
+        image_grid_thw=enc.image_grid_thw,
+        messages=info["messages"],
+        turn=0,
+        tools_enabled=True,
+        images=obs["images"],
+    )
 
 
 def _teacher_forced(model, item: PolicyInput, tokens: list[int], temperature: float, top_p: float,
@@ -28,7 +36,9 @@ def _teacher_forced(model, item: PolicyInput, tokens: list[int], temperature: fl
     """log p(token) of each generated token from one forward over prompt + completion, warped as sampled."""
     ids = torch.cat([item.input_ids, torch.tensor(tokens)])[None]
     with torch.no_grad():
-        logits = model(**model_inputs(model, ids, torch.ones_like(ids), item.pixel_values, item.image_grid_thw)).logits
+        logits = model(
+            **model_inputs(model, ids, torch.ones_like(ids), item.pixel_values, item.image_grid_thw)
+        ).logits
     n = len(item.input_ids)
     scores = logits[0, n - 1 : n - 1 + len(tokens)].float()
     scores[:, suppressed] = -float("inf")
@@ -42,10 +52,10 @@ def _teacher_forced(model, item: PolicyInput, tokens: list[int], temperature: fl
 @pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.9)])
 def test_logprobs_are_those_of_the_sampling_distribution(tiny, temperature: float, top_p: float,
                                                          decoder: str) -> None:
-    """Temperature and nucleus cut applied: the recorded log-prob of every sampled token equals a teacher-forced
-    forward's under the same warping, with either decoder (vgym's lean loop or ``generate``) — even when the
-    checkpoint's generation config asks for a repetition penalty, top-k and another temperature (as real Qwen2-VL
-    checkpoints do), which must not leak into sampling."""
+    """Temperature and nucleus cut applied: the recorded log-prob of every sampled token equals a
+    teacher-forced forward's under the same warping, with either decoder (vgym's lean loop or ``generate``) —
+    even when the checkpoint's generation config asks for a repetition penalty, top-k and another temperature
+    (as real Qwen2-VL checkpoints do), which must not leak into sampling."""
     model, processor = tiny
     model = copy.deepcopy(model)
     model.generation_config.repetition_penalty = 1.5
@@ -61,7 +71,8 @@ def test_logprobs_are_those_of_the_sampling_distribution(tiny, temperature: floa
 
 
 def test_recorder_reads_each_chosen_token_one_step_late() -> None:
-    """Synthetic scores: column t is log_softmax(scores_t)[token_t]; only one step's scores are held at a time."""
+    """Synthetic scores: column t is log_softmax(scores_t)[token_t]; only one step's scores are held at a
+    time."""
     gen = torch.Generator().manual_seed(0)
     steps = [torch.randn(2, 5, generator=gen) for _ in range(3)]
     tokens = torch.tensor([[1, 4, 0], [3, 3, 2]])

@@ -1,5 +1,6 @@
-"""Tests of vgym/policies/openai.py against a real HTTP server on 127.0.0.1 that speaks the chat-completions schema,
-backed by the tiny Qwen2-VL: rollouts, exact pixels and messages on the wire, retries, errors, auth and log-probs."""
+"""Tests of vgym/policies/openai.py against a real HTTP server on 127.0.0.1 that speaks the chat-completions
+schema, backed by the tiny Qwen2-VL: rollouts, exact pixels and messages on the wire, retries, errors, auth
+and log-probs."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from vgym.policies.openai import OpenAIPolicy, OpenAIPolicyConfig, to_chat_messa
 from vgym.rollout.chat import ChatEncoder
 from vgym.rollout.loop import EpisodeSpec, rollout
 
-MAX_TOKENS = 16  # the server's limit too: a request above it gets HTTP 400 (as vLLM answers a too-long request)
+# the server's limit too: a request above it gets HTTP 400 (as vLLM answers a too-long request)
+MAX_TOKENS = 16
 MODEL = "tiny-qwen2-vl"
 
 
@@ -57,7 +59,9 @@ class ChatServer:
         self.received: list[Received] = []
         self._lock = threading.Lock()  # one generation at a time (the model is shared by the handler threads)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     @property
@@ -173,7 +177,9 @@ def _first_turn(processor: Any, index: int = 0) -> PolicyInput:
 def _greedy(tiny: Any, item: PolicyInput) -> PolicyOutput:
     """The tiny model's greedy turn on the rollout's own ids and pixels (batch of one, as the server runs)."""
     model, processor = tiny
-    return HFPolicy(model, processor, GenerationConfig(max_new_tokens=MAX_TOKENS, temperature=0.0)).act([item])[0]
+    return HFPolicy(model, processor, GenerationConfig(max_new_tokens=MAX_TOKENS, temperature=0.0)).act(
+        [item]
+    )[0]
 
 
 class Recorder:
@@ -194,9 +200,9 @@ class Recorder:
 
 
 def test_rollout_through_the_server_matches_the_local_model(tiny, serve) -> None:
-    """Three episodes in one lockstep batch over HTTP: the server receives each turn's exact chat and pixels, and
-    every turn's text equals the tiny model's own greedy turn on the rollout's ids -- so system prompt, user and
-    assistant turns and images all arrive intact and in order."""
+    """Three episodes in one lockstep batch over HTTP: the server receives each turn's exact chat and pixels,
+    and every turn's text equals the tiny model's own greedy turn on the rollout's ids -- so system prompt,
+    user and assistant turns and images all arrive intact and in order."""
     _, processor = tiny
     server = serve()
     recorder = Recorder(OpenAIPolicy(_config(server.base_url, max_concurrency=3)))
@@ -254,18 +260,23 @@ def test_retries_then_succeeds(tiny, serve, status: int) -> None:
 def test_retries_exhausted_raise_a_clear_error(tiny, serve) -> None:
     _, processor = tiny
     server = serve(fail_first=5, fail_status=503)
-    with pytest.raises(VgymError, match=r"POST .*127\.0\.0\.1.*/v1/chat/completions failed after 3 attempts.*503"):
+    with pytest.raises(
+        VgymError, match=r"POST .*127\.0\.0\.1.*/v1/chat/completions failed after 3 attempts.*503"
+    ):
         OpenAIPolicy(_config(server.base_url, max_retries=2)).act([_first_turn(processor)])
     assert len(server.received) == 3
 
 
 def test_bad_request_fails_at_once_with_url_status_and_message(tiny, serve) -> None:
-    """A 400 is the request's fault: no retry, and the error names the URL, the status and the server's reason."""
+    """A 400 is the request's fault: no retry, and the error names the URL, the status and the server's
+    reason."""
     _, processor = tiny
     server = serve()
     with pytest.raises(VgymError, match=rf"POST {server.base_url}/chat/completions failed with HTTP 400.*"
                                         rf"max_tokens must be <= {MAX_TOKENS}"):
-        OpenAIPolicy(_config(server.base_url, max_tokens=MAX_TOKENS + 1, max_retries=3)).act([_first_turn(processor)])
+        OpenAIPolicy(_config(server.base_url, max_tokens=MAX_TOKENS + 1, max_retries=3)).act(
+            [_first_turn(processor)]
+        )
     assert len(server.received) == 1
 
 
@@ -279,7 +290,9 @@ def test_unreachable_port_fails_after_retries(tiny) -> None:
         OpenAIPolicy(_config(url, max_retries=2)).act([_first_turn(processor)])
 
 
-def test_authorization_header_comes_from_the_named_env_var(tiny, serve, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_authorization_header_comes_from_the_named_env_var(
+    tiny, serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, processor = tiny
     server = serve()
     item = _first_turn(processor)
@@ -293,12 +306,15 @@ def test_authorization_header_comes_from_the_named_env_var(tiny, serve, monkeypa
 
 
 def test_chat_conversion_keeps_roles_text_and_image_order() -> None:
-    """Image items become PNG data URLs of the matching image, in order; a count mismatch is a bug and raises."""
+    """Image items become PNG data URLs of the matching image, in order; a count mismatch is a bug and
+    raises."""
     red, blue = np.zeros((4, 6, 3), np.uint8), np.zeros((5, 3, 3), np.uint8)
     red[..., 0], blue[..., 2] = 255, 255
-    messages = [{"role": "system", "content": [{"type": "text", "text": "sys"}]},
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}, {"type": "image"}]},
-                {"role": "assistant", "content": "a"}]
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "sys"}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}, {"type": "image"}]},
+        {"role": "assistant", "content": "a"},
+    ]
     out = to_chat_messages(messages, [red, blue])
     assert [m["role"] for m in out] == ["system", "user", "assistant"]
     assert out[0]["content"] == [{"type": "text", "text": "sys"}] and out[2]["content"] == "a"
@@ -323,8 +339,8 @@ def test_config_rejects_bad_values() -> None:
 
 
 def test_vgym_eval_through_the_server_scores_as_the_local_model(tiny_dir, serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """``vgym eval --policy openai:URL#model`` end to end: greedy attempts over HTTP score episode for episode as
-    ``hf:DIR`` does (same model behind the server), and the server saw one request per model turn."""
+    """``vgym eval --policy openai:URL#model`` end to end: greedy attempts over HTTP score episode for episode
+    as ``hf:DIR`` does (same model behind the server), and the server saw one request per model turn."""
     from vgym.eval.evaluate import EvalConfig, run_eval
 
     server = serve()

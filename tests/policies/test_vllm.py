@@ -1,11 +1,11 @@
-"""Tests of vgym/policies/vllm.py without vLLM (it needs a CUDA GPU and is not installed here): prompt building from
-a real first turn, log-prob extraction, the weight-sync plumbing, and the missing-vLLM error.
+"""Tests of vgym/policies/vllm.py without vLLM (it needs a CUDA GPU and is not installed here): prompt
+building from a real first turn, log-prob extraction, the weight-sync plumbing, and the missing-vLLM error.
 
-The boundary: vLLM's own objects are replaced by plain stand-ins shaped as its documented API describes them --
-``CompletionOutput`` (``token_ids``, ``logprobs``: one ``{token_id: Logprob}`` dict per position, ``Logprob`` with
-a ``logprob`` attribute) and the two ``LLM`` methods weight sync calls (``apply_model(func)`` runs ``func`` on the
-model in each worker, ``reset_prefix_cache()``). Whether the real engine behaves so is untested here; generation
-itself (``VLLMPolicy.act``) needs vLLM and is not run.
+The boundary: vLLM's own objects are replaced by plain stand-ins shaped as its documented API describes them
+-- ``CompletionOutput`` (``token_ids``, ``logprobs``: one ``{token_id: Logprob}`` dict per position,
+``Logprob`` with a ``logprob`` attribute) and the two ``LLM`` methods weight sync calls (``apply_model(func)``
+runs ``func`` on the model in each worker, ``reset_prefix_cache()``). Whether the real engine behaves so is
+untested here; generation itself (``VLLMPolicy.act``) needs vLLM and is not run.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ def test_prompt_keeps_the_ids_and_converts_the_images(tiny) -> None:
     ids = prompt["prompt_token_ids"]
     assert ids == item.input_ids.tolist() and all(type(t) is int for t in ids)
     grid = item.image_grid_thw
-    assert grid is not None and ids.count(processor.image_token_id) == int(grid.prod(-1).sum()) // 4  # 2x2 merge
+    # 2x2 merge
+    assert grid is not None and ids.count(processor.image_token_id) == int(grid.prod(-1).sum()) // 4
     images = prompt["multi_modal_data"]["image"]
     assert len(images) == len(item.images) == 1
     for pil, shown in zip(images, item.images):
@@ -123,7 +124,8 @@ def test_completion_to_output_keeps_the_eos_id_but_not_its_text(tiny) -> None:
     out = completion_to_output(stopped, tok, {im_end})
     assert out.text == "<answer>7</answer>"
     assert out.token_ids == ids and out.logprobs == lps
-    cut = SimpleNamespace(token_ids=list(body), logprobs=None)  # hit max_new_tokens: no eos, text is every token
+    # hit max_new_tokens: no eos, text is every token
+    cut = SimpleNamespace(token_ids=list(body), logprobs=None)
     out = completion_to_output(cut, tok, {im_end})
     assert out.text == "<answer>7</answer>" and out.token_ids == body and out.logprobs is None
 
@@ -131,8 +133,9 @@ def test_completion_to_output_keeps_the_eos_id_but_not_its_text(tiny) -> None:
 @pytest.mark.parametrize("pickled", [False, True], ids=["in_process", "pickled"])
 def test_load_weights_passes_names_and_tensors_in_order_then_resets_the_prefix_cache(
         tiny, tiny_dir: Path, pickled: bool) -> None:
-    """Every worker's model gets the trainer's parameters in ``named_parameters`` order -- in process as the same
-    storage (detached, not copied), across a pickle boundary as equal values; the prefix cache is reset after."""
+    """Every worker's model gets the trainer's parameters in ``named_parameters`` order -- in process as the
+    same storage (detached, not copied), across a pickle boundary as equal values; the prefix cache is reset
+    after."""
     model, processor = tiny
     engine = FakeEngine(processor.tokenizer, pickled=pickled)
     policy = VLLMPolicy(VLLMPolicyConfig(str(tiny_dir)), engine=engine)
@@ -152,8 +155,13 @@ def test_policy_setup_with_an_injected_engine(tiny, tiny_dir: Path) -> None:
     _, processor = tiny
     tok = processor.tokenizer
     policy = VLLMPolicy(VLLMPolicyConfig(str(tiny_dir)), engine=FakeEngine(tok))
-    assert policy.eos_ids == {tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")}
-    placeholders = {tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    assert policy.eos_ids == {
+        tok.convert_tokens_to_ids("<|im_end|>"),
+        tok.convert_tokens_to_ids("<|endoftext|>"),
+    }
+    placeholders = {
+        tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>")
+    }
     assert placeholders <= set(policy.logit_bias) and all(b == -100.0 for b in policy.logit_bias.values())
     off = VLLMPolicy(VLLMPolicyConfig(str(tiny_dir), suppress_placeholders=False), engine=FakeEngine(tok))
     assert off.logit_bias == {}

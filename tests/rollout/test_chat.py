@@ -1,6 +1,6 @@
-"""vgym/chat.py's direct encoding (image processor + tokenizer, without the processor's generic call) gives the
-processor's exact output, and is used only where a probe at construction shows that it does; repeated prompts and
-replies are encoded once."""
+"""vgym/chat.py's direct encoding (image processor + tokenizer, without the processor's generic call) gives
+the processor's exact output, and is used only where a probe at construction shows that it does; repeated
+prompts and replies are encoded once."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def _processor_output(processor, text: str, images: list[np.ndarray]):  # type: 
 
 
 def test_direct_encoding_equals_the_processor(tiny) -> None:  # type: ignore[no-untyped-def]
-    """Env prompts (one image), a two-image message and a text-only message: ids, patches and grids identical."""
+    """Env prompts (one image), a two-image message and a text-only message: ids, patches and grids
+    identical."""
     _, processor = tiny
     encoder = ChatEncoder(processor)
     assert encoder._direct
@@ -65,9 +66,9 @@ def test_a_mismatch_on_the_probe_keeps_the_processor_call(tiny, monkeypatch: pyt
 
 
 def test_repeated_replies_are_encoded_once(tiny, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    """A group's episodes often get the same tool reply: an equal delta (text and image bytes) is encoded once and
-    its tensors shared; other pixels of the same shape, or another text, are encoded anew — all equal to a fresh
-    encoder's output."""
+    """A group's episodes often get the same tool reply: an equal delta (text and image bytes) is encoded once
+    and its tensors shared; other pixels of the same shape, or another text, are encoded anew — all equal to a
+    fresh encoder's output."""
     _, processor = tiny
     encoder, fresh = ChatEncoder(processor), ChatEncoder(processor)
     calls: list[str] = []

@@ -1,5 +1,6 @@
-"""Tests of vgym/rollout.py (with the oracle and HF policies): loss masks, append-only sequences, image tokens,
-delta templating == full templating, seeded sampling, tools-off episodes, template checks and trajectory files."""
+"""Tests of vgym/rollout.py (with the oracle and HF policies): loss masks, append-only sequences, image
+tokens, delta templating == full templating, seeded sampling, tools-off episodes, template checks and
+trajectory files."""
 
 from __future__ import annotations
 
@@ -33,13 +34,14 @@ PLACEHOLDERS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_
 
 
 class Recorder:
-    """Delegates to a policy; records each turn's input ids, messages and output per sample id, and checks that
-    ``act`` leaves the global torch RNG as it found it."""
+    """Delegates to a policy; records each turn's input ids, messages and output per sample id, and checks
+    that ``act`` leaves the global torch RNG as it found it."""
 
     def __init__(self, inner: Policy) -> None:
         self.inner = inner
         self.reads_ground_truth = reads_ground_truth(inner)  # what the wrapped policy is given, no more
-        self.turns: dict[str, list[tuple[torch.Tensor, list[dict[str, Any]], PolicyOutput]]] = defaultdict(list)
+        Turn = tuple[torch.Tensor, list[dict[str, Any]], PolicyOutput]
+        self.turns: dict[str, list[Turn]] = defaultdict(list)
         self.rng_unchanged = True
 
     def act(self, batch: Sequence[PolicyInput]) -> list[PolicyOutput]:
@@ -75,7 +77,8 @@ def _runs(mask: torch.Tensor) -> list[tuple[int, int]]:
 
 
 def test_loss_mask_covers_exactly_the_model_turns(tiny) -> None:
-    """Mask 1 exactly on each turn's tokens + end-of-turn token; never on prompt, image, env or template tokens."""
+    """Mask 1 exactly on each turn's tokens + end-of-turn token; never on prompt, image, env or template
+    tokens."""
     _, processor = tiny
     trajs, rec = _play(OraclePolicy(), processor)
     encoder = ChatEncoder(processor)
@@ -89,8 +92,12 @@ def test_loss_mask_covers_exactly_the_model_turns(tiny) -> None:
             expected[start : start + len(encoder.encode_policy_text(out.text))] = 1
         assert torch.equal(traj.loss_mask, expected)
         runs = _runs(traj.loss_mask)
-        assert [tok.decode(traj.input_ids[a:b]) for a, b in runs] == [t["text"] + TURN_END for t in traj.turns]
-        assert tok.decode(traj.input_ids[traj.loss_mask == 1]) == "".join(t["text"] + TURN_END for t in traj.turns)
+        assert [tok.decode(traj.input_ids[a:b]) for a, b in runs] == [
+            t["text"] + TURN_END for t in traj.turns
+        ]
+        assert tok.decode(traj.input_ids[traj.loss_mask == 1]) == "".join(
+            t["text"] + TURN_END for t in traj.turns
+        )
         for token_id in _ids(processor, NON_POLICY_TOKENS):
             assert (traj.input_ids == token_id).any()  # each really occurs ...
             assert not traj.loss_mask[traj.input_ids == token_id].any()  # ... and is never trained on
@@ -111,7 +118,8 @@ def test_sequences_are_append_only(tiny) -> None:
 
 
 def test_image_tokens_match_image_tensors(tiny) -> None:
-    """#<|image_pad|> == sum(grid.prod(-1)) // 4 (2x2 merge); pixel_values has one row per patch; one grid per image."""
+    """#<|image_pad|> == sum(grid.prod(-1)) // 4 (2x2 merge); pixel_values has one row per patch; one grid per
+    image."""
     _, processor = tiny
     trajs, _ = _play(OraclePolicy(), processor)
     for traj in trajs:
@@ -162,7 +170,8 @@ def test_chat_encoder_rejects_a_non_append_only_template(tiny) -> None:
     ChatEncoder(processor)  # the real template passes
     reversed_proc = copy.copy(processor)  # shallow copy: the shared processor keeps its template
     reversed_proc.chat_template = (
-        "{% for message in messages | reverse %}<|im_start|>{{ message['role'] }}\n{% for c in message['content'] %}"
+        "{% for message in messages | reverse %}<|im_start|>{{ message['role'] }}\n"
+        "{% for c in message['content'] %}"
         "{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )

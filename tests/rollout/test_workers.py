@@ -1,6 +1,6 @@
-"""Tests of vgym/workers.py and the rollout scheduler: lockstep vs async vs threads vs Ray give the same episodes,
-continuous batching refills slots, a killed Ray worker loses and duplicates nothing, budgets truncate and flag,
-and placeholder/grid mismatches are caught before generation."""
+"""Tests of vgym/workers.py and the rollout scheduler: lockstep vs async vs threads vs Ray give the same
+episodes, continuous batching refills slots, a killed Ray worker loses and duplicates nothing, budgets
+truncate and flag, and placeholder/grid mismatches are caught before generation."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from vgym.rollout.workers import RayEnvPool
 SPECS = [EpisodeSpec("train", i, group_id=i // 2, seed=i) for i in range(8)]  # groups of two share a group id
 
 
-# 1-3 tool turns per episode, so episodes end at different turns. A partial of an importable class (not a function
+# 1-3 tool turns per episode, so episodes end at different turns. A partial of an importable class (not a
+# function
 # of this module) so Ray workers can unpickle it.
 geometry_env = functools.partial(VisualToolEnv, "geometry")
 
@@ -67,7 +68,9 @@ def test_reference_is_varied(reference: list[Trajectory]) -> None:
 @pytest.mark.parametrize("options", [{"mode": "async"}, {"threads": 2}, {"mode": "async", "threads": 2}],
                          ids=["async", "threads", "async-threads"])
 def test_same_episodes_whatever_the_schedule(processor, reference, options) -> None:  # type: ignore[no-untyped-def]
-    trajs = rollout(geometry_env, OraclePolicy(), ChatEncoder(processor), SPECS, RolloutConfig(batch_size=4, **options))
+    trajs = rollout(
+        geometry_env, OraclePolicy(), ChatEncoder(processor), SPECS, RolloutConfig(batch_size=4, **options)
+    )
     assert _content(trajs) == _content(reference)
 
 
@@ -80,20 +83,39 @@ def test_async_refills_a_finished_slot_at_once(processor) -> None:  # type: igno
     first_of_next = next(k for k, call in enumerate(lock.calls) if ("geometry/train/0/4", 0) in call)
     assert all(sid >= "geometry/train/0/4" for call in lock.calls[first_of_next:] for sid, _ in call)
     # Async: sample 4 starts while some of samples 0-3 are still playing, so some call mixes the two batches.
-    assert any({sid for sid, _ in call} & {f"geometry/train/0/{i}" for i in range(4)}
-               and {sid for sid, _ in call} & {f"geometry/train/0/{i}" for i in range(4, 8)} for call in free.calls)
+    assert any(
+        {sid for sid, _ in call} & {f"geometry/train/0/{i}" for i in range(4)}
+        and {sid for sid, _ in call} & {f"geometry/train/0/{i}" for i in range(4, 8)}
+        for call in free.calls
+    )
     assert sum(len(c) for c in free.calls) == sum(len(c) for c in lock.calls)  # the same turns, other batches
 
 
 def test_context_budget_truncates_and_flags(processor, reference) -> None:  # type: ignore[no-untyped-def]
-    prompt_tokens = min(int(t.loss_mask.nonzero()[0]) for t in reference)  # tokens before the first policy token
-    trajs = rollout(geometry_env, OraclePolicy(), ChatEncoder(processor), SPECS[:2], RolloutConfig(max_context_tokens=prompt_tokens - 1))
+    # tokens before the first policy token
+    prompt_tokens = min(int(t.loss_mask.nonzero()[0]) for t in reference)
+    trajs = rollout(
+        geometry_env,
+        OraclePolicy(),
+        ChatEncoder(processor),
+        SPECS[:2],
+        RolloutConfig(max_context_tokens=prompt_tokens - 1),
+    )
     assert all(t.truncated and t.truncated_reason == "context_tokens" and t.num_turns == 0 for t in trajs)
     assert all(t.reward == 0.0 and t.loss_mask.sum() == 0 for t in trajs)
-    trajs = rollout(geometry_env, OraclePolicy(), ChatEncoder(processor), SPECS[:4], RolloutConfig(max_policy_tokens=1))  # any first turn uses it up
+    # any first turn uses it up
+    trajs = rollout(
+        geometry_env, OraclePolicy(), ChatEncoder(processor), SPECS[:4], RolloutConfig(max_policy_tokens=1)
+    )
     assert all(t.truncated_reason == "policy_tokens" and t.num_turns == 1 for t in trajs if t.num_turns < 2)
     assert all(t.num_turns == 1 for t in trajs)
-    done = rollout(geometry_env, OraclePolicy(), ChatEncoder(processor), SPECS[:2], RolloutConfig(max_context_tokens=10 ** 6, max_policy_tokens=10 ** 6))
+    done = rollout(
+        geometry_env,
+        OraclePolicy(),
+        ChatEncoder(processor),
+        SPECS[:2],
+        RolloutConfig(max_context_tokens=10**6, max_policy_tokens=10**6),
+    )
     assert _content(done) == _content(reference[:2])  # generous budgets change nothing
     with pytest.raises(ValueError, match="max_policy_tokens must be a positive int"):
         RolloutConfig(max_policy_tokens=0)
@@ -131,7 +153,14 @@ def test_ray_gives_the_same_episodes(ray_session, processor, reference) -> None:
     pool = RayEnvPool(geometry_env, ChatEncoder(processor), 4, num_workers=2)
     try:
         assert len(set(pool.worker_pids()) | {os.getpid()}) == 3  # two worker processes besides this one
-        trajs = rollout(geometry_env, OraclePolicy(), ChatEncoder(processor), SPECS, RolloutConfig(batch_size=4, mode="async"), pool=pool)
+        trajs = rollout(
+            geometry_env,
+            OraclePolicy(),
+            ChatEncoder(processor),
+            SPECS,
+            RolloutConfig(batch_size=4, mode="async"),
+            pool=pool,
+        )
     finally:
         pool.close()
     assert _content(trajs) == _content(reference)
@@ -148,12 +177,21 @@ def test_a_killed_worker_loses_and_duplicates_nothing(ray_session, processor, re
             os.kill(victim, signal.SIGKILL)  # mid-rollout: worker 0 still hosts episodes in flight
 
     try:
-        trajs = rollout(geometry_env, OraclePolicy(), ChatEncoder(processor), SPECS, RolloutConfig(batch_size=4, mode="async"), pool=pool, on_episode=kill_after_first)
+        trajs = rollout(
+            geometry_env,
+            OraclePolicy(),
+            ChatEncoder(processor),
+            SPECS,
+            RolloutConfig(batch_size=4, mode="async"),
+            pool=pool,
+            on_episode=kill_after_first,
+        )
         assert victim not in pool.worker_pids()  # it was replaced
     finally:
         pool.close()
     assert _content(trajs) == _content(reference)  # every spec exactly once, in order, the same content
-    assert sorted(finished) == sorted(t.sample_id for t in reference)  # each reported once: nothing duplicated
+    # each reported once: nothing duplicated
+    assert sorted(finished) == sorted(t.sample_id for t in reference)
 
 
 class DepthThenAnswer:
@@ -170,24 +208,44 @@ def test_one_tool_server_serves_every_env_worker(ray_session, processor, tmp_pat
     from vgym.tool_runtime import tool_server_name
     from vgym.tooling import TOOLS
 
-    torch.manual_seed(0)  # a tiny random DPT (ViT of 4 layers of width 16; real: 24 x 1024), saved as a checkpoint
-    config = DPTConfig(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, image_size=32,
-                       patch_size=16, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8] * 4, fusion_hidden_size=8)
+    # a tiny random DPT (ViT of 4 layers of width 16; real: 24 x 1024), saved as a checkpoint
+    torch.manual_seed(0)
+    config = DPTConfig(
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=32,
+        patch_size=16,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[8] * 4,
+        fusion_hidden_size=8,
+    )
     DPTForDepthEstimation(config).save_pretrained(tmp_path / "dpt")
-    DPTImageProcessorPil(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(tmp_path / "dpt")
+    DPTImageProcessorPil(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(
+        tmp_path / "dpt"
+    )
     options = {"model": str(tmp_path / "dpt")}
     env_fn = functools.partial(VisualToolEnv, "depth_3d", tools=("depth",), tool_runtime={
         "backends": {"depth": "hf"}, "options": {"depth": options}, "isolation": "ray"})
     pool = RayEnvPool(env_fn, ChatEncoder(processor), 4, num_workers=2)
     try:
         workers = set(pool.worker_pids())
-        trajs = rollout(env_fn, DepthThenAnswer(), ChatEncoder(processor), SPECS, RolloutConfig(batch_size=4, mode="async"), pool=pool)
+        trajs = rollout(
+            env_fn,
+            DepthThenAnswer(),
+            ChatEncoder(processor),
+            SPECS,
+            RolloutConfig(batch_size=4, mode="async"),
+            pool=pool,
+        )
     finally:
         pool.close()
     calls = [c for t in trajs for turn in t.turns for c in turn["tool_calls"]]
     assert len(calls) == len(SPECS) and all(c["ok"] and c["backend"] == "hf" for c in calls)
     server = ray_session.get_actor(tool_server_name(TOOLS.get("depth"), "hf", options))
     stats = ray_session.get(server.stats.remote())
-    assert stats["calls"] == len(SPECS) and stats["loaded"] == 1  # one copy of the model served both env workers
+    # one copy of the model served both env workers
+    assert stats["calls"] == len(SPECS) and stats["loaded"] == 1
     assert stats["pid"] not in workers | {os.getpid()}
     ray_session.kill(server)

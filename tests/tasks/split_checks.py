@@ -1,6 +1,7 @@
 """Checks shared by the task-family tests: sample digests and split disjointness.
 
-Imported by the ``test_*.py`` files beside it (pytest puts this folder on ``sys.path``); not a test module itself.
+Imported by the ``test_*.py`` files beside it (pytest puts this folder on ``sys.path``); not a test module
+itself.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Tests of tasks/box_grounding.py (``vgym.tasks.box_grounding``): env contract, determinism, split disjointness,
-scene ground truth read back from the pixels, the unambiguity of every question, the oracle episode, IoU scoring,
-answer balance and config validation.
+"""Tests of tasks/box_grounding.py (``vgym.tasks.box_grounding``): env contract, determinism, split
+disjointness, scene ground truth read back from the pixels, the unambiguity of every question, the oracle
+episode, IoU scoring, answer balance and config validation.
 
 Objects are recovered from the pixels (connected components of each palette colour) and the question is parsed
-with a regex, instead of trusting the generator's metadata, so the checks are independent of the code that drew
-the scene.
+with a regex, instead of trusting the generator's metadata, so the checks are independent of the code that
+drew the scene.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from vgym.tasks.box_grounding import COLOURS, SHAPES, TASK_NAME, BoxGroundingCon
 DIFFICULTIES = (0, 1, 2)
 QUESTION = re.compile(
     r"Give the box of the (\w+ \w+)(?: (left of|right of|above|below) the (\w+ \w+))?\.")
-# Share of its box a shape fills: square 1, circle ~pi/4 = 0.785, upward triangle ~1/2 (pixelisation widens these).
+# Share of its box a shape fills: square 1, circle ~pi/4 = 0.785, upward triangle ~1/2 (pixelisation widens
+# these).
 FILL = {"square": (1.0, 1.0), "circle": (0.70, 0.86), "triangle": (0.45, 0.62)}
 
 
@@ -50,7 +51,8 @@ def _objects_in_pixels(image: np.ndarray) -> list[tuple[str, list[int], float]]:
 
 
 def _holds(relation: str, a: list[int], b: list[int]) -> bool:
-    return {"left of": a[2] <= b[0], "right of": a[0] >= b[2], "above": a[3] <= b[1], "below": a[1] >= b[3]}[relation]
+    holds = {"left of": a[2] <= b[0], "right of": a[0] >= b[2], "above": a[3] <= b[1], "below": a[1] >= b[3]}
+    return holds[relation]
 
 
 # ---------------------------------------------------------------- env contract and determinism
@@ -71,9 +73,13 @@ def test_same_arguments_give_the_same_sample(task: BoxGroundingTask) -> None:
 
 
 @pytest.mark.parametrize(
-    "other", [("train", 5, 1), ("train", 6, 0), ("val", 5, 0), ("test", 5, 0)], ids=["seed", "index", "val", "test"]
+    "other",
+    [("train", 5, 1), ("train", 6, 0), ("val", 5, 0), ("test", 5, 0)],
+    ids=["seed", "index", "val", "test"],
 )
-def test_changing_seed_index_or_split_changes_the_sample(task: BoxGroundingTask, other: tuple[str, int, int]) -> None:
+def test_changing_seed_index_or_split_changes_the_sample(
+    task: BoxGroundingTask, other: tuple[str, int, int]
+) -> None:
     a, b = task.sample("train", 5, 0), task.sample(*other)
     assert a.id != b.id and image_digest(a) != image_digest(b) and a.answer != b.answer
 
@@ -102,7 +108,8 @@ def test_pixels_match_the_metadata_objects(task: BoxGroundingTask, index: int) -
     objects = sample.metadata["objects"]
     assert len(objects) == cfg.distractors[cfg.difficulty] + 1
     found = _objects_in_pixels(image)
-    # Every drawn blob is one metadata object with exactly its box (so the gold box is the tight pixel box) ...
+    # Every drawn blob is one metadata object with exactly its box (so the gold box is the tight pixel box)
+    # ...
     assert sorted((c, b) for c, b, _ in found) == sorted((o["name"].split()[0], o["box"]) for o in objects)
     lo, hi = cfg.object_sizes[cfg.difficulty]
     by_box = {tuple(b): fill for _, b, fill in found}
@@ -144,7 +151,8 @@ def test_question_names_exactly_one_object_among_confusers(task: BoxGroundingTas
         assert task.config.difficulty == 2
         assert names[name] == 2 and names[anchor_name] == 1  # the name alone is ambiguous, the anchor is not
         (anchor,) = [o["box"] for o in objects if o["name"] == anchor_name]
-        opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}[relation]
+        opposites = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+        opposite = opposites[relation]
         pair = [o["box"] for o in objects if o["name"] == name]
         (gold,) = [b for b in pair if _holds(relation, b, anchor)]
         (twin,) = [b for b in pair if _holds(opposite, b, anchor)]  # the twin is clearly on the other side
@@ -160,7 +168,8 @@ def test_difficulty_two_mixes_plain_and_relational_questions() -> None:
 
 def test_objects_shrink_to_a_few_budget_pixels_at_difficulty_two() -> None:
     """At the default 224² budget a 1344² scene shrinks 6x: an object is 4-8 pixels wide, and one budget pixel
-    spans 6 image pixels, so a box read off the budget image misses the exact box (IoU 1.0) by up to 3 px a side."""
+    spans 6 image pixels, so a box read off the budget image misses the exact box (IoU 1.0) by up to 3 px a
+    side."""
     cfg = BoxGroundingConfig(difficulty=2)
     lo, hi = cfg.object_sizes[2]
     scale = cfg.image_sizes[2] / 224
@@ -183,10 +192,13 @@ def test_oracle_episode_reaches_full_reward(task: BoxGroundingTask, tools: tuple
             solution = env.task.solution(sample, env.tools_enabled)
             assert bool(solution.tool_calls) == env.tools_enabled
             for name, arguments in solution.tool_calls:
-                obs, reward, terminated, truncated, info = env.step(protocol.format_tool_call(name, arguments))
+                obs, reward, terminated, truncated, info = env.step(
+                    protocol.format_tool_call(name, arguments)
+                )
                 assert (reward, terminated, truncated) == (0.0, False, False)
                 assert all(r["ok"] for r in info["tool_calls"]), info["tool_calls"]
-            if env.tools_enabled:  # the first ground call lists the gold box (alone, unless a twin shares the name)
+            # the first ground call lists the gold box (alone, unless a twin shares the name)
+            if env.tools_enabled:
                 first = env.task.solution(sample, True).tool_calls[0][1]["query"]
                 assert first in sample.question
             obs, reward, terminated, truncated, info = env.step(protocol.format_answer(solution.answer))
@@ -230,17 +242,31 @@ def test_score_is_the_iou_with_the_gold_box() -> None:
     x1, y1, x2, y2 = sample.metadata["objects"][sample.metadata["target"]]["box"]
     w, _h = x2 - x1, y2 - y1
     assert task.score(sample, sample.answer) == 1.0
-    for text in (f"[{x1},{y1},{x2},{y2}]", f"  ({x1}, {y1}, {x2}, {y2})\n", f"The box is [{x1}.0, {y1}, {x2}, {y2}]."):
+    for text in (
+        f"[{x1},{y1},{x2},{y2}]",
+        f"  ({x1}, {y1}, {x2}, {y2})\n",
+        f"The box is [{x1}.0, {y1}, {x2}, {y2}].",
+    ):
         assert task.score(sample, text) == 1.0, text
     # One pixel too wide on the right: IoU = w*h / ((w+1)*h) = w / (w + 1).
     assert task.score(sample, f"[{x1}, {y1}, {x2 + 1}, {y2}]") == pytest.approx(w / (w + 1))
-    # Shifted right by half the width: intersection (w/2)*h over union 1.5*w*h = 1/3 (w may be odd: exact form).
+    # Shifted right by half the width: intersection (w/2)*h over union 1.5*w*h = 1/3 (w may be odd: exact
+    # form).
     half = w // 2
-    assert task.score(sample, f"[{x1 + half}, {y1}, {x2 + half}, {y2}]") == pytest.approx((w - half) / (w + half))
-    for bad in ("", "no idea", f"[{x1}, {y1}, {x2}]", f"[{x1}, {y1}, {x2}, {y2}, 7]", f"[{x2}, {y1}, {x1}, {y2}]"):
+    assert task.score(sample, f"[{x1 + half}, {y1}, {x2 + half}, {y2}]") == pytest.approx(
+        (w - half) / (w + half)
+    )
+    for bad in (
+        "",
+        "no idea",
+        f"[{x1}, {y1}, {x2}]",
+        f"[{x1}, {y1}, {x2}, {y2}, 7]",
+        f"[{x2}, {y1}, {x1}, {y2}]",
+    ):
         assert task.score(sample, bad) == 0.0, bad  # partial, extra, inverted or missing numbers earn nothing
     others = [o["box"] for i, o in enumerate(sample.metadata["objects"]) if i != sample.metadata["target"]]
-    assert all(task.score(sample, str(b)) == 0.0 for b in others)  # a distractor's box never overlaps the gold
+    # a distractor's box never overlaps the gold
+    assert all(task.score(sample, str(b)) == 0.0 for b in others)
 
 
 def test_answers_are_balanced_and_a_constant_guess_scores_near_zero(task: BoxGroundingTask) -> None:
@@ -280,7 +306,10 @@ def test_answers_are_balanced_and_a_constant_guess_scores_near_zero(task: BoxGro
         ({"relation_rate": 1.5}, r"relation_rate must be in \[0, 1\], got 1.5"),
         ({"gap": -1}, "gap must be >= 0, got -1"),
         ({"object_sizes": ((40, 64), (60, 50), (24, 48))}, r"difficulty 1 must satisfy.*got \(60, 50\)"),
-        ({"object_sizes": ((4, 64), (32, 56), (24, 48))}, r"difficulty 0 must satisfy.*got \(4, 64\) for a 448"),
+        (
+            {"object_sizes": ((4, 64), (32, 56), (24, 48))},
+            r"difficulty 0 must satisfy.*got \(4, 64\) for a 448",
+        ),
         ({"distractors": (1, 8, 14)}, "difficulty 0 needs at least 2 distractors.*got 1"),
         ({"distractors": (4, 8, 3)}, "difficulty 2 needs at least 4 distractors.*got 3"),
         ({"distractors": (40, 8, 14)}, "difficulty 0 is too crowded: 41 objects of up to 64 px"),

@@ -1,9 +1,10 @@
-"""Tests of tasks/chart_qa.py (``vgym.tasks.chart_qa``): env contract, determinism, split disjointness, what the
-rendered pixels show, label and crop geometry, oracle episodes, scoring, answer balance and config validation.
+"""Tests of tasks/chart_qa.py (``vgym.tasks.chart_qa``): env contract, determinism, split disjointness, what
+the rendered pixels show, label and crop geometry, oracle episodes, scoring, answer balance and config
+validation.
 
-Values are checked against the pixels, not the generator: a bar's top row and a line's point are located in the
-image and converted to axis units through the y tick labels' positions, and pie shares are measured as pixel
-counts of each wedge's colour.
+Values are checked against the pixels, not the generator: a bar's top row and a line's point are located in
+the image and converted to axis units through the y tick labels' positions, and pie shares are measured as
+pixel counts of each wedge's colour.
 """
 
 from __future__ import annotations
@@ -79,12 +80,16 @@ def test_same_arguments_give_the_same_sample_and_others_differ(difficulty: int) 
 
 
 def test_splits_are_disjoint_over_1000_descriptions_and_description_determines_the_image() -> None:
-    """1,000 renders per split would take ~90 s, so the canonical description (ChartSpec) is hashed instead; the
-    rendered image is a function of the description, checked on a few."""
+    """1,000 renders per split would take ~90 s, so the canonical description (ChartSpec) is hashed instead;
+    the rendered image is a function of the description, checked on a few."""
     task = _task(1)
     specs = {split: {task.spec(split, i, 0) for i in range(1000)} for split in SPLITS}
     assert all(len(s) == 1000 for s in specs.values())  # no repeats inside a split either
-    assert not specs["train"] & specs["val"] and not specs["train"] & specs["test"] and not specs["val"] & specs["test"]
+    assert (
+        not specs["train"] & specs["val"]
+        and not specs["train"] & specs["test"]
+        and not specs["val"] & specs["test"]
+    )
     for i in range(3):
         spec = task.spec("val", i, 0)
         image, _ = render_chart(spec, task.config)
@@ -96,9 +101,9 @@ def test_splits_are_disjoint_over_1000_descriptions_and_description_determines_t
 
 
 def _tick_map(sample: Sample) -> tuple[float, float]:
-    """``(slope, intercept)`` mapping image row to axis value, fitted through the y-axis tick marks found in the
-    pixels: the y spine is the column with the most dark pixels, tick marks stick out 2 px left of it, and each
-    mark's row is the darkness-weighted centre of its run (the ticks are 0, grid_step, ..., axis_max)."""
+    """``(slope, intercept)`` mapping image row to axis value, fitted through the y-axis tick marks found in
+    the pixels: the y spine is the column with the most dark pixels, tick marks stick out 2 px left of it, and
+    each mark's row is the darkness-weighted centre of its run (the ticks are 0, grid_step, ..., axis_max)."""
     image = sample.images[0]
     spine = int(np.argmax((image.max(axis=-1) < 100).sum(axis=0)))
     darkness = 255 - image[:, spine - 2].astype(float).mean(axis=-1)
@@ -124,7 +129,8 @@ def test_image_shows_the_values(difficulty: int, kind: str) -> None:
         assert [t["text"] for t in cats] == md["names"]
         if kind == "pie":
             # Share = pixel count of the wedge's exact colour over all wedge pixels (white edges and printed
-            # labels eat a little of each wedge; measured worst error over 30 charts: 2.8 points at difficulty 0,
+            # labels eat a little of each wedge; measured worst error over 30 charts: 2.8 points at difficulty
+            # 0,
             # where percentages are printed inside the wedges, 1.2 at difficulties 1 and 2).
             counts = np.array([(image == _rgb(c)).all(axis=-1).sum() for c in _COLOURS[: len(md["names"])]])
             shares = 100 * counts / counts.sum()
@@ -136,7 +142,8 @@ def test_image_shows_the_values(difficulty: int, kind: str) -> None:
             x = int(round(_centre(name_box)[0]))  # the category label sits centred under its bar / point
             column = image[:, x].astype(int)
             if kind == "bar":  # topmost row of the bar's solid colour in that column, above the x-axis
-                colour = image[int(round(-intercept / slope)) - 3, x]  # 3 px above the zero line: inside the bar
+                # 3 px above the zero line: inside the bar
+                colour = image[int(round(-intercept / slope)) - 3, x]
                 rows = np.flatnonzero((np.abs(column - colour.astype(int)).max(axis=1) <= 2))
                 read = slope * rows.min() + intercept
                 worst = max(worst, abs(read - value) / md["scale"])
@@ -204,8 +211,8 @@ def test_extremes_and_differences_are_unambiguous(difficulty: int) -> None:
 
 @pytest.mark.parametrize("difficulty, cap", [(0, 8), (1, 5), (2, 4)])
 def test_pies_cap_their_wedges_so_generation_terminates(difficulty: int, cap: int) -> None:
-    """Eight shares of >= 10% that are multiples of 5 cannot have a unique smallest one, so without the cap the
-    rejection loop would never end (difficulty 1); bars keep all eight categories."""
+    """Eight shares of >= 10% that are multiples of 5 cannot have a unique smallest one, so without the cap
+    the rejection loop would never end (difficulty 1); bars keep all eight categories."""
     for kind, expected in (("pie", cap), ("bar", 8)):
         task = _task(difficulty, kinds=(kind,), min_categories=8, max_categories=8, width=320)
         assert {len(task.spec("train", i, 0).names) for i in range(20)} == {expected}
@@ -220,7 +227,8 @@ def _play(env: VisualToolEnv, index: int) -> float:
     solution = env.task.solution(env.sample, env.tools_enabled)
     for name, arguments in solution.tool_calls:
         _, _, terminated, truncated, info = env.step(protocol.format_tool_call(name, arguments))
-        assert not (terminated or truncated) and all(call["ok"] for call in info["tool_calls"]), info["tool_calls"]
+        assert not (terminated or truncated)
+        assert all(call["ok"] for call in info["tool_calls"]), info["tool_calls"]
     _, reward, terminated, _, _ = env.step(protocol.format_answer(solution.answer))
     assert terminated
     return float(reward)
@@ -230,14 +238,18 @@ def _play(env: VisualToolEnv, index: int) -> float:
 @pytest.mark.parametrize("difficulty", DIFFICULTIES)
 def test_oracle_reaches_full_reward(difficulty: int, tools: tuple[str, ...] | None) -> None:
     env = VisualToolEnv(TASK_NAME, task_config={"difficulty": difficulty}, tools=tools, split="val")
-    assert env.tools_enabled == (tools is None) and set(env.tools) == ({"crop", "ocr"} if tools is None else set())
+    assert env.tools_enabled == (tools is None) and set(env.tools) == (
+        {"crop", "ocr"} if tools is None else set()
+    )
     rewards = [_play(env, i) for i in range(50 if tools is None else 15)]
     env.close()
     assert min(rewards) >= 0.99
 
 
 def test_oracle_ocr_backend_reads_the_printed_value() -> None:
-    env = VisualToolEnv(TASK_NAME, task_config={"questions": ("value",)}, tool_runtime={"backends": {"ocr": "oracle"}})
+    env = VisualToolEnv(
+        TASK_NAME, task_config={"questions": ("value",)}, tool_runtime={"backends": {"ocr": "oracle"}}
+    )
     env.reset(options={"index": 3})
     box = env.sample.metadata["crop_box"]
     _, _, _, _, info = env.step(HermesProtocol().format_tool_call("ocr", {"box": box}))
@@ -265,8 +277,13 @@ def test_numeric_answers_score_within_the_tolerance(difficulty: int, question: s
     assert s.metadata["abs_tol"] == tol
     for good in [s.answer, f" {s.answer} ", f"{gold}.0", f"about {gold + tol}", f"{gold - tol} units"]:
         assert task.score(s, good) == 1.0, good
-    for bad in [f"{gold + tol + 0.5 * s.metadata['scale']}", f"{gold - 2 * tol - 1}", f"{gold} or {gold + 1}", "",
-                s.metadata["names"][s.metadata["targets"][0]]]:
+    for bad in [
+        f"{gold + tol + 0.5 * s.metadata['scale']}",
+        f"{gold - 2 * tol - 1}",
+        f"{gold} or {gold + 1}",
+        "",
+        s.metadata["names"][s.metadata["targets"][0]],
+    ]:
         assert task.score(s, bad) == 0.0, bad
 
 
@@ -292,7 +309,9 @@ def test_category_answers_need_the_exact_name(question: str) -> None:
 def test_prompt_and_answer_choices() -> None:
     task = _task(0)
     s = _first(task, "max")
-    assert task.prompt(s, True).startswith(s.question) and all(n in task.prompt(s, True) for n in s.metadata["names"])
+    assert task.prompt(s, True).startswith(s.question) and all(
+        n in task.prompt(s, True) for n in s.metadata["names"]
+    )
     assert task.prompt(_first(task, "value"), False).endswith("Answer with a number only.")
     assert task.answer_choices() is None and task.chance_accuracy() is None
     extremes = _task(0, questions=("max", "min"))
@@ -343,7 +362,10 @@ def test_answers_are_balanced(difficulty: int) -> None:
         ({"height": 100}, "height=100"),
         ({"dpi": 10}, "dpi=10"),
         ({"font_size": 0}, "font_size=0"),
-        ({"kinds": ("bar", "radar")}, r"kinds must be distinct names from \('bar', 'line', 'pie'\), got \('bar', 'rad"),
+        (
+            {"kinds": ("bar", "radar")},
+            r"kinds must be distinct names from \('bar', 'line', 'pie'\), got \('bar', 'rad",
+        ),
         ({"kinds": ()}, r"kinds must be distinct names.*got \(\)"),
         ({"questions": ("max", "max")}, r"questions must be distinct names.*got \('max', 'max'\)"),
     ],

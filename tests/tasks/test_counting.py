@@ -2,9 +2,9 @@
 balance, scene ground truth read back from the pixels, oracle episodes, scoring, config validation and
 :func:`shape_mask`.
 
-Objects are recovered from the image (connected components of exact palette colours, shape told apart by how much
-of its bounding box it fills) instead of replaying the generator, so the checks are independent of the code that
-drew the scene.
+Objects are recovered from the image (connected components of exact palette colours, shape told apart by how
+much of its bounding box it fills) instead of replaying the generator, so the checks are independent of the
+code that drew the scene.
 """
 
 from __future__ import annotations
@@ -62,15 +62,17 @@ def _classify(fill: float) -> str:
 
 
 def _objects_in_pixels(image: np.ndarray) -> list[tuple[str, tuple[int, int, int, int]]]:
-    """``(name, box)`` of every 4-connected blob of one exact palette colour with at least 40 pixels (speckles are
-    at most 3 pixels; the smallest object, an 18-px triangle, has ~170)."""
+    """``(name, box)`` of every 4-connected blob of one exact palette colour with at least 40 pixels (speckles
+    are at most 3 pixels; the smallest object, an 18-px triangle, has ~170)."""
     found = []
     for colour, rgb in COLOURS.items():
         mask = (image == rgb).all(axis=-1).astype(np.uint8)
         n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
         for x, y, w, h, area in stats[1:n]:
             if area >= 40:
-                found.append((f"{colour} {_classify(area / (w * h))}", (int(x), int(y), int(x + w), int(y + h))))
+                found.append(
+                    (f"{colour} {_classify(area / (w * h))}", (int(x), int(y), int(x + w), int(y + h)))
+                )
     return sorted(found)
 
 
@@ -93,9 +95,13 @@ def test_same_arguments_give_the_same_sample(task: CountingTask) -> None:
 
 
 @pytest.mark.parametrize(
-    "other", [("train", 5, 1), ("train", 6, 0), ("val", 5, 0), ("test", 5, 0)], ids=["seed", "index", "val", "test"]
+    "other",
+    [("train", 5, 1), ("train", 6, 0), ("val", 5, 0), ("test", 5, 0)],
+    ids=["seed", "index", "val", "test"],
 )
-def test_changing_seed_index_or_split_changes_the_sample(task: CountingTask, other: tuple[str, int, int]) -> None:
+def test_changing_seed_index_or_split_changes_the_sample(
+    task: CountingTask, other: tuple[str, int, int]
+) -> None:
     a, b = task.sample("train", 5, 0), task.sample(*other)
     assert a.id != b.id
     assert image_digest(a) != image_digest(b)
@@ -127,8 +133,8 @@ def test_answers_are_balanced(many: dict[str, list[Sample]]) -> None:
 
 
 def test_number_of_objects_does_not_give_the_count_away(many: dict[str, list[Sample]]) -> None:
-    """The total number of objects is drawn independently of the count (|r| ~ 0.03 by chance over 1,000; adding a
-    fixed number of distractors to the targets would give r ~ 0.6 or more)."""
+    """The total number of objects is drawn independently of the count (|r| ~ 0.03 by chance over 1,000;
+    adding a fixed number of distractors to the targets would give r ~ 0.6 or more)."""
     answers = np.array([int(s.answer) for s in many["train"]])
     totals = np.array([len(s.metadata["objects"]) for s in many["train"]])
     assert abs(np.corrcoef(answers, totals)[0, 1]) < 0.12
@@ -136,8 +142,9 @@ def test_number_of_objects_does_not_give_the_count_away(many: dict[str, list[Sam
 
 
 def test_distractors_include_confusers_sharing_one_attribute(many: dict[str, list[Sample]]) -> None:
-    """Half the distractors are drawn from the kinds that share exactly the colour or the shape with the target,
-    so counting by colour alone or by shape alone fails: expect (1/2 + 1/2 * 5/11) ~ 0.73 at difficulty 0."""
+    """Half the distractors are drawn from the kinds that share exactly the colour or the shape with the
+    target, so counting by colour alone or by shape alone fails: expect (1/2 + 1/2 * 5/11) ~ 0.73 at
+    difficulty 0."""
     shared = total = 0
     for s in many["train"]:
         for obj in s.metadata["objects"]:
@@ -174,7 +181,8 @@ def test_scene_matches_its_metadata(task: CountingTask, index: int) -> None:
         assert colour in list(COLOURS)[: N_COLOURS[cfg.difficulty]] and shape in SHAPES
         x1, y1, x2, y2 = obj["box"]
         assert 0 <= x1 < x2 <= side and 0 <= y1 < y2 <= side
-        assert cfg.object_size // 2 <= x2 - x1 <= cfg.object_size and y2 - y1 == x2 - x1  # shapes fill a square
+        # shapes fill a square
+        assert cfg.object_size // 2 <= x2 - x1 <= cfg.object_size and y2 - y1 == x2 - x1
         px, py = obj["point"]
         assert x1 <= px < x2 and y1 <= py < y2 and tuple(image[py, px]) == COLOURS[colour]
 
@@ -185,7 +193,8 @@ def test_background_is_flat_at_difficulty0_and_cluttered_above() -> None:
     for difficulty in (1, 2):
         noisy = CountingTask({"difficulty": difficulty}).sample("train", 0, 0).images[0]
         assert (noisy[:, :, 0] == 200).mean() < 0.1  # the grey noise covers +-12 levels
-        assert (noisy.max(axis=-1).astype(int) - noisy.min(axis=-1) > 50).sum() > 1000 * difficulty  # speckles
+        # speckles
+        assert (noisy.max(axis=-1).astype(int) - noisy.min(axis=-1) > 50).sum() > 1000 * difficulty
 
 
 # ---------------------------------------------------------------- oracle episodes
@@ -203,7 +212,9 @@ def test_oracle_episode_earns_full_reward(difficulty: int, tools: tuple[str, ...
             sample, task = env.sample, env.task
             solution = task.solution(sample, tools_enabled=env.tools_enabled)
             for name, arguments in solution.tool_calls:
-                obs, reward, terminated, truncated, info = env.step(protocol.format_tool_call(name, arguments))
+                obs, reward, terminated, truncated, info = env.step(
+                    protocol.format_tool_call(name, arguments)
+                )
                 assert not (terminated or truncated) and info["tool_calls"][0]["ok"]
                 # The oracle grounding backend finds exactly the targets, so its reply states the answer.
                 assert f"{sample.answer} match(es) for \"{sample.metadata['target']}\"" in obs["text"]
@@ -217,7 +228,9 @@ def test_oracle_episode_earns_full_reward(difficulty: int, tools: tuple[str, ...
 def test_solution_grounds_the_target_only_when_tools_are_on() -> None:
     task = CountingTask()
     sample = task.sample("train", 0, 0)
-    assert task.solution(sample, tools_enabled=True).tool_calls == (("ground", {"query": sample.metadata["target"]}),)
+    assert task.solution(sample, tools_enabled=True).tool_calls == (
+        ("ground", {"query": sample.metadata["target"]}),
+    )
     assert task.solution(sample, tools_enabled=False).tool_calls == ()
     assert task.solution(sample, tools_enabled=False).answer == sample.answer
 
@@ -272,7 +285,10 @@ def test_prompt_holds_the_question_and_the_answer_format() -> None:
         ({"speckles": -1}, "need object_size >= 8 and speckles >= 0, got object_size=36, speckles=-1"),
         ({"objects": 11}, r"objects must be >= 12 \(room for 9 targets.*got 11"),
         ({"size": 200}, r"the scene has 9 cells of 54 px for up to 16 objects at difficulty 0 \(size=200,"),
-        ({"difficulty": 2, "objects": 100}, "the scene has 256 cells of 54 px for up to 300 objects at difficulty 2"),
+        (
+            {"difficulty": 2, "objects": 100},
+            "the scene has 256 cells of 54 px for up to 300 objects at difficulty 2",
+        ),
     ],
 )
 def test_invalid_config_raises_with_the_bad_values(config: dict, message: str) -> None:

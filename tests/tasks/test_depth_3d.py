@@ -1,11 +1,11 @@
-"""Tests of tasks/depth_3d.py (``vgym.tasks.depth_3d``): the env contract, determinism, split disjointness, the
-rendered geometry against its metadata, the stereo pair, answers read back from the oracle tools, scoring, answer
-balance and config validation.
+"""Tests of tasks/depth_3d.py (``vgym.tasks.depth_3d``): the env contract, determinism, split disjointness,
+the rendered geometry against its metadata, the stereo pair, answers read back from the oracle tools, scoring,
+answer balance and config validation.
 
-Geometry is checked from the arrays, not by replaying the generator: every object pixel, back-projected with the
-intrinsics printed in the question, must lie on the surface its metadata describes (a sphere's radius from its
-centre, a cube's face, a cylinder's side or cap), ground pixels on the ground plane, and the right view must match
-the left one under OpenCV stereo matching.
+Geometry is checked from the arrays, not by replaying the generator: every object pixel, back-projected with
+the intrinsics printed in the question, must lie on the surface its metadata describes (a sphere's radius from
+its centre, a cube's face, a cylinder's side or cap), ground pixels on the ground plane, and the right view
+must match the left one under OpenCV stereo matching.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def _intrinsics(sample: Sample) -> tuple[float, float, float, float]:
     """(fx, fy, cx, cy) as the model is told them (distance questions) or as the metadata states them."""
     match = re.search(r"fx = ([\d.]+), fy = ([\d.]+), cx = ([\d.]+), cy = ([\d.]+)", sample.question)
     cam = sample.metadata["camera"]
-    values = tuple(float(v) for v in match.groups()) if match else (cam["fx"], cam["fy"], cam["cx"], cam["cy"])
+    values = (
+        tuple(float(v) for v in match.groups()) if match else (cam["fx"], cam["fy"], cam["cx"], cam["cy"])
+    )
     assert values == (cam["fx"], cam["fy"], cam["cx"], cam["cy"])
     return values
 
@@ -97,8 +99,9 @@ def test_changing_seed_index_or_split_changes_the_sample(other: tuple[str, int, 
 
 
 def test_splits_are_disjoint_over_1200_scenes() -> None:
-    """Rendering 1,200 full samples is too slow for this file, so the scene description (solids, asked objects and
-    per-object metadata) is hashed; test_scene_determines_the_images shows the description fixes the images."""
+    """Rendering 1,200 full samples is too slow for this file, so the scene description (solids, asked objects
+    and per-object metadata) is hashed; test_scene_determines_the_images shows the description fixes the
+    images."""
     task = Depth3dTask({"question": "order", "difficulty": 1})
     digests = {split: {hashlib.sha1(repr(task.scene(split, i, 0)).encode()).hexdigest() for i in range(400)}
                for split in SPLITS}
@@ -133,7 +136,9 @@ def test_arrays_and_objects_agree(task: Depth3dTask, index: int) -> None:
     depth, masks, right = sample.arrays["depth"], sample.arrays["masks"], sample.arrays["right"]
     h, w = cfg.height, cfg.width
     assert image.shape == right.shape == (h, w, 3) and image.dtype == right.dtype == np.uint8
-    assert depth.shape == (h, w) and depth.dtype == np.float32 and np.isfinite(depth).all() and (depth > 0).all()
+    assert (
+        depth.shape == (h, w) and depth.dtype == np.float32 and np.isfinite(depth).all() and (depth > 0).all()
+    )
     objects = sample.metadata["objects"]
     needed = 3 if cfg.question == "order" else 2
     assert needed + EXTRA[cfg.difficulty][0] <= len(objects) <= needed + EXTRA[cfg.difficulty][1]
@@ -224,8 +229,8 @@ def _depths_from_reply(text: str) -> list[float]:
 
 
 def _answer_from_tools(sample: Sample, question: str, depths: list[float]) -> str:
-    """What a policy that believes the depth tool answers: the order of the asked objects by the reported depths,
-    or the distance between their back-projected points."""
+    """What a policy that believes the depth tool answers: the order of the asked objects by the reported
+    depths, or the distance between their back-projected points."""
     asked = sample.metadata["asked"]
     if question == "distance":
         fx, fy, cx, cy = _intrinsics(sample)
@@ -254,7 +259,9 @@ def test_oracle_episodes_earn_full_reward_and_the_tool_replies_give_the_answer(
             assert (len(solution.tool_calls) > 0) == env.tools_enabled
             depths = None
             for name, arguments in solution.tool_calls:
-                obs, reward, terminated, truncated, info = env.step(protocol.format_tool_call(name, arguments))
+                obs, reward, terminated, truncated, info = env.step(
+                    protocol.format_tool_call(name, arguments)
+                )
                 assert all(r["ok"] for r in info["tool_calls"]), info["tool_calls"]
                 assert (reward, terminated, truncated) == (0.0, False, False)
                 if name == "ground":  # exactly one match, the object's box
@@ -319,7 +326,8 @@ def test_distance_scoring_tolerance_units_and_ambiguity() -> None:
     assert sample.answer == f"{gold:.2f}"
     for text in (sample.answer, f"{gold:.2f} m", f"about {gold * 1.09:.3f} metres", f"  {gold * 0.91:.3f}m "):
         assert task.score(sample, text) == 1.0, text
-    # math.isclose is relative to the larger value: 1.11 * gold is still within 10% of itself, 1.12 * gold is not.
+    # math.isclose is relative to the larger value: 1.11 * gold is still within 10% of itself, 1.12 * gold is
+    # not.
     for text in (f"{gold * 1.12:.3f}", f"{gold * 0.89:.3f} m", f"{gold * 100:.0f} cm", f"{gold:.2f} or 1",
                  "far", ""):
         assert task.score(sample, text) == 0.0, text
@@ -345,8 +353,8 @@ def test_prompt_holds_the_question_and_the_answer_format(task: Depth3dTask) -> N
 @pytest.mark.parametrize("question, difficulty", [("closer", 0), ("closer", 2), ("order", 1)])
 def test_gold_letters_are_balanced_over_1000_scenes(question: str, difficulty: int) -> None:
     """The gold letter is fixed by which asked object is nearest (closer) or the asked objects' depth ranks
-    (order: the six orders are lettered in itertools.permutations order); test_gold_letter_matches_the_ranks ties
-    this to sample.answer."""
+    (order: the six orders are lettered in itertools.permutations order); test_gold_letter_matches_the_ranks
+    ties this to sample.answer."""
     task = Depth3dTask({"question": question, "difficulty": difficulty})
     counts: collections.Counter = collections.Counter()
     for index in range(1000):
@@ -375,13 +383,14 @@ def test_distance_answers_spread() -> None:
         scene, objects = task.scene("train", index, 0)
         golds.append(math.dist(*(objects[i]["centre_m"] for i in scene.asked)))
     lo, p10, p90, hi = np.percentile(golds, [0, 10, 90, 100])
-    assert lo >= 0.5 and p10 < 3.0 and p90 > 6.0 and hi < 12.0  # measured: 0.79, 2.29, 7.17, 9.48 (1,000 scenes)
+    # measured: 0.79, 2.29, 7.17, 9.48 (1,000 scenes)
+    assert lo >= 0.5 and p10 < 3.0 and p90 > 6.0 and hi < 12.0
 
 
 def test_distance_questions_are_answerable_from_the_tool_readings_over_300_scenes() -> None:
     """The documented guarantee: back-projecting the two objects' points at their depths lands within half the
-    tolerance of the gold distance (without that filter, 27% of difficulty-2 scenes miss 5% and 5% miss 10%), and
-    point depths keep half the gap between neighbours in depth."""
+    tolerance of the gold distance (without that filter, 27% of difficulty-2 scenes miss 5% and 5% miss 10%),
+    and point depths keep half the gap between neighbours in depth."""
     task = Depth3dTask({"question": "distance", "difficulty": 2})
     fx, fy, cx, cy = task.config.intrinsics
     for index in range(300):
@@ -402,13 +411,25 @@ def test_distance_questions_are_answerable_from_the_tool_readings_over_300_scene
     "config, message",
     [
         ({"difficulty": 3}, "difficulty must be 0, 1 or 2, got 3"),
-        ({"question": "nearest"}, r"question must be one of \('closer', 'order', 'distance'\), got 'nearest'"),
-        ({"width": 100, "height": 100}, "need 160 <= width <= 1280 and width / 2 <= height <= width, got 100x100"),
+        (
+            {"question": "nearest"},
+            r"question must be one of \('closer', 'order', 'distance'\), got 'nearest'",
+        ),
+        (
+            {"width": 100, "height": 100},
+            "need 160 <= width <= 1280 and width / 2 <= height <= width, got 100x100",
+        ),
         ({"height": 320 + 1}, "got 320x321"),
         ({"height": 159}, "got 320x159"),
-        ({"focal_px": 159.0}, r"focal_px must be between 0.5 \* width \(160\) and 1.5 \* height \(360\), got 159.0"),
+        (
+            {"focal_px": 159.0},
+            r"focal_px must be between 0.5 \* width \(160\) and 1.5 \* height \(360\), got 159.0",
+        ),
         ({"focal_px": 361.0}, r"1.5 \* height \(360\), got 361.0"),
-        ({"baseline_m": 0.0}, r"need baseline_m in \(0, 1\] and distance_rel_tol in \(0, 0.5\), got 0.0 and 0.1"),
+        (
+            {"baseline_m": 0.0},
+            r"need baseline_m in \(0, 1\] and distance_rel_tol in \(0, 0.5\), got 0.0 and 0.1",
+        ),
         ({"baseline_m": 1.5}, "got 1.5 and 0.1"),
         ({"distance_rel_tol": 0.5}, "got 0.2 and 0.5"),
     ],
@@ -418,7 +439,8 @@ def test_invalid_config(config: dict, message: str) -> None:
         Depth3dConfig(**config)
 
 
-@pytest.mark.parametrize("config", [{"width": 160, "height": 80, "focal_px": 120.0},  # narrowest vertical view
+# narrowest vertical view
+@pytest.mark.parametrize("config", [{"width": 160, "height": 80, "focal_px": 120.0},
                                     {"width": 160, "height": 80, "focal_px": 80.0},  # widest, smallest
                                     {"width": 160, "height": 160, "focal_px": 240.0}])
 @pytest.mark.parametrize("question", QUESTIONS)

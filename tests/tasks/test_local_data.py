@@ -1,9 +1,10 @@
-"""Tests of tasks/local_data.py (``vgym.tasks.local_data``): each of the five loaders end to end on a tiny fixture
-dataset in its real layout, written by :mod:`vgym.data.sample_data` (ChartQA folders, V* ``test_questions.jsonl`` in
-both option styles, RefCOCO lines with COCO boxes, Charades-STA text lines with mp4 videos, the vgym JSONL format).
-Checked: sample fields, images equal to the written pixels, video frames identified from the indices they encode,
-scoring of gold, wrong and edge answers, splits, ``gymnasium.make`` + ``check_env``, oracle episodes through the
-env, a ``crop`` and a ``get_frame`` call through the env, confinement and malformed-input errors.
+"""Tests of tasks/local_data.py (``vgym.tasks.local_data``): each of the five loaders end to end on a tiny
+fixture dataset in its real layout, written by :mod:`vgym.data.sample_data` (ChartQA folders, V*
+``test_questions.jsonl`` in both option styles, RefCOCO lines with COCO boxes, Charades-STA text lines with
+mp4 videos, the vgym JSONL format). Checked: sample fields, images equal to the written pixels, video frames
+identified from the indices they encode, scoring of gold, wrong and edge answers, splits, ``gymnasium.make`` +
+``check_env``, oracle episodes through the env, a ``crop`` and a ``get_frame`` call through the env,
+confinement and malformed-input errors.
 """
 
 from __future__ import annotations
@@ -42,12 +43,18 @@ from vgym.tooling import fit_to_budget
 
 EXTRA_CONFIG = {"refcoco": {"image_dir": "train2014"}}
 """Loader config beyond ``root`` that the fixtures need."""
-LOADERS = {"vgym_jsonl": "vgym/VgymJsonl-v0", "chartqa_dataset": "vgym/ChartqaDataset-v0", "vstar": "vgym/Vstar-v0",
-           "refcoco": "vgym/Refcoco-v0", "charades_sta": "vgym/CharadesSta-v0"}
+LOADERS = {
+    "vgym_jsonl": "vgym/VgymJsonl-v0",
+    "chartqa_dataset": "vgym/ChartqaDataset-v0",
+    "vstar": "vgym/Vstar-v0",
+    "refcoco": "vgym/Refcoco-v0",
+    "charades_sta": "vgym/CharadesSta-v0",
+}
 
 
 def frame_index(frame: np.ndarray) -> int:
-    """The index a synthetic clip frame shows: 12 cells across its top quarter, most significant bit left, white 1."""
+    """The index a synthetic clip frame shows: 12 cells across its top quarter, most significant bit left,
+    white 1."""
     height, width = frame.shape[:2]
     bits = ["1" if frame[height // 8, int((b + 0.5) * width / 12)].mean() > 128 else "0" for b in range(12)]
     return int("".join(bits), 2)
@@ -86,8 +93,13 @@ def charades_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def roots(jsonl_root: Path, chartqa_root: Path, vstar_root: Path, refcoco_root: Path,
           charades_root: Path) -> dict[str, Path]:
-    return {"vgym_jsonl": jsonl_root, "chartqa_dataset": chartqa_root, "vstar": vstar_root, "refcoco": refcoco_root,
-            "charades_sta": charades_root}
+    return {
+        "vgym_jsonl": jsonl_root,
+        "chartqa_dataset": chartqa_root,
+        "vstar": vstar_root,
+        "refcoco": refcoco_root,
+        "charades_sta": charades_root,
+    }
 
 
 # ---------------------------------------------------------------- registration, env contract, oracle episodes
@@ -128,7 +140,9 @@ def _oracle_episode(env: VisualToolEnv, split: str, index: int) -> tuple[float, 
 @pytest.mark.parametrize("name", sorted(LOADERS))
 @pytest.mark.parametrize("tools", [None, ()], ids=["default-tools", "tools-off"])
 def test_oracle_episodes_earn_full_reward(roots: dict[str, Path], name: str, tools: tuple | None) -> None:
-    env = VisualToolEnv(name, task_config={"root": str(roots[name]), **EXTRA_CONFIG.get(name, {})}, tools=tools)
+    env = VisualToolEnv(
+        name, task_config={"root": str(roots[name]), **EXTRA_CONFIG.get(name, {})}, tools=tools
+    )
     try:
         for split in ("train", "test"):
             for index in range(len(env.task.split_records(split))):  # type: ignore[attr-defined]
@@ -155,16 +169,22 @@ def test_vgym_jsonl_samples(jsonl_root: Path) -> None:
     assert [r.id for r in task.split_records("train")] == ["t1", "t2"]
     assert [r.id for r in task.split_records("test")] == ["e1", "e2"] and task.split_records("val") == []
     choice = task.sample("train", 2, 0)  # index 2 of 2 records: record 0
-    assert choice.id == "vgym_jsonl/t1" and choice.question == "Which colour is the square?\nA. red\nB. green\nC. blue"
+    assert (
+        choice.id == "vgym_jsonl/t1"
+        and choice.question == "Which colour is the square?\nA. red\nB. green\nC. blue"
+    )
     np.testing.assert_array_equal(choice.images[0], _noise(60, 80, 1))
     two = task.sample("train", 1, 0)
     np.testing.assert_array_equal(two.images[1], _noise(50, 50, 2))
     box = task.sample("test", 0, 0)
     assert box.metadata["record"] == {"source": "fixture"} and "(50x50)" in task.prompt(box, True)
-    assert task.score(box, "[10, 5, 40, 30]") == 1.0 and task.score(box, "[10, 5, 25, 30]") == pytest.approx(0.5)
+    assert task.score(box, "[10, 5, 40, 30]") == 1.0
+    assert task.score(box, "[10, 5, 25, 30]") == pytest.approx(0.5)
     video = task.sample("test", 1, 0)
-    assert [frame_index(f) for f in video.images] == [2, 6, 10, 14]  # 0.25, 0.75, 1.25, 1.75 s of 16 frames at 8 fps
-    assert video.video == os.path.realpath(jsonl_root / "clip.mp4") and video.metadata["tools"] == ["sample_frames"]
+    # 0.25, 0.75, 1.25, 1.75 s of 16 frames at 8 fps
+    assert [frame_index(f) for f in video.images] == [2, 6, 10, 14]
+    assert video.video == os.path.realpath(jsonl_root / "clip.mp4")
+    assert video.metadata["tools"] == ["sample_frames"]
 
 
 def test_vgym_jsonl_errors(tmp_path: Path, jsonl_root: Path) -> None:
@@ -172,9 +192,13 @@ def test_vgym_jsonl_errors(tmp_path: Path, jsonl_root: Path) -> None:
     _jsonl(tmp_path / "bad" / "data.jsonl", [
         {"id": "a", "question": "q", "answer": "x", "answer_type": "exact", "images": ["a.png"]},
         {"id": "b", "question": "q", "answer": "x", "answer_type": "exact", "images": ["../outside.png"]}])
-    with pytest.raises(InvalidConfigError, match=r"data.jsonl:2: path '../outside.png' leaves the dataset root"):
+    with pytest.raises(
+        InvalidConfigError, match=r"data.jsonl:2: path '../outside.png' leaves the dataset root"
+    ):
         VgymJsonlTask({"root": str(tmp_path / "bad")})
-    with pytest.raises(InvalidConfigError, match=r"path '../data.jsonl' resolves to .* outside the dataset root"):
+    with pytest.raises(
+        InvalidConfigError, match=r"path '../data.jsonl' resolves to .* outside the dataset root"
+    ):
         VgymJsonlTask({"root": str(jsonl_root / "img"), "annotations": "../data.jsonl"})
     with pytest.raises(InvalidConfigError, match=r"cannot read the annotation file .*other.jsonl"):
         VgymJsonlTask({"root": str(jsonl_root), "annotations": "other.jsonl"})
@@ -193,12 +217,18 @@ def test_construction_decodes_no_image_and_bad_files_fail_in_sample(tmp_path: Pa
         {"id": name, "question": "q", "answer": "x", "answer_type": "exact", "images": [name]}
         for name in ("a.png", "link.png", "alias.png")])
     task = VgymJsonlTask({"root": str(root)})  # no image is opened here
-    with pytest.raises(InvalidConfigError, match=r"vgym_jsonl record 'a.png': .*a.png: not an image Pillow can read"):
+    with pytest.raises(
+        InvalidConfigError, match=r"vgym_jsonl record 'a.png': .*a.png: not an image Pillow can read"
+    ):
         task.sample("test", 0, 0)
-    with pytest.raises(InvalidConfigError, match=r"record 'link.png': path 'link.png' resolves to .*secret.png, "
-                                                 r"outside the dataset root"):
+    with pytest.raises(
+        InvalidConfigError,
+        match=r"record 'link.png': path 'link.png' resolves to .*secret.png, "
+        r"outside the dataset root",
+    ):
         task.sample("test", 1, 0)
-    with pytest.raises(InvalidConfigError, match=r"record 'alias.png': .*a.png: not an image"):  # followed, inside
+    # followed, inside
+    with pytest.raises(InvalidConfigError, match=r"record 'alias.png': .*a.png: not an image"):
         task.sample("test", 2, 0)
     env = VisualToolEnv("vgym_jsonl", task_config={"root": str(root)}, split="test")
     with pytest.raises(InvalidConfigError, match=r"not an image Pillow can read"):  # reset propagates it
@@ -212,8 +242,12 @@ def test_chartqa_layout_types_and_relaxed_accuracy(chartqa_root: Path) -> None:
     task = ChartqaTask({"root": str(chartqa_root)})
     test = task.split_records("test")
     assert [r.id for r in test] == ["test/human/0", "test/human/1", "test/augmented/0", "test/augmented/1"]
-    assert [(r.answer_type, r.tolerance) for r in test] == [("numeric", 0.05), ("exact", 0.0), ("numeric", 0.05),
-                                                            ("numeric", 0.05)]
+    assert [(r.answer_type, r.tolerance) for r in test] == [
+        ("numeric", 0.05),
+        ("exact", 0.0),
+        ("numeric", 0.05),
+        ("numeric", 0.05),
+    ]
     assert [r.id for r in task.split_records("train")] == ["train/human/0"]
     sample = task.sample("test", 0, 0)
     assert sample.question == "What is the value of Peru in 2019?" and sample.answer == "45"
@@ -221,11 +255,22 @@ def test_chartqa_layout_types_and_relaxed_accuracy(chartqa_root: Path) -> None:
     assert sample.metadata["record"] == {"subset": "human", "imgname": "a.png"}
     assert task.prompt(sample, True).endswith("Answer with a single number.")
     # Relaxed accuracy: within 5 % of 45 is [42.75, 47.25].
-    assert [task.score(sample, a) for a in ("45", "47.2", "47.3", "42.7", "45 and 46", "Peru")] == [1, 1, 0, 0, 0, 0]
+    assert [task.score(sample, a) for a in ("45", "47.2", "47.3", "42.7", "45 and 46", "Peru")] == [
+        1,
+        1,
+        0,
+        0,
+        0,
+        0,
+    ]
     chile = task.sample("test", 1, 0)
     assert [task.score(chile, a) for a in ("Chile", "chile.", "Peru")] == [1, 1, 0]
     share = task.sample("test", 2, 0)
-    assert task.score(share, "12.5") == 1.0 and task.score(share, "12.5%") == 1.0 and task.score(share, "13.2") == 0
+    assert (
+        task.score(share, "12.5") == 1.0
+        and task.score(share, "12.5%") == 1.0
+        and task.score(share, "13.2") == 0
+    )
     assert task.sample("test", 3, 0).answer == "1200"  # a one-item label list is unwrapped
     assert task.sample("train", 0, 0).answer == "3"  # a number label becomes text
     human = ChartqaTask({"root": str(chartqa_root), "subsets": ["human"]})
@@ -252,16 +297,24 @@ def test_chartqa_errors(tmp_path: Path, chartqa_root: Path) -> None:
     with pytest.raises(InvalidConfigError, match=r"chartqa: no question file found under .*; expected one of "
                                                  r"\['train/train_human.json', 'train/train_augmented.json'"):
         ChartqaTask({"root": str(tmp_path / "empty")})
-    with pytest.raises(InvalidConfigError, match=r"subsets must be a non-empty subset of \('human', 'augmented'\)"):
+    with pytest.raises(
+        InvalidConfigError, match=r"subsets must be a non-empty subset of \('human', 'augmented'\)"
+    ):
         ChartqaTask({"root": str(chartqa_root), "subsets": ("human", "synthetic")})
     (chartqa_root / "test" / "test_human.json").write_text(json.dumps([{"imgname": "a.png", "query": "q"}]))
-    with pytest.raises(InvalidConfigError, match=r"test_human.json\[0\]: expected an object with 'imgname', 'query' "
-                                                 r"and 'label'"):
+    with pytest.raises(
+        InvalidConfigError,
+        match=r"test_human.json\[0\]: expected an object with 'imgname', 'query' "
+        r"and 'label'",
+    ):
         ChartqaTask({"root": str(chartqa_root)})
     (chartqa_root / "test" / "test_human.json").write_text(json.dumps(
         [{"imgname": "../../../x.png", "query": "q", "label": "1"}]))
-    with pytest.raises(InvalidConfigError, match=r"test_human.json\[0\]: path 'test/png/../../../x.png' leaves the "
-                                                 r"dataset root"):
+    with pytest.raises(
+        InvalidConfigError,
+        match=r"test_human.json\[0\]: path 'test/png/../../../x.png' leaves the "
+        r"dataset root",
+    ):
         ChartqaTask({"root": str(chartqa_root)})
 
 
@@ -287,16 +340,25 @@ def test_vstar_both_option_styles(vstar_root: Path) -> None:
     assert VstarTask({"root": str(vstar_root), "split": "train"}).split_records("test") == []
 
 
-@pytest.mark.parametrize("line, message", [
-    ({"image": "a.jpg", "text": "No options here", "label": "A"}, r"no options: expected an 'options' list or "
-                                                                  r"'\(A\) \.\.\.' lines"),
-    ({"image": "a.jpg", "text": "Q?\n(A) x\n(C) y", "label": "A"}, r"needs 2 to 26 'options', got 1"),
-    ({"image": "a.jpg", "text": VSTAR_TEXT, "label": "E"}, r"letter \(A to D\), got 'E'"),
-    ({"image": "a.jpg", "text": VSTAR_TEXT, "label": 4}, r"letter \(A to D\), got 'E'"),
-    ({"image": "a.jpg", "text": "Q?", "label": "A"} | {"options": "x"}, r"'options' must be a list"),
-    ({"image": "a.jpg", "question": "Q?", "label": "A"}, r"expected an object with 'image', 'text' and 'label'"),
-    ({"image": "/abs/a.jpg", "text": VSTAR_TEXT, "label": "A"}, r"absolute path '/abs/a.jpg'"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (
+            {"image": "a.jpg", "text": "No options here", "label": "A"},
+            r"no options: expected an 'options' list or "
+            r"'\(A\) \.\.\.' lines",
+        ),
+        ({"image": "a.jpg", "text": "Q?\n(A) x\n(C) y", "label": "A"}, r"needs 2 to 26 'options', got 1"),
+        ({"image": "a.jpg", "text": VSTAR_TEXT, "label": "E"}, r"letter \(A to D\), got 'E'"),
+        ({"image": "a.jpg", "text": VSTAR_TEXT, "label": 4}, r"letter \(A to D\), got 'E'"),
+        ({"image": "a.jpg", "text": "Q?", "label": "A"} | {"options": "x"}, r"'options' must be a list"),
+        (
+            {"image": "a.jpg", "question": "Q?", "label": "A"},
+            r"expected an object with 'image', 'text' and 'label'",
+        ),
+        ({"image": "/abs/a.jpg", "text": VSTAR_TEXT, "label": "A"}, r"absolute path '/abs/a.jpg'"),
+    ],
+)
 def test_vstar_malformed_lines(tmp_path: Path, line: dict[str, Any], message: str) -> None:
     _jsonl(tmp_path / "test_questions.jsonl", [line])
     with pytest.raises(InvalidConfigError, match=rf"test_questions.jsonl:1: .*{message}"):
@@ -308,34 +370,58 @@ def test_vstar_malformed_lines(tmp_path: Path, line: dict[str, Any], message: st
 
 def test_refcoco_boxes_sentences_and_splits(refcoco_root: Path) -> None:
     task = RefcocoTask({"root": str(refcoco_root), "image_dir": "train2014"})
-    assert [r.id for r in task.split_records("test")] == ["1.0", "1.1", "3"]  # testA -> test; default split test
+    # testA -> test; default split test
+    assert [r.id for r in task.split_records("test")] == ["1.0", "1.1", "3"]
     assert [r.id for r in task.split_records("train")] == ["2"]
     left = task.sample("test", 0, 0)
-    assert left.question == "Give the box of: man on left." and left.answer == "[10.5, 20, 40.5, 60]"  # x+w, y+h
+    # x+w, y+h
+    assert left.question == "Give the box of: man on left." and left.answer == "[10.5, 20, 40.5, 60]"
     assert left.metadata["record"] == {"ref_id": 7, "split": "testA", "expression": "man on left",
                                        "bbox_xywh": [10.5, 20, 30, 40]}
     np.testing.assert_array_equal(left.images[0], _noise(120, 160, 8))
     assert "(160x120)" in task.prompt(left, True)
     # [10.5, 40, 40.5, 80] keeps the lower half of the 30 x 40 box: overlap 600, union 1200 + 1200 - 600.
-    assert [task.score(left, a) for a in ("[10.5, 20, 40.5, 60]", "[10.5, 40, 40.5, 80]", "[0, 0, 5, 5]")] == \
-        pytest.approx([1, 1 / 3, 0])
+    assert [
+        task.score(left, a) for a in ("[10.5, 20, 40.5, 60]", "[10.5, 40, 40.5, 80]", "[0, 0, 5, 5]")
+    ] == pytest.approx([1, 1 / 3, 0])
     assert task.sample("test", 1, 0).question == "Give the box of: guy in red."
-    assert task.sample("test", 2, 0).question == "Give the box of: the cat."  # the trailing dot is not doubled
+    # the trailing dot is not doubled
+    assert task.sample("test", 2, 0).question == "Give the box of: the cat."
     only_a = RefcocoTask({"root": str(refcoco_root), "image_dir": "train2014", "keep_splits": ["testA"]})
-    assert [r.id for r in only_a.split_records("test")] == ["1.0", "1.1"] and only_a.split_records("train") == []
-    with pytest.raises(InvalidConfigError, match=r"record '1.0': image file not found: .*refcoco/COCO_train2014_"):
-        RefcocoTask({"root": str(refcoco_root)}).sample("test", 0, 0)  # image_dir unset: looked up in the root
+    assert [r.id for r in only_a.split_records("test")] == ["1.0", "1.1"] and only_a.split_records(
+        "train"
+    ) == []
+    with pytest.raises(
+        InvalidConfigError, match=r"record '1.0': image file not found: .*refcoco/COCO_train2014_"
+    ):
+        # image_dir unset: looked up in the root
+        RefcocoTask({"root": str(refcoco_root)}).sample("test", 0, 0)
 
 
-@pytest.mark.parametrize("line, message", [
-    ({"image": "a.jpg", "bbox": [1, 2, -3, 4], "sent": "x"}, r"'bbox' must be COCO \[x, y, width, height\] with "
-                                                             r"width, height > 0, got \[1, 2, -3, 4\]"),
-    ({"image": "a.jpg", "bbox": [1, 2, 3], "sent": "x"}, r"'bbox' must be COCO"),
-    ({"image": "a.jpg", "bbox": [1, 2, 3, 4], "sent": "x", "split": "testC"}, r"split must be one of .*got 'testC'"),
-    ({"image": "a.jpg", "bbox": [1, 2, 3, 4]}, r"expected 'expression', 'sent' or 'sentences' with non-empty text"),
-    ({"image": "a.jpg", "bbox": [1, 2, 3, 4], "sentences": []}, r"expected 'expression', 'sent' or 'sentences'"),
-    ({"bbox": [1, 2, 3, 4], "sent": "x"}, r"expected an object with 'image', 'bbox' and an expression"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (
+            {"image": "a.jpg", "bbox": [1, 2, -3, 4], "sent": "x"},
+            r"'bbox' must be COCO \[x, y, width, height\] with "
+            r"width, height > 0, got \[1, 2, -3, 4\]",
+        ),
+        ({"image": "a.jpg", "bbox": [1, 2, 3], "sent": "x"}, r"'bbox' must be COCO"),
+        (
+            {"image": "a.jpg", "bbox": [1, 2, 3, 4], "sent": "x", "split": "testC"},
+            r"split must be one of .*got 'testC'",
+        ),
+        (
+            {"image": "a.jpg", "bbox": [1, 2, 3, 4]},
+            r"expected 'expression', 'sent' or 'sentences' with non-empty text",
+        ),
+        (
+            {"image": "a.jpg", "bbox": [1, 2, 3, 4], "sentences": []},
+            r"expected 'expression', 'sent' or 'sentences'",
+        ),
+        ({"bbox": [1, 2, 3, 4], "sent": "x"}, r"expected an object with 'image', 'bbox' and an expression"),
+    ],
+)
 def test_refcoco_malformed_lines(tmp_path: Path, line: dict[str, Any], message: str) -> None:
     _jsonl(tmp_path / "refcoco.jsonl", [line])
     with pytest.raises(InvalidConfigError, match=rf"refcoco.jsonl:1: {message}"):
@@ -347,13 +433,19 @@ def test_refcoco_malformed_lines(tmp_path: Path, line: dict[str, Any], message: 
 
 def test_charades_sta_lines_frames_and_temporal_iou(charades_root: Path) -> None:
     task = CharadesStaTask({"root": str(charades_root)})
-    assert [r.id for r in task.split_records("test")] == ["test/1", "test/3"]  # line numbers; the blank line skipped
+    # line numbers; the blank line skipped
+    assert [r.id for r in task.split_records("test")] == ["test/1", "test/3"]
     assert [r.id for r in task.split_records("train")] == ["train/1"]
     sample = task.sample("test", 0, 0)
     assert sample.question == 'When does this happen in the video: "a person opens a door."?'
-    assert sample.answer == "[0.50, 1.25]" and sample.video == os.path.realpath(charades_root / "videos/AO8RW.mp4")
-    assert sample.metadata["record"] == {"video_id": "AO8RW", "sentence": "a person opens a door.", "start_s": 0.5,
-                                         "end_s": 1.25}
+    assert sample.answer == "[0.50, 1.25]"
+    assert sample.video == os.path.realpath(charades_root / "videos/AO8RW.mp4")
+    assert sample.metadata["record"] == {
+        "video_id": "AO8RW",
+        "sentence": "a person opens a door.",
+        "start_s": 0.5,
+        "end_s": 1.25,
+    }
     assert [frame_index(f) for f in sample.images] == [2, 6, 10, 14]  # 4 frames at 0.25, 0.75, 1.25, 1.75 s
     assert "The images are 4 evenly spaced frames of the 2.00 s video." in task.prompt(sample, True)
     # [1.0, 2.0] against [0.5, 1.25]: overlap 0.25 s, union 1.5 s.
@@ -389,8 +481,11 @@ def test_charades_sta_malformed_lines(tmp_path: Path, text: str, message: str) -
 
 
 def test_charades_sta_missing_files(tmp_path: Path, charades_root: Path) -> None:
-    with pytest.raises(InvalidConfigError, match=r"charades_sta: no annotation lines found under .*; expected one "
-                                                 r"of \['charades_sta_train.txt', 'charades_sta_val.txt'"):
+    with pytest.raises(
+        InvalidConfigError,
+        match=r"charades_sta: no annotation lines found under .*; expected one "
+        r"of \['charades_sta_train.txt', 'charades_sta_val.txt'",
+    ):
         CharadesStaTask({"root": str(tmp_path)})
     task = CharadesStaTask({"root": str(charades_root), "video_dir": "clips"})
     with pytest.raises(InvalidConfigError, match=r"record 'test/1': video file not found: .*clips/AO8RW.mp4"):

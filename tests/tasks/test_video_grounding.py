@@ -1,9 +1,9 @@
 """Tests of tasks/video_grounding.py (``vgym.tasks.video_grounding``): env contract, determinism, split
-disjointness, the clip cache, pixel ground truth of every event kind, the decoded clip, scoring, balance, config
-validation, and oracle episodes through :class:`vgym.env.VisualToolEnv` with the real frame tools.
+disjointness, the clip cache, pixel ground truth of every event kind, the decoded clip, scoring, balance,
+config validation, and oracle episodes through :class:`vgym.env.VisualToolEnv` with the real frame tools.
 
-Event timing is checked from pixels (colours at fixed places, centroids of a colour), not by replaying the planner,
-so a wrong boundary in the metadata or the renderer fails.
+Event timing is checked from pixels (colours at fixed places, centroids of a colour), not by replaying the
+planner, so a wrong boundary in the metadata or the renderer fails.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ def _plan_digest(task: VideoGroundingTask, split: str, index: int) -> str:
 
 
 def test_splits_are_disjoint_over_1000_plans_and_plans_determine_images(task: VideoGroundingTask) -> None:
-    """Rendering 3,000 clips is too slow, so plans (the complete scene description) are hashed; the plan fixes the
-    pixels (re-rendering gives the sample's images, and distinct plans give distinct clips)."""
+    """Rendering 3,000 clips is too slow, so plans (the complete scene description) are hashed; the plan fixes
+    the pixels (re-rendering gives the sample's images, and distinct plans give distinct clips)."""
     digests = {split: {_plan_digest(task, split, i) for i in range(1000)} for split in SPLITS}
     assert_disjoint_splits(digests, 1000)
     cfg = task.config
@@ -131,9 +131,10 @@ def _frames(task: VideoGroundingTask, plan: dict) -> np.ndarray:
 
 
 def _active_frames(task: VideoGroundingTask, plan: dict, event: dict, frames: np.ndarray) -> list[int]:
-    """Frames where the event shows, read from pixels: flash = the corner pixel has the flash colour; appear = the
-    object's colour at its cell centre; move = the object's colour centroid (inside its two cells) is strictly
-    between its rest position and one cell on, widened by the rest frames that bound it (within the clip)."""
+    """Frames where the event shows, read from pixels: flash = the corner pixel has the flash colour; appear =
+    the object's colour at its cell centre; move = the object's colour centroid (inside its two cells) is
+    strictly between its rest position and one cell on, widened by the rest frames that bound it (within the
+    clip)."""
     if event["kind"] == "flash":
         return [i for i in range(len(frames)) if _near(frames[i, 1, 1], FLASH_COLOURS[event["colour"]])]
     obj = plan["objects"][event["object"]]
@@ -164,7 +165,8 @@ def test_every_event_shows_exactly_in_its_frames(task: VideoGroundingTask, index
     for event in plan["events"]:
         active = _active_frames(task, plan, event, frames)
         if event["kind"] == "move":  # rest at frames <= start and >= end, moving strictly between
-            assert active == list(range(max(0, event["start"]), min(len(frames) - 1, event["end"]) + 1)), event
+            expected = list(range(max(0, event["start"]), min(len(frames) - 1, event["end"]) + 1))
+            assert active == expected, event
         else:
             assert active == list(range(event["start"], event["end"])), event
 
@@ -213,7 +215,8 @@ def test_decoded_clip_matches_the_rendered_frames(task: VideoGroundingTask) -> N
 
 def test_overview_frames_usually_miss_short_events() -> None:
     task = VideoGroundingTask({"difficulty": 2})
-    assert task.sample("train", 0, 0).metadata["overview_frames"] == [12, 37, 62, 87]  # frames of 1.25 s, 3.75 s, ...
+    # frames of 1.25 s, 3.75 s, ...
+    assert task.sample("train", 0, 0).metadata["overview_frames"] == [12, 37, 62, 87]
     hits = 0
     for i in range(300):
         plan = task.plan("train", i, 0)
@@ -314,11 +317,14 @@ def test_oracle_episode_earns_full_reward(difficulty: int, tools: tuple | None, 
             solution = env.task.solution(sample, tools_enabled=env.tools_enabled)
             assert len(solution.tool_calls) == (1 if tools is None else 0)
             for name, arguments in solution.tool_calls:
-                obs, reward, terminated, truncated, info = env.step(protocol.format_tool_call(name, arguments))
+                obs, reward, terminated, truncated, info = env.step(
+                    protocol.format_tool_call(name, arguments)
+                )
                 assert not (terminated or truncated) and info["tool_calls"][0]["ok"], info["tool_calls"]
                 shown = obs["images"]
                 assert 1 <= len(shown) <= 4
-                start, end = sample.metadata["start_s"], sample.metadata["end_s"]  # the window spans the event
+                # the window spans the event
+                start, end = sample.metadata["start_s"], sample.metadata["end_s"]
                 assert arguments["start_s"] <= max(0.0, start - 0.1) + 1e-9
                 assert arguments["end_s"] >= min(sample.metadata["duration_s"], end + 0.1) - 1e-9
             _, reward, terminated, _, info = env.step(protocol.format_answer(solution.answer))

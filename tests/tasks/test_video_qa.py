@@ -1,11 +1,12 @@
-"""Tests of tasks/video_qa.py (``vgym.tasks.video_qa``): env contract, determinism, split disjointness, the answer
-read from the decoded clip's pixels, the counterfactual (tool-necessity) claim, scoring, config validation, answer
-balance, and oracle episodes through :class:`vgym.env.VisualToolEnv` with the real frame tools, whose returned
-frames are read back to the answer.
+"""Tests of tasks/video_qa.py (``vgym.tasks.video_qa``): env contract, determinism, split disjointness, the
+answer read from the decoded clip's pixels, the counterfactual (tool-necessity) claim, scoring, config
+validation, answer balance, and oracle episodes through :class:`vgym.env.VisualToolEnv` with the real frame
+tools, whose returned frames are read back to the answer.
 
-Answers are recovered from pixels with a small classifier of our own (the screen colour in the top-left corner,
-which no object reaches; objects as connected blobs of one palette colour, shape told by how much of its bounding box
-it fills), not by replaying the planner, so a wrong answer in the metadata, the renderer or the oracle's frames fails.
+Answers are recovered from pixels with a small classifier of our own (the screen colour in the top-left
+corner, which no object reaches; objects as connected blobs of one palette colour, shape told by how much of
+its bounding box it fills), not by replaying the planner, so a wrong answer in the metadata, the renderer or
+the oracle's frames fails.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def _screen(image: np.ndarray) -> str:
 
 
 def _shapes(image: np.ndarray, colour: str) -> list[str]:
-    """Shapes of the blobs of ``colour``: a blob fills ~1 of its bounding box (square), ~pi/4 (ball) or ~1/2."""
+    """Shapes of the blobs of ``colour``: a blob fills ~1 of its bounding box (square), ~pi/4 (ball) or
+    ~1/2."""
     mask, smallest = _near(image, COLOURS[colour]), image.shape[0] * image.shape[1] // 200
     if cv2.countNonZero(mask) < smallest:  # no object of that colour (saves the labelling)
         return []
@@ -95,8 +97,8 @@ def _runs(flags: list[bool]) -> int:
 
 
 def _answer_from_frames(sample: Sample, frames: list[np.ndarray], times: list[float]) -> str:
-    """The answer read from time-ordered ``frames``: runs of the subject (count), which option shows first (order),
-    the screen colour of the frame at the asked time (at_time)."""
+    """The answer read from time-ordered ``frames``: runs of the subject (count), which option shows first
+    (order), the screen colour of the frame at the asked time (at_time)."""
     meta = sample.metadata
     query = meta["plan"]["query"]  # only what the question says: subject / options / time
     if meta["question_kind"] == "count":
@@ -175,7 +177,8 @@ def test_the_decoded_clip_gives_the_answer_and_the_overview_shows_no_event(task:
         meta = sample.metadata
         kinds[meta["question_kind"], meta["plan"]["query"].get("subject", {}).get("kind")] += 1
         assert _answer_from_clip(sample) == sample.answer, (index, sample.question)
-        screens = [_screen(frame) for frame in _decode(sample.video)]  # flashes never touch: one colour at a time
+        # flashes never touch: one colour at a time
+        screens = [_screen(frame) for frame in _decode(sample.video)]
         assert all("no flash" in pair or pair[0] == pair[1] for pair in zip(screens, screens[1:])), screens
         query = meta["plan"]["query"]
         subjects = [query["subject"]] if "subject" in query else query.get("options", [])
@@ -222,7 +225,8 @@ def test_counterfactuals_look_the_same_without_tools_but_have_other_answers(task
         assert sorted(answers) == sorted(VideoQaTask({"question": kind}).answer_choices())
         member = cfs[-1]
         assert sorted([member.answer, *(cf.answer for cf in task.counterfactuals(member))]) == sorted(answers)
-        if kind != "count":  # a swap or a recolouring undone gives the sample back (the same plan, the same clip)
+        # a swap or a recolouring undone gives the sample back (the same plan, the same clip)
+        if kind != "count":
             back = [cf for cf in task.counterfactuals(member) if cf.answer == sample.answer]
             assert back[0].metadata["plan"] == sample.metadata["plan"] and back[0].video == sample.video
         with_evidence += bool(cfs)
@@ -237,7 +241,9 @@ def test_clips_are_written_once_and_reused(tmp_path) -> None:
     inode = os.stat(sample.video).st_ino
     assert task.sample("train", 0, 0).video == sample.video
     assert os.stat(sample.video).st_ino == inode  # reused, not rewritten (an atomic rewrite is a new inode)
-    assert VideoQaTask().clip_path("train", 0, 0).startswith(os.path.join(tempfile.gettempdir(), "vgym-clips"))
+    assert (
+        VideoQaTask().clip_path("train", 0, 0).startswith(os.path.join(tempfile.gettempdir(), "vgym-clips"))
+    )
 
 
 # ---------------------------------------------------------------- scoring, prompt, config, balance
@@ -279,7 +285,9 @@ ORDER = ["the red ball appears", "the screen flashes white"]
         ("at_time", "E", list(AT_TIME_OPTIONS), "A", 0.0),
     ],
 )
-def test_score(kind: str, gold: str, options: list | None, answer: str, expected: float, clip_dir: str) -> None:
+def test_score(
+    kind: str, gold: str, options: list | None, answer: str, expected: float, clip_dir: str
+) -> None:
     sample = _with(kind, gold, options, None if options is None else LETTERS.index(gold), clip_dir)
     assert VideoQaTask().score(sample, answer) == expected
 
@@ -313,7 +321,10 @@ def test_at_time_question_names_the_frame_time(clip_dir: str) -> None:
     "config, message",
     [
         ({"difficulty": 3}, "difficulty must be 0, 1 or 2, got 3"),
-        ({"question": "when"}, r"question must be one of \('count', 'order', 'at_time'\) or None .*got 'when'"),
+        (
+            {"question": "when"},
+            r"question must be one of \('count', 'order', 'at_time'\) or None .*got 'when'",
+        ),
         ({"fps": 1}, "fps must be an int from 2 to 60 .*got 1"),
         ({"fps": 7.5}, "got 7.5"),
         ({"overview_frames": 2}, "overview_frames must be 3 or 4 .*got 2"),
@@ -341,16 +352,26 @@ def _plan_answer(plan: dict) -> str:
     query, events, objects = plan["query"], plan["events"], plan["objects"]
 
     def hits(subject: dict) -> list[dict]:
-        return [e for e in events if e["kind"] == subject["kind"] and (
-            e.get("colour") == subject["colour"] if e["kind"] == "flash" else
-            (objects[e["object"]]["colour"], objects[e["object"]]["shape"]) == (subject["colour"], subject["shape"]))]
+        return [
+            e
+            for e in events
+            if e["kind"] == subject["kind"]
+            and (
+                e.get("colour") == subject["colour"]
+                if e["kind"] == "flash"
+                else (objects[e["object"]]["colour"], objects[e["object"]]["shape"])
+                == (subject["colour"], subject["shape"])
+            )
+        ]
 
     if query["kind"] == "count":
         return str(len(hits(query["subject"])))
     if query["kind"] == "order":
         a, b = (hits(s)[0]["start"] for s in query["options"])
         return "A" if a < b else "B"
-    covering = [e["colour"] for e in events if e["kind"] == "flash" and e["start"] <= query["frame"] < e["end"]]
+    covering = [
+        e["colour"] for e in events if e["kind"] == "flash" and e["start"] <= query["frame"] < e["end"]
+    ]
     return LETTERS[AT_TIME_OPTIONS.index(covering[0] if covering else "no flash")]
 
 
@@ -368,7 +389,8 @@ def test_answers_are_balanced(question: str | None, bound: float) -> None:
 
 @pytest.fixture(scope="module")
 def episodes(clip_dir: str) -> dict[int, list[tuple[Sample, list, list, str, float]]]:
-    """``EPISODES`` oracle episodes per difficulty: (sample, overview images, tool images, tool text, reward)."""
+    """``EPISODES`` oracle episodes per difficulty: (sample, overview images, tool images, tool text,
+    reward)."""
     oracle, out = OraclePolicy(), {}
     for difficulty in DIFFICULTIES:
         env = VisualToolEnv(TASK_NAME, task_config={"clip_dir": clip_dir, "difficulty": difficulty})
@@ -401,11 +423,13 @@ def test_oracle_episodes_earn_full_reward(episodes: dict, difficulty: int) -> No
 
 @pytest.mark.parametrize("difficulty", DIFFICULTIES)
 def test_the_oracle_tool_frames_show_the_answer(episodes: dict, difficulty: int) -> None:
-    """Read the answer from the frames the oracle's call returned (and, for counts, the overview frames between
-    them, which show nothing): the tool output contains the answer."""
+    """Read the answer from the frames the oracle's call returned (and, for counts, the overview frames
+    between them, which show nothing): the tool output contains the answer."""
     for sample, overview, shown, text, _ in episodes[difficulty]:
         meta = sample.metadata
-        assert len(overview) + len(shown) <= 8 and len(shown) == (1 if meta["question_kind"] == "at_time" else 3)
+        assert len(overview) + len(shown) <= 8 and len(shown) == (
+            1 if meta["question_kind"] == "at_time" else 3
+        )
         stamps = re.search(r"at \[?([\d., ]+?)\]? s", text)
         assert stamps, text
         times = [float(t) for t in stamps.group(1).split(",")]

@@ -1,12 +1,12 @@
-"""Tests of tasks/visual_search.py (``vgym.tasks.visual_search``): determinism, split disjointness, scene ground
-truth, scoring, config validation, :func:`pattern_tile`, and the proof that the default budget makes the crop tool
-necessary.
+"""Tests of tasks/visual_search.py (``vgym.tasks.visual_search``): determinism, split disjointness, scene
+ground truth, scoring, config validation, :func:`pattern_tile`, and the proof that the default budget makes
+the crop tool necessary.
 
-Markers and their patterns are recovered from the pixels (framed squares of exact white and palette pixels, read
-against a mask built here) instead of replaying the generator, so the checks are independent of the code that drew
-the scene. The necessity proof re-renders each scene with the target's pattern swapped for each of the three and
-shows (1) the budget images are byte-identical, so the answer is not in what the model sees without tools, and (2)
-the zoomed crop differs and a simple gradient read-out names the pattern from it.
+Markers and their patterns are recovered from the pixels (framed squares of exact white and palette pixels,
+read against a mask built here) instead of replaying the generator, so the checks are independent of the code
+that drew the scene. The necessity proof re-renders each scene with the target's pattern swapped for each of
+the three and shows (1) the budget images are byte-identical, so the answer is not in what the model sees
+without tools, and (2) the zoomed crop differs and a simple gradient read-out names the pattern from it.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def _pack(rgb: np.ndarray) -> np.ndarray:
 
 
 def _marker_boxes(image: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """Boxes ``(x1, y1, x2, y2)`` of every solid square of exact white and palette pixels inside an all-black 1-pixel
-    frame (speckles practically never hit one of those seven RGB triples, and never inside a black ring)."""
+    """Boxes ``(x1, y1, x2, y2)`` of every solid square of exact white and palette pixels inside an all-black
+    1-pixel frame (speckles practically never hit one of those seven RGB triples, and never inside a black
+    ring)."""
     allowed = _pack([*COLOURS.values(), WHITE])
     mask = np.isin(_pack(image), allowed).astype(np.uint8)
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
@@ -97,9 +98,13 @@ def test_same_arguments_give_the_same_sample(task: VisualSearchTask) -> None:
 
 
 @pytest.mark.parametrize(
-    "other", [("train", 5, 1), ("train", 6, 0), ("val", 5, 0), ("test", 5, 0)], ids=["seed", "index", "val", "test"]
+    "other",
+    [("train", 5, 1), ("train", 6, 0), ("val", 5, 0), ("test", 5, 0)],
+    ids=["seed", "index", "val", "test"],
 )
-def test_changing_seed_index_or_split_changes_the_sample(task: VisualSearchTask, other: tuple[str, int, int]) -> None:
+def test_changing_seed_index_or_split_changes_the_sample(
+    task: VisualSearchTask, other: tuple[str, int, int]
+) -> None:
     a, b = task.sample("train", 5, 0), task.sample(*other)
     assert a.id != b.id
     assert image_digest(a) != image_digest(b)
@@ -134,7 +139,8 @@ def test_scene_matches_its_metadata(task: VisualSearchTask, index: int) -> None:
     rx1, ry1, rx2, ry2 = region = sample.metadata["region"]
     assert sample.question == f"What pattern is on the square in the region [{rx1}, {ry1}, {rx2}, {ry2}]?"
 
-    # The target box is a framed marker found in the pixels, on the align grid, and its pixels are the answer's
+    # The target box is a framed marker found in the pixels, on the align grid, and its pixels are the
+    # answer's
     # pattern in the metadata's colour; every other marker holds some pattern in some palette colour.
     side = SIDE[cfg.difficulty]
     boxes = _marker_boxes(image)
@@ -161,12 +167,13 @@ def test_scene_matches_its_metadata(task: VisualSearchTask, index: int) -> None:
 
 
 def test_difficulty1_region_is_clipped_to_the_scene() -> None:
-    """A marker one align step (6 px) from the scene's edge is closer to it than the 9 px margin. On a 2x2 board
-    of the smallest cells every marker is in an edge cell and 1 in 3 sits at the edge on each axis."""
+    """A marker one align step (6 px) from the scene's edge is closer to it than the 9 px margin. On a 2x2
+    board of the smallest cells every marker is in an edge cell and 1 in 3 sits at the edge on each axis."""
     task = VisualSearchTask({"grid": 2, "cell": 42, "difficulty": 1})
     regions = [task.sample("train", i, 0).metadata["region"] for i in range(30)]
     assert all(_inside(r, (0, 0, 84, 84)) for r in regions)
-    assert any(0 in r or 84 in r for r in regions)  # some were clipped (the margin alone never reaches 0 or 84)
+    # some were clipped (the margin alone never reaches 0 or 84)
+    assert any(0 in r or 84 in r for r in regions)
 
 
 @pytest.mark.parametrize("index", range(20))
@@ -210,7 +217,8 @@ def test_pattern_tiles_cover_every_aligned_period_block_equally(stripe: int, sid
     for b in {2 * stripe, 6}:
         counts = [block_counts(m, b) for m in coloured.values()]
         assert all((c == b * b // 2).all() for c in counts)
-    # ... while blocks of one stripe do not: horizontal and vertical differ there, so the check above can fail.
+    # ... while blocks of one stripe do not: horizontal and vertical differ there, so the check above can
+    # fail.
     assert (block_counts(coloured["horizontal"], stripe) != block_counts(coloured["vertical"], stripe)).any()
 
 
@@ -242,7 +250,9 @@ def test_chance_accuracy_is_one_in_three() -> None:
 def test_solution_crops_the_region_only_when_tools_are_on() -> None:
     task = VisualSearchTask()
     sample = task.sample("train", 0, 0)
-    assert task.solution(sample, tools_enabled=True).tool_calls == (("crop", {"box": sample.metadata["region"]}),)
+    assert task.solution(sample, tools_enabled=True).tool_calls == (
+        ("crop", {"box": sample.metadata["region"]}),
+    )
     assert task.solution(sample, tools_enabled=False).tool_calls == ()
 
 
@@ -354,11 +364,14 @@ def test_zoomed_crop_differs_between_patterns(variants: list[Variants]) -> None:
 
 
 def _read_pattern(image: np.ndarray, box: tuple[float, float, float, float]) -> str:
-    """Pattern from neighbour differences inside ``box`` (less a 10% border, off the black frame): horizontal lines
-    change between rows only, vertical lines between columns only, a checkerboard both ways about equally."""
+    """Pattern from neighbour differences inside ``box`` (less a 10% border, off the black frame): horizontal
+    lines change between rows only, vertical lines between columns only, a checkerboard both ways about
+    equally."""
     x1, y1, x2, y2 = box
     mx, my = 0.1 * (x2 - x1), 0.1 * (y2 - y1)
-    patch = image[int(np.ceil(y1 + my)) : int(y2 - my), int(np.ceil(x1 + mx)) : int(x2 - mx)].astype(np.float64)
+    patch = image[int(np.ceil(y1 + my)) : int(y2 - my), int(np.ceil(x1 + mx)) : int(x2 - mx)].astype(
+        np.float64
+    )
     down = np.abs(np.diff(patch, axis=0)).sum(axis=-1).mean()
     across = np.abs(np.diff(patch, axis=1)).sum(axis=-1).mean()
     if down > 2 * across:
@@ -373,7 +386,8 @@ READOUT_SAMPLES = {0: 200, 1: 30, 2: 30}  # the default difficulty in full, the 
 
 @pytest.fixture(scope="module")
 def readout_accuracy(task: VisualSearchTask) -> float:
-    """Share of (sample, pattern) pairs whose zoomed crop the read-out names correctly; 1/3 would be chance."""
+    """Share of (sample, pattern) pairs whose zoomed crop the read-out names correctly; 1/3 would be
+    chance."""
     hits = total = 0
     for index in range(READOUT_SAMPLES[task.config.difficulty]):
         v = _variants(task, index, with_budget=False)
@@ -396,8 +410,10 @@ def test_marker_pattern_is_sub_pixel_at_the_budget_and_a_patch_wide_in_the_zoome
     full = sample.images[0]
     x1, y1, x2, y2 = sample.metadata["target_box"]
     side = x2 - x1
-    # Whole scene at the budget: 1344 -> 224 is exactly an align-fold (6x) shrink, so one budget pixel averages one
-    # 6x6 period of the pattern; the 18-px marker becomes 3x3 budget pixels of one flat colour, halfway between its
+    # Whole scene at the budget: 1344 -> 224 is exactly an align-fold (6x) shrink, so one budget pixel
+    # averages one
+    # 6x6 period of the pattern; the 18-px marker becomes 3x3 budget pixels of one flat colour, halfway
+    # between its
     # colour and white (within 1 for rounding), with no line left in it.
     shown = fit_to_budget(full, MAX_PIXELS)
     assert shown.shape[:2] == (224, 224)
@@ -407,7 +423,8 @@ def test_marker_pattern_is_sub_pixel_at_the_budget_and_a_patch_wide_in_the_zoome
     assert block.shape[:2] == (side // cfg.align,) * 2
     assert (block == block[0, 0]).all()
     assert np.abs(block[0, 0] - (np.array(COLOURS[sample.metadata["colour"]]) + 255) / 2).max() <= 1
-    # The oracle crop zoomed to the budget: the marker is at least one 14 px ViT patch wide at every difficulty
+    # The oracle crop zoomed to the budget: the marker is at least one 14 px ViT patch wide at every
+    # difficulty
     # (difficulty 0: 18 px * 224 / 42 = 96 px), and at difficulty 0 so is each 3 px line (16 px).
     rx1, ry1, rx2, ry2 = sample.metadata["region"]
     crop = full[ry1:ry2, rx1:rx2]

@@ -1,4 +1,5 @@
-"""Tests of tools/crop.py (``vgym.tools.crop``): pixel-exact crops, box parsing and the model-facing errors."""
+"""Tests of tools/crop.py (``vgym.tools.crop``): pixel-exact crops, box parsing and the model-facing
+errors."""
 
 from __future__ import annotations
 
@@ -85,7 +86,10 @@ def test_partly_outside_boxes_are_clipped(ctx: ToolContext, box: list[float], ex
         ({"box": [100, 100, 120, 120]}, r"box \[100, 100, 120, 120\] lies outside the image; " + FRAME),
         ({"box": [-20, -20, -10, -10]}, r"lies outside the image; " + FRAME),
         ({"box": [80, 0, 90, 10]}, r"lies outside the image"),  # starts exactly at the right edge
-        ({"box": [10, 10, 10, 20]}, r"box \[10, 10, 10, 20\] is empty or inverted: need x1 < x2 and y1 < y2; " + FRAME),
+        (
+            {"box": [10, 10, 10, 20]},
+            r"box \[10, 10, 10, 20\] is empty or inverted: need x1 < x2 and y1 < y2; " + FRAME,
+        ),
         ({"box": [30, 10, 10, 20]}, r"is empty or inverted"),
         ({"box": [10, 30, 20, 10]}, r"is empty or inverted"),
         ({"box": [math.nan, 0, 10, 10]}, r"box must hold finite numbers, got \[nan, 0, 10, 10\]; " + FRAME),
@@ -95,12 +99,18 @@ def test_partly_outside_boxes_are_clipped(ctx: ToolContext, box: list[float], ex
         ({"box": [1, 2, 3]}, r"box must be 4 numbers \[x1, y1, x2, y2\], got \[1, 2, 3\]; " + FRAME),
         ({"box": [1, 2, 3, 4, 5]}, r"box must be 4 numbers"),
         ({"box": []}, r"box must be 4 numbers"),
-        ({"box": ["0", "0", "10", "10"]}, r"box must be 4 numbers \[x1, y1, x2, y2\], got \['0', '0', '10', '10'\]"),
+        (
+            {"box": ["0", "0", "10", "10"]},
+            r"box must be 4 numbers \[x1, y1, x2, y2\], got \['0', '0', '10', '10'\]",
+        ),
         ({"box": [True, 0, 10, 10]}, r"box must be 4 numbers"),
         ({"box": [[0, 0], [10, 10]]}, r"box must be 4 numbers"),
         ({"box": [0, 0, None, 10]}, r"box must be 4 numbers"),
         ({"box": "0, 0, 10, 10"}, r"argument 'box' must be a JSON array"),
-        ({"box": [0, 0, 10, 10], "image_index": 1}, r"image_index 1 does not exist; valid indices are 0\.\.0"),
+        (
+            {"box": [0, 0, 10, 10], "image_index": 1},
+            r"image_index 1 does not exist; valid indices are 0\.\.0",
+        ),
         ({"box": [0, 0, 10, 10], "image_index": -1}, r"image_index -1 does not exist"),
         ({"box": [0, 0, 10, 10], "image_index": 0.0}, r"argument 'image_index' must be a JSON integer"),
         ({"box": [0, 0, 10, 10], "image_index": True}, r"argument 'image_index' must be a JSON integer"),
@@ -124,7 +134,9 @@ def test_crop_of_a_crop_through_the_env() -> None:
         assert info["tool_calls"][0]["ok"] and info["tool_calls"][0]["image_indices"] == [1]
 
         # Image 1 is the region (one cell) at full resolution, so its own pixel frame starts at 0.
-        obs, _, _, _, info = env.step(protocol.format_tool_call("crop", {"box": [2, 5, 32, 25], "image_index": 1}))
+        obs, _, _, _, info = env.step(
+            protocol.format_tool_call("crop", {"box": [2, 5, 32, 25], "image_index": 1})
+        )
         (record,) = info["tool_calls"]
         assert record["ok"], record["error"]
         assert record["image_indices"] == [2]

@@ -1,5 +1,6 @@
-"""Tests of tools/depth.py (``vgym.tools.depth``): oracle reads, stereo on rendered and Middlebury pairs, a tiny real
-DPT / Depth Anything model, the colour map, model-facing errors and cache replay through the runtime."""
+"""Tests of tools/depth.py (``vgym.tools.depth``): oracle reads, stereo on rendered and Middlebury pairs, a
+tiny real DPT / Depth Anything model, the colour map, model-facing errors and cache replay through the
+runtime."""
 
 from __future__ import annotations
 
@@ -38,8 +39,13 @@ def _oracle_ctx(images: list[np.ndarray] | None = None) -> ToolContext:
     depth[5, 50] = 2.5
     depth[35, 55] = np.nan
     image = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
-    return ToolContext(images=images or [image], metadata={}, rng=np.random.default_rng(0), max_pixels=224 * 224,
-                       arrays={"depth": depth})
+    return ToolContext(
+        images=images or [image],
+        metadata={},
+        rng=np.random.default_rng(0),
+        max_pixels=224 * 224,
+        arrays={"depth": depth},
+    )
 
 
 def _call(ctx: ToolContext, backend: str, **arguments: object):  # type: ignore[no-untyped-def]
@@ -60,9 +66,11 @@ def test_schema_keeps_the_nested_points_type() -> None:
 def test_oracle_reads_the_array_at_the_floored_pixels() -> None:
     result = _call(_oracle_ctx(), "oracle", points=[[15.7, 12.2], [50, 5], [55.9, 35.1], [0, 0]])
     assert "metric depth in metres" in result.text and "larger = farther" in result.text
-    assert _line(result.text, "point [15, 12]") == "point [15, 12]: 1.25 m"  # floor(15.7, 12.2) is in the near box
+    # floor(15.7, 12.2) is in the near box
+    assert _line(result.text, "point [15, 12]") == "point [15, 12]: 1.25 m"
     assert _line(result.text, "point [50, 5]") == "point [50, 5]: 2.50 m"
-    assert _line(result.text, "point [55, 35]") == "point [55, 35]: unknown (no depth at this pixel)"  # the NaN
+    # the NaN
+    assert _line(result.text, "point [55, 35]") == "point [55, 35]: unknown (no depth at this pixel)"
     assert _line(result.text, "point [0, 0]") == "point [0, 0]: 4.00 m"
     assert result.images[0].shape == (H, W, 3) and result.images[0].dtype == np.uint8
 
@@ -70,15 +78,19 @@ def test_oracle_reads_the_array_at_the_floored_pixels() -> None:
 def test_oracle_box_and_whole_image_medians() -> None:
     ctx = _oracle_ctx()
     near = _call(ctx, "oracle", box=[10, 10, 30, 20]).text
-    assert _line(near, "box") == "box [10, 10, 30, 20]: median 1.25 m over 200 of 200 pixels."  # 20 x 10, all 1.25
-    # Rows 0..14 straddle the wall (rows 0..9: 200 px at 4 m) and the near box (rows 10..14: 100 px at 1.25 m).
+    # 20 x 10, all 1.25
+    assert _line(near, "box") == "box [10, 10, 30, 20]: median 1.25 m over 200 of 200 pixels."
+    # Rows 0..14 straddle the wall (rows 0..9: 200 px at 4 m) and the near box (rows 10..14: 100 px at 1.25
+    # m).
     mixed = _call(ctx, "oracle", box=[10, 0, 30, 15]).text
     assert _line(mixed, "box") == "box [10, 0, 30, 15]: median 4.00 m over 300 of 300 pixels."
     # Rows 5..19: 100 px of wall, 200 px of near box, so the near box wins the median.
     mostly_near = _call(ctx, "oracle", box=[10, 5, 30, 20]).text
     assert _line(mostly_near, "box") == "box [10, 5, 30, 20]: median 1.25 m over 300 of 300 pixels."
     whole = _call(ctx, "oracle").text  # 2400 px: 200 at 1.25, 1 at 2.5, 1 NaN, the rest at 4 m
-    assert _line(whole, "whole image").startswith("whole image: median 4.00 m, near end 1.25 m, far end 4.00 m")
+    assert _line(whole, "whole image").startswith(
+        "whole image: median 4.00 m, near end 1.25 m, far end 4.00 m"
+    )
     assert "100% of pixels have a known depth" in whole  # 2399 / 2400 rounds to 100 %
     assert "box" not in whole and "point" not in whole
 
@@ -106,10 +118,11 @@ def test_oracle_serves_only_image_0_and_needs_the_array() -> None:
 
 
 def _render_pair(seed: int) -> tuple[np.ndarray, np.ndarray, int, int, tuple[int, int, int, int]]:
-    """A rectified pair: a blurred-noise wall at disparity ``far`` and a textured card in front at ``near`` > far.
+    """A rectified pair: a blurred-noise wall at disparity ``far`` and a textured card in front at ``near`` >
+    far.
 
-    A left pixel x shows what the right view shows at x - d, so the right view is the wall shifted left by ``far``
-    with the card pasted ``near`` pixels left of where it is in the left view.
+    A left pixel x shows what the right view shows at x - d, so the right view is the wall shifted left by
+    ``far`` with the card pasted ``near`` pixels left of where it is in the left view.
 
     Returns:
         ``(left, right, far, near, card box [x1, y1, x2, y2] in the left view)``, images (96, 160, 3) uint8.
@@ -161,7 +174,8 @@ def test_stereo_tool_reports_metric_depth_near_before_far(seed: int) -> None:
     assert card_m < wall_m
     point = _call(ctx, "stereo", points=[[(x1 + x2) // 2, (y1 + y2) // 2], [5, 5]]).text
     assert _numbers(_line(point, f"point [{(x1 + x2) // 2},"))[-1] == pytest.approx(20 / near, abs=0.006)
-    assert _line(point, "point [5, 5]") == "point [5, 5]: unknown (no depth at this pixel)"  # invalid left strip
+    # invalid left strip
+    assert _line(point, "point [5, 5]") == "point [5, 5]: unknown (no depth at this pixel)"
 
 
 def test_stereo_without_calibration_reports_depth_relative_to_the_median() -> None:
@@ -170,7 +184,8 @@ def test_stereo_without_calibration_reports_depth_relative_to_the_median() -> No
                       arrays={"right": right}, options={"num_disparities": 32})
     text = _call(ctx, "stereo", box=[x1 + 5, y1 + 5, x2 - 5, y2 - 5]).text
     assert "relative depth from stereo disparity without calibration" in text and "larger = farther" in text
-    # Most pixels are wall, so the median disparity is far (9) and the card reads 9 / 20 = 0.45 of the median depth.
+    # Most pixels are wall, so the median disparity is far (9) and the card reads 9 / 20 = 0.45 of the median
+    # depth.
     assert _numbers(_line(text, "box"))[0] == pytest.approx(far / near, abs=0.001)
     assert _numbers(_line(text, "whole image"))[0] == pytest.approx(1.0, abs=0.001)
 
@@ -182,7 +197,8 @@ def test_stereo_on_the_middlebury_motorcycle_agrees_with_ground_truth() -> None:
     ranks = [np.argsort(np.argsort(a)) for a in (disparity[valid], truth[valid])]
     spearman = np.corrcoef(*ranks)[0, 1]
     error = np.abs(disparity[valid] - truth[valid])
-    # Measured: Spearman 0.962, 87.0% of ground-truth pixels matched, median error 0.22 px, 6.2% off by > 2 px.
+    # Measured: Spearman 0.962, 87.0% of ground-truth pixels matched, median error 0.22 px, 6.2% off by > 2
+    # px.
     assert spearman >= 0.93
     assert valid.sum() / np.isfinite(truth).sum() >= 0.83
     assert np.median(error) <= 0.3
@@ -190,8 +206,13 @@ def test_stereo_on_the_middlebury_motorcycle_agrees_with_ground_truth() -> None:
 
     # Through the tool, metric with the pair's calibration (Middlebury: depth = f * B / (d + doffs)).
     f, baseline, doffs = 994.978, 0.193001, 31.086
-    ctx = ToolContext(images=[left], metadata={"stereo": {"focal_px": f, "baseline_m": baseline, "doffs_px": doffs}},
-                      rng=np.random.default_rng(0), max_pixels=224 * 224, arrays={"right": right})
+    ctx = ToolContext(
+        images=[left],
+        metadata={"stereo": {"focal_px": f, "baseline_m": baseline, "doffs_px": doffs}},
+        rng=np.random.default_rng(0),
+        max_pixels=224 * 224,
+        arrays={"right": right},
+    )
     depths = []
     for box in ([300, 200, 400, 300], [100, 50, 200, 150]):  # the motorcycle's body, the back wall
         x1, y1, x2, y2 = box
@@ -217,7 +238,9 @@ def test_stereo_needs_a_right_view_of_image_0_and_valid_options() -> None:
         _call(pair, "stereo")
     pair.arrays = {"right": right}
     pair.options = {"num_disparities": 40}
-    with pytest.raises(InvalidConfigError, match=r"num_disparities must be a positive multiple of 16, got 40"):
+    with pytest.raises(
+        InvalidConfigError, match=r"num_disparities must be a positive multiple of 16, got 40"
+    ):
         _call(pair, "stereo")
     pair.options = {"block_size": 4}
     with pytest.raises(InvalidConfigError, match=r"block_size must be an odd integer in 1\.\.31, got 4"):
@@ -229,7 +252,8 @@ def test_stereo_needs_a_right_view_of_image_0_and_valid_options() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Tiny random-weight models of the real classes with the real (PIL) processor, saved with save_pretrained."""
+    """Tiny random-weight models of the real classes with the real (PIL) processor, saved with
+    save_pretrained."""
     import torch
     from transformers import (
         DepthAnythingConfig,
@@ -243,31 +267,61 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.manual_seed(0)
     root, paths = tmp_path_factory.mktemp("depth_models"), {}
     # Dinov2 backbone shrunk to 4 layers of width 16 (real: 12 x 384), patch 14 as in Depth Anything.
-    backbone = Dinov2Config(image_size=28, patch_size=14, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
-                            mlp_ratio=2, out_features=["stage1", "stage2", "stage3", "stage4"],
-                            reshape_hidden_states=False)
+    backbone = Dinov2Config(
+        image_size=28,
+        patch_size=14,
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+        reshape_hidden_states=False,
+    )
     # Processor at 28 px (real: 518) keeping the aspect ratio, sides multiples of the patch size.
-    da_processor = DPTImageProcessorPil(size={"height": 28, "width": 28}, keep_aspect_ratio=True, ensure_multiple_of=14)
+    da_processor = DPTImageProcessorPil(
+        size={"height": 28, "width": 28}, keep_aspect_ratio=True, ensure_multiple_of=14
+    )
     for kind, extra in (("depth_anything", {}), ("depth_anything_metric", {"depth_estimation_type": "metric",
                                                                             "max_depth": 20})):
-        config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8] * 4,
-                                     fusion_hidden_size=8, head_hidden_size=8, **extra)  # necks 8 wide (real: 48..384)
+        config = DepthAnythingConfig(
+            backbone_config=backbone,
+            reassemble_hidden_size=16,
+            neck_hidden_sizes=[8] * 4,
+            # necks 8 wide (real: 48..384)
+            fusion_hidden_size=8,
+            head_hidden_size=8,
+            **extra,
+        )
         paths[kind] = root / kind
         DepthAnythingForDepthEstimation(config).save_pretrained(paths[kind])
         da_processor.save_pretrained(paths[kind])
     # DPT with a plain ViT of 4 layers of width 16 (real: 24 x 1024); square 32 px input, as ViT-DPT needs.
-    dpt = DPTConfig(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, image_size=32,
-                    patch_size=16, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8] * 4, fusion_hidden_size=8)
+    dpt = DPTConfig(
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=32,
+        patch_size=16,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[8] * 4,
+        fusion_hidden_size=8,
+    )
     paths["dpt"] = root / "dpt"
     DPTForDepthEstimation(dpt).save_pretrained(paths["dpt"])
-    DPTImageProcessorPil(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(paths["dpt"])
+    DPTImageProcessorPil(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(
+        paths["dpt"]
+    )
     return paths
 
 
 @pytest.mark.parametrize("kind", ["depth_anything", "depth_anything_metric", "dpt"])
 def test_hf_backend_runs_a_tiny_model_at_full_resolution(tiny_models: dict[str, Path], kind: str) -> None:
     rng = np.random.default_rng(1)
-    images = [rng.integers(0, 256, (H, W, 3), dtype=np.uint8), rng.integers(0, 256, (45, 70, 3), dtype=np.uint8)]
+    images = [
+        rng.integers(0, 256, (H, W, 3), dtype=np.uint8),
+        rng.integers(0, 256, (45, 70, 3), dtype=np.uint8),
+    ]
     ctx = ToolContext(images=images, metadata={}, rng=np.random.default_rng(0), max_pixels=224 * 224,
                       options={"model": str(tiny_models[kind])})
     # Image 1 (a tool output of another size) works too: the model needs no ground truth.
@@ -295,7 +349,9 @@ def test_hf_backend_flips_inverse_depth_so_larger_is_farther(tiny_models: dict[s
     model = AutoModelForDepthEstimation.from_pretrained(tiny_models[kind], local_files_only=True).eval()
     with torch.inference_mode():
         outputs = model(**processor(images=image, return_tensors="pt"))
-    raw = processor.post_process_depth_estimation(outputs, target_sizes=[(H, W)])[0]["predicted_depth"].numpy()
+    raw = processor.post_process_depth_estimation(outputs, target_sizes=[(H, W)])[0][
+        "predicted_depth"
+    ].numpy()
     (y_hi, x_hi), (y_lo, x_lo) = (np.unravel_index(np.argmax(raw), raw.shape),
                                   np.unravel_index(np.argmin(raw), raw.shape))
     ctx = ToolContext(images=[image], metadata={}, rng=np.random.default_rng(0), max_pixels=224 * 224,
@@ -305,7 +361,8 @@ def test_hf_backend_flips_inverse_depth_so_larger_is_farther(tiny_models: dict[s
     at_lo = _numbers(_line(text, f"point [{x_lo}, {y_lo}]"))[-1]
     if kind == "depth_anything_metric":  # the head's output is metres already: reported as is
         assert (at_hi, at_lo) == (round(float(raw.max()), 2), round(float(raw.min()), 2))
-    else:  # relative heads predict inverse depth: its maximum is the nearest pixel (0), its minimum the farthest (1)
+    # relative heads predict inverse depth: its maximum is the nearest pixel (0), its minimum the farthest (1)
+    else:
         assert (at_hi, at_lo) == (0.0, 1.0)
 
 
@@ -331,10 +388,12 @@ FRAME = r"image 0 is 60x40, so x must be in \[0, 60\) and y in \[0, 40\)"
         ({"image_index": -1}, r"image_index -1 does not exist"),
         ({"image_index": 0.0}, r"argument 'image_index' must be a JSON integer"),
         ({"points": [[100, 5]]}, r"points\[0\] = \[100, 5\] lies outside the image; " + FRAME),
-        ({"points": [[1, 1], [60, 0]]}, r"points\[1\] = \[60, 0\] lies outside the image"),  # x == W is outside
+        # x == W is outside
+        ({"points": [[1, 1], [60, 0]]}, r"points\[1\] = \[60, 0\] lies outside the image"),
         ({"points": [[-0.5, 3]]}, r"points\[0\] = \[-0.5, 3\] lies outside the image"),
         ({"points": [[math.nan, 3]]}, r"points\[0\] = \[nan, 3\] lies outside the image"),
-        ({"points": [[10**400, 3]]}, r"points\[0\] = .* lies outside the image"),  # an int too big for a float
+        # an int too big for a float
+        ({"points": [[10**400, 3]]}, r"points\[0\] = .* lies outside the image"),
         ({"points": [[1, 2, 3]]}, r"points\[0\] must be a pair \[x, y\] of numbers, got \[1, 2, 3\]"),
         ({"points": [1, 2]}, r"points\[0\] must be a pair \[x, y\] of numbers, got 1"),
         ({"points": [[True, 2]]}, r"points\[0\] must be a pair"),
@@ -350,7 +409,9 @@ FRAME = r"image 0 is 60x40, so x must be in \[0, 60\) and y in \[0, 40\)"
     ],
 )
 @pytest.mark.parametrize("backend", ["oracle", "stereo", "hf"])
-def test_bad_arguments_raise_a_tool_error_naming_the_argument(arguments: dict, message: str, backend: str) -> None:
+def test_bad_arguments_raise_a_tool_error_naming_the_argument(
+    arguments: dict, message: str, backend: str
+) -> None:
     # Arguments are checked before any backend work, so even hf without a model reports the argument first.
     ctx = _oracle_ctx()
     with pytest.raises(ToolError, match=message):
@@ -364,7 +425,8 @@ def test_bad_arguments_raise_a_tool_error_naming_the_argument(arguments: dict, m
 def test_runtime_loads_runs_and_replays_from_the_cache(tmp_path: Path, tiny_models: dict[str, Path],
                                                        backend: str) -> None:
     left, right, *_ = _render_pair(0)
-    options = {"stereo": {"num_disparities": 32}, "hf": {"model": str(tiny_models["depth_anything"])}}[backend]
+    by_backend = {"stereo": {"num_disparities": 32}, "hf": {"model": str(tiny_models["depth_anything"])}}
+    options = by_backend[backend]
     ctx = ToolContext(images=[left], metadata={"stereo": {"focal_px": FOCAL_PX, "baseline_m": BASELINE_M}},
                       rng=np.random.default_rng(0), max_pixels=224 * 224, arrays={"right": right})
     runtime = ToolRuntime(ToolRuntimeConfig(cache_dir=str(tmp_path / "cache"), backends={"depth": backend},

@@ -1,5 +1,6 @@
-"""Tests of tools/ground.py (``vgym.tools.ground``): oracle truth, opencv recall on drawn scenes, the Haar face
-detector on a real photo, a tiny random OWLv2 through the hf backend, model-facing errors and cache replay."""
+"""Tests of tools/ground.py (``vgym.tools.ground``): oracle truth, opencv recall on drawn scenes, the Haar
+face detector on a real photo, a tiny random OWLv2 through the hf backend, model-facing errors and cache
+replay."""
 
 from __future__ import annotations
 
@@ -18,19 +19,32 @@ from vgym.tool_runtime import ToolRuntime, ToolRuntimeConfig
 from vgym.tooling import TOOLS, ToolContext
 from vgym.tools.ground import MAX_DETECTIONS, load_detector
 
-# The test's own palette (RGB): independent of the tool's HSV table, close to tasks/visual_search.py's colours.
-PALETTE = {"red": (230, 25, 25), "green": (20, 170, 40), "blue": (30, 60, 230), "yellow": (240, 220, 20),
-           "magenta": (220, 30, 220), "cyan": (20, 220, 230), "orange": (250, 140, 10), "purple": (120, 20, 140),
-           "white": (245, 245, 245), "black": (15, 15, 15)}
+# The test's own palette (RGB): independent of the tool's HSV table, close to tasks/visual_search.py's
+# colours.
+PALETTE = {
+    "red": (230, 25, 25),
+    "green": (20, 170, 40),
+    "blue": (30, 60, 230),
+    "yellow": (240, 220, 20),
+    "magenta": (220, 30, 220),
+    "cyan": (20, 220, 230),
+    "orange": (250, 140, 10),
+    "purple": (120, 20, 140),
+    "white": (245, 245, 245),
+    "black": (15, 15, 15),
+}
 SHAPES = ("circle", "square", "triangle")
 RECALL_FLOOR = 0.97  # measured 1.00 (467/467 objects) for every query kind below, on seeds 0..99
-ASTRONAUT_FACE = (180, 60, 268, 162)  # hand-labelled: cheek to cheek, hairline to chin (the hair starts at y≈30)
+# hand-labelled: cheek to cheek, hairline to chin (the hair starts at y≈30)
+ASTRONAUT_FACE = (180, 60, 268, 162)
 
 
 def draw_scene(seed: int, height: int = 144, width: int = 192) -> tuple[np.ndarray, list[dict]]:
-    """3-6 non-overlapping coloured circles / rotated squares / rotated triangles on a plain or noisy grey board.
+    """3-6 non-overlapping coloured circles / rotated squares / rotated triangles on a plain or noisy grey
+    board.
 
-    Returns the RGB image and ``metadata["objects"]``-style entries whose boxes come from each shape's own mask.
+    Returns the RGB image and ``metadata["objects"]``-style entries whose boxes come from each shape's own
+    mask.
     """
     rng = np.random.default_rng(seed)
     board = np.full((height, width, 3), float(rng.integers(90, 181)))
@@ -53,8 +67,13 @@ def draw_scene(seed: int, height: int = 144, width: int = 192) -> tuple[np.ndarr
             cv2.circle(mask, (round(cx), round(cy)), round(r), 1, -1)
         else:
             n, angle = (4 if shape == "square" else 3), rng.uniform(0, 2 * math.pi)
-            corners = [(cx + r * math.cos(angle + 2 * math.pi * k / n), cy + r * math.sin(angle + 2 * math.pi * k / n))
-                       for k in range(n)]
+            corners = [
+                (
+                    cx + r * math.cos(angle + 2 * math.pi * k / n),
+                    cy + r * math.sin(angle + 2 * math.pi * k / n),
+                )
+                for k in range(n)
+            ]
             polygon = np.round(np.array(corners)).astype(np.int32)
             cv2.fillPoly(image, [polygon], PALETTE[colour], cv2.LINE_AA)
             cv2.fillPoly(mask, [polygon], 1)
@@ -82,7 +101,8 @@ def run(ctx: ToolContext, backend: str, **arguments: object) -> list[dict]:
     return found
 
 
-# --- oracle -------------------------------------------------------------------------------------------------------
+# --- oracle
+# -------------------------------------------------------------------------------------------------------
 
 OBJECTS = [{"name": "red circle", "box": [10, 10, 30, 30]}, {"name": "blue circle", "box": [40, 5, 60, 25]},
            {"name": "red square", "box": [5, 40, 25.5, 58]}]
@@ -97,7 +117,9 @@ OBJECTS = [{"name": "red circle", "box": [10, 10, 30, 30]}, {"name": "blue circl
     ("square red", [[5, 40, 26, 58]]),  # word order does not matter
 ])
 def test_oracle_matches_names_by_words(query: str, boxes: list) -> None:
-    found = run(make_ctx(np.zeros((60, 80, 3), np.uint8), metadata={"objects": OBJECTS}), "oracle", query=query)
+    found = run(
+        make_ctx(np.zeros((60, 80, 3), np.uint8), metadata={"objects": OBJECTS}), "oracle", query=query
+    )
     assert [d["box"] for d in found] == boxes
     assert all(d["score"] == 1.0 for d in found)
 
@@ -111,7 +133,8 @@ def test_oracle_equals_scene_truth(seed: int) -> None:
         assert [d["box"] for d in run(ctx, "oracle", query=obj["name"])] == truth
 
 
-# --- opencv -------------------------------------------------------------------------------------------------------
+# --- opencv
+# -------------------------------------------------------------------------------------------------------
 
 def test_opencv_finds_a_pixel_exact_rectangle() -> None:
     image = np.full((30, 40, 3), 128, np.uint8)
@@ -134,7 +157,8 @@ def test_opencv_annotation_marks_the_box_and_leaves_the_rest() -> None:
     assert drawn.shape == image.shape and drawn.dtype == np.uint8
     assert tuple(drawn[13, 5]) != tuple(image[13, 5])  # the box's left edge is drawn over
     assert np.array_equal(drawn[22:, 20:], image[22:, 20:])  # far from the box and its label: untouched
-    assert np.array_equal(image[6:20, 5:15], np.broadcast_to([230, 25, 25], (14, 10, 3)))  # input not modified
+    # input not modified
+    assert np.array_equal(image[6:20, 5:15], np.broadcast_to([230, 25, 25], (14, 10, 3)))
 
 
 @pytest.mark.parametrize("kind", ["colour shape", "shape", "colour"])
@@ -180,24 +204,40 @@ def test_hog_finds_no_person_on_an_empty_board() -> None:
     assert run(make_ctx(np.full((200, 160, 3), 128, np.uint8)), "opencv", query="person") == []
 
 
-# --- errors -------------------------------------------------------------------------------------------------------
+# --- errors
+# -------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend, arguments, message", [
-    ("opencv", {"query": ""}, r"query '' names nothing to look for"),
-    ("oracle", {"query": "   "}, r"query '   ' names nothing to look for"),
-    ("opencv", {"query": "the object"}, r"names nothing to look for; describe the object"),
-    ("opencv", {"query": "red", "image_index": 2}, r"image_index 2 does not exist; valid indices are 0\.\.1"),
-    ("oracle", {"query": "red", "image_index": -1}, r"image_index -1 does not exist"),
-    ("oracle", {"query": "red", "image_index": 1}, r"oracle grounding backend knows image 0 only, got image_index 1"),
-    ("opencv", {"query": "brown dog"}, r"does not understand \['brown', 'dog'\] in query 'brown dog'; it understands"
-                                       r" colours \['black', 'blue',.*shapes \[.*'triangle'\], 'face' and 'person'"),
-    ("opencv", {"query": "red face"}, r"query 'red face' mixes 'face'/'person' with other words"),
-    ("opencv", {"query": "red blue circle"}, r"names several colours or shapes"),
-    ("opencv", {"query": "circle triangle"}, r"names several colours or shapes"),
-    ("opencv", {"query": 3}, r"argument 'query' must be a JSON string"),
-    ("opencv", {}, r"missing required argument\(s\) \['query'\]"),
-    ("opencv", {"query": "red", "image_index": 0.0}, r"argument 'image_index' must be a JSON integer"),
-])
+@pytest.mark.parametrize(
+    "backend, arguments, message",
+    [
+        ("opencv", {"query": ""}, r"query '' names nothing to look for"),
+        ("oracle", {"query": "   "}, r"query '   ' names nothing to look for"),
+        ("opencv", {"query": "the object"}, r"names nothing to look for; describe the object"),
+        (
+            "opencv",
+            {"query": "red", "image_index": 2},
+            r"image_index 2 does not exist; valid indices are 0\.\.1",
+        ),
+        ("oracle", {"query": "red", "image_index": -1}, r"image_index -1 does not exist"),
+        (
+            "oracle",
+            {"query": "red", "image_index": 1},
+            r"oracle grounding backend knows image 0 only, got image_index 1",
+        ),
+        (
+            "opencv",
+            {"query": "brown dog"},
+            r"does not understand \['brown', 'dog'\] in query 'brown dog'; it understands"
+            r" colours \['black', 'blue',.*shapes \[.*'triangle'\], 'face' and 'person'",
+        ),
+        ("opencv", {"query": "red face"}, r"query 'red face' mixes 'face'/'person' with other words"),
+        ("opencv", {"query": "red blue circle"}, r"names several colours or shapes"),
+        ("opencv", {"query": "circle triangle"}, r"names several colours or shapes"),
+        ("opencv", {"query": 3}, r"argument 'query' must be a JSON string"),
+        ("opencv", {}, r"missing required argument\(s\) \['query'\]"),
+        ("opencv", {"query": "red", "image_index": 0.0}, r"argument 'image_index' must be a JSON integer"),
+    ],
+)
 def test_bad_calls_raise_a_helpful_tool_error(backend: str, arguments: dict, message: str) -> None:
     image = np.zeros((20, 20, 3), np.uint8)
     with pytest.raises(ToolError, match=message):
@@ -216,7 +256,8 @@ def test_schema_shows_query_and_image_index() -> None:
     assert params["required"] == ["query"]
 
 
-# --- runtime and hf -----------------------------------------------------------------------------------------------
+# --- runtime and hf
+# -----------------------------------------------------------------------------------------------
 
 def test_cache_replay_is_identical(tmp_path: Path) -> None:
     image, objects = draw_scene(3)
@@ -240,21 +281,38 @@ def tiny_owlv2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
 
     folder = tmp_path_factory.mktemp("owlv2")
-    # A character-level BPE vocabulary (no merges): printable ASCII, each also as a word end, plus CLIP's specials.
+    # A character-level BPE vocabulary (no merges): printable ASCII, each also as a word end, plus CLIP's
+    # specials.
     chars = [chr(i) for i in range(33, 127)]
     vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars])}
     vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)  # 16 tokens: short queries only
-    processor = Owlv2Processor(Owlv2ImageProcessorPil(size={"height": 32, "width": 32}), tokenizer)  # no torchvision
-    text = dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                max_position_embeddings=16, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                pad_token_id=vocab["<|endoftext|>"])
+    # no torchvision
+    processor = Owlv2Processor(Owlv2ImageProcessorPil(size={"height": 32, "width": 32}), tokenizer)
+    text = dict(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
     # 32 px images in 8 px patches: a 4x4 grid, so 16 candidate boxes.
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                  patch_size=8)
+    vision = dict(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
     torch.manual_seed(0)
     model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=16))
-    # Zero the box head's output layer, so every predicted box is its patch's anchor box (checked by hand below).
+    # Zero the box head's output layer, so every predicted box is its patch's anchor box (checked by hand
+    # below).
     torch.nn.init.zeros_(model.box_head.dense2.weight)
     torch.nn.init.zeros_(model.box_head.dense2.bias)
     model.save_pretrained(folder)
@@ -274,12 +332,16 @@ def test_hf_backend_runs_a_tiny_owlv2(tmp_path: Path, tiny_owlv2: Path) -> None:
         runtime.close()
     assert info.cache_hit and replay.text == result.text
     found = json.loads(result.text.splitlines()[-1])
-    # OWLv2 pads the 60x40 image to 60x60 and its anchors centre on patch corners k/4 (k = 1..4) with size 1/4:
-    # [k/4 - 1/8, k/4 + 1/8] * 60 px = [7.5, 22.5], [22.5, 37.5], [37.5, 52.5], [52.5, 67.5] (+-0.01), widened to
-    # whole pixels and clipped to 60 wide / 40 high; the y cell [52.5, 67.5] lies below the image and is dropped.
+    # OWLv2 pads the 60x40 image to 60x60 and its anchors centre on patch corners k/4 (k = 1..4) with size
+    # 1/4:
+    # [k/4 - 1/8, k/4 + 1/8] * 60 px = [7.5, 22.5], [22.5, 37.5], [37.5, 52.5], [52.5, 67.5] (+-0.01), widened
+    # to
+    # whole pixels and clipped to 60 wide / 40 high; the y cell [52.5, 67.5] lies below the image and is
+    # dropped.
     xs, ys = [[7, 23], [22, 38], [37, 53], [52, 60]], [[7, 23], [22, 38], [37, 40]]
     cells = [[x1, y1, x2, y2] for x1, x2 in xs for y1, y2 in ys]
-    assert len(found) == MAX_DETECTIONS  # 12 cells pass threshold 0 (neighbours overlap by 1 px: no suppression)
+    # 12 cells pass threshold 0 (neighbours overlap by 1 px: no suppression)
+    assert len(found) == MAX_DETECTIONS
     assert all(d["box"] in cells for d in found)
     assert [d["score"] for d in found] == sorted((d["score"] for d in found), reverse=True)
 

@@ -1,5 +1,5 @@
-"""Tests of tools/measure.py (``vgym.tools.measure``): hand-computed geometry, the schema's enum, the model-facing
-errors and cache replay."""
+"""Tests of tools/measure.py (``vgym.tools.measure``): hand-computed geometry, the schema's enum, the
+model-facing errors and cache replay."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def _text(**arguments: object) -> str:
     [
         # 3-4-5 triangle: sqrt(3² + 4²) = 5.
         ({"kind": "distance", "points": [[0, 0], [3, 4]]}, "distance: 5 px (image 0)."),
-        ({"kind": "distance", "points": [0, 0, 3, 4]}, "distance: 5 px (image 0)."),  # a flat list is regrouped
+        # a flat list is regrouped
+        ({"kind": "distance", "points": [0, 0, 3, 4]}, "distance: 5 px (image 0)."),
         # sqrt(1² + 1²) = 1.41421... shown with 2 decimals.
         ({"kind": "distance", "points": [[10.5, 20], [11.5, 21]]}, "distance: 1.41 px (image 0)."),
         # b→a = (3, 0) along +x, b→c = (0, 4) along +y: a right angle.
@@ -46,19 +47,36 @@ def _text(**arguments: object) -> str:
         ({"kind": "angle", "points": [[0, 5], [5, 5], [10, 5]]}, "angle at (5, 5): 180 degrees (image 0)."),
         # (40 - 10) x (30 - 20) = 300.
         ({"kind": "area", "boxes": [[10, 20, 40, 30]]}, "area of the box: 300 px² (30 x 10) (image 0)."),
-        ({"kind": "area", "boxes": [1.5, 2, 4, 6]}, "area of the box: 10 px² (2.5 x 4) (image 0)."),  # 2.5 x 4
+        # 2.5 x 4
+        ({"kind": "area", "boxes": [1.5, 2, 4, 6]}, "area of the box: 10 px² (2.5 x 4) (image 0)."),
         # Right triangle with legs 4 and 3: 4 * 3 / 2 = 6.
-        ({"kind": "area", "points": [[0, 0], [4, 0], [0, 3]]}, "area of the 3-point polygon: 6 px² (image 0)."),
+        (
+            {"kind": "area", "points": [[0, 0], [4, 0], [0, 3]]},
+            "area of the 3-point polygon: 6 px² (image 0).",
+        ),
         # An L: a 4x1 bar plus a 1x2 stem = 4 + 2 = 6, listed clockwise, then counter-clockwise (same area).
-        ({"kind": "area", "points": [[0, 0], [4, 0], [4, 1], [1, 1], [1, 3], [0, 3]]},
-         "area of the 6-point polygon: 6 px² (image 0)."),
-        ({"kind": "area", "points": [[0, 3], [1, 3], [1, 1], [4, 1], [4, 0], [0, 0]]},
-         "area of the 6-point polygon: 6 px² (image 0)."),
+        (
+            {"kind": "area", "points": [[0, 0], [4, 0], [4, 1], [1, 1], [1, 3], [0, 3]]},
+            "area of the 6-point polygon: 6 px² (image 0).",
+        ),
+        (
+            {"kind": "area", "points": [[0, 3], [1, 3], [1, 1], [4, 1], [4, 0], [0, 0]]},
+            "area of the 6-point polygon: 6 px² (image 0).",
+        ),
         # [0,0,10,10] ∩ [5,5,15,15] = [5,5,10,10], 25 px²; union 100 + 100 - 25 = 175; 25/175 = 0.142857.
-        ({"kind": "iou", "boxes": [[0, 0, 10, 10], [5, 5, 15, 15]]}, "iou of the two boxes: 0.1429 (image 0)."),
-        ({"kind": "iou", "boxes": [[0, 0, 10, 10], [0, 0, 10, 10]]}, "iou of the two boxes: 1.0000 (image 0)."),
+        (
+            {"kind": "iou", "boxes": [[0, 0, 10, 10], [5, 5, 15, 15]]},
+            "iou of the two boxes: 0.1429 (image 0).",
+        ),
+        (
+            {"kind": "iou", "boxes": [[0, 0, 10, 10], [0, 0, 10, 10]]},
+            "iou of the two boxes: 1.0000 (image 0).",
+        ),
         # Touching at x = 10 only: no area in common.
-        ({"kind": "iou", "boxes": [[0, 0, 10, 10], [10, 0, 20, 10]]}, "iou of the two boxes: 0.0000 (image 0)."),
+        (
+            {"kind": "iou", "boxes": [[0, 0, 10, 10], [10, 0, 20, 10]]},
+            "iou of the two boxes: 0.0000 (image 0).",
+        ),
         # [0,0,20,10] holds [5,0,15,10]: 100 / 200 = 0.5.
         ({"kind": "iou", "boxes": [0, 0, 20, 10, 5, 0, 15, 10]}, "iou of the two boxes: 0.5000 (image 0)."),
         # Corners of the frame are allowed: the diagonal of the 80x60 image is sqrt(6400 + 3600) = 100.
@@ -89,11 +107,14 @@ def test_schema_lists_the_kinds_as_an_enum() -> None:
     x=st.integers(0, 70), y=st.integers(0, 50), w=st.integers(1, 10), h=st.integers(1, 10),
     dx=st.integers(-12, 12), dy=st.integers(-12, 12),
 )
-def test_rectangle_polygon_equals_box_and_iou_is_symmetric(x: int, y: int, w: int, h: int, dx: int, dy: int) -> None:
+def test_rectangle_polygon_equals_box_and_iou_is_symmetric(
+    x: int, y: int, w: int, h: int, dx: int, dy: int
+) -> None:
     corners = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], float)
     assert polygon_area(corners) == w * h
     a, b = [x, y, x + w, y + h], [x + dx, y + dy, x + dx + w, y + dy + h]
-    # Same-size boxes shifted by (dx, dy): overlap = max(0, w - |dx|) * max(0, h - |dy|), union = 2wh - overlap.
+    # Same-size boxes shifted by (dx, dy): overlap = max(0, w - |dx|) * max(0, h - |dy|), union = 2wh -
+    # overlap.
     inter = max(0, w - abs(dx)) * max(0, h - abs(dy))
     assert box_iou(a, b) == pytest.approx(inter / (2 * w * h - inter))
     assert box_iou(a, b) == box_iou(b, a)
@@ -156,14 +177,20 @@ FRAME = r"the image is 80x60, so coordinates lie in 0 <= x <= 80, 0 <= y <= 60"
             r"points \[\[0, 0\], \[81, 4\]\] lie\(s\) outside the image; " + FRAME,
         ),
         ({"kind": "distance", "points": [[0, -1], [3, 4]]}, "points .* lie\\(s\\) outside the image"),
-        ({"kind": "area", "boxes": [[10, 10, 20, 61]]}, r"boxes \[\[10, 10, 20, 61\]\] lie\(s\) outside the image"),
+        (
+            {"kind": "area", "boxes": [[10, 10, 20, 61]]},
+            r"boxes \[\[10, 10, 20, 61\]\] lie\(s\) outside the image",
+        ),
         # Inverted or empty boxes, degenerate angles.
         (
             {"kind": "area", "boxes": [[20, 10, 10, 20]]},
             r"boxes \[\[20\.0, 10\.0, 10\.0, 20\.0\]\] are empty or inverted",
         ),
         ({"kind": "iou", "boxes": [[0, 0, 10, 10], [5, 5, 5, 15]]}, "are empty or inverted"),
-        ({"kind": "angle", "points": [[1, 1], [1, 1], [3, 4]]}, "angle needs a and c distinct from the vertex b"),
+        (
+            {"kind": "angle", "points": [[1, 1], [1, 1], [3, 4]]},
+            "angle needs a and c distinct from the vertex b",
+        ),
         # Arguments that do not fit the kind.
         (
             {"kind": "distance", "boxes": [[0, 0, 3, 4]]},
@@ -171,7 +198,10 @@ FRAME = r"the image is 80x60, so coordinates lie in 0 <= x <= 80, 0 <= y <= 60"
         ),
         ({"kind": "distance", "points": [[0, 0], [3, 4]], "boxes": [[0, 0, 3, 4]]}, r"\(and no boxes\)"),
         ({"kind": "iou", "points": [[0, 0], [3, 4]]}, r"kind 'iou' takes 2 boxes \(and no points\)"),
-        ({"kind": "area"}, "kind 'area' takes 1 box or 3\\+ points: give either points or boxes, got neither"),
+        (
+            {"kind": "area"},
+            "kind 'area' takes 1 box or 3\\+ points: give either points or boxes, got neither",
+        ),
         (
             {"kind": "area", "points": [[0, 0], [4, 0], [0, 3]], "boxes": [[0, 0, 3, 4]]},
             "give either points or boxes, got both",

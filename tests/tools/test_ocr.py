@@ -1,7 +1,8 @@
 """Tests of tools/ocr.py (``vgym.tools.ocr``): RapidOCR on text drawn with OpenCV, the oracle, reading order,
 box restriction, the model-facing errors and cache replay.
 
-The RapidOCR engine is loaded once per module with one onnxruntime thread (the test machine's cores are shared).
+The RapidOCR engine is loaded once per module with one onnxruntime thread (the test machine's cores are
+shared).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from vgym.tools.ocr import reading_order, render_text_scene
 
 OPTIONS = {"EngineConfig.onnxruntime.intra_op_num_threads": 1}  # shared CPU; production uses all cores
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-LINES = [("VGYM 2026", (60, 150), 2.0, 4), ("Exit at gate 12", (60, 350), 1.5, 3)]  # text, baseline origin, scale, px
+# text, baseline origin, scale, px
+LINES = [("VGYM 2026", (60, 150), 2.0, 4), ("Exit at gate 12", (60, 350), 1.5, 3)]
 RECALL_FLOOR = 0.75  # per scene (4-8 lines), so one miss passes; measured: 212 of 212 lines (1.00) over
 # seeds 0..39, counting a line when its text matches exactly after normalising case and spaces and IoU >= 0.5
 
@@ -38,15 +40,16 @@ def _draw(lines: list[tuple[str, tuple[int, int], float, int]], width: int, heig
 
 
 def _drawn_box(text: str, origin: tuple[int, int], scale: float, thickness: int) -> list[int]:
-    """Where cv2.putText puts ``text``: from ``origin`` (bottom-left of the baseline) up by the glyph height and
-    down by the descender."""
+    """Where cv2.putText puts ``text``: from ``origin`` (bottom-left of the baseline) up by the glyph height
+    and down by the descender."""
     (w, h), baseline = cv2.getTextSize(text, FONT, scale, thickness)
     return [origin[0], origin[1] - h, origin[0] + w, origin[1] + baseline]
 
 
 def _near(box: list[int], drawn: list[int]) -> bool:
-    """Every edge of ``box`` within 40% of the drawn text's height of the drawn box: the detector pads lines by a
-    margin (measured up to 35% of the height at the top, where putText's height leaves out half the stroke)."""
+    """Every edge of ``box`` within 40% of the drawn text's height of the drawn box: the detector pads lines
+    by a margin (measured up to 35% of the height at the top, where putText's height leaves out half the
+    stroke)."""
     tolerance = 0.4 * (drawn[3] - drawn[1])
     return all(abs(a - b) <= tolerance for a, b in zip(box, drawn))
 
@@ -61,8 +64,13 @@ def _iou(a: list[float], b: list[float]) -> float:
 
 
 def _ctx(image: np.ndarray, resource: Any = None, metadata: dict | None = None) -> ToolContext:
-    return ToolContext(images=[image], metadata=metadata or {}, rng=np.random.default_rng(0), max_pixels=224 * 224,
-                       resource=resource)
+    return ToolContext(
+        images=[image],
+        metadata=metadata or {},
+        rng=np.random.default_rng(0),
+        max_pixels=224 * 224,
+        resource=resource,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +89,9 @@ def _read(ctx: ToolContext, backend: str = "rapidocr", **arguments: Any) -> tupl
     return json.loads(result.text), result.images[0]
 
 
-def test_rapidocr_reads_drawn_lines_where_they_were_drawn(engine: Any, page: np.ndarray, request: Any) -> None:
+def test_rapidocr_reads_drawn_lines_where_they_were_drawn(
+    engine: Any, page: np.ndarray, request: Any
+) -> None:
     start = time.perf_counter()
     lines, annotated = _read(_ctx(page, engine))
     request.node.user_properties.append(("latency_640x480_s", time.perf_counter() - start))  # reported only
@@ -108,7 +118,8 @@ def test_rapidocr_box_reads_only_that_region_in_full_image_coordinates(engine: A
     # The second line spans about x 60..395, y 320..360; the box [40, 280, 620, 400] holds it and no other.
     lines, annotated = _read(_ctx(page, engine), box=[40, 280, 620, 400])
     assert [_norm(line["text"]) for line in lines] == ["exit at gate 12"]
-    assert _near(lines[0]["box"], _drawn_box(*LINES[1])), lines  # not shifted by the region's (40, 280) corner
+    # not shifted by the region's (40, 280) corner
+    assert _near(lines[0]["box"], _drawn_box(*LINES[1])), lines
     assert annotated.shape == (120, 580, 3)  # the region's view
 
 
@@ -131,19 +142,25 @@ def test_rapidocr_recall_on_procedural_scenes(engine: Any, seed: int) -> None:
 
 def test_rapidocr_reads_a_4k_image(engine: Any, request: Any) -> None:
     height, width = 2160, 3840
-    lines = [(text, (200 + 300 * i, 400 + 450 * i), 3.0, 6)
-             for i, text in enumerate(["VGYM 2026", "Quarterly report", "Total 4213 units", "Exit at gate 12"])]
+    lines = [
+        (text, (200 + 300 * i, 400 + 450 * i), 3.0, 6)
+        for i, text in enumerate(["VGYM 2026", "Quarterly report", "Total 4213 units", "Exit at gate 12"])
+    ]
     ctx = _ctx(_draw(lines, width, height), engine)
     start = time.perf_counter()
     found, annotated = _read(ctx)
-    request.node.user_properties.append(("latency_4k_s", time.perf_counter() - start))  # reported, not asserted
+    # reported, not asserted
+    request.node.user_properties.append(("latency_4k_s", time.perf_counter() - start))
     assert [_norm(line["text"]) for line in found] == [_norm(text) for text, *_ in lines]
     for line, drawn in zip(found, lines):
-        assert _near(line["box"], _drawn_box(*drawn)), (line, drawn)  # mapped back from RapidOCR's working size
+        # mapped back from RapidOCR's working size
+        assert _near(line["box"], _drawn_box(*drawn)), (line, drawn)
     assert annotated.shape == (height, width, 3)
 
 
-def test_loading_and_reading_never_touch_the_network(monkeypatch: pytest.MonkeyPatch, page: np.ndarray) -> None:
+def test_loading_and_reading_never_touch_the_network(
+    monkeypatch: pytest.MonkeyPatch, page: np.ndarray
+) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise OSError("network access attempted during an offline test")
 
@@ -155,7 +172,9 @@ def test_loading_and_reading_never_touch_the_network(monkeypatch: pytest.MonkeyP
 
 
 def test_bad_loader_options_raise_a_tool_error() -> None:
-    with pytest.raises(ToolError, match=r"invalid rapidocr options \{'Global\.no_such_key': 1\}.*Global\.text_score"):
+    with pytest.raises(
+        ToolError, match=r"invalid rapidocr options \{'Global\.no_such_key': 1\}.*Global\.text_score"
+    ):
         TOOLS.get("ocr").backend("rapidocr").loader({"Global.no_such_key": 1})
 
 
@@ -176,7 +195,8 @@ def test_oracle_box_keeps_lines_whose_centre_is_inside() -> None:
              {"text": "middle", "box": [10, 50, 210, 80]},  # centre (110, 65)
              {"text": "bottom", "box": [100, 90, 180, 120]}]  # centre (140, 105)
     image = np.full((130, 220, 3), 255, np.uint8)
-    # [0, 20, 150, 70] holds the centres (60, 25) and (110, 65) though it cuts both boxes; (140, 105) lies below.
+    # [0, 20, 150, 70] holds the centres (60, 25) and (110, 65) though it cuts both boxes; (140, 105) lies
+    # below.
     lines, annotated = _read(_ctx(image, metadata={"texts": texts}), backend="oracle", box=[0, 20, 150, 70])
     assert [line["text"] for line in lines] == ["top", "middle"]
     assert annotated.shape == (50, 150, 3)
@@ -194,7 +214,10 @@ def test_oracle_without_texts_metadata_says_so(page: np.ndarray) -> None:
         ({"image_index": 1}, r"image_index 1 does not exist; valid indices are 0\.\.0"),
         ({"image_index": -1}, r"image_index -1 does not exist"),
         ({"image_index": 0.5}, r"argument 'image_index' must be a JSON integer"),
-        ({"box": [700, 0, 800, 100]}, r"box \[700, 0, 800, 100\] lies outside the image; the image is 640x480"),
+        (
+            {"box": [700, 0, 800, 100]},
+            r"box \[700, 0, 800, 100\] lies outside the image; the image is 640x480",
+        ),
         ({"box": [100, 100, 50, 200]}, r"box \[100, 100, 50, 200\] is empty or inverted"),
         ({"box": [0, 0, math.nan, 10]}, r"box must hold finite numbers"),
         ({"box": [1, 2, 3]}, r"box must be 4 numbers \[x1, y1, x2, y2\], got \[1, 2, 3\]"),
@@ -225,17 +248,25 @@ def test_render_text_scene_is_seeded() -> None:
     c_image, c_texts = render_text_scene(np.random.default_rng(8))
     assert np.array_equal(a_image, b_image) and a_texts == b_texts
     assert not np.array_equal(a_image, c_image) and a_texts != c_texts
-    ink = a_image.min(axis=2) < int(a_image[0, 0, 0]) - 40  # the corner is background; ink is 40+ levels darker
+    # the corner is background; ink is 40+ levels darker
+    ink = a_image.min(axis=2) < int(a_image[0, 0, 0]) - 40
     for truth in a_texts:  # each ground-truth box is tight: ink on its edge rows/columns, none just outside
         x1, y1, x2, y2 = truth["box"]
         assert 0 < x1 < x2 < 640 and 0 < y1 < y2 < 480
-        assert ink[y1:y2, x1].any() and ink[y1:y2, x2 - 1].any() and ink[y1, x1:x2].any() and ink[y2 - 1, x1:x2].any()
+        assert (
+            ink[y1:y2, x1].any()
+            and ink[y1:y2, x2 - 1].any()
+            and ink[y1, x1:x2].any()
+            and ink[y2 - 1, x1:x2].any()
+        )
         assert not ink[y1:y2, x1 - 1].any() and not ink[y1:y2, x2].any()
         assert not ink[y1 - 1, x1:x2].any() and not ink[y2, x1:x2].any()
 
 
 def test_cache_replay_through_the_runtime(tmp_path: Any, page: np.ndarray) -> None:
-    config = ToolRuntimeConfig(cache_dir=str(tmp_path), backends={"ocr": "rapidocr"}, options={"ocr": OPTIONS})
+    config = ToolRuntimeConfig(
+        cache_dir=str(tmp_path), backends={"ocr": "rapidocr"}, options={"ocr": OPTIONS}
+    )
     runtime = ToolRuntime(config)
     try:
         first, first_info = runtime.call(TOOLS.get("ocr"), _ctx(page), {"box": [0, 60, 640, 400]})
@@ -245,4 +276,7 @@ def test_cache_replay_through_the_runtime(tmp_path: Any, page: np.ndarray) -> No
     assert not first_info.cache_hit and second_info.cache_hit
     assert [_norm(line["text"]) for line in json.loads(first.text)] == ["vgym 2026", "exit at gate 12"]
     assert second.text == first.text
-    assert second.images[0].tobytes() == first.images[0].tobytes() and second.images[0].shape == first.images[0].shape
+    assert (
+        second.images[0].tobytes() == first.images[0].tobytes()
+        and second.images[0].shape == first.images[0].shape
+    )

@@ -1,5 +1,5 @@
-"""Tests of tools/point.py (``vgym.tools.point``): oracle points, box centres from the opencv backend (a hand-made
-block, drawn scenes, the astronaut's face), model-facing errors and cache replay."""
+"""Tests of tools/point.py (``vgym.tools.point``): oracle points, box centres from the opencv backend (a
+hand-made block, drawn scenes, the astronaut's face), model-facing errors and cache replay."""
 
 from __future__ import annotations
 

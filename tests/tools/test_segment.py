@@ -1,5 +1,5 @@
-"""Tests of tools/segment.py (``vgym.tools.segment``): oracle masks, GrabCut on procedural scenes, a tiny SAM, the
-mask report, model-facing errors and cache replay."""
+"""Tests of tools/segment.py (``vgym.tools.segment``): oracle masks, GrabCut on procedural scenes, a tiny SAM,
+the mask report, model-facing errors and cache replay."""
 
 from __future__ import annotations
 
@@ -20,8 +20,13 @@ H, W = 60, 80  # a non-square image, so x/y mix-ups show
 
 
 def _ctx(image: np.ndarray, metadata: dict | None = None, arrays: dict | None = None) -> ToolContext:
-    return ToolContext(images=[image], metadata=metadata or {}, rng=np.random.default_rng(0), max_pixels=224 * 224,
-                       arrays=arrays or {})
+    return ToolContext(
+        images=[image],
+        metadata=metadata or {},
+        rng=np.random.default_rng(0),
+        max_pixels=224 * 224,
+        arrays=arrays or {},
+    )
 
 
 def _mask_of(result) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -35,12 +40,13 @@ def _mask_of(result) -> np.ndarray:  # type: ignore[no-untyped-def]
 def _scene(seed: int, h: int = 96, w: int = 128) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
     """A solid, slightly noisy shape (circle, rectangle or triangle) on a textured, noisy background.
 
-    Returns ``(image, true_mask, box, point)``: the box is the shape's bounding box widened by 5 px (clipped to the
-    image), the point the shape's centre.
+    Returns ``(image, true_mask, box, point)``: the box is the shape's bounding box widened by 5 px (clipped
+    to the image), the point the shape's centre.
     """
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, (6, 8, 3)).astype(np.uint8)  # low-frequency colour blobs ...
-    background = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC) + rng.normal(0, 20, (h, w, 3))  # + noise
+    # + noise
+    background = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC) + rng.normal(0, 20, (h, w, 3))
     mask = np.zeros((h, w), np.uint8)
     cx, cy = int(rng.integers(35, w - 35)), int(rng.integers(30, h - 30))
     if seed % 3 == 0:
@@ -53,7 +59,12 @@ def _scene(seed: int, h: int = 96, w: int = 128) -> tuple[np.ndarray, np.ndarray
     shape = rng.integers(0, 256, 3) + rng.normal(0, 8, (h, w, 3))
     image = np.clip(np.where(mask[..., None] > 0, shape, background), 0, 255).astype(np.uint8)
     ys, xs = np.nonzero(mask)
-    box = [max(0, int(xs.min()) - 5), max(0, int(ys.min()) - 5), min(w, int(xs.max()) + 6), min(h, int(ys.max()) + 6)]
+    box = [
+        max(0, int(xs.min()) - 5),
+        max(0, int(ys.min()) - 5),
+        min(w, int(xs.max()) + 6),
+        min(h, int(ys.max()) + 6),
+    ]
     return image, mask.astype(bool), box, [cx, cy]
 
 
@@ -61,7 +72,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
 
 
-# --- oracle -------------------------------------------------------------------------------------------------------
+# --- oracle
+# -------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -109,12 +121,14 @@ def test_report_text_and_overlay_by_hand(oracle_scene: tuple) -> None:
     # A covers x 10..19, y 5..14: area 10*10 = 100 px = 100/4800 = 2.08% of the image, box [10, 5, 20, 15]
     # (exclusive ends), centroid = mean of 10..19 = 14.5 and of 5..14 = 9.5.
     assert result.text == (
-        "segment of image 0 from point [12, 6]: mask area 100 px (2.1% of the image), bounding box [10, 5, 20, 15], "
+        "segment of image 0 from point [12, 6]: mask area 100 px (2.1% of the image), bounding box [10, 5, "
+        "20, 15], "
         "centroid (14.5, 9.5). Returned: the mask over the image, then the mask alone (white = object)."
     )
     overlay = result.images[0]
     assert overlay.shape == image.shape and overlay.dtype == np.uint8
-    # (16, 12): inside A, off its outline and off the prompt marker (a 9 px cross at (12, 6)): a 50% magenta tint.
+    # (16, 12): inside A, off its outline and off the prompt marker (a 9 px cross at (12, 6)): a 50% magenta
+    # tint.
     expected = np.round(0.5 * image[12, 16].astype(float) + 0.5 * np.array([255, 0, 255])).astype(np.uint8)
     assert np.array_equal(overlay[12, 16], expected)
     assert np.array_equal(overlay[50, 70], image[50, 70])  # far from the mask and the prompt: untouched
@@ -125,19 +139,37 @@ def test_report_text_and_overlay_by_hand(oracle_scene: tuple) -> None:
     [
         ({}, {}, 0, "oracle backend needs this sample's ground-truth masks"),
         ({"objects": [{"name": "a", "box": [0, 0, 5, 5]}]}, {}, 0, "needs this sample's ground-truth masks"),
-        ({"objects": []}, {"masks": np.zeros((1, H, W), bool)}, 0, r"masks \(1, 60, 80\) do not match its 0 objects"),
-        ({"objects": []}, {"masks": np.zeros((0, H, W), bool)}, 1, "knows masks of image 0 only, got image_index 1"),
+        (
+            {"objects": []},
+            {"masks": np.zeros((1, H, W), bool)},
+            0,
+            r"masks \(1, 60, 80\) do not match its 0 objects",
+        ),
+        (
+            {"objects": []},
+            {"masks": np.zeros((0, H, W), bool)},
+            1,
+            "knows masks of image 0 only, got image_index 1",
+        ),
     ],
 )
-def test_oracle_without_usable_ground_truth_raises(metadata: dict, arrays: dict, index: int, message: str) -> None:
+def test_oracle_without_usable_ground_truth_raises(
+    metadata: dict, arrays: dict, index: int, message: str
+) -> None:
     image = np.zeros((H, W, 3), np.uint8)
-    ctx = ToolContext(images=[image, image], metadata=metadata, rng=np.random.default_rng(0), max_pixels=224 * 224,
-                      arrays=arrays)
+    ctx = ToolContext(
+        images=[image, image],
+        metadata=metadata,
+        rng=np.random.default_rng(0),
+        max_pixels=224 * 224,
+        arrays=arrays,
+    )
     with pytest.raises(ToolError, match=message):
         SEGMENT(ctx, {"point": [3, 3], "image_index": index}, backend="oracle")
 
 
-# --- grabcut ------------------------------------------------------------------------------------------------------
+# --- grabcut
+# ------------------------------------------------------------------------------------------------------
 
 SEEDS = range(60)
 
@@ -148,14 +180,20 @@ def scenes() -> list[tuple[np.ndarray, np.ndarray, list[int], list[int]]]:
 
 
 def test_grabcut_box_recovers_the_shape(scenes: list) -> None:
-    ious = [_iou(_mask_of(SEGMENT(_ctx(im), {"box": box}, backend="grabcut")), mask) for im, mask, box, _ in scenes]
+    ious = [
+        _iou(_mask_of(SEGMENT(_ctx(im), {"box": box}, backend="grabcut")), mask)
+        for im, mask, box, _ in scenes
+    ]
     # Measured over seeds 0..59: mean 0.9977, worst 0.983.
     assert np.mean(ious) > 0.99 and min(ious) > 0.97, (np.mean(ious), min(ious))
 
 
 def test_grabcut_point_recovers_the_shape(scenes: list) -> None:
-    ious = [_iou(_mask_of(SEGMENT(_ctx(im), {"point": p}, backend="grabcut")), mask) for im, mask, _, p in scenes]
-    # Measured over seeds 0..59: mean 0.9915; the worst (seed 2, 0.61) is a triangle whose colour resembles the
+    ious = [
+        _iou(_mask_of(SEGMENT(_ctx(im), {"point": p}, backend="grabcut")), mask) for im, mask, _, p in scenes
+    ]
+    # Measured over seeds 0..59: mean 0.9915; the worst (seed 2, 0.61) is a triangle whose colour resembles
+    # the
     # background; the next worst is 0.983.
     assert np.mean(ious) > 0.97, np.mean(ious)
 
@@ -175,7 +213,9 @@ def test_grabcut_is_deterministic(scenes: list) -> None:
         first = SEGMENT(_ctx(image), arguments, backend="grabcut")
         cv2.setRNGSeed(12345)  # another OpenCV RNG state in between must not matter
         second = SEGMENT(_ctx(image), arguments, backend="grabcut")
-        assert first.text == second.text and all(np.array_equal(a, b) for a, b in zip(first.images, second.images))
+        assert first.text == second.text and all(
+            np.array_equal(a, b) for a, b in zip(first.images, second.images)
+        )
 
 
 def test_grabcut_box_over_the_whole_image_keeps_the_border_as_background(scenes: list) -> None:
@@ -190,7 +230,8 @@ def test_grabcut_too_small_a_prompt_raises() -> None:
         SEGMENT(_ctx(image), {"box": [3, 3, 5, 5]}, backend="grabcut")
 
 
-# --- hf (tiny SAM) ------------------------------------------------------------------------------------------------
+# --- hf (tiny SAM)
+# ------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -202,24 +243,41 @@ def tiny_sam(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     size = 64  # input side (the real model uses 1024): 4x4 patches of 16 px
     # Vision encoder: was 768 hidden, 256 output channels, 12 layers, 12 heads, 14-px windows.
-    vision = {"hidden_size": 16, "output_channels": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "image_size": size, "window_size": 2, "global_attn_indexes": [1], "num_pos_feats": 4, "mlp_dim": 32}
-    prompt = {"hidden_size": 8, "image_size": size, "mask_input_channels": 4}  # hidden must equal output_channels
+    vision = {
+        "hidden_size": 16,
+        "output_channels": 8,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": size,
+        "window_size": 2,
+        "global_attn_indexes": [1],
+        "num_pos_feats": 4,
+        "mlp_dim": 32,
+    }
+    # hidden must equal output_channels
+    prompt = {"hidden_size": 8, "image_size": size, "mask_input_channels": 4}
     decoder = {"hidden_size": 8, "mlp_dim": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
                "iou_head_hidden_dim": 8}
     torch.manual_seed(0)
-    model = SamModel(SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder))
+    model = SamModel(
+        SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+    )
     path = tmp_path_factory.mktemp("sam") / "tiny_sam"
     model.save_pretrained(path)
-    image_processor = SamImageProcessorPil(size={"longest_edge": size}, pad_size={"height": size, "width": size})
+    image_processor = SamImageProcessorPil(
+        size={"longest_edge": size}, pad_size={"height": size, "width": size}
+    )
     SamProcessor(image_processor=image_processor).save_pretrained(path)
     return path
 
 
 def test_hf_sam_returns_a_mask_of_the_image_size(tiny_sam: Path, tmp_path: Path, scenes: list) -> None:
     image = scenes[2][0][:50, :70]  # a non-square crop, so the mask is resized back to 50x70, not 64x64
-    runtime = ToolRuntime(ToolRuntimeConfig(backends={"segment": "hf"}, options={"segment": {"model": str(tiny_sam)}},
-                                            timeout_s=None))
+    runtime = ToolRuntime(
+        ToolRuntimeConfig(
+            backends={"segment": "hf"}, options={"segment": {"model": str(tiny_sam)}}, timeout_s=None
+        )
+    )
     for arguments in ({"box": [10, 10, 40, 30]}, {"point": [20, 20]}):
         result, info = runtime.call(SEGMENT, _ctx(image), arguments)
         assert info.backend == "hf"
@@ -235,7 +293,8 @@ def test_hf_without_the_model_option_says_which_option_to_set() -> None:
         runtime.call(SEGMENT, _ctx(np.zeros((H, W, 3), np.uint8)), {"point": [1, 1]})
 
 
-# --- bad arguments, every backend -----------------------------------------------------------------------------------
+# --- bad arguments, every backend
+# -----------------------------------------------------------------------------------
 
 POINT_FRAME = r"the image is 80x60, so a valid point has 0 <= x < 80 and 0 <= y < 60"
 
@@ -245,7 +304,10 @@ POINT_FRAME = r"the image is 80x60, so a valid point has 0 <= x < 80 and 0 <= y 
     "arguments, message",
     [
         ({}, "segment needs exactly one prompt, got neither box nor point"),
-        ({"box": [0, 0, 10, 10], "point": [5, 5]}, "segment needs exactly one prompt, got both box and point"),
+        (
+            {"box": [0, 0, 10, 10], "point": [5, 5]},
+            "segment needs exactly one prompt, got both box and point",
+        ),
         ({"box": [1, 2, 3]}, r"box must be 4 numbers \[x1, y1, x2, y2\], got \[1, 2, 3\]"),
         ({"box": [math.nan, 0, 10, 10]}, "box must hold finite numbers"),
         ({"box": [100, 100, 120, 120]}, r"box \[100, 100, 120, 120\] lies outside the image"),

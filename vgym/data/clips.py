@@ -1,19 +1,20 @@
 """The on-disk cache of rendered video clips shared by the procedural video tasks, kept to a size limit.
 
-Contents: :data:`CLIP_FOLDER_LIMIT_BYTES`, :func:`default_clip_dir`, :func:`clip_path`, :func:`overview_indices`,
-:class:`OverviewTimeline`, :func:`overview_timeline`, :func:`write_clip`, :func:`ensure_clip`, :func:`prune_clips`.
+Contents: :data:`CLIP_FOLDER_LIMIT_BYTES`, :func:`default_clip_dir`, :func:`clip_path`,
+:func:`overview_indices`, :class:`OverviewTimeline`, :func:`overview_timeline`, :func:`write_clip`,
+:func:`ensure_clip`, :func:`prune_clips`.
 
-Contract: a clip is named by a hash of everything that fixes its pixels (:func:`clip_path`), so a cached file is
-always the right one;
-:func:`ensure_clip` renders only when the file is missing and otherwise refreshes its modification time. Writes are
-atomic (temporary name, then ``os.replace``), so concurrent samplers and readers never see half a clip. Every
-:data:`PRUNE_EVERY` writes in a process, the folder is pruned back under :data:`CLIP_FOLDER_LIMIT_BYTES`: the least
-recently used clips go first, and never one used in the last ``min_age_s`` seconds (a live episode's clip stays; a
-pruned clip is simply rendered again when its sample is drawn again). Without the limit a multi-day run grew the
-folder without bound (the soak benchmark measured ~216 MB/h at 10 episodes/s).
+Contract: a clip is named by a hash of everything that fixes its pixels (:func:`clip_path`), so a cached file
+is always the right one; :func:`ensure_clip` renders only when the file is missing and otherwise refreshes its
+modification time. Writes are atomic (temporary name, then ``os.replace``), so concurrent samplers and readers
+never see half a clip. Every :data:`PRUNE_EVERY` writes in a process, the folder is pruned back under
+:data:`CLIP_FOLDER_LIMIT_BYTES`: the least recently used clips go first, and never one used in the last
+``min_age_s`` seconds (a live episode's clip stays; a pruned clip is simply rendered again when its sample is
+drawn again). Without the limit a multi-day run grew the folder without bound (the soak benchmark measured
+~216 MB/h at 10 episodes/s).
 
-The procedural video tasks show a few *overview* frames of their clip (:func:`overview_indices`) and hide the events
-a tool must find between them (:func:`overview_timeline`).
+The procedural video tasks show a few *overview* frames of their clip (:func:`overview_indices`) and hide the
+events a tool must find between them (:func:`overview_timeline`).
 """
 
 from __future__ import annotations
@@ -54,14 +55,14 @@ def default_clip_dir() -> str:
 
 
 def clip_path(task: str, key: Sequence[Any], *, clip_dir: str | None = None) -> str:
-    """The cache path of a clip rendered from ``key``: ``clip_dir / <task>-<hash>.mp4``, the hash being the first 20
-    hex digits of the SHA-1 of ``json.dumps([task, *key], sort_keys=True)``.
+    """The cache path of a clip rendered from ``key``: ``clip_dir / <task>-<hash>.mp4``, the hash being the
+    first 20 hex digits of the SHA-1 of ``json.dumps([task, *key], sort_keys=True)``.
 
     Args:
         task: the task's name: the file name's prefix, and hashed too.
-        key: everything that fixes the clip's pixels, JSON-serialisable (the task's version, its renderer's version,
-            and its config less ``clip_dir``, or the clip's plan, ...). The folder is not part of it: the same key
-            gives the same file name anywhere.
+        key: everything that fixes the clip's pixels, JSON-serialisable (the task's version, its renderer's
+            version, and its config less ``clip_dir``, or the clip's plan, ...). The folder is not part of it:
+            the same key gives the same file name anywhere.
         clip_dir: the folder; None = :func:`default_clip_dir`.
 
     Raises:
@@ -72,9 +73,9 @@ def clip_path(task: str, key: Sequence[Any], *, clip_dir: str | None = None) -> 
 
 
 def overview_indices(num_frames: int, fps: int, count: int) -> list[int]:
-    """The frames of a clip that the ``sample_frames`` tool picks for ``count`` frames over the whole clip (the frame
-    starting nearest ``(k + 1/2) · D / count`` s, D = ``num_frames / fps``): what the video tasks show as the
-    sample's overview images.
+    """The frames of a clip that the ``sample_frames`` tool picks for ``count`` frames over the whole clip
+    (the frame starting nearest ``(k + 1/2) · D / count`` s, D = ``num_frames / fps``): what the video tasks
+    show as the sample's overview images.
 
     Returns:
         Frame indices, increasing, without repeats (fewer than ``count`` only when ``count > num_frames``).
@@ -90,25 +91,28 @@ class OverviewTimeline:
     overview: list[int]
     """The overview frames (:func:`overview_indices`), n of them."""
     gaps: list[tuple[int, int]]
-    """The n + 1 half-open frame ranges ``[a, b)`` before, between and after the overview frames (the clip's edges
-    included; a range is empty when two overview frames, or one and an edge, are neighbours)."""
+    """The n + 1 half-open frame ranges ``[a, b)`` before, between and after the overview frames (the clip's
+    edges included; a range is empty when two overview frames, or one and an edge, are neighbours)."""
     probes: list[list[int]]
-    """Per inner gap k = 1 .. n - 1: every frame a ``sample_frames`` call aimed at the gap's middle, time k·D/n,
-    may return (two frames when a rounding tie could go either way)."""
+    """Per inner gap k = 1 .. n - 1: every frame a ``sample_frames`` call aimed at the gap's middle, time
+    k·D/n, may return (two frames when a rounding tie could go either way)."""
 
 
 def overview_timeline(num_frames: int, fps: int, count: int) -> OverviewTimeline:
-    """The overview frames of a ``num_frames`` clip at ``fps`` showing ``count`` of them, the gaps between them and
-    the frames at the inner gaps' middles (:class:`OverviewTimeline`).
+    """The overview frames of a ``num_frames`` clip at ``fps`` showing ``count`` of them, the gaps between
+    them and the frames at the inner gaps' middles (:class:`OverviewTimeline`).
 
-    A ``sample_frames`` call over ``[D / (2n), D - D / (2n)]`` s with n - 1 frames returns one probe frame per inner
-    gap, so an event covering a gap's probes is seen by that call and by none of the overview frames.
+    A ``sample_frames`` call over ``[D / (2n), D - D / (2n)]`` s with n - 1 frames returns one probe frame per
+    inner gap, so an event covering a gap's probes is seen by that call and by none of the overview frames.
     """
     overview = overview_indices(num_frames, fps, count)
     bounds = [-1, *overview, num_frames]
     gaps = [(a + 1, b) for a, b in zip(bounds, bounds[1:])]
     # The call aims at frame k·N/n; a tie (x.5) may go either way after float rounding, so both frames count.
-    probes = [[i for i in range(num_frames) if abs(i - k * num_frames / count) <= 0.5 + 1e-3] for k in range(1, count)]
+    probes = [
+        [i for i in range(num_frames) if abs(i - k * num_frames / count) <= 0.5 + 1e-3]
+        for k in range(1, count)
+    ]
     return OverviewTimeline(overview, gaps, probes)
 
 
@@ -139,8 +143,8 @@ def write_clip(path: str, frames: list[np.ndarray], fps: int) -> None:
 
 def ensure_clip(path: str, render: Callable[[], list[np.ndarray]], fps: int, *,
                 limit_bytes: int | None = None) -> None:
-    """Make sure the clip at ``path`` exists: render and write it when missing (``render()`` gives the RGB frames),
-    else mark it used (its modification time). Prunes the folder every :data:`PRUNE_EVERY` writes.
+    """Make sure the clip at ``path`` exists: render and write it when missing (``render()`` gives the RGB
+    frames), else mark it used (its modification time). Prunes the folder every :data:`PRUNE_EVERY` writes.
 
     Args:
         limit_bytes: the folder's size limit; None = :data:`CLIP_FOLDER_LIMIT_BYTES`.
@@ -160,9 +164,9 @@ def ensure_clip(path: str, render: Callable[[], list[np.ndarray]], fps: int, *,
 
 
 def prune_clips(folder: str, limit_bytes: int, *, min_age_s: float = 600.0) -> tuple[int, int]:
-    """Delete the least recently used ``*.mp4`` clips of ``folder`` until its clips total at most ``limit_bytes``,
-    sparing any used in the last ``min_age_s`` seconds. Files that vanish meanwhile (another process pruning) are
-    skipped.
+    """Delete the least recently used ``*.mp4`` clips of ``folder`` until its clips total at most
+    ``limit_bytes``, sparing any used in the last ``min_age_s`` seconds. Files that vanish meanwhile (another
+    process pruning) are skipped.
 
     Returns:
         ``(clips deleted, bytes freed)``.

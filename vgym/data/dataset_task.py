@@ -2,22 +2,24 @@
 
 Contents: :class:`DatasetConfig`, :class:`DatasetTask`.
 
-Records come in the vgym JSONL format (:mod:`vgym.data.records`) or are converted to it by a loader; files are read
-with the bounded readers and path confinement of :mod:`vgym.data.files` and decoded by :mod:`vgym.data.media`.
+Records come in the vgym JSONL format (:mod:`vgym.data.records`) or are converted to it by a loader; files are
+read with the bounded readers and path confinement of :mod:`vgym.data.files` and decoded by
+:mod:`vgym.data.media`.
 
 **Limits.** A line over :data:`~vgym.data.files.MAX_LINE_BYTES` (1 MiB), JSON nested deeper than
 :data:`~vgym.data.files.MAX_JSON_DEPTH` (32), ``NaN``/``Infinity``, duplicate keys in an object and duplicate
 record ids are errors naming ``file:line``. Every file a record names is resolved with
-:func:`~vgym.data.files.confined_path`: absolute paths, ``..`` escapes and symbolic links leading outside the root
-are refused. :func:`~vgym.data.media.load_image` refuses images over ``max_pixels`` before decoding them.
+:func:`~vgym.data.files.confined_path`: absolute paths, ``..`` escapes and symbolic links leading outside the
+root are refused. :func:`~vgym.data.media.load_image` refuses images over ``max_pixels`` before decoding them.
 All of these raise :class:`~vgym.errors.InvalidConfigError` naming the file (and the record, from
 :meth:`DatasetTask.sample`).
 
 **Bad media.** A record's image or video that is missing, empty, truncated, corrupt, without a video stream or
 frames, or over ``max_pixels`` raises :class:`~vgym.errors.MediaError` (an ``InvalidConfigError``) from
 :meth:`DatasetTask.sample`, naming the record and the file and carrying ``sample_id``; the other records are
-unaffected (nothing is decoded when the task is built), and :func:`vgym.rollout.loop.rollout` turns the failure into one
-failed episode. A path escaping the root stays a plain ``InvalidConfigError``, which stops a rollout.
+unaffected (nothing is decoded when the task is built), and :func:`vgym.rollout.loop.rollout` turns the
+failure into one failed episode. A path escaping the root stays a plain ``InvalidConfigError``, which stops a
+rollout.
 """
 
 from __future__ import annotations
@@ -41,22 +43,25 @@ class DatasetConfig:
     """Fields every dataset loader's config has (loader configs subclass it and add their format's fields)."""
 
     root: str = ""
-    """The dataset folder; every path in the annotations is relative to it and must stay inside it. Required: the
-    empty default makes constructing the task raise (``task_config={'root': '/data/chartqa'}``)."""
+    """The dataset folder; every path in the annotations is relative to it and must stay inside it. Required:
+    the empty default makes constructing the task raise (``task_config={'root': '/data/chartqa'}``)."""
     overview_frames: int = 4
-    """Frames of a record's video shown as images, spread evenly over the clip as ``sample_frames`` would over the
-    whole clip (1 to 8; the env's default episode budget is 8 images)."""
+    """Frames of a record's video shown as images, spread evenly over the clip as ``sample_frames`` would over
+    the whole clip (1 to 8; the env's default episode budget is 8 images)."""
     max_image_pixels: int = 64_000_000
     """Largest image (W·H) decoded; larger files are refused as possible decompression bombs."""
 
     def __post_init__(self) -> None:
         if isinstance(self.root, os.PathLike):
-            object.__setattr__(self, "root", os.fspath(self.root))  # a pathlib.Path is accepted and stored as str
+            # a pathlib.Path is accepted and stored as str
+            object.__setattr__(self, "root", os.fspath(self.root))
         if not isinstance(self.root, str):
             raise InvalidConfigError(f"root must be a folder path (str), got {self.root!r}")
         if isinstance(self.overview_frames, bool) or not isinstance(self.overview_frames, int) \
                 or not 1 <= self.overview_frames <= 8:
-            raise InvalidConfigError(f"overview_frames must be an int from 1 to 8, got {self.overview_frames!r}")
+            raise InvalidConfigError(
+                f"overview_frames must be an int from 1 to 8, got {self.overview_frames!r}"
+            )
         if isinstance(self.max_image_pixels, bool) or not isinstance(self.max_image_pixels, int) \
                 or self.max_image_pixels < 1:
             raise InvalidConfigError(f"max_image_pixels must be an int >= 1, got {self.max_image_pixels!r}")
@@ -81,15 +86,15 @@ def _instruction(sample: Sample) -> str:
 class DatasetTask(Task):
     """A task whose samples are the records of a dataset on disk (``procedural = False``).
 
-    Subclasses set ``name``, ``config_cls`` (usually a :class:`DatasetConfig` subclass) and ``default_tools``, and
-    implement :meth:`records` and :meth:`root`; sampling, scoring, prompts and the oracle's answer are generic.
-    :meth:`records` is called once, at the end of ``DatasetTask.__init__`` (so a bad annotation fails when the env
-    is made, and no image is decoded then): set anything it needs *before* calling ``super().__init__(config)``.
-    The optional config fields ``overview_frames`` (default 4) and ``max_image_pixels`` (default 64 M) are read
-    when present.
+    Subclasses set ``name``, ``config_cls`` (usually a :class:`DatasetConfig` subclass) and ``default_tools``,
+    and implement :meth:`records` and :meth:`root`; sampling, scoring, prompts and the oracle's answer are
+    generic. :meth:`records` is called once, at the end of ``DatasetTask.__init__`` (so a bad annotation fails
+    when the env is made, and no image is decoded then): set anything it needs *before* calling
+    ``super().__init__(config)``. The optional config fields ``overview_frames`` (default 4) and
+    ``max_image_pixels`` (default 64 M) are read when present.
 
-    :meth:`sample` returns record ``index % n`` of the split's ``n`` records in their order (the env draws random
-    indices, so this samples uniformly); ``seed`` is unused, because the data is fixed. The oracle's
+    :meth:`sample` returns record ``index % n`` of the split's ``n`` records in their order (the env draws
+    random indices, so this samples uniformly); ``seed`` is unused, because the data is fixed. The oracle's
     :class:`~vgym.task.Solution` has no tool calls: real data has no ground truth for tool arguments.
     """
 
@@ -100,14 +105,16 @@ class DatasetTask(Task):
         config: as :class:`~vgym.task.Task`.
 
         Raises:
-            InvalidConfigError: when :meth:`root` is empty or not a folder, or the annotations are invalid (from
-                :meth:`records`), or two records share an id.
+            InvalidConfigError: when :meth:`root` is empty or not a folder, or the annotations are invalid
+                (from :meth:`records`), or two records share an id.
         """
         super().__init__(config)
         root = self.root()
         if not root:
-            raise InvalidConfigError(f"{self.name} reads a dataset from disk: set task_config={{'root': ...}} to its "
-                                     f"folder, e.g. gymnasium.make(..., task_config={{'root': '/data/{self.name}'}})")
+            raise InvalidConfigError(
+                f"{self.name} reads a dataset from disk: set task_config={{'root': ...}} to its "
+                f"folder, e.g. gymnasium.make(..., task_config={{'root': '/data/{self.name}'}})"
+            )
         if not os.path.isdir(root):
             raise InvalidConfigError(f"{self.name}: the dataset root {root!r} is not a folder")
         records = self.records()
@@ -115,7 +122,9 @@ class DatasetTask(Task):
         seen: set[str] = set()
         for record in records:
             if record.id in seen:
-                raise InvalidConfigError(f"{self.name}: two records have the id {record.id!r}; ids must be unique")
+                raise InvalidConfigError(
+                    f"{self.name}: two records have the id {record.id!r}; ids must be unique"
+                )
             seen.add(record.id)
             by_split[record.split].append(record)
         self._by_split = by_split
@@ -146,26 +155,34 @@ class DatasetTask(Task):
         """Record ``index % n`` of ``split``, its images and video frames decoded (``seed`` is unused).
 
         Returns:
-            A :class:`~vgym.task.Sample` with id ``"<task>/<record id>"``, ``index`` the record's position in the
-            split, the question followed by ``"A. <option>"`` lines for choice records, the record's images then
-            its video's overview frames (full resolution), and ``metadata`` holding ``record`` (the record's own
-            metadata), ``record_id``, ``answer_type``, ``options``, ``aliases``, ``tolerance``, ``abs_tolerance``,
+            A :class:`~vgym.task.Sample` with id ``"<task>/<record id>"``, ``index`` the record's position in
+                the
+            split, the question followed by ``"A. <option>"`` lines for choice records, the record's images
+                then
+            its video's overview frames (full resolution), and ``metadata`` holding ``record`` (the record's
+                own
+            metadata), ``record_id``, ``answer_type``, ``options``, ``aliases``, ``tolerance``,
+                ``abs_tolerance``,
             ``tools`` and, for video records, ``video`` (``duration_s``, ``fps``, ``num_frames``,
             ``frame_indices``, ``frame_times`` of the overview frames).
 
         Raises:
             MediaError: for a file of the record that is missing or cannot be decoded (naming record and file;
                 ``sample_id`` set).
-            InvalidConfigError: for an unknown split, a negative index or seed, a split without records, or a file
-                path outside the root.
+            InvalidConfigError: for an unknown split, a negative index or seed, a split without records, or a
+                file path outside the root.
         """
         if index < 0 or seed < 0:
-            raise InvalidConfigError(f"seed and index must be non-negative ints, got seed={seed}, index={index}")
+            raise InvalidConfigError(
+                f"seed and index must be non-negative ints, got seed={seed}, index={index}"
+            )
         records = self.split_records(split)
         if not records:
             counts = {name: len(found) for name, found in self._by_split.items()}
-            raise InvalidConfigError(f"{self.name}: the split {split!r} has no records in {self.root()} (records per "
-                                     f"split: {counts}); choose another split (EnvConfig.split or reset options)")
+            raise InvalidConfigError(
+                f"{self.name}: the split {split!r} has no records in {self.root()} (records per "
+                f"split: {counts}); choose another split (EnvConfig.split or reset options)"
+            )
         position = index % len(records)
         record = records[position]
         metadata: dict[str, Any] = {
@@ -179,28 +196,49 @@ class DatasetTask(Task):
             video = None
             if record.video is not None:
                 video = confined_path(self.root(), record.video)
-                frames, metadata["video"] = overview_frames(video, int(getattr(self.config, "overview_frames", 4)))
+                frames, metadata["video"] = overview_frames(
+                    video, int(getattr(self.config, "overview_frames", 4))
+                )
                 images += frames
         except MediaError as error:  # one record's bad file: a rollout skips this episode (see MediaError)
             raise MediaError(f"{self.name} record {record.id!r}: {error}", path=error.path,
                              sample_id=f"{self.name}/{record.id}") from error
         except InvalidConfigError as error:
             raise InvalidConfigError(f"{self.name} record {record.id!r}: {error}") from error
-        question = record.question + "".join(f"\n{chr(ord('A') + i)}. {o}" for i, o in enumerate(record.options))
-        return Sample(id=f"{self.name}/{record.id}", task=self.name, split=split, index=position, question=question,
-                      images=tuple(images), answer=record.answer, metadata=metadata, video=video)
+        question = record.question + "".join(
+            f"\n{chr(ord('A') + i)}. {o}" for i, o in enumerate(record.options)
+        )
+        return Sample(
+            id=f"{self.name}/{record.id}",
+            task=self.name,
+            split=split,
+            index=position,
+            question=question,
+            images=tuple(images),
+            answer=record.answer,
+            metadata=metadata,
+            video=video,
+        )
 
     def score(self, sample: Sample, answer: str) -> float:
         """:func:`score_record` of the record the sample came from (rebuilt from ``sample.metadata``)."""
         meta = sample.metadata
-        record = DatasetRecord(id=meta["record_id"], split=sample.split, question=sample.question,
-                               answer=sample.answer, answer_type=meta["answer_type"], options=tuple(meta["options"]),
-                               aliases=tuple(meta["aliases"]), tolerance=meta["tolerance"],
-                               abs_tolerance=meta["abs_tolerance"])
+        record = DatasetRecord(
+            id=meta["record_id"],
+            split=sample.split,
+            question=sample.question,
+            answer=sample.answer,
+            answer_type=meta["answer_type"],
+            options=tuple(meta["options"]),
+            aliases=tuple(meta["aliases"]),
+            tolerance=meta["tolerance"],
+            abs_tolerance=meta["abs_tolerance"],
+        )
         return score_record(record, answer)
 
     def prompt(self, sample: Sample, tools_enabled: bool) -> str:
-        """The question, a note on which images are video frames (for video records), and the answer format."""
+        """The question, a note on which images are video frames (for video records), and the answer
+        format."""
         lines = [sample.question]
         video = sample.metadata.get("video")
         if video is not None:

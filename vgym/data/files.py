@@ -1,13 +1,14 @@
-"""Reading dataset files safely: bounded JSON / JSON Lines / text readers and paths confined to a dataset root.
+"""Reading dataset files safely: bounded JSON / JSON Lines / text readers and paths confined to a dataset
+root.
 
-Contents: :data:`MAX_LINE_BYTES`, :data:`MAX_JSON_DEPTH`, :data:`MAX_JSON_FILE_BYTES`, :func:`read_text_lines`,
-:func:`read_json_lines`, :func:`read_json`, :func:`confined_path`.
+Contents: :data:`MAX_LINE_BYTES`, :data:`MAX_JSON_DEPTH`, :data:`MAX_JSON_FILE_BYTES`,
+:func:`read_text_lines`, :func:`read_json_lines`, :func:`read_json`, :func:`confined_path`.
 
 **Limits.** A line over :data:`MAX_LINE_BYTES` (1 MiB), JSON nested deeper than :data:`MAX_JSON_DEPTH` (32),
-``NaN``/``Infinity`` and duplicate keys in an object are errors naming ``file:line``; a whole-file JSON annotation
-over :data:`MAX_JSON_FILE_BYTES` is refused. :func:`confined_path` refuses absolute paths, ``..`` escapes and
-symbolic links leading outside the root. All of these raise :class:`~vgym.errors.InvalidConfigError` naming the
-file. Media files are decoded by :mod:`vgym.data.media`.
+``NaN``/``Infinity`` and duplicate keys in an object are errors naming ``file:line``; a whole-file JSON
+annotation over :data:`MAX_JSON_FILE_BYTES` is refused. :func:`confined_path` refuses absolute paths, ``..``
+escapes and symbolic links leading outside the root. All of these raise
+:class:`~vgym.errors.InvalidConfigError` naming the file. Media files are decoded by :mod:`vgym.data.media`.
 """
 
 from __future__ import annotations
@@ -63,14 +64,17 @@ def _depth(value: Any) -> int:
 def _parse_json(text: str, where: str) -> Any:
     try:
         value = json.loads(text, object_pairs_hook=_object_pairs, parse_constant=_no_constant)
-    except RecursionError:  # the C decoder recurses per level: thousands of "[" exhaust the stack before we look
+    # the C decoder recurses per level: thousands of "[" exhaust the stack before we look
+    except RecursionError:
         raise InvalidConfigError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     except json.JSONDecodeError as error:
         raise InvalidConfigError(f"{where}: invalid JSON: {error.msg} at column {error.colno}") from None
     except _JsonRefused as error:
         raise InvalidConfigError(f"{where}: {error}") from None
     if _depth(value) > MAX_JSON_DEPTH:
-        raise InvalidConfigError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels ({_depth(value)})")
+        raise InvalidConfigError(
+            f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels ({_depth(value)})"
+        )
     return value
 
 
@@ -79,7 +83,9 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
     try:
         handle = open(path, "rb")
     except OSError as error:
-        raise InvalidConfigError(f"cannot read the annotation file {path}: {error.strerror or error}") from None
+        raise InvalidConfigError(
+            f"cannot read the annotation file {path}: {error.strerror or error}"
+        ) from None
     with handle:
         number = 0
         while raw := handle.readline(MAX_LINE_BYTES + 2):  # bounded: a huge line is never read whole
@@ -105,16 +111,21 @@ def read_text_lines(path: str | os.PathLike) -> list[tuple[str, str]]:
 
 
 def read_json_lines(path: str | os.PathLike) -> list[tuple[str, Any]]:
-    """Decode a JSON Lines file under the limits of the module docstring; lines starting with ``//`` are skipped.
+    """Decode a JSON Lines file under the limits of the module docstring; lines starting with ``//`` are
+    skipped.
 
     Returns:
         ``(where, value)`` per line, in file order, ``where`` being ``"<path>:<line>"``.
 
     Raises:
-        InvalidConfigError: as :func:`read_text_lines`, or for invalid JSON, nesting deeper than 32, NaN/Infinity
-            or a duplicate key; the message names the file and line.
+        InvalidConfigError: as :func:`read_text_lines`, or for invalid JSON, nesting deeper than 32,
+            NaN/Infinity or a duplicate key; the message names the file and line.
     """
-    return [(where, _parse_json(text, where)) for where, text in read_text_lines(path) if not text.startswith("//")]
+    return [
+        (where, _parse_json(text, where))
+        for where, text in read_text_lines(path)
+        if not text.startswith("//")
+    ]
 
 
 def read_json(path: str | os.PathLike, *, max_bytes: int = MAX_JSON_FILE_BYTES) -> Any:
@@ -127,11 +138,15 @@ def read_json(path: str | os.PathLike, *, max_bytes: int = MAX_JSON_FILE_BYTES) 
     try:
         size = os.path.getsize(path)
         if size > max_bytes:
-            raise InvalidConfigError(f"{path}: annotation file is {size} bytes, over the limit of {max_bytes}")
+            raise InvalidConfigError(
+                f"{path}: annotation file is {size} bytes, over the limit of {max_bytes}"
+            )
         with open(path, "rb") as handle:
             text = handle.read().decode("utf-8-sig")
     except OSError as error:
-        raise InvalidConfigError(f"cannot read the annotation file {path}: {error.strerror or error}") from None
+        raise InvalidConfigError(
+            f"cannot read the annotation file {path}: {error.strerror or error}"
+        ) from None
     except UnicodeDecodeError as error:
         raise InvalidConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     return _parse_json(text, path)
@@ -148,17 +163,23 @@ def confined_path(root: str | os.PathLike, relative: str) -> str:
         The absolute, symlink-free path (the file need not exist).
 
     Raises:
-        InvalidConfigError: for a non-string or empty path, a NUL byte, an absolute path, or a path that resolves
-            outside ``realpath(root)`` (through ``..`` or a symbolic link pointing out).
+        InvalidConfigError: for a non-string or empty path, a NUL byte, an absolute path, or a path that
+            resolves outside ``realpath(root)`` (through ``..`` or a symbolic link pointing out).
     """
     if not isinstance(relative, str) or not relative.strip() or "\x00" in relative:
-        raise InvalidConfigError(f"a dataset path must be a non-empty string relative to the root, got {relative!r}")
+        raise InvalidConfigError(
+            f"a dataset path must be a non-empty string relative to the root, got {relative!r}"
+        )
     if os.path.isabs(relative) or relative.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[/\\]", relative):
-        raise InvalidConfigError(f"absolute path {relative!r} is not allowed: paths are relative to the dataset "
-                                 f"root {os.fspath(root)}")
+        raise InvalidConfigError(
+            f"absolute path {relative!r} is not allowed: paths are relative to the dataset "
+            f"root {os.fspath(root)}"
+        )
     real_root = os.path.realpath(root)
     full = os.path.realpath(os.path.join(real_root, relative))
     if os.path.commonpath([real_root, full]) != real_root:
-        raise InvalidConfigError(f"path {relative!r} resolves to {full}, outside the dataset root {real_root} "
-                                 "(a '..' or a symbolic link leads out); keep every file inside the root")
+        raise InvalidConfigError(
+            f"path {relative!r} resolves to {full}, outside the dataset root {real_root} "
+            "(a '..' or a symbolic link leads out); keep every file inside the root"
+        )
     return full

@@ -3,20 +3,21 @@
 Contents: :func:`load_image`; :class:`ClipInfo`, :func:`frame_indices`, :data:`DECODERS`,
 :class:`VideoReaderCache`, :func:`overview_frames`.
 
-**Images.** :func:`load_image` decodes any format Pillow reads to RGB uint8, refusing images over ``max_pixels``
-before decoding them; every failure is a :class:`~vgym.errors.MediaError` naming the file.
+**Images.** :func:`load_image` decodes any format Pillow reads to RGB uint8, refusing images over
+``max_pixels`` before decoding them; every failure is a :class:`~vgym.errors.MediaError` naming the file.
 
 **Videos.** Time 0 is the first frame's presentation time; frame ``i`` starts at ``ClipInfo.times[i]`` (the
 frame's presentation time, so variable-frame-rate clips get their true times); valid times lie in
-``[0, ClipInfo.duration]``. :func:`frame_indices` maps times to frames (the frame whose start is nearest; ties: the
-earlier), so every decoder returns the same frames. Decoders (:data:`DECODERS`): ``decord`` (``VideoReader`` on the
-CPU, ``get_batch``, times from ``get_frame_timestamp``, rounded to the microsecond) and ``pyav`` (times from one
-demux pass over the packets, frames by seeking to the keyframe before each and decoding forward). PyAV vets every
-clip (one demux pass, no decoding) before decord opens it: decord 0.6 aborts the whole process (``std::bad_alloc``)
-on some corrupt files, and it must also count the frames PyAV counts. A clip whose container lists more frames than
-can be read is refused as truncated, not served shorter; playlists and manifests are refused (they would make the
-decoder open the files they name). Readers raise ``ValueError`` (and the decoders' own errors); callers turn them
-into their own error for the model or the record. Open clips live in a :class:`VideoReaderCache`.
+``[0, ClipInfo.duration]``. :func:`frame_indices` maps times to frames (the frame whose start is nearest;
+ties: the earlier), so every decoder returns the same frames. Decoders (:data:`DECODERS`): ``decord``
+(``VideoReader`` on the CPU, ``get_batch``, times from ``get_frame_timestamp``, rounded to the microsecond)
+and ``pyav`` (times from one demux pass over the packets, frames by seeking to the keyframe before each and
+decoding forward). PyAV vets every clip (one demux pass, no decoding) before decord opens it: decord 0.6
+aborts the whole process (``std::bad_alloc``) on some corrupt files, and it must also count the frames PyAV
+counts. A clip whose container lists more frames than can be read is refused as truncated, not served shorter;
+playlists and manifests are refused (they would make the decoder open the files they name). Readers raise
+``ValueError`` (and the decoders' own errors); callers turn them into their own error for the model or the
+record. Open clips live in a :class:`VideoReaderCache`.
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ def load_image(path: str, *, max_pixels: int = 64_000_000) -> np.ndarray:
 
     Conversions: grey and 1-bit are replicated to three channels; palettes are expanded; alpha (RGBA, LA, or a
     palette with transparency) is composited over white; 16-bit grey is scaled to 8 bits (``v * 255 / 65535``,
-    rounded); 16-bit colour (RGB / RGBA PNG) keeps each sample's high byte, as Pillow decodes it (within 1 of the
-    rounded value); CMYK and YCbCr go through Pillow's conversion. Multi-frame files give their first frame.
-    EXIF orientation is *not* applied: annotations such as COCO boxes refer to the stored pixel grid.
+    rounded); 16-bit colour (RGB / RGBA PNG) keeps each sample's high byte, as Pillow decodes it (within 1 of
+    the rounded value); CMYK and YCbCr go through Pillow's conversion. Multi-frame files give their first
+    frame. EXIF orientation is *not* applied: annotations such as COCO boxes refer to the stored pixel grid.
 
     Args:
         path: the file (resolve it with :func:`confined_path` first).
@@ -86,8 +87,11 @@ def load_image(path: str, *, max_pixels: int = 64_000_000) -> np.ndarray:
         with Image.open(path) as image:
             width, height = image.size
             if width * height > max_pixels:
-                raise MediaError(f"{path}: image is {width}x{height} = {width * height} pixels, over "
-                                 f"max_pixels={max_pixels} (raise max_image_pixels if the file is trusted)", path=path)
+                raise MediaError(
+                    f"{path}: image is {width}x{height} = {width * height} pixels, over "
+                    f"max_pixels={max_pixels} (raise max_image_pixels if the file is trusted)",
+                    path=path,
+                )
             image.load()
             return np.ascontiguousarray(_to_rgb(image, path), dtype=np.uint8)
     except MediaError:
@@ -95,32 +99,39 @@ def load_image(path: str, *, max_pixels: int = 64_000_000) -> np.ndarray:
     except FileNotFoundError:
         raise MediaError(f"image file not found: {path}", path=path) from None
     except UnidentifiedImageError:
-        raise MediaError(f"{path}: not an image Pillow can read (empty, corrupt or unsupported)", path=path) from None
+        raise MediaError(
+            f"{path}: not an image Pillow can read (empty, corrupt or unsupported)", path=path
+        ) from None
     except Image.DecompressionBombError as error:
         raise MediaError(f"{path}: {error}", path=path) from None
     except (OSError, SyntaxError, EOFError, ValueError) as error:  # Pillow's decoders raise all of these
-        raise MediaError(f"{path}: the image could not be decoded ({error}); the file may be truncated or corrupt",
-                         path=path) from None
+        raise MediaError(
+            f"{path}: the image could not be decoded ({error}); the file may be truncated or corrupt",
+            path=path,
+        ) from None
 
 
 _PYAV_DEMUXERS = "mov,matroska,avi,mpegts,mpeg,flv,ogg,asf,gif,h264,hevc,m4v,ivf,mjpeg,yuv4mpegpipe"
-"""FFmpeg demuxers PyAV may use: containers of a single media file. Playlists and manifests (hls, concat, dash)
-are left out: FFmpeg opens the files they name wherever those are, so a clip inside a dataset root could read
-files outside it."""
+"""FFmpeg demuxers PyAV may use: containers of a single media file. Playlists and manifests (hls, concat,
+dash) are left out: FFmpeg opens the files they name wherever those are, so a clip inside a dataset root could
+read files outside it."""
 _PLAYLIST_HEADS = (b"#EXTM3U", b"ffconcat version")
 
 
 def _refuse_playlist(path: str) -> None:
-    """Raise ValueError when ``path`` is an HLS playlist, an ffconcat list or a DASH manifest, not a video file.
+    """Raise ValueError when ``path`` is an HLS playlist, an ffconcat list or a DASH manifest, not a video
+    file.
 
-    decord cannot be told which demuxers to use (it opens an HLS playlist named ``x.mp4`` and reads the files it
-    names), so both decoders check the file's first bytes before opening it.
+    decord cannot be told which demuxers to use (it opens an HLS playlist named ``x.mp4`` and reads the files
+    it names), so both decoders check the file's first bytes before opening it.
     """
     with open(path, "rb") as handle:
         head = handle.read(4096)
     if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(_PLAYLIST_HEADS) or b"<MPD" in head:
-        raise ValueError(f"{path} is a playlist or manifest (HLS, ffconcat or DASH), not a video file; it would make "
-                         "the decoder open the files it names, so it is refused")
+        raise ValueError(
+            f"{path} is a playlist or manifest (HLS, ffconcat or DASH), not a video file; it would make "
+            "the decoder open the files it names, so it is refused"
+        )
 
 
 @dataclass(frozen=True)
@@ -149,19 +160,20 @@ class ClipInfo:
 
     @property
     def variable_rate(self) -> bool:
-        """Whether frame gaps differ by more than 5 % (a variable-frame-rate clip; ``fps`` is then an average)."""
+        """Whether frame gaps differ by more than 5 % (a variable-frame-rate clip; ``fps`` is then an
+        average)."""
         smallest, largest = self._gaps
         return largest > 1.05 * smallest
 
     def describe(self) -> str:
-        """``"clip is 10.00 s, 250 frames at 25 fps"`` (``"... at 4.878 fps on average (variable frame rate)"``),
-        for tool texts and error messages."""
+        """``"clip is 10.00 s, 250 frames at 25 fps"``
+        (``"... at 4.878 fps on average (variable frame rate)"``), for tool texts and error messages."""
         rate = " on average (variable frame rate)" if self.variable_rate else ""
         return f"clip is {self.duration:.2f} s, {len(self.times)} frames at {self.fps:.4g} fps{rate}"
 
     def stamp(self, time: float) -> str:
-        """``time`` in seconds to the precision that tells frames apart: 2 decimals while frames are at least 10 ms
-        apart (up to 100 fps), 3 down to 1 ms, else 6 (the smallest gap decides, so close frames of a
+        """``time`` in seconds to the precision that tells frames apart: 2 decimals while frames are at least
+        10 ms apart (up to 100 fps), 3 down to 1 ms, else 6 (the smallest gap decides, so close frames of a
         variable-frame-rate clip get distinct stamps)."""
         smallest = self._gaps[0] * (1 + 1e-3)  # tolerance: times are rounded to the microsecond
         return f"{time:.{2 if smallest >= 0.01 else 3 if smallest >= 0.001 else 6}f}"
@@ -187,8 +199,8 @@ def frame_indices(times: np.ndarray, targets: Sequence[float]) -> list[int]:
 
 
 class _DecordClip:
-    """A clip read by ``decord.VideoReader`` (CPU). As :class:`_PyAVClip`: ``info``, ``read(indices)`` (RGB uint8
-    frames at distinct indices with their start times in s, in the order asked) and ``close()``."""
+    """A clip read by ``decord.VideoReader`` (CPU). As :class:`_PyAVClip`: ``info``, ``read(indices)`` (RGB
+    uint8 frames at distinct indices with their start times in s, in the order asked) and ``close()``."""
 
     def __init__(self, path: str) -> None:
         import decord  # lazy: decord has no wheels for every platform
@@ -198,9 +210,13 @@ class _DecordClip:
         probe.close()
         self._reader = decord.VideoReader(path, ctx=decord.cpu(0))
         if len(self._reader) != len(probe.info.times):
-            raise ValueError(f"decord finds {len(self._reader)} frames where PyAV finds {len(probe.info.times)}; "
-                             "the file may be corrupt")
-        starts = np.asarray(self._reader.get_frame_timestamp(list(range(len(self._reader))))[:, 0], np.float64)
+            raise ValueError(
+                f"decord finds {len(self._reader)} frames where PyAV finds {len(probe.info.times)}; "
+                "the file may be corrupt"
+            )
+        starts = np.asarray(
+            self._reader.get_frame_timestamp(list(range(len(self._reader))))[:, 0], np.float64
+        )
         self.info = ClipInfo(np.round(starts - starts[0], 6), float(self._reader.get_avg_fps()))
 
     def read(self, indices: Sequence[int]) -> list[tuple[np.ndarray, float]]:
@@ -224,12 +240,16 @@ class _PyAVClip:
             if not self._container.streams.video:
                 raise ValueError("the file has no video stream")
             self._stream = self._container.streams.video[0]
-            packets = sorted((p.pts, p.is_keyframe) for p in self._container.demux(self._stream) if p.pts is not None)
+            packets = sorted(
+                (p.pts, p.is_keyframe) for p in self._container.demux(self._stream) if p.pts is not None
+            )
             if not packets:
                 raise ValueError("the video stream has no frames")
             if self._stream.frames > len(packets):  # the container's index (MP4, AVI; 0 = unknown) lists more
-                raise ValueError(f"the container lists {self._stream.frames} frames but only {len(packets)} can be "
-                                 "read: the file is truncated or corrupt")
+                raise ValueError(
+                    f"the container lists {self._stream.frames} frames but only {len(packets)} can be "
+                    "read: the file is truncated or corrupt"
+                )
         except BaseException:
             self._container.close()  # no file handle outlives a failed open
             raise
@@ -282,8 +302,8 @@ DECODERS: dict[str, Callable[[str], Any]] = {"decord": _DecordClip, "pyav": _PyA
 class VideoReaderCache:
     """Open clips of one backend, at most ``max_open``, the least recently used closed first.
 
-    A clip is keyed by (path, modification time, size), so a rewritten file is reopened. Reads hold the cache's
-    lock: readers are not thread-safe, so reads of one cache run one at a time.
+    A clip is keyed by (path, modification time, size), so a rewritten file is reopened. Reads hold the
+    cache's lock: readers are not thread-safe, so reads of one cache run one at a time.
     """
 
     def __init__(self, backend: str, max_open: int = 4) -> None:
@@ -295,7 +315,9 @@ class VideoReaderCache:
             ValueError: for an unknown backend or ``max_open < 1``.
         """
         if backend not in DECODERS or max_open < 1:
-            raise ValueError(f"need backend in {sorted(DECODERS)} and max_open >= 1, got {backend!r}, {max_open}")
+            raise ValueError(
+                f"need backend in {sorted(DECODERS)} and max_open >= 1, got {backend!r}, {max_open}"
+            )
         self.backend, self.max_open = backend, max_open
         self._clips: OrderedDict[tuple[str, int, int], Any] = OrderedDict()
         self._lock = threading.Lock()
@@ -324,8 +346,8 @@ class VideoReaderCache:
 
 
 def overview_frames(path: str, count: int) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """``count`` frames spread evenly over the clip at ``path`` (the centres of equal slices, as ``sample_frames``
-    picks over the whole clip), decoded with PyAV, and the clip's facts.
+    """``count`` frames spread evenly over the clip at ``path`` (the centres of equal slices, as
+    ``sample_frames`` picks over the whole clip), decoded with PyAV, and the clip's facts.
 
     Returns:
         The frames, RGB uint8 (H, W, 3), and ``{"duration_s", "fps", "num_frames", "frame_indices",

@@ -9,27 +9,29 @@ starting with ``//`` are skipped. Paths are relative to the dataset root, with `
 
 - ``id`` (str, required, unique in the file); ``question`` (str, required): the question shown to the model;
 - ``answer`` (str, required), the gold answer as text, and ``answer_type`` (str, required), how it is scored:
-  ``exact`` (normalised text match, :func:`vgym.rewards.exact_match_reward`; optional ``aliases``, more accepted
-  answers), ``choice`` (``answer`` is the gold option's letter "A", "B", ...; needs ``options``, 2 to 26 texts,
-  which the loader appends to the question as lines "A. <option>"; a letter or the option text counts),
-  ``numeric`` (``answer`` holds one number; optional ``tolerance``, relative to the gold value, and
-  ``abs_tolerance``: a prediction is right when ``|pred - gold| <= max(tolerance * |gold|, abs_tolerance)``, so
-  ``tolerance: 0.05`` is ChartQA's relaxed accuracy), ``box`` (``"[x1, y1, x2, y2]"`` in pixels of image 0,
+  ``exact`` (normalised text match, :func:`vgym.rewards.exact_match_reward`; optional ``aliases``, more
+  accepted answers), ``choice`` (``answer`` is the gold option's letter "A", "B", ...; needs ``options``, 2 to
+  26 texts, which the loader appends to the question as lines "A. <option>"; a letter or the option text
+  counts), ``numeric`` (``answer`` holds one number; optional ``tolerance``, relative to the gold value, and
+  ``abs_tolerance``: a prediction is right when ``|pred - gold| <= max(tolerance * |gold|, abs_tolerance)``,
+  so ``tolerance: 0.05`` is ChartQA's relaxed accuracy), ``box`` (``"[x1, y1, x2, y2]"`` in pixels of image 0,
   continuous IoU) or ``interval`` (``"[start, end]"`` in seconds from the video's first frame, temporal IoU);
-- ``images`` (list of str) and/or ``video`` (str): at least one of them. Images are loaded as RGB uint8; a video
-  is shown as ``overview_frames`` evenly spaced decoded frames after the images, and ``Sample.video`` is its
-  resolved path (for the ``sample_frames`` / ``get_frame`` tools);
-- ``split`` ("train", "val" or "test"; default "test"), ``tools`` (list of str, suggested tools; informational),
-  ``metadata`` (object: anything else, copied into ``Sample.metadata["record"]``).
+- ``images`` (list of str) and/or ``video`` (str): at least one of them. Images are loaded as RGB uint8; a
+  video is shown as ``overview_frames`` evenly spaced decoded frames after the images, and ``Sample.video`` is
+  its resolved path (for the ``sample_frames`` / ``get_frame`` tools);
+- ``split`` ("train", "val" or "test"; default "test"), ``tools`` (list of str, suggested tools;
+  informational), ``metadata`` (object: anything else, copied into ``Sample.metadata["record"]``).
 
-Unknown fields are an error (a misspelt ``optoins`` would otherwise vanish); put extra data under ``metadata``.
-A field that does not apply to the ``answer_type`` (``options`` on a numeric record, say) is an error too.
+Unknown fields are an error (a misspelt ``optoins`` would otherwise vanish); put extra data under
+``metadata``. A field that does not apply to the ``answer_type`` (``options`` on a numeric record, say) is an
+error too.
 
 **Limits.** :func:`read_vgym_jsonl` reads with :func:`vgym.data.files.read_json_lines` (its line, depth,
 ``NaN``/``Infinity`` and duplicate-key limits); a record id used twice is an error naming both lines.
-:func:`parse_record` refuses absolute and ``..``-escaping paths lexically; symbolic links are checked when a file
-is opened (:func:`vgym.data.files.confined_path`, from :meth:`vgym.data.dataset_task.DatasetTask.sample`). All of these
-raise :class:`~vgym.errors.InvalidConfigError` naming ``file:line``.
+:func:`parse_record` refuses absolute and ``..``-escaping paths lexically; symbolic links are checked when a
+file is opened (:func:`vgym.data.files.confined_path`, from
+:meth:`vgym.data.dataset_task.DatasetTask.sample`). All of these raise
+:class:`~vgym.errors.InvalidConfigError` naming ``file:line``.
 """
 
 from __future__ import annotations
@@ -60,16 +62,30 @@ __all__ = ["ANSWER_TYPES", "DatasetRecord", "parse_record", "read_vgym_jsonl", "
 ANSWER_TYPES: tuple[str, ...] = ("exact", "choice", "numeric", "box", "interval")
 """How a record's answer is scored (see the module docstring)."""
 
-_FIELDS = ("id", "split", "question", "answer", "answer_type", "images", "video", "options", "aliases", "tolerance",
-           "abs_tolerance", "tools", "metadata")
+_FIELDS = (
+    "id",
+    "split",
+    "question",
+    "answer",
+    "answer_type",
+    "images",
+    "video",
+    "options",
+    "aliases",
+    "tolerance",
+    "abs_tolerance",
+    "tools",
+    "metadata",
+)
 _ONLY_FOR = {"options": "choice", "aliases": "exact", "tolerance": "numeric", "abs_tolerance": "numeric"}
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")  # as vgym.rewards reads a numeric prediction
+# as vgym.rewards reads a numeric prediction
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 @dataclass(frozen=True)
 class DatasetRecord:
-    """One parsed record of the vgym JSONL format (fields as in the module docstring; built by :func:`parse_record`,
-    which validates them; ``answer`` of a ``choice`` record is an upper-case letter)."""
+    """One parsed record of the vgym JSONL format (fields as in the module docstring; built by
+    :func:`parse_record`, which validates them; ``answer`` of a ``choice`` record is an upper-case letter)."""
 
     id: str
     split: str
@@ -101,18 +117,26 @@ def _texts(obj: Mapping[str, Any], name: str, where: str) -> tuple[str, ...]:
 
 
 def _relative(path: str, where: str) -> str:
-    """``path`` if it is relative and stays inside the root lexically (symbolic links are checked when used)."""
+    """``path`` if it is relative and stays inside the root lexically (symbolic links are checked when
+    used)."""
     if os.path.isabs(path) or path.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[/\\]", path):
         raise InvalidConfigError(f"{where}: absolute path {path!r}; paths are relative to the dataset root")
     normal = posixpath.normpath(path)
     if normal == ".." or normal.startswith("../"):
-        raise InvalidConfigError(f"{where}: path {path!r} leaves the dataset root ('..'); keep files inside it")
+        raise InvalidConfigError(
+            f"{where}: path {path!r} leaves the dataset root ('..'); keep files inside it"
+        )
     return path
 
 
 def _tolerance(obj: Mapping[str, Any], name: str, where: str) -> float:
     value = obj.get(name, 0.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise InvalidConfigError(f"{where}: {name!r} must be a finite number >= 0, got {value!r}")
     return float(value)
 
@@ -128,7 +152,9 @@ def _check_answer(answer: str, answer_type: str, options: tuple[str, ...], where
     numbers = parse_numbers(answer)
     if answer_type == "choice":
         if not 2 <= len(options) <= 26:
-            raise InvalidConfigError(f"{where}: a 'choice' record needs 2 to 26 'options', got {len(options)}")
+            raise InvalidConfigError(
+                f"{where}: a 'choice' record needs 2 to 26 'options', got {len(options)}"
+            )
         letter = answer.strip().upper()
         if not (len(letter) == 1 and "A" <= letter < chr(ord("A") + len(options))):
             raise InvalidConfigError(f"{where}: the answer of a 'choice' record is the gold option's letter "
@@ -158,8 +184,8 @@ def parse_record(obj: Mapping[str, Any], *, where: str) -> DatasetRecord:
         The record; ``choice`` answers upper-cased, lists as tuples, ``metadata`` a shallow copy.
 
     Raises:
-        InvalidConfigError: for a missing, unknown, mistyped or inapplicable field, an unknown ``answer_type`` or
-            split, an answer its type cannot score, a record without images or video, or an absolute or
+        InvalidConfigError: for a missing, unknown, mistyped or inapplicable field, an unknown ``answer_type``
+            or split, an answer its type cannot score, a record without images or video, or an absolute or
             ``..``-escaping path.
     """
     if not isinstance(obj, Mapping):
@@ -168,8 +194,10 @@ def parse_record(obj: Mapping[str, Any], *, where: str) -> DatasetRecord:
     if unknown:
         close = difflib.get_close_matches(unknown[0], _FIELDS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise InvalidConfigError(f"{where}: unknown field(s) {unknown}{hint}; the fields are {list(_FIELDS)}, "
-                                 "and anything else goes under 'metadata'")
+        raise InvalidConfigError(
+            f"{where}: unknown field(s) {unknown}{hint}; the fields are {list(_FIELDS)}, "
+            "and anything else goes under 'metadata'"
+        )
     missing = [name for name in ("id", "question", "answer", "answer_type") if name not in obj]
     if missing:
         raise InvalidConfigError(f"{where}: missing required field(s) {missing}")
@@ -178,14 +206,18 @@ def parse_record(obj: Mapping[str, Any], *, where: str) -> DatasetRecord:
         raise InvalidConfigError(f"{where}: answer_type must be one of {ANSWER_TYPES}, got {answer_type!r}")
     for name, allowed in _ONLY_FOR.items():
         if name in obj and answer_type != allowed:
-            raise InvalidConfigError(f"{where}: {name!r} applies only to answer_type {allowed!r}, not {answer_type!r}")
+            raise InvalidConfigError(
+                f"{where}: {name!r} applies only to answer_type {allowed!r}, not {answer_type!r}"
+            )
     split = obj.get("split", "test")
     if split not in SPLITS:
         raise InvalidConfigError(f"{where}: split must be one of {SPLITS}, got {split!r}")
     images = tuple(_relative(p, where) for p in _texts(obj, "images", where))
     video = _relative(_text(obj, "video", where), where) if obj.get("video") is not None else None
     if not images and video is None:
-        raise InvalidConfigError(f"{where}: a record needs at least one of 'images' (a non-empty list) or 'video'")
+        raise InvalidConfigError(
+            f"{where}: a record needs at least one of 'images' (a non-empty list) or 'video'"
+        )
     metadata = obj.get("metadata", {})
     if not isinstance(metadata, Mapping):
         raise InvalidConfigError(f"{where}: 'metadata' must be a JSON object, got {type(metadata).__name__}")
@@ -214,15 +246,17 @@ def read_vgym_jsonl(path: str | os.PathLike) -> list[DatasetRecord]:
         The records in file order.
 
     Raises:
-        InvalidConfigError: as :func:`read_json_lines` and :func:`parse_record`, or for an id used twice (naming
-            both lines).
+        InvalidConfigError: as :func:`read_json_lines` and :func:`parse_record`, or for an id used twice
+            (naming both lines).
     """
     records: list[DatasetRecord] = []
     first: dict[str, str] = {}
     for where, value in read_json_lines(path):
         record = parse_record(value, where=where)
         if record.id in first:
-            raise InvalidConfigError(f"{where}: duplicate id {record.id!r} (first used at {first[record.id]})")
+            raise InvalidConfigError(
+                f"{where}: duplicate id {record.id!r} (first used at {first[record.id]})"
+            )
         first[record.id] = where
         records.append(record)
     return records
@@ -235,7 +269,9 @@ def _score_choice(record: DatasetRecord, answer: str) -> float:
 def _score_numeric(record: DatasetRecord, answer: str) -> float:
     gold = _gold_number(record.answer)
     if gold is None:  # records from parse_record always hold one; a hand-built one may not
-        raise InvalidConfigError(f"record {record.id!r}: numeric answer {record.answer!r} holds no single number")
+        raise InvalidConfigError(
+            f"record {record.id!r}: numeric answer {record.answer!r} holds no single number"
+        )
     return numeric_reward(answer, gold, abs_tol=max(record.tolerance * abs(gold), record.abs_tolerance))
 
 
@@ -252,8 +288,8 @@ def score_record(record: DatasetRecord, answer: str) -> float:
     """Score ``answer`` (the text inside ``<answer>``) against ``record`` by its ``answer_type``.
 
     ``exact``: normalised match with the answer or an alias. ``choice``: the gold letter or option text.
-    ``numeric``: the one number in ``answer`` within ``max(tolerance * |gold|, abs_tolerance)`` of the gold value.
-    ``box``: IoU with the gold box. ``interval``: temporal IoU with the gold interval.
+    ``numeric``: the one number in ``answer`` within ``max(tolerance * |gold|, abs_tolerance)`` of the gold
+    value. ``box``: IoU with the gold box. ``interval``: temporal IoU with the gold interval.
 
     Returns:
         A float in [0, 1].

@@ -1,22 +1,25 @@
-"""Tiny sample datasets in each dataset loader's real on-disk layout, for tests, fuzzing and as format examples.
+"""Tiny sample datasets in each dataset loader's real on-disk layout, for tests, fuzzing and as format
+examples.
 
-Contents: :func:`noise_image`, :func:`write_png`, :func:`write_jsonl`, :data:`VSTAR_TEXT`, :func:`vstar_image`,
-:func:`write_vgym_jsonl`, :func:`write_chartqa`, :func:`write_vstar`, :func:`write_refcoco`,
-:func:`write_charades_sta`, :class:`SampleDataset`, :func:`write_sample_datasets`.
+Contents: :func:`noise_image`, :func:`write_png`, :func:`write_jsonl`, :data:`VSTAR_TEXT`,
+:func:`vstar_image`, :func:`write_vgym_jsonl`, :func:`write_chartqa`, :func:`write_vstar`,
+:func:`write_refcoco`, :func:`write_charades_sta`, :class:`SampleDataset`, :func:`write_sample_datasets`.
 
-One writer per loader of :mod:`vgym.tasks.local_data` (see its module docstring for the layouts): each writes a
-handful of records with their images (seeded noise, so a test can compare decoded pixels with
-:func:`noise_image`) or a synthetic clip (:func:`vgym.data.synthetic_video.write_synthetic_clip`, whose frames encode their
-index) into ``root`` and returns ``root``. Deterministic: every image comes from an explicit seed and every clip
-from the clip writer's fixed seed, so two calls write identical files. Records per split:
+One writer per loader of :mod:`vgym.tasks.local_data` (see its module docstring for the layouts): each writes
+a handful of records with their images (seeded noise, so a test can compare decoded pixels with
+:func:`noise_image`) or a synthetic clip (:func:`vgym.data.synthetic_video.write_synthetic_clip`, whose frames
+encode their index) into ``root`` and returns ``root``. Deterministic: every image comes from an explicit seed
+and every clip from the clip writer's fixed seed, so two calls write identical files. Records per split:
 
-- ``vgym_jsonl``: train 2 (a choice and a two-image numeric record), test 2 (a box and a video interval record);
+- ``vgym_jsonl``: train 2 (a choice and a two-image numeric record), test 2 (a box and a video interval
+  record);
 - ``chartqa_dataset``: train 1, test 4 (human and augmented subsets);
 - ``vstar``: test 3 (a 1600x1200 JPEG, both option styles);
 - ``refcoco``: train 1, test 3 (images under ``train2014``, so the task needs ``image_dir``);
 - ``charades_sta``: train 1, test 2 (one 2 s, 8 fps clip).
 
-:func:`write_sample_datasets` writes all five and says, per task, which env id, ``task_config`` and splits to use.
+:func:`write_sample_datasets` writes all five and says, per task, which env id, ``task_config`` and splits to
+use.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ def noise_image(height: int, width: int, seed: int) -> np.ndarray:
 
 
 def write_png(path: Path, image: np.ndarray) -> np.ndarray:
-    """Write ``image`` as PNG bytes whatever the name says (COCO names end in .jpg), creating folders; returns it."""
+    """Write ``image`` as PNG bytes whatever the name says (COCO names end in .jpg), creating folders; returns
+    it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path, format="PNG")
     return image
@@ -59,7 +63,8 @@ def write_jsonl(path: Path, lines: list[Any]) -> None:
 
 
 def vstar_image() -> np.ndarray:
-    """The pixels of V*'s JPEG before compression: seeded noise upscaled to 1600x1200 (smooth: JPEG keeps it)."""
+    """The pixels of V*'s JPEG before compression: seeded noise upscaled to 1600x1200 (smooth: JPEG keeps
+    it)."""
     return cv2.resize(noise_image(60, 80, 6), (1600, 1200), interpolation=cv2.INTER_CUBIC)
 
 
@@ -69,23 +74,51 @@ def write_vgym_jsonl(root: Path) -> Path:
     write_png(root / "img" / "a.png", noise_image(60, 80, 1))
     write_png(root / "img" / "b.png", noise_image(50, 50, 2))
     write_synthetic_clip(str(root / "clip.mp4"), seconds=2, fps=8)
-    write_jsonl(root / "data.jsonl", [
-        "// two train records and two test records",
-        {"id": "t1", "split": "train", "question": "Which colour is the square?", "answer": "C",
-         "answer_type": "choice", "options": ["red", "green", "blue"], "images": ["img/a.png"]},
-        {"id": "t2", "split": "train", "question": "How many dots?", "answer": "7", "answer_type": "numeric",
-         "images": ["img/a.png", "img/b.png"]},
-        {"id": "e1", "question": "Where is the cup?", "answer": "[10, 5, 40, 30]", "answer_type": "box",
-         "images": ["img/b.png"], "metadata": {"source": "fixture"}},
-        {"id": "e2", "question": "When does the flash happen?", "answer": "[0.5, 1.25]", "answer_type": "interval",
-         "video": "clip.mp4", "tools": ["sample_frames"]},
-    ])
+    write_jsonl(
+        root / "data.jsonl",
+        [
+            "// two train records and two test records",
+            {
+                "id": "t1",
+                "split": "train",
+                "question": "Which colour is the square?",
+                "answer": "C",
+                "answer_type": "choice",
+                "options": ["red", "green", "blue"],
+                "images": ["img/a.png"],
+            },
+            {
+                "id": "t2",
+                "split": "train",
+                "question": "How many dots?",
+                "answer": "7",
+                "answer_type": "numeric",
+                "images": ["img/a.png", "img/b.png"],
+            },
+            {
+                "id": "e1",
+                "question": "Where is the cup?",
+                "answer": "[10, 5, 40, 30]",
+                "answer_type": "box",
+                "images": ["img/b.png"],
+                "metadata": {"source": "fixture"},
+            },
+            {
+                "id": "e2",
+                "question": "When does the flash happen?",
+                "answer": "[0.5, 1.25]",
+                "answer_type": "interval",
+                "video": "clip.mp4",
+                "tools": ["sample_frames"],
+            },
+        ],
+    )
     return root
 
 
 def write_chartqa(root: Path) -> Path:
-    """The ChartQA release layout: ``test/test_{human,augmented}.json``, ``train/train_human.json`` and 200x300
-    charts ``test/png/a.png`` (seed 3), ``test/png/b.png`` (seed 4), ``train/png/c.png`` (seed 5)."""
+    """The ChartQA release layout: ``test/test_{human,augmented}.json``, ``train/train_human.json`` and
+    200x300 charts ``test/png/a.png`` (seed 3), ``test/png/b.png`` (seed 4), ``train/png/c.png`` (seed 5)."""
     for split, name, seed in (("test", "a.png", 3), ("test", "b.png", 4), ("train", "c.png", 5)):
         write_png(root / split / "png" / name, noise_image(200, 300, seed))
     (root / "test" / "test_human.json").write_text(json.dumps([
@@ -104,7 +137,8 @@ def write_chartqa(root: Path) -> Path:
 
 def write_vstar(root: Path) -> Path:
     """V* Bench's ``test_questions.jsonl`` with ``direct_attributes/sa_4690.jpg`` (:func:`vstar_image`, JPEG
-    quality 95) and ``relative_position/sa_2.png`` (300x400, seed 7); options as ``(A) ...`` lines and as a list."""
+    quality 95) and ``relative_position/sa_2.png`` (300x400, seed 7); options as ``(A) ...`` lines and as a
+    list."""
     (root / "direct_attributes").mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(root / "direct_attributes" / "sa_4690.jpg"), vstar_image()[..., ::-1],
                 [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -120,15 +154,28 @@ def write_vstar(root: Path) -> Path:
 
 
 def write_refcoco(root: Path) -> Path:
-    """RefCOCO lines in ``refcoco.jsonl`` (refer-API ``sentences``, ``expression``, ``sent``; splits testA, train and
-    the default) over ``train2014/COCO_train2014_000000000001.jpg`` (PNG bytes, 120x160, seed 8)."""
+    """RefCOCO lines in ``refcoco.jsonl`` (refer-API ``sentences``, ``expression``, ``sent``; splits testA,
+    train and the default) over ``train2014/COCO_train2014_000000000001.jpg`` (PNG bytes, 120x160, seed 8)."""
     write_png(root / "train2014" / "COCO_train2014_000000000001.jpg", noise_image(120, 160, 8))
-    write_jsonl(root / "refcoco.jsonl", [
-        {"image": "COCO_train2014_000000000001.jpg", "bbox": [10.5, 20, 30, 40], "split": "testA", "ref_id": 7,
-         "sentences": [{"sent": "man on left", "raw": "Man on left."}, {"sent": "guy in red"}]},
-        {"image": "COCO_train2014_000000000001.jpg", "bbox": [0, 0, 50, 50], "split": "train", "expression": "dog"},
-        {"image": "COCO_train2014_000000000001.jpg", "bbox": [100, 60, 20, 20], "sent": "the cat."},
-    ])
+    write_jsonl(
+        root / "refcoco.jsonl",
+        [
+            {
+                "image": "COCO_train2014_000000000001.jpg",
+                "bbox": [10.5, 20, 30, 40],
+                "split": "testA",
+                "ref_id": 7,
+                "sentences": [{"sent": "man on left", "raw": "Man on left."}, {"sent": "guy in red"}],
+            },
+            {
+                "image": "COCO_train2014_000000000001.jpg",
+                "bbox": [0, 0, 50, 50],
+                "split": "train",
+                "expression": "dog",
+            },
+            {"image": "COCO_train2014_000000000001.jpg", "bbox": [100, 60, 20, 20], "sent": "the cat."},
+        ],
+    )
     return root
 
 
@@ -148,7 +195,8 @@ class SampleDataset:
     """One written sample dataset.
 
     Attributes:
-        env_id: the gymnasium id of its loader (``gymnasium.make(env_id, task_config=task_config, split=...)``).
+        env_id: the gymnasium id of its loader
+            (``gymnasium.make(env_id, task_config=task_config, split=...)``).
         root: the dataset folder.
         task_config: the loader config it needs: ``root`` (as a string) and, for RefCOCO, ``image_dir``.
         splits: the splits that have records, in ("train", "val", "test") order.

@@ -1,18 +1,20 @@
-"""Procedural shape scenes: the pictures and plan pieces the synthetic video tasks (video_grounding, video_qa) share.
+"""Procedural shape scenes: the pictures and plan pieces the synthetic video tasks (video_grounding, video_qa)
+share.
 
 Contents: :data:`SHAPES`, :data:`COLOURS`, :data:`FLASH_COLOURS`, :data:`DIRECTIONS`, :data:`GRID`,
 :class:`FrameSize`, :func:`render_frame`, :class:`Scene`.
 
-A *plan* is a JSON-serialisable description of a clip (no pixels): ``{"background": [r, g, b], "objects": [...],
-"events": [...], ...}``. Objects are ``{"colour", "shape", "cell": [col, row]}`` on a 4 x 3 grid of square cells
-(:data:`GRID`); events are ``{"kind", "start", "end"}`` in frames (half-open ``[start, end)``) plus ``"object"``
-(an index into ``objects``) for ``appear`` / ``move``, ``"direction"`` (a :data:`DIRECTIONS` key) for ``move`` and
+A *plan* is a JSON-serialisable description of a clip (no pixels):
+``{"background": [r, g, b], "objects": [...], "events": [...], ...}``. Objects are
+``{"colour", "shape", "cell": [col, row]}`` on a 4 x 3 grid of square cells (:data:`GRID`); events are
+``{"kind", "start", "end"}`` in frames (half-open ``[start, end)``) plus ``"object"`` (an index into
+``objects``) for ``appear`` / ``move``, ``"direction"`` (a :data:`DIRECTIONS` key) for ``move`` and
 ``"colour"`` (a :data:`FLASH_COLOURS` key) for ``flash``. Other keys are ignored by the renderer.
 
-Contracts: :func:`render_frame` is a pure function of (plan, index, width, height): the same plan always gives the
-same bytes, so clips can be cached under a hash of their plan. Changing what it draws changes every cached clip:
-bump the tasks' ``_RENDER_VERSION`` with it. :class:`Scene` draws every random choice from the generator it is given,
-in call order, so a plan is a pure function of that generator's seed.
+Contracts: :func:`render_frame` is a pure function of (plan, index, width, height): the same plan always gives
+the same bytes, so clips can be cached under a hash of their plan. Changing what it draws changes every cached
+clip: bump the tasks' ``_RENDER_VERSION`` with it. :class:`Scene` draws every random choice from the generator
+it is given, in call order, so a plan is a pure function of that generator's seed.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up"
 GRID: tuple[int, int] = (4, 3)
 """(columns, rows) of cells an object rests in; a move spans two neighbouring cells."""
 
-_CELLS = [(c, r) for r in range(GRID[1]) for c in range(GRID[0])]  # row by row: Scene's cell pool is permuted from it
+# row by row: Scene's cell pool is permuted from it
+_CELLS = [(c, r) for r in range(GRID[1]) for c in range(GRID[0])]
 
 
 class FrameSize(Protocol):
@@ -69,9 +72,10 @@ class FrameSize(Protocol):
 def render_frame(plan: dict[str, Any], index: int, config: FrameSize) -> np.ndarray:
     """Frame ``index`` of the clip described by ``plan`` (the schema in the module docstring).
 
-    Flashes fill the background during frames ``[start, end)`` (the last listed wins where two overlap); appearing
-    objects are drawn only then; a moving object sits at ``cell + direction * clip((index - start) / (end - start),
-    0, 1)`` cells. Objects are drawn in list order, a ``width // 4``-px cell each, radius 5/14 of a cell.
+    Flashes fill the background during frames ``[start, end)`` (the last listed wins where two overlap);
+    appearing objects are drawn only then; a moving object sits at
+    ``cell + direction * clip((index - start) / (end - start), 0, 1)`` cells. Objects are drawn in list order,
+    a ``width // 4``-px cell each, radius 5/14 of a cell.
 
     Args:
         plan: the clip's description.
@@ -105,7 +109,9 @@ def render_frame(plan: dict[str, Any], index: int, config: FrameSize) -> np.ndar
     return image
 
 
-def _draw_shape(image: np.ndarray, shape: str, centre: tuple[int, int], r: int, colour: tuple[int, int, int]) -> None:
+def _draw_shape(
+    image: np.ndarray, shape: str, centre: tuple[int, int], r: int, colour: tuple[int, int, int]
+) -> None:
     """A filled ``shape`` of radius ``r`` with a 2-px black outline."""
     cx, cy = centre
     if shape == "ball":
@@ -122,16 +128,18 @@ def _draw_shape(image: np.ndarray, shape: str, centre: tuple[int, int], r: int, 
 
 
 class Scene:
-    """A plan under construction for a gap-hidden video task (video_qa): objects, events, pools and the frames no
-    further flash may touch.
+    """A plan under construction for a gap-hidden video task (video_qa): objects, events, pools and the frames
+    no further flash may touch.
 
-    Each object identity (colour, shape), cell and flash colour is popped from a pool shuffled at construction, so
-    each is used once (flash colours by :meth:`subject` only; distractor flashes pick from what is left). Frames of
-    slots and flashes are *blocked*: :meth:`distractors` keeps its flashes a frame away from them.
+    Each object identity (colour, shape), cell and flash colour is popped from a pool shuffled at
+    construction, so each is used once (flash colours by :meth:`subject` only; distractor flashes pick from
+    what is left). Frames of slots and flashes are *blocked*: :meth:`distractors` keeps its flashes a frame
+    away from them.
 
     Args:
         rng: the only source of randomness; the construction draws three permutations from it.
-        timeline: the clip's overview frames, gaps and probe frames (:func:`vgym.data.clips.overview_timeline`).
+        timeline: the clip's overview frames, gaps and probe frames
+            (:func:`vgym.data.clips.overview_timeline`).
         lengths: shortest and longest event in frames (both >= 1).
         look_alike: probability in [0, 1] that a slot holds a look-alike (read by the task's planners).
     """
@@ -156,8 +164,8 @@ class Scene:
         return options[int(self.rng.integers(len(options)))]
 
     def slot(self, gap: tuple[int, int], must: list[int]) -> list[int]:
-        """A random interval ``[start, end]`` inside ``gap`` holding every frame of ``must``; blocked for distractor
-        flashes."""
+        """A random interval ``[start, end]`` inside ``gap`` holding every frame of ``must``; blocked for
+        distractor flashes."""
         lo, hi = gap
         first, last = (min(must), max(must)) if must else (hi - 1, lo)
         length = min(max(self.length(), last - first + 1), hi - lo)
@@ -182,10 +190,13 @@ class Scene:
 
     def appear(self, interval: list[int]) -> None:
         """A new object on screen during ``interval``."""
-        self.events.append({"kind": "appear", "start": interval[0], "end": interval[1], "object": self.new_object()})
+        self.events.append(
+            {"kind": "appear", "start": interval[0], "end": interval[1], "object": self.new_object()}
+        )
 
     def distractors(self, count: int) -> None:
-        """``count`` flashes (colours left in the pool, a frame away from slots and flashes) or appearances."""
+        """``count`` flashes (colours left in the pool, a frame away from slots and flashes) or
+        appearances."""
         for _ in range(count):
             length = self.length()
             if self.rng.random() < 0.5:
@@ -206,8 +217,8 @@ class Scene:
             self.new_object()
 
     def subject(self) -> dict[str, Any]:
-        """A question's subject, taken out of the pools: ``{"kind": "flash", "colour"}`` or ``{"kind": "appear",
-        "colour", "shape", "cell"}``, each with probability 1/2."""
+        """A question's subject, taken out of the pools: ``{"kind": "flash", "colour"}`` or
+        ``{"kind": "appear", "colour", "shape", "cell"}``, each with probability 1/2."""
         if self.rng.random() < 0.5:
             return {"kind": "flash", "colour": self.flash_colours.pop()}
         colour, shape = self.identities.pop()

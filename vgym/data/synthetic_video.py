@@ -1,12 +1,12 @@
-"""Synthetic video clips whose frames show their own index, so tests, sample datasets and tasks can tell frames
-apart after any decoder.
+"""Synthetic video clips whose frames show their own index, so tests, sample datasets and tasks can tell
+frames apart after any decoder.
 
 Contents: :func:`synthetic_frame`, :func:`write_synthetic_clip`.
 
-Contract: frame ``i`` encodes ``i`` in 12 black/white cells (up to 4096 frames), so a decoded frame's index can be
-read back despite compression; the colours come from ``seed`` alone, so the same arguments give the same pixels.
-:func:`write_synthetic_clip` validates its arguments before creating the file and writes frame ``i`` at
-``i / fps`` s.
+Contract: frame ``i`` encodes ``i`` in 12 black/white cells (up to 4096 frames), so a decoded frame's index
+can be read back despite compression; the colours come from ``seed`` alone, so the same arguments give the
+same pixels. :func:`write_synthetic_clip` validates its arguments before creating the file and writes frame
+``i`` at ``i / fps`` s.
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ __all__ = ["synthetic_frame", "write_synthetic_clip"]
 _BITS = 12  # synthetic clips encode the frame index in 12 black/white cells: up to 4096 frames
 
 
-def synthetic_frame(index: int, *, num_frames: int, size: tuple[int, int] = (160, 120), seed: int = 0) -> np.ndarray:
+def synthetic_frame(
+    index: int, *, num_frames: int, size: tuple[int, int] = (160, 120), seed: int = 0
+) -> np.ndarray:
     """Frame ``index`` of a synthetic clip that shows its own index, so tests and tasks can tell frames apart.
 
-    Top quarter: ``index`` in binary in 12 equal cells, most significant bit left (white 1, black 0). Middle: the
-    index as a number. Bottom eighth: a progress bar over ``(index + 1) / num_frames`` of the width. Background and
-    bar colours come from ``seed``.
+    Top quarter: ``index`` in binary in 12 equal cells, most significant bit left (white 1, black 0). Middle:
+    the index as a number. Bottom eighth: a progress bar over ``(index + 1) / num_frames`` of the width.
+    Background and bar colours come from ``seed``.
 
     Args:
         index: the frame's index, ``0 <= index < num_frames <= 4096``.
@@ -40,8 +42,10 @@ def synthetic_frame(index: int, *, num_frames: int, size: tuple[int, int] = (160
     """
     width, height = size
     if not 0 <= index < num_frames <= 2**_BITS or width < 8 * _BITS or height < 48:
-        raise ValueError(f"need 0 <= index < num_frames <= {2**_BITS} and size >= (96, 48), got index={index}, "
-                         f"num_frames={num_frames}, size={size}")
+        raise ValueError(
+            f"need 0 <= index < num_frames <= {2**_BITS} and size >= (96, 48), got index={index}, "
+            f"num_frames={num_frames}, size={size}"
+        )
     background, bar = np.random.default_rng(seed).integers(40, 200, (2, 3))
     image = np.full((height, width, 3), background, np.uint8)
     for bit in range(_BITS):
@@ -50,8 +54,12 @@ def synthetic_frame(index: int, *, num_frames: int, size: tuple[int, int] = (160
     image[height - height // 8 :, : round(width * (index + 1) / num_frames)] = bar
     font, scale, text = cv2.FONT_HERSHEY_SIMPLEX, height / 80, str(index)
     (w, h), _ = cv2.getTextSize(text, font, scale, 2)
-    for colour, thickness in (((0, 0, 0), max(2, round(5 * scale))), ((255, 255, 255), max(1, round(2 * scale)))):
-        cv2.putText(image, text, ((width - w) // 2, (height + h) // 2), font, scale, colour, thickness)  # outlined
+    for colour, thickness in (
+        ((0, 0, 0), max(2, round(5 * scale))),
+        ((255, 255, 255), max(1, round(2 * scale))),
+    ):
+        # outlined
+        cv2.putText(image, text, ((width - w) // 2, (height + h) // 2), font, scale, colour, thickness)
     return image
 
 

@@ -2,19 +2,20 @@
 
 Contents: :class:`DecodeStep`.
 
-A decode step of a small model through ``model(...)`` spends most of its time outside arithmetic: transformers'
-per-module wrappers (keyword deprecation, output capture, output dataclasses), building a causal mask, and growing
-the KV cache with ``torch.cat`` (a copy of every layer's whole cache per token). :class:`DecodeStep` runs the
-model's own submodules — embedding, norms, projections, rotary embedding, MLP, head, so LoRA adapters and weight
-updates apply — in the order and with the arithmetic of the transformers implementation of Qwen2-VL, Qwen2.5-VL
-and Qwen3-VL text decoders (scaled-dot-product attention; ``tests/engine/test_decode_step.py`` compares the logits with
-the model's own forward), and writes each new key and value into room kept after the cache's columns. On the tiny
-model of ``benchmarks/train.py`` a step takes 1.4 ms instead of 2.2 ms.
+A decode step of a small model through ``model(...)`` spends most of its time outside arithmetic:
+transformers' per-module wrappers (keyword deprecation, output capture, output dataclasses), building a causal
+mask, and growing the KV cache with ``torch.cat`` (a copy of every layer's whole cache per token).
+:class:`DecodeStep` runs the model's own submodules — embedding, norms, projections, rotary embedding, MLP,
+head, so LoRA adapters and weight updates apply — in the order and with the arithmetic of the transformers
+implementation of Qwen2-VL, Qwen2.5-VL and Qwen3-VL text decoders (scaled-dot-product attention;
+``tests/engine/test_decode_step.py`` compares the logits with the model's own forward), and writes each new
+key and value into room kept after the cache's columns. On the tiny model of ``benchmarks/train.py`` a step
+takes 1.4 ms instead of 2.2 ms.
 
 It applies to text decode steps only (one new token per row, no image), which is what
-:func:`vgym.engine.decoding.sample_turn` runs after its prefill; :meth:`DecodeStep.create` returns None for any model it
-does not reproduce (another family or attention implementation, sliding windows, hooks that move tensors between
-devices), and the caller then uses ``model(...)``.
+:func:`vgym.engine.decoding.sample_turn` runs after its prefill; :meth:`DecodeStep.create` returns None for
+any model it does not reproduce (another family or attention implementation, sliding windows, hooks that move
+tensors between devices), and the caller then uses ``model(...)``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ __all__ = ["DecodeStep"]
 
 
 def _hooked(module: torch.nn.Module) -> bool:
-    """Whether ``module`` has forward hooks or an accelerate hook (device placement), which a direct call of its
-    submodules would skip."""
+    """Whether ``module`` has forward hooks or an accelerate hook (device placement), which a direct call of
+    its submodules would skip."""
     return bool(module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"))
 
 
@@ -58,8 +59,8 @@ def _parts(model: Any) -> tuple[Any, Any] | None:
 
 
 def _linear(module: Any) -> Any:
-    """``module`` as a function: ``F.linear`` on its weights for a plain ``nn.Linear`` (what its forward does, without
-    the module call), the module itself otherwise (a LoRA or quantised layer)."""
+    """``module`` as a function: ``F.linear`` on its weights for a plain ``nn.Linear`` (what its forward does,
+    without the module call), the module itself otherwise (a LoRA or quantised layer)."""
     if type(module) is not torch.nn.Linear:
         return module
     weight, bias = module.weight, module.bias
@@ -76,15 +77,29 @@ class DecodeStep:
 
     The cache's keys and values move into buffers with ``room`` free columns (more are added by doubling when
     used up); the cache's layers always show the filled columns as views, so code reading the cache
-    (:func:`vgym.engine.prefix_cache.record`) sees the usual tensors. Writes go to free columns only: a view taken
-    earlier keeps its contents.
+    (:func:`vgym.engine.prefix_cache.record`) sees the usual tensors. Writes go to free columns only: a view
+    taken earlier keeps its contents.
     """
 
     def __init__(self, lm: Any, head: Any, cache: Any, room: int) -> None:
         self.lm, self.head, self.cache = lm, head, cache
-        self.projections = [tuple(map(_linear, (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
-                                                layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj,
-                                                layer.mlp.down_proj))) for layer in lm.layers]
+        self.projections = [
+            tuple(
+                map(
+                    _linear,
+                    (
+                        layer.self_attn.q_proj,
+                        layer.self_attn.k_proj,
+                        layer.self_attn.v_proj,
+                        layer.self_attn.o_proj,
+                        layer.mlp.gate_proj,
+                        layer.mlp.up_proj,
+                        layer.mlp.down_proj,
+                    ),
+                )
+            )
+            for layer in lm.layers
+        ]
         self.layers = list(cache.layers)
         self.length = int(self.layers[0].keys.shape[-2])
         self.buffers = [(self._with_room(layer.keys, room), self._with_room(layer.values, room))
@@ -93,7 +108,8 @@ class DecodeStep:
 
     @staticmethod
     def supports(model: Any) -> bool:
-        """Whether this module reproduces ``model``'s text decode steps (family, attention, no hooks, no windows)."""
+        """Whether this module reproduces ``model``'s text decode steps (family, attention, no hooks, no
+        windows)."""
         return _parts(model) is not None
 
     @classmethod
@@ -103,7 +119,9 @@ class DecodeStep:
         layers = getattr(cache, "layers", None)
         if parts is None or not layers or len(layers) != len(parts[0].layers):
             return None
-        if any(type(layer).__name__ != "DynamicLayer" or getattr(layer, "keys", None) is None for layer in layers):
+        if any(
+            type(layer).__name__ != "DynamicLayer" or getattr(layer, "keys", None) is None for layer in layers
+        ):
             return None
         return cls(parts[0], parts[1], cache, room)
 
@@ -119,12 +137,15 @@ class DecodeStep:
             layer.keys, layer.values = keys[:, :, : self.length], values[:, :, : self.length]
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep (and repeat) the batch rows ``index`` (R,), as ``DynamicCache.reorder_cache`` (new buffers)."""
+        """Keep (and repeat) the batch rows ``index`` (R,), as ``DynamicCache.reorder_cache`` (new
+        buffers)."""
         self.buffers = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.buffers]
         self._show()
 
     @torch.no_grad()
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def __call__(
+        self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """Feed one token per row.
 
         Args:
@@ -163,7 +184,12 @@ class DecodeStep:
             heads = q.shape[1]
             q = q.reshape(batch, heads // attn.num_key_value_groups, attn.num_key_value_groups, attn.head_dim)
             out = torch.nn.functional.scaled_dot_product_attention(
-                q, keys[:, :, : self.length], values[:, :, : self.length], attn_mask=attend, scale=attn.scaling)
+                q,
+                keys[:, :, : self.length],
+                values[:, :, : self.length],
+                attn_mask=attend,
+                scale=attn.scaling,
+            )
             hidden = hidden + o_proj(out.reshape(batch, 1, heads * attn.head_dim))
             x = layer.post_attention_layernorm(hidden)
             hidden = hidden + down_proj(layer.mlp.act_fn(gate_proj(x)) * up_proj(x))

@@ -3,16 +3,17 @@
 Contents: :func:`lean_decoding_supported`, :func:`mrope_positions`, :func:`row_images`, :func:`image_classes`,
 :func:`distinct`, :func:`draw`, :func:`sample_turn`.
 
-``generate`` spends about a fifth of a small model's decode step in its own bookkeeping (stopping criteria, input
-preparation, logits-processor plumbing), and prefills every row of a batch even when a GRPO group shows the same
-prompt to all of its episodes. This loop prefills each distinct row once and copies its KV cache to the equal rows,
-reads the part of a row decoded in the previous call (the episode's earlier turns) from a
-:class:`~vgym.engine.prefix_cache.PrefixCache`, then runs the model on one token per step; once half of the rows have
-ended, the cache keeps only the running ones. It passes its own 3-D rotary positions, computed here from the ids and
-image grids (Qwen2-VL's M-RoPE: text positions advance by one; an image's tokens take (0, row, column) offsets from
-the position after the preceding text; the text after an image starts at that position plus the image's larger
-side in merged patches), so it does not depend on how a transformers version derives positions during generation.
-It handles images only (grid ``t == 1``); videos, and models outside the Qwen-VL family, use ``generate``.
+``generate`` spends about a fifth of a small model's decode step in its own bookkeeping (stopping criteria,
+input preparation, logits-processor plumbing), and prefills every row of a batch even when a GRPO group shows
+the same prompt to all of its episodes. This loop prefills each distinct row once and copies its KV cache to
+the equal rows, reads the part of a row decoded in the previous call (the episode's earlier turns) from a
+:class:`~vgym.engine.prefix_cache.PrefixCache`, then runs the model on one token per step; once half of the
+rows have ended, the cache keeps only the running ones. It passes its own 3-D rotary positions, computed here
+from the ids and image grids (Qwen2-VL's M-RoPE: text positions advance by one; an image's tokens take (0,
+row, column) offsets from the position after the preceding text; the text after an image starts at that
+position plus the image's larger side in merged patches), so it does not depend on how a transformers version
+derives positions during generation. It handles images only (grid ``t == 1``); videos, and models outside the
+Qwen-VL family, use ``generate``.
 
 All randomness comes from the ``generator`` argument; the global torch RNG is untouched.
 """
@@ -29,9 +30,8 @@ from vgym.engine.fast_paths import FAMILIES
 from vgym.engine.modeling import forward_accepts, image_inputs, shared_image_features, unique_images
 from vgym.engine.prefix_cache import PrefixCache, cache_keyword, prefill, record
 
-__all__ = [
-    "distinct", "draw", "image_classes", "lean_decoding_supported", "mrope_positions", "row_images", "sample_turn",
-]
+__all__ = ["distinct", "draw", "image_classes", "lean_decoding_supported", "mrope_positions", "row_images",
+           "sample_turn"]
 
 
 Warper = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -39,7 +39,8 @@ Warper = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def lean_decoding_supported(model: Any, image_grid_thw: torch.Tensor | None) -> bool:
-    """Whether :func:`sample_turn` reproduces ``model``'s positions for these images (Qwen-VL family, still images)."""
+    """Whether :func:`sample_turn` reproduces ``model``'s positions for these images (Qwen-VL family, still
+    images)."""
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) not in FAMILIES or getattr(config, "image_token_id", None) is None:
         return False
@@ -65,7 +66,8 @@ def mrope_positions(
         merge_size: the vision tower's spatial merge size.
 
     Returns:
-        ``positions`` (3, B, L) int64 (temporal, height, width) and ``next_position`` (B,): the position of the
+        ``positions`` (3, B, L) int64 (temporal, height, width) and ``next_position`` (B,): the position of
+            the
         first token after each row (text continues at ``next_position + k`` in all three components).
 
     Raises:
@@ -133,8 +135,8 @@ def row_images(inputs: dict[str, torch.Tensor], image_token: int,
 
 def image_classes(inputs: dict[str, torch.Tensor], images: list[list[torch.Tensor]],
                   taken: list[int]) -> list[tuple[int, ...]]:
-    """Per row, the distinct-image classes (:func:`vgym.engine.modeling.unique_images`) of its first ``taken[row]``
-    images: equal tuples mean equal pixels."""
+    """Per row, the distinct-image classes (:func:`vgym.engine.modeling.unique_images`) of its first
+    ``taken[row]`` images: equal tuples mean equal pixels."""
     classes: list[tuple[int, ...]] = [()] * len(images)
     if any(images):
         _, image_class = unique_images(inputs["pixel_values"], inputs["image_grid_thw"])
@@ -146,8 +148,8 @@ def image_classes(inputs: dict[str, torch.Tensor], images: list[list[torch.Tenso
 
 
 def distinct(keys: Sequence[Any]) -> tuple[list[int], list[int]]:
-    """``(keep, inverse)``: the index of the first of each distinct key, in order, and for every key the position in
-    ``keep`` of its equal."""
+    """``(keep, inverse)``: the index of the first of each distinct key, in order, and for every key the
+    position in ``keep`` of its equal."""
     keep: list[int] = []
     inverse: list[int] = []
     seen: dict[Any, int] = {}
@@ -159,8 +161,11 @@ def distinct(keys: Sequence[Any]) -> tuple[list[int], list[int]]:
     return keep, inverse
 
 
-def _distinct_rows(inputs: dict[str, torch.Tensor], images: list[list[torch.Tensor]]) -> tuple[list[int], list[int]]:
-    """``(keep, inverse)`` over the batch rows: rows are equal when their ids, mask and images are all equal."""
+def _distinct_rows(
+    inputs: dict[str, torch.Tensor], images: list[list[torch.Tensor]]
+) -> tuple[list[int], list[int]]:
+    """``(keep, inverse)`` over the batch rows: rows are equal when their ids, mask and images are all
+    equal."""
     classes = image_classes(inputs, images, [len(row) for row in images])
     rows = zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist(), classes)
     return distinct([(tuple(ids), tuple(mask), row_classes) for ids, mask, row_classes in rows])
@@ -178,13 +183,14 @@ def draw(scores: torch.Tensor, generator: torch.Generator | None = None) -> torc
 
     Inverse-CDF sampling: one uniform number per row, located in the row's cumulative probabilities (scaled to
     their float sum, so it always lands on a token with non-zero probability). On the CPU it costs a sixth of
-    ``torch.multinomial`` (0.03 vs 0.18 ms at 8 × 813, 4 vs 28 ms at 8 × 151,936), which draws a random number per
-    vocabulary entry.
+    ``torch.multinomial`` (0.03 vs 0.18 ms at 8 × 813, 4 vs 28 ms at 8 × 151,936), which draws a random number
+    per vocabulary entry.
     """
     cdf = torch.softmax(scores, -1).cumsum(-1)
     total = cdf[:, -1:]
     u = torch.rand(scores.shape[0], 1, generator=generator, device=scores.device) * total
-    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # strictly below the sum, even rounded
+    # strictly below the sum, even rounded
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, u, right=True).squeeze(-1)
 
 
@@ -208,8 +214,8 @@ def sample_turn(
 
     Args:
         model: a Qwen-VL ``*ForConditionalGeneration`` (see :func:`lean_decoding_supported`), in eval mode.
-        inputs: :func:`vgym.engine.modeling.model_inputs` output: ``input_ids`` (B, L), ``attention_mask`` (B, L),
-            optionally ``pixel_values`` / ``image_grid_thw`` (and ``mm_token_type_ids``, passed through).
+        inputs: :func:`vgym.engine.modeling.model_inputs` output: ``input_ids`` (B, L), ``attention_mask`` (B,
+            L), optionally ``pixel_values`` / ``image_grid_thw`` (and ``mm_token_type_ids``, passed through).
         max_new_tokens: most tokens per row.
         eos_ids: ids that end a row; after its end a row is filled with ``pad_id``.
         pad_id: the filler id.
@@ -219,12 +225,14 @@ def sample_turn(
         min_new_tokens: the end ids are suppressed for the first this-many tokens.
         generator: the sampling RNG (on the model's device).
         prefix_cache: rows whose start was decoded in the previous call read it from here (see
-            :mod:`vgym.engine.prefix_cache`), and every row's prompt and tokens are kept in it for the next call.
-        direct: run the decode steps with :class:`vgym.engine.decode_step.DecodeStep` where it reproduces the model
-            (False, or where it does not: ``model(...)``).
+            :mod:`vgym.engine.prefix_cache`), and every row's prompt and tokens are kept in it for the next
+            call.
+        direct: run the decode steps with :class:`vgym.engine.decode_step.DecodeStep` where it reproduces the
+            model (False, or where it does not: ``model(...)``).
 
     Returns:
-        ``tokens`` (B, N) int64 and ``logprobs`` (B, N) float32 on the CPU, N ≤ ``max_new_tokens`` (the loop ends
+        ``tokens`` (B, N) int64 and ``logprobs`` (B, N) float32 on the CPU, N ≤ ``max_new_tokens`` (the loop
+            ends
         when every row has ended): each token's log-probability under the scores it was drawn from (after
         suppression and warping; for greedy decoding, after suppression only). Entries after a row's end are
         ``pad_id`` / 0.
@@ -300,7 +308,8 @@ def sample_turn(
         alive = int(running.sum())
         if step == max_new_tokens - 1 or not alive:
             break
-        if alive <= len(rows) // 2:  # drop ended rows once half have ended: at most log2(B) copies of the cache
+        # drop ended rows once half have ended: at most log2(B) copies of the cache
+        if alive <= len(rows) // 2:
             live = running.nonzero().squeeze(-1)
             keep_rows((~running).nonzero().squeeze(-1))
             reorder(live)
@@ -312,7 +321,8 @@ def sample_turn(
         if stepper is not None:
             logits = stepper(chosen, next_position + step, mask if padded else None)
         else:
-            out = model(input_ids=chosen[:, None], attention_mask=mask if padded else None,  # no mask to build
+            # no mask to build
+            out = model(input_ids=chosen[:, None], attention_mask=mask if padded else None,
                         position_ids=(next_position + step).view(1, -1, 1).expand(3, -1, -1), use_cache=True,
                         **{cache_key: cache})
             logits = out.logits[:, -1]

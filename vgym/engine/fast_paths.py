@@ -1,18 +1,18 @@
-"""Which of vgym's fast paths a model may take with the installed transformers; ``generate`` and the plain forward
-otherwise.
+"""Which of vgym's fast paths a model may take with the installed transformers; ``generate`` and the plain
+forward otherwise.
 
 Contents: :data:`CHECKED_TRANSFORMERS`, :data:`FAMILIES`, :class:`FastPaths`, :func:`fast_paths`,
 :func:`installed_transformers`.
 
-The lean sampling loop (:mod:`~vgym.engine.decoding`, with the KV reuse of :mod:`~vgym.engine.prefix_cache`), its
-direct decode steps (:mod:`~vgym.engine.decode_step`) and the shared-prompt loss forward
+The lean sampling loop (:mod:`~vgym.engine.decoding`, with the KV reuse of :mod:`~vgym.engine.prefix_cache`),
+its direct decode steps (:mod:`~vgym.engine.decode_step`) and the shared-prompt loss forward
 (:mod:`~vgym.engine.shared_prefix`) redo parts of transformers' Qwen-VL code: 3-D rotary positions, attention,
-the cache's layout. Their tests compare them with the model's own forward, token for token; they are exact on the
-transformers versions and model families those tests ran on, :data:`CHECKED_TRANSFORMERS` and :data:`FAMILIES`.
-For any other version or family, :func:`fast_paths` turns them off and vgym uses ``generate`` and the plain forward
-(slower, never wrong), and says which and why once per process on this module's logger. The primitives themselves
-stay callable on any version, so their equivalence tests run wherever the suite runs — which is how a new version
-joins :data:`CHECKED_TRANSFORMERS`.
+the cache's layout. Their tests compare them with the model's own forward, token for token; they are exact on
+the transformers versions and model families those tests ran on, :data:`CHECKED_TRANSFORMERS` and
+:data:`FAMILIES`. For any other version or family, :func:`fast_paths` turns them off and vgym uses
+``generate`` and the plain forward (slower, never wrong), and says which and why once per process on this
+module's logger. The primitives themselves stay callable on any version, so their equivalence tests run
+wherever the suite runs — which is how a new version joins :data:`CHECKED_TRANSFORMERS`.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def fast_paths(model: Any) -> FastPaths:
         model: a transformers model (its ``config.model_type`` names its family; a peft wrapper forwards it).
 
     Returns:
-        All on for a checked family on a checked transformers version, else all off with the reason (logged once
+        All on for a checked family on a checked transformers version, else all off with the reason (logged
+            once
         per process and (version, family)).
     """
     family = getattr(getattr(model, "config", None), "model_type", None)

@@ -5,8 +5,8 @@ Contents: :func:`model_inputs`, :func:`token_types`, :func:`image_inputs`, :func
 
 Recent transformers Qwen-VL models need ``mm_token_type_ids`` (0 text, 1 image, 2 video) to compute their
 multimodal rotary positions; without it ``generate`` silently falls back to 1-D text positions and ``forward``
-raises. The processor returns it for a whole prompt, but our sequences are built by appending chunks, so we derive
-it from the ids instead, for every model whose ``forward`` accepts it.
+raises. The processor returns it for a whole prompt, but our sequences are built by appending chunks, so we
+derive it from the ids instead, for every model whose ``forward`` accepts it.
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ from typing import Any
 
 import torch
 
-__all__ = [
-    "model_inputs", "token_types", "image_inputs", "forward_accepts", "shared_image_features", "unique_images",
-    "load_pretrained_in_place", "enable_checkpointing",
-]
+__all__ = ["model_inputs", "token_types", "image_inputs", "forward_accepts", "shared_image_features",
+           "unique_images", "load_pretrained_in_place", "enable_checkpointing"]
 
 
 def model_inputs(
@@ -69,8 +67,8 @@ def token_types(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def image_inputs(images: list[list[torch.Tensor]], grids: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``pixel_values`` / ``image_grid_thw`` for rows' images in row order (per row: a list of patch tensors and
-    their (k, 3) grids); empty when no row has an image."""
+    """``pixel_values`` / ``image_grid_thw`` for rows' images in row order (per row: a list of patch tensors
+    and their (k, 3) grids); empty when no row has an image."""
     flat = [image for row in images for image in row]
     if not flat:
         return {}
@@ -78,24 +76,25 @@ def image_inputs(images: list[list[torch.Tensor]], grids: list[torch.Tensor]) ->
 
 
 def forward_accepts(model: Any, name: str) -> bool:
-    """Whether ``model.forward`` takes the keyword ``name`` (looked through a peft wrapper, whose own signature
-    hides the base model's)."""
+    """Whether ``model.forward`` takes the keyword ``name`` (looked through a peft wrapper, whose own
+    signature hides the base model's)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return name in _forward_parameters(type(base))
 
 
 @functools.lru_cache(maxsize=64)
 def _forward_parameters(cls: type) -> frozenset[str]:
-    """The keyword names of ``cls.forward`` (``inspect.signature`` costs ~0.2 ms; asked several times a step)."""
+    """The keyword names of ``cls.forward`` (``inspect.signature`` costs ~0.2 ms; asked several times a
+    step)."""
     return frozenset(inspect.signature(cls.forward).parameters)
 
 
 def load_pretrained_in_place(model: Any, folder: Any) -> None:
     """Load the weights a ``model.save_pretrained(folder)`` wrote back into ``model`` (same object, in place).
 
-    Goes through ``from_pretrained``, which undoes the key renaming ``save_pretrained`` applies (e.g. Qwen2-VL's
-    ``model.language_model.*`` is saved as ``model.*``); loading the raw safetensors file would silently match almost
-    no key.
+    Goes through ``from_pretrained``, which undoes the key renaming ``save_pretrained`` applies (e.g.
+    Qwen2-VL's ``model.language_model.*`` is saved as ``model.*``); loading the raw safetensors file would
+    silently match almost no key.
     """
     saved = type(model).from_pretrained(folder, local_files_only=True)
     model.load_state_dict(saved.state_dict())
@@ -109,7 +108,8 @@ def unique_images(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> t
         image_grid_thw: (N, 3) each image's patch grid (its row count is the product).
 
     Returns:
-        ``(keep, inverse)``: indices of the first occurrence of each distinct image, in order, and for every image
+        ``(keep, inverse)``: indices of the first occurrence of each distinct image, in order, and for every
+            image
         the position in ``keep`` of its equal. Images are equal when their grids and patches are exactly equal
         (a projection of the patches narrows the candidates; ``torch.equal`` decides).
     """
@@ -117,7 +117,9 @@ def unique_images(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> t
     columns = pixel_values[:, :: max(1, pixel_values.shape[1] // 64)].float()  # a sample of columns suffices
     weights = torch.rand(columns.shape[1], generator=torch.Generator().manual_seed(0)).to(columns.device)
     image_of_row = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
-    row_in_image = torch.arange(len(columns), device=columns.device) - (sizes.cumsum(0) - sizes)[image_of_row] + 1
+    row_in_image = (
+        torch.arange(len(columns), device=columns.device) - (sizes.cumsum(0) - sizes)[image_of_row] + 1
+    )
     prints = torch.zeros(len(sizes), dtype=torch.float64, device=columns.device).index_add_(
         0, image_of_row.to(columns.device), ((columns @ weights) * row_in_image).double()).tolist()
     sizes = sizes.tolist()
@@ -136,9 +138,14 @@ def unique_images(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> t
 
 
 def _vision_owner(model: Any) -> Any | None:
-    """The submodule whose ``forward`` calls ``self.get_image_features`` (Qwen-VL's inner ``*Model``), or None."""
+    """The submodule whose ``forward`` calls ``self.get_image_features`` (Qwen-VL's inner ``*Model``), or
+    None."""
     for module in model.modules():
-        if hasattr(module, "get_image_features") and hasattr(module, "visual") and hasattr(module, "language_model"):
+        if (
+            hasattr(module, "get_image_features")
+            and hasattr(module, "visual")
+            and hasattr(module, "language_model")
+        ):
             return module
     return None
 
@@ -187,9 +194,9 @@ def shared_image_features(model: Any) -> Iterator[None]:
 
 
 def enable_checkpointing(model: Any, reentrant: bool = False) -> None:
-    """Turn on activation (gradient) checkpointing, non-reentrant unless asked: PyTorch's recommended kind, and the
-    one under which :func:`vgym.engine.shared_prefix.shared_prefix_logits` can share a group's prompt (transformers' default
-    has changed between versions, so it is asked for explicitly)."""
+    """Turn on activation (gradient) checkpointing, non-reentrant unless asked: PyTorch's recommended kind,
+    and the one under which :func:`vgym.engine.shared_prefix.shared_prefix_logits` can share a group's prompt
+    (transformers' default has changed between versions, so it is asked for explicitly)."""
     kwargs = {"use_reentrant": reentrant}
     enable = getattr(model, "activation_checkpointing_enable", None)
     if enable is not None:

@@ -1,12 +1,14 @@
-"""KV reuse across turns: an episode's next turn reads its earlier turns from the keys and values kept last turn.
+"""KV reuse across turns: an episode's next turn reads its earlier turns from the keys and values kept last
+turn.
 
 Contents: :class:`PrefixCache`, :func:`prefill`, :func:`record`, :func:`new_cache`, :func:`cache_keyword`.
 
-A multi-turn episode's turn ``t + 1`` sequence is its turn ``t`` sequence, the tokens generated at turn ``t``, and
-the environment's reply. :func:`vgym.engine.decoding.sample_turn` records, for every row it decoded, the keys and values
-of the tokens the model has read (prompt and fed generated tokens), and :func:`prefill` then runs the model only on
-the new tail of each row (the reply, its images and the generation prompt), attending to the kept prefix. Rotary
-positions are absolute and passed explicitly, so a prefix's keys are valid wherever its row sits in the next batch.
+A multi-turn episode's turn ``t + 1`` sequence is its turn ``t`` sequence, the tokens generated at turn ``t``,
+and the environment's reply. :func:`vgym.engine.decoding.sample_turn` records, for every row it decoded, the
+keys and values of the tokens the model has read (prompt and fed generated tokens), and :func:`prefill` then
+runs the model only on the new tail of each row (the reply, its images and the generation prompt), attending
+to the kept prefix. Rotary positions are absolute and passed explicitly, so a prefix's keys are valid wherever
+its row sits in the next batch.
 
 Entries are exact: a row reuses an entry only if the entry's ids are a prefix of the row's ids and the images
 among them are equal (``torch.equal``). Entries hold keys computed with the weights of their time: the cache
@@ -31,10 +33,13 @@ _WEIGHTS = torch.randint(-(2**62), 2**62, (1 << 12,), generator=torch.Generator(
 
 
 def _fingerprints(ids: torch.Tensor) -> torch.Tensor:
-    """(n,) int64: element ``i`` fingerprints ``ids[: i + 1]`` (a weighted prefix sum; collisions are re-checked)."""
+    """(n,) int64: element ``i`` fingerprints ``ids[: i + 1]`` (a weighted prefix sum; collisions are
+    re-checked)."""
     global _WEIGHTS
     if len(ids) > len(_WEIGHTS):
-        extra = torch.randint(-(2**62), 2**62, (len(ids),), generator=torch.Generator().manual_seed(len(_WEIGHTS)))
+        extra = torch.randint(
+            -(2**62), 2**62, (len(ids),), generator=torch.Generator().manual_seed(len(_WEIGHTS))
+        )
         _WEIGHTS = torch.cat([_WEIGHTS, extra])
     return torch.cumsum((ids.cpu().long() + 1) * _WEIGHTS[: len(ids)], 0)
 
@@ -48,8 +53,8 @@ class _Entry:
     grids: torch.Tensor
     """(len(images), 3) their grids."""
     source: list[tuple[torch.Tensor, torch.Tensor]]
-    """Per decoder layer, the decoding cache's keys and values (rows, heads, columns, head_dim) at recording time
-    (the cache replaces its tensors as it grows, so these stay as they were)."""
+    """Per decoder layer, the decoding cache's keys and values (rows, heads, columns, head_dim) at recording
+    time (the cache replaces its tensors as it grows, so these stay as they were)."""
     row: int
     columns: torch.Tensor
     """The columns of ``source`` row ``row`` that hold ``ids``, in order."""
@@ -62,10 +67,13 @@ class _Entry:
 
     @property
     def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer, keys and values (heads, n, head_dim) — gathered on first use (most entries never are)."""
+        """Per layer, keys and values (heads, n, head_dim) — gathered on first use (most entries never
+        are)."""
         if not hasattr(self, "_layers"):
-            self._layers = [(k[self.row].index_select(1, self.columns), v[self.row].index_select(1, self.columns))
-                            for k, v in self.source]
+            self._layers = [
+                (k[self.row].index_select(1, self.columns), v[self.row].index_select(1, self.columns))
+                for k, v in self.source
+            ]
             self.source = []
         return self._layers
 
@@ -76,7 +84,8 @@ class PrefixCache:
     def __init__(self) -> None:
         self.generations: list[dict[tuple[int, int], list[_Entry]]] = []
         self.version: int | None = None
-        self._params: tuple[Any, list[torch.Tensor]] | None = None  # the model and its parameters, listed once
+        # the model and its parameters, listed once
+        self._params: tuple[Any, list[torch.Tensor]] | None = None
 
     def clear(self) -> None:
         """Drop every entry (frees their memory)."""
@@ -102,8 +111,8 @@ class PrefixCache:
             table.setdefault(key, []).append(entry)
 
     def lookup(self, ids: torch.Tensor, images: list[torch.Tensor], grids: torch.Tensor) -> _Entry | None:
-        """The longest entry whose ids are a proper prefix of ``ids`` with equal images (patches and grids: equal
-        patches laid out on another grid get other positions), or None."""
+        """The longest entry whose ids are a proper prefix of ``ids`` with equal images (patches and grids:
+        equal patches laid out on another grid get other positions), or None."""
         tables = self.generations[:-1]  # not the table this call is filling
         if not tables:
             return None
@@ -129,7 +138,8 @@ def new_cache(model: Any) -> Any:
 
 
 def cache_keyword(model: Any) -> str:
-    """The keyword ``model.forward`` takes its KV cache by: ``cache`` (transformers ≥ 5.2x) or ``past_key_values``."""
+    """The keyword ``model.forward`` takes its KV cache by: ``cache`` (transformers ≥ 5.2x) or
+    ``past_key_values``."""
     return "cache" if forward_accepts(model, "cache") else "past_key_values"
 
 
@@ -152,9 +162,16 @@ def record(prefix_cache: PrefixCache, table: dict[tuple[int, int], list[_Entry]]
                                    columns=columns, versions=[t._version for pair in source for t in pair]))
 
 
-def prefill(model: Any, inputs: dict[str, torch.Tensor], positions: torch.Tensor, row_images: list[list[torch.Tensor]],
-            row_grids: list[torch.Tensor], prefix_cache: PrefixCache | None, cache_key: str,
-            extra: dict[str, Any]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+def prefill(
+    model: Any,
+    inputs: dict[str, torch.Tensor],
+    positions: torch.Tensor,
+    row_images: list[list[torch.Tensor]],
+    row_grids: list[torch.Tensor],
+    prefix_cache: PrefixCache | None,
+    cache_key: str,
+    extra: dict[str, Any],
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """Run the prompt of every row, reading kept prefixes instead of recomputing them.
 
     Args:
@@ -164,7 +181,8 @@ def prefill(model: Any, inputs: dict[str, torch.Tensor], positions: torch.Tensor
         prefix_cache: where kept prefixes are looked up (None: no reuse).
 
     Returns:
-        ``(cache, logits, mask)``: the KV cache of the B rows, the last position's logits (B, V), and the cache's
+        ``(cache, logits, mask)``: the KV cache of the B rows, the last position's logits (B, V), and the
+            cache's
         attention mask (B, C) (zeros on padding, including padding between a kept prefix and its new tail).
     """
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
@@ -172,7 +190,10 @@ def prefill(model: Any, inputs: dict[str, torch.Tensor], positions: torch.Tensor
     lengths = mask.sum(-1).tolist()
     hits = [None] * batch
     if prefix_cache is not None:
-        hits = [prefix_cache.lookup(ids[b, width - lengths[b]:], row_images[b], row_grids[b]) for b in range(batch)]
+        hits = [
+            prefix_cache.lookup(ids[b, width - lengths[b] :], row_images[b], row_grids[b])
+            for b in range(batch)
+        ]
     cache = new_cache(model)
     if not any(hits):
         out = model(**inputs, position_ids=positions, use_cache=True, **{cache_key: cache}, **extra)
@@ -198,8 +219,14 @@ def prefill(model: Any, inputs: dict[str, torch.Tensor], positions: torch.Tensor
         full_mask[b, prefix_width - kept[b]:prefix_width] = 1
         full_mask[b, prefix_width + tail_width - tails[b]:] = 1
     done = [len(hit.images) if hit else 0 for hit in hits]  # images already in the kept prefix
-    step_inputs: dict[str, Any] = {"input_ids": new_ids, "attention_mask": full_mask, **image_inputs(
-        [images[d:] for images, d in zip(row_images, done)], [grids[d:] for grids, d in zip(row_grids, done)])}
+    step_inputs: dict[str, Any] = {
+        "input_ids": new_ids,
+        "attention_mask": full_mask,
+        **image_inputs(
+            [images[d:] for images, d in zip(row_images, done)],
+            [grids[d:] for grids, d in zip(row_grids, done)],
+        ),
+    }
     if "mm_token_type_ids" in inputs:
         step_inputs["mm_token_type_ids"] = token_types(model, new_ids)
     out = model(**step_inputs, position_ids=new_positions, use_cache=True, **{cache_key: cache}, **extra)

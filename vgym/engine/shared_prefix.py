@@ -2,21 +2,22 @@
 
 Contents: :func:`shared_prefix_logits`.
 
-A training batch of G episodes per sample repeats each sample's prompt (system text, tool schemas, the image) G
-times, and the plain forward and backward pay for every copy. Here the columns before the first trained token are
-run once per distinct prefix (with its images) into a KV cache, the cache rows are copied to the rows that share
-them (``index_select``: in the backward, the gradients of the copies add up, as they would over separate copies),
-and the rest of every row is run against it. Logits and gradients equal the plain forward's up to float rounding.
-Rotary positions are passed explicitly (:func:`vgym.engine.decoding.mrope_positions`), so it applies to the Qwen-VL
-family with still images.
+A training batch of G episodes per sample repeats each sample's prompt (system text, tool schemas, the image)
+G times, and the plain forward and backward pay for every copy. Here the columns before the first trained
+token are run once per distinct prefix (with its images) into a KV cache, the cache rows are copied to the
+rows that share them (``index_select``: in the backward, the gradients of the copies add up, as they would
+over separate copies), and the rest of every row is run against it. Logits and gradients equal the plain
+forward's up to float rounding. Rotary positions are passed explicitly
+(:func:`vgym.engine.decoding.mrope_positions`), so it applies to the Qwen-VL family with still images.
 
-Under gradient checkpointing (the GPU recipes) the backward replays each decoder layer's forward, so a cache that
-grew on the first run would grow again. The two caches here never grow: the prefix pass's records each layer's
-first keys and values and returns what it is given, the tail pass's returns the prefix joined to what it is given,
-so a replay computes what the first run did. transformers drops any cache a checkpointed layer is handed unless
-the layer declares that it may keep one (``_can_checkpoint_with_cache``, set on the layers for the two calls), and
-checkpointing must be non-reentrant (a reentrant replay would not carry gradients back through the prefix's
-keys and values); where either is not so — an older transformers, ``use_reentrant=True`` — the plain forward runs.
+Under gradient checkpointing (the GPU recipes) the backward replays each decoder layer's forward, so a cache
+that grew on the first run would grow again. The two caches here never grow: the prefix pass's records each
+layer's first keys and values and returns what it is given, the tail pass's returns the prefix joined to what
+it is given, so a replay computes what the first run did. transformers drops any cache a checkpointed layer is
+handed unless the layer declares that it may keep one (``_can_checkpoint_with_cache``, set on the layers for
+the two calls), and checkpointing must be non-reentrant (a reentrant replay would not carry gradients back
+through the prefix's keys and values); where either is not so — an older transformers, ``use_reentrant=True``
+— the plain forward runs.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ class _Recorder(DynamicCache):
 
 
 class _FixedPrefix(DynamicCache):
-    """Reads a fixed prefix: ``update`` returns the prefix's keys and values joined to the given ones and stores
-    nothing, so its length (for the attention mask) stays the prefix's."""
+    """Reads a fixed prefix: ``update`` returns the prefix's keys and values joined to the given ones and
+    stores nothing, so its length (for the attention mask) stays the prefix's."""
 
     def __init__(self, layers: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
         super().__init__()
@@ -72,8 +73,8 @@ class _FixedPrefix(DynamicCache):
 
 
 def _checkpointed_layers(model: Any) -> list[Any] | None:
-    """The gradient-checkpointed layers of ``model`` ([] without checkpointing), or None where the caches above
-    cannot pass them (this transformers drops caches regardless, or the checkpointing is reentrant)."""
+    """The gradient-checkpointed layers of ``model`` ([] without checkpointing), or None where the caches
+    above cannot pass them (this transformers drops caches regardless, or the checkpointing is reentrant)."""
     flagged = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
     if not flagged:
         return []
@@ -90,7 +91,8 @@ def _checkpointed_layers(model: Any) -> list[Any] | None:
 
 @contextlib.contextmanager
 def _keep_caches(layers: list[Any]) -> Iterator[None]:
-    """Let checkpointed ``layers`` keep the cache they are handed (instance attributes, removed afterwards)."""
+    """Let checkpointed ``layers`` keep the cache they are handed (instance attributes, removed
+    afterwards)."""
     for layer in layers:
         layer._can_checkpoint_with_cache = True
     try:
@@ -101,8 +103,9 @@ def _keep_caches(layers: list[Any]) -> Iterator[None]:
 
 
 def _cut(ids: torch.Tensor, first: int, image_token: int) -> int:
-    """The prefix length: ``first - 1`` (the logits from column ``first - 1`` on are wanted), moved back so that
-    no row's image placeholder run is split (a run may end exactly at the cut: its image is then in the prefix)."""
+    """The prefix length: ``first - 1`` (the logits from column ``first - 1`` on are wanted), moved back so
+    that no row's image placeholder run is split (a run may end exactly at the cut: its image is then in the
+    prefix)."""
     cut = first - 1
     while cut > 0 and bool(((ids[:, cut - 1] == image_token) & (ids[:, cut] == image_token)).any()):
         cut -= 1
@@ -115,19 +118,25 @@ def shared_prefix_logits(model: Any, inputs: dict[str, torch.Tensor], first: int
     Args:
         model: a Qwen-VL ``*ForConditionalGeneration`` (train or eval mode; grads flow as in a plain forward).
         inputs: :func:`vgym.engine.modeling.model_inputs` of a right-padded batch: ``input_ids`` (B, T),
-            ``attention_mask`` (B, T), optionally ``pixel_values`` / ``image_grid_thw`` (rows' images in order).
+            ``attention_mask`` (B, T), optionally ``pixel_values`` / ``image_grid_thw`` (rows' images in
+            order).
         first: the first column holding a trained token (logits are wanted from column ``first - 1``).
 
     Returns:
-        The logits, or None when sharing does not apply (another model, videos, gradient checkpointing it cannot
-        pass, a prefix shorter than :data:`MIN_PREFIX` or padded in some row, or no two rows sharing one) — run
+        The logits, or None when sharing does not apply (another model, videos, gradient checkpointing it
+            cannot
+        pass, a prefix shorter than :data:`MIN_PREFIX` or padded in some row, or no two rows sharing one) —
+            run
         the plain forward.
     """
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     grids = inputs.get("image_grid_thw")
     checkpointed = _checkpointed_layers(model)
-    if not lean_decoding_supported(model, grids) or checkpointed is None or not forward_accepts(model,
-                                                                                               "logits_to_keep"):
+    if (
+        not lean_decoding_supported(model, grids)
+        or checkpointed is None
+        or not forward_accepts(model, "logits_to_keep")
+    ):
         return None
     image_token = int(model.config.image_token_id)
     merge = int(model.config.vision_config.spatial_merge_size)
@@ -150,20 +159,37 @@ def shared_prefix_logits(model: Any, inputs: dict[str, torch.Tensor], first: int
     positions, _ = mrope_positions(ids, mask, grids, image_token, merge)
     cache_key, recorder = cache_keyword(model), _Recorder()
     types = "mm_token_type_ids" in inputs
-    head = image_inputs([images[r][: in_prefix[r]] for r in keep], [row_grids[r][: in_prefix[r]] for r in keep])
+    head = image_inputs(
+        [images[r][: in_prefix[r]] for r in keep], [row_grids[r][: in_prefix[r]] for r in keep]
+    )
     head_ids = ids[keep, :cut]
     tail = image_inputs([images[r][in_prefix[r]:] for r in range(len(ids))],
                         [row_grids[r][in_prefix[r]:] for r in range(len(ids))])
     tail_ids = ids[:, cut:]
     rows = torch.tensor(inverse, device=ids.device)
     with _keep_caches(checkpointed):
-        model(input_ids=head_ids, attention_mask=mask[keep, :cut], position_ids=positions[:, keep, :cut],
-              use_cache=False, logits_to_keep=1, **{cache_key: recorder}, **head, **_types(model, head_ids, types))
+        model(
+            input_ids=head_ids,
+            attention_mask=mask[keep, :cut],
+            position_ids=positions[:, keep, :cut],
+            use_cache=False,
+            logits_to_keep=1,
+            **{cache_key: recorder},
+            **head,
+            **_types(model, head_ids, types),
+        )
         prefix = _FixedPrefix({i: (k.index_select(0, rows), v.index_select(0, rows))
                                for i, (k, v) in recorder.recorded.items()})
-        out = model(input_ids=tail_ids, attention_mask=mask, position_ids=positions[:, :, cut:], use_cache=False,
-                    logits_to_keep=ids.shape[1] - first + 1, **{cache_key: prefix}, **tail,
-                    **_types(model, tail_ids, types))
+        out = model(
+            input_ids=tail_ids,
+            attention_mask=mask,
+            position_ids=positions[:, :, cut:],
+            use_cache=False,
+            logits_to_keep=ids.shape[1] - first + 1,
+            **{cache_key: prefix},
+            **tail,
+            **_types(model, tail_ids, types),
+        )
     return out.logits
 
 

@@ -1,12 +1,12 @@
 """A tiny, randomly initialised but *real* Qwen2-VL, built offline and saved with ``save_pretrained``.
 
 Every downstream code path is the one a real checkpoint takes (``from_pretrained(local_dir)``): the real model
-class, a real ``Qwen2Tokenizer`` (byte-level BPE trained here on tool-use text), ``Qwen2VLImageProcessorPil`` and
-the verbatim Qwen2-VL-Instruct chat template.
+class, a real ``Qwen2Tokenizer`` (byte-level BPE trained here on tool-use text), ``Qwen2VLImageProcessorPil``
+and the verbatim Qwen2-VL-Instruct chat template.
 
-Contents: :class:`TinyVLMConfig`, :class:`TinyQwen2VLProcessor` (``Qwen2VLProcessor`` minus the torchvision-only
-video processor), :func:`default_corpus`, :func:`build_tiny_vlm`, :func:`load_vlm`, ``QWEN2_VL_CHAT_TEMPLATE``,
-``SPECIAL_TOKENS``, ``TOOL_TOKENS``.
+Contents: :class:`TinyVLMConfig`, :class:`TinyQwen2VLProcessor` (``Qwen2VLProcessor`` minus the
+torchvision-only video processor), :func:`default_corpus`, :func:`build_tiny_vlm`, :func:`load_vlm`,
+``QWEN2_VL_CHAT_TEMPLATE``, ``SPECIAL_TOKENS``, ``TOOL_TOKENS``.
 """
 
 from __future__ import annotations
@@ -39,29 +39,52 @@ __all__ = ["QWEN2_VL_CHAT_TEMPLATE", "SPECIAL_TOKENS", "TOOL_TOKENS", "TinyQwen2
 
 logger = logging.getLogger(__name__)
 
-# Verbatim chat template of Qwen/Qwen2-VL-{2B,7B}-Instruct (their chat_template.json). Copied character-exact from
+# Verbatim chat template of Qwen/Qwen2-VL-{2B,7B}-Instruct (their chat_template.json). Copied character-exact
+# from
 # huggingface/optimum-intel optimum/exporters/openvino/utils.py (COMPLEX_CHAT_TEMPLATES, key commented
-# "qwen2-vl-instruct", commit e1de5beecfd0c3ae6047ea22cea4a4cad4307aff), which matches templates by exact string, and
+# "qwen2-vl-instruct", commit e1de5beecfd0c3ae6047ea22cea4a4cad4307aff), which matches templates by exact
+# string, and
 # cross-checked against several independent copies (VLMEvalKit-style evaluation scripts).
 QWEN2_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
-    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
-    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
-    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] "
-    "== 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
-    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}"
-    "{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
-    "<|im_start|>assistant\n{% endif %}"
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "<|im_end|>\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 # Qwen2-VL's special tokens in Qwen's order (ids 0..13 here), then single-token markers that are NOT special
 # (``decode(skip_special_tokens=True)`` keeps them).
-SPECIAL_TOKENS: tuple[str, ...] = tuple(f"<|{t}|>" for t in (
-    "endoftext im_start im_end object_ref_start object_ref_end box_start box_end quad_start quad_end vision_start "
-    "vision_end vision_pad image_pad video_pad").split())
-TOOL_TOKENS: tuple[str, ...] = tuple(f"<{c}{t}>" for t in ("tool_call", "tool_response", "answer") for c in ("", "/"))
+SPECIAL_TOKENS: tuple[str, ...] = tuple(
+    f"<|{t}|>"
+    for t in (
+        "endoftext im_start im_end object_ref_start object_ref_end box_start box_end quad_start quad_end "
+        "vision_start "
+        "vision_end vision_pad image_pad video_pad"
+    ).split()
+)
+TOOL_TOKENS: tuple[str, ...] = tuple(
+    f"<{c}{t}>" for t in ("tool_call", "tool_response", "answer") for c in ("", "/")
+)
 _MARKERS = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS + TOOL_TOKENS))
 
 
@@ -139,19 +162,24 @@ _TOOLS = (
     ("count", "Count the objects of a given colour inside a region.",
      {"colour": {"type": "string", "enum": list(_COLOURS)}, "box": _BOX}),
 )
-_SYSTEM = ("You are a helpful assistant that answers questions about images using visual tools.\n\n# Tools\n\n"
-           "You may call one or more functions to assist with the user query.\n\nYou are provided with function "
-           "signatures within <tools></tools> XML tags:\n<tools>\n{tools}\n</tools>\n\nFor each function call, return "
-           "a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
-           '{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>\n\n'
-           "When you are done, give the final answer within <answer></answer> tags.")
+_SYSTEM = (
+    "You are a helpful assistant that answers questions about images using visual tools.\n\n# Tools\n\n"
+    "You may call one or more functions to assist with the user query.\n\nYou are provided with function "
+    "signatures within <tools></tools> XML tags:\n<tools>\n{tools}\n</tools>\n\nFor each function call, "
+    "return "
+    "a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>\n\n'
+    "When you are done, give the final answer within <answer></answer> tags."
+)
 
 
 def _tool_schema(name: str) -> str:
     """Return the JSON schema line of one tool, in the Qwen2.5 tool-prompt format."""
     desc, props = next((d, p) for n, d, p in _TOOLS if n == name)
     params = {"type": "object", "properties": props, "required": list(props)[:1]}
-    return json.dumps({"type": "function", "function": {"name": name, "description": desc, "parameters": params}})
+    return json.dumps(
+        {"type": "function", "function": {"name": name, "description": desc, "parameters": params}}
+    )
 
 
 def default_corpus(*, seed: int = 0, size: int = 3000) -> list[str]:
@@ -168,14 +196,33 @@ def default_corpus(*, seed: int = 0, size: int = 3000) -> list[str]:
     names = [t[0] for t in _TOOLS]
     out = [" ".join(map(str, range(2048))), " ".join(_COLOURS + _SHAPES) + " " + " ".join(names)]
     for i in range(size):
-        c1, c2, shape, rel = rng.choice(_COLOURS), rng.choice(_COLOURS), rng.choice(_SHAPES), rng.choice(_RELATIONS)
-        x, y, w, h = rng.randrange(0, 2048, 16), rng.randrange(2048), rng.choice((16, 112, 224)), rng.randrange(1, 448)
+        c1, c2, shape, rel = (
+            rng.choice(_COLOURS),
+            rng.choice(_COLOURS),
+            rng.choice(_SHAPES),
+            rng.choice(_RELATIONS),
+        )
+        x, y, w, h = (
+            rng.randrange(0, 2048, 16),
+            rng.randrange(2048),
+            rng.choice((16, 112, 224)),
+            rng.randrange(1, 448),
+        )
         box, tool, sep = [x, y, x + w, y + h], rng.choice(names), rng.choice(("", "\n"))
-        args = {"crop": {"box": box}, "zoom": {"box": box, "factor": rng.randint(2, 4)}, "depth": {"point": [x, y]},
-                "frame": {"index": rng.randrange(64)}, "count": {"colour": c1, "box": box}}[tool]
-        result = {"crop": {"image_index": 1 + i % 4, "size": [w, h]}, "zoom": {"image_index": 1, "size": [w, w]},
-                  "depth": {"depth": round(rng.random(), 2)}, "frame": {"image_index": rng.randint(1, 8)},
-                  "count": {"count": rng.randrange(10)}}[tool]
+        args = {
+            "crop": {"box": box},
+            "zoom": {"box": box, "factor": rng.randint(2, 4)},
+            "depth": {"point": [x, y]},
+            "frame": {"index": rng.randrange(64)},
+            "count": {"colour": c1, "box": box},
+        }[tool]
+        result = {
+            "crop": {"image_index": 1 + i % 4, "size": [w, h]},
+            "zoom": {"image_index": 1, "size": [w, w]},
+            "depth": {"depth": round(rng.random(), 2)},
+            "frame": {"image_index": rng.randint(1, 8)},
+            "count": {"count": rng.randrange(10)},
+        }[tool]
         question = rng.choice((f"What colour is the {shape} inside the region {box}?",
                                f"How many {c1} {shape}s are {rel} the {c2} {shape}?",
                                f"Which {shape} is closer to the camera, the {c1} one or the {c2} one?",
@@ -188,7 +235,8 @@ def default_corpus(*, seed: int = 0, size: int = 3000) -> list[str]:
         call = json.dumps({"name": tool, "arguments": args})
         out.append(
             f"<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n"
-            f"<|im_start|>assistant\nLet me look at the {rng.choice(_RELATIONS)} part.\n<tool_call>{sep}{call}{sep}"
+            f"<|im_start|>assistant\nLet me look at the {rng.choice(_RELATIONS)} "
+            f"part.\n<tool_call>{sep}{call}{sep}"
             f"</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>{sep}{json.dumps(result)}{sep}</tool_response>"
             f"<|im_end|>\n<|im_start|>assistant\nThe {shape} is {c1}.\n<answer>{answer}</answer><|im_end|>\n"
         )
@@ -196,11 +244,16 @@ def default_corpus(*, seed: int = 0, size: int = 3000) -> list[str]:
 
 
 def _train_tokenizer(texts: list[str], vocab_size: int) -> Qwen2Tokenizer:
-    """Train a byte-level BPE with Qwen2's exact normaliser/pre-tokeniser and wrap it as ``Qwen2Tokenizer``."""
+    """Train a byte-level BPE with Qwen2's exact normaliser/pre-tokeniser and wrap it as
+    ``Qwen2Tokenizer``."""
     bpe = Tokenizer(BPE())
     bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS + TOOL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     # Markers become single tokens anyway: split them out so no merge is spent on their pieces.
@@ -217,12 +270,15 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> Qwen2Tokenizer:
 
 
 def _mrope_section(head_dim: int) -> list[int]:
-    """Split ``head_dim // 2`` rotary frequencies over (t, h, w) like Qwen2-VL's [16, 24, 24] for head_dim 128."""
+    """Split ``head_dim // 2`` rotary frequencies over (t, h, w) like Qwen2-VL's [16, 24, 24] for head_dim
+    128."""
     hw = head_dim // 2 * 3 // 8
     return [head_dim // 2 - 2 * hw, hw, hw]
 
 
-def build_tiny_vlm(out_dir: str | Path, *, corpus: Iterable[str] = (), config: TinyVLMConfig | None = None) -> Path:
+def build_tiny_vlm(
+    out_dir: str | Path, *, corpus: Iterable[str] = (), config: TinyVLMConfig | None = None
+) -> Path:
     """Train the tokenizer, build a random tiny Qwen2-VL and its processor, and save both.
 
     Args:
@@ -243,18 +299,39 @@ def build_tiny_vlm(out_dir: str | Path, *, corpus: Iterable[str] = (), config: T
     out.mkdir(parents=True, exist_ok=True)
     tok = _train_tokenizer(default_corpus() + list(corpus), cfg.vocab_size)
     image_processor = qwen2_vl.Qwen2VLImageProcessorPil(
-        min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2)
+        min_pixels=cfg.min_pixels,
+        max_pixels=cfg.max_pixels,
+        patch_size=14,
+        merge_size=2,
+        temporal_patch_size=2,
+    )
     processor = TinyQwen2VLProcessor(image_processor, tok, chat_template=QWEN2_VL_CHAT_TEMPLATE)
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     eot, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
     mrope = _mrope_section(cfg.hidden_size // cfg.num_attention_heads)  # [4, 6, 6] for head_dim 32
     rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope}
-    text_config = dict(vocab_size=len(tok), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                       num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-                       num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=32768,
-                       rope_parameters=rope, bos_token_id=eot, eos_token_id=im_end, pad_token_id=eot)
-    vision_config = dict(depth=cfg.vision_depth, embed_dim=cfg.vision_embed_dim, num_heads=cfg.vision_num_heads,
-                         hidden_size=cfg.hidden_size, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    text_config = dict(
+        vocab_size=len(tok),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=32768,
+        rope_parameters=rope,
+        bos_token_id=eot,
+        eos_token_id=im_end,
+        pad_token_id=eot,
+    )
+    vision_config = dict(
+        depth=cfg.vision_depth,
+        embed_dim=cfg.vision_embed_dim,
+        num_heads=cfg.vision_num_heads,
+        hidden_size=cfg.hidden_size,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
     model_config = qwen2_vl.Qwen2VLConfig(
         text_config=text_config, vision_config=vision_config, image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
@@ -274,9 +351,10 @@ def load_vlm(path: str | Path, *, device: str = "cpu",
              dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Load a Qwen2-VL-family model and its processor from a local directory (no network).
 
-    Works for a ``build_tiny_vlm`` directory and for real Qwen2-VL / Qwen2.5-VL checkpoints. Without torchvision
-    the stock processors of real checkpoints cannot be built (they need a video processor); then the processor
-    falls back to ``TinyQwen2VLProcessor`` (same tokenizer, image processor and chat template, no video).
+    Works for a ``build_tiny_vlm`` directory and for real Qwen2-VL / Qwen2.5-VL checkpoints. Without
+    torchvision the stock processors of real checkpoints cannot be built (they need a video processor); then
+    the processor falls back to ``TinyQwen2VLProcessor`` (same tokenizer, image processor and chat template,
+    no video).
 
     Args:
         path: Local checkpoint directory.
@@ -299,6 +377,8 @@ def load_vlm(path: str | Path, *, device: str = "cpu",
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     except (ImportError, ValueError, TypeError, AttributeError, OSError) as exc:
-        logger.warning("AutoProcessor failed on %s (%s); using TinyQwen2VLProcessor", path, type(exc).__name__)
+        logger.warning(
+            "AutoProcessor failed on %s (%s); using TinyQwen2VLProcessor", path, type(exc).__name__
+        )
         processor = TinyQwen2VLProcessor.from_pretrained(path, local_files_only=True)
     return model, processor

@@ -7,16 +7,17 @@ For each task and difficulty, on the test split:
 
 - **oracle**: the scripted oracle's mean reward and tool calls with the task's default tools;
 - **necessity** (tasks that claim :attr:`~vgym.task.Task.necessary_tools`): each sample's
-  :meth:`~vgym.task.Task.counterfactuals` are *checked* — kept only when their images, fitted to the env's budget,
-  are byte-identical to the sample's and their answer scores < 1 on the sample. A sample and its kept
-  counterfactuals form a group that no policy without tools can tell apart, so its best expected accuracy on the
-  group is ``max_a mean_i score(member_i, a)`` over candidate answers ``a`` (the members' own answers: exact for
-  tasks with discrete answers, an estimate for continuous scores such as IoU). ``tools_off_bound`` is the mean of
-  that over samples (a sample without a kept counterfactual counts 1.0: no evidence). Then two measured columns:
-  :class:`BlindPolicy` episodes through the env with tools off, and with only the decoy tool ``image_info``
-  offered (it calls it once, then answers): the accuracy of a policy that makes the best use of the shown images;
-- **baselines**: always the train split's most frequent answer (majority), a uniform guess from the task's answer
-  set (random; NaN without a finite set), and the majority-class rate of the test answers.
+  :meth:`~vgym.task.Task.counterfactuals` are *checked* — kept only when their images, fitted to the env's
+  budget, are byte-identical to the sample's and their answer scores < 1 on the sample. A sample and its kept
+  counterfactuals form a group that no policy without tools can tell apart, so its best expected accuracy on
+  the group is ``max_a mean_i score(member_i, a)`` over candidate answers ``a`` (the members' own answers:
+  exact for tasks with discrete answers, an estimate for continuous scores such as IoU). ``tools_off_bound``
+  is the mean of that over samples (a sample without a kept counterfactual counts 1.0: no evidence). Then two
+  measured columns: :class:`BlindPolicy` episodes through the env with tools off, and with only the decoy tool
+  ``image_info`` offered (it calls it once, then answers): the accuracy of a policy that makes the best use of
+  the shown images;
+- **baselines**: always the train split's most frequent answer (majority), a uniform guess from the task's
+  answer set (random; NaN without a finite set), and the majority-class rate of the test answers.
 
 Dataset tasks (``procedural = False``) are skipped by :func:`diagnose_all`.
 """
@@ -42,7 +43,8 @@ from vgym.tooling import fit_to_budget
 __all__ = ["DiagnosticRow", "BlindPolicy", "counterfactual_group", "diagnose_task", "diagnose_all"]
 
 DECOY_TOOL = "image_info"
-"""The decoy of the necessity columns: it reports what the shown image already shows (see ``tools/image_info.py``)."""
+"""The decoy of the necessity columns: it reports what the shown image already shows (see
+``tools/image_info.py``)."""
 
 
 @dataclass
@@ -66,7 +68,8 @@ class DiagnosticRow:
     witnessed: float = float("nan")
     """Share of test samples with at least one checked counterfactual (evidence for the claim)."""
     rejected_counterfactuals: int = 0
-    """Counterfactuals the task offered that failed the check (not identical at the budget, or the same answer)."""
+    """Counterfactuals the task offered that failed the check (not identical at the budget, or the same
+    answer)."""
     tools_off_bound: float = float("nan")
     """Upper bound on the accuracy of any policy without tools (see the module docstring)."""
     tools_off_accuracy: float = float("nan")
@@ -80,8 +83,8 @@ class DiagnosticRow:
 def counterfactual_group(task: Task, sample: Sample, max_pixels: int) -> tuple[list[Sample], int]:
     """``sample`` followed by its counterfactuals that pass the check, and the number rejected.
 
-    A counterfactual passes when each of its images, fitted to ``max_pixels``, is byte-identical to the sample's,
-    and the sample scores its answer below 1.
+    A counterfactual passes when each of its images, fitted to ``max_pixels``, is byte-identical to the
+    sample's, and the sample scores its answer below 1.
     """
     shown = [fit_to_budget(im, max_pixels).tobytes() for im in sample.images]
     group, rejected = [sample], 0
@@ -97,7 +100,8 @@ def counterfactual_group(task: Task, sample: Sample, max_pixels: int) -> tuple[l
 
 
 def _blind_answer(task: Task, group: Sequence[Sample]) -> tuple[str, float]:
-    """The candidate answer with the best mean score over the group (ties: the smallest string), and that mean.
+    """The candidate answer with the best mean score over the group (ties: the smallest string), and that
+    mean.
 
     The group is a look-alike class, the same from any member (the task's contract), so the answer depends on
     what the members share, never on which member the episode drew."""
@@ -109,8 +113,8 @@ def _blind_answer(task: Task, group: Sequence[Sample]) -> tuple[str, float]:
 class BlindPolicy:
     """Answers what the shown images allow: the best answer for the sample's look-alike class.
 
-    The class is the same for every member (they look identical without tools), so the answer depends on what the
-    model is shown only. With ``decoy`` set it first calls that tool on image 0 (one turn), then answers.
+    The class is the same for every member (they look identical without tools), so the answer depends on what
+    the model is shown only. With ``decoy`` set it first calls that tool on image 0 (one turn), then answers.
     """
 
     def __init__(self, answers: dict[str, str], decoy: str | None = None) -> None:
@@ -170,7 +174,9 @@ def diagnose_task(name: str, difficulty: int | None, *, episodes: int = 50, seed
     return row
 
 
-def _necessity(row: DiagnosticRow, name: str, task_config: dict | None, seed: int, test: list[Sample]) -> None:
+def _necessity(
+    row: DiagnosticRow, name: str, task_config: dict | None, seed: int, test: list[Sample]
+) -> None:
     """Fill the necessity columns of ``row`` from the counterfactual groups of ``test``."""
     env_off = VisualToolEnv(name, task_config=task_config, data_seed=seed, tools=())
     answers, bounds, witnessed = {}, [], 0
@@ -190,8 +196,11 @@ def _necessity(row: DiagnosticRow, name: str, task_config: dict | None, seed: in
     row.decoy_tool_calls = float(np.mean([c for _, c, _ in decoy]))
 
 
-def diagnose_all(*, episodes: int = 50, seed: int = 0, names: Sequence[str] | None = None) -> list[DiagnosticRow]:
-    """:func:`diagnose_task` for every procedural task (or ``names``) at each difficulty its config accepts."""
+def diagnose_all(
+    *, episodes: int = 50, seed: int = 0, names: Sequence[str] | None = None
+) -> list[DiagnosticRow]:
+    """:func:`diagnose_task` for every procedural task (or ``names``) at each difficulty its config
+    accepts."""
     rows = []
     for name in names or TASKS.names():
         cls = TASKS.get(name)

@@ -3,21 +3,22 @@
 Contents: :data:`SUITES_PATH`, :class:`SuiteEntry`, :func:`load_suites`, :class:`EvalConfig`,
 :func:`episode_record`, :func:`run_eval`.
 
-Episodes are played by :func:`vgym.rollout.loop.rollout`, the loop training uses: token by token for policies with a
-processor (``hf:``, ``vllm:``), as text for the others (the oracle, the random baseline, a served model). The
-policy named by :attr:`EvalConfig.policy` is loaded by :func:`vgym.policies.spec.make_policy`.
+Episodes are played by :func:`vgym.rollout.loop.rollout`, the loop training uses: token by token for policies
+with a processor (``hf:``, ``vllm:``), as text for the others (the oracle, the random baseline, a served
+model). The policy named by :attr:`EvalConfig.policy` is loaded by :func:`vgym.policies.spec.make_policy`.
 
 A run folder holds ``config.json`` (the :class:`EvalConfig`), ``episodes.jsonl`` (one line per
 ``(task, difficulty, index, attempt)``, appended with fsync as each episode ends), ``failures/`` (the
 trajectory of every episode with accuracy < 1, for ``vgym view``, saved before its line is appended) and
 ``report.json`` (see :mod:`vgym.eval.reports`). A killed run continues where it stopped: lines already in
-``episodes.jsonl`` are skipped, a torn last line is cut off, so no episode is scored twice. ``n`` and ``k`` may
-grow between runs; every other config field must match. A full disk stops the run with an :class:`OSError` naming
-the file; the files written before are intact (JSON files are written then renamed, a failed append is rolled
-back), so the run resumes once there is space.
+``episodes.jsonl`` are skipped, a torn last line is cut off, so no episode is scored twice. ``n`` and ``k``
+may grow between runs; every other config field must match. A full disk stops the run with an :class:`OSError`
+naming the file; the files written before are intact (JSON files are written then renamed, a failed append is
+rolled back), so the run resumes once there is space.
 
-Episode ``i`` of a task is item ``i`` of its test split (``data_seed = config.seed``); attempt ``j`` of it resets
-the env with a seed drawn from ``SeedSequence([seed, i, j])`` and is played by the policy built for attempt ``j``.
+Episode ``i`` of a task is item ``i`` of its test split (``data_seed = config.seed``); attempt ``j`` of it
+resets the env with a seed drawn from ``SeedSequence([seed, i, j])`` and is played by the policy built for
+attempt ``j``.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ class EvalConfig:
     """``oracle``, ``random`` (uniform over the task's answer choices, no tools), ``hf:DIR``, ``vllm:DIR`` or
     ``openai:URL[#model]`` (model defaults to ``default``)."""
     suite: tuple[str, ...] = ("spatial",)
-    """Suite names of ``configs/suites.yaml`` (``spatial``, ``video``, ``visual``, ``all``) and/or task names."""
+    """Suite names of ``configs/suites.yaml`` (``spatial``, ``video``, ``visual``, ``all``) and/or task
+    names."""
     n: int = 200
     """Episodes per task and difficulty: items ``0 .. n-1`` of the test split."""
     k: int = 1
@@ -107,7 +109,8 @@ class EvalConfig:
     """``default`` (the task's tools and backends), ``off`` (no tools: the ablation) or ``oracle`` (the task's
     tools with every tool's ``oracle`` backend where it has one: the oracle-tool ablation)."""
     difficulties: tuple[int, ...] | None = None
-    """Levels for every task that has a ``difficulty`` field, replacing the suite's; None keeps the suite's."""
+    """Levels for every task that has a ``difficulty`` field, replacing the suite's; None keeps the
+    suite's."""
     task_config: dict[str, Any] = field(default_factory=dict)
     """Overrides applied to each task whose config has the field (e.g. ``{"clip_dir": "/tmp/clips"}``)."""
     correct_threshold: float = 0.5
@@ -171,11 +174,13 @@ class EvalConfig:
 
 
 def episode_record(traj: Trajectory, task: Task, tools_enabled: bool, threshold: float) -> dict[str, Any]:
-    """Per-episode scores and tool metrics of one trajectory (the metric fields of an ``episodes.jsonl`` line).
+    """Per-episode scores and tool metrics of one trajectory (the metric fields of an ``episodes.jsonl``
+    line).
 
     Returns:
         ``accuracy``, ``correct`` (accuracy >= ``threshold``), ``reward``, ``reward_parts``, ``format_ok``,
-        ``answered``, ``calls``, ``ok_calls``, ``failed_calls``, ``necessary_call`` (a call to one of the task's
+        ``answered``, ``calls``, ``ok_calls``, ``failed_calls``, ``necessary_call`` (a call to one of the
+            task's
         necessary tools; None when the task claims none or tools are off), ``turns``, ``tokens`` and
         ``policy_tokens`` (None for text-only policies), ``backends`` (the tool backends called, sorted),
         ``truncated_reason`` and ``answer``.
@@ -199,7 +204,8 @@ def episode_record(traj: Trajectory, task: Task, tools_enabled: bool, threshold:
 
 
 def _read_done(path: Path) -> set[tuple[str, int | None, int, int]]:
-    """Keys of the lines already in ``episodes.jsonl``; a torn last line (no newline, or not JSON) is cut off."""
+    """Keys of the lines already in ``episodes.jsonl``; a torn last line (no newline, or not JSON) is cut
+    off."""
     if not path.exists():
         return set()
     data = path.read_bytes()
@@ -214,7 +220,9 @@ def _read_done(path: Path) -> set[tuple[str, int | None, int, int]]:
         try:
             r = json.loads(line)
         except ValueError as exc:
-            raise InvalidConfigError(f"{path} line {number} is not JSON ({exc}); the run folder is damaged") from None
+            raise InvalidConfigError(
+                f"{path} line {number} is not JSON ({exc}); the run folder is damaged"
+            ) from None
         done.add((r["task"], r["difficulty"], r["index"], r["attempt"]))
     return done
 
@@ -225,11 +233,15 @@ def _check_config(out: Path, config: EvalConfig) -> None:
     current = json.loads(json.dumps(dataclasses.asdict(config)))
     if path.exists():
         saved = json.loads(path.read_text())
-        differ = sorted(k for k in set(saved) | set(current) if k not in ("n", "k") and saved.get(k) != current.get(k))
+        differ = sorted(
+            k for k in set(saved) | set(current) if k not in ("n", "k") and saved.get(k) != current.get(k)
+        )
         if differ:
-            raise InvalidConfigError(f"{out} holds a run with another config ({', '.join(differ)} differ: "
-                                     f"{[saved.get(k) for k in differ]} vs {[current.get(k) for k in differ]}); "
-                                     "use a new --out folder")
+            raise InvalidConfigError(
+                f"{out} holds a run with another config ({', '.join(differ)} differ: "
+                f"{[saved.get(k) for k in differ]} vs {[current.get(k) for k in differ]}); "
+                "use a new --out folder"
+            )
     write_json(path, current)
 
 
@@ -237,8 +249,14 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-def run_eval(config: EvalConfig, out: str | Path, progress: Progress | None = None, *,
-             suites: dict[str, list[SuiteEntry]] | None = None, policy: PolicyMaker | None = None) -> dict[str, Any]:
+def run_eval(
+    config: EvalConfig,
+    out: str | Path,
+    progress: Progress | None = None,
+    *,
+    suites: dict[str, list[SuiteEntry]] | None = None,
+    policy: PolicyMaker | None = None,
+) -> dict[str, Any]:
     """Run (or resume) the evaluation in ``out`` and write ``report.json``.
 
     Args:
@@ -246,15 +264,16 @@ def run_eval(config: EvalConfig, out: str | Path, progress: Progress | None = No
         out: the run folder (created; an existing one is resumed).
         progress: ``progress(stage, done, total)`` per finished episode, one stage per task and difficulty.
         suites: the suites (default: :func:`load_suites`).
-        policy: an already loaded policy (default: :func:`~vgym.policies.spec.make_policy` of ``config.policy``).
+        policy: an already loaded policy (default: :func:`~vgym.policies.spec.make_policy` of
+            ``config.policy``).
 
     Returns:
         The report (:func:`vgym.eval.reports.build_report`), also written to ``<out>/report.json``.
 
     Raises:
         InvalidConfigError: if ``out`` holds a run with another config, or its ``episodes.jsonl`` is damaged.
-        OSError: when a file of the run folder cannot be written (e.g. a full disk), naming it; earlier files are
-            intact and a later call resumes.
+        OSError: when a file of the run folder cannot be written (e.g. a full disk), naming it; earlier files
+            are intact and a later call resumes.
     """
     from vgym.eval.reports import build_report
 
@@ -263,8 +282,13 @@ def run_eval(config: EvalConfig, out: str | Path, progress: Progress | None = No
     _check_config(out, config)
     path = out / "episodes.jsonl"
     done = _read_done(path)
-    maker = policy or make_policy(config.policy, device=config.device, temperature=config.sampling_temperature,
-                                  max_new_tokens=config.max_new_tokens, seed=config.seed)
+    maker = policy or make_policy(
+        config.policy,
+        device=config.device,
+        temperature=config.sampling_temperature,
+        max_new_tokens=config.max_new_tokens,
+        seed=config.seed,
+    )
     encoder = ChatEncoder(maker.processor) if maker.processor is not None else None
     for entry in config.entries(suites):
         for level in entry.difficulties:
@@ -275,8 +299,18 @@ def run_eval(config: EvalConfig, out: str | Path, progress: Progress | None = No
     return report
 
 
-def _run_group(config: EvalConfig, out: Path, task: str, level: int | None, task_config: dict[str, Any],
-               maker: PolicyMaker, encoder: ChatEncoder | None, done: set, path: Path, progress: Progress | None) -> None:
+def _run_group(
+    config: EvalConfig,
+    out: Path,
+    task: str,
+    level: int | None,
+    task_config: dict[str, Any],
+    maker: PolicyMaker,
+    encoder: ChatEncoder | None,
+    done: set,
+    path: Path,
+    progress: Progress | None,
+) -> None:
     """Every missing (index, attempt) of one task at one difficulty."""
     tools: tuple[str, ...] | None = None if config.tools != "off" else ()
     probe = VisualToolEnv(task, task_config=task_config, data_seed=config.seed, split="test", tools=tools)
@@ -317,6 +351,13 @@ def _run_group(config: EvalConfig, out: Path, task: str, level: int | None, task
             policy = maker.make(_seed(config.seed, attempt, 1))
             env_fn = functools.partial(VisualToolEnv, task, task_config=task_config, data_seed=config.seed,
                                        split="test", tools=tools, tool_runtime=runtime)
-            rollout(env_fn, policy, encoder, specs, RolloutConfig(batch_size=config.batch_size), on_episode=on_episode)
+            rollout(
+                env_fn,
+                policy,
+                encoder,
+                specs,
+                RolloutConfig(batch_size=config.batch_size),
+                on_episode=on_episode,
+            )
     finally:
         probe.close()

@@ -4,16 +4,17 @@ Contents: :data:`SCHEMA_VERSION`, :data:`METRIC_KEYS`, :func:`build_report`, :fu
 :func:`write_markdown`, :func:`write_plots`, :func:`compare`.
 
 The report (``report.json``, schema version :data:`SCHEMA_VERSION`) has ``schema_version``, ``config`` (the
-:class:`~vgym.eval.evaluate.EvalConfig` as a dict), ``n``, ``k``, ``incomplete_episodes`` (episodes with fewer than k
-attempts, left out), ``viewer`` (the trajectory page, relative to the run folder), ``overall`` (metrics),
-``difficulties`` (level -> metrics; ``"none"`` for tasks without levels), ``tasks`` (task -> ``{"chance",
-"metrics"}``, levels pooled) and ``groups`` (one per task and difficulty: ``task``, ``difficulty``, ``chance``,
-``metrics``, ``episode_index`` and ``episode_accuracy`` (per-episode accuracy averaged over attempts, for
-:func:`compare`), ``calls_histogram`` (calls per attempt -> count), ``viewer`` (a link filtered to the group's
-failures) and ``failures`` (up to 20: ``index``, ``attempt``, ``sample_id``, ``accuracy``, ``link``)).
+:class:`~vgym.eval.evaluate.EvalConfig` as a dict), ``n``, ``k``, ``incomplete_episodes`` (episodes with fewer
+than k attempts, left out), ``viewer`` (the trajectory page, relative to the run folder), ``overall``
+(metrics), ``difficulties`` (level -> metrics; ``"none"`` for tasks without levels), ``tasks`` (task ->
+``{"chance", "metrics"}``, levels pooled) and ``groups`` (one per task and difficulty: ``task``,
+``difficulty``, ``chance``, ``metrics``, ``episode_index`` and ``episode_accuracy`` (per-episode accuracy
+averaged over attempts, for :func:`compare`), ``calls_histogram`` (calls per attempt -> count), ``viewer`` (a
+link filtered to the group's failures) and ``failures`` (up to 20: ``index``, ``attempt``, ``sample_id``,
+``accuracy``, ``link``)).
 
-Every metrics dict has the keys of :data:`METRIC_KEYS`. Confidence intervals are 95 % percentile bootstraps that
-resample episodes (all attempts of an episode together), seeded with the run's seed.
+Every metrics dict has the keys of :data:`METRIC_KEYS`. Confidence intervals are 95 % percentile bootstraps
+that resample episodes (all attempts of an episode together), seeded with the run's seed.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from vgym.errors import InvalidConfigError
 from vgym.eval.stats import bootstrap_ci, pass_at_k
 from vgym.rollout.trajectory import atomic_path
 
-__all__ = ["SCHEMA_VERSION", "METRIC_KEYS", "build_report", "validate_report", "write_markdown", "write_plots",
-           "compare"]
+__all__ = ["SCHEMA_VERSION", "METRIC_KEYS", "build_report", "validate_report", "write_markdown",
+           "write_plots", "compare"]
 
 SCHEMA_VERSION = 1
 """Bump when a key changes meaning or disappears; adding keys keeps the version."""
@@ -39,26 +40,49 @@ SCHEMA_VERSION = 1
 _NUM = (int, float)
 _OPT = (int, float, type(None))
 METRIC_KEYS: dict[str, tuple[type, ...]] = {
-    "episodes": (int,), "attempts": (int,),
-    "avg_at_k": _NUM, "avg_at_k_ci": (list,), "pass_at_k": _NUM, "pass_at_k_ci": (list,),
-    "pass_at_1": _NUM, "pass_at_1_ci": (list,), "reward": _NUM, "reward_parts": (dict,),
-    "format_ok": _NUM, "answered": _NUM, "valid_call_rate": _OPT, "right_tool_rate": _OPT,
-    "calls_per_episode": _NUM, "calls_per_solved_episode": _OPT, "tool_productivity": _OPT, "recovery_rate": _OPT,
-    "turns": _NUM, "tokens": _OPT, "policy_tokens": _OPT,
+    "episodes": (int,),
+    "attempts": (int,),
+    "avg_at_k": _NUM,
+    "avg_at_k_ci": (list,),
+    "pass_at_k": _NUM,
+    "pass_at_k_ci": (list,),
+    "pass_at_1": _NUM,
+    "pass_at_1_ci": (list,),
+    "reward": _NUM,
+    "reward_parts": (dict,),
+    "format_ok": _NUM,
+    "answered": _NUM,
+    "valid_call_rate": _OPT,
+    "right_tool_rate": _OPT,
+    "calls_per_episode": _NUM,
+    "calls_per_solved_episode": _OPT,
+    "tool_productivity": _OPT,
+    "recovery_rate": _OPT,
+    "turns": _NUM,
+    "tokens": _OPT,
+    "policy_tokens": _OPT,
 }
-"""Metric name -> allowed JSON types. ``avg_at_k``: mean accuracy over attempts; ``pass_at_k``: mean over episodes
-of :func:`~vgym.eval.evaluate.pass_at_k` (k, correct attempts, k), ``pass_at_1`` likewise with 1; ``valid_call_rate``:
-successful calls / calls; ``right_tool_rate``: share of attempts calling one of the task's necessary tools (tasks
-that claim some); ``tool_productivity``: correct attempts per tool call (OTC, arXiv:2504.14870);
-``recovery_rate``: share of attempts with a failed call that were still correct. None = no attempt qualifies."""
+"""Metric name -> allowed JSON types. ``avg_at_k``: mean accuracy over attempts; ``pass_at_k``: mean over
+episodes of :func:`~vgym.eval.evaluate.pass_at_k` (k, correct attempts, k), ``pass_at_1`` likewise with 1;
+``valid_call_rate``: successful calls / calls; ``right_tool_rate``: share of attempts calling one of the
+task's necessary tools (tasks that claim some); ``tool_productivity``: correct attempts per tool call (OTC,
+arXiv:2504.14870); ``recovery_rate``: share of attempts with a failed call that were still correct. None = no
+attempt qualifies."""
 
 _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "schema_version": (int,), "config": (dict,), "n": (int,), "k": (int,), "incomplete_episodes": (int,),
     "viewer": (str,), "overall": (dict,), "difficulties": (dict,), "tasks": (dict,), "groups": (list,),
 }
 _GROUP_KEYS: dict[str, tuple[type, ...]] = {
-    "task": (str,), "difficulty": (int, type(None)), "chance": _OPT, "metrics": (dict,), "episode_index": (list,),
-    "episode_accuracy": (list,), "calls_histogram": (dict,), "viewer": (str,), "failures": (list,),
+    "task": (str,),
+    "difficulty": (int, type(None)),
+    "chance": _OPT,
+    "metrics": (dict,),
+    "episode_index": (list,),
+    "episode_accuracy": (list,),
+    "calls_histogram": (dict,),
+    "viewer": (str,),
+    "failures": (list,),
 }
 
 
@@ -76,16 +100,22 @@ def _metrics(units: list[list[dict[str, Any]]], k: int, seed: int) -> dict[str, 
     parts = sorted({p for r in flat for p in r["reward_parts"]})
     recovering = [r["correct"] for r in flat if r["failed_calls"] > 0]
     return {
-        "episodes": len(units), "attempts": len(flat),
-        "avg_at_k": float(np.mean(acc)), "avg_at_k_ci": list(bootstrap_ci(acc, seed=seed)),
-        "pass_at_k": float(np.mean(pk)), "pass_at_k_ci": list(bootstrap_ci(pk, seed=seed)),
-        "pass_at_1": float(np.mean(p1)), "pass_at_1_ci": list(bootstrap_ci(p1, seed=seed)),
+        "episodes": len(units),
+        "attempts": len(flat),
+        "avg_at_k": float(np.mean(acc)),
+        "avg_at_k_ci": list(bootstrap_ci(acc, seed=seed)),
+        "pass_at_k": float(np.mean(pk)),
+        "pass_at_k_ci": list(bootstrap_ci(pk, seed=seed)),
+        "pass_at_1": float(np.mean(p1)),
+        "pass_at_1_ci": list(bootstrap_ci(p1, seed=seed)),
         "reward": float(np.mean([r["reward"] for r in flat])),
         "reward_parts": {p: float(np.mean([r["reward_parts"].get(p, 0.0) for r in flat])) for p in parts},
         "format_ok": float(np.mean([r["format_ok"] for r in flat])),
         "answered": float(np.mean([r["answered"] for r in flat])),
         "valid_call_rate": sum(r["ok_calls"] for r in flat) / calls if calls else None,
-        "right_tool_rate": _mean([float(r["necessary_call"]) for r in flat if r["necessary_call"] is not None]),
+        "right_tool_rate": _mean(
+            [float(r["necessary_call"]) for r in flat if r["necessary_call"] is not None]
+        ),
         "calls_per_episode": float(np.mean([r["calls"] for r in flat])),
         "calls_per_solved_episode": _mean([r["calls"] for r in flat if r["correct"]]),
         "tool_productivity": sum(r["correct"] for r in flat) / calls if calls else None,
@@ -104,7 +134,8 @@ def build_report(out: str | Path) -> dict[str, Any]:
     """Aggregate ``<out>/episodes.jsonl`` (attempts ``< k`` of episodes ``< n`` of ``<out>/config.json``).
 
     Returns:
-        The report described in the module docstring; episodes with fewer than k attempts are left out and counted
+        The report described in the module docstring; episodes with fewer than k attempts are left out and
+            counted
         in ``incomplete_episodes``.
 
     Raises:
@@ -113,7 +144,8 @@ def build_report(out: str | Path) -> dict[str, Any]:
     out = Path(out)
     config = json.loads((out / "config.json").read_text())
     n, k, seed = config["n"], config["k"], config["seed"]
-    by_group: dict[tuple[str, int | None], dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    Group = dict[int, list[dict[str, Any]]]
+    by_group: dict[tuple[str, int | None], Group] = defaultdict(lambda: defaultdict(list))
     with (out / "episodes.jsonl").open() as fh:
         for line in fh:
             if line.strip():
@@ -139,24 +171,43 @@ def build_report(out: str | Path) -> dict[str, Any]:
         histogram: dict[str, int] = defaultdict(int)
         for r in (r for u in units for r in u):
             histogram[str(r["calls"])] += 1
-        groups.append({
-            "task": task, "difficulty": level, "chance": chance[task], "metrics": _metrics(units, k, seed),
-            "episode_index": [u[0]["index"] for u in units],
-            "episode_accuracy": [float(np.mean([r["accuracy"] for r in u])) for u in units],
-            "calls_histogram": dict(sorted(histogram.items(), key=lambda kv: int(kv[0]))),
-            "viewer": f"view.html#task={quote(task)}&failures",
-            "failures": [{"index": r["index"], "attempt": r["attempt"], "sample_id": r["sample_id"],
-                          "accuracy": r["accuracy"], "link": f"view.html#q={quote(r['sample_id'], safe='')}&failures"}
-                         for r in failures[:20]],
-        })
+        groups.append(
+            {
+                "task": task,
+                "difficulty": level,
+                "chance": chance[task],
+                "metrics": _metrics(units, k, seed),
+                "episode_index": [u[0]["index"] for u in units],
+                "episode_accuracy": [float(np.mean([r["accuracy"] for r in u])) for u in units],
+                "calls_histogram": dict(sorted(histogram.items(), key=lambda kv: int(kv[0]))),
+                "viewer": f"view.html#task={quote(task)}&failures",
+                "failures": [
+                    {
+                        "index": r["index"],
+                        "attempt": r["attempt"],
+                        "sample_id": r["sample_id"],
+                        "accuracy": r["accuracy"],
+                        "link": f"view.html#q={quote(r['sample_id'], safe='')}&failures",
+                    }
+                    for r in failures[:20]
+                ],
+            }
+        )
     groups.sort(key=lambda g: (g["task"], -1 if g["difficulty"] is None else g["difficulty"]))
     if not everything:
         raise InvalidConfigError(f"{out}: no complete episode (k={k} attempts each) in episodes.jsonl")
     return {
-        "schema_version": SCHEMA_VERSION, "config": config, "n": n, "k": k, "incomplete_episodes": incomplete,
-        "viewer": "view.html", "overall": _metrics(everything, k, seed),
+        "schema_version": SCHEMA_VERSION,
+        "config": config,
+        "n": n,
+        "k": k,
+        "incomplete_episodes": incomplete,
+        "viewer": "view.html",
+        "overall": _metrics(everything, k, seed),
         "difficulties": {lv: _metrics(u, k, seed) for lv, u in sorted(per_level.items())},
-        "tasks": {t: {"chance": chance[t], "metrics": _metrics(u, k, seed)} for t, u in sorted(per_task.items())},
+        "tasks": {
+            t: {"chance": chance[t], "metrics": _metrics(u, k, seed)} for t, u in sorted(per_task.items())
+        },
         "groups": groups,
     }
 
@@ -178,14 +229,17 @@ def _check_metrics(metrics: Any, where: str) -> None:
     for key in ("avg_at_k_ci", "pass_at_k_ci", "pass_at_1_ci"):
         ci = metrics[key]
         if len(ci) != 2 or not all(isinstance(v, _NUM) for v in ci) or ci[0] > ci[1]:
-            raise InvalidConfigError(f"report: {where}.{key} must be [low, high] with low <= high, got {ci!r}")
+            raise InvalidConfigError(
+                f"report: {where}.{key} must be [low, high] with low <= high, got {ci!r}"
+            )
 
 
 def validate_report(report: Any) -> None:
     """Check ``report`` against the schema of :data:`SCHEMA_VERSION` (keys and JSON types).
 
     Raises:
-        InvalidConfigError: naming the first missing or mistyped key, or a schema version this code cannot read.
+        InvalidConfigError: naming the first missing or mistyped key, or a schema version this code cannot
+            read.
     """
     _check(report, _TOP_KEYS, "report")
     if report["schema_version"] != SCHEMA_VERSION:
@@ -200,7 +254,9 @@ def validate_report(report: Any) -> None:
         _check(group, _GROUP_KEYS, f"groups[{i}]")
         _check_metrics(group["metrics"], f"groups[{i}].metrics")
         if len(group["episode_index"]) != len(group["episode_accuracy"]):
-            raise InvalidConfigError(f"report: groups[{i}] episode_index and episode_accuracy differ in length")
+            raise InvalidConfigError(
+                f"report: groups[{i}] episode_index and episode_accuracy differ in length"
+            )
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
@@ -211,14 +267,36 @@ def write_markdown(report: dict[str, Any], path: str | Path) -> str:
     """Write the report's table (groups, task totals, overall) as Markdown; returns the text.
 
     Raises:
-        OSError: if ``path`` cannot be written (e.g. a full disk), naming it; a previous file there is unchanged.
+        OSError: if ``path`` cannot be written (e.g. a full disk), naming it; a previous file there is
+            unchanged.
     """
     k = report["k"]
-    head = ["task", "diff", "episodes", f"avg@{k} [95% CI]", f"pass@{k} [95% CI]", "pass@1", "reward", "format",
-            "valid calls", "right tool", "calls/ep", "calls/solved", "recovery", "turns", "tokens", "chance",
-            "failures"]
-    lines = [f"# vgym eval: {report['config']['policy']} (n={report['n']}, k={k}, tools={report['config']['tools']})",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = [
+        "task",
+        "diff",
+        "episodes",
+        f"avg@{k} [95% CI]",
+        f"pass@{k} [95% CI]",
+        "pass@1",
+        "reward",
+        "format",
+        "valid calls",
+        "right tool",
+        "calls/ep",
+        "calls/solved",
+        "recovery",
+        "turns",
+        "tokens",
+        "chance",
+        "failures",
+    ]
+    lines = [
+        f"# vgym eval: {report['config']['policy']} (n={report['n']}, k={k}, "
+        f"tools={report['config']['tools']})",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
 
     def row(name: str, level: str, m: dict[str, Any], chance: float | None, link: str) -> str:
         cells = [name, level, str(m["episodes"]),
@@ -245,20 +323,25 @@ def write_markdown(report: dict[str, Any], path: str | Path) -> str:
 
 
 def write_plots(report: dict[str, Any], folder: str | Path) -> list[Path]:
-    """Write ``accuracy_per_task.png`` (avg@k with 95 % CI error bars), ``calls_histogram.png`` (tool calls per
-    attempt) and ``accuracy_vs_difficulty.png`` (avg@k per level, one line per task) into ``folder``.
+    """Write ``accuracy_per_task.png`` (avg@k with 95 % CI error bars), ``calls_histogram.png`` (tool calls
+    per attempt) and ``accuracy_vs_difficulty.png`` (avg@k per level, one line per task) into ``folder``.
 
     Returns:
         The three paths.
 
     Raises:
-        OSError: if a plot cannot be written (e.g. a full disk), naming it; a previous file there is unchanged.
+        OSError: if a plot cannot be written (e.g. a full disk), naming it; a previous file there is
+            unchanged.
     """
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state is touched
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / "accuracy_per_task.png", folder / "calls_histogram.png", folder / "accuracy_vs_difficulty.png"]
+    paths = [
+        folder / "accuracy_per_task.png",
+        folder / "calls_histogram.png",
+        folder / "accuracy_vs_difficulty.png",
+    ]
     tasks = list(report["tasks"])
     fig = Figure(figsize=(max(4.0, 0.8 * len(tasks) + 2), 3.5))
     ax = fig.subplots()
@@ -311,7 +394,8 @@ def _save_figure(fig: Any, path: Path) -> None:
 
 def _delta_ci(a: dict[tuple, float], b: dict[tuple, float], paired: bool, seed: int,
               resamples: int = 2000) -> tuple[float, float, float]:
-    """Mean of b minus mean of a and its 95 % bootstrap interval (paired: resample shared episodes jointly)."""
+    """Mean of b minus mean of a and its 95 % bootstrap interval (paired: resample shared episodes
+    jointly)."""
     rng = np.random.default_rng(seed)
     if paired:
         diff = np.array([b[key] - a[key] for key in sorted(a)])

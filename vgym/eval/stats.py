@@ -1,4 +1,5 @@
-"""The statistics of evaluation reports: pass@k, bootstrap confidence intervals, and a set of episodes in numbers.
+"""The statistics of evaluation reports: pass@k, bootstrap confidence intervals, and a set of episodes in
+numbers.
 
 Contents: :func:`pass_at_k`, :func:`bootstrap_ci`, :func:`summarize`.
 """
@@ -34,7 +35,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def bootstrap_ci(values: Sequence[float], *, level: float = 0.95, resamples: int = 2000,
                  seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean of ``values`` (seeded, so reports are reproducible)."""
+    """Percentile bootstrap confidence interval of the mean of ``values`` (seeded, so reports are
+    reproducible)."""
     data = np.asarray(values, dtype=np.float64)
     rng = np.random.default_rng(seed)
     means = data[rng.integers(0, len(data), (resamples, len(data)))].mean(axis=1)

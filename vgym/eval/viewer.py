@@ -3,22 +3,24 @@
 Contents: :func:`find_trajectory_files`, :func:`render_page`, :func:`build_view`.
 
 :func:`build_view` finds every ``*.jsonl`` of trajectory records under a run folder (as written by
-:func:`vgym.rollout.trajectory.save_trajectories`), and writes one self-contained ``view.html``: inline CSS and a small
-vanilla script, no CDN and no network (a Content-Security-Policy forbids every fetch except images, and every
-script except the page's own). Images are referenced by relative path, so the page works from the run folder.
+:func:`vgym.rollout.trajectory.save_trajectories`), and writes one self-contained ``view.html``: inline CSS
+and a small vanilla script, no CDN and no network (a Content-Security-Policy forbids every fetch except
+images, and every script except the page's own). Images are referenced by relative path, so the page works
+from the run folder.
 
 The page shows a summary line, filters (task, run file, tool, reward range, only failures, only tool errors,
 text search), a counter "showing X of N episodes", and one card per episode: task, sample id, reward and its
 parts, answer, each turn's model text, tool calls (arguments, ok/error, result images) and the env's reply.
-Every string from a record is HTML-escaped: model text is untrusted. Filters can be preset from the URL query or
-hash, e.g. ``view.html#task=visual_search&failures``; keys ``task``, ``source``, ``tool``, ``min``, ``max``,
-``failures``, ``errors``, ``q``. Changing a filter writes the hash, so a filtered view can be shared.
+Every string from a record is HTML-escaped: model text is untrusted. Filters can be preset from the URL query
+or hash, e.g. ``view.html#task=visual_search&failures``; keys ``task``, ``source``, ``tool``, ``min``,
+``max``, ``failures``, ``errors``, ``q``. Changing a filter writes the hash, so a filtered view can be shared.
 
 Stable hooks (tests and scripts rely on them): ``#vgym-summary``, ``#vgym-counter`` (with ``#vgym-shown`` and
 ``#vgym-total``), filter controls ``#f-task`` ``#f-source`` ``#f-tool`` ``#f-min`` ``#f-max`` ``#f-failures``
 ``#f-errors`` ``#f-q``; cards ``article.episode`` with ``data-task``, ``data-source``, ``data-reward``,
 ``data-failure``, ``data-tool-error``, ``data-tools`` (a JSON list), hidden by the ``hidden`` attribute; turn
-texts ``pre.turn-text``; images ``img[data-kind=prompt|tool]`` (``data-loaded="1"`` once the browser loaded it).
+texts ``pre.turn-text``; images ``img[data-kind=prompt|tool]`` (``data-loaded="1"`` once the browser loaded
+it).
 """
 
 from __future__ import annotations
@@ -90,7 +92,11 @@ def _read_records(path: Path) -> tuple[list[dict[str, Any]], str | None]:
             record = json.loads(line)
         except ValueError as exc:
             return [], f"line {number} is not JSON ({exc})"
-        missing = [k for k in _REQUIRED_KEYS if k not in record] if isinstance(record, dict) else list(_REQUIRED_KEYS)
+        missing = (
+            [k for k in _REQUIRED_KEYS if k not in record]
+            if isinstance(record, dict)
+            else list(_REQUIRED_KEYS)
+        )
         if missing or not isinstance(record["turns"], list):
             return [], f"line {number} is not a trajectory record (missing {missing or ['turns as a list']})"
         records.append(record)
@@ -128,8 +134,10 @@ def build_view(run: Path, out: Path | None = None, *, max_episodes: int = 2000) 
     total = sum(len(f.records) for f in files)
     if total > max_episodes:
         logger.warning("%d episodes under %s; the page shows the first %d", total, run, max_episodes)
-    out.write_text(render_page(files, out.parent, title=f"vgym · {run.resolve().name}", max_episodes=max_episodes),
-                   encoding="utf-8")
+    out.write_text(
+        render_page(files, out.parent, title=f"vgym · {run.resolve().name}", max_episodes=max_episodes),
+        encoding="utf-8",
+    )
     return out
 
 
@@ -173,31 +181,39 @@ def _image_html(source: TrajectoryFile, record: dict[str, Any], index: int, base
 def _card(number: int, source: TrajectoryFile, record: dict[str, Any], base: Path) -> str:
     calls = _calls(record)
     tool_images = [i for c in calls for i in c.get("image_indices") or [] if isinstance(i, int)]
-    # The sample's own images come first: a tool image's index is at least their count (see VisualToolEnv.step).
+    # The sample's own images come first: a tool image's index is at least their count (see
+    # VisualToolEnv.step).
     n_prompt = min(tool_images) if tool_images else len(record.get("images") or [])
     rel_source = Path(os.path.relpath(source.path, base)).as_posix()
     reward = _number(record["reward"])
     parts = record.get("reward_parts") or {}
     parts_text = " · ".join(f"{_esc(k)} {_number(v):.3g}" for k, v in parts.items()) or "-"
-    ended = "answered" if record.get("terminated") else "truncated" if record.get("truncated") else "unfinished"
+    ended = (
+        "answered" if record.get("terminated") else "truncated" if record.get("truncated") else "unfinished"
+    )
     failure, tool_error = _is_failure(record), any(not c.get("ok") for c in calls)
     tools = sorted({str(c.get("name")) for c in calls})
     answer = "(none)" if record.get("answer") is None else _esc(record["answer"])
     head = (
-        f'<article class="episode{" failure" if failure else ""}" id="ep-{number}" data-task="{_esc(record["task"])}"'
+        f'<article class="episode{" failure" if failure else ""}" id="ep-{number}" '
+        f'data-task="{_esc(record["task"])}"'
         f' data-source="{_esc(rel_source)}" data-reward="{reward!r}" data-failure="{int(failure)}"'
         f' data-tool-error="{int(tool_error)}" data-tools="{_esc(json.dumps(tools))}">'
-        f'<header><b class="task">{_esc(record["task"])}</b> <code class="sample-id">{_esc(record["sample_id"])}</code>'
+        f'<header><b class="task">{_esc(record["task"])}</b> <code '
+        f'class="sample-id">{_esc(record["sample_id"])}</code>'
         f' <span class="reward">reward {reward:.3f}</span> <span class="parts">({parts_text})</span>'
         f' <span class="ended">{ended}</span></header>'
         f'<p class="meta">answer <code class="answer">{answer}</code> · group '
-        f'{_esc(record.get("group_id", "-"))} · {_esc(record.get("num_tokens", "?"))} tokens '
-        f'({_esc(record.get("num_policy_tokens", "?"))} policy) · <span class="source">{_esc(rel_source)}</span></p>'
+        f"{_esc(record.get('group_id', '-'))} · {_esc(record.get('num_tokens', '?'))} tokens "
+        f'({_esc(record.get("num_policy_tokens", "?"))} policy) · <span '
+        f'class="source">{_esc(rel_source)}</span></p>'
     )
     prompt = "".join(_image_html(source, record, i, base, "prompt") for i in range(n_prompt))
     body = [head, f'<div class="images prompt">{prompt}</div><ol class="turns">']
     for k, turn in enumerate(t for t in record["turns"] if isinstance(t, dict)):
-        body.append(f'<li class="turn" data-turn="{k}"><pre class="turn-text">{_esc(turn.get("text", ""))}</pre>')
+        body.append(
+            f'<li class="turn" data-turn="{k}"><pre class="turn-text">{_esc(turn.get("text", ""))}</pre>'
+        )
         for call in turn.get("tool_calls") or []:
             if not isinstance(call, dict):
                 continue
@@ -206,12 +222,16 @@ def _card(number: int, source: TrajectoryFile, record: dict[str, Any], base: Pat
             extra = f' · {_number(call.get("latency_s")) * 1000:.1f} ms'
             extra += f' · backend {_esc(call["backend"])}' if call.get("backend") is not None else ""
             extra += " · cache hit" if call.get("cache_hit") else ""
-            images = "".join(_image_html(source, record, i, base, "tool") for i in call.get("image_indices") or []
-                             if isinstance(i, int))
+            images = "".join(
+                _image_html(source, record, i, base, "tool")
+                for i in call.get("image_indices") or []
+                if isinstance(i, int)
+            )
             body.append(
                 f'<div class="call {"ok" if ok else "error"}" data-tool="{_esc(call.get("name"))}" '
                 f'data-ok="{int(ok)}"><code class="call-name">{_esc(call.get("name"))}</code>'
-                f'<code class="arguments">{_esc(json.dumps(call.get("arguments"), ensure_ascii=False))}</code>'
+                '<code '
+                f'class="arguments">{_esc(json.dumps(call.get("arguments"), ensure_ascii=False))}</code>'
                 f' <span class="status">{status}</span><span class="extra">{extra}</span>'
                 f'<div class="images">{images}</div></div>'
             )
@@ -243,9 +263,13 @@ def render_page(files: Sequence[TrajectoryFile], base: Path, *, title: str = "vg
     n_errors = sum(not c.get("ok") for _, r in shown for c in _calls(r))
     n_failures = sum(_is_failure(r) for _, r in shown)
     mean = sum(rewards) / len(rewards) if rewards else float("nan")
-    left_out = f" (first {len(shown)} of {total}; raise max_episodes to see all)" if total > len(shown) else ""
-    summary = (f"{len(shown)} episodes · mean reward {mean:.3f} · {n_calls} tool calls · {n_errors} tool errors · "
-               f"{n_failures} failures · {len(files)} file(s){left_out}")
+    left_out = (
+        f" (first {len(shown)} of {total}; raise max_episodes to see all)" if total > len(shown) else ""
+    )
+    summary = (
+        f"{len(shown)} episodes · mean reward {mean:.3f} · {n_calls} tool calls · {n_errors} tool errors · "
+        f"{n_failures} failures · {len(files)} file(s){left_out}"
+    )
     tasks = sorted({str(r["task"]) for _, r in shown})
     sources = sorted({Path(os.path.relpath(f.path, base)).as_posix() for f, _ in shown})
     tools = sorted({str(c.get("name")) for _, r in shown for c in _calls(r)})
@@ -255,7 +279,9 @@ def render_page(files: Sequence[TrajectoryFile], base: Path, *, title: str = "vg
         return f'<label>{label} <select id="{ident}"><option value="">all</option>{options}</select></label>'
 
     controls = (
-        select("f-task", "task", tasks) + select("f-source", "file", sources) + select("f-tool", "tool", tools)
+        select("f-task", "task", tasks)
+        + select("f-source", "file", sources)
+        + select("f-tool", "tool", tools)
         + '<label>reward ≥ <input id="f-min" type="number" step="any"></label>'
         + '<label>≤ <input id="f-max" type="number" step="any"></label>'
         + '<label><input id="f-failures" type="checkbox"> only failures</label>'
@@ -335,7 +361,9 @@ _SCRIPT = """
       var el = $(keys[k]), v = params.get(k) || "";
       if (el.tagName === "SELECT") { setSelect(el, v); } else { el.value = v; }
     });
-    Object.keys(flags).forEach(function (k) { $(flags[k]).checked = params.has(k) && params.get(k) !== "0"; });
+    Object.keys(flags).forEach(function (k) {
+      $(flags[k]).checked = params.has(k) && params.get(k) !== "0";
+    });
   }
   function writeUrl() {
     var params = new URLSearchParams();

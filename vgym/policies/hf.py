@@ -4,11 +4,12 @@ Contents: :class:`GenerationConfig`, :class:`HFPolicy`, :func:`collate_left`.
 
 Sequences of different lengths are left-padded into one batch; the images of all episodes are concatenated in
 batch order (the order the model's placeholder tokens appear). Qwen-VL models with still images decode with
-:func:`vgym.engine.decoding.sample_turn` (one prefill per distinct prompt, earlier turns read from the kept KV cache)
-where :func:`vgym.engine.fast_paths.fast_paths` allows it (a checked transformers version); other models, other
-versions, videos and ``decoder="generate"`` use transformers' ``generate``. Sampling randomness comes from the
-policy's own seed: each call draws a seed from its generator, used by a dedicated ``torch.Generator`` (lean loop) or
-inside ``torch.random.fork_rng`` (``generate``), so the global torch RNG is left as it was.
+:func:`vgym.engine.decoding.sample_turn` (one prefill per distinct prompt, earlier turns read from the kept KV
+cache) where :func:`vgym.engine.fast_paths.fast_paths` allows it (a checked transformers version); other
+models, other versions, videos and ``decoder="generate"`` use transformers' ``generate``. Sampling randomness
+comes from the policy's own seed: each call draws a seed from its generator, used by a dedicated
+``torch.Generator`` (lean loop) or inside ``torch.random.fork_rng`` (``generate``), so the global torch RNG is
+left as it was.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ from vgym.policies.base import PolicyInput, PolicyOutput
 
 __all__ = ["GenerationConfig", "HFPolicy", "collate_left"]
 
-_PLACEHOLDER_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
+_PLACEHOLDER_TOKENS = (
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+)
 """Vision placeholder tokens of the Qwen-VL family; the policy never generates them."""
 
 
@@ -44,9 +51,9 @@ class GenerationConfig:
     top_p: float = 1.0
     """Nucleus sampling mass (Holtzman et al., 2019, arXiv:1904.09751); 1.0 disables it."""
     decoder: str = "auto"
-    """``"auto"``: :func:`vgym.engine.decoding.sample_turn` (one prefill per distinct prompt, no ``generate`` overhead)
-    where it supports the model and images (Qwen-VL family, still images), else ``generate``; ``"generate"``:
-    always transformers' ``generate``."""
+    """``"auto"``: :func:`vgym.engine.decoding.sample_turn` (one prefill per distinct prompt, no ``generate``
+    overhead) where it supports the model and images (Qwen-VL family, still images), else ``generate``;
+    ``"generate"``: always transformers' ``generate``."""
 
     def __post_init__(self) -> None:
         if self.decoder not in ("auto", "generate"):
@@ -95,7 +102,8 @@ class HFPolicy:
         vocab = tokenizer.get_vocab()
         # A generated image placeholder would desynchronise image tokens and image features on the next turn.
         self.suppressed_ids = [vocab[t] for t in _PLACEHOLDER_TOKENS if t in vocab]
-        self.prefix_cache = PrefixCache()  # the lean decoder's keys and values of the last call, for the next turn
+        # the lean decoder's keys and values of the last call, for the next turn
+        self.prefix_cache = PrefixCache()
 
     def clear_cache(self) -> None:
         """Free the keys and values kept for episodes' next turns (the rollout calls this when it ends)."""
@@ -106,8 +114,10 @@ class HFPolicy:
         """Generate one turn for every episode in ``batch``.
 
         Returns:
-            Outputs whose ``token_ids`` end with an end-of-turn id unless ``max_new_tokens`` was hit, and whose
-            ``logprobs`` are log-softmax of the processed scores (temperature and top-p applied) at each chosen
+            Outputs whose ``token_ids`` end with an end-of-turn id unless ``max_new_tokens`` was hit, and
+                whose
+            ``logprobs`` are log-softmax of the processed scores (temperature and top-p applied) at each
+                chosen
             token; for greedy decoding, of the raw logits.
         """
         ids, mask = collate_left([item.input_ids for item in batch], self.pad_id)
@@ -119,7 +129,8 @@ class HFPolicy:
         device = inputs["input_ids"].device
         cfg = self.config
         processors: list[LogitsProcessor] = []
-        if cfg.temperature > 0:  # sampling settings go in our list so the recorder sees the final distribution;
+        # sampling settings go in our list so the recorder sees the final distribution;
+        if cfg.temperature > 0:
             if cfg.temperature != 1.0:  # generate's own are neutralised below
                 processors.append(TemperatureLogitsWarper(cfg.temperature))
             if cfg.top_p < 1.0:
@@ -135,12 +146,19 @@ class HFPolicy:
             lean = paths.decoder and lean_decoding_supported(self.model, inputs.get("image_grid_thw"))
             if cfg.decoder == "auto" and lean:
                 new, logprobs = sample_turn(
-                    self.model, inputs, max_new_tokens=cfg.max_new_tokens, eos_ids=self.eos_ids,
-                    pad_id=self.pad_id, warpers=processors, greedy=cfg.temperature == 0,
+                    self.model,
+                    inputs,
+                    max_new_tokens=cfg.max_new_tokens,
+                    eos_ids=self.eos_ids,
+                    pad_id=self.pad_id,
+                    warpers=processors,
+                    greedy=cfg.temperature == 0,
                     suppressed_ids=self.suppressed_ids,
                     min_new_tokens=int(getattr(self.model.generation_config, "min_new_tokens", None) or 0),
-                    generator=torch.Generator(device=device).manual_seed(seed), prefix_cache=self.prefix_cache,
-                    direct=paths.direct_steps)
+                    generator=torch.Generator(device=device).manual_seed(seed),
+                    prefix_cache=self.prefix_cache,
+                    direct=paths.direct_steps,
+                )
             else:
                 new, logprobs = self._generate(inputs, processors, kwargs, seed)
         finally:
@@ -157,9 +175,13 @@ class HFPolicy:
             results.append(PolicyOutput(text=text, token_ids=toks, logprobs=logprobs[row, :end].tolist()))
         return results
 
-
-    def _generate(self, inputs: dict[str, torch.Tensor], processors: list[LogitsProcessor], kwargs: dict[str, Any],
-                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate(
+        self,
+        inputs: dict[str, torch.Tensor],
+        processors: list[LogitsProcessor],
+        kwargs: dict[str, Any],
+        seed: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One turn through transformers' ``generate``: new tokens (B, N) and their log-probs (B, N)."""
         device = inputs["input_ids"].device
         recorder = _ChosenLogprobs()
@@ -173,7 +195,8 @@ class HFPolicy:
                 pad_token_id=self.pad_id,
                 logits_processor=LogitsProcessorList([*processors, recorder]),
                 top_k=None,
-                repetition_penalty=1.0,  # a checkpoint's default (Qwen2-VL: 1.05) would sample off the trained policy
+                # a checkpoint's default (Qwen2-VL: 1.05) would sample off the trained policy
+                repetition_penalty=1.0,
                 suppress_tokens=self.suppressed_ids or None,
                 **kwargs,
             )
@@ -184,10 +207,10 @@ class HFPolicy:
 class _ChosenLogprobs(LogitsProcessor):
     """The log-probability of each chosen token under the final processed scores, in O(B × V) memory.
 
-    Placed last in ``generate``'s processor list, it keeps only the current step's scores; the token sampled from
-    them is read at the next call (the last column of ``input_ids``) or, for the last step, by :meth:`finish`.
-    Keeping every step's scores instead (``output_scores=True``) costs N × B × V floats: 20 GB for 128 episodes ×
-    256 tokens at Qwen's 151,936-token vocabulary.
+    Placed last in ``generate``'s processor list, it keeps only the current step's scores; the token sampled
+    from them is read at the next call (the last column of ``input_ids``) or, for the last step, by
+    :meth:`finish`. Keeping every step's scores instead (``output_scores=True``) costs N × B × V floats: 20 GB
+    for 128 episodes × 256 tokens at Qwen's 151,936-token vocabulary.
     """
 
     def __init__(self) -> None:
@@ -197,7 +220,9 @@ class _ChosenLogprobs(LogitsProcessor):
     def _take(self, chosen: torch.Tensor) -> None:
         if self.pending is not None:
             scores, self.pending = self.pending, None
-            self.columns.append(scores.gather(-1, chosen[:, None]).squeeze(-1) - torch.logsumexp(scores, dim=-1))
+            self.columns.append(
+                scores.gather(-1, chosen[:, None]).squeeze(-1) - torch.logsumexp(scores, dim=-1)
+            )
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self._take(input_ids[:, -1])

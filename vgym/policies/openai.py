@@ -1,19 +1,21 @@
 """A policy that plays turns through any OpenAI-compatible chat-completions endpoint (e.g. ``vllm serve``).
 
-Contents: :class:`OpenAIPolicyConfig`, :class:`OpenAIPolicy`, :func:`to_chat_messages`, :func:`encode_png_data_url`.
+Contents: :class:`OpenAIPolicyConfig`, :class:`OpenAIPolicy`, :func:`to_chat_messages`,
+:func:`encode_png_data_url`.
 
 For evaluating served models. The HTTP client is the standard library (``urllib.request`` + ``json``); no
-``openai`` package. Each episode's turn is one ``POST {base_url}/chat/completions`` carrying the whole chat so far
-(the system message included) with every image the model has been shown, PNG-encoded as a ``data:`` URL in
-the position of its ``{"type": "image"}`` item. The requests of one batch run in parallel on a small thread pool.
+``openai`` package. Each episode's turn is one ``POST {base_url}/chat/completions`` carrying the whole chat so
+far (the system message included) with every image the model has been shown, PNG-encoded as a ``data:`` URL in
+the position of its ``{"type": "image"}`` item. The requests of one batch run in parallel on a small thread
+pool.
 
 The server tokenises, so the policy is text-only: :attr:`PolicyOutput.token_ids` is None and the rollout
 tokenises the text itself. With ``logprobs=True`` the server's per-token log-probabilities come back in
 :attr:`PolicyOutput.logprobs`; they are of the *server's* tokens, which need not align with the rollout's ids,
 so they are for analysis, not for importance ratios.
 
-A request that still fails after the retries raises :class:`~vgym.errors.VgymError` naming the URL and the status:
-a failing endpoint is a broken evaluation, not an episode event.
+A request that still fails after the retries raises :class:`~vgym.errors.VgymError` naming the URL and the
+status: a failing endpoint is a broken evaluation, not an episode event.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ from vgym.policies.base import PolicyInput, PolicyOutput
 __all__ = ["OpenAIPolicyConfig", "OpenAIPolicy", "to_chat_messages", "encode_png_data_url"]
 
 _RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
-"""HTTP statuses worth retrying: timeouts, rate limits and server-side failures. Others (400, 401, 404, ...) are
-the request's fault and fail at once."""
+"""HTTP statuses worth retrying: timeouts, rate limits and server-side failures. Others (400, 401, 404, ...)
+are the request's fault and fail at once."""
 
 _BODY_CHARS = 500
 """Most characters of an error response quoted in a :class:`VgymError`."""
@@ -57,8 +59,9 @@ class OpenAIPolicyConfig:
     model: str
     """The served model's name (the ``model`` field of each request)."""
     api_key_env: str | None = "OPENAI_API_KEY"
-    """Name of the environment variable holding the API key, sent as ``Authorization: Bearer <key>``; no header
-    when the variable is unset or empty, or when this is None. The key itself never goes into the config."""
+    """Name of the environment variable holding the API key, sent as ``Authorization: Bearer <key>``; no
+    header when the variable is unset or empty, or when this is None. The key itself never goes into the
+    config."""
 
     # sampling
     temperature: float = 0.0
@@ -81,7 +84,8 @@ class OpenAIPolicyConfig:
     timeout_s: float = 120.0
     """Seconds to wait for one response (> 0)."""
     max_retries: int = 3
-    """Retries after a connection error, timeout or HTTP 408/409/429/5xx (>= 0); other HTTP errors fail at once."""
+    """Retries after a connection error, timeout or HTTP 408/409/429/5xx (>= 0); other HTTP errors fail at
+    once."""
     backoff_s: float = 1.0
     """Wait before the first retry, in seconds (>= 0); it doubles with each further retry."""
     max_concurrency: int = 8
@@ -111,13 +115,16 @@ class OpenAIPolicyConfig:
 
 
 def encode_png_data_url(image: np.ndarray) -> str:
-    """A ``data:image/png;base64,...`` URL of an RGB uint8 (H, W, 3) image (PNG: lossless, so pixels arrive exact)."""
+    """A ``data:image/png;base64,...`` URL of an RGB uint8 (H, W, 3) image (PNG: lossless, so pixels arrive
+    exact)."""
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def to_chat_messages(messages: Sequence[dict[str, Any]], images: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+def to_chat_messages(
+    messages: Sequence[dict[str, Any]], images: Sequence[np.ndarray]
+) -> list[dict[str, Any]]:
     """Convert a vgym chat to chat-completions messages.
 
     Args:
@@ -221,7 +228,11 @@ class OpenAIPolicy:
             choice = reply["choices"][0]
             text = choice["message"].get("content") or ""
             logprobs = None
-            if self.config.logprobs and choice.get("logprobs") and choice["logprobs"].get("content") is not None:
+            if (
+                self.config.logprobs
+                and choice.get("logprobs")
+                and choice["logprobs"].get("content") is not None
+            ):
                 logprobs = [float(t["logprob"]) for t in choice["logprobs"]["content"]]
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
             raise VgymError(
@@ -233,7 +244,8 @@ class OpenAIPolicy:
         return PolicyOutput(text=text, token_ids=None, logprobs=logprobs)
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """POST ``body``; retry connection errors, timeouts and retryable statuses with exponential backoff."""
+        """POST ``body``; retry connection errors, timeouts and retryable statuses with exponential
+        backoff."""
         cfg = self.config
         data = json.dumps(body).encode("utf-8")
         attempts = cfg.max_retries + 1
@@ -250,11 +262,14 @@ class OpenAIPolicy:
                 last = f"HTTP {e.code} {e.reason}: {detail}"
                 if e.code not in _RETRY_STATUSES:
                     raise VgymError(
-                        f"POST {cfg.url} failed with {last} (not retried: the request itself was rejected; check "
-                        f"base_url, model={cfg.model!r}, the API key in ${cfg.api_key_env} and the request fields)"
+                        f"POST {cfg.url} failed with {last} (not retried: the request itself was rejected; "
+                        "check "
+                        f"base_url, model={cfg.model!r}, the API key in ${cfg.api_key_env} and the request "
+                        "fields)"
                     ) from e
                 continue
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # refused, reset, timeout, cut
+            # refused, reset, timeout, cut
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
                 reason = e.reason if isinstance(e, urllib.error.URLError) else e
                 last = f"{type(reason).__name__}: {reason}"
                 continue
@@ -263,6 +278,7 @@ class OpenAIPolicy:
             except json.JSONDecodeError as e:
                 raise VgymError(f"POST {cfg.url} answered invalid JSON: {raw[:_BODY_CHARS]!r}") from e
         raise VgymError(
-            f"POST {cfg.url} failed after {attempts} attempts (max_retries={cfg.max_retries}); last error: {last}. "
+            f"POST {cfg.url} failed after {attempts} attempts (max_retries={cfg.max_retries}); last error: "
+            f"{last}. "
             "Is the server running and reachable at base_url?"
         )

@@ -2,8 +2,8 @@
 
 Contents: :class:`OraclePolicy`.
 
-It is the one policy that reads the ground truth: it declares ``reads_ground_truth = True``, so the rollout hands
-it the task's solution in :attr:`~vgym.policies.base.PolicyInput.ground_truth`.
+It is the one policy that reads the ground truth: it declares ``reads_ground_truth = True``, so the rollout
+hands it the task's solution in :attr:`~vgym.policies.base.PolicyInput.ground_truth`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ class OraclePolicy:
     """Replays the task's solution (:attr:`PolicyInput.ground_truth`) one step per turn.
 
     With ``noise > 0`` a turn's answer is replaced by a wrong one with that probability (negative examples for
-    reward models and RL baselines). With ``skip_tools > 0`` an episode skips its tool calls with that probability
-    and guesses at once among the task's answer choices: a lazy teacher, whose SFT student under-uses the tools (the
-    quickstart's GRPO stage starts from it). Both choices come from the policy's own seeded generator.
+    reward models and RL baselines). With ``skip_tools > 0`` an episode skips its tool calls with that
+    probability and guesses at once among the task's answer choices: a lazy teacher, whose SFT student
+    under-uses the tools (the quickstart's GRPO stage starts from it). Both choices come from the policy's own
+    seeded generator.
     """
 
     reads_ground_truth = True
@@ -69,8 +70,10 @@ class OraclePolicy:
 
     def _turn_text(self, item: PolicyInput) -> str:
         if item.ground_truth is None:
-            raise ValueError("OraclePolicy needs PolicyInput.ground_truth; play it with vgym.rollout.loop.rollout, "
-                             "which fills it for policies that set reads_ground_truth")
+            raise ValueError(
+                "OraclePolicy needs PolicyInput.ground_truth; play it with vgym.rollout.loop.rollout, "
+                "which fills it for policies that set reads_ground_truth"
+            )
         solution = item.ground_truth.solution
         if item.turn == 0 and solution.tool_calls and self.skip_tools and self.rng.random() < self.skip_tools:
             choices = item.answer_choices

@@ -21,7 +21,8 @@ class RandomAnswerPolicy:
     (``"unknown"`` for tasks without a finite answer set): the answer-prior baseline.
 
     The choice is drawn from ``SeedSequence([seed, crc32(episode id)])``, so it depends on the sample and the
-    policy's seed only (not on batching or on which episodes ran before): a resumed run draws the same answers.
+    policy's seed only (not on batching or on which episodes ran before): a resumed run draws the same
+    answers.
     """
 
     def __init__(self, seed: int = 0) -> None:
@@ -34,6 +35,10 @@ class RandomAnswerPolicy:
         outputs = []
         for item in batch:
             choices = item.answer_choices or ("unknown",)
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed, zlib.crc32(item.episode_id.encode())]))
-            outputs.append(PolicyOutput(self.protocol.format_answer(str(choices[int(rng.integers(len(choices)))]))))
+            rng = np.random.default_rng(
+                np.random.SeedSequence([self.seed, zlib.crc32(item.episode_id.encode())])
+            )
+            outputs.append(
+                PolicyOutput(self.protocol.format_answer(str(choices[int(rng.integers(len(choices)))])))
+            )
         return outputs

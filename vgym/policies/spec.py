@@ -77,7 +77,16 @@ def make_policy(spec: str, *, device: str = "auto", temperature: float = 0.0, ma
         from vgym.policies.openai import OpenAIPolicy, OpenAIPolicyConfig
 
         url, _, model = rest.partition("#")
-        return PolicyMaker(lambda s: OpenAIPolicy(OpenAIPolicyConfig(
-            base_url=url, model=model or "default", temperature=temperature, max_tokens=max_new_tokens, seed=s)))
+        return PolicyMaker(
+            lambda s: OpenAIPolicy(
+                OpenAIPolicyConfig(
+                    base_url=url,
+                    model=model or "default",
+                    temperature=temperature,
+                    max_tokens=max_new_tokens,
+                    seed=s,
+                )
+            )
+        )
     raise InvalidConfigError(f"unknown policy {spec!r}; expected oracle, random, hf:DIR, vllm:DIR or "
                              "openai:URL[#model]")

@@ -2,9 +2,9 @@
 
 Contents: :class:`Encoded`, :class:`ChatEncoder`, :func:`text_message`.
 
-The prompt is templated once with the model's own chat template. After each model turn the env's new message is
-templated *as a delta* (the text the template would add after the model's end-of-turn token) and its ids are
-appended, so earlier tokens never change and the loss mask marks exactly the policy's tokens.
+The prompt is templated once with the model's own chat template. After each model turn the env's new message
+is templated *as a delta* (the text the template would add after the model's end-of-turn token) and its ids
+are appended, so earlier tokens never change and the loss mask marks exactly the policy's tokens.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ class ChatEncoder:
         probe = [text_message("user", _PROBE_USER), text_message("assistant", _PROBE_ASSISTANT)]
         prefix = self._template(probe, generation_prompt=False)
         tail = prefix[prefix.rindex(_PROBE_ASSISTANT) + len(_PROBE_ASSISTANT) :]
-        # The model's turn ends with the template's end-of-turn token (e.g. "<|im_end|>"); what follows it in the
+        # The model's turn ends with the template's end-of-turn token (e.g. "<|im_end|>"); what follows it in
+        # the
         # template (e.g. "\n") belongs to the env's delta.
         ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"]
         if not ids:
@@ -73,14 +74,19 @@ class ChatEncoder:
         self._check_append_only([text_message("user", _PROBE_USER)])
 
     def _check_append_only(self, messages: list[dict[str, Any]]) -> str:
-        """The probe conversation + ``messages`` templated with the generation prompt; raises if not a continuation."""
+        """The probe conversation + ``messages`` templated with the generation prompt; raises if not a
+        continuation."""
         full = self._template(self._probe + messages, generation_prompt=True)
         if not full.startswith(self._probe_prefix):
-            raise ValueError("the chat template is not append-only: earlier turns changed when a message was added")
+            raise ValueError(
+                "the chat template is not append-only: earlier turns changed when a message was added"
+            )
         return full
 
     def _template(self, messages: list[dict[str, Any]], *, generation_prompt: bool) -> str:
-        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        return self.processor.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
 
     def _encode(self, text: str, images: Sequence[np.ndarray]) -> Encoded:
         pil = [Image.fromarray(im) for im in images] or None
@@ -97,9 +103,9 @@ class ChatEncoder:
 
     def _encode_direct(self, text: str, pil: list[Image.Image] | None) -> Encoded | None:
         """What the processor returns, from its own image processor and tokenizer without its generic call
-        machinery (keyword merging and validation: ~60 % of a small delta's encoding time). Qwen-VL style only:
-        each image placeholder becomes one per merged patch. None where the text's placeholders and the images
-        disagree in number (the processor then raises its own error)."""
+        machinery (keyword merging and validation: ~60 % of a small delta's encoding time). Qwen-VL style
+        only: each image placeholder becomes one per merged patch. None where the text's placeholders and the
+        images disagree in number (the processor then raises its own error)."""
         token = getattr(self.processor, "image_token", None)
         pixels = grids = None
         if pil:
@@ -115,8 +121,8 @@ class ChatEncoder:
         return Encoded(input_ids=ids, pixel_values=pixels, image_grid_thw=grids)
 
     def _direct_matches(self) -> bool:
-        """Whether :meth:`_encode_direct` gives the processor's exact output here (checked once per encoder on a
-        templated probe with two images; any difference or error keeps the processor's own call)."""
+        """Whether :meth:`_encode_direct` gives the processor's exact output here (checked once per encoder on
+        a templated probe with two images; any difference or error keeps the processor's own call)."""
         token = getattr(self.processor, "image_token", None)
         if token is None or not hasattr(self.processor, "image_processor"):
             return False
@@ -135,14 +141,15 @@ class ChatEncoder:
                 and torch.equal(mine.image_grid_thw, out["image_grid_thw"]))
 
     def encode_prompt(self, messages: list[dict[str, Any]], images: Sequence[np.ndarray]) -> Encoded:
-        """The first chunk: ``messages`` templated with the generation prompt (memoised, see :meth:`_memoised`)."""
+        """The first chunk: ``messages`` templated with the generation prompt (memoised, see
+        :meth:`_memoised`)."""
         return self._memoised(self._template(messages, generation_prompt=True), images)
 
     def _memoised(self, text: str, images: Sequence[np.ndarray]) -> Encoded:
-        """``_encode(text, images)``, memoised over the last 64 calls (keyed by the text and the images' bytes): the
-        episodes of a group share their prompt, and often the same tool reply, and the processor's patching is the
-        costliest part of encoding. The returned tensors are shared: callers copy before changing them (the
-        rollout concatenates)."""
+        """``_encode(text, images)``, memoised over the last 64 calls (keyed by the text and the images'
+        bytes): the episodes of a group share their prompt, and often the same tool reply, and the processor's
+        patching is the costliest part of encoding. The returned tensors are shared: callers copy before
+        changing them (the rollout concatenates)."""
         digest = hashlib.blake2b(text.encode(), digest_size=16)
         for im in images:
             digest.update(f"{im.shape}{im.dtype}".encode())
@@ -170,7 +177,8 @@ class ChatEncoder:
         self._lock = threading.Lock()
 
     def encode_delta(self, messages: list[dict[str, Any]], images: Sequence[np.ndarray]) -> Encoded:
-        """What the template adds after a model turn's end-of-turn token: ``messages`` + the generation prompt.
+        """What the template adds after a model turn's end-of-turn token: ``messages`` + the generation
+        prompt.
 
         Raises:
             ValueError: if the template rewrites earlier text when messages are appended.
@@ -192,9 +200,11 @@ class ChatEncoder:
         have = int(sum(int((chunk == token_id).sum()) for chunk in ids))
         want = int(sum(int(g.prod(-1).sum()) for g in grids)) // (merge * merge)
         if have != want:
-            raise ValueError(f"the sequence has {have} {token!r} placeholders but its images need {want} "
-                             f"(grids {[g.tolist() for g in grids]}, merge size {merge}); the processor and the "
-                             "model's image settings disagree")
+            raise ValueError(
+                f"the sequence has {have} {token!r} placeholders but its images need {want} "
+                f"(grids {[g.tolist() for g in grids]}, merge size {merge}); the processor and the "
+                "model's image settings disagree"
+            )
 
     def encode_policy_text(self, text: str) -> list[int]:
         """Ids of a text-only policy's turn: ``text`` then the end-of-turn token."""

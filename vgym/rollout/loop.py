@@ -2,12 +2,13 @@
 
 Contents: :class:`EpisodeSpec`, :class:`RolloutConfig`, :func:`rollout`.
 
-Sequences are built by :class:`~vgym.rollout.chat.ChatEncoder`: the prompt templated once, then each env message
-appended as a template delta, so earlier tokens never change and the loss mask marks exactly the policy's tokens.
-Env work (tools and the encoding of env messages) runs in a pool of slots (:mod:`vgym.rollout.workers`); the policy
-runs in the caller's process on batches of episodes that are ready for their next turn. Without an encoder (policies
-that take text, such as the oracle or a served model) the same loop plays the episodes and keeps the chat and the
-shown images; trajectories then carry no tokens. Training and evaluation both play their episodes here.
+Sequences are built by :class:`~vgym.rollout.chat.ChatEncoder`: the prompt templated once, then each env
+message appended as a template delta, so earlier tokens never change and the loss mask marks exactly the
+policy's tokens. Env work (tools and the encoding of env messages) runs in a pool of slots
+(:mod:`vgym.rollout.workers`); the policy runs in the caller's process on batches of episodes that are ready
+for their next turn. Without an encoder (policies that take text, such as the oracle or a served model) the
+same loop plays the episodes and keeps the chat and the shown images; trajectories then carry no tokens.
+Training and evaluation both play their episodes here.
 """
 
 from __future__ import annotations
@@ -51,34 +52,39 @@ class RolloutConfig:
     batch_size: int = 16
     """Episodes in flight, i.e. the most the policy sees in one call."""
     mode: str = "lockstep"
-    """``"lockstep"``: every in-flight episode plays turn t, then all play turn t + 1, and a new batch starts when
-    the whole batch ended; ``"async"``: continuous batching — the policy is called with the episodes whose env work
-    is done while the others' tools still run, and a finished episode's slot takes the next spec at once. Content is
-    the same for a deterministic policy; only the order of calls differs."""
+    """``"lockstep"``: every in-flight episode plays turn t, then all play turn t + 1, and a new batch starts
+    when the whole batch ended; ``"async"``: continuous batching — the policy is called with the episodes
+    whose env work is done while the others' tools still run, and a finished episode's slot takes the next
+    spec at once. Content is the same for a deterministic policy; only the order of calls differs."""
     parallel: str = "local"
-    """Where env work runs: ``"local"`` (this process) or ``"ray"`` (Ray actors; see :mod:`vgym.rollout.workers`)."""
+    """Where env work runs: ``"local"`` (this process) or ``"ray"`` (Ray actors; see
+    :mod:`vgym.rollout.workers`)."""
     num_workers: int = 2
     """``parallel="ray"``: env-worker actors."""
     address: str | None = None
-    """``parallel="ray"``: the cluster to join (``"auto"``, ``"ray://host:10001"``); None starts a local Ray."""
+    """``parallel="ray"``: the cluster to join (``"auto"``, ``"ray://host:10001"``); None starts a local
+    Ray."""
     threads: int = 0
     """``parallel="local"``: run env work in this many threads (0: inline)."""
     max_context_tokens: int | None = None
-    """Most tokens in an episode's whole sequence (prompt, turns, env messages); None = no cap. An episode over a
-    cap is truncated before its next generation and flagged in ``Trajectory.truncated_reason`` (over-long masking,
-    DAPO arXiv:2503.14476). The env enforces turns and images (``EnvConfig.max_turns`` / ``max_images``)."""
+    """Most tokens in an episode's whole sequence (prompt, turns, env messages); None = no cap. An episode
+    over a cap is truncated before its next generation and flagged in ``Trajectory.truncated_reason``
+    (over-long masking, DAPO arXiv:2503.14476). The env enforces turns and images (``EnvConfig.max_turns`` /
+    ``max_images``)."""
     max_policy_tokens: int | None = None
     """Most tokens the policy may generate over all its turns; None = no cap (over-turn masking, Mini-o3
     arXiv:2509.07969)."""
     min_batch_fraction: float = 0.5
-    """Async mode calls the policy once this fraction of the episodes in flight is ready for it (or when no env
-    work is pending); 0 calls it as soon as one is ready."""
+    """Async mode calls the policy once this fraction of the episodes in flight is ready for it (or when no
+    env work is pending); 0 calls it as soon as one is ready."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("lockstep", "async"):
             raise ValueError(f"mode must be 'lockstep' or 'async', got {self.mode!r}")
         if self.parallel not in ("local", "ray"):
-            raise ValueError(f"parallel must be 'local' or 'ray', got {self.parallel!r} (pass an EnvPool as pool=)")
+            raise ValueError(
+                f"parallel must be 'local' or 'ray', got {self.parallel!r} (pass an EnvPool as pool=)"
+            )
         if self.batch_size < 1 or self.num_workers < 1 or self.threads < 0:
             raise ValueError(f"need batch_size >= 1, num_workers >= 1, threads >= 0; got {self.batch_size}, "
                              f"{self.num_workers}, {self.threads}")
@@ -104,13 +110,16 @@ class _Episode:
         self.images: list[np.ndarray] = []
         self.messages: list[dict[str, Any]] = []
         self.turns: list[dict[str, Any]] = []
-        self.start = EpisodeStart("", "", False)  # the reset's facts (known even when its sample failed to load)
+        # the reset's facts (known even when its sample failed to load)
+        self.start = EpisodeStart("", "", False)
         self.pending_text = ""
         self.policy_tokens = 0
         self.done = False
         self.result: dict[str, Any] = {}
 
-    def append(self, chunk: Encoded | None, images: Sequence[np.ndarray], messages: list[dict[str, Any]]) -> None:
+    def append(
+        self, chunk: Encoded | None, images: Sequence[np.ndarray], messages: list[dict[str, Any]]
+    ) -> None:
         if chunk is not None:  # None: a rollout without an encoder keeps the chat and images only
             n = len(chunk.input_ids)
             self.ids.append(chunk.input_ids)
@@ -188,16 +197,18 @@ def rollout(
         policy: plays the turns. Only a policy whose ``reads_ground_truth`` is True gets the task's solution
             (:attr:`~vgym.policies.base.PolicyInput.ground_truth`); every other one sees what the model sees.
         encoder: templates and tokenises with the policy model's processor (copied to Ray workers); None for
-            policies that take text (the oracle, a random baseline, a served model): the episodes then keep their
-            chat and images but no tokens, and the token budgets do not apply.
+            policies that take text (the oracle, a random baseline, a served model): the episodes then keep
+            their chat and images but no tokens, and the token budgets do not apply.
         specs: the episodes to play.
         config: scheduling, parallelism and token budgets (:class:`RolloutConfig`; default: its defaults).
-        on_episode: called with each finished trajectory (progress bars, streaming writes), in finishing order.
+        on_episode: called with each finished trajectory (progress bars, streaming writes), in finishing
+            order.
         pool: env slots the caller built and keeps (:class:`~vgym.rollout.workers.EnvPool`); overrides
             ``config.parallel`` and is not closed here.
 
     Returns:
-        Trajectories in the order of ``specs``. With Ray, an episode whose worker died is re-run from its seed on a
+        Trajectories in the order of ``specs``. With Ray, an episode whose worker died is re-run from its seed
+            on a
         fresh worker: none is lost or returned twice. An episode whose sample cannot be loaded
         (:class:`~vgym.errors.MediaError`: its image or video file is missing, truncated, corrupt, too large)
         comes back as a trajectory without tokens, images or turns, with reward 0, ``truncated`` True and
@@ -206,7 +217,8 @@ def rollout(
 
     Raises:
         ValueError: when a sequence's image placeholders disagree with its image grids.
-        Exception: whatever else the env raises (a bug or a bad configuration, e.g. an unknown split), unchanged.
+        Exception: whatever else the env raises (a bug or a bad configuration, e.g. an unknown split),
+            unchanged.
     """
     config = config or RolloutConfig()
     num_slots = min(config.batch_size, len(specs))
@@ -225,10 +237,18 @@ def rollout(
 
 
 class _Scheduler:
-    """Event loop of :func:`rollout`: starts episodes in free slots, waits on env futures, calls the policy."""
+    """Event loop of :func:`rollout`: starts episodes in free slots, waits on env futures, calls the
+    policy."""
 
-    def __init__(self, pool: EnvPool, policy: Policy, encoder: ChatEncoder | None, specs: Sequence[EpisodeSpec],
-                 config: RolloutConfig, on_episode: Callable[[Trajectory], None] | None) -> None:
+    def __init__(
+        self,
+        pool: EnvPool,
+        policy: Policy,
+        encoder: ChatEncoder | None,
+        specs: Sequence[EpisodeSpec],
+        config: RolloutConfig,
+        on_episode: Callable[[Trajectory], None] | None,
+    ) -> None:
         self.pool, self.policy, self.encoder, self.config = pool, policy, encoder, config
         self.mode, self.min_batch_fraction = config.mode, config.min_batch_fraction
         self.with_ground_truth = reads_ground_truth(policy)
@@ -253,14 +273,19 @@ class _Scheduler:
                 for slot in range(self.pool.num_slots):  # the batch ended: the next one starts
                     self._start(slot)
                 continue
-            if self.ready and not (lockstep and self.running) and (lockstep or len(self.ready) >= self._enough()):
+            if (
+                self.ready
+                and not (lockstep and self.running)
+                and (lockstep or len(self.ready) >= self._enough())
+            ):
                 self._generate()
         return [t for t in self.results if t is not None]
 
     def _enough(self) -> int:
-        """Async mode: how many ready episodes make a policy call worth it now. Half of those in flight (at least
-        one), or every ready one when no env work is pending: batched generation costs about as much for eight
-        sequences as for one, so calling per episode would multiply generation time instead of hiding tool time."""
+        """Async mode: how many ready episodes make a policy call worth it now. Half of those in flight (at
+        least one), or every ready one when no env work is pending: batched generation costs about as much for
+        eight sequences as for one, so calling per episode would multiply generation time instead of hiding
+        tool time."""
         if not self.running:
             return 1
         return max(1, math.ceil(self.min_batch_fraction * (len(self.ready) + len(self.running))))
@@ -289,10 +314,18 @@ class _Scheduler:
         ep = self.episodes[slot]
         if step.start is not None:  # a reset
             ep.start = step.start
-        if step.error is not None:  # the sample's media could not be loaded: this episode fails, the rest go on
-            logger.warning("episode %d (split %r, index %d) ends with reward 0: its sample could not be loaded: %s",
-                           ep.position, ep.spec.split, ep.spec.index, step.error)
-            self._finish(slot, {"reward": 0.0, "truncated": True, "truncated_reason": f"{SAMPLE_ERROR}: {step.error}"})
+        # the sample's media could not be loaded: this episode fails, the rest go on
+        if step.error is not None:
+            logger.warning(
+                "episode %d (split %r, index %d) ends with reward 0: its sample could not be loaded: %s",
+                ep.position,
+                ep.spec.split,
+                ep.spec.index,
+                step.error,
+            )
+            self._finish(
+                slot, {"reward": 0.0, "truncated": True, "truncated_reason": f"{SAMPLE_ERROR}: {step.error}"}
+            )
             return
         if step.start is None:
             ep.turns.append({"text": ep.pending_text, "observation": step.observation,

@@ -1,11 +1,11 @@
 """The trajectory record produced by a rollout, its on-disk form (JSONL + PNG images), and crash-safe writing.
 
-Contents: :class:`Trajectory`, :func:`save_trajectories`, :func:`load_trajectory_records`, :func:`staged_writes`,
-:func:`atomic_path`, :func:`append_line`.
+Contents: :class:`Trajectory`, :func:`save_trajectories`, :func:`load_trajectory_records`,
+:func:`staged_writes`, :func:`atomic_path`, :func:`append_line`.
 
-Every file a run folder keeps (trajectories, eval records and reports, checkpoints) is written so that a kill or a
-full disk never leaves a half-written file under its final name: new content goes to a hidden temporary sibling
-(``.<name>.tmp-<pid>-<n>``), is flushed to disk, then renamed over the old (:func:`staged_writes`,
+Every file a run folder keeps (trajectories, eval records and reports, checkpoints) is written so that a kill
+or a full disk never leaves a half-written file under its final name: new content goes to a hidden temporary
+sibling (``.<name>.tmp-<pid>-<n>``), is flushed to disk, then renamed over the old (:func:`staged_writes`,
 :func:`atomic_path`); append-only logs roll a failed append back (:func:`append_line`). A failed write raises
 :class:`OSError` naming the path, and what was there before is byte-identical afterwards.
 """
@@ -52,8 +52,9 @@ class Trajectory:
         answer: the final answer text, or None when the episode was truncated.
         terminated / truncated: how the episode ended.
         truncated_reason: why a truncated episode was cut — ``"turns_or_images"`` (the env's caps),
-            ``"context_tokens"`` or ``"policy_tokens"`` (the rollout's budgets), or ``"sample_error: <message>"``
-            (the sample's media could not be loaded; no tokens, reward 0) — else None.
+            ``"context_tokens"`` or ``"policy_tokens"`` (the rollout's budgets), or
+            ``"sample_error: <message>"`` (the sample's media could not be loaded; no tokens, reward 0) — else
+            None.
     """
 
     sample_id: str
@@ -114,12 +115,16 @@ class Trajectory:
         }
 
 
-def save_trajectories(trajectories: Sequence[Trajectory], folder: str | Path, name: str = "trajectories") -> Path:
-    """Write ``<folder>/<name>.jsonl`` (one record per line) and each episode's images as PNG files, all or nothing.
+def save_trajectories(
+    trajectories: Sequence[Trajectory], folder: str | Path, name: str = "trajectories"
+) -> Path:
+    """Write ``<folder>/<name>.jsonl`` (one record per line) and each episode's images as PNG files, all or
+    nothing.
 
     Image ``k`` of trajectory ``i`` goes to ``<folder>/images/<name>_<i>_<k>.png``; each record lists its
-    image paths relative to ``folder``. Everything is staged in temporary files and renamed into place only when
-    all of it was written (the JSONL last), so a kill or a full disk leaves an earlier save of ``name`` intact.
+    image paths relative to ``folder``. Everything is staged in temporary files and renamed into place only
+    when all of it was written (the JSONL last), so a kill or a full disk leaves an earlier save of ``name``
+    intact.
 
     Returns:
         The JSONL path.
@@ -139,7 +144,9 @@ def save_trajectories(trajectories: Sequence[Trajectory], folder: str | Path, na
             rel = f"images/{name}_{i}_{k}.png"
             ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
             if not ok:
-                raise ValueError(f"image {k} of trajectory {i} ({np.asarray(image).shape}) cannot be encoded as PNG")
+                raise ValueError(
+                    f"image {k} of trajectory {i} ({np.asarray(image).shape}) cannot be encoded as PNG"
+                )
             pngs.append((folder / rel, png.tobytes()))
             record["images"].append(rel)
         lines.append(json.dumps(record) + "\n")
@@ -161,7 +168,8 @@ _COUNTER = itertools.count()
 
 
 def _temp_sibling(path: Path, kind: str = "tmp") -> Path:
-    """A hidden, unique sibling of ``path`` (globs of the final names, like ``checkpoint-*``, never match it)."""
+    """A hidden, unique sibling of ``path`` (globs of the final names, like ``checkpoint-*``, never match
+    it)."""
     return path.parent / f".{path.name}.{kind}-{os.getpid()}-{next(_COUNTER)}"
 
 
@@ -217,12 +225,13 @@ def _alive(pid: int) -> bool:
 
 @contextmanager
 def staged_writes(*, clean_stale: bool = False) -> Iterator[Callable[[str | Path], Path]]:
-    """Write several files or folders all or nothing: ``stage(path)`` returns a temporary path to write ``path``'s
-    new content to (a file, or a folder you create); when the block ends without an exception every staged
-    temporary is flushed to disk and renamed onto its path, in staging order (stage the file readers look for
-    last). An existing folder at a path is replaced whole. ``clean_stale``: first remove what a killed writer of
-    the same path left (one directory scan per path: worth it for big folders such as checkpoints, not for the
-    thousands of small images of an eval run, whose leftovers are hidden and harmless).
+    """Write several files or folders all or nothing: ``stage(path)`` returns a temporary path to write
+    ``path``'s new content to (a file, or a folder you create); when the block ends without an exception every
+    staged temporary is flushed to disk and renamed onto its path, in staging order (stage the file readers
+    look for last). An existing folder at a path is replaced whole. ``clean_stale``: first remove what a
+    killed writer of the same path left (one directory scan per path: worth it for big folders such as
+    checkpoints, not for the thousands of small images of an eval run, whose leftovers are hidden and
+    harmless).
 
     >>> import pathlib, tempfile
     >>> target = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
@@ -232,10 +241,10 @@ def staged_writes(*, clean_stale: bool = False) -> Iterator[Callable[[str | Path
     'new'
 
     Raises:
-        OSError: for any exception raised while writing (disk full, a file-size limit, a serializer's I/O error
-            such as torch's ``RuntimeError``), with the errno when there is one and a message naming the path
-            being written; every temporary is removed and nothing was replaced. A ``KeyboardInterrupt`` or a
-            kill leaves the old files too.
+        OSError: for any exception raised while writing (disk full, a file-size limit, a serializer's I/O
+            error such as torch's ``RuntimeError``), with the errno when there is one and a message naming the
+            path being written; every temporary is removed and nothing was replaced. A ``KeyboardInterrupt``
+            or a kill leaves the old files too.
     """
     staged: list[tuple[Path, Path]] = []
 
@@ -265,8 +274,8 @@ def staged_writes(*, clean_stale: bool = False) -> Iterator[Callable[[str | Path
 
 
 def _replace(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` onto ``target``; a folder there is first moved aside (a kill between the two renames leaves
-    it under a hidden ``.<name>.old-*`` name), then deleted."""
+    """Rename ``tmp`` onto ``target``; a folder there is first moved aside (a kill between the two renames
+    leaves it under a hidden ``.<name>.old-*`` name), then deleted."""
     old = None
     if target.is_dir() and not target.is_symlink():
         old = _temp_sibling(target, "old")
@@ -287,8 +296,8 @@ def _replace(tmp: Path, target: Path) -> None:
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Write-then-rename for one file or folder: yields the temporary path to write (for a folder, create it);
-    see :func:`staged_writes` for when it is renamed and what a failure raises. What a killed writer of ``path``
-    left is cleaned up first (a folder it had moved aside but not replaced is put back).
+    see :func:`staged_writes` for when it is renamed and what a failure raises. What a killed writer of
+    ``path`` left is cleaned up first (a folder it had moved aside but not replaced is put back).
 
     >>> import pathlib, tempfile
     >>> target = pathlib.Path(tempfile.mkdtemp()) / "ckpt"
@@ -303,8 +312,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_json(path: str | Path, value: Any) -> None:
-    """Write ``value`` as indented JSON to ``path``, write-then-rename (:func:`atomic_path`): a kill or a full disk
-    leaves the previous file; raises OSError naming ``path``."""
+    """Write ``value`` as indented JSON to ``path``, write-then-rename (:func:`atomic_path`): a kill or a full
+    disk leaves the previous file; raises OSError naming ``path``."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(value, indent=2))
 
@@ -313,8 +322,8 @@ def append_line(path: str | Path, line: str) -> None:
     """Append ``line`` (one record ending with a newline) to ``path`` and fsync; all or nothing.
 
     Raises:
-        OSError: when the append fails (disk full, a file-size limit), naming ``path``; the file is cut back to
-            its size before the call, so it stays byte-identical and ends with a whole line.
+        OSError: when the append fails (disk full, a file-size limit), naming ``path``; the file is cut back
+            to its size before the call, so it stays byte-identical and ends with a whole line.
     """
     path = Path(path)
     data = line.encode()
@@ -328,7 +337,10 @@ def append_line(path: str | Path, line: str) -> None:
             os.fsync(fd)
         except OSError as exc:
             os.ftruncate(fd, size)
-            raise OSError(exc.errno, f"could not append to {path} ({exc.strerror}); the file was cut back to its "
-                                     f"{size} bytes before this line (free disk space and resume)") from exc
+            raise OSError(
+                exc.errno,
+                f"could not append to {path} ({exc.strerror}); the file was cut back to its "
+                f"{size} bytes before this line (free disk space and resume)",
+            ) from exc
     finally:
         os.close(fd)

@@ -3,22 +3,24 @@
 Contents: :class:`EpisodeStart`, :class:`Step`, :class:`EnvRunner`, :class:`EnvPool`, :class:`LocalEnvPool`,
 :class:`RayEnvPool`, :func:`make_pool`.
 
-A pool owns ``num_slots`` env slots. Each slot is an :class:`EnvRunner`: an env plus the chat encoder, so the CPU
-work of a turn — tools, image resizing, the processor's patching and tokenising of the env's message — happens
-where the env lives, off the policy's critical path. The sample and the task stay in the slot: a reset reports
-only the episode's public facts (:class:`EpisodeStart`), plus the task's solution when the rollout asks for it
-(for a policy that reads the ground truth). ``reset``/``step`` return :class:`concurrent.futures.Future`
-objects; the rollout scheduler (:func:`vgym.rollout.loop.rollout`) waits on them.
+A pool owns ``num_slots`` env slots. Each slot is an :class:`EnvRunner`: an env plus the chat encoder, so the
+CPU work of a turn — tools, image resizing, the processor's patching and tokenising of the env's message —
+happens where the env lives, off the policy's critical path. The sample and the task stay in the slot: a reset
+reports only the episode's public facts (:class:`EpisodeStart`), plus the task's solution when the rollout
+asks for it (for a policy that reads the ground truth). ``reset``/``step`` return
+:class:`concurrent.futures.Future` objects; the rollout scheduler (:func:`vgym.rollout.loop.rollout`) waits on
+them.
 
-Ray: :class:`RayEnvPool` starts ``num_workers`` actors, each hosting ``num_slots / num_workers`` runners (many envs
-per process, one copy of each model-backed tool per process). ``ray.init`` runs only here and only when Ray is not
-initialised yet: pass ``address="auto"`` or ``"ray://host:10001"`` to join an existing cluster, which is how a
-rollout scales beyond one machine. A dead actor is replaced by :meth:`RayEnvPool.restart`; the scheduler then
-re-runs the episodes it hosted from their seeds.
+Ray: :class:`RayEnvPool` starts ``num_workers`` actors, each hosting ``num_slots / num_workers`` runners (many
+envs per process, one copy of each model-backed tool per process). ``ray.init`` runs only here and only when
+Ray is not initialised yet: pass ``address="auto"`` or ``"ray://host:10001"`` to join an existing cluster,
+which is how a rollout scales beyond one machine. A dead actor is replaced by :meth:`RayEnvPool.restart`; the
+scheduler then re-runs the episodes it hosted from their seeds.
 
-Bad data: when a reset fails with :class:`~vgym.errors.MediaError` (the sample's image or video file is missing,
-truncated, corrupt, ...), :meth:`EnvRunner.reset` returns a :class:`Step` with ``error`` set instead of raising, so
-one bad record ends one episode, not the rollout. Every other exception propagates: it is a bug or a bad config.
+Bad data: when a reset fails with :class:`~vgym.errors.MediaError` (the sample's image or video file is
+missing, truncated, corrupt, ...), :meth:`EnvRunner.reset` returns a :class:`Step` with ``error`` set instead
+of raising, so one bad record ends one episode, not the rollout. Every other exception propagates: it is a bug
+or a bad config.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ class EpisodeStart:
     """What a reset tells the rollout about its episode.
 
     Attributes:
-        sample_id: the sample's id (``MediaError.sample_id``, else ``"<task>/<split>/<index>"``, when it failed
-            to load).
+        sample_id: the sample's id (``MediaError.sample_id``, else ``"<task>/<split>/<index>"``, when it
+            failed to load).
         task_name: the task's registry name.
         tools_enabled: whether the env offers tools.
         answer_choices: the task's finite answer set (its prompt states it), or None.
@@ -65,15 +67,16 @@ class Step:
     """The outcome of a ``reset`` or ``step`` on a slot, encoded for the policy's model.
 
     Attributes:
-        chunk: the env message's ids and image tensors (a :class:`vgym.rollout.chat.Encoded`), or None when the
-            episode ended or the rollout has no encoder (text-only policies).
+        chunk: the env message's ids and image tensors (a :class:`vgym.rollout.chat.Encoded`), or None when
+            the episode ended or the rollout has no encoder (text-only policies).
         images: the message's images as shown to the model.
         messages: the new chat messages.
         observation: the message's text.
         reward / terminated / truncated / info: as returned by the env (reset: 0, False, False, its info).
         start: set after ``reset`` only: the episode's :class:`EpisodeStart`.
-        error: set only by a failed ``reset``: why the sample could not be loaded (a :class:`MediaError` message
-            naming the file). The episode is over before it began: ``chunk`` is None, ``truncated`` True.
+        error: set only by a failed ``reset``: why the sample could not be loaded (a :class:`MediaError`
+            message naming the file). The episode is over before it began: ``chunk`` is None, ``truncated``
+            True.
     """
 
     chunk: Any
@@ -121,7 +124,9 @@ class EnvRunner:
         sample = self.env.sample
         truth = ground_truth(task, sample, self.env.tools_enabled) if with_ground_truth else None
         start = EpisodeStart(sample.id, sample.task, self.env.tools_enabled, choices, truth)
-        chunk = self.encoder.encode_prompt(info["messages"], obs["images"]) if self.encoder is not None else None
+        chunk = (
+            self.encoder.encode_prompt(info["messages"], obs["images"]) if self.encoder is not None else None
+        )
         return Step(chunk, obs["images"], info["messages"], obs["text"], info=info, start=start)
 
     def step(self, action: str) -> Step:
@@ -129,7 +134,9 @@ class EnvRunner:
         obs, reward, terminated, truncated, info = self.env.step(action)
         done = terminated or truncated or self.encoder is None
         chunk = None if done else self.encoder.encode_delta(info["messages"], obs["images"])
-        return Step(chunk, obs["images"], info["messages"], obs["text"], float(reward), terminated, truncated, info)
+        return Step(
+            chunk, obs["images"], info["messages"], obs["text"], float(reward), terminated, truncated, info
+        )
 
     def close(self) -> None:
         self.env.close()
@@ -140,7 +147,9 @@ class EnvPool(Protocol):
 
     num_slots: int
 
-    def reset(self, slot: int, split: str, index: int, seed: int, with_ground_truth: bool = False) -> cf.Future[Step]:
+    def reset(
+        self, slot: int, split: str, index: int, seed: int, with_ground_truth: bool = False
+    ) -> cf.Future[Step]:
         """Start an episode on ``slot`` (see :meth:`EnvRunner.reset`)."""
         ...
 
@@ -165,10 +174,14 @@ class LocalEnvPool:
     """Slots in this process: run inline (``threads=0``, the default) or in a thread pool (overlaps tool work
     that releases the GIL — OpenCV, decoders, model-backed tools — with generation)."""
 
-    def __init__(self, env_fn: Callable[[], VisualToolEnv], encoder: Any, num_slots: int, *, threads: int = 0) -> None:
+    def __init__(
+        self, env_fn: Callable[[], VisualToolEnv], encoder: Any, num_slots: int, *, threads: int = 0
+    ) -> None:
         self.num_slots = num_slots
         self._runners = [EnvRunner(env_fn, encoder) for _ in range(num_slots)]
-        self._executor = cf.ThreadPoolExecutor(threads, thread_name_prefix="vgym-env") if threads > 0 else None
+        self._executor = (
+            cf.ThreadPoolExecutor(threads, thread_name_prefix="vgym-env") if threads > 0 else None
+        )
 
     def _submit(self, fn: Callable[..., Step], *args: Any) -> cf.Future[Step]:
         if self._executor is not None:
@@ -180,7 +193,9 @@ class LocalEnvPool:
             future.set_exception(exc)
         return future
 
-    def reset(self, slot: int, split: str, index: int, seed: int, with_ground_truth: bool = False) -> cf.Future[Step]:
+    def reset(
+        self, slot: int, split: str, index: int, seed: int, with_ground_truth: bool = False
+    ) -> cf.Future[Step]:
         return self._submit(self._runners[slot].reset, split, index, seed, with_ground_truth)
 
     def step(self, slot: int, action: str) -> cf.Future[Step]:
@@ -222,14 +237,21 @@ class _RayWorker:
 class RayEnvPool:
     """Slots spread over ``num_workers`` Ray actors (slot ``s`` lives on worker ``s % num_workers``)."""
 
-    def __init__(self, env_fn: Callable[[], VisualToolEnv], encoder: Any, num_slots: int, *, num_workers: int = 2,
-                 address: str | None = None, num_cpus_per_worker: float = 1.0) -> None:
+    def __init__(
+        self,
+        env_fn: Callable[[], VisualToolEnv],
+        encoder: Any,
+        num_slots: int,
+        *,
+        num_workers: int = 2,
+        address: str | None = None,
+        num_cpus_per_worker: float = 1.0,
+    ) -> None:
         """Args:
-        env_fn / encoder: as for :class:`EnvRunner`; both are pickled to every actor.
-        num_slots: episodes in flight at once.
-        num_workers: actors (processes).
-        address: a Ray cluster to join (``"auto"``, ``"ray://host:port"``); None starts a local Ray when none runs.
-        num_cpus_per_worker: the CPUs each actor reserves.
+        env_fn / encoder: as for :class:`EnvRunner`; both are pickled to every actor. num_slots: episodes in
+        flight at once. num_workers: actors (processes). address: a Ray cluster to join (``"auto"``,
+        ``"ray://host:port"``); None starts a local Ray when none runs. num_cpus_per_worker: the CPUs each
+        actor reserves.
 
         Raises:
             ImportError: when Ray is not installed (``pip install 'vgym[ray]'``).
@@ -256,7 +278,9 @@ class RayEnvPool:
     def _where(self, slot: int) -> tuple[Any, int]:
         return self._actors[slot % self.num_workers], slot // self.num_workers
 
-    def reset(self, slot: int, split: str, index: int, seed: int, with_ground_truth: bool = False) -> cf.Future[Step]:
+    def reset(
+        self, slot: int, split: str, index: int, seed: int, with_ground_truth: bool = False
+    ) -> cf.Future[Step]:
         actor, local = self._where(slot)
         return actor.reset.remote(local, split, index, seed, with_ground_truth).future()
 
@@ -292,7 +316,8 @@ class RayEnvPool:
 
 def make_pool(parallel: str | EnvPool, env_fn: Callable[[], VisualToolEnv], encoder: Any, num_slots: int, *,
               num_workers: int = 2, address: str | None = None, threads: int = 0) -> EnvPool:
-    """The pool named by ``parallel``: ``"local"`` (inline, or ``threads`` threads), ``"ray"``, or a pool itself.
+    """The pool named by ``parallel``: ``"local"`` (inline, or ``threads`` threads), ``"ray"``, or a pool
+    itself.
 
     Raises:
         ValueError: for another name.
