@@ -1,7 +1,9 @@
 """Model-input assembly shared by the policies and the trainers.
 
 Contents: :func:`model_inputs`, :func:`token_types`, :func:`image_inputs`, :func:`forward_accepts`,
-:func:`shared_image_features`, :func:`unique_images`, :func:`load_pretrained_in_place`.
+:func:`shared_image_features`, :func:`unique_images`, :func:`load_pretrained_in_place`,
+:func:`enable_checkpointing`; :data:`VISION_PLACEHOLDER_TOKENS` and :func:`vision_placeholder_ids`, the tokens
+no policy may generate (and a trainer must not score).
 
 Recent transformers Qwen-VL models need ``mm_token_type_ids`` (0 text, 1 image, 2 video) to compute their
 multimodal rotary positions; without it ``generate`` silently falls back to 1-D text positions and ``forward``
@@ -21,8 +23,30 @@ import torch
 
 __all__ = [
     "model_inputs", "token_types", "image_inputs", "forward_accepts", "shared_image_features", "unique_images",
-    "load_pretrained_in_place", "enable_checkpointing",
+    "load_pretrained_in_place", "enable_checkpointing", "VISION_PLACEHOLDER_TOKENS", "vision_placeholder_ids",
 ]
+
+VISION_PLACEHOLDER_TOKENS: tuple[str, ...] = (
+    "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+)
+"""Vision placeholder tokens of the Qwen-VL family. A generated one would desynchronise image tokens and image
+features on the next turn, so policies never sample them."""
+
+
+def vision_placeholder_ids(tokenizer: Any) -> list[int]:
+    """The ids of the :data:`VISION_PLACEHOLDER_TOKENS` in ``tokenizer``'s vocabulary, in that order.
+
+    Policies suppress them when sampling, and a trainer masks them in the loss's logits so that it scores the
+    distribution the rollout sampled from.
+
+    Args:
+        tokenizer: a transformers tokenizer (``processor.tokenizer``), or anything with ``get_vocab()``.
+
+    Returns:
+        The ids of the placeholders the vocabulary holds; empty for a model family without them.
+    """
+    vocab = tokenizer.get_vocab()
+    return [vocab[t] for t in VISION_PLACEHOLDER_TOKENS if t in vocab]
 
 
 def model_inputs(

@@ -23,14 +23,11 @@ from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogits
 
 from vgym.engine.decoding import lean_decoding_supported, sample_turn
 from vgym.engine.fast_paths import fast_paths
-from vgym.engine.modeling import model_inputs, shared_image_features
+from vgym.engine.modeling import model_inputs, shared_image_features, vision_placeholder_ids
 from vgym.engine.prefix_cache import PrefixCache
 from vgym.policies.base import PolicyInput, PolicyOutput
 
 __all__ = ["GenerationConfig", "HFPolicy", "collate_left"]
-
-_PLACEHOLDER_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
-"""Vision placeholder tokens of the Qwen-VL family; the policy never generates them."""
 
 
 @dataclass
@@ -92,14 +89,21 @@ class HFPolicy:
         tokenizer = processor.tokenizer
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        vocab = tokenizer.get_vocab()
-        # A generated image placeholder would desynchronise image tokens and image features on the next turn.
-        self.suppressed_ids = [vocab[t] for t in _PLACEHOLDER_TOKENS if t in vocab]
+        self.suppressed_ids = vision_placeholder_ids(tokenizer)  # never sampled (see the function)
         self.prefix_cache = PrefixCache()  # the lean decoder's keys and values of the last call, for the next turn
 
     def clear_cache(self) -> None:
         """Free the keys and values kept for episodes' next turns (the rollout calls this when it ends)."""
         self.prefix_cache.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampling state (:class:`~vgym.policies.base.StatefulPolicy`): ``{"rng": ...}``, the state of the
+        generator each :meth:`act` draws its seed from."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`: the next :meth:`act` samples as it would have after the save."""
+        self.rng.bit_generator.state = state["rng"]
 
     @torch.no_grad()
     def act(self, batch: Sequence[PolicyInput]) -> list[PolicyOutput]:

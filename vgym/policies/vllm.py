@@ -36,13 +36,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vgym.engine.modeling import vision_placeholder_ids
 from vgym.errors import InvalidConfigError, VgymError
 from vgym.policies.base import PolicyInput, PolicyOutput
 
 __all__ = ["VLLMPolicyConfig", "VLLMPolicy", "build_vllm_prompt", "chosen_logprobs", "completion_to_output"]
-
-_PLACEHOLDER_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
-"""Vision placeholder tokens of the Qwen-VL family; the policy never generates them (as in HFPolicy)."""
 
 _SUPPRESS_BIAS = -100.0
 """Logit bias of the placeholder tokens: -100 is the OpenAI-API floor, which vLLM also accepts; it makes them
@@ -219,9 +217,17 @@ class VLLMPolicy:
         self.tokenizer = engine.get_tokenizer()
         self.rng = np.random.default_rng(config.seed)
         self.eos_ids = frozenset(config.stop_token_ids) | _default_eos_ids(config.model, self.tokenizer)
-        vocab = self.tokenizer.get_vocab()
-        suppressed = [vocab[t] for t in _PLACEHOLDER_TOKENS if t in vocab] if config.suppress_placeholders else []
+        suppressed = vision_placeholder_ids(self.tokenizer) if config.suppress_placeholders else []  # as HFPolicy
         self.logit_bias = {token: _SUPPRESS_BIAS for token in suppressed}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampling state (:class:`~vgym.policies.base.StatefulPolicy`): ``{"rng": ...}``, the state of the
+        generator each request's vLLM seed is drawn from."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`: the next :meth:`act` draws the seeds it would have drawn after the save."""
+        self.rng.bit_generator.state = state["rng"]
 
     def act(self, batch: Sequence[PolicyInput]) -> list[PolicyOutput]:
         """Generate one turn for every episode in ``batch`` in one ``LLM.generate`` call.
