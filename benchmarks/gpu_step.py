@@ -39,7 +39,7 @@ from vgym.engine.fast_paths import fast_paths
 from vgym.engine.modeling import enable_checkpointing
 from vgym.engine.tiny import TinyVLMConfig, build_tiny_vlm
 from vgym.env import VisualToolEnv
-from vgym.trainers.grpo import GRPOTrainer
+from vgym.trainers.grpo import GRPOTrainer, hf_policy
 from vgym.trainers.grpo_config import GRPOConfig
 
 TASK = "visual_search"
@@ -95,9 +95,10 @@ def run_config(model: Any, processor: Any, *, prompts: int, group: int, new_toke
     cfg = GRPOConfig(num_generations=group, prompts_per_step=prompts, max_new_tokens=new_tokens, temperature=1.0,
                      learning_rate=1e-6, mask_truncated_completions=False, steps=warmup + steps, beta=0.0,
                      gradient_accumulation_steps=accumulation)
-    trainer = GRPOTrainer(model, processor, env_fn, cfg)
     seconds: dict[str, float] = {}
-    trainer.policy.act = _synced(trainer.policy.act, seconds, "generate", device)  # type: ignore[method-assign]
+    policy = hf_policy(model, processor, cfg)
+    policy.act = _synced(policy.act, seconds, "generate", device)  # type: ignore[method-assign]
+    trainer = GRPOTrainer(model, processor, policy, env_fn, cfg)
     trainer.loss_on = _synced(trainer.loss_on, seconds, "forward", device)  # type: ignore[method-assign]
     if device == "cuda":
         torch.cuda.empty_cache()

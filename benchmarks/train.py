@@ -97,7 +97,7 @@ def _summary(steps: list[dict[str, float]], extra: dict[str, Any]) -> dict[str, 
 
 
 def run_vgym(model_dir: str, scenario: str, warmup: int, steps: int) -> dict[str, Any]:
-    from vgym.trainers.grpo import GRPOTrainer
+    from vgym.trainers.grpo import GRPOTrainer, hf_policy
     from vgym.trainers.grpo_config import GRPOConfig
 
     spec = SCENARIOS[scenario]
@@ -107,9 +107,10 @@ def run_vgym(model_dir: str, scenario: str, warmup: int, steps: int) -> dict[str
     env_fn = functools.partial(VisualToolEnv, TASK, **spec["env"])
     cfg = GRPOConfig(num_generations=GROUP, prompts_per_step=1, max_new_tokens=spec["new_tokens"], temperature=1.0,
                      learning_rate=1e-6, mask_truncated_completions=False, steps=warmup + steps)
-    trainer = GRPOTrainer(model, processor, env_fn, cfg)
     clock = Clock()
-    trainer.policy.act = clock.wrap("generate", trainer.policy.act)  # type: ignore[method-assign]
+    policy = hf_policy(model, processor, cfg)
+    policy.act = clock.wrap("generate", policy.act)  # type: ignore[method-assign]
+    trainer = GRPOTrainer(model, processor, policy, env_fn, cfg)
     trainer.loss_on = clock.wrap("forward", trainer.loss_on)  # type: ignore[method-assign]
     records = []
     for step in range(warmup + steps):

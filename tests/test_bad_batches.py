@@ -171,21 +171,21 @@ def test_grpo_trains_on_the_good_samples_and_counts_the_bad(mixed_root: Path, ti
     """A GRPO step over records 0..3 (records 1 and 3 are bad): the bad groups are dropped and counted, the step
     trains on the good ones; a step whose every sample is bad fails with a clear error naming the file."""
     from vgym.errors import VgymError
-    from vgym.trainers.grpo import GRPOTrainer
+    from vgym.trainers.grpo import GRPOTrainer, hf_policy
     from vgym.trainers.grpo_config import GRPOConfig
 
     model, processor = tiny
     env_fn = functools.partial(VisualToolEnv, "vgym_jsonl", task_config={"root": str(mixed_root)}, split="test",
                                tools=())
     cfg = GRPOConfig(num_generations=2, prompts_per_step=4, max_new_tokens=4, steps=1, split="test")
-    trainer = GRPOTrainer(model, processor, env_fn, cfg)
+    trainer = GRPOTrainer(model, processor, hf_policy(model, processor, cfg), env_fn, cfg)
     trajs, metrics = trainer.collect()
     assert metrics["rollout/sample_errors"] == 4.0  # 2 bad records x 2 generations
     assert sorted({t.sample_id for t in trajs}) == ["vgym_jsonl/good_jpeg", "vgym_jsonl/good_png"]
     assert all(t.input_ids.numel() > 0 for t in trajs)
-    bad_only = GRPOTrainer(model, processor, env_fn, GRPOConfig(num_generations=2, prompts_per_step=1,
-                                                                 max_new_tokens=4, steps=1, split="test",
-                                                                 data_offset=1))
+    bad_cfg = GRPOConfig(num_generations=2, prompts_per_step=1, max_new_tokens=4, steps=1, split="test",
+                         data_offset=1)
+    bad_only = GRPOTrainer(model, processor, hf_policy(model, processor, bad_cfg), env_fn, bad_cfg)
     with pytest.raises(VgymError, match=r"no sample of the step could be loaded .*cut\.png"):
         bad_only.collect()
 

@@ -104,7 +104,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tiny_dir, t
     from vgym.engine.tiny import load_vlm
     from vgym.policies.oracle import OraclePolicy
     from vgym.rollout.chat import ChatEncoder
-    from vgym.trainers.grpo import GRPOTrainer
+    from vgym.trainers.grpo import GRPOTrainer, hf_policy
     from vgym.trainers.grpo_config import GRPOConfig
     from vgym.trainers.sft import SFTConfig, SFTTrainer
 
@@ -112,7 +112,8 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tiny_dir, t
         model, processor = load_vlm(tiny_dir)
         env_fn = functools.partial(VisualToolEnv, "visual_search")
         if trainer_kind == "grpo":
-            return GRPOTrainer(model, processor, env_fn, GRPOConfig(**{**GRPO_FAST, "steps": 3}))
+            config = GRPOConfig(**{**GRPO_FAST, "steps": 3})
+            return GRPOTrainer(model, processor, hf_policy(model, processor, config), env_fn, config)
         data = collect(env_fn, OraclePolicy(), ChatEncoder(processor), "train", 4, batch_size=4,
                        progress=lambda *a: None, stage="")
         return SFTTrainer(model, data, SFTConfig(steps=3, batch_size=2), pad_id=processor.tokenizer.pad_token_id)

@@ -284,10 +284,12 @@ import functools, sys
 from pathlib import Path
 from vgym.env import VisualToolEnv
 from vgym.engine.tiny import load_vlm
-from vgym.trainers.grpo import GRPOTrainer
+from vgym.trainers.grpo import GRPOTrainer, hf_policy
 from vgym.trainers.grpo_config import GRPOConfig
 model, processor = load_vlm(sys.argv[1])
-trainer = GRPOTrainer(model, processor, functools.partial(VisualToolEnv, "visual_search"), GRPOConfig(steps=1000))
+config = GRPOConfig(steps=1000)
+trainer = GRPOTrainer(model, processor, hf_policy(model, processor, config),
+                      functools.partial(VisualToolEnv, "visual_search"), config)
 for step in range(1, 1001):
     trainer.step_count = step
     trainer.save(Path(sys.argv[2]) / f"checkpoint-{step}")
@@ -298,7 +300,7 @@ def test_a_kill_while_saving_leaves_every_visible_checkpoint_loadable(tiny_dir, 
     import functools
 
     from vgym.engine.tiny import load_vlm
-    from vgym.trainers.grpo import GRPOTrainer
+    from vgym.trainers.grpo import GRPOTrainer, hf_policy
     from vgym.trainers.grpo_config import GRPOConfig
 
     out = tmp_path / "run"
@@ -312,8 +314,9 @@ def test_a_kill_while_saving_leaves_every_visible_checkpoint_loadable(tiny_dir, 
 
     with _killer(proc, mid_save, 0.0, "the save loop"):
         model, processor = load_vlm(tiny_dir)
-        trainer = GRPOTrainer(model, processor, functools.partial(VisualToolEnv, "visual_search"),
-                              GRPOConfig(steps=1000))
+        config = GRPOConfig(steps=1000)
+        trainer = GRPOTrainer(model, processor, hf_policy(model, processor, config),
+                              functools.partial(VisualToolEnv, "visual_search"), config)
     # The kill landed inside a save (on a loaded machine, possibly a later one than the save that triggered it: the
     # tiny model saves in milliseconds): its temporary folder is left behind ...
     stale = [p.name for p in out.iterdir() if p.name.startswith(".")]

@@ -4,7 +4,8 @@ Contents:
 
 - :class:`AdvantageEstimator` (``str`` Enum of the registry keys) and :data:`ADVANTAGE_ESTIMATORS`
   (``Registry``): :func:`compute_grpo_advantage`, :func:`compute_rloo_advantage`,
-  :func:`compute_reinforce_pp_advantage`, :func:`compute_dgrpo_advantage`.
+  :func:`compute_reinforce_pp_advantage`, :func:`compute_dgrpo_advantage`; :func:`compute_advantages` looks one
+  up by name and hands it the options it takes.
 - Turn-level credit: :func:`broadcast_advantages` (the outcome on every policy token, as Flow-GRPO,
   arXiv:2510.05592) and :func:`turn_advantages` (outcome plus per-turn tool-step rewards). A trainer's config
   chooses between them; ``turn_advantages(..., step_weight=0.0)`` equals ``broadcast_advantages`` on every token
@@ -13,13 +14,14 @@ Contents:
 Shapes: B trajectories, T tokens, G group size, K model turns. A batch holds whole groups: ``group_ids`` (B,) int64
 maps each trajectory to its group (any integer labels, in any order), and every group needs at least 2 members.
 
-Every estimator has the form ``compute_<name>_advantage(rewards (B,) float, group_ids (B,) long, *, ...) ->
-(advantages (B,) float32, metrics)``, and every estimator reports ``"adv/zero_std_groups"``: the fraction of groups
+Every estimator has the form ``compute_<name>_advantage(rewards (B,) float, group_ids (B,) long, *, <its
+options>) -> (advantages (B,) float32, metrics)``, and every estimator reports ``"adv/zero_std_groups"``: the fraction of groups
 whose rewards are all equal. Such a group carries no learning signal; its advantages are exactly 0.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from enum import Enum
 
@@ -34,6 +36,7 @@ __all__ = [
     "compute_rloo_advantage",
     "compute_reinforce_pp_advantage",
     "compute_dgrpo_advantage",
+    "compute_advantages",
     "broadcast_advantages",
     "turn_advantages",
 ]
@@ -232,6 +235,31 @@ def compute_dgrpo_advantage(
     metrics = g.metrics(adv)
     metrics["adv/difficulty_weight_max"] = float(weight[informative].max()) if informative.any() else 0.0
     return adv, metrics
+
+
+def compute_advantages(
+    estimator: str, rewards: torch.Tensor, group_ids: torch.Tensor, *, scale_rewards: bool = True
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Run the estimator registered as ``estimator``, passing each option only to an estimator that takes it.
+
+    Args:
+        estimator: an :class:`AdvantageEstimator` value (a key of :data:`ADVANTAGE_ESTIMATORS`).
+        rewards: (B,) float, one scalar outcome reward per trajectory.
+        group_ids: (B,) int64, the group of each trajectory; every group has >= 2 members.
+        scale_rewards: for the estimators with this option (grpo, dgrpo): divide by the group's reward std
+            (GRPO) or not (Dr.GRPO, arXiv:2503.20783); the others have no such option and do not read it.
+
+    Returns:
+        ``(advantages (B,) float32, metrics)`` of the estimator.
+
+    Raises:
+        UnknownNameError: an unknown ``estimator`` (the message lists the valid names and the closest match).
+        ValueError: as the estimator.
+    """
+    compute = ADVANTAGE_ESTIMATORS.get(estimator)
+    options = {"scale_rewards": scale_rewards}
+    taken = inspect.signature(compute).parameters
+    return compute(rewards, group_ids, **{k: v for k, v in options.items() if k in taken})
 
 
 def broadcast_advantages(advantages: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from vgym.engine.modeling import load_pretrained_in_place, model_inputs
 from vgym.errors import InvalidConfigError
 from vgym.rollout.trajectory import Trajectory, atomic_path
-from vgym.trainers.losses import sft_loss, token_logprobs
+from vgym.trainers.tokens import sft_loss, token_logprobs
 
 __all__ = ["SFTConfig", "SFTTrainer", "adamw", "collate"]
 

@@ -29,7 +29,7 @@ from vgym.policies.oracle import OraclePolicy
 from vgym.rollout.chat import ChatEncoder
 from vgym.rollout.trajectory import save_trajectories, write_json
 from vgym.task import TASKS
-from vgym.trainers.grpo import GRPOTrainer
+from vgym.trainers.grpo import GRPOTrainer, hf_policy
 from vgym.trainers.grpo_config import GRPOConfig
 from vgym.trainers.sft import SFTConfig
 
@@ -124,7 +124,7 @@ def run_arm(cfg: QuickstartConfig, arm: str, model_dir: Path, progress: Progress
     if arm != "tools" or cfg.grpo is None:
         return result, None
     grpo = dataclasses.replace(cfg.grpo, seed=cfg.seed)
-    trainer = GRPOTrainer(model, processor, _env_fn(cfg, arm), grpo)
+    trainer = GRPOTrainer(model, processor, hf_policy(model, processor, grpo), _env_fn(cfg, arm), grpo)
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     trainer.train(lambda step, metrics: (history.append(metrics), progress(f"{arm}: GRPO", step, grpo.steps)))

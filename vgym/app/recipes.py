@@ -32,7 +32,7 @@ from vgym.policies.hf import GenerationConfig, HFPolicy
 from vgym.policies.oracle import OraclePolicy
 from vgym.rollout.chat import ChatEncoder
 from vgym.rollout.trajectory import save_trajectories, write_json
-from vgym.trainers.grpo import GRPOTrainer
+from vgym.trainers.grpo import GRPOTrainer, hf_policy
 from vgym.trainers.grpo_config import GRPOConfig
 from vgym.trainers.reporters import make_reporters
 from vgym.trainers.sft import SFTConfig, SFTTrainer
@@ -253,7 +253,8 @@ def run_recipe(recipe: Recipe, progress: Progress | None = None) -> dict[str, An
     results: dict[str, Any] = {}
     if recipe.eval_episodes and resume_from is None:
         results["before"] = _evaluate(recipe, model, processor, "eval_before", progress)
-    trainer = GRPOTrainer(model, processor, _env_fn(recipe, recipe.task_config), cfg)
+    trainer = GRPOTrainer(model, processor, hf_policy(model, processor, cfg), _env_fn(recipe, recipe.task_config),
+                          cfg)
     if resume_from is not None:
         trainer.load(resume_from)
     reporters = make_reporters(recipe.report_to, out, resume_step=trainer.step_count if resume_from else None)
