@@ -1,22 +1,22 @@
 """A GRPO step of vgym's trainer on a 2B-sized Qwen2-VL on one CUDA GPU: step time, tokens/s, peak GPU memory.
 
-Run on a GPU machine: ``python benchmarks/gpu_step.py --size 2b --out gpu_step.json``. The same script runs the tiny
-model on CPU (``--size tiny --device cpu``), which is how the test suite covers its logic.
+Run on a GPU machine: ``python benchmarks/gpu_step.py --size 2b --out gpu_step.json``. The same script runs
+the tiny model on CPU (``--size tiny --device cpu``), which is how the test suite covers its logic.
 
-The model is Qwen2-VL-2B-Instruct's architecture (text 1536 wide × 28 layers, 12 heads / 2 KV heads, MLP 8960, vocab
-151,936, tied embeddings; vision 1280 wide × 32 blocks) with random weights, made with the real
+The model is Qwen2-VL-2B-Instruct's architecture (text 1536 wide × 28 layers, 12 heads / 2 KV heads, MLP 8960,
+vocab 151,936, tied embeddings; vision 1280 wide × 32 blocks) with random weights, made with the real
 ``Qwen2VLForConditionalGeneration`` class straight on the device in the chosen dtype (nothing is downloaded;
-``--save`` writes it out as a local checkpoint); the tokenizer and processor are the tiny model's (real classes,
-trained here), so ids above the tokenizer's ~2k tokens decode to nothing, as ids past a real tokenizer's end do. A
-random model writes garbage, so every completion is forced to its full length (``min_new_tokens``) and episodes are
-single-turn: the numbers are the cost of a step at that length, not of a learned policy. Generation is Hugging Face
-``generate`` (no vLLM).
+``--save`` writes it out as a local checkpoint); the tokenizer and processor are the tiny model's (real
+classes, trained here), so ids above the tokenizer's ~2k tokens decode to nothing, as ids past a real
+tokenizer's end do. A random model writes garbage, so every completion is forced to its full length
+(``min_new_tokens``) and episodes are single-turn: the numbers are the cost of a step at that length, not of a
+learned policy. Generation is Hugging Face ``generate`` (no vLLM).
 
-Each configuration (prompts per step × group size) runs ``--warmup`` untimed steps, then ``--steps`` timed ones; the
-report gives the median step, its split into generation / rest of the rollout / loss forward / backward + optimizer
-(CUDA-synchronised), total tokens/s (prompt + completion of every sequence, as TRL counts), completion tokens/s,
-peak GPU memory, and the first-pass ratio statistics (how far the training forward in this dtype is from the
-sampler's log-probs).
+Each configuration (prompts per step × group size) runs ``--warmup`` untimed steps, then ``--steps`` timed
+ones; the report gives the median step, its split into generation / rest of the rollout / loss
+forward / backward + optimizer (CUDA-synchronised), total tokens/s (prompt + completion of every sequence, as
+TRL counts), completion tokens/s, peak GPU memory, and the first-pass ratio statistics (how far the training
+forward in this dtype is from the sampler's log-probs).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 def build_model(size: str, tokenizer_dir: Path, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    """A randomly initialised Qwen2-VL of ``size`` on ``device`` in ``dtype``, and the tiny model's processor."""
+    """A randomly initialised Qwen2-VL of ``size`` on ``device`` in ``dtype``, and the tiny model's
+    processor."""
     spec = SIZES[size]
     config = AutoConfig.from_pretrained(tokenizer_dir, local_files_only=True)
     for key, value in spec["text"].items():
@@ -86,7 +87,8 @@ def _synced(fn: Any, seconds: dict[str, float], label: str, device: str) -> Any:
 
 def run_config(model: Any, processor: Any, *, prompts: int, group: int, new_tokens: int, max_pixels: int,
                warmup: int, steps: int, device: str, checkpointing: bool, accumulation: int = 1) -> dict[str, Any]:
-    """Time ``warmup + steps`` GRPO steps of ``prompts × group`` single-turn episodes; returns the report row."""
+    """Time ``warmup + steps`` GRPO steps of ``prompts × group`` single-turn episodes; returns the report
+    row."""
     model.generation_config.min_new_tokens = new_tokens  # a random model stops at random: force full length
     if checkpointing:
         enable_checkpointing(model)

@@ -1,20 +1,21 @@
-"""GRPO step throughput: vgym's GRPOTrainer vs TRL's GRPOTrainer, side by side in one run (ratios; nothing asserted).
+"""GRPO step throughput: vgym's GRPOTrainer vs TRL's GRPOTrainer, side by side in one run (ratios; nothing
+asserted).
 
 Run: ``python benchmarks/train.py [--steps 5] [--warmup 2]``. Same tiny Qwen2-VL, same sample, same group
-(1 prompt × 8 generations), fp32, no KL, temperature 1, one thread; each framework runs in its own subprocess so
-peak RSS is its own. Goals (issue): ≥ 2× TRL's total tokens/s single-turn, and ≥ 2× TRL's ``environment_factory``
-path on a two-turn crop episode with an image tool result.
+(1 prompt × 8 generations), fp32, no KL, temperature 1, one thread; each framework runs in its own subprocess
+so peak RSS is its own. Goals (issue): ≥ 2× TRL's total tokens/s single-turn, and ≥ 2× TRL's
+``environment_factory`` path on a two-turn crop episode with an image tool result.
 
-1. single turn: visual_search with tools off, max_turns=1, 224² image, 32 new tokens per completion. Both generate
-   exactly 32 tokens (``min_new_tokens=32``: the random model would otherwise stop early at random).
+1. single turn: visual_search with tools off, max_turns=1, 224² image, 32 new tokens per completion. Both
+   generate exactly 32 tokens (``min_new_tokens=32``: the random model would otherwise stop early at random).
 2. two-turn crop: visual_search with crop, max_turns=2, 112² budget. A random model never calls a tool, so the
    tiny model is first taught (next-token training on one episode in each framework's format) to call crop on
-   the sample's region and then answer; sampling at temperature 1 still varies, so compare tokens/s and look at
-   the reported turns and tool images per episode.
+   the sample's region and then answer; sampling at temperature 1 still varies, so compare tokens/s and look
+   at the reported turns and tool images per episode.
 
-Total tokens = prompt + completion tokens of every sequence of the step (TRL's ``num_input_tokens_seen``; vgym's
-trajectory lengths, env tokens included). The breakdown splits a step into generation, the rest of the rollout
-(env, tools, templating, processor), the loss forward (with collation) and backward + optimizer.
+Total tokens = prompt + completion tokens of every sequence of the step (TRL's ``num_input_tokens_seen``;
+vgym's trajectory lengths, env tokens included). The breakdown splits a step into generation, the rest of the
+rollout (env, tools, templating, processor), the loss forward (with collation) and backward + optimizer.
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ class Clock:
 
 
 def _peak_rss_mib() -> float:
-    """This process's peak RSS: ``VmHWM`` (``ru_maxrss`` survives ``exec`` on Linux, so a worker would report the
-    launching parent's peak whenever that is higher)."""
+    """This process's peak RSS: ``VmHWM`` (``ru_maxrss`` survives ``exec`` on Linux, so a worker would report
+    the launching parent's peak whenever that is higher)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024  # kB
@@ -211,7 +212,8 @@ def _with_images(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _trl_episode(processor: Any, max_pixels: int) -> tuple[torch.Tensor, ...]:
-    """Sample 0's crop episode as TRL's tool loop builds it: prompt | call | tool suffix | answer (piecewise ids)."""
+    """Sample 0's crop episode as TRL's tool loop builds it: prompt | call | tool suffix | answer (piecewise
+    ids)."""
     from vgym.trainers.trl_adapter import vgym_dataset, vgym_environment_factory, with_tool_chat_template
 
     tools = with_tool_chat_template(processor)

@@ -1,6 +1,6 @@
 """Bad records among good ones (issue 9): a vgym JSONL dataset whose records name a truncated PNG, a truncated
-MP4 and a missing file, through the loader (``vgym.tasks.local_data``), ``vgym.rollout.loop.rollout`` in every mode,
-the env's video tools mid-episode, GRPO and ``vgym eval``.
+MP4 and a missing file, through the loader (``vgym.tasks.local_data``), ``vgym.rollout.loop.rollout`` in every
+mode, the env's video tools mid-episode, GRPO and ``vgym eval``.
 
 Contents:
 
@@ -13,8 +13,8 @@ Contents:
 - ``test_a_video_broken_mid_episode_is_an_error_observation``: a clip cut on disk after reset is a tool error
   observation naming the file; the episode goes on.
 - ``test_grpo_trains_on_the_good_samples_and_counts_the_bad`` and
-  ``test_eval_scores_a_bad_sample_zero_and_the_rest_as_usual``: GRPO drops and counts the bad groups; eval scores a
-  bad sample 0 with its file named.
+  ``test_eval_scores_a_bad_sample_zero_and_the_rest_as_usual``: GRPO drops and counts the bad groups; eval
+  scores a bad sample 0 with its file named.
 
 The contract: one bad record costs exactly its own episode, in every rollout mode. Shared builders live in
 ``tests/media_fixtures.py``.
@@ -79,8 +79,8 @@ def test_loading_keeps_every_good_record(mixed_root: Path) -> None:
             sample = task.sample("test", index, 0)
             assert sample.id == f"vgym_jsonl/{rid}" and len(sample.images) == (len(images) or 4)
     vfr = task.sample("test", 6, 0).metadata["video"]  # overview frames at their true presentation times:
-    # duration 1.6 + 1 / (200/41 average fps) = 1.805 s; centres of 4 slices 0.226, 0.677, 1.128, 1.579 s -> the
-    # frames starting nearest: 0.240 (3), 0.700 (4), 1.500 (6), 1.600 (7)
+    # duration 1.6 + 1 / (200/41 average fps) = 1.805 s; centres of 4 slices 0.226, 0.677, 1.128, 1.579
+    # s -> the frames starting nearest: 0.240 (3), 0.700 (4), 1.500 (6), 1.600 (7)
     assert vfr["frame_indices"] == [3, 4, 6, 7] and vfr["frame_times"] == [VFR_MS[i] / 1000 for i in (3, 4, 6, 7)]
 
 
@@ -105,8 +105,8 @@ PLANS = [("lockstep", "local", 0), ("async", "local", 0), ("lockstep", "local", 
 @pytest.mark.parametrize(("mode", "parallel", "threads"), PLANS)
 def test_a_rollout_loses_only_the_bad_episodes(mixed_root: Path, processor: Any, caplog: pytest.LogCaptureFixture,
                                                mode: str, parallel: str, threads: int) -> None:
-    """Two passes over the 7 records, 4 in flight: every spec comes back once, in order; the good episodes equal a
-    rollout without the bad records; each bad one is a flagged failure, logged with its file."""
+    """Two passes over the 7 records, 4 in flight: every spec comes back once, in order; the good episodes
+    equal a rollout without the bad records; each bad one is a flagged failure, logged with its file."""
     from vgym.policies.oracle import OraclePolicy
     from vgym.rollout.chat import ChatEncoder
     from vgym.rollout.loop import EpisodeSpec, RolloutConfig, rollout
@@ -150,8 +150,8 @@ def test_a_rollout_loses_only_the_bad_episodes(mixed_root: Path, processor: Any,
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_video_broken_mid_episode_is_an_error_observation(mixed_root: Path, clips: dict[str, Path],
                                                             backend: str) -> None:
-    """The clip is cut on disk after reset (the reader cache sees the new size): ``step`` returns the tool's error
-    for the model, naming the file, and the episode goes on to its answer."""
+    """The clip is cut on disk after reset (the reader cache sees the new size): ``step`` returns the tool's
+    error for the model, naming the file, and the episode goes on to its answer."""
     env = VisualToolEnv("vgym_jsonl", task_config={"root": str(mixed_root)}, split="test",
                         tools=("get_frame", "sample_frames"), tool_runtime={"backends": {"get_frame": backend}})
     try:
@@ -168,8 +168,9 @@ def test_a_video_broken_mid_episode_is_an_error_observation(mixed_root: Path, cl
 
 
 def test_grpo_trains_on_the_good_samples_and_counts_the_bad(mixed_root: Path, tiny: Any) -> None:
-    """A GRPO step over records 0..3 (records 1 and 3 are bad): the bad groups are dropped and counted, the step
-    trains on the good ones; a step whose every sample is bad fails with a clear error naming the file."""
+    """A GRPO step over records 0..3 (records 1 and 3 are bad): the bad groups are dropped and counted, the
+    step trains on the good ones; a step whose every sample is bad fails with a clear error naming the
+    file."""
     from vgym.errors import VgymError
     from vgym.trainers.grpo import GRPOTrainer, hf_policy
     from vgym.trainers.grpo_config import GRPOConfig

@@ -1,7 +1,8 @@
 """Fault tests (issue 9), full disk: writes that hit a real file-size limit (``RLIMIT_FSIZE`` with ``SIGXFSZ``
 ignored, so ``write`` fails with ``EFBIG``) raise an ``OSError`` naming the file, leave the earlier files
 byte-identical and leave no temporary file behind: trajectories, eval records and reports, GRPO and SFT
-checkpoints; a writer killed between its two renames loses nothing. Hangs, crashes and kills: ``test_faults.py``.
+checkpoints; a writer killed between its two renames loses nothing. Hangs, crashes and
+kills: ``test_faults.py``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from vgym.env import VisualToolEnv
 
 @contextlib.contextmanager
 def _file_size_limit(nbytes: int):  # type: ignore[no-untyped-def]
-    """No file this process writes can grow past ``nbytes``: with SIGXFSZ ignored, the write that would pass it
-    fails with EFBIG, as a write fails with ENOSPC on a full disk (the kernel's own check, nothing mocked)."""
+    """No file this process writes can grow past ``nbytes``: with SIGXFSZ ignored, the write that would pass
+    it fails with EFBIG, as a write fails with ENOSPC on a full disk (the kernel's own check, nothing
+    mocked)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
@@ -60,8 +62,9 @@ def test_disk_full_while_saving_trajectories_keeps_the_earlier_save(tmp_path, fa
 
     save_trajectories(_trajectories(0, 64, 10), tmp_path, "t")
     before = _snapshot(tmp_path)
-    # png: a 64x64 noise PNG (~12 KB) passes the 4 KB limit; jsonl: the images fit, the 80 KB of records do not,
-    # so the new images were written (as temporaries) before the failure and must not replace the old ones.
+    # png: a 64x64 noise PNG (~12 KB) passes the 4 KB limit; jsonl: the images fit, the 80 KB of records do
+    # not, so the new images were written (as temporaries) before the failure and must not replace the old
+    # ones.
     with _file_size_limit(4096), pytest.raises(OSError, match=r"could not write .*" +
                                                (r"images/t_0_0\.png" if fails_on == "png" else r"t\.jsonl")) as err:
         save_trajectories(_trajectories(1, side, text), tmp_path, "t")
@@ -134,9 +137,9 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tiny_dir, t
 def test_a_writer_killed_between_its_two_renames_loses_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from vgym.rollout.trajectory import atomic_path
 
-    # Replacing a folder moves the old one aside, then renames the new one in; a kill between the two leaves only
-    # the hidden old copy. The next write of the path puts it back before anything else, so even when that write
-    # fails (here: a full disk) the old content is where it was.
+    # Replacing a folder moves the old one aside, then renames the new one in; a kill between the two leaves
+    # only the hidden old copy. The next write of the path puts it back before anything else, so even when
+    # that write fails (here: a full disk) the old content is where it was.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no longer runs
     aside = tmp_path / f".ckpt.old-{dead.pid}-0"

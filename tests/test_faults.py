@@ -1,20 +1,21 @@
 """Fault and recovery tests (issue 9): real hangs, crashes, leaks, SIGKILLed runs and full disks.
 
-- Tools: a hung backend becomes a ToolError naming the tool and its timeout, in both isolation modes, and the env
-  goes on; a backend that segfaults or SIGKILLs its worker process, or a worker killed while idle (what the
-  out-of-memory killer does), costs one call and the next call runs on a fresh worker; a leaking backend's worker
-  is recycled by RSS or call count, so its memory stays bounded.
-- Training: a ``vgym train`` subprocess SIGKILLed at a seeded random time resumes (the recipe with ``resume``, what
-  ``--resume`` runs) to exactly the metrics and weights of an uninterrupted run; a process SIGKILLed while saving checkpoints leaves every visible
-  checkpoint complete and loadable.
-- Evaluation: a ``vgym eval`` subprocess SIGKILLed at a seeded random time resumes without scoring any episode twice
-  and reproduces the uninterrupted report.
+- Tools: a hung backend becomes a ToolError naming the tool and its timeout, in both isolation modes, and the
+  env goes on; a backend that segfaults or SIGKILLs its worker process, or a worker killed while idle (what
+  the out-of-memory killer does), costs one call and the next call runs on a fresh worker; a leaking backend's
+  worker is recycled by RSS or call count, so its memory stays bounded.
+- Training: a ``vgym train`` subprocess SIGKILLed at a seeded random time resumes (the recipe with ``resume``,
+  what ``--resume`` runs) to exactly the metrics and weights of an uninterrupted run; a process SIGKILLed
+  while saving checkpoints leaves every visible checkpoint complete and loadable.
+- Evaluation: a ``vgym eval`` subprocess SIGKILLed at a seeded random time resumes without scoring any episode
+  twice and reproduces the uninterrupted report.
 - Full disk: ``tests/test_disk_full.py``.
 
-The Ray case (a killed Ray env worker loses and duplicates no episode) is in ``tests/rollout/test_workers.py``.
+The Ray case (a killed Ray env worker loses and duplicates no episode) is in
+``tests/rollout/test_workers.py``.
 
-The backends below are module-level functions so that spawned worker processes can import them; the module keeps
-its top-level imports light because every worker start imports it.
+The backends below are module-level functions so that spawned worker processes can import them; the module
+keeps its top-level imports light because every worker start imports it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from vgym.errors import InvalidConfigError, ToolError
 from vgym.tool_runtime import ToolRuntime, ToolRuntimeConfig
 from vgym.tooling import Tool, ToolContext, ToolResult
 
-# --- tool backends that misbehave -------------------------------------------------------------------------------
+# --- tool backends that misbehave ---------------------------------------------------------------------------
 
 _RELEASE = threading.Event()  # set at the end of a thread-mode test, so its hung worker thread ends
 _LEAKED: list[np.ndarray] = []  # what the leaking backend keeps alive (in the worker process)
@@ -94,7 +95,7 @@ def _call(env: VisualToolEnv, name: str, arguments: dict) -> tuple[dict, dict, b
     return obs, info["tool_calls"][0], terminated
 
 
-# --- tools ------------------------------------------------------------------------------------------------------
+# --- tools --------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("isolation", ["none", "subprocess"])
@@ -155,8 +156,9 @@ def test_a_leaking_backend_is_recycled_by_rss_and_by_call_count() -> None:
         # The leak is real: within one worker each call adds ~20 MiB.
         same = [b - a for a, b, p, q in zip(rss, rss[1:], pids, pids[1:]) if p == q]
         assert same and all(18.0 < d < 30.0 for d in same), rss
-        # A worker is retired by the first call that leaves it above the limit (limit = r0 + 50: after 4 calls,
-        # r0 + 60), so 10 calls take 3 workers, and no worker ever holds more than the limit plus one call's leak.
+        # A worker is retired by the first call that leaves it above the limit (limit = r0 + 50: after 4
+        # calls, r0 + 60), so 10 calls take 3 workers, and no worker ever holds more than the limit plus one
+        # call's leak.
         assert len(set(pids)) == 3 and runtime.counters["recycled"] == 2
         assert max(rss) <= limit + 20.0 + 5.0, rss  # 5 MiB slack for allocator noise
         assert not any(_alive(pid) for pid in set(pids) - {pids[-1]})  # retired workers are gone, memory returned
@@ -180,11 +182,12 @@ def test_recycling_config_is_checked(change: dict, message: str) -> None:
         ToolRuntimeConfig(**change)
 
 
-# --- training and evaluation killed at a random point --------------------------------------------------------------
+# --- training and evaluation killed at a random point -------------------------------------------------------
 
-# A random tiny model never answers, so every episode is truncated; keeping truncated episodes and an entropy bonus
-# gives every step a non-zero loss and gradient, so a wrong resume (weights, optimizer, RNG, data position) shows.
-# Groups of 2, 2 turns of 8 tokens: a step takes ~0.5 s on the tiny model (real runs: 8 x 8 episodes, 256+ tokens).
+# A random tiny model never answers, so every episode is truncated; keeping truncated episodes and an entropy
+# bonus gives every step a non-zero loss and gradient, so a wrong resume (weights, optimizer, RNG, data
+# position) shows. Groups of 2, 2 turns of 8 tokens: a step takes ~0.5 s on the tiny model (real runs: 8 x 8
+# episodes, 256+ tokens).
 GRPO_FAST = {"num_generations": 2, "prompts_per_step": 2, "max_new_tokens": 8, "steps": 5, "learning_rate": 1e-3,
              "entropy_coef": 0.01, "mask_truncated_completions": False}
 
@@ -194,16 +197,16 @@ def _cli(*args: str) -> list[str]:
 
 
 def _start(args: list[str], log) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
-    """Start a child with one intra-op thread (the same kernels as this process: bit-identical numbers); its stderr
-    goes to the file ``log`` (a pipe nobody reads could fill up and stall it)."""
+    """Start a child with one intra-op thread (the same kernels as this process: bit-identical numbers); its
+    stderr goes to the file ``log`` (a pipe nobody reads could fill up and stall it)."""
     with open(log, "wb") as fh:
         return subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                                 stderr=fh)
 
 
 def _kill_when(proc, ready, delay: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    """Wait until ``ready()`` (polling), then ``delay`` seconds more, then SIGKILL ``proc``; it must still be running
-    (else the kill tested nothing)."""
+    """Wait until ``ready()`` (polling), then ``delay`` seconds more, then SIGKILL ``proc``; it must still be
+    running (else the kill tested nothing)."""
     deadline = time.monotonic() + 120.0
     while not ready():
         assert proc.poll() is None, f"{what} ended early (exit {proc.returncode}); see its stderr log"
@@ -218,8 +221,8 @@ def _kill_when(proc, ready, delay: float, what: str) -> None:  # type: ignore[no
 
 @contextlib.contextmanager
 def _killer(proc, ready, delay: float, what: str):  # type: ignore[no-untyped-def]
-    """:func:`_kill_when` on a watcher thread while the block runs (the test's own work uses the other core); its
-    failure is raised when the block ends."""
+    """:func:`_kill_when` on a watcher thread while the block runs (the test's own work uses the other core);
+    its failure is raised when the block ends."""
     failed: list[BaseException] = []
 
     def watch() -> None:
@@ -317,12 +320,13 @@ def test_a_kill_while_saving_leaves_every_visible_checkpoint_loadable(tiny_dir, 
         config = GRPOConfig(steps=1000)
         trainer = GRPOTrainer(model, processor, hf_policy(model, processor, config),
                               functools.partial(VisualToolEnv, "visual_search"), config)
-    # The kill landed inside a save (on a loaded machine, possibly a later one than the save that triggered it: the
-    # tiny model saves in milliseconds): its temporary folder is left behind ...
+    # The kill landed inside a save (on a loaded machine, possibly a later one than the save that triggered
+    # it: the tiny model saves in milliseconds): its temporary folder is left behind ...
     stale = [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert len(stale) <= 1, stale
     assert all(int(name.split(".tmp-")[0].split("-")[1]) > after for name in stale), stale
-    # ... and every checkpoint under its final name is whole: the newest loads and is the step it is named after.
+    # ... and every checkpoint under its final name is whole: the newest loads and is the step it is named
+    # after.
     visible = sorted((p for p in out.glob("checkpoint-*")), key=lambda p: int(p.name.split("-")[1]))
     assert all({"model.safetensors", "config.json", "grpo_state.pt"} <= {f.name for f in p.iterdir()} for p in visible)
     trainer.load(visible[-1])

@@ -5,8 +5,8 @@ Contents: :class:`LossType` (``str`` Enum of the registry keys), :class:`Aggrega
 :func:`aggregate_dapo`; :func:`aggregate_loss` looks one up by name and applies it.
 
 Every aggregation has the form ``aggregate_<name>(per_token (B, T) float, loss_mask (B, T) 0/1, *, max_tokens,
-num_items_in_batch) -> scalar``. Values at masked positions are ignored and get exactly zero gradient: they are
-replaced by 0 before any sum. The two keyword arguments are the normalisers some aggregations need; every
+num_items_in_batch) -> scalar``. Values at masked positions are ignored and get exactly zero gradient: they
+are replaced by 0 before any sum. The two keyword arguments are the normalisers some aggregations need; every
 aggregation takes both, so the objective calls any of them alike, and each says which it reads.
 
 Shapes: B trajectories, T tokens.
@@ -45,8 +45,9 @@ class Aggregation:
     Attributes:
         reduce: ``aggregate_<name>`` (see the module docstring for its form).
         whole_step: True when ``reduce`` already divides by a count of the whole optimiser step (all its
-            gradient-accumulation micro-batches): the trainer then sums the micro-batch losses. False when it is a
-            micro-batch mean: the trainer weights each micro-batch loss by its share of the step's trajectories.
+            gradient-accumulation micro-batches): the trainer then sums the micro-batch losses. False when it
+            is a micro-batch mean: the trainer weights each micro-batch loss by its share of the step's
+            trajectories.
     """
 
     reduce: AggregateFn
@@ -125,12 +126,12 @@ def aggregate_dr_grpo(per_token: torch.Tensor, loss_mask: torch.Tensor, *, max_t
 
 def aggregate_dapo(per_token: torch.Tensor, loss_mask: torch.Tensor, *, max_tokens: int | None = None,
                    num_items_in_batch: int | None = None) -> torch.Tensor:
-    """DAPO's token-level loss (Yu et al., arXiv:2503.14476): ``sum_bt l m / num_items_in_batch``, the token mean
-    over the *whole* optimiser step (all accumulation micro-batches and ranks, TRL's convention).
+    """DAPO's token-level loss (Yu et al., arXiv:2503.14476): ``sum_bt l m / num_items_in_batch``, the token
+    mean over the *whole* optimiser step (all accumulation micro-batches and ranks, TRL's convention).
 
     Summing the micro-batch losses gives exactly the global token mean, whereas averaging micro-batch
-    :func:`aggregate_bnpo` losses gives a mean of means, over-weighting tokens of micro-batches with few tokens.
-    With one micro-batch and ``num_items_in_batch = loss_mask.sum()``, dapo equals bnpo.
+    :func:`aggregate_bnpo` losses gives a mean of means, over-weighting tokens of micro-batches with few
+    tokens. With one micro-batch and ``num_items_in_batch = loss_mask.sum()``, dapo equals bnpo.
 
     Args:
         per_token: (B, T) float.

@@ -4,22 +4,24 @@ Contents: :func:`otc_tool_factor`, :func:`turn_ids_from_mask`, :func:`step_rewar
 settings: :class:`vgym.trainers.grpo_config.GRPOConfig`), :func:`hf_policy` (the transformers rollout policy
 matching a config).
 
-One step: roll out ``prompts_per_step`` samples × ``num_generations`` episodes with the current model (one group per
-sample; episodes of a group share the sample and the env seed) → rewards (the env's composite reward, optionally
-shaped by OTC tool efficiency) → dynamic sampling (drop groups whose rewards are all equal and roll out new ones)
-→ advantages (a registered estimator) → per-token credit (outcome broadcast, or outcome plus per-turn tool-step
-rewards) → ``num_iterations`` passes of minibatch updates with the registered policy loss, KL to a frozen
-reference, LLDS and entropy terms (:func:`vgym.trainers.objective.compute_policy_objective`) → metrics and alarms.
-Env and prompt tokens are never trained on (the rollout's ``loss_mask``); truncated episodes can be masked whole.
-Old log-probs come from the rollout (the behaviour policy).
+One step: roll out ``prompts_per_step`` samples × ``num_generations`` episodes with the current model (one
+group per sample; episodes of a group share the sample and the env seed) → rewards (the env's composite
+reward, optionally shaped by OTC tool efficiency) → dynamic sampling (drop groups whose rewards are all equal
+and roll out new ones) → advantages (a registered estimator) → per-token credit (outcome broadcast, or outcome
+plus per-turn tool-step rewards) → ``num_iterations`` passes of minibatch updates with the registered policy
+loss, KL to a frozen reference, LLDS and entropy terms
+(:func:`vgym.trainers.objective.compute_policy_objective`) → metrics and alarms. Env and prompt tokens are
+never trained on (the rollout's ``loss_mask``); truncated episodes can be masked whole. Old log-probs come
+from the rollout (the behaviour policy).
 
 The rollout policy is any :class:`vgym.policies.base.Policy` playing the model being trained: an
-:class:`~vgym.policies.hf.HFPolicy` on the same model object (:func:`hf_policy`), or an engine holding its own copy
-of the weights (e.g. vLLM), which the trainer's ``sync_weights`` hook refreshes whenever the weights change.
+:class:`~vgym.policies.hf.HFPolicy` on the same model object (:func:`hf_policy`), or an engine holding its own
+copy of the weights (e.g. vLLM), which the trainer's ``sync_weights`` hook refreshes whenever the weights
+change.
 
-Checkpoints hold the model (``save_pretrained``), optimizer, scheduler, step, data position, the policy's sampling
-state (for a :class:`~vgym.policies.base.StatefulPolicy`) and the alarm state, so a resumed run reproduces the
-next step exactly (tested on CPU).
+Checkpoints hold the model (``save_pretrained``), optimizer, scheduler, step, data position, the policy's
+sampling state (for a :class:`~vgym.policies.base.StatefulPolicy`) and the alarm state, so a resumed run
+reproduces the next step exactly (tested on CPU).
 """
 
 from __future__ import annotations
@@ -63,13 +65,14 @@ __all__ = ["otc_tool_factor", "turn_ids_from_mask", "step_rewards", "GRPOTrainer
 
 
 def otc_tool_factor(calls: int, c: float) -> float:
-    """OTC-PPO's tool term ``cos(m*pi / (2m + c))`` for ``m = calls`` (arXiv:2504.14870): 1 for no call, falling
-    toward 0 as calls grow; ``c`` sets the rate."""
+    """OTC-PPO's tool term ``cos(m*pi / (2m + c))`` for ``m = calls`` (arXiv:2504.14870): 1 for no call,
+    falling toward 0 as calls grow; ``c`` sets the rate."""
     return math.cos(calls * math.pi / (2 * calls + c))
 
 
 def turn_ids_from_mask(loss_mask: torch.Tensor) -> torch.Tensor:
-    """Number the policy's turns: (B, T) 0/1 → (B, T) long, k >= 1 on the tokens of the k-th run of ones, else 0."""
+    """Number the policy's turns: (B, T) 0/1 → (B, T) long, k >= 1 on the tokens of the k-th run of ones, else
+    0."""
     starts = (loss_mask == 1) & (torch.nn.functional.pad(loss_mask, (1, 0))[:, :-1] == 0)  # (B, T) first token of a run
     return torch.cumsum(starts.long(), dim=1) * (loss_mask == 1).long()
 
@@ -87,7 +90,8 @@ def step_rewards(trajectories: Sequence[Trajectory], max_turns: int) -> torch.Te
 
 
 def hf_policy(model: Any, processor: Any, config: GRPOConfig) -> HFPolicy:
-    """The :class:`~vgym.policies.hf.HFPolicy` that samples what a :class:`GRPOTrainer` with ``config`` trains on.
+    """The :class:`~vgym.policies.hf.HFPolicy` that samples what a :class:`GRPOTrainer` with ``config`` trains
+    on.
 
     It plays ``model`` itself (no weight copy, so the trainer's ``sync_weights`` has nothing to do), with the
     config's ``max_new_tokens``, ``temperature`` and ``top_p``, seeded by ``config.seed``.
@@ -108,10 +112,10 @@ def hf_policy(model: Any, processor: Any, config: GRPOConfig) -> HFPolicy:
 class GRPOTrainer:
     """Online GRPO-family training of a transformers VLM on a vgym env (see the module docstring).
 
-    The rollout policy must sample from the distribution the loss scores: ``model``'s, at ``config.temperature``
-    and ``config.top_p``, never emitting a vision placeholder token
-    (:func:`vgym.engine.modeling.vision_placeholder_ids`, which the loss masks out of the logits). Its per-token
-    log-probs are the old log-probs of the ratio, so on the first pass the ratio is 1.
+    The rollout policy must sample from the distribution the loss scores: ``model``'s, at
+    ``config.temperature`` and ``config.top_p``, never emitting a vision placeholder token
+    (:func:`vgym.engine.modeling.vision_placeholder_ids`, which the loss masks out of the logits). Its
+    per-token log-probs are the old log-probs of the ratio, so on the first pass the ratio is 1.
     """
 
     def __init__(self, model: Any, processor: Any, policy: Policy, env_fn: Callable[[], VisualToolEnv],
@@ -125,12 +129,12 @@ class GRPOTrainer:
             each checkpoint.
         env_fn: builds the training env (called once per rollout slot).
         config: run settings.
-        ref_model: the frozen KL reference; None means, when ``beta > 0``, the base model with its adapters off for
-            a peft (LoRA) model, else a frozen copy of ``model``.
-        sync_weights: called as ``sync_weights(model)`` whenever ``model``'s weights change (after each optimizer
-            step and after :meth:`load`), to copy them into a policy that keeps its own (e.g.
-            ``lambda m: vllm_policy.load_weights(m.named_parameters())``); None for a policy that plays ``model``
-            itself.
+        ref_model: the frozen KL reference; None means, when ``beta > 0``, the base model with its adapters
+            off for a peft (LoRA) model, else a frozen copy of ``model``.
+        sync_weights: called as ``sync_weights(model)`` whenever ``model``'s weights change (after each
+            optimizer step and after :meth:`load`), to copy them into a policy that keeps its own (e.g.
+            ``lambda m: vllm_policy.load_weights(m.named_parameters())``); None for a policy that plays
+            ``model`` itself.
         """
         self.model, self.processor, self.env_fn, self.config = model, processor, env_fn, config
         self.policy, self.sync_weights = policy, sync_weights
@@ -235,17 +239,17 @@ class GRPOTrainer:
 
     def _logits(self, model: Any, batch: dict[str, torch.Tensor],
                 first: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits at the sampling temperature from position ``first - 1`` on, (B, T - first + 1, V), and (B, T)
-        token log-probs (0 before ``first``).
+        """Logits at the sampling temperature from position ``first - 1`` on, (B, T - first + 1, V), and
+        (B, T) token log-probs (0 before ``first``).
 
         Only the positions that predict a trained token need the vocabulary projection: ``first`` is the first
-        column of the batch with a trained token, and the model projects only the last ``T - first + 1`` hidden
-        states (``logits_to_keep``), which spares most of the (B, T, V) logits a long multimodal prompt would
-        cost (at Qwen's 151,936-token vocabulary, the largest activation of the loss forward).
+        column of the batch with a trained token, and the model projects only the last ``T - first + 1``
+        hidden states (``logits_to_keep``), which spares most of the (B, T, V) logits a long multimodal prompt
+        would cost (at Qwen's 151,936-token vocabulary, the largest activation of the loss forward).
 
-        Where :func:`vgym.engine.fast_paths.fast_paths` allows the shared-prompt forward, each group's prompt is
-        run once (:func:`vgym.engine.shared_prefix.shared_prefix_logits`); elsewhere, and where sharing does not
-        apply, the plain forward runs.
+        Where :func:`vgym.engine.fast_paths.fast_paths` allows the shared-prompt forward, each group's prompt
+        is run once (:func:`vgym.engine.shared_prefix.shared_prefix_logits`); elsewhere, and where sharing
+        does not apply, the plain forward runs.
         """
         inputs = model_inputs(model, **batch)
         width = inputs["input_ids"].shape[1]
@@ -343,8 +347,8 @@ class GRPOTrainer:
 
     def _update(self, trajs: Sequence[Trajectory], rows: list[int], advantages: torch.Tensor,
                 loss_mask: torch.Tensor, old: torch.Tensor) -> dict[str, float]:
-        """One optimizer step on ``rows``, in ``gradient_accumulation_steps`` micro-batches; none (and no metrics)
-        when ``rows`` hold no trained token."""
+        """One optimizer step on ``rows``, in ``gradient_accumulation_steps`` micro-batches; none (and no
+        metrics) when ``rows`` hold no trained token."""
         cfg = self.config
         num_items = int(loss_mask[rows].sum())
         if num_items == 0:  # every token masked (e.g. all episodes truncated and masked): nothing to learn from
@@ -370,7 +374,8 @@ class GRPOTrainer:
         return out
 
     def train(self, callback: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
-        """Run until ``config.steps``; ``callback(step, metrics)`` after each step. Returns the metric history."""
+        """Run until ``config.steps``; ``callback(step, metrics)`` after each step. Returns the metric
+        history."""
         history = []
         while self.step_count < self.config.steps:
             metrics = self.step()
@@ -384,11 +389,12 @@ class GRPOTrainer:
     def save(self, folder: str | Path) -> Path:
         """Save model (``save_pretrained``) and the trainer state needed for an exact resume.
 
-        The folder is written whole to a hidden temporary sibling, then renamed into place (replacing an older save
-        of the same name), so a kill or a full disk mid-save never leaves a partial ``folder``.
+        The folder is written whole to a hidden temporary sibling, then renamed into place (replacing an older
+        save of the same name), so a kill or a full disk mid-save never leaves a partial ``folder``.
 
         Raises:
-            OSError: if the checkpoint cannot be written (e.g. a full disk), naming ``folder``; it is unchanged.
+            OSError: if the checkpoint cannot be written (e.g. a full disk), naming ``folder``; it is
+                unchanged.
         """
         folder = Path(folder)
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -406,12 +412,12 @@ class GRPOTrainer:
         return folder
 
     def load(self, folder: str | Path) -> None:
-        """Restore a :meth:`save` into this trainer (weights in place, then ``sync_weights``), and the policy's
-        sampling state when the policy is a :class:`~vgym.policies.base.StatefulPolicy`.
+        """Restore a :meth:`save` into this trainer (weights in place, then ``sync_weights``), and the
+        policy's sampling state when the policy is a :class:`~vgym.policies.base.StatefulPolicy`.
 
         Raises:
-            InvalidConfigError: if the checkpoint was made with a different config (``steps`` may differ: a run can
-                be extended), or holds no sampling state for this trainer's stateful policy.
+            InvalidConfigError: if the checkpoint was made with a different config (``steps`` may differ: a
+                run can be extended), or holds no sampling state for this trainer's stateful policy.
         """
         folder = Path(folder)
         state = torch.load(folder / "grpo_state.pt", weights_only=True)
@@ -441,8 +447,8 @@ class GRPOTrainer:
 
 
 def _loaded(trajs: Sequence[Trajectory]) -> list[Trajectory]:
-    """Drop episodes whose sample's media could not be loaded (``truncated_reason`` ``sample_error: ...``; no tokens).
-    A sample's episodes form one group, so whole groups go."""
+    """Drop episodes whose sample's media could not be loaded (``truncated_reason`` ``sample_error: ...``; no
+    tokens). A sample's episodes form one group, so whole groups go."""
     return [t for t in trajs if not t.sample_failed]
 
 

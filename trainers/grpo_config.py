@@ -1,6 +1,6 @@
-"""The settings of a GRPO-family run (:class:`GRPOConfig`), named as TRL's ``GRPOConfig`` where the knob is the
-same, each field citing the paper it comes from. Validated on construction (``InvalidConfigError`` names the
-field). The trainer is :class:`vgym.trainers.grpo.GRPOTrainer`; the loss fields reach the objective as a
+"""The settings of a GRPO-family run (:class:`GRPOConfig`), named as TRL's ``GRPOConfig`` where the knob is
+the same, each field citing the paper it comes from. Validated on construction (``InvalidConfigError`` names
+the field). The trainer is :class:`vgym.trainers.grpo.GRPOTrainer`; the loss fields reach the objective as a
 :class:`~vgym.trainers.objective.LossSettings` (:meth:`GRPOConfig.loss_settings`).
 """
 
@@ -45,8 +45,9 @@ class GRPOConfig:
     scale_rewards: bool = True
     """Divide by the group std (GRPO); False is Dr.GRPO's fix (arXiv:2503.20783). grpo and dgrpo only."""
     otc_weight: float = 0.0
-    """Tool-efficiency shaping after OTC-PPO (arXiv:2504.14870): ``reward * (1 - w + w * cos(m*pi / (2m + c)))``
-    for m tool calls; 0 disables it, 1 is OTC's multiplicative form."""
+    """Tool-efficiency shaping after OTC-PPO
+    (arXiv:2504.14870): ``reward * (1 - w + w * cos(m*pi / (2m + c)))`` for m tool calls; 0 disables it, 1 is
+    OTC's multiplicative form."""
     otc_c: float = 2.0
     """OTC's smoothing constant c (larger: a slower decay with the number of calls)."""
     dynamic_sampling: bool = False
@@ -64,15 +65,16 @@ class GRPOConfig:
     policy_loss: str = "ppo_clip"
     """``ppo_clip``, ``dual_clip`` or ``gspo`` (see :mod:`vgym.trainers.policy_losses`)."""
     loss_type: str = "grpo"
-    """Token aggregation: ``grpo``, ``bnpo``, ``dr_grpo`` or ``dapo`` (see :mod:`vgym.trainers.aggregation`)."""
+    """Token aggregation: ``grpo``, ``bnpo``, ``dr_grpo`` or ``dapo`` (see
+    :mod:`vgym.trainers.aggregation`)."""
     epsilon: float | None = None
     """Lower clip range of the ratio (PPO, arXiv:1707.06347); None = the loss's default (0.2; GSPO's 3e-4)."""
     epsilon_high: float | None = None
     """Upper clip range; None = the loss's default (``epsilon``; GSPO's 4e-4). DAPO's clip-higher uses 0.28
     (arXiv:2503.14476)."""
     clip_ratio_c: float | None = None
-    """Dual-clip bound for negative advantages (Ye et al., arXiv:1912.09729); ``dual_clip`` only (ignored, with a
-    warning, for another policy loss), None = 3.0."""
+    """Dual-clip bound for negative advantages (Ye et al., arXiv:1912.09729); ``dual_clip`` only
+    (ignored, with a warning, for another policy loss), None = 3.0."""
     beta: float = 0.0
     """KL coefficient to the frozen reference model (0: no reference is kept, as Dr.GRPO and DAPO do)."""
     kl_estimator: str = "k3"
@@ -142,7 +144,8 @@ class GRPOConfig:
         return self.prompts_per_step * self.num_generations
 
     def loss_settings(self, max_tokens: int | None = None) -> LossSettings:
-        """The loss fields as the objective's settings; a clip field the policy loss does not take is left out.
+        """The loss fields as the objective's settings; a clip field the policy loss does not take is left
+        out.
 
         Args:
             max_tokens: ``dr_grpo``'s generation budget in policy tokens per trajectory (the trainer passes

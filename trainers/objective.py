@@ -29,8 +29,8 @@ __all__ = ["LossSettings", "compute_policy_objective"]
 class LossSettings:
     """What :func:`compute_policy_objective` computes: the loss variants and their coefficients for one run.
 
-    Built by :meth:`vgym.trainers.grpo_config.GRPOConfig.loss_settings`, whose fields of the same names are the
-    user-facing knobs. Names are checked on construction against their registries.
+    Built by :meth:`vgym.trainers.grpo_config.GRPOConfig.loss_settings`, whose fields of the same names are
+    the user-facing knobs. Names are checked on construction against their registries.
     """
 
     # -- policy loss
@@ -48,8 +48,8 @@ class LossSettings:
     3.0); None keeps the loss's default. Set for a loss without it, construction raises."""
     # -- aggregation
     loss_type: str = LossType.GRPO.value
-    """A key of :data:`~vgym.trainers.aggregation.LOSS_TYPES`: ``grpo``, ``bnpo``, ``dr_grpo`` or ``dapo``; used
-    for the policy loss, the KL and the entropy terms alike."""
+    """A key of :data:`~vgym.trainers.aggregation.LOSS_TYPES`: ``grpo``, ``bnpo``, ``dr_grpo`` or ``dapo``;
+    used for the policy loss, the KL and the entropy terms alike."""
     max_tokens: int | None = None
     """``dr_grpo``'s constant normaliser: the generation budget in policy tokens per trajectory (a GRPO run's
     ``max_new_tokens * max_turns``); None is fine for the other loss types."""
@@ -61,8 +61,8 @@ class LossSettings:
     """A key of :data:`~vgym.trainers.regularisers.KL_ESTIMATORS`: ``k1`` or ``k3`` (Schulman's low-variance
     estimator, GRPO's choice)."""
     llds_coef: float = 0.0
-    """Weight of the LLDS likelihood-preserving regulariser against GRPO collapse (arXiv:2512.04220), per nat of
-    the token-mean likelihood fall; 0 drops the term (its metrics are still reported)."""
+    """Weight of the LLDS likelihood-preserving regulariser against GRPO collapse (arXiv:2512.04220), per nat
+    of the token-mean likelihood fall; 0 drops the term (its metrics are still reported)."""
     entropy_coef: float = 0.0
     """Weight of the entropy bonus, per nat of the aggregated token entropy; 0 drops it."""
 
@@ -70,8 +70,8 @@ class LossSettings:
         """Check the names and that every clip setting given is one the policy loss takes.
 
         Raises:
-            UnknownNameError: an unknown ``policy_loss``, ``loss_type`` or ``kl_estimator`` (the message lists the
-                valid names and the closest match).
+            UnknownNameError: an unknown ``policy_loss``, ``loss_type`` or ``kl_estimator`` (the message lists
+                the valid names and the closest match).
             InvalidConfigError: a clip setting (e.g. ``clip_ratio_c``) given for a policy loss without it.
         """
         LOSS_TYPES.get(self.loss_type)
@@ -88,8 +88,8 @@ class LossSettings:
         """The clip settings given (not None), as keyword arguments of the policy loss.
 
         Returns:
-            ``{"epsilon": ..., "epsilon_high": ..., "clip_ratio_c": ...}`` without the None entries, which keep
-            the policy loss's own defaults.
+            ``{"epsilon": ..., "epsilon_high": ..., "clip_ratio_c": ...}`` without the None entries, which
+            keep the policy loss's own defaults.
         """
         clip = {"epsilon": self.epsilon, "epsilon_high": self.epsilon_high, "clip_ratio_c": self.clip_ratio_c}
         return {k: v for k, v in clip.items() if v is not None}
@@ -100,8 +100,8 @@ def compute_policy_objective(
     settings: LossSettings, *, num_items_in_batch: int | None = None, ref_logprobs: torch.Tensor | None = None,
     turn_ids: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The GRPO-family objective ``policy + beta * KL + llds_coef * LLDS - entropy_coef * H``; KL and entropy are
-    aggregated with the policy's ``loss_type``, LLDS is a token mean (see
+    """The GRPO-family objective ``policy + beta * KL + llds_coef * LLDS - entropy_coef * H``; KL and entropy
+    are aggregated with the policy's ``loss_type``, LLDS is a token mean (see
     :func:`~vgym.trainers.regularisers.llds_regulariser`).
 
     Args:
@@ -112,18 +112,19 @@ def compute_policy_objective(
         settings: the loss variants and coefficients.
         num_items_in_batch: ``dapo`` only: policy tokens in the whole optimiser step (see
             :func:`~vgym.trainers.aggregation.aggregate_dapo`).
-        ref_logprobs: (B, T) reference log-probs; required when ``settings.beta != 0`` (with ``beta == 0``, the KL
-            is reported when given).
+        ref_logprobs: (B, T) reference log-probs; required when ``settings.beta != 0`` (with ``beta == 0``,
+            the KL is reported when given).
         turn_ids: optional (B, T) int64 model-turn ids for LLDS's per-turn gate.
         entropy: (B, T) from :func:`~vgym.trainers.tokens.entropy_from_logits`; required when
             ``settings.entropy_coef != 0``.
 
     Returns:
-        ``(loss, metrics)``: the scalar to minimise, the metrics of every term computed, ``"loss/total"`` and, with
-        ``entropy``, ``"actor/entropy"`` (token mean).
+        ``(loss, metrics)``: the scalar to minimise, the metrics of every term computed, ``"loss/total"`` and,
+        with ``entropy``, ``"actor/entropy"`` (token mean).
 
     Raises:
-        ValueError: a required tensor is missing, shapes differ, or a normaliser the loss type reads is missing.
+        ValueError: a required tensor is missing, shapes differ, or a normaliser the loss type reads is
+            missing.
     """
     if settings.beta != 0.0 and ref_logprobs is None:
         raise ValueError(f"beta={settings.beta} needs ref_logprobs (the reference policy's log-probs); pass them "

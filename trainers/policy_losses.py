@@ -5,16 +5,16 @@ Contents: :class:`PolicyLoss` (``str`` Enum of the registry keys) and :data:`POL
 :func:`policy_loss_options` (the keyword options a registered loss takes).
 
 Every policy loss has the form ``<name>_policy_loss(logprobs, old_logprobs, advantages, loss_mask, *, epsilon,
-epsilon_high, loss_type, max_tokens, num_items_in_batch, <its own options>) -> (loss, metrics)``: the per-token
-loss, reduced by :func:`vgym.trainers.aggregation.aggregate_loss`. A loss's own options (dual clip's
-``clip_ratio_c``) are keyword parameters only it has (:func:`policy_loss_options`), so a setting reaches only the
-losses that declare it.
+epsilon_high, loss_type, max_tokens, num_items_in_batch, <its own options>) -> (loss, metrics)``: the
+per-token loss, reduced by :func:`vgym.trainers.aggregation.aggregate_loss`. A loss's own options (dual clip's
+``clip_ratio_c``) are keyword parameters only it has (:func:`policy_loss_options`), so a setting reaches only
+the losses that declare it.
 
 Shapes: B trajectories, T tokens. Common inputs: ``logprobs`` (B, T) float from
 :func:`vgym.trainers.tokens.token_logprobs` (with grad); ``old_logprobs`` (B, T) under the policy that sampled
-(constants); ``advantages`` (B, T) from :mod:`vgym.trainers.advantages`; ``loss_mask`` (B, T) 0/1, 1 on tokens the
-policy produced. Masked tokens are replaced by 0 *before* any exp, so they get exactly zero gradient even if their
-log-probs are garbage. Metrics are detached floats: token means over the micro-batch's policy tokens.
+(constants); ``advantages`` (B, T) from :mod:`vgym.trainers.advantages`; ``loss_mask`` (B, T) 0/1, 1 on tokens
+the policy produced. Masked tokens are replaced by 0 *before* any exp, so they get exactly zero gradient even
+if their log-probs are garbage. Metrics are detached floats: token means over the micro-batch's policy tokens.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")
 
 
 def _log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) ``log π_θ - log π_old``, 0 on masked tokens, clamped to ±``MAX_LOG_RATIO`` (finite after exp)."""
+    """(B, T) ``log π_θ - log π_old``, 0 on masked tokens, clamped to ±``MAX_LOG_RATIO`` (finite after
+    exp)."""
     diff = torch.where(mask, logprobs - old_logprobs.detach(), torch.zeros_like(logprobs))
     return diff.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
 
@@ -84,9 +85,9 @@ def ppo_clip_policy_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate (arXiv:1707.06347) with DAPO's asymmetric clip-higher (arXiv:2503.14476).
 
-    Per token, with ``r = exp(log π_θ - log π_old)``: ``l = -min(r A, clip(r, 1 - epsilon, 1 + epsilon_high) A)``,
-    then :func:`~vgym.trainers.aggregation.aggregate_loss`. A larger ``epsilon_high`` (DAPO: 0.28) lets unlikely
-    good tokens grow further before the clip stops them, which keeps entropy from collapsing.
+    Per token, with ``r = exp(log π_θ - log π_old)``: ``l = -min(r A, clip(r, 1 - epsilon, 1 + epsilon_high)
+    A)``, then :func:`~vgym.trainers.aggregation.aggregate_loss`. A larger ``epsilon_high`` (DAPO: 0.28) lets
+    unlikely good tokens grow further before the clip stops them, which keeps entropy from collapsing.
 
     Args:
         logprobs: (B, T) float, current policy, with grad.
@@ -122,8 +123,8 @@ def dual_clip_policy_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Dual-clip PPO (Ye et al., arXiv:1912.09729): PPO-clip plus a cap for negative advantages.
 
-    For ``A < 0`` PPO's loss ``-A max(r, 1 - epsilon)`` grows without limit in ``r`` (a token the old policy found
-    unlikely), so one stale token can dominate the step. For ``A < 0`` dual clip uses
+    For ``A < 0`` PPO's loss ``-A max(r, 1 - epsilon)`` grows without limit in ``r`` (a token the old policy
+    found unlikely), so one stale token can dominate the step. For ``A < 0`` dual clip uses
     ``min(l_ppo, -clip_ratio_c A)`` (zero gradient once ``r > clip_ratio_c``); for ``A >= 0`` it is ``l_ppo``.
 
     Args:
@@ -159,10 +160,11 @@ def gspo_policy_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """GSPO, sequence-level importance ratios (Zheng et al., arXiv:2507.18071), in its GSPO-token form.
 
-    ``s_b = exp(sum_t m (log π_θ - log π_old) / sum_t m)``, the length-normalised sequence ratio. Each token of
-    sequence b takes the value ``s_b`` with its own gradient ``s_b ∇ log π_θ(y_t)`` (``sg[s_b] π_θ / sg[π_θ]``),
-    inside the PPO clip with GSPO's narrow ranges (3e-4, 4e-4). With ``loss_type="grpo"`` and one advantage per
-    sequence this is exactly the paper's sequence objective; with per-turn advantages it is GSPO-token.
+    ``s_b = exp(sum_t m (log π_θ - log π_old) / sum_t m)``, the length-normalised sequence ratio. Each token
+    of sequence b takes the value ``s_b`` with its own gradient ``s_b ∇ log π_θ(y_t)`` (``sg[s_b]
+    π_θ / sg[π_θ]``), inside the PPO clip with GSPO's narrow ranges (3e-4, 4e-4). With ``loss_type="grpo"``
+    and one advantage per sequence this is exactly the paper's sequence objective; with per-turn advantages it
+    is GSPO-token.
 
     Args:
         logprobs, old_logprobs, advantages, loss_mask: as :func:`ppo_clip_policy_loss`.
@@ -198,8 +200,8 @@ def policy_loss_options(name: str) -> frozenset[str]:
         name: a :class:`PolicyLoss` value.
 
     Returns:
-        E.g. ``{"epsilon", "epsilon_high", "clip_ratio_c", "loss_type", "max_tokens", "num_items_in_batch"}`` for
-        ``dual_clip``; the same without ``clip_ratio_c`` for ``ppo_clip`` and ``gspo``.
+        E.g. ``{"epsilon", "epsilon_high", "clip_ratio_c", "loss_type", "max_tokens", "num_items_in_batch"}``
+        for ``dual_clip``; the same without ``clip_ratio_c`` for ``ppo_clip`` and ``gspo``.
 
     Raises:
         UnknownNameError: an unknown ``name`` (the message lists the valid names and the closest match).

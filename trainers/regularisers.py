@@ -8,9 +8,9 @@ and reports it; :func:`llds_regulariser` (LLDS likelihood-preserving term, R- or
 
 Shapes: B trajectories, T tokens. ``logprobs`` (B, T) float from :func:`vgym.trainers.tokens.token_logprobs`
 (with grad); ``old_logprobs`` / ``ref_logprobs`` (B, T) constants (no grad flows into them); ``advantages``
-(B, T); ``loss_mask`` (B, T) 0/1, 1 on tokens the policy produced. Masked tokens are replaced by 0 *before* any
-exp, so they get exactly zero gradient. Metrics are detached floats: token means over the micro-batch's policy
-tokens.
+(B, T); ``loss_mask`` (B, T) 0/1, 1 on tokens the policy produced. Masked tokens are replaced by 0 *before*
+any exp, so they get exactly zero gradient. Metrics are detached floats: token means over the micro-batch's
+policy tokens.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ KL_ESTIMATORS: Registry[KLFn] = Registry("KL estimator")
 
 
 def _delta(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) ``δ = log π_ref - log π_θ`` on policy tokens, 0 elsewhere (no gradient flows into the reference)."""
+    """(B, T) ``δ = log π_ref - log π_θ`` on policy tokens, 0 elsewhere (no gradient flows into the
+    reference)."""
     return torch.where(loss_mask.bool(), ref_logprobs.detach() - logprobs, torch.zeros_like(logprobs))
 
 
@@ -59,11 +60,12 @@ def k1_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, loss_mask: torch.T
 
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """k3 estimate of KL(π_θ || π_ref) on tokens sampled by π_θ: ``exp(δ) - δ - 1`` with
-    ``δ = log π_ref - log π_θ`` (Schulman, "Approximating KL divergence", 2020; GRPO's choice, arXiv:2402.03300):
-    unbiased, low variance, always >= 0.
+    ``δ = log π_ref - log π_θ`` (Schulman, "Approximating KL divergence", 2020; GRPO's choice,
+    arXiv:2402.03300): unbiased, low variance, always >= 0.
 
-    Guards: δ is clamped to ±``MAX_LOG_RATIO`` before exp (finite in float32), and the value is capped at 10 nats
-    as in verl, where its gradient stops, so one token the reference finds far likelier cannot dominate the step.
+    Guards: δ is clamped to ±``MAX_LOG_RATIO`` before exp (finite in float32), and the value is capped at 10
+    nats as in verl, where its gradient stops, so one token the reference finds far likelier cannot dominate
+    the step.
 
     Args:
         logprobs: (B, T) float, current policy, with grad.
@@ -90,7 +92,8 @@ def kl_penalty(
 
     Returns:
         ``(per_token, metrics)``: (B, T), 0 on masked tokens (aggregate it with
-        :func:`~vgym.trainers.aggregation.aggregate_loss`), and ``{"loss/kl"}``, the token mean over policy tokens.
+        :func:`~vgym.trainers.aggregation.aggregate_loss`), and ``{"loss/kl"}``, the token mean over policy
+        tokens.
 
     Raises:
         ValueError: shapes differ. UnknownNameError: an unknown ``estimator``.
@@ -106,10 +109,11 @@ def llds_regulariser(
     turn_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """LLDS likelihood-preserving regulariser (Deng et al., "On GRPO Collapse in Search-R1: The Lazy
-    Likelihood-Displacement Death Spiral", arXiv:2512.04220; the exact form follows the authors' released code).
+    Likelihood-Displacement Death Spiral", arXiv:2512.04220; the exact form follows the authors' released
+    code).
 
-    GRPO can lower the likelihood of the very responses it should keep (lazy likelihood displacement), a spiral
-    into collapse in tool-use RL. LLDS penalises falls in log-likelihood, only where they hurt:
+    GRPO can lower the likelihood of the very responses it should keep (lazy likelihood displacement), a
+    spiral into collapse in tool-use RL. LLDS penalises falls in log-likelihood, only where they hurt:
 
     - preserving tokens ``P = m · [A >= 0]`` (non-negative advantage);
     - gate (R-gate): the trajectory's likelihood on P fell, ``sum_t P (log π_old - log π_θ) > 0``; with
@@ -124,11 +128,12 @@ def llds_regulariser(
         old_logprobs: (B, T) float, the sampling policy (no grad flows into it).
         loss_mask: (B, T) 0/1.
         advantages: (B, T) float token advantages.
-        turn_ids: optional (B, T) int64, 0 off model turns and k >= 1 on the k-th model turn; selects the A-gate.
+        turn_ids: optional (B, T) int64, 0 off model turns and k >= 1 on the k-th model turn; selects the
+            A-gate.
 
     Returns:
-        ``(loss, metrics)``: a scalar >= 0 and ``{"loss/llds", "llds/active_fraction" (trajectories with a gated
-        trajectory or turn), "llds/token_fraction" (policy tokens penalised)}``.
+        ``(loss, metrics)``: a scalar >= 0 and ``{"loss/llds", "llds/active_fraction" (trajectories with a
+        gated trajectory or turn), "llds/token_fraction" (policy tokens penalised)}``.
 
     Raises:
         ValueError: shapes differ.

@@ -28,8 +28,9 @@ __all__ = ["SFTConfig", "SFTTrainer", "adamw", "collate"]
 
 def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW (Loshchilov & Hutter, arXiv:1711.05101) with torch's fused kernel where every parameter allows it
-    (floating point, on the CPU or a CUDA device: one kernel for all tensors instead of a loop over them — 3.6 →
-    0.9 ms a step for the tiny model; transformers' Trainer defaults to it too), the per-tensor loop otherwise."""
+    (floating point, on the CPU or a CUDA device: one kernel for all tensors instead of a loop over them — 3.6
+    → 0.9 ms a step for the tiny model; transformers' Trainer defaults to it too), the per-tensor loop
+    otherwise."""
     fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
@@ -157,7 +158,8 @@ class SFTTrainer:
         return metrics
 
     def train(self, callback: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
-        """Run until ``config.steps``; ``callback(step, metrics)`` after each step. Returns the metric history."""
+        """Run until ``config.steps``; ``callback(step, metrics)`` after each step. Returns the metric
+        history."""
         history = []
         while self.step_count < self.config.steps:
             metrics = self.step()
@@ -169,11 +171,12 @@ class SFTTrainer:
     def save(self, folder: str | Path) -> Path:
         """Save model (``save_pretrained``), optimizer, scheduler, step and config to ``folder``.
 
-        The folder is written whole to a hidden temporary sibling, then renamed into place (replacing an older save
-        of the same name), so a kill or a full disk mid-save never leaves a partial ``folder``.
+        The folder is written whole to a hidden temporary sibling, then renamed into place (replacing an older
+        save of the same name), so a kill or a full disk mid-save never leaves a partial ``folder``.
 
         Raises:
-            OSError: if the checkpoint cannot be written (e.g. a full disk), naming ``folder``; it is unchanged.
+            OSError: if the checkpoint cannot be written (e.g. a full disk), naming ``folder``; it is
+                unchanged.
         """
         folder = Path(folder)
         state = {

@@ -14,8 +14,9 @@ import torch
 __all__ = ["token_logprobs", "entropy_from_logits", "masked_mean", "sft_loss", "MAX_LOG_RATIO", "check_shapes"]
 
 MAX_LOG_RATIO = 20.0
-"""Guard: log-ratios are clamped to ±20 before ``exp``; exp(20) ≈ 4.9e8 is finite in float32, so an outlier token
-(or a stale old log-prob) cannot produce inf and then 0 * inf = NaN gradients (EasyR1/verl clamp the same way)."""
+"""Guard: log-ratios are clamped to ±20 before ``exp``; exp(20) ≈ 4.9e8 is finite in float32, so an outlier
+token (or a stale old log-prob) cannot produce inf and then 0 * inf = NaN gradients (EasyR1/verl clamp the
+same way)."""
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""vgym/engine/modeling.py: ``unique_images`` finds exact duplicates only, ``shared_image_features`` encodes each
-distinct image once while the model's outputs and gradients stay those of the unshared call, and
+"""vgym/engine/modeling.py: ``unique_images`` finds exact duplicates only, ``shared_image_features`` encodes
+each distinct image once while the model's outputs and gradients stay those of the unshared call, and
 ``vision_placeholder_ids`` finds the placeholder tokens a vocabulary holds."""
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def test_unique_images_groups_exact_duplicates_only() -> None:
 
 
 def _group_batch(processor, left: bool = False):  # type: ignore[no-untyped-def]
-    """Four sequences: three show sample 0's image, one sample 1's (a group of 3 plus another sample); padded on
-    the right (training) or on the left (generation)."""
+    """Four sequences: three show sample 0's image, one sample 1's (a group of 3 plus another sample); padded
+    on the right (training) or on the left (generation)."""
     encoder, rows = ChatEncoder(processor), []
     for index in (0, 0, 1, 0):
         env = VisualToolEnv("visual_search", tools=(), max_turns=1, max_pixels=112 * 112)
@@ -85,8 +85,9 @@ def test_shared_features_in_generation(tiny) -> None:  # type: ignore[no-untyped
 
 
 def test_shared_features_keep_qwen3_vl_deepstack_features_in_order() -> None:
-    """Qwen3-VL also injects per-layer "deepstack" image features: reordered with the pooled ones, the logits of a
-    batch (image A, image B, image A) equal the unshared call's, with the vision tower run on two images."""
+    """Qwen3-VL also injects per-layer "deepstack" image features: reordered with the pooled ones, the logits
+    of a batch (image A, image B, image A) equal the unshared call's, with the vision tower run on two
+    images."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3], "mrope_interleaved": True}

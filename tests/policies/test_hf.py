@@ -43,10 +43,10 @@ def _teacher_forced(model, item: PolicyInput, tokens: list[int], temperature: fl
 @pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.9)])
 def test_logprobs_are_those_of_the_sampling_distribution(tiny, temperature: float, top_p: float,
                                                          decoder: str) -> None:
-    """Temperature and nucleus cut applied: the recorded log-prob of every sampled token equals a teacher-forced
-    forward's under the same warping, with either decoder (vgym's lean loop or ``generate``) — even when the
-    checkpoint's generation config asks for a repetition penalty, top-k and another temperature (as real Qwen2-VL
-    checkpoints do), which must not leak into sampling."""
+    """Temperature and nucleus cut applied: the recorded log-prob of every sampled token equals a
+    teacher-forced forward's under the same warping, with either decoder (vgym's lean loop or ``generate``) —
+    even when the checkpoint's generation config asks for a repetition penalty, top-k and another temperature
+    (as real Qwen2-VL checkpoints do), which must not leak into sampling."""
     model, processor = tiny
     model = copy.deepcopy(model)
     model.generation_config.repetition_penalty = 1.5
@@ -62,7 +62,8 @@ def test_logprobs_are_those_of_the_sampling_distribution(tiny, temperature: floa
 
 
 def test_recorder_reads_each_chosen_token_one_step_late() -> None:
-    """Synthetic scores: column t is log_softmax(scores_t)[token_t]; only one step's scores are held at a time."""
+    """Synthetic scores: column t is log_softmax(scores_t)[token_t]; only one step's scores are held at a
+    time."""
     gen = torch.Generator().manual_seed(0)
     steps = [torch.randn(2, 5, generator=gen) for _ in range(3)]
     tokens = torch.tensor([[1, 4, 0], [3, 3, 2]])
@@ -81,8 +82,8 @@ def test_recorder_reads_each_chosen_token_one_step_late() -> None:
 
 
 def test_state_dict_restores_the_sampling_draws(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """A saved state (through ``torch.save`` and a weights-only load, as a checkpoint) brings the policy back to
-    the same sampled turn; without it the next turn is sampled afresh."""
+    """A saved state (through ``torch.save`` and a weights-only load, as a checkpoint) brings the policy back
+    to the same sampled turn; without it the next turn is sampled afresh."""
     model, processor = tiny
     policy = HFPolicy(model, processor, GenerationConfig(max_new_tokens=8, temperature=1.0), seed=3)
     assert isinstance(policy, StatefulPolicy)

@@ -25,7 +25,8 @@ EXPECTED_ADV = {
     "grpo": [1.0, 0.0, -1.0, 0.0, 0.0, 0.0],  # deviation / std
     # leave-one-out: 1 - (0 + 0.5)/2 = 0.75; 0 - (1 + 0.5)/2 = -0.75; 0.5 - (1 + 0)/2 = 0
     "rloo": [0.75, 0.0, -0.75, 0.0, 0.0, 0.0],
-    # centred rewards [0.5, 0, -0.5, 0, 0, 0]; batch (n-1) std = sqrt(0.5 / 5) = 0.31623; 0.5 / 0.31623 = 1.5811
+    # centred rewards [0.5, 0, -0.5, 0, 0, 0]; batch (n-1) std = sqrt(0.5 / 5) = 0.31623;
+    # 0.5 / 0.31623 = 1.5811
     "reinforce_pp": [1.5811, 0.0, -1.5811, 0.0, 0.0, 0.0],
     # the only informative group has difficulty 1 - 0.5 = 0.5, the mean of informative difficulties: weight 1
     "dgrpo": [1.0, 0.0, -1.0, 0.0, 0.0, 0.0],
@@ -48,8 +49,8 @@ def test_estimator_on_two_groups_by_hand(name: str) -> None:
 
 @pytest.mark.parametrize("name", ADVANTAGE_ESTIMATORS.names())
 def test_estimator_zero_std_group_is_exactly_zero_despite_rounding(name: str) -> None:
-    """Three rewards of 0.9 average to 0.9 - 6e-8 in float32; dividing that residue by std + eps would give ~0.06,
-    not 0. Every estimator must return exactly 0 there."""
+    """Three rewards of 0.9 average to 0.9 - 6e-8 in float32; dividing that residue by std + eps would give
+    ~0.06, not 0. Every estimator must return exactly 0 there."""
     rewards = torch.tensor([0.9, 0.9, 0.9, 0.0, 1.0, 0.0])
     adv, metrics = ADVANTAGE_ESTIMATORS.get(name)(rewards, torch.tensor([0, 0, 0, 1, 1, 1]))
     assert torch.equal(adv[:3], torch.zeros(3)) and adv[4] > 0 > adv[3]
@@ -99,8 +100,8 @@ def test_broadcast_advantages_by_hand() -> None:
 
 def test_turn_advantages_by_hand() -> None:
     """Outcome + 0.1 * group-normalised step reward of the token's turn; absent turns are ignored."""
-    # One group. Trajectory 0 has turns 1 and 2 (step rewards 1, 0); trajectory 1 has turn 1 only (reward 1; its
-    # column-2 entry 99 is absent and must not count). Present steps [1, 0, 1]: mean 2/3, deviations
+    # One group. Trajectory 0 has turns 1 and 2 (step rewards 1, 0); trajectory 1 has turn 1 only (reward 1;
+    # its column-2 entry 99 is absent and must not count). Present steps [1, 0, 1]: mean 2/3, deviations
     # [1/3, -2/3, 1/3], (n-1) var (1/9 + 4/9 + 1/9) / 2 = 1/3, std 0.57735 -> z = [0.57735, -1.1547, 0.57735].
     turn_ids = torch.tensor([[0, 1, 1, 0, 2, 2], [0, 1, 1, 0, 0, 0]])
     steps = torch.tensor([[1.0, 0.0], [1.0, 99.0]])
@@ -134,8 +135,8 @@ def test_compute_advantages_runs_every_estimator_by_name(name: str) -> None:
 
 
 def test_compute_advantages_hands_scale_rewards_only_to_estimators_that_take_it() -> None:
-    """Off, grpo and dgrpo keep the centred rewards of group 7, [0.5, -0.5, 0] (dgrpo's only informative group has
-    weight 1); rloo has no such option and gives its leave-one-out advantages either way."""
+    """Off, grpo and dgrpo keep the centred rewards of group 7, [0.5, -0.5, 0] (dgrpo's only informative group
+    has weight 1); rloo has no such option and gives its leave-one-out advantages either way."""
     centred = torch.tensor([0.5, 0.0, -0.5, 0.0, 0.0, 0.0])
     for name in ("grpo", "dgrpo"):
         torch.testing.assert_close(compute_advantages(name, REWARDS, GROUPS, scale_rewards=False)[0], centred)

@@ -1,6 +1,7 @@
-"""Tests of trainers/grpo.py on the tiny VLM: every parameter moves, masking, dynamic sampling, OTC shaping, turn
-ids, config checks, exact resume, any policy with a weight-sync hook, the shared-prompt forward only where the fast
-paths allow it, and that GRPO raises the reward on its training distribution with a fixed seed."""
+"""Tests of trainers/grpo.py on the tiny VLM: every parameter moves, masking, dynamic sampling, OTC shaping,
+turn ids, config checks, exact resume, any policy with a weight-sync hook, the shared-prompt forward only
+where the fast paths allow it, and that GRPO raises the reward on its training distribution with a fixed
+seed."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def _load(path: Path):  # type: ignore[no-untyped-def]
 def test_every_trainable_parameter_changes(tiny) -> None:  # type: ignore[no-untyped-def]
     model, processor = tiny
     # A random model never answers, so every episode is truncated and its advantage is 0; keeping truncated
-    # episodes and an entropy bonus gives every parameter a gradient (the bonus flows through the image tokens).
+    # episodes and an entropy bonus gives every parameter a gradient (the bonus flows through the image
+    # tokens).
     cfg = GRPOConfig(**SMALL, learning_rate=1e-3, entropy_coef=0.01, mask_truncated_completions=False)
     trainer = _trainer(model, processor, search_env, cfg)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -74,7 +76,8 @@ def test_every_trainable_parameter_changes(tiny) -> None:  # type: ignore[no-unt
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
 def test_truncated_episodes_are_masked_out(tiny, loss_type: str) -> None:  # type: ignore[no-untyped-def]
     """All episodes truncated and masked: the step trains on nothing and says so — for dapo too, whose token
-    normaliser is then 0 (it raised before; found on the GPU with a random 2B model, which never ends a turn)."""
+    normaliser is then 0 (it raised before; found on the GPU with a random 2B model, which never ends a
+    turn)."""
     model, processor = tiny
     cfg = GRPOConfig(**SMALL, learning_rate=1e-3, loss_type=loss_type, mini_batch_size=4)
     trainer = _trainer(model, processor, search_env, cfg)
@@ -90,7 +93,8 @@ def test_dynamic_sampling_refills_and_gives_up(tiny) -> None:  # type: ignore[no
     cfg = GRPOConfig(**SMALL, dynamic_sampling=True, max_resample_rounds=2)
     trainer = _trainer(model, processor, search_env, cfg)
     metrics = trainer.step()
-    # Every group has reward 0 for all members: all dropped, two refills tried, nothing trained, data moved on.
+    # Every group has reward 0 for all members: all dropped, two refills tried, nothing trained, data moved
+    # on.
     assert metrics["rollout/kept_episodes"] == 0 and metrics["rollout/resample_rounds"] == 2
     assert metrics["rollout/episodes"] == 8 * 3 and trainer.data_position == 2 * 3
     assert trainer.step_count == 1
@@ -145,8 +149,8 @@ def test_config_checks(change: dict, message: str) -> None:
      "advantage": "reinforce_pp", "loss_type": "bnpo"},
 ], ids=["grpo", "gspo-dapo-rloo", "dualclip-drgrpo-dgrpo", "kl-llds-steps-otc-iters"])
 def test_variants_run_and_resume_exactly(sft_dir: Path, tmp_path: Path, variant: dict) -> None:
-    """Two steps straight, versus one step, save, load into a fresh trainer, one step: the second step's metrics
-    (rollout and loss) are identical."""
+    """Two steps straight, versus one step, save, load into a fresh trainer, one step: the second step's
+    metrics (rollout and loss) are identical."""
     cfg = GRPOConfig(**{**SMALL, "learning_rate": 1e-4, **variant})
     model, processor = _load(sft_dir)
     straight = _trainer(model, processor, search_env, cfg)
@@ -175,8 +179,8 @@ def test_resume_refuses_another_config(sft_dir: Path, tmp_path: Path) -> None:
 
 
 def test_lora_trains_adapters_only_and_resumes(sft_dir: Path, tmp_path: Path) -> None:
-    """LoRA via peft: only adapter weights move, the KL reference is the base with adapters off (KL starts at 0),
-    and a resumed run restores the adapters exactly."""
+    """LoRA via peft: only adapter weights move, the KL reference is the base with adapters off (KL starts at
+    0), and a resumed run restores the adapters exactly."""
     peft = pytest.importorskip("peft")
 
     def lora_model():  # type: ignore[no-untyped-def]
@@ -204,9 +208,9 @@ def test_lora_trains_adapters_only_and_resumes(sft_dir: Path, tmp_path: Path) ->
 
 
 class _PreferVertical(VisualSearchTask):
-    """Visual search whose verifier pays for answering "vertical", whatever the image: a reward that depends only on
-    the policy's own choice, so learning it is fast enough for a unit test (not registered: the env's task instance
-    is swapped, leaving the registries untouched)."""
+    """Visual search whose verifier pays for answering "vertical", whatever the image: a reward that depends
+    only on the policy's own choice, so learning it is fast enough for a unit test (not registered: the env's
+    task instance is swapped, leaving the registries untouched)."""
 
     def score(self, sample, answer):  # type: ignore[no-untyped-def]
         return float(answer.strip() == "vertical")
@@ -219,10 +223,10 @@ def _prefer_vertical_env() -> VisualToolEnv:
 
 
 def test_grpo_raises_the_reward_on_its_training_distribution(sft_dir: Path) -> None:
-    """With a fixed seed, 12 GRPO steps raise the mean rollout reward of the last three steps well above the first
-    three. Settings that learn fast on the tiny model: token-level loss (shared prefixes cancel), no std scaling,
-    four PPO passes per batch under the clip. (Seeds 0-3 gave +0.26 to +0.37; after 8 steps the gain ranged from
-    +0.01 to +0.28 over seeds, too close to the margin.)"""
+    """With a fixed seed, 12 GRPO steps raise the mean rollout reward of the last three steps well above the
+    first three. Settings that learn fast on the tiny model: token-level loss (shared prefixes cancel), no std
+    scaling, four PPO passes per batch under the clip. (Seeds 0-3 gave +0.26 to +0.37; after 8 steps the gain
+    ranged from +0.01 to +0.28 over seeds, too close to the margin.)"""
     model, processor = _load(sft_dir)
     cfg = GRPOConfig(num_generations=8, prompts_per_step=4, max_new_tokens=48, steps=12, learning_rate=3e-4,
                      loss_type="dapo", scale_rewards=False, num_iterations=4, data_offset=100_000)
@@ -253,8 +257,8 @@ def test_loss_forward_projects_only_positions_that_predict_trained_tokens(tiny) 
 
 
 def test_loss_settings_come_from_the_config() -> None:
-    """The loss fields reach the objective as they are; a clip field the policy loss does not take is left out,
-    with a warning, as the trainer always ignored it."""
+    """The loss fields reach the objective as they are; a clip field the policy loss does not take is left
+    out, with a warning, as the trainer always ignored it."""
     cfg = GRPOConfig(policy_loss="dual_clip", clip_ratio_c=2.0, epsilon_high=0.28, loss_type="dr_grpo", beta=0.04,
                      kl_estimator="k1", llds_coef=0.1, entropy_coef=0.01)
     assert cfg.loss_settings(max_tokens=64) == LossSettings(
@@ -266,7 +270,8 @@ def test_loss_settings_come_from_the_config() -> None:
 
 
 class _Counted:
-    """A policy that is not an HFPolicy (no sampling state exposed): it plays through one and counts the calls."""
+    """A policy that is not an HFPolicy (no sampling state exposed): it plays through one and counts the
+    calls."""
 
     def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
         self.inner, self.calls = inner, 0
@@ -277,9 +282,9 @@ class _Counted:
 
 
 def test_any_policy_plays_and_the_sync_hook_follows_every_weight_change(tiny_dir: Path, tmp_path: Path) -> None:
-    """Two minibatches: two optimizer steps, each followed by ``sync_weights(model)`` seeing the new weights; a
-    policy without sampling state saves none, resumes, and gets the loaded weights; a stateful policy refuses a
-    checkpoint without its state."""
+    """Two minibatches: two optimizer steps, each followed by ``sync_weights(model)`` seeing the new weights;
+    a policy without sampling state saves none, resumes, and gets the loaded weights; a stateful policy
+    refuses a checkpoint without its state."""
     model, processor = _load(tiny_dir)
     cfg = GRPOConfig(**SMALL, learning_rate=1e-3, entropy_coef=0.01, mask_truncated_completions=False,
                      mini_batch_size=4)

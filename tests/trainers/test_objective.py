@@ -1,5 +1,5 @@
-"""Tests of trainers/objective.py: the settings' checks, and the combined objective on small tensors whose values
-are worked out by hand."""
+"""Tests of trainers/objective.py: the settings' checks, and the combined objective on small tensors whose
+values are worked out by hand."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from vgym.trainers.policy_losses import POLICY_LOSSES, dual_clip_policy_loss
 from vgym.trainers.tokens import entropy_from_logits, token_logprobs
 
 LN = math.log
-# Extra aggregation arguments per loss type: dr_grpo's constant budget (4, deliberately not the padded width 3 of
-# the examples) and dapo's token count of the whole optimiser step.
+# Extra aggregation arguments per loss type: dr_grpo's constant budget (4, deliberately not the padded width 3
+# of the examples) and dapo's token count of the whole optimiser step.
 AGG_ARGS = {"grpo": {}, "bnpo": {}, "dr_grpo": {"max_tokens": 4}, "dapo": {"num_items_in_batch": 5}}
 # Two sequences of unequal length: 3 policy tokens and 1; the other entries are padding.
 MASK = torch.tensor([[1, 1, 1], [1, 0, 0]])
@@ -26,7 +26,8 @@ MASK = torch.tensor([[1, 1, 1], [1, 0, 0]])
 @pytest.mark.parametrize("loss_type", [t.value for t in LossType])
 @pytest.mark.parametrize("name", POLICY_LOSSES.names())
 def test_masked_tokens_get_zero_gradient(name: str, loss_type: str) -> None:
-    """Padding with absurd log-probs (ratio e^80, old = -inf) neither leaks into the loss nor gets a gradient."""
+    """Padding with absurd log-probs (ratio e^80, old = -inf) neither leaks into the loss nor gets a
+    gradient."""
     gen = torch.Generator().manual_seed(1)
     logp = (-torch.rand(2, 3, generator=gen)).requires_grad_()
     old = (logp.detach() - 0.05).clone()
@@ -48,7 +49,8 @@ def test_masked_tokens_get_zero_gradient(name: str, loss_type: str) -> None:
 
 
 def test_objective_sums_its_terms_and_masks_logit_gradients() -> None:
-    """policy + 0.1 KL + 0.5 LLDS - 0.01 H from real logits; logits that only score masked tokens get no gradient."""
+    """policy + 0.1 KL + 0.5 LLDS - 0.01 H from real logits; logits that only score masked tokens get no
+    gradient."""
     gen = torch.Generator().manual_seed(2)
     logits = torch.randn(2, 4, 5, generator=gen, requires_grad=True)  # (B, T, V)
     ids = torch.randint(0, 5, (2, 4), generator=gen)

@@ -19,8 +19,8 @@ from vgym.trainers.policy_losses import (
 )
 
 LN = math.log
-# Extra aggregation arguments per loss type: dr_grpo's constant budget (4, deliberately not the padded width 3 of
-# the examples) and dapo's token count of the whole optimiser step.
+# Extra aggregation arguments per loss type: dr_grpo's constant budget (4, deliberately not the padded width 3
+# of the examples) and dapo's token count of the whole optimiser step.
 AGG_ARGS = {"grpo": {}, "bnpo": {}, "dr_grpo": {"max_tokens": 4}, "dapo": {"num_items_in_batch": 5}}
 # Two sequences of unequal length: 3 policy tokens and 1; the other entries are padding.
 MASK = torch.tensor([[1, 1, 1], [1, 0, 0]])
@@ -56,8 +56,8 @@ def _log_ratios(*ratios: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_ppo_clip_both_sides_and_clip_higher() -> None:
     """epsilon 0.2, epsilon_high 0.28; per token l = -min(r A, clip(r, 0.8, 1.28) A):
-    a) A=+1, r=1.25: inside [0.8, 1.28] -> -1.25, gradient -r A / 4 = -0.3125 (symmetric PPO would clip at 1.2)
-    b) A=+1, r=1.5:  clipped high -> -1.28, no gradient
+    a) A=+1, r=1.25: inside [0.8, 1.28] -> -1.25, gradient -r A / 4 = -0.3125 (symmetric PPO would clip at
+    1.2) b) A=+1, r=1.5:  clipped high -> -1.28, no gradient
     c) A=-1, r=0.7:  clipped low  -> -min(-0.7, -0.8) = 0.8, no gradient
     d) A=-1, r=1.5:  the unclipped term is the pessimistic one -> 1.5, gradient -r A / 4 = 0.375
     grpo mean of the 4: (-1.25 - 1.28 + 0.8 + 1.5) / 4 = -0.0575; clipped: b, c."""
@@ -75,9 +75,9 @@ def test_ppo_clip_both_sides_and_clip_higher() -> None:
 
 
 def test_dual_clip_caps_negative_advantages() -> None:
-    """clip_ratio_c 3: A=-1, r=5: PPO gives 5, dual clip caps at 3 with no gradient; A=-1, r=2: 2 (below the cap,
-    gradient -r A = 2 / 3); A=+1, r=5: PPO's upper clip -1.2 (dual clip leaves positive advantages alone).
-    grpo mean (3 + 2 - 1.2) / 3 = 1.2667, PPO's (5 + 2 - 1.2) / 3 = 1.9333."""
+    """clip_ratio_c 3: A=-1, r=5: PPO gives 5, dual clip caps at 3 with no gradient; A=-1, r=2: 2 (below the
+    cap, gradient -r A = 2 / 3); A=+1, r=5: PPO's upper clip -1.2 (dual clip leaves positive advantages
+    alone). grpo mean (3 + 2 - 1.2) / 3 = 1.2667, PPO's (5 + 2 - 1.2) / 3 = 1.9333."""
     new, old = _log_ratios(5.0, 2.0, 5.0)
     adv, mask = torch.tensor([[-1.0, -1.0, 1.0]]), torch.ones(1, 3)
     loss, metrics = dual_clip_policy_loss(new, old, adv, mask, clip_ratio_c=3.0)
@@ -91,9 +91,10 @@ def test_dual_clip_caps_negative_advantages() -> None:
 
 
 def test_gspo_uses_one_sequence_ratio() -> None:
-    """Token log-ratios 0.1 and 0.3 -> sequence ratio s = exp(0.2) = 1.2214 for both tokens. With A=+1 and wide
-    epsilons the loss is -s, and each token's gradient is -s A / 2 = -0.6107, the same for both (token-level PPO
-    would give -e^0.1 / 2 and -e^0.3 / 2). With GSPO's own ranges (3e-4, 4e-4) s is clipped: -1.0004, no grad."""
+    """Token log-ratios 0.1 and 0.3 -> sequence ratio s = exp(0.2) = 1.2214 for both tokens. With A=+1 and
+    wide epsilons the loss is -s, and each token's gradient is -s A / 2 = -0.6107, the same for both
+    (token-level PPO would give -e^0.1 / 2 and -e^0.3 / 2). With GSPO's own ranges (3e-4, 4e-4) s is
+    clipped: -1.0004, no grad."""
     new, old = _log_ratios(math.exp(0.1), math.exp(0.3))
     adv, mask = torch.ones(1, 2), torch.ones(1, 2)
     s = math.exp(0.2)

@@ -30,7 +30,8 @@ def test_kl_k1_and_k3_by_hand() -> None:
 
 
 def test_kl_k3_clamp_guard() -> None:
-    """δ = 15: e^15 - 16 ≈ 3.3e6 would swamp the step; k3 is capped at 10 and the capped token gets no gradient."""
+    """δ = 15: e^15 - 16 ≈ 3.3e6 would swamp the step; k3 is capped at 10 and the capped token gets no
+    gradient."""
     logp = torch.tensor([[-15.0, -1.0]], requires_grad=True)
     k3, _ = kl_penalty(logp, torch.zeros(1, 2), torch.ones(1, 2), "k3")
     k3.sum().backward()
@@ -60,8 +61,9 @@ def test_llds_only_on_fallen_tokens_of_trajectories_whose_likelihood_fell() -> N
 
 
 def test_llds_turn_gate() -> None:
-    """Turn 1 falls by 0.4 in total, turn 2 rises by 1.0: the trajectory as a whole rose, so the trajectory gate is
-    off; the per-turn gate catches turn 1 and penalises its fallen tokens (0.3 + 0.1) / 5 policy tokens = 0.08."""
+    """Turn 1 falls by 0.4 in total, turn 2 rises by 1.0: the trajectory as a whole rose, so the trajectory
+    gate is off; the per-turn gate catches turn 1 and penalises its fallen tokens (0.3 + 0.1) / 5 policy
+    tokens = 0.08."""
     old = torch.full((1, 6), -1.0)
     new = old - torch.tensor([[0.3, 0.1, 0.0, 0.0, -0.5, -0.5]])  # token 2 is a tool output (masked, turn 0)
     mask = torch.tensor([[1, 1, 0, 1, 1, 1]])
@@ -77,8 +79,8 @@ def test_kl_registry_matches_enum() -> None:
 
 @pytest.mark.parametrize("name", KL_ESTIMATORS.names())
 def test_kl_is_zero_on_policy_and_on_masked_tokens(name: str) -> None:
-    """logp == ref on the policy tokens (δ = 0: both estimators give 0); the masked token's absurd values give 0
-    too, and no gradient."""
+    """logp == ref on the policy tokens (δ = 0: both estimators give 0); the masked token's absurd values give
+    0 too, and no gradient."""
     logp = torch.tensor([[LN(0.5), LN(0.25), 30.0]], requires_grad=True)
     ref = torch.tensor([[LN(0.5), LN(0.25), -30.0]])
     per_token, metrics = kl_penalty(logp, ref, torch.tensor([[1, 1, 0]]), name)

@@ -65,8 +65,8 @@ def test_sft_loss_is_masked_nll() -> None:
 
 
 def test_entropy_from_logits_by_hand() -> None:
-    """Entry t is the entropy of softmax(logits[t-1]): uniform over V = 4 -> ln 4; probabilities [.75, .25, 0-ish]
-    -> -(.75 ln .75 + .25 ln .25) = 0.5623; entry 0 has no prefix (0); bfloat16 input gives float32."""
+    """Entry t is the entropy of softmax(logits[t-1]): uniform over V = 4 -> ln 4; probabilities [.75, .25,
+    0-ish] -> -(.75 ln .75 + .25 ln .25) = 0.5623; entry 0 has no prefix (0); bfloat16 input gives float32."""
     logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [math.log(3.0), 0.0, -1e4, -1e4], [9.0, 9.0, 9.0, 9.0]]])
     ent = entropy_from_logits(logits.to(torch.bfloat16))
     assert ent.dtype == torch.float32

@@ -1,12 +1,14 @@
 """Training recipes: one YAML file = model + task + optional SFT warm start + GRPO + evaluation.
 
-Contents: :class:`Recipe`, :func:`apply_override`, :func:`load_recipe`, :func:`load_model`, :func:`run_recipe`.
+Contents: :class:`Recipe`, :func:`apply_override`, :func:`load_recipe`, :func:`load_model`,
+:func:`run_recipe`.
 
-``vgym train --config configs/quickstart_cpu.yaml`` runs :func:`run_recipe`: load (or, for ``model: tiny``, build)
-the model → optionally behaviour-clone the oracle (SFT) → greedy held-out evaluation → GRPO with reporters,
-alarms and checkpoints → the same evaluation again. Everything lands in ``out``: ``metrics.csv`` (and TensorBoard
-logs when asked), ``checkpoint-<step>/`` folders, ``eval_before.jsonl`` / ``eval_after.jsonl`` trajectories and
-``results.json``. ``resume: true`` continues from the newest checkpoint in ``out`` exactly.
+``vgym train --config configs/quickstart_cpu.yaml`` runs :func:`run_recipe`: load (or, for ``model: tiny``,
+build) the model → optionally behaviour-clone the oracle (SFT) → greedy held-out evaluation → GRPO with
+reporters, alarms and checkpoints → the same evaluation again. Everything lands in ``out``: ``metrics.csv``
+(and TensorBoard logs when asked), ``checkpoint-<step>/`` folders,
+``eval_before.jsonl`` / ``eval_after.jsonl`` trajectories and ``results.json``. ``resume: true`` continues
+from the newest checkpoint in ``out`` exactly.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ class Recipe:
     gradient_checkpointing: bool = False
     """Trade compute for activation memory (real checkpoints)."""
     lora: dict[str, Any] | None = None
-    """LoRA adapters via peft (Hu et al., arXiv:2106.09685): ``{"r", "alpha", "dropout", "target_modules"}``; the KL
-    reference is then the base model with adapters off. None trains every weight."""
+    """LoRA adapters via peft (Hu et al., arXiv:2106.09685): ``{"r", "alpha", "dropout", "target_modules"}``;
+    the KL reference is then the base model with adapters off. None trains every weight."""
     task: str = "visual_search"
     """Task registry name."""
     task_config: dict[str, Any] | None = None
@@ -78,7 +80,8 @@ class Recipe:
     """Task config of the SFT data (None: ``task_config``), e.g. an easier difficulty than GRPO's."""
     sft_teacher_skip_tools: float = 0.0
     """Share of oracle SFT episodes that skip the tools and guess (a lazy teacher, see
-    :class:`~vgym.policies.oracle.OraclePolicy`); the student then under-uses the tools and GRPO must fix it."""
+    :class:`~vgym.policies.oracle.OraclePolicy`); the student then under-uses the tools and GRPO must fix
+    it."""
     grpo: dict[str, Any] = field(default_factory=dict)
     """:class:`~vgym.trainers.grpo.GRPOConfig` fields."""
     eval_episodes: int = 200
@@ -131,8 +134,8 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
 
 
 def _numbers(value: Any) -> Any:
-    """``value`` with every string in exponent notation (``1e-6``) made a float, recursively: YAML 1.1 (PyYAML)
-    reads a float without a dot as a string, which would reach the optimizer as ``lr="1e-6"``."""
+    """``value`` with every string in exponent notation (``1e-6``) made a float, recursively: YAML 1.1
+    (PyYAML) reads a float without a dot as a string, which would reach the optimizer as ``lr="1e-6"``."""
     if isinstance(value, dict):
         return {k: _numbers(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -165,8 +168,8 @@ def load_recipe(path: str | Path, *assignments: str, **overrides: Any) -> Recipe
 
 
 def _check_keys(path: str | Path, prefix: str, data: dict[str, Any], cls: type) -> None:
-    """Raise for a key of ``data`` that is not a field of the dataclass ``cls``, naming the closest one, or whose
-    field defaults to a number while the value is not one (e.g. a quoted ``"1e-6"``)."""
+    """Raise for a key of ``data`` that is not a field of the dataclass ``cls``, naming the closest one, or
+    whose field defaults to a number while the value is not one (e.g. a quoted ``"1e-6"``)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     valid = list(fields)
     for key, value in data.items():
@@ -182,7 +185,8 @@ def _check_keys(path: str | Path, prefix: str, data: dict[str, Any], cls: type) 
 
 
 def load_model(recipe: Recipe, progress: Progress) -> tuple[Any, Any]:
-    """The recipe's ``(model, processor)`` on its device and dtype, with LoRA and gradient checkpointing applied."""
+    """The recipe's ``(model, processor)`` on its device and dtype, with LoRA and gradient checkpointing
+    applied."""
     import torch
 
     from vgym.engine.tiny import build_tiny_vlm, load_vlm

@@ -7,8 +7,8 @@ no policy may generate (and a trainer must not score).
 
 Recent transformers Qwen-VL models need ``mm_token_type_ids`` (0 text, 1 image, 2 video) to compute their
 multimodal rotary positions; without it ``generate`` silently falls back to 1-D text positions and ``forward``
-raises. The processor returns it for a whole prompt, but our sequences are built by appending chunks, so we derive
-it from the ids instead, for every model whose ``forward`` accepts it.
+raises. The processor returns it for a whole prompt, but our sequences are built by appending chunks, so we
+derive it from the ids instead, for every model whose ``forward`` accepts it.
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ def token_types(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def image_inputs(images: list[list[torch.Tensor]], grids: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``pixel_values`` / ``image_grid_thw`` for rows' images in row order (per row: a list of patch tensors and
-    their (k, 3) grids); empty when no row has an image."""
+    """``pixel_values`` / ``image_grid_thw`` for rows' images in row order (per row: a list of patch tensors
+    and their (k, 3) grids); empty when no row has an image."""
     flat = [image for row in images for image in row]
     if not flat:
         return {}
@@ -102,24 +102,25 @@ def image_inputs(images: list[list[torch.Tensor]], grids: list[torch.Tensor]) ->
 
 
 def forward_accepts(model: Any, name: str) -> bool:
-    """Whether ``model.forward`` takes the keyword ``name`` (looked through a peft wrapper, whose own signature
-    hides the base model's)."""
+    """Whether ``model.forward`` takes the keyword ``name`` (looked through a peft wrapper, whose own
+    signature hides the base model's)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return name in _forward_parameters(type(base))
 
 
 @functools.lru_cache(maxsize=64)
 def _forward_parameters(cls: type) -> frozenset[str]:
-    """The keyword names of ``cls.forward`` (``inspect.signature`` costs ~0.2 ms; asked several times a step)."""
+    """The keyword names of ``cls.forward`` (``inspect.signature`` costs ~0.2 ms; asked several times a
+    step)."""
     return frozenset(inspect.signature(cls.forward).parameters)
 
 
 def load_pretrained_in_place(model: Any, folder: Any) -> None:
     """Load the weights a ``model.save_pretrained(folder)`` wrote back into ``model`` (same object, in place).
 
-    Goes through ``from_pretrained``, which undoes the key renaming ``save_pretrained`` applies (e.g. Qwen2-VL's
-    ``model.language_model.*`` is saved as ``model.*``); loading the raw safetensors file would silently match almost
-    no key.
+    Goes through ``from_pretrained``, which undoes the key renaming ``save_pretrained`` applies (e.g.
+    Qwen2-VL's ``model.language_model.*`` is saved as ``model.*``); loading the raw safetensors file would
+    silently match almost no key.
     """
     saved = type(model).from_pretrained(folder, local_files_only=True)
     model.load_state_dict(saved.state_dict())
@@ -133,9 +134,9 @@ def unique_images(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> t
         image_grid_thw: (N, 3) each image's patch grid (its row count is the product).
 
     Returns:
-        ``(keep, inverse)``: indices of the first occurrence of each distinct image, in order, and for every image
-        the position in ``keep`` of its equal. Images are equal when their grids and patches are exactly equal
-        (a projection of the patches narrows the candidates; ``torch.equal`` decides).
+        ``(keep, inverse)``: indices of the first occurrence of each distinct image, in order, and for every
+        image the position in ``keep`` of its equal. Images are equal when their grids and patches are exactly
+        equal (a projection of the patches narrows the candidates; ``torch.equal`` decides).
     """
     sizes = image_grid_thw.prod(-1)
     columns = pixel_values[:, :: max(1, pixel_values.shape[1] // 64)].float()  # a sample of columns suffices
@@ -160,7 +161,8 @@ def unique_images(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> t
 
 
 def _vision_owner(model: Any) -> Any | None:
-    """The submodule whose ``forward`` calls ``self.get_image_features`` (Qwen-VL's inner ``*Model``), or None."""
+    """The submodule whose ``forward`` calls ``self.get_image_features`` (Qwen-VL's inner ``*Model``), or
+    None."""
     for module in model.modules():
         if hasattr(module, "get_image_features") and hasattr(module, "visual") and hasattr(module, "language_model"):
             return module
@@ -211,9 +213,9 @@ def shared_image_features(model: Any) -> Iterator[None]:
 
 
 def enable_checkpointing(model: Any, reentrant: bool = False) -> None:
-    """Turn on activation (gradient) checkpointing, non-reentrant unless asked: PyTorch's recommended kind, and the
-    one under which :func:`vgym.engine.shared_prefix.shared_prefix_logits` can share a group's prompt (transformers' default
-    has changed between versions, so it is asked for explicitly)."""
+    """Turn on activation (gradient) checkpointing, non-reentrant unless asked: PyTorch's recommended kind,
+    and the one under which :func:`vgym.engine.shared_prefix.shared_prefix_logits` can share a group's prompt
+    (transformers' default has changed between versions, so it is asked for explicitly)."""
     kwargs = {"use_reentrant": reentrant}
     enable = getattr(model, "activation_checkpointing_enable", None)
     if enable is not None:

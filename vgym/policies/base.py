@@ -4,10 +4,10 @@ Contents: :class:`GroundTruth`, :class:`PolicyInput`, :class:`PolicyOutput`, :cl
 :class:`StatefulPolicy`, :func:`reads_ground_truth`, :func:`ground_truth`.
 
 A policy sees what a model would see — the sequence so far, its images, the chat, the tools offered — and the
-episode's public facts (its id, task name and the answer choices the prompt states). It never sees the sample or
-the task, whose metadata holds the answer. Scripted policies that need the answer (the oracle playing the task's
-solution) say so with a class attribute ``reads_ground_truth = True``; only for them does the rollout fill
-:attr:`PolicyInput.ground_truth` with the task's :class:`~vgym.task.Solution` — the one explicit channel.
+episode's public facts (its id, task name and the answer choices the prompt states). It never sees the sample
+or the task, whose metadata holds the answer. Scripted policies that need the answer (the oracle playing the
+task's solution) say so with a class attribute ``reads_ground_truth = True``; only for them does the rollout
+fill :attr:`PolicyInput.ground_truth` with the task's :class:`~vgym.task.Solution` — the one explicit channel.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ class GroundTruth:
 
 
 def ground_truth(task: Task, sample: Sample, tools_enabled: bool) -> GroundTruth:
-    """The :class:`GroundTruth` of ``sample``: ``task.solution`` with the env's tools setting and without tools."""
+    """The :class:`GroundTruth` of ``sample``: ``task.solution`` with the env's tools setting and without
+    tools."""
     return GroundTruth(task.solution(sample, tools_enabled), task.solution(sample, False))
 
 
@@ -48,17 +49,18 @@ class PolicyInput:
     """One episode's state at the start of a model turn.
 
     Attributes:
-        input_ids: (T,) the whole sequence so far, ending with the generation prompt (empty for rollouts without
-            a processor, which play text-only policies).
+        input_ids: (T,) the whole sequence so far, ending with the generation prompt (empty for rollouts
+            without a processor, which play text-only policies).
         pixel_values: (P, D) the processor's patches of every image so far, or None.
         image_grid_thw: (N, 3) the processor's grid per image, or None.
         messages: the chat so far (images as ``{"type": "image"}`` items).
         turn: 0-based index of the turn to play.
         tools_enabled: whether the env offers tools.
-        images: the images so far as shown to the model (budget-fitted RGB uint8 (H, W, 3)), in the order of the
-            ``{"type": "image"}`` items of ``messages`` (for policies that send pixels themselves, e.g. over HTTP).
-        episode_id: the sample's id (``"<task>/<split>/<seed>/<index>"`` or ``"<task>/<record id>"``): names the
-            episode, e.g. to seed a baseline per sample; it reveals nothing of the answer.
+        images: the images so far as shown to the model (budget-fitted RGB uint8 (H, W, 3)), in the order of
+            the ``{"type": "image"}`` items of ``messages`` (for policies that send pixels themselves, e.g.
+            over HTTP).
+        episode_id: the sample's id (``"<task>/<split>/<seed>/<index>"`` or ``"<task>/<record id>"``): names
+            the episode, e.g. to seed a baseline per sample; it reveals nothing of the answer.
         task_name: the task's registry name.
         answer_choices: the task's finite answer set, which its prompt states, or None.
         ground_truth: the task's solution, only for a policy whose ``reads_ground_truth`` is True; else None.
@@ -83,11 +85,11 @@ class PolicyOutput:
 
     Attributes:
         text: the turn's text (without the end-of-turn token).
-        token_ids: the generated ids including the end-of-turn token when generation stopped there, or None for
-            text-only policies (the rollout then tokenises ``text`` and appends the end-of-turn token).
-        logprobs: (len(token_ids),) behaviour log-probabilities of ``token_ids``, or None; for text-only policies
-            (``token_ids`` None) the server's per-token log-probs, for analysis only (not aligned with the rollout's
-            ids, so the rollout ignores them).
+        token_ids: the generated ids including the end-of-turn token when generation stopped there, or None
+            for text-only policies (the rollout then tokenises ``text`` and appends the end-of-turn token).
+        logprobs: (len(token_ids),) behaviour log-probabilities of ``token_ids``, or None; for text-only
+            policies (``token_ids`` None) the server's per-token log-probs, for analysis only (not aligned
+            with the rollout's ids, so the rollout ignores them).
     """
 
     text: str
@@ -109,12 +111,12 @@ class Policy(Protocol):
 
 @runtime_checkable
 class StatefulPolicy(Policy, Protocol):
-    """A policy with sampling state (e.g. the generator its per-call seeds come from) that a training checkpoint
-    must keep so that a resumed run samples what the uninterrupted run would have.
+    """A policy with sampling state (e.g. the generator its per-call seeds come from) that a training
+    checkpoint must keep so that a resumed run samples what the uninterrupted run would have.
 
-    Implement both methods, or neither: a trainer saves :meth:`state_dict` with its checkpoint and hands it back
-    to :meth:`load_state_dict` on resume only when ``isinstance(policy, StatefulPolicy)``. Model weights are not
-    part of it (the trainer saves those).
+    Implement both methods, or neither: a trainer saves :meth:`state_dict` with its checkpoint and hands it
+    back to :meth:`load_state_dict` on resume only when ``isinstance(policy, StatefulPolicy)``. Model weights
+    are not part of it (the trainer saves those).
     """
 
     def state_dict(self) -> dict[str, Any]:

@@ -4,11 +4,12 @@ Contents: :class:`GenerationConfig`, :class:`HFPolicy`, :func:`collate_left`.
 
 Sequences of different lengths are left-padded into one batch; the images of all episodes are concatenated in
 batch order (the order the model's placeholder tokens appear). Qwen-VL models with still images decode with
-:func:`vgym.engine.decoding.sample_turn` (one prefill per distinct prompt, earlier turns read from the kept KV cache)
-where :func:`vgym.engine.fast_paths.fast_paths` allows it (a checked transformers version); other models, other
-versions, videos and ``decoder="generate"`` use transformers' ``generate``. Sampling randomness comes from the
-policy's own seed: each call draws a seed from its generator, used by a dedicated ``torch.Generator`` (lean loop) or
-inside ``torch.random.fork_rng`` (``generate``), so the global torch RNG is left as it was.
+:func:`vgym.engine.decoding.sample_turn` (one prefill per distinct prompt, earlier turns read from the kept KV
+cache) where :func:`vgym.engine.fast_paths.fast_paths` allows it (a checked transformers version); other
+models, other versions, videos and ``decoder="generate"`` use transformers' ``generate``. Sampling randomness
+comes from the policy's own seed: each call draws a seed from its generator, used by a dedicated
+``torch.Generator`` (lean loop) or inside ``torch.random.fork_rng`` (``generate``), so the global torch RNG is
+left as it was.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ class GenerationConfig:
     top_p: float = 1.0
     """Nucleus sampling mass (Holtzman et al., 2019, arXiv:1904.09751); 1.0 disables it."""
     decoder: str = "auto"
-    """``"auto"``: :func:`vgym.engine.decoding.sample_turn` (one prefill per distinct prompt, no ``generate`` overhead)
-    where it supports the model and images (Qwen-VL family, still images), else ``generate``; ``"generate"``:
-    always transformers' ``generate``."""
+    """``"auto"``: :func:`vgym.engine.decoding.sample_turn` (one prefill per distinct prompt, no ``generate``
+    overhead) where it supports the model and images (Qwen-VL family, still images), else ``generate``;
+    ``"generate"``: always transformers' ``generate``."""
 
     def __post_init__(self) -> None:
         if self.decoder not in ("auto", "generate"):
@@ -97,8 +98,8 @@ class HFPolicy:
         self.prefix_cache.clear()
 
     def state_dict(self) -> dict[str, Any]:
-        """The sampling state (:class:`~vgym.policies.base.StatefulPolicy`): ``{"rng": ...}``, the state of the
-        generator each :meth:`act` draws its seed from."""
+        """The sampling state (:class:`~vgym.policies.base.StatefulPolicy`): ``{"rng": ...}``, the state of
+        the generator each :meth:`act` draws its seed from."""
         return {"rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -110,9 +111,9 @@ class HFPolicy:
         """Generate one turn for every episode in ``batch``.
 
         Returns:
-            Outputs whose ``token_ids`` end with an end-of-turn id unless ``max_new_tokens`` was hit, and whose
-            ``logprobs`` are log-softmax of the processed scores (temperature and top-p applied) at each chosen
-            token; for greedy decoding, of the raw logits.
+            Outputs whose ``token_ids`` end with an end-of-turn id unless ``max_new_tokens`` was hit, and
+            whose ``logprobs`` are log-softmax of the processed scores (temperature and top-p applied) at each
+            chosen token; for greedy decoding, of the raw logits.
         """
         ids, mask = collate_left([item.input_ids for item in batch], self.pad_id)
         pixels = [item.pixel_values for item in batch if item.pixel_values is not None]
@@ -188,10 +189,10 @@ class HFPolicy:
 class _ChosenLogprobs(LogitsProcessor):
     """The log-probability of each chosen token under the final processed scores, in O(B × V) memory.
 
-    Placed last in ``generate``'s processor list, it keeps only the current step's scores; the token sampled from
-    them is read at the next call (the last column of ``input_ids``) or, for the last step, by :meth:`finish`.
-    Keeping every step's scores instead (``output_scores=True``) costs N × B × V floats: 20 GB for 128 episodes ×
-    256 tokens at Qwen's 151,936-token vocabulary.
+    Placed last in ``generate``'s processor list, it keeps only the current step's scores; the token sampled
+    from them is read at the next call (the last column of ``input_ids``) or, for the last step, by
+    :meth:`finish`. Keeping every step's scores instead (``output_scores=True``) costs N × B × V floats: 20 GB
+    for 128 episodes × 256 tokens at Qwen's 151,936-token vocabulary.
     """
 
     def __init__(self) -> None:

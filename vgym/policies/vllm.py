@@ -1,29 +1,31 @@
-"""A vLLM policy: offline ``vllm.LLM`` generation on the rollout's own token ids and images, with log-probs and
-in-place weight sync from the trainer's model.
+"""A vLLM policy: offline ``vllm.LLM`` generation on the rollout's own token ids and images, with log-probs
+and in-place weight sync from the trainer's model.
 
 Contents: :class:`VLLMPolicyConfig`, :class:`VLLMPolicy`, :func:`build_vllm_prompt`, :func:`chosen_logprobs`,
 :func:`completion_to_output`.
 
 vLLM is imported lazily (in the constructor and in :meth:`VLLMPolicy.act`), so this module imports without it;
-install it with ``pip install 'vgym[vllm]'`` on a CUDA machine. This module is written against vLLM's documented
-offline API and has NOT been run here (no GPU, no vLLM): the unit tests cover input building, log-prob extraction
-and the weight-sync plumbing against stand-ins shaped like vLLM's objects.
+install it with ``pip install 'vgym[vllm]'`` on a CUDA machine. This module is written against vLLM's
+documented offline API and has NOT been run here (no GPU, no vLLM): the unit tests cover input building,
+log-prob extraction and the weight-sync plumbing against stand-ins shaped like vLLM's objects.
 
-Prompts are :class:`vllm.inputs.TokensPrompt` dicts: ``prompt_token_ids`` is ``PolicyInput.input_ids`` unchanged
-(the append-only sequence the rollout built, image placeholders already expanded) and ``multi_modal_data`` holds
-the budget-fitted images as PIL images. vLLM's multimodal processor detects that the placeholders are already
-expanded and inserts none; this requires its image processor to give every image the same grid as ours, i.e. the
-same checkpoint's preprocessor config (do not override ``min_pixels``/``max_pixels`` in ``mm_processor_kwargs``).
+Prompts are :class:`vllm.inputs.TokensPrompt` dicts: ``prompt_token_ids`` is ``PolicyInput.input_ids``
+unchanged (the append-only sequence the rollout built, image placeholders already expanded) and
+``multi_modal_data`` holds the budget-fitted images as PIL images. vLLM's multimodal processor detects that
+the placeholders are already expanded and inserts none; this requires its image processor to give every image
+the same grid as ours, i.e. the same checkpoint's preprocessor config (do not override
+``min_pixels``/``max_pixels`` in ``mm_processor_kwargs``).
 
-Log-probs: each request asks for ``logprobs=0`` (the sampled token only) and gets back, per generated position,
-a dict ``token_id -> Logprob``. By default vLLM returns the *raw* model log-probs (before temperature and top-p),
-whereas :class:`~vgym.policies.hf.HFPolicy` returns the processed ones; pass ``engine_kwargs={"logprobs_mode":
-"processed_logprobs"}`` (vLLM >= 0.10.2) to match it.
+Log-probs: each request asks for ``logprobs=0`` (the sampled token only) and gets back, per generated
+position, a dict ``token_id -> Logprob``. By default vLLM returns the *raw* model log-probs (before
+temperature and top-p), whereas :class:`~vgym.policies.hf.HFPolicy` returns the processed ones; pass
+``engine_kwargs={"logprobs_mode": "processed_logprobs"}`` (vLLM >= 0.10.2) to match it.
 
 Weight sync: :meth:`VLLMPolicy.load_weights` runs the engine model's own ``load_weights`` inside every worker
-through the documented ``LLM.apply_model`` and then resets the prefix cache (its KV entries were computed with the
-old weights). The model's ``load_weights`` maps Hugging Face parameter names to vLLM's (Qwen2-VL / Qwen2.5-VL
-declare ``hf_to_vllm_mapper``), so ``model.named_parameters()`` of the transformers model goes in unchanged.
+through the documented ``LLM.apply_model`` and then resets the prefix cache (its KV entries were computed with
+the old weights). The model's ``load_weights`` maps Hugging Face parameter names to vLLM's
+(Qwen2-VL / Qwen2.5-VL declare ``hf_to_vllm_mapper``), so ``model.named_parameters()`` of the transformers
+model goes in unchanged.
 """
 
 from __future__ import annotations
@@ -76,10 +78,12 @@ class VLLMPolicyConfig:
     """Seeds the policy's generator, which draws one vLLM ``seed`` per request: reproducible, and the episodes
     of a GRPO group do not share a sampling seed."""
     stop_token_ids: tuple[int, ...] = ()
-    """Extra end-of-turn ids; () relies on vLLM's own (the tokenizer's eos and ``generation_config.json``'s)."""
+    """Extra end-of-turn ids; () relies on vLLM's own (the tokenizer's eos and
+    ``generation_config.json``'s)."""
     suppress_placeholders: bool = True
-    """Forbid the vision placeholder tokens through ``logit_bias`` (a generated placeholder would desynchronise
-    image tokens and image features on the next turn). Turn off only for a vLLM without ``logit_bias`` support."""
+    """Forbid the vision placeholder tokens through ``logit_bias`` (a generated placeholder would
+    desynchronise image tokens and image features on the next turn). Turn off only for a vLLM without
+    ``logit_bias`` support."""
 
     # engine
     gpu_memory_utilization: float = 0.5
@@ -117,8 +121,8 @@ def build_vllm_prompt(item: PolicyInput) -> dict[str, Any]:
     """The vLLM ``TokensPrompt`` of one episode's turn.
 
     Returns:
-        ``{"prompt_token_ids": item.input_ids as a list of ints}``, plus ``"multi_modal_data": {"image": [PIL RGB
-        images of item.images, in order]}`` when the episode has images.
+        ``{"prompt_token_ids": item.input_ids as a list of ints}``, plus ``"multi_modal_data": {"image": [PIL
+        RGB images of item.images, in order]}`` when the episode has images.
     """
     prompt: dict[str, Any] = {"prompt_token_ids": [int(t) for t in item.input_ids.tolist()]}
     if item.images:
@@ -160,8 +164,8 @@ def completion_to_output(completion: Any, tokenizer: Any, eos_ids: Iterable[int]
     """Turn one vLLM ``CompletionOutput`` into a :class:`PolicyOutput`.
 
     Args:
-        completion: has ``token_ids`` (the generated ids, ending with the stop token when generation stopped on
-            one) and ``logprobs`` (see :func:`chosen_logprobs`).
+        completion: has ``token_ids`` (the generated ids, ending with the stop token when generation stopped
+            on one) and ``logprobs`` (see :func:`chosen_logprobs`).
         tokenizer: decodes the text (``decode(ids, skip_special_tokens=False)``, as HFPolicy does).
         eos_ids: end-of-turn ids; a final one is kept in ``token_ids`` but not in ``text``.
 
@@ -176,8 +180,8 @@ def completion_to_output(completion: Any, tokenizer: Any, eos_ids: Iterable[int]
 
 
 class _LoadWeights:
-    """Runs ``model.load_weights(pairs)`` inside a vLLM worker (a module-level class, so it pickles by reference
-    when the engine's workers live in other processes)."""
+    """Runs ``model.load_weights(pairs)`` inside a vLLM worker (a module-level class, so it pickles by
+    reference when the engine's workers live in other processes)."""
 
     def __init__(self, pairs: list[tuple[str, torch.Tensor]]) -> None:
         self.pairs = pairs
@@ -195,11 +199,12 @@ class VLLMPolicy:
     def __init__(self, config: VLLMPolicyConfig, *, engine: Any = None) -> None:
         """Args:
         config: engine and sampling settings.
-        engine: an already built ``vllm.LLM`` for ``config.model`` (e.g. shared with an evaluator); None builds
-            one from the config.
+        engine: an already built ``vllm.LLM`` for ``config.model`` (e.g. shared with an evaluator); None
+            builds one from the config.
 
         Raises:
-            ImportError: when ``engine`` is None and vLLM is not installed (the message says how to install it).
+            ImportError: when ``engine`` is None and vLLM is not installed (the message says how to install
+                it).
         """
         self.config = config
         if engine is None:
@@ -221,20 +226,21 @@ class VLLMPolicy:
         self.logit_bias = {token: _SUPPRESS_BIAS for token in suppressed}
 
     def state_dict(self) -> dict[str, Any]:
-        """The sampling state (:class:`~vgym.policies.base.StatefulPolicy`): ``{"rng": ...}``, the state of the
-        generator each request's vLLM seed is drawn from."""
+        """The sampling state (:class:`~vgym.policies.base.StatefulPolicy`): ``{"rng": ...}``, the state of
+        the generator each request's vLLM seed is drawn from."""
         return {"rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`: the next :meth:`act` draws the seeds it would have drawn after the save."""
+        """Restore a :meth:`state_dict`: the next :meth:`act` draws the seeds it would have drawn after the
+        save."""
         self.rng.bit_generator.state = state["rng"]
 
     def act(self, batch: Sequence[PolicyInput]) -> list[PolicyOutput]:
         """Generate one turn for every episode in ``batch`` in one ``LLM.generate`` call.
 
         Returns:
-            Outputs in batch order whose ``token_ids`` end with an end-of-turn id unless ``max_new_tokens`` was
-            hit, with one behaviour log-prob per id.
+            Outputs in batch order whose ``token_ids`` end with an end-of-turn id unless ``max_new_tokens``
+            was hit, with one behaviour log-prob per id.
 
         Raises:
             ImportError: if vLLM is not installed.
@@ -260,8 +266,8 @@ class VLLMPolicy:
         """Copy the trainer's weights into the engine's model, in place.
 
         Args:
-            named_tensors: ``(name, tensor)`` pairs with Hugging Face names, e.g. ``model.named_parameters()`` of
-                the transformers model being trained (full tensors: gather sharded ones first).
+            named_tensors: ``(name, tensor)`` pairs with Hugging Face names, e.g. ``model.named_parameters()``
+                of the transformers model being trained (full tensors: gather sharded ones first).
 
         Returns:
             The number of tensors sent.
@@ -279,7 +285,8 @@ class VLLMPolicy:
 
 
 def _default_eos_ids(model: str, tokenizer: Any) -> frozenset[int]:
-    """The tokenizer's eos id plus ``generation_config.json``'s eos ids (which vLLM also stops on), when readable."""
+    """The tokenizer's eos id plus ``generation_config.json``'s eos ids (which vLLM also stops on), when
+    readable."""
     ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
     try:
         from transformers import GenerationConfig
