@@ -86,7 +86,8 @@ def _synced(fn: Any, seconds: dict[str, float], label: str, device: str) -> Any:
 
 
 def run_config(model: Any, processor: Any, *, prompts: int, group: int, new_tokens: int, max_pixels: int,
-               warmup: int, steps: int, device: str, checkpointing: bool, accumulation: int = 1) -> dict[str, Any]:
+               warmup: int, steps: int, device: str, checkpointing: bool,
+               accumulation: int = 1) -> dict[str, Any]:
     """Time ``warmup + steps`` GRPO steps of ``prompts × group`` single-turn episodes; returns the report
     row."""
     model.generation_config.min_new_tokens = new_tokens  # a random model stops at random: force full length
@@ -94,9 +95,9 @@ def run_config(model: Any, processor: Any, *, prompts: int, group: int, new_toke
         enable_checkpointing(model)
         model.config.use_cache = True  # generation still uses the KV cache; HF turns it off only in training
     env_fn = functools.partial(VisualToolEnv, TASK, tools=(), max_turns=1, max_pixels=max_pixels)
-    cfg = GRPOConfig(num_generations=group, prompts_per_step=prompts, max_new_tokens=new_tokens, temperature=1.0,
-                     learning_rate=1e-6, mask_truncated_completions=False, steps=warmup + steps, beta=0.0,
-                     gradient_accumulation_steps=accumulation)
+    cfg = GRPOConfig(num_generations=group, prompts_per_step=prompts, max_new_tokens=new_tokens,
+                     temperature=1.0, learning_rate=1e-6, mask_truncated_completions=False,
+                     steps=warmup + steps, beta=0.0, gradient_accumulation_steps=accumulation)
     seconds: dict[str, float] = {}
     policy = hf_policy(model, processor, cfg)
     policy.act = _synced(policy.act, seconds, "generate", device)  # type: ignore[method-assign]
@@ -134,7 +135,8 @@ def run_config(model: Any, processor: Any, *, prompts: int, group: int, new_toke
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="2b")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
@@ -142,13 +144,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="prompts per step, one run each (none: only build and --save)")
     parser.add_argument("--group", type=int, default=8, help="generations per prompt (G)")
     parser.add_argument("--new-tokens", type=int, default=128, help="completion length (forced)")
-    parser.add_argument("--max-pixels", type=int, default=448 * 448, help="image budget (448²: 256 image tokens)")
+    parser.add_argument("--max-pixels", type=int, default=448 * 448,
+                        help="image budget (448²: 256 image tokens)")
     parser.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
     parser.add_argument("--out", type=Path, help="write the report rows here as JSON")
-    parser.add_argument("--save", type=Path, help="also save the random model and processor here (a local checkpoint)")
+    parser.add_argument("--save", type=Path,
+                        help="also save the random model and processor here (a local checkpoint)")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
@@ -160,14 +164,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             model.save_pretrained(args.save)
             processor.save_pretrained(args.save)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{args.size}: {n_params / 1e9:.3f} B parameters, {args.dtype} on {args.device}, built in {built_s:.1f} s"
-          + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
+    gpu = f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""
+    print(f"{args.size}: {n_params / 1e9:.3f} B parameters, {args.dtype} on {args.device}, "
+          f"built in {built_s:.1f} s{gpu}")
     model.eval()  # as during the rollout (the trainer switches modes itself)
     paths = fast_paths(model)
     steps = "direct decode steps" if paths.direct_steps and DecodeStep.supports(model) else "model(...) steps"
     lean = paths.decoder and lean_decoding_supported(model, None)
     print(f"  decoding: {'lean sampling loop, ' + steps if lean else 'generate'}"
-          f"{'' if paths.reason is None else f' ({paths.reason})'}, attention {model.config._attn_implementation}")
+          f"{'' if paths.reason is None else f' ({paths.reason})'}, "
+          f"attention {model.config._attn_implementation}")
     rows = []
     for prompts in args.prompts:
         row = run_config(model, processor, prompts=prompts, group=args.group, new_tokens=args.new_tokens,
@@ -176,12 +182,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         row.update(size=args.size, params=n_params, dtype=args.dtype, device=args.device)
         rows.append(row)
         m = row["mean"]
-        print(f"  {prompts} x {args.group} episodes ({args.accumulation} micro-batches), {args.new_tokens} new tokens: "
-              f"{row['s_per_step']:.2f} s/step, "
-              f"{row['tokens_per_s']:.0f} tok/s total, {row['completion_tokens_per_s']:.0f} completion tok/s, "
-              f"{m['tokens']:.0f} tok/step, peak {row['peak_gpu_gib']:.1f} GiB  [generate {m['generate']:.2f} / "
-              f"rollout rest {m['rollout_other']:.2f} / forward {m['forward']:.2f} / backward+optim "
-              f"{m['backward_optim']:.2f} s]  first-pass ratio {m['ratio_mean']:.4f}, clipped {m['clip_fraction']:.4f}")
+        print(f"  {prompts} x {args.group} episodes ({args.accumulation} micro-batches), "
+              f"{args.new_tokens} new tokens: {row['s_per_step']:.2f} s/step, "
+              f"{row['tokens_per_s']:.0f} tok/s total, "
+              f"{row['completion_tokens_per_s']:.0f} completion tok/s, "
+              f"{m['tokens']:.0f} tok/step, peak {row['peak_gpu_gib']:.1f} GiB  "
+              f"[generate {m['generate']:.2f} / rollout rest {m['rollout_other']:.2f} / "
+              f"forward {m['forward']:.2f} / backward+optim {m['backward_optim']:.2f} s]  "
+              f"first-pass ratio {m['ratio_mean']:.4f}, clipped {m['clip_fraction']:.4f}")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
     return rows

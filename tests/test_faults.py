@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,7 +92,8 @@ def _alive(pid: int, wait_s: float = 5.0) -> bool:
 def _call(env: VisualToolEnv, name: str, arguments: dict) -> tuple[dict, dict, bool]:
     import json
 
-    obs, _, terminated, _, info = env.step(f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>")
+    call = json.dumps({"name": name, "arguments": arguments})
+    obs, _, terminated, _, info = env.step(f"<tool_call>{call}</tool_call>")
     return obs, info["tool_calls"][0], terminated
 
 
@@ -112,7 +114,8 @@ def test_a_hung_backend_times_out_and_the_env_goes_on(isolation: str) -> None:
         region = env.sample.metadata["region"]  # type: ignore[union-attr]
         obs, record, _ = _call(env, "crop", {"box": region})  # a later call runs on a fresh worker
         assert record["ok"] is True and len(obs["images"]) == 1
-        _, reward, terminated, _, _ = env.step(f"<answer>{env.sample.answer}</answer>")  # type: ignore[union-attr]
+        answer = env.sample.answer  # type: ignore[union-attr]
+        _, reward, terminated, _, _ = env.step(f"<answer>{answer}</answer>")
         assert terminated and reward > 0.9
         assert env.runtime.counters["timeouts"] == 1 and env.runtime.counters["worker_starts"] == 2
     finally:
@@ -161,7 +164,8 @@ def test_a_leaking_backend_is_recycled_by_rss_and_by_call_count() -> None:
         # call's leak.
         assert len(set(pids)) == 3 and runtime.counters["recycled"] == 2
         assert max(rss) <= limit + 20.0 + 5.0, rss  # 5 MiB slack for allocator noise
-        assert not any(_alive(pid) for pid in set(pids) - {pids[-1]})  # retired workers are gone, memory returned
+        # retired workers are gone, their memory returned
+        assert not any(_alive(pid) for pid in set(pids) - {pids[-1]})
         # By call count: three calls per worker, whatever the memory.
         runtime.config = dataclasses.replace(runtime.config, max_worker_rss_mb=None, max_calls_per_worker=3)
         runtime.close()  # start counting on a fresh worker
@@ -188,8 +192,8 @@ def test_recycling_config_is_checked(change: dict, message: str) -> None:
 # bonus gives every step a non-zero loss and gradient, so a wrong resume (weights, optimizer, RNG, data
 # position) shows. Groups of 2, 2 turns of 8 tokens: a step takes ~0.5 s on the tiny model (real runs: 8 x 8
 # episodes, 256+ tokens).
-GRPO_FAST = {"num_generations": 2, "prompts_per_step": 2, "max_new_tokens": 8, "steps": 5, "learning_rate": 1e-3,
-             "entropy_coef": 0.01, "mask_truncated_completions": False}
+GRPO_FAST = {"num_generations": 2, "prompts_per_step": 2, "max_new_tokens": 8, "steps": 5,
+             "learning_rate": 1e-3, "entropy_coef": 0.01, "mask_truncated_completions": False}
 
 
 def _cli(*args: str) -> list[str]:
@@ -247,10 +251,13 @@ def _steps(path) -> dict[int, dict[str, str]]:  # type: ignore[no-untyped-def]
     import csv
 
     with open(path, newline="") as fh:
-        return {int(r["step"]): {k: v for k, v in r.items() if not k.startswith("perf/")} for r in csv.DictReader(fh)}
+        return {int(r["step"]): {k: v for k, v in r.items() if not k.startswith("perf/")}
+                for r in csv.DictReader(fh)}
 
 
-def test_training_killed_at_a_random_point_resumes_to_the_same_metrics(tiny_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_training_killed_at_a_random_point_resumes_to_the_same_metrics(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
     import yaml
     from safetensors.numpy import load_file
 
@@ -299,7 +306,7 @@ for step in range(1, 1001):
 """
 
 
-def test_a_kill_while_saving_leaves_every_visible_checkpoint_loadable(tiny_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_kill_while_saving_leaves_every_visible_checkpoint_loadable(tiny_dir: Path, tmp_path: Path) -> None:
     import functools
 
     from vgym.engine.tiny import load_vlm
@@ -328,7 +335,8 @@ def test_a_kill_while_saving_leaves_every_visible_checkpoint_loadable(tiny_dir, 
     # ... and every checkpoint under its final name is whole: the newest loads and is the step it is named
     # after.
     visible = sorted((p for p in out.glob("checkpoint-*")), key=lambda p: int(p.name.split("-")[1]))
-    assert all({"model.safetensors", "config.json", "grpo_state.pt"} <= {f.name for f in p.iterdir()} for p in visible)
+    assert all({"model.safetensors", "config.json", "grpo_state.pt"} <= {f.name for f in p.iterdir()}
+               for p in visible)
     trainer.load(visible[-1])
     assert trainer.step_count == int(visible[-1].name.split("-")[1])
     # Saving the interrupted checkpoint again clears the dead writer's temporary folder.
@@ -337,7 +345,7 @@ def test_a_kill_while_saving_leaves_every_visible_checkpoint_loadable(tiny_dir, 
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
-def test_evaluation_killed_at_a_random_point_scores_each_episode_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_evaluation_killed_at_a_random_point_scores_each_episode_once(tmp_path: Path) -> None:
     import json
 
     from vgym.eval.evaluate import EvalConfig, run_eval
@@ -346,8 +354,9 @@ def test_evaluation_killed_at_a_random_point_scores_each_episode_once(tmp_path) 
     total = 2 * 12 * 2
     run, path = tmp_path / "killed", tmp_path / "killed" / "episodes.jsonl"
     lines = int(np.random.default_rng(11).integers(1, total - 12))  # kill after a random number of episodes
-    proc = _start(_cli("eval", "--policy", "random", "--suite", "visual_search", "--suite", "counting", "--n", "12",
-                       "--k", "2", "--difficulty", "1", "--out", str(run)), tmp_path / "eval.log")
+    args = _cli("eval", "--policy", "random", "--suite", "visual_search", "--suite", "counting", "--n", "12",
+                "--k", "2", "--difficulty", "1", "--out", str(run))
+    proc = _start(args, tmp_path / "eval.log")
     with _killer(proc, lambda: path.exists() and path.read_bytes().count(b"\n") >= lines, 0.0, "vgym eval"):
         straight = run_eval(config, tmp_path / "straight")  # meanwhile, the uninterrupted run
     before = path.read_bytes()

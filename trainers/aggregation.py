@@ -119,7 +119,8 @@ def aggregate_dr_grpo(per_token: torch.Tensor, loss_mask: torch.Tensor, *, max_t
         ValueError: ``max_tokens`` is None or not positive.
     """
     if max_tokens is None or max_tokens <= 0:
-        raise ValueError(f"loss_type 'dr_grpo' needs max_tokens > 0 (the generation budget); got {max_tokens}.")
+        raise ValueError(f"loss_type 'dr_grpo' needs max_tokens > 0 (the generation budget); got "
+                         f"{max_tokens}.")
     kept, _ = _kept(per_token, loss_mask)
     return kept.sum() / (per_token.shape[0] * max_tokens)
 

@@ -73,7 +73,8 @@ def otc_tool_factor(calls: int, c: float) -> float:
 def turn_ids_from_mask(loss_mask: torch.Tensor) -> torch.Tensor:
     """Number the policy's turns: (B, T) 0/1 → (B, T) long, k >= 1 on the tokens of the k-th run of ones, else
     0."""
-    starts = (loss_mask == 1) & (torch.nn.functional.pad(loss_mask, (1, 0))[:, :-1] == 0)  # (B, T) first token of a run
+    # (B, T): the first token of each run of ones
+    starts = (loss_mask == 1) & (torch.nn.functional.pad(loss_mask, (1, 0))[:, :-1] == 0)
     return torch.cumsum(starts.long(), dim=1) * (loss_mask == 1).long()
 
 
@@ -168,7 +169,8 @@ class GRPOTrainer:
         for _ in range(prompts):
             index = self.data_position
             self.data_position += 1
-            specs += [EpisodeSpec(cfg.split, index, group_id=index, seed=index) for _ in range(cfg.num_generations)]
+            specs += [EpisodeSpec(cfg.split, index, group_id=index, seed=index)
+                      for _ in range(cfg.num_generations)]
         return specs
 
     def collect(self) -> tuple[list[Trajectory], dict[str, float]]:
@@ -231,8 +233,9 @@ class GRPOTrainer:
         adv, metrics = compute_advantages(cfg.advantage, self.rewards(trajs), group_ids,
                                           scale_rewards=cfg.scale_rewards)
         if cfg.turn_credit == "steps":
-            token_adv = turn_advantages(adv, turn_ids_from_mask(loss_mask), step_rewards(trajs, self.max_turns),
-                                        group_ids, step_weight=cfg.step_weight)
+            token_adv = turn_advantages(adv, turn_ids_from_mask(loss_mask),
+                                        step_rewards(trajs, self.max_turns), group_ids,
+                                        step_weight=cfg.step_weight)
         else:
             token_adv = broadcast_advantages(adv, loss_mask)
         return token_adv, metrics
@@ -339,7 +342,8 @@ class GRPOTrainer:
         self.step_count += 1
         elapsed = time.perf_counter() - start
         tokens = float(sum(len(t.input_ids) for t in trajs))
-        metrics.update({"perf/step_s": elapsed, "perf/rollout_s": rollout_s, "perf/tokens_per_s": tokens / elapsed})
+        metrics.update({"perf/step_s": elapsed, "perf/rollout_s": rollout_s,
+                        "perf/tokens_per_s": tokens / elapsed})
         fired = self.alarms.update(self.step_count, metrics)
         self.alarm_log += fired
         metrics["alarms"] = float(len(fired))
@@ -351,7 +355,7 @@ class GRPOTrainer:
         metrics) when ``rows`` hold no trained token."""
         cfg = self.config
         num_items = int(loss_mask[rows].sum())
-        if num_items == 0:  # every token masked (e.g. all episodes truncated and masked): nothing to learn from
+        if num_items == 0:  # every token masked (e.g. all episodes truncated and masked): nothing to learn
             return {}
         self.optimizer.zero_grad(set_to_none=True)
         micro = max(1, math.ceil(len(rows) / cfg.gradient_accumulation_steps))
@@ -359,7 +363,8 @@ class GRPOTrainer:
         parts: list[dict[str, float]] = []
         for lo in range(0, len(rows), micro):
             sub = rows[lo : lo + micro]
-            loss, m = self.loss_on([trajs[i] for i in sub], advantages[sub], loss_mask[sub], old[sub], num_items)
+            loss, m = self.loss_on([trajs[i] for i in sub], advantages[sub], loss_mask[sub], old[sub],
+                                   num_items)
             # a whole-step aggregation (dapo) already divides by the minibatch's token count; the others are
             # per-micro-batch means, weighted by their share of the minibatch's episodes.
             (loss if whole_step else loss * len(sub) / len(rows)).backward()
@@ -373,7 +378,9 @@ class GRPOTrainer:
             self.sync_weights(self.model)
         return out
 
-    def train(self, callback: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+    def train(
+        self, callback: Callable[[int, dict[str, float]], None] | None = None
+    ) -> list[dict[str, float]]:
         """Run until ``config.steps``; ``callback(step, metrics)`` after each step. Returns the metric
         history."""
         history = []
@@ -403,7 +410,7 @@ class GRPOTrainer:
                  "alarm_log": self.alarm_log}
         if isinstance(self.policy, StatefulPolicy):  # e.g. the generator the sampling seeds come from
             state["policy"] = self.policy.state_dict()
-        if hasattr(self.model, "peft_config"):  # save_pretrained wrote the adapters; keep their exact tensors too
+        if hasattr(self.model, "peft_config"):  # save_pretrained wrote the adapters; keep their exact tensors
             state["adapters"] = {k: v for k, v in self.model.state_dict().items() if "lora_" in k}
         with atomic_path(folder) as tmp:
             tmp.mkdir()
@@ -426,11 +433,13 @@ class GRPOTrainer:
         now.pop("steps", None)
         if saved != now:
             changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-            raise InvalidConfigError(f"checkpoint config differs from this run's in {changed}: {saved} vs {now}")
+            raise InvalidConfigError(f"checkpoint config differs from this run's in {changed}: {saved} vs "
+                                     f"{now}")
         if isinstance(self.policy, StatefulPolicy) and "policy" not in state:
             raise InvalidConfigError(f"checkpoint {folder} holds no sampling state for the policy "
-                                     f"({type(self.policy).__name__}), so a resumed run would not sample as the "
-                                     "saved one would have; resume with the kind of policy it was saved with.")
+                                     f"({type(self.policy).__name__}), so a resumed run would not sample as "
+                                     "the saved one would have; resume with the kind of policy it was saved "
+                                     "with.")
         if "adapters" in state:  # LoRA: the base is unchanged, the adapters are restored
             self.model.load_state_dict(state["adapters"], strict=False)
         else:

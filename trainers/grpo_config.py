@@ -133,10 +133,11 @@ class GRPOConfig:
         if self.rollout_mode not in ("lockstep", "async"):
             raise InvalidConfigError(f"rollout_mode must be 'lockstep' or 'async', got {self.rollout_mode!r}")
         if not 0.0 <= self.otc_weight <= 1.0 or self.otc_c <= 0:
-            raise InvalidConfigError(f"need 0 <= otc_weight <= 1 and otc_c > 0, got {self.otc_weight}, {self.otc_c}")
+            raise InvalidConfigError(f"need 0 <= otc_weight <= 1 and otc_c > 0, got {self.otc_weight}, "
+                                     f"{self.otc_c}")
         if self.temperature <= 0:
-            raise InvalidConfigError(f"temperature must be positive (greedy rollouts give no group variance), "
-                                     f"got {self.temperature}")
+            raise InvalidConfigError(f"temperature must be positive (greedy rollouts give no group "
+                                     f"variance), got {self.temperature}")
 
     @property
     def batch_size(self) -> int:

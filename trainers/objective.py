@@ -81,8 +81,8 @@ class LossSettings:
             if name not in taken:
                 takers = [n for n in POLICY_LOSSES.names() if name in policy_loss_options(n)]
                 where = " or ".join(f"policy_loss={n!r}" for n in takers) or "no policy loss"
-                raise InvalidConfigError(f"{name} only applies to {where}; got policy_loss={self.policy_loss!r}. "
-                                         f"Leave {name} unset (None).")
+                raise InvalidConfigError(f"{name} only applies to {where}; got "
+                                         f"policy_loss={self.policy_loss!r}. Leave {name} unset (None).")
 
     def clip_options(self) -> dict[str, float]:
         """The clip settings given (not None), as keyword arguments of the policy loss.
@@ -97,8 +97,9 @@ class LossSettings:
 
 def compute_policy_objective(
     logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, loss_mask: torch.Tensor,
-    settings: LossSettings, *, num_items_in_batch: int | None = None, ref_logprobs: torch.Tensor | None = None,
-    turn_ids: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
+    settings: LossSettings, *, num_items_in_batch: int | None = None,
+    ref_logprobs: torch.Tensor | None = None, turn_ids: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The GRPO-family objective ``policy + beta * KL + llds_coef * LLDS - entropy_coef * H``; KL and entropy
     are aggregated with the policy's ``loss_type``, LLDS is a token mean (see
@@ -127,11 +128,11 @@ def compute_policy_objective(
             missing.
     """
     if settings.beta != 0.0 and ref_logprobs is None:
-        raise ValueError(f"beta={settings.beta} needs ref_logprobs (the reference policy's log-probs); pass them "
-                         "or set 0.")
+        raise ValueError(f"beta={settings.beta} needs ref_logprobs (the reference policy's log-probs); pass "
+                         "them or set 0.")
     if settings.entropy_coef != 0.0 and entropy is None:
-        raise ValueError(f"entropy_coef={settings.entropy_coef} needs entropy (from entropy_from_logits); pass it "
-                         "or set 0.")
+        raise ValueError(f"entropy_coef={settings.entropy_coef} needs entropy (from entropy_from_logits); "
+                         "pass it or set 0.")
     loss_type = settings.loss_type
     agg = {"max_tokens": settings.max_tokens, "num_items_in_batch": num_items_in_batch}
     policy_fn = POLICY_LOSSES.get(settings.policy_loss)

@@ -53,12 +53,14 @@ def _log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.T
 
 
 def _clipped(
-    log_ratio: torch.Tensor, advantages: torch.Tensor, loss_mask: torch.Tensor, epsilon: float, high: float | None
+    log_ratio: torch.Tensor, advantages: torch.Tensor, loss_mask: torch.Tensor, epsilon: float,
+    high: float | None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-token ``-min(r A, clip(r, 1 - epsilon, 1 + high) A)`` and the metrics every policy loss reports."""
     high = epsilon if high is None else high
     if not (0 < epsilon < 1 and high > 0):
-        raise ValueError(f"need 0 < epsilon < 1 and epsilon_high > 0; got epsilon={epsilon}, epsilon_high={high}.")
+        raise ValueError(f"need 0 < epsilon < 1 and epsilon_high > 0; got epsilon={epsilon}, "
+                         f"epsilon_high={high}.")
     ratio = log_ratio.exp()  # (B, T)
     per_token = -torch.min(ratio * advantages, ratio.clamp(1 - epsilon, 1 + high) * advantages)
     with torch.no_grad():
@@ -75,7 +77,8 @@ def _clipped(
 
 def _check_inputs(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                   loss_mask: torch.Tensor) -> None:
-    check_shapes({"logprobs": logprobs, "old_logprobs": old_logprobs, "advantages": advantages, "mask": loss_mask})
+    check_shapes({"logprobs": logprobs, "old_logprobs": old_logprobs, "advantages": advantages,
+                  "mask": loss_mask})
 
 
 def ppo_clip_policy_loss(
@@ -187,7 +190,8 @@ def gspo_policy_loss(
     log_ratio = (seq_log_ratio.detach()[:, None] + own_grad).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)  # (B, T)
     per_token, metrics = _clipped(log_ratio, advantages, loss_mask, epsilon, epsilon_high)
     with torch.no_grad():
-        metrics["actor/approx_kl"] = float(masked_mean(token_log_ratio.exp() - 1 - token_log_ratio, loss_mask))
+        token_kl = token_log_ratio.exp() - 1 - token_log_ratio  # (B, T) k3 of KL(π_old || π_θ)
+        metrics["actor/approx_kl"] = float(masked_mean(token_kl, loss_mask))
     loss = aggregate_loss(per_token, loss_mask, loss_type, max_tokens=max_tokens,
                           num_items_in_batch=num_items_in_batch)
     return loss, {"loss/policy": float(loss.detach()), **metrics}

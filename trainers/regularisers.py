@@ -80,7 +80,8 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, loss_mask: torch.T
 
 
 def kl_penalty(
-    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, loss_mask: torch.Tensor, estimator: str = KLEstimator.K3
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, loss_mask: torch.Tensor,
+    estimator: str = KLEstimator.K3,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-token KL(π_θ || π_ref) estimate on the sampled tokens, to be aggregated and weighted by ``beta``.
 
@@ -138,7 +139,8 @@ def llds_regulariser(
     Raises:
         ValueError: shapes differ.
     """
-    check_shapes({"logprobs": logprobs, "old_logprobs": old_logprobs, "loss_mask": loss_mask, "adv": advantages})
+    check_shapes({"logprobs": logprobs, "old_logprobs": old_logprobs, "loss_mask": loss_mask,
+                  "adv": advantages})
     mask = loss_mask.bool()
     keep = mask & (advantages >= 0)  # (B, T) preserving set
     fall = torch.where(keep, old_logprobs.detach() - logprobs, torch.zeros_like(logprobs))  # (B, T) > 0: fell
@@ -153,7 +155,8 @@ def llds_regulariser(
             per_turn = fall.new_zeros(fall.shape[0] * n_slots).index_add(0, slot.flatten(), fall.flatten())
             gate = (per_turn[slot] > 0) & (turn_ids > 0)  # (B, T): this token's turn lost likelihood
         penalised = keep & gate & (fall > 0)
-    loss = torch.where(penalised, fall, torch.zeros_like(fall)).sum() / mask.sum().clamp(min=1)  # clamp: no NaN
+    # clamp: no policy token gives 0, not 0 / 0 = NaN
+    loss = torch.where(penalised, fall, torch.zeros_like(fall)).sum() / mask.sum().clamp(min=1)
     with torch.no_grad():
         active = penalised.any(-1)[mask.any(-1)]  # over trajectories that have policy tokens
         metrics = {

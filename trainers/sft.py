@@ -84,14 +84,16 @@ def collate(trajectories: Sequence[Trajectory], pad_id: int) -> dict[str, torch.
     pixels = [t.pixel_values for t in trajectories if t.pixel_values is not None]
     if pixels:
         out["pixel_values"] = torch.cat(pixels)
-        out["image_grid_thw"] = torch.cat([t.image_grid_thw for t in trajectories if t.image_grid_thw is not None])
+        out["image_grid_thw"] = torch.cat([t.image_grid_thw for t in trajectories
+                                           if t.image_grid_thw is not None])
     return out
 
 
 class SFTTrainer:
     """Behaviour cloning of trajectories (e.g. the scripted oracle's)."""
 
-    def __init__(self, model: Any, trajectories: Sequence[Trajectory], config: SFTConfig, *, pad_id: int) -> None:
+    def __init__(self, model: Any, trajectories: Sequence[Trajectory], config: SFTConfig, *,
+                 pad_id: int) -> None:
         """Args:
         model: a transformers VLM; trained in place.
         trajectories: the training set.
@@ -157,7 +159,9 @@ class SFTTrainer:
         self.step_count += 1
         return metrics
 
-    def train(self, callback: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+    def train(
+        self, callback: Callable[[int, dict[str, float]], None] | None = None
+    ) -> list[dict[str, float]]:
         """Run until ``config.steps``; ``callback(step, metrics)`` after each step. Returns the metric
         history."""
         history = []
@@ -200,7 +204,8 @@ class SFTTrainer:
         folder = Path(folder)
         state = torch.load(folder / "trainer_state.pt", weights_only=True)
         if state["config"] != asdict(self.config):
-            raise InvalidConfigError(f"checkpoint config {state['config']} differs from {asdict(self.config)}")
+            raise InvalidConfigError(f"checkpoint config {state['config']} differs from "
+                                     f"{asdict(self.config)}")
         load_pretrained_in_place(self.model, folder)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["token_logprobs", "entropy_from_logits", "masked_mean", "sft_loss", "MAX_LOG_RATIO", "check_shapes"]
+__all__ = ["token_logprobs", "entropy_from_logits", "masked_mean", "sft_loss", "MAX_LOG_RATIO",
+           "check_shapes"]
 
 MAX_LOG_RATIO = 20.0
 """Guard: log-ratios are clamped to ±20 before ``exp``; exp(20) ≈ 4.9e8 is finite in float32, so an outlier

@@ -5,6 +5,7 @@ each distinct image once while the model's outputs and gradients stay those of t
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 
@@ -42,8 +43,10 @@ def _group_batch(processor, left: bool = False):  # type: ignore[no-untyped-def]
     width = max(len(r.input_ids) for r in rows)
     pads = [(width - len(r.input_ids), 0) if left else (0, width - len(r.input_ids)) for r in rows]
     ids = torch.stack([torch.nn.functional.pad(r.input_ids, pad) for r, pad in zip(rows, pads)])
-    mask = torch.stack([torch.nn.functional.pad(torch.ones(len(r.input_ids)), pad) for r, pad in zip(rows, pads)])
-    return ids, mask.long(), torch.cat([r.pixel_values for r in rows]), torch.cat([r.image_grid_thw for r in rows])
+    mask = torch.stack([torch.nn.functional.pad(torch.ones(len(r.input_ids)), pad)
+                        for r, pad in zip(rows, pads)])
+    pixels, grids = torch.cat([r.pixel_values for r in rows]), torch.cat([r.image_grid_thw for r in rows])
+    return ids, mask.long(), pixels, grids
 
 
 def test_shared_features_give_the_same_logits_and_gradients(tiny) -> None:  # type: ignore[no-untyped-def]
@@ -104,7 +107,8 @@ def test_shared_features_keep_qwen3_vl_deepstack_features_in_order() -> None:
     seen: list[int] = []
     model.model.visual.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
     gen = torch.Generator().manual_seed(0)
-    image_a, image_b = (torch.randn(16, 3 * 2 * 16 * 16, generator=gen) for _ in range(2))  # 4 x 4 patches each
+    # 4 x 4 patches each
+    image_a, image_b = (torch.randn(16, 3 * 2 * 16 * 16, generator=gen) for _ in range(2))
     ids = torch.tensor([[1, 7, 5, 5, 5, 5, 8, 20, 21, 22]] * 3)  # 4 image tokens after the 2 x 2 merge
     inputs = model_inputs(model, ids, torch.ones_like(ids), torch.cat([image_a, image_b, image_a]),
                           torch.tensor([[1, 4, 4]] * 3))
@@ -117,7 +121,7 @@ def test_shared_features_keep_qwen3_vl_deepstack_features_in_order() -> None:
     assert not torch.allclose(plain[0], plain[1])  # the two images do differ in the output
 
 
-def test_vision_placeholder_ids_of_a_qwen_vl_tokenizer_and_of_one_without_them(tiny) -> None:  # type: ignore[no-untyped-def]
+def test_vision_placeholder_ids_of_a_qwen_vl_tokenizer_and_of_one_without_them(tiny: Any) -> None:
     _, processor = tiny
     tokenizer = processor.tokenizer
     ids = vision_placeholder_ids(tokenizer)

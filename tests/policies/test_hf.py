@@ -20,8 +20,9 @@ def _item(processor, index: int) -> PolicyInput:  # type: ignore[no-untyped-def]
     env = VisualToolEnv("visual_search", max_pixels=112 * 112)
     obs, info = env.reset(seed=index, options={"split": "train", "index": index})
     enc = ChatEncoder(processor).encode_prompt(info["messages"], obs["images"])
-    return PolicyInput(input_ids=enc.input_ids, pixel_values=enc.pixel_values, image_grid_thw=enc.image_grid_thw,
-                       messages=info["messages"], turn=0, tools_enabled=True, images=obs["images"])
+    return PolicyInput(input_ids=enc.input_ids, pixel_values=enc.pixel_values,
+                       image_grid_thw=enc.image_grid_thw, messages=info["messages"], turn=0,
+                       tools_enabled=True, images=obs["images"])
 
 
 def _teacher_forced(model, item: PolicyInput, tokens: list[int], temperature: float, top_p: float,
@@ -29,7 +30,8 @@ def _teacher_forced(model, item: PolicyInput, tokens: list[int], temperature: fl
     """log p(token) of each generated token from one forward over prompt + completion, warped as sampled."""
     ids = torch.cat([item.input_ids, torch.tensor(tokens)])[None]
     with torch.no_grad():
-        logits = model(**model_inputs(model, ids, torch.ones_like(ids), item.pixel_values, item.image_grid_thw)).logits
+        inputs = model_inputs(model, ids, torch.ones_like(ids), item.pixel_values, item.image_grid_thw)
+        logits = model(**inputs).logits
     n = len(item.input_ids)
     scores = logits[0, n - 1 : n - 1 + len(tokens)].float()
     scores[:, suppressed] = -float("inf")

@@ -107,7 +107,8 @@ def test_turn_advantages_by_hand() -> None:
     steps = torch.tensor([[1.0, 0.0], [1.0, 99.0]])
     out = turn_advantages(torch.tensor([0.5, -0.5]), turn_ids, steps, torch.tensor([4, 4]), step_weight=0.1)
     a, b, c = 0.5 + 0.057735, 0.5 - 0.11547, -0.5 + 0.057735
-    torch.testing.assert_close(out, torch.tensor([[0, a, a, 0, b, b], [0, c, c, 0, 0, 0]]), rtol=1e-4, atol=1e-6)
+    expected = torch.tensor([[0, a, a, 0, b, b], [0, c, c, 0, 0, 0]])
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-6)
     # step_weight 0 is the Flow-GRPO broadcast of the outcome over every model-turn token
     flat = turn_advantages(torch.tensor([0.5, -0.5]), turn_ids, steps, torch.tensor([4, 4]), step_weight=0.0)
     torch.testing.assert_close(flat, broadcast_advantages(torch.tensor([0.5, -0.5]), turn_ids > 0))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -111,7 +112,8 @@ def test_otc_factor_and_turn_helpers() -> None:
 def test_step_rewards_read_tool_outcomes(sft_dir: Path) -> None:
     model, processor = _load(sft_dir)
     encoder = ChatEncoder(processor)
-    good = collect(search_env, OraclePolicy(), encoder, "train", 1, batch_size=1, progress=lambda *a: None, stage="")
+    good = collect(search_env, OraclePolicy(), encoder, "train", 1, batch_size=1, progress=lambda *a: None,
+                   stage="")
     bad_env = functools.partial(VisualToolEnv, "visual_search", tools=("crop",), max_turns=2)
 
     class BadCrop:
@@ -119,7 +121,8 @@ def test_step_rewards_read_tool_outcomes(sft_dir: Path) -> None:
             from vgym.policies.base import PolicyOutput
 
             text = '<tool_call>{"name": "crop", "arguments": {"box": [5, 5, 1, 1]}}</tool_call>'
-            return [PolicyOutput(text=text if item.turn == 0 else "<answer>vertical</answer>") for item in batch]
+            return [PolicyOutput(text=text if item.turn == 0 else "<answer>vertical</answer>")
+                    for item in batch]
 
     bad = collect(bad_env, BadCrop(), encoder, "train", 1, batch_size=1, progress=lambda *a: None, stage="")
     assert step_rewards(good + bad, 4).tolist() == [[1.0, 0.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0]]
@@ -235,7 +238,7 @@ def test_grpo_raises_the_reward_on_its_training_distribution(sft_dir: Path) -> N
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.15, rewards
 
 
-def test_loss_forward_projects_only_positions_that_predict_trained_tokens(tiny) -> None:  # type: ignore[no-untyped-def]
+def test_loss_forward_projects_only_positions_that_predict_trained_tokens(tiny: Any) -> None:
     """``logits_to_keep`` from the first trained column: the same log-probs there and after, zeros before, and
     only ``T - first + 1`` positions of logits; the first-pass ratio of a real step stays 1."""
     model, processor = tiny
@@ -259,8 +262,8 @@ def test_loss_forward_projects_only_positions_that_predict_trained_tokens(tiny) 
 def test_loss_settings_come_from_the_config() -> None:
     """The loss fields reach the objective as they are; a clip field the policy loss does not take is left
     out, with a warning, as the trainer always ignored it."""
-    cfg = GRPOConfig(policy_loss="dual_clip", clip_ratio_c=2.0, epsilon_high=0.28, loss_type="dr_grpo", beta=0.04,
-                     kl_estimator="k1", llds_coef=0.1, entropy_coef=0.01)
+    cfg = GRPOConfig(policy_loss="dual_clip", clip_ratio_c=2.0, epsilon_high=0.28, loss_type="dr_grpo",
+                     beta=0.04, kl_estimator="k1", llds_coef=0.1, entropy_coef=0.01)
     assert cfg.loss_settings(max_tokens=64) == LossSettings(
         policy_loss="dual_clip", clip_ratio_c=2.0, epsilon_high=0.28, loss_type="dr_grpo", max_tokens=64,
         beta=0.04, kl_estimator="k1", llds_coef=0.1, entropy_coef=0.01)
@@ -281,7 +284,9 @@ class _Counted:
         return self.inner.act(batch)
 
 
-def test_any_policy_plays_and_the_sync_hook_follows_every_weight_change(tiny_dir: Path, tmp_path: Path) -> None:
+def test_any_policy_plays_and_the_sync_hook_follows_every_weight_change(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
     """Two minibatches: two optimizer steps, each followed by ``sync_weights(model)`` seeing the new weights;
     a policy without sampling state saves none, resumes, and gets the loaded weights; a stateful policy
     refuses a checkpoint without its state."""
@@ -310,8 +315,8 @@ def test_any_policy_plays_and_the_sync_hook_follows_every_weight_change(tiny_dir
 
 
 @pytest.mark.parametrize("checked", [True, False])
-def test_shared_prompt_forward_only_where_the_fast_paths_allow_it(tiny, monkeypatch: pytest.MonkeyPatch,
-                                                                  checked: bool) -> None:  # type: ignore[no-untyped-def]
+def test_shared_prompt_forward_only_where_the_fast_paths_allow_it(tiny: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                  checked: bool) -> None:
     """On a checked transformers version the loss forward tries the shared-prompt forward; on another it never
     does, and the logits are the plain forward's."""
     model, processor = tiny

@@ -35,8 +35,8 @@ def test_masked_tokens_get_zero_gradient(name: str, loss_type: str) -> None:
         logp[1, 1:] = 40.0
     old[1, 1:] = -torch.inf
     adv = torch.tensor([[1.0, -1.0, 2.0], [-0.5, 7.0, 7.0]])
-    settings = LossSettings(policy_loss=name, loss_type=loss_type, max_tokens=AGG_ARGS[loss_type].get("max_tokens"),
-                            beta=0.1, llds_coef=1.0)
+    settings = LossSettings(policy_loss=name, loss_type=loss_type,
+                            max_tokens=AGG_ARGS[loss_type].get("max_tokens"), beta=0.1, llds_coef=1.0)
     loss, _ = compute_policy_objective(
         logp, old, adv, MASK, settings, num_items_in_batch=AGG_ARGS[loss_type].get("num_items_in_batch"),
         ref_logprobs=old.nan_to_num(neginf=-5.0),
@@ -88,7 +88,8 @@ def test_objective_argument_errors() -> None:
 
 def test_settings_check_names_and_clip_options() -> None:
     assert LossSettings(policy_loss="dual_clip", clip_ratio_c=2.0).clip_options() == {"clip_ratio_c": 2.0}
-    assert LossSettings(epsilon=0.1).clip_options() == {"epsilon": 0.1}  # None entries keep the loss's defaults
+    # the None entries are left out: they keep the loss's defaults
+    assert LossSettings(epsilon=0.1).clip_options() == {"epsilon": 0.1}
     with pytest.raises(InvalidConfigError, match="clip_ratio_c only applies to policy_loss='dual_clip'; got "
                                                  "policy_loss='gspo'"):
         LossSettings(policy_loss="gspo", clip_ratio_c=3.0)
@@ -104,6 +105,7 @@ def test_settings_reach_the_policy_loss() -> None:
     old = torch.full((1, 3), LN(0.1))
     new = old + torch.tensor([[LN(5.0), LN(2.0), LN(5.0)]])
     adv, mask = torch.tensor([[-1.0, -1.0, 1.0]]), torch.ones(1, 3)
-    _, m = compute_policy_objective(new, old, adv, mask, LossSettings(policy_loss="dual_clip", clip_ratio_c=2.0))
+    settings = LossSettings(policy_loss="dual_clip", clip_ratio_c=2.0)
+    _, m = compute_policy_objective(new, old, adv, mask, settings)
     assert m["loss/policy"] == pytest.approx(2.8 / 3, rel=1e-5)
     assert m["loss/policy"] == dual_clip_policy_loss(new, old, adv, mask, clip_ratio_c=2.0)[1]["loss/policy"]

@@ -28,7 +28,8 @@ MASK = torch.tensor([[1, 1, 1], [1, 0, 0]])
 
 def test_policy_registry_matches_enum_and_unknown_names_are_listed() -> None:
     assert POLICY_LOSSES.names() == sorted(p.value for p in PolicyLoss)
-    with pytest.raises(UnknownNameError, match=r"Did you mean 'ppo_clip'\?.*\['dual_clip', 'gspo', 'ppo_clip'\]"):
+    listed = r"Did you mean 'ppo_clip'\?.*\['dual_clip', 'gspo', 'ppo_clip'\]"
+    with pytest.raises(UnknownNameError, match=listed):
         POLICY_LOSSES.get("ppo_clp")
 
 
@@ -38,13 +39,16 @@ def test_on_policy_ratio_is_one_and_loss_is_minus_mean_advantage(name: str, loss
     """old == new: every ratio is 1, nothing clips, and the loss is -aggregate(advantages)."""
     # advantages on the policy tokens: row 0 [1, -2, 3], row 1 [0.5]; 9s are padding
     adv = torch.tensor([[1.0, -2.0, 3.0], [0.5, 9.0, 9.0]])
-    expected = {"grpo": -(2 / 3 + 0.5) / 2, "bnpo": -2.5 / 4, "dr_grpo": -2.5 / 8, "dapo": -2.5 / 5}[loss_type]
+    expected = {"grpo": -(2 / 3 + 0.5) / 2, "bnpo": -2.5 / 4, "dr_grpo": -2.5 / 8,
+                "dapo": -2.5 / 5}[loss_type]
     logp = torch.log(torch.tensor([[0.5, 0.25, 0.1], [0.3, 0.2, 0.9]]))
-    loss, metrics = POLICY_LOSSES.get(name)(logp, logp.clone(), adv, MASK, loss_type=loss_type, **AGG_ARGS[loss_type])
+    loss, metrics = POLICY_LOSSES.get(name)(logp, logp.clone(), adv, MASK, loss_type=loss_type,
+                                            **AGG_ARGS[loss_type])
     assert loss.item() == pytest.approx(expected)
     assert metrics["loss/policy"] == pytest.approx(expected)
     assert metrics["actor/ratio_mean"] == pytest.approx(1.0)
-    assert metrics["actor/clip_fraction"] == 0.0 and metrics["actor/approx_kl"] == pytest.approx(0.0, abs=1e-7)
+    assert metrics["actor/clip_fraction"] == 0.0
+    assert metrics["actor/approx_kl"] == pytest.approx(0.0, abs=1e-7)
 
 
 
@@ -100,7 +104,8 @@ def test_gspo_uses_one_sequence_ratio() -> None:
     s = math.exp(0.2)
     loss, metrics = gspo_policy_loss(new, old, adv, mask, epsilon=0.3, epsilon_high=0.3)
     loss.backward()
-    assert loss.item() == pytest.approx(-s, rel=1e-5) and metrics["actor/ratio_mean"] == pytest.approx(s, rel=1e-5)
+    assert loss.item() == pytest.approx(-s, rel=1e-5)
+    assert metrics["actor/ratio_mean"] == pytest.approx(s, rel=1e-5)
     torch.testing.assert_close(new.grad, torch.full((1, 2), -s / 2))
     new.grad = None
     loss, metrics = gspo_policy_loss(new, old, adv, mask)

@@ -36,7 +36,8 @@ def test_kl_k3_clamp_guard() -> None:
     k3, _ = kl_penalty(logp, torch.zeros(1, 2), torch.ones(1, 2), "k3")
     k3.sum().backward()
     assert k3[0, 0].item() == 10.0 and logp.grad[0, 0].item() == 0.0
-    assert logp.grad[0, 1].item() == pytest.approx(-(math.e - 1), rel=1e-6)  # d/dlogp (e^-logp + logp - 1) at -1
+    # d/dlogp (e^-logp + logp - 1) at -1
+    assert logp.grad[0, 1].item() == pytest.approx(-(math.e - 1), rel=1e-6)
 
 
 def test_llds_only_on_fallen_tokens_of_trajectories_whose_likelihood_fell() -> None:

@@ -26,7 +26,8 @@ def test_token_logprobs_by_hand() -> None:
 
 def test_token_logprobs_upcasts_half_precision() -> None:
     """bfloat16 logits give float32 log-probs (the softmax runs in float32)."""
-    logits = torch.zeros(2, 4, 5, dtype=torch.bfloat16)  # uniform over V = 5 -> every entry after 0 is log(1/5)
+    # uniform over V = 5 -> every entry after 0 is log(1/5)
+    logits = torch.zeros(2, 4, 5, dtype=torch.bfloat16)
     out = token_logprobs(logits, torch.zeros(2, 4, dtype=torch.long))
     assert out.dtype == torch.float32
     torch.testing.assert_close(out[:, 1:], torch.full((2, 3), math.log(0.2)))
@@ -70,7 +71,8 @@ def test_entropy_from_logits_by_hand() -> None:
     logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [math.log(3.0), 0.0, -1e4, -1e4], [9.0, 9.0, 9.0, 9.0]]])
     ent = entropy_from_logits(logits.to(torch.bfloat16))
     assert ent.dtype == torch.float32
-    torch.testing.assert_close(ent, torch.tensor([[0.0, math.log(4), 0.5623]]), rtol=1e-2, atol=1e-3)  # bf16 ln 3
+    expected = torch.tensor([[0.0, math.log(4), 0.5623]])
+    torch.testing.assert_close(ent, expected, rtol=1e-2, atol=1e-3)  # bf16 ln 3
     torch.testing.assert_close(entropy_from_logits(logits), torch.tensor([[0.0, math.log(4), 0.562335]]))
 
 

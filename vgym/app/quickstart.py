@@ -37,8 +37,8 @@ from vgym.trainers.sft import SFTConfig
 __all__ = ["QuickstartConfig", "QUICKSTART_GRPO", "run_quickstart", "tokenizer_corpus", "plot_curves"]
 
 QUICKSTART_GRPO = GRPOConfig(num_generations=8, prompts_per_step=8, max_new_tokens=48, temperature=0.7,
-                             learning_rate=1e-4, steps=20, loss_type="dapo", scale_rewards=False, num_iterations=1,
-                             data_offset=100_000)
+                             learning_rate=1e-4, steps=20, loss_type="dapo", scale_rewards=False,
+                             num_iterations=1, data_offset=100_000)
 """The GRPO stage's settings: 8 samples x 8 episodes per step, rollouts at T = 0.7 (explores the tool-or-guess
 choice; at T = 1 the tiny model garbles half its crop boxes), token-level loss (DAPO), no std scaling
 (Dr.GRPO), one pass per batch (four clipped passes degraded held-out accuracy from 0.895 to 0.665 in 5 steps).
@@ -87,7 +87,8 @@ class QuickstartConfig:
     """Which arms to run."""
 
 
-def tokenizer_corpus(task: str, seed: int, n: int = 100, task_config: dict[str, Any] | None = None) -> list[str]:
+def tokenizer_corpus(task: str, seed: int, n: int = 100,
+                     task_config: dict[str, Any] | None = None) -> list[str]:
     """Text that looks like the quickstart's prompts and turns, for training the tiny tokenizer.
 
     Uses the *train* split only (never the held-out split) and both the tools-on and tools-off prompts.
@@ -111,7 +112,8 @@ def _env_fn(cfg: QuickstartConfig, arm: str) -> Callable[[], VisualToolEnv]:
     return lambda: VisualToolEnv(cfg.task, task_config=cfg.task_config, tools=tools, data_seed=cfg.seed)
 
 
-def run_arm(cfg: QuickstartConfig, arm: str, model_dir: Path, progress: Progress) -> tuple[RunResult, dict | None]:
+def run_arm(cfg: QuickstartConfig, arm: str, model_dir: Path,
+            progress: Progress) -> tuple[RunResult, dict | None]:
     """SFT from the initial tiny weights and held-out evaluation for one arm, then GRPO for the tools arm;
     writes ``<out>/<arm>/``. Returns the SFT result and the GRPO summary (None without GRPO)."""
     model, processor = load_vlm(model_dir)
@@ -133,8 +135,8 @@ def run_arm(cfg: QuickstartConfig, arm: str, model_dir: Path, progress: Progress
     trainer.train(lambda step, metrics: (history.append(metrics), progress(f"{arm}: GRPO", step, grpo.steps)))
     train_seconds = time.perf_counter() - start
     trainer.save(cfg.out / arm / "grpo_checkpoint")
-    evaluated = collect(_env_fn(cfg, arm), HFPolicy(model, processor, generation), ChatEncoder(processor), "test",
-                        cfg.eval_episodes, batch_size=cfg.rollout_batch, progress=progress,
+    evaluated = collect(_env_fn(cfg, arm), HFPolicy(model, processor, generation), ChatEncoder(processor),
+                        "test", cfg.eval_episodes, batch_size=cfg.rollout_batch, progress=progress,
                         stage=f"{arm}: held-out eval after GRPO")
     save_trajectories(evaluated, cfg.out / arm, "eval_test_grpo")
     return result, {**summarize(evaluated), "label": f"{arm} + GRPO", "train_seconds": train_seconds,
@@ -156,7 +158,8 @@ def run_quickstart(cfg: QuickstartConfig, progress: Progress | None = None) -> d
     model_dir = cfg.out / "tiny-vlm"
     progress("build tiny VLM", 0, 1)
     model_cfg = TinyVLMConfig(**{**asdict(cfg.model), "seed": cfg.seed})
-    build_tiny_vlm(model_dir, corpus=tokenizer_corpus(cfg.task, cfg.seed, task_config=cfg.task_config), config=model_cfg)
+    corpus = tokenizer_corpus(cfg.task, cfg.seed, task_config=cfg.task_config)
+    build_tiny_vlm(model_dir, corpus=corpus, config=model_cfg)
     progress("build tiny VLM", 1, 1)
     runs = [run_arm(cfg, arm, model_dir, progress) for arm in cfg.arms]
     arms = [r for r, _ in runs]
@@ -184,7 +187,8 @@ def plot_curves(arms: list[RunResult], path: Path, grpo: dict | None = None) -> 
     fig, axes = plt.subplots(1, 2 if grpo else 1, figsize=(11 if grpo else 6, 4), dpi=100, squeeze=False)
     ax = axes[0, 0]
     for arm in arms:
-        ax.plot(range(1, len(arm.losses) + 1), arm.losses, label=f"{arm.label} (held-out acc {arm.accuracy:.2f})")
+        ax.plot(range(1, len(arm.losses) + 1), arm.losses,
+                label=f"{arm.label} (held-out acc {arm.accuracy:.2f})")
     ax.set_xlabel("SFT step")
     ax.set_ylabel("loss on policy tokens")
     ax.set_yscale("log")

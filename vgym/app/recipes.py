@@ -99,8 +99,8 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda") or self.dtype not in ("float32", "bfloat16"):
-            raise InvalidConfigError(f"device must be cpu|cuda and dtype float32|bfloat16, got {self.device!r}, "
-                                     f"{self.dtype!r}")
+            raise InvalidConfigError(f"device must be cpu|cuda and dtype float32|bfloat16, got "
+                                     f"{self.device!r}, {self.dtype!r}")
         self.grpo_config  # validates the GRPO fields now, not after an SFT warm start  # noqa: B018
         if self.sft is not None:
             SFTConfig(**self.sft)
@@ -120,7 +120,8 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     """
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
-        raise InvalidConfigError(f"an override is key=value (e.g. grpo.learning_rate=1e-4), got {assignment!r}")
+        raise InvalidConfigError(f"an override is key=value (e.g. grpo.learning_rate=1e-4), got "
+                                 f"{assignment!r}")
     *parents, leaf = key.strip().split(".")
     node = data
     for part in parents:
@@ -202,7 +203,8 @@ def load_model(recipe: Recipe, progress: Progress) -> tuple[Any, Any]:
             build_tiny_vlm(path, corpus=corpus)
             progress("build tiny VLM", 1, 1)
     elif not path.is_dir():
-        raise InvalidConfigError(f"model {recipe.model!r} is not a local folder; vgym never downloads checkpoints")
+        raise InvalidConfigError(f"model {recipe.model!r} is not a local folder; vgym never downloads "
+                                 "checkpoints")
     model, processor = load_vlm(path, device=recipe.device, dtype=getattr(torch, recipe.dtype))
     if recipe.gradient_checkpointing:
         enable_checkpointing(model)
@@ -210,9 +212,10 @@ def load_model(recipe: Recipe, progress: Progress) -> tuple[Any, Any]:
         from peft import LoraConfig, get_peft_model
 
         lora = dict(recipe.lora)
-        model = get_peft_model(model, LoraConfig(r=lora.get("r", 16), lora_alpha=lora.get("alpha", 32),
-                                                 lora_dropout=lora.get("dropout", 0.0),
-                                                 target_modules=lora.get("target_modules", ["q_proj", "v_proj"])))
+        targets = lora.get("target_modules", ["q_proj", "v_proj"])
+        config = LoraConfig(r=lora.get("r", 16), lora_alpha=lora.get("alpha", 32),
+                            lora_dropout=lora.get("dropout", 0.0), target_modules=targets)
+        model = get_peft_model(model, config)
     return model, processor
 
 
@@ -225,8 +228,8 @@ def _env_fn(recipe: Recipe, task_config: dict[str, Any] | None) -> Callable[[], 
 
 def _evaluate(recipe: Recipe, model: Any, processor: Any, name: str, progress: Progress) -> dict[str, float]:
     policy = HFPolicy(model, processor, GenerationConfig(recipe.max_new_tokens, temperature=0.0))
-    trajs = collect(_env_fn(recipe, recipe.task_config), policy, ChatEncoder(processor), "test", recipe.eval_episodes,
-                    batch_size=recipe.rollout_batch, progress=progress, stage=name)
+    trajs = collect(_env_fn(recipe, recipe.task_config), policy, ChatEncoder(processor), "test",
+                    recipe.eval_episodes, batch_size=recipe.rollout_batch, progress=progress, stage=name)
     save_trajectories(trajs, Path(recipe.out), name)
     return summarize(trajs)
 
@@ -247,7 +250,8 @@ def run_recipe(recipe: Recipe, progress: Progress | None = None) -> dict[str, An
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     resume_from = checkpoints[-1] if recipe.resume and checkpoints else None
     if recipe.sft is not None and resume_from is None:
-        sft_env = _env_fn(recipe, recipe.sft_task_config if recipe.sft_task_config is not None else recipe.task_config)
+        sft_task = recipe.sft_task_config if recipe.sft_task_config is not None else recipe.task_config
+        sft_env = _env_fn(recipe, sft_task)
         teacher = OraclePolicy(skip_tools=recipe.sft_teacher_skip_tools, seed=recipe.data_seed + 1)
         data = collect(sft_env, teacher, ChatEncoder(processor), "train", recipe.sft_episodes,
                        batch_size=recipe.rollout_batch, progress=progress, stage="SFT data")
@@ -257,8 +261,8 @@ def run_recipe(recipe: Recipe, progress: Progress | None = None) -> dict[str, An
     results: dict[str, Any] = {}
     if recipe.eval_episodes and resume_from is None:
         results["before"] = _evaluate(recipe, model, processor, "eval_before", progress)
-    trainer = GRPOTrainer(model, processor, hf_policy(model, processor, cfg), _env_fn(recipe, recipe.task_config),
-                          cfg)
+    policy = hf_policy(model, processor, cfg)  # plays the model being trained: no weights to sync
+    trainer = GRPOTrainer(model, processor, policy, _env_fn(recipe, recipe.task_config), cfg)
     if resume_from is not None:
         trainer.load(resume_from)
     reporters = make_reporters(recipe.report_to, out, resume_step=trainer.step_count if resume_from else None)

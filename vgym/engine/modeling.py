@@ -22,8 +22,9 @@ from typing import Any
 import torch
 
 __all__ = [
-    "model_inputs", "token_types", "image_inputs", "forward_accepts", "shared_image_features", "unique_images",
-    "load_pretrained_in_place", "enable_checkpointing", "VISION_PLACEHOLDER_TOKENS", "vision_placeholder_ids",
+    "model_inputs", "token_types", "image_inputs", "forward_accepts", "shared_image_features",
+    "unique_images", "load_pretrained_in_place", "enable_checkpointing", "VISION_PLACEHOLDER_TOKENS",
+    "vision_placeholder_ids",
 ]
 
 VISION_PLACEHOLDER_TOKENS: tuple[str, ...] = (
@@ -142,7 +143,8 @@ def unique_images(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> t
     columns = pixel_values[:, :: max(1, pixel_values.shape[1] // 64)].float()  # a sample of columns suffices
     weights = torch.rand(columns.shape[1], generator=torch.Generator().manual_seed(0)).to(columns.device)
     image_of_row = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
-    row_in_image = torch.arange(len(columns), device=columns.device) - (sizes.cumsum(0) - sizes)[image_of_row] + 1
+    starts = (sizes.cumsum(0) - sizes)[image_of_row]  # (P,) the first row of each row's image
+    row_in_image = torch.arange(len(columns), device=columns.device) - starts + 1
     prints = torch.zeros(len(sizes), dtype=torch.float64, device=columns.device).index_add_(
         0, image_of_row.to(columns.device), ((columns @ weights) * row_in_image).double()).tolist()
     sizes = sizes.tolist()
@@ -164,7 +166,7 @@ def _vision_owner(model: Any) -> Any | None:
     """The submodule whose ``forward`` calls ``self.get_image_features`` (Qwen-VL's inner ``*Model``), or
     None."""
     for module in model.modules():
-        if hasattr(module, "get_image_features") and hasattr(module, "visual") and hasattr(module, "language_model"):
+        if all(hasattr(module, name) for name in ("get_image_features", "visual", "language_model")):
             return module
     return None
 

@@ -76,7 +76,9 @@ def collate_left(
 class HFPolicy:
     """Plays turns with a transformers VLM (e.g. Qwen2-VL) and returns ids and behaviour log-probs."""
 
-    def __init__(self, model, processor, config: GenerationConfig | None = None, *, seed: int = 0) -> None:  # type: ignore[no-untyped-def]
+    def __init__(  # type: ignore[no-untyped-def]
+        self, model, processor, config: GenerationConfig | None = None, *, seed: int = 0
+    ) -> None:
         """Args:
         model: a ``*ForConditionalGeneration`` VLM.
         processor: its processor (gives the tokenizer and end-of-turn id).
@@ -91,7 +93,8 @@ class HFPolicy:
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.suppressed_ids = vision_placeholder_ids(tokenizer)  # never sampled (see the function)
-        self.prefix_cache = PrefixCache()  # the lean decoder's keys and values of the last call, for the next turn
+        # the lean decoder's keys and values of the last call, for the next turn
+        self.prefix_cache = PrefixCache()
 
     def clear_cache(self) -> None:
         """Free the keys and values kept for episodes' next turns (the rollout calls this when it ends)."""
@@ -124,8 +127,10 @@ class HFPolicy:
         device = inputs["input_ids"].device
         cfg = self.config
         processors: list[LogitsProcessor] = []
-        if cfg.temperature > 0:  # sampling settings go in our list so the recorder sees the final distribution;
-            if cfg.temperature != 1.0:  # generate's own are neutralised below
+        # sampling settings go in our list so the recorder sees the final distribution; generate's own are
+        # neutralised below
+        if cfg.temperature > 0:
+            if cfg.temperature != 1.0:
                 processors.append(TemperatureLogitsWarper(cfg.temperature))
             if cfg.top_p < 1.0:
                 processors.append(TopPLogitsWarper(cfg.top_p))
@@ -144,8 +149,8 @@ class HFPolicy:
                     pad_id=self.pad_id, warpers=processors, greedy=cfg.temperature == 0,
                     suppressed_ids=self.suppressed_ids,
                     min_new_tokens=int(getattr(self.model.generation_config, "min_new_tokens", None) or 0),
-                    generator=torch.Generator(device=device).manual_seed(seed), prefix_cache=self.prefix_cache,
-                    direct=paths.direct_steps)
+                    generator=torch.Generator(device=device).manual_seed(seed),
+                    prefix_cache=self.prefix_cache, direct=paths.direct_steps)
             else:
                 new, logprobs = self._generate(inputs, processors, kwargs, seed)
         finally:
@@ -163,8 +168,8 @@ class HFPolicy:
         return results
 
 
-    def _generate(self, inputs: dict[str, torch.Tensor], processors: list[LogitsProcessor], kwargs: dict[str, Any],
-                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate(self, inputs: dict[str, torch.Tensor], processors: list[LogitsProcessor],
+                  kwargs: dict[str, Any], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One turn through transformers' ``generate``: new tokens (B, N) and their log-probs (B, N)."""
         device = inputs["input_ids"].device
         recorder = _ChosenLogprobs()
@@ -178,7 +183,8 @@ class HFPolicy:
                 pad_token_id=self.pad_id,
                 logits_processor=LogitsProcessorList([*processors, recorder]),
                 top_k=None,
-                repetition_penalty=1.0,  # a checkpoint's default (Qwen2-VL: 1.05) would sample off the trained policy
+                # a checkpoint's default (Qwen2-VL: 1.05) would sample off the trained policy
+                repetition_penalty=1.0,
                 suppress_tokens=self.suppressed_ids or None,
                 **kwargs,
             )
@@ -202,7 +208,8 @@ class _ChosenLogprobs(LogitsProcessor):
     def _take(self, chosen: torch.Tensor) -> None:
         if self.pending is not None:
             scores, self.pending = self.pending, None
-            self.columns.append(scores.gather(-1, chosen[:, None]).squeeze(-1) - torch.logsumexp(scores, dim=-1))
+            picked = scores.gather(-1, chosen[:, None]).squeeze(-1)  # (B,)
+            self.columns.append(picked - torch.logsumexp(scores, dim=-1))
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self._take(input_ids[:, -1])

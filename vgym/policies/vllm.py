@@ -106,13 +106,14 @@ class VLLMPolicyConfig:
             )
         if not 0 < self.gpu_memory_utilization <= 1 or self.max_images < 1:
             raise InvalidConfigError(
-                f"need 0 < gpu_memory_utilization <= 1 and max_images >= 1; got {self.gpu_memory_utilization}, "
-                f"{self.max_images}"
+                f"need 0 < gpu_memory_utilization <= 1 and max_images >= 1; got "
+                f"{self.gpu_memory_utilization}, {self.max_images}"
             )
         clash = {"model", "seed", "gpu_memory_utilization", "max_model_len", "dtype", "limit_mm_per_prompt"}
         if clash & set(self.engine_kwargs):
             raise InvalidConfigError(
-                f"engine_kwargs may not set {sorted(clash & set(self.engine_kwargs))}; use the config's own fields"
+                f"engine_kwargs may not set {sorted(clash & set(self.engine_kwargs))}; use the config's own "
+                "fields"
             )
         self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
 
@@ -149,7 +150,8 @@ def chosen_logprobs(token_ids: Sequence[int], position_logprobs: Sequence[Any] |
     if position_logprobs is None:
         return None
     if len(position_logprobs) != len(token_ids):
-        raise VgymError(f"vLLM gave log-probs for {len(position_logprobs)} positions but {len(token_ids)} tokens")
+        raise VgymError(f"vLLM gave log-probs for {len(position_logprobs)} positions but {len(token_ids)} "
+                        "tokens")
     out = []
     for i, (token, candidates) in enumerate(zip(token_ids, position_logprobs)):
         entry = candidates.get(token) if candidates is not None else None
@@ -222,7 +224,8 @@ class VLLMPolicy:
         self.tokenizer = engine.get_tokenizer()
         self.rng = np.random.default_rng(config.seed)
         self.eos_ids = frozenset(config.stop_token_ids) | _default_eos_ids(config.model, self.tokenizer)
-        suppressed = vision_placeholder_ids(self.tokenizer) if config.suppress_placeholders else []  # as HFPolicy
+        # the vision placeholders, never sampled (as in HFPolicy)
+        suppressed = vision_placeholder_ids(self.tokenizer) if config.suppress_placeholders else []
         self.logit_bias = {token: _SUPPRESS_BIAS for token in suppressed}
 
     def state_dict(self) -> dict[str, Any]:
@@ -292,8 +295,8 @@ def _default_eos_ids(model: str, tokenizer: Any) -> frozenset[int]:
         from transformers import GenerationConfig
 
         eos = GenerationConfig.from_pretrained(model).eos_token_id
-    except (OSError, ValueError):  # no generation_config.json (or no network for a hub id): the tokenizer's only
-        eos = None
+    except (OSError, ValueError):
+        eos = None  # no generation_config.json (or no network for a hub id): the tokenizer's only
     if eos is not None:
         ids |= {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
     return frozenset(ids)
