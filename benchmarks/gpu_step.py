@@ -1,22 +1,22 @@
 """A GRPO step of vgym's trainer on a 2B-sized Qwen2-VL on one CUDA GPU: step time, tokens/s, peak GPU memory.
 
-Run on a GPU machine: ``python benchmarks/gpu_step.py --size 2b --out gpu_step.json``. The same script runs the tiny
-model on CPU (``--size tiny --device cpu``), which is how the test suite covers its logic.
+Run on a GPU machine: ``python benchmarks/gpu_step.py --size 2b --out gpu_step.json``. The same script runs
+the tiny model on CPU (``--size tiny --device cpu``), which is how the test suite covers its logic.
 
-The model is Qwen2-VL-2B-Instruct's architecture (text 1536 wide × 28 layers, 12 heads / 2 KV heads, MLP 8960, vocab
-151,936, tied embeddings; vision 1280 wide × 32 blocks) with random weights, made with the real
+The model is Qwen2-VL-2B-Instruct's architecture (text 1536 wide × 28 layers, 12 heads / 2 KV heads, MLP 8960,
+vocab 151,936, tied embeddings; vision 1280 wide × 32 blocks) with random weights, made with the real
 ``Qwen2VLForConditionalGeneration`` class straight on the device in the chosen dtype (nothing is downloaded;
-``--save`` writes it out as a local checkpoint); the tokenizer and processor are the tiny model's (real classes,
-trained here), so ids above the tokenizer's ~2k tokens decode to nothing, as ids past a real tokenizer's end do. A
-random model writes garbage, so every completion is forced to its full length (``min_new_tokens``) and episodes are
-single-turn: the numbers are the cost of a step at that length, not of a learned policy. Generation is Hugging Face
-``generate`` (no vLLM).
+``--save`` writes it out as a local checkpoint); the tokenizer and processor are the tiny model's (real
+classes, trained here), so ids above the tokenizer's ~2k tokens decode to nothing, as ids past a real
+tokenizer's end do. A random model writes garbage, so every completion is forced to its full length
+(``min_new_tokens``) and episodes are single-turn: the numbers are the cost of a step at that length, not of a
+learned policy. Generation is Hugging Face ``generate`` (no vLLM).
 
-Each configuration (prompts per step × group size) runs ``--warmup`` untimed steps, then ``--steps`` timed ones; the
-report gives the median step, its split into generation / rest of the rollout / loss forward / backward + optimizer
-(CUDA-synchronised), total tokens/s (prompt + completion of every sequence, as TRL counts), completion tokens/s,
-peak GPU memory, and the first-pass ratio statistics (how far the training forward in this dtype is from the
-sampler's log-probs).
+Each configuration (prompts per step × group size) runs ``--warmup`` untimed steps, then ``--steps`` timed
+ones; the report gives the median step, its split into generation / rest of the rollout / loss
+forward / backward + optimizer (CUDA-synchronised), total tokens/s (prompt + completion of every sequence, as
+TRL counts), completion tokens/s, peak GPU memory, and the first-pass ratio statistics (how far the training
+forward in this dtype is from the sampler's log-probs).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from vgym.engine.fast_paths import fast_paths
 from vgym.engine.modeling import enable_checkpointing
 from vgym.engine.tiny import TinyVLMConfig, build_tiny_vlm
 from vgym.env import VisualToolEnv
-from vgym.trainers.grpo import GRPOTrainer
+from vgym.trainers.grpo import GRPOTrainer, hf_policy
 from vgym.trainers.grpo_config import GRPOConfig
 
 TASK = "visual_search"
@@ -53,7 +53,8 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 def build_model(size: str, tokenizer_dir: Path, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    """A randomly initialised Qwen2-VL of ``size`` on ``device`` in ``dtype``, and the tiny model's processor."""
+    """A randomly initialised Qwen2-VL of ``size`` on ``device`` in ``dtype``, and the tiny model's
+    processor."""
     spec = SIZES[size]
     config = AutoConfig.from_pretrained(tokenizer_dir, local_files_only=True)
     for key, value in spec["text"].items():
@@ -85,19 +86,22 @@ def _synced(fn: Any, seconds: dict[str, float], label: str, device: str) -> Any:
 
 
 def run_config(model: Any, processor: Any, *, prompts: int, group: int, new_tokens: int, max_pixels: int,
-               warmup: int, steps: int, device: str, checkpointing: bool, accumulation: int = 1) -> dict[str, Any]:
-    """Time ``warmup + steps`` GRPO steps of ``prompts × group`` single-turn episodes; returns the report row."""
+               warmup: int, steps: int, device: str, checkpointing: bool,
+               accumulation: int = 1) -> dict[str, Any]:
+    """Time ``warmup + steps`` GRPO steps of ``prompts × group`` single-turn episodes; returns the report
+    row."""
     model.generation_config.min_new_tokens = new_tokens  # a random model stops at random: force full length
     if checkpointing:
         enable_checkpointing(model)
         model.config.use_cache = True  # generation still uses the KV cache; HF turns it off only in training
     env_fn = functools.partial(VisualToolEnv, TASK, tools=(), max_turns=1, max_pixels=max_pixels)
-    cfg = GRPOConfig(num_generations=group, prompts_per_step=prompts, max_new_tokens=new_tokens, temperature=1.0,
-                     learning_rate=1e-6, mask_truncated_completions=False, steps=warmup + steps, beta=0.0,
-                     gradient_accumulation_steps=accumulation)
-    trainer = GRPOTrainer(model, processor, env_fn, cfg)
+    cfg = GRPOConfig(num_generations=group, prompts_per_step=prompts, max_new_tokens=new_tokens,
+                     temperature=1.0, learning_rate=1e-6, mask_truncated_completions=False,
+                     steps=warmup + steps, beta=0.0, gradient_accumulation_steps=accumulation)
     seconds: dict[str, float] = {}
-    trainer.policy.act = _synced(trainer.policy.act, seconds, "generate", device)  # type: ignore[method-assign]
+    policy = hf_policy(model, processor, cfg)
+    policy.act = _synced(policy.act, seconds, "generate", device)  # type: ignore[method-assign]
+    trainer = GRPOTrainer(model, processor, policy, env_fn, cfg)
     trainer.loss_on = _synced(trainer.loss_on, seconds, "forward", device)  # type: ignore[method-assign]
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -131,7 +135,8 @@ def run_config(model: Any, processor: Any, *, prompts: int, group: int, new_toke
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="2b")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
@@ -139,13 +144,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="prompts per step, one run each (none: only build and --save)")
     parser.add_argument("--group", type=int, default=8, help="generations per prompt (G)")
     parser.add_argument("--new-tokens", type=int, default=128, help="completion length (forced)")
-    parser.add_argument("--max-pixels", type=int, default=448 * 448, help="image budget (448²: 256 image tokens)")
+    parser.add_argument("--max-pixels", type=int, default=448 * 448,
+                        help="image budget (448²: 256 image tokens)")
     parser.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
     parser.add_argument("--out", type=Path, help="write the report rows here as JSON")
-    parser.add_argument("--save", type=Path, help="also save the random model and processor here (a local checkpoint)")
+    parser.add_argument("--save", type=Path,
+                        help="also save the random model and processor here (a local checkpoint)")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,14 +164,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             model.save_pretrained(args.save)
             processor.save_pretrained(args.save)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{args.size}: {n_params / 1e9:.3f} B parameters, {args.dtype} on {args.device}, built in {built_s:.1f} s"
-          + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
+    gpu = f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""
+    print(f"{args.size}: {n_params / 1e9:.3f} B parameters, {args.dtype} on {args.device}, "
+          f"built in {built_s:.1f} s{gpu}")
     model.eval()  # as during the rollout (the trainer switches modes itself)
     paths = fast_paths(model)
     steps = "direct decode steps" if paths.direct_steps and DecodeStep.supports(model) else "model(...) steps"
     lean = paths.decoder and lean_decoding_supported(model, None)
     print(f"  decoding: {'lean sampling loop, ' + steps if lean else 'generate'}"
-          f"{'' if paths.reason is None else f' ({paths.reason})'}, attention {model.config._attn_implementation}")
+          f"{'' if paths.reason is None else f' ({paths.reason})'}, "
+          f"attention {model.config._attn_implementation}")
     rows = []
     for prompts in args.prompts:
         row = run_config(model, processor, prompts=prompts, group=args.group, new_tokens=args.new_tokens,
@@ -173,12 +182,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         row.update(size=args.size, params=n_params, dtype=args.dtype, device=args.device)
         rows.append(row)
         m = row["mean"]
-        print(f"  {prompts} x {args.group} episodes ({args.accumulation} micro-batches), {args.new_tokens} new tokens: "
-              f"{row['s_per_step']:.2f} s/step, "
-              f"{row['tokens_per_s']:.0f} tok/s total, {row['completion_tokens_per_s']:.0f} completion tok/s, "
-              f"{m['tokens']:.0f} tok/step, peak {row['peak_gpu_gib']:.1f} GiB  [generate {m['generate']:.2f} / "
-              f"rollout rest {m['rollout_other']:.2f} / forward {m['forward']:.2f} / backward+optim "
-              f"{m['backward_optim']:.2f} s]  first-pass ratio {m['ratio_mean']:.4f}, clipped {m['clip_fraction']:.4f}")
+        print(f"  {prompts} x {args.group} episodes ({args.accumulation} micro-batches), "
+              f"{args.new_tokens} new tokens: {row['s_per_step']:.2f} s/step, "
+              f"{row['tokens_per_s']:.0f} tok/s total, "
+              f"{row['completion_tokens_per_s']:.0f} completion tok/s, "
+              f"{m['tokens']:.0f} tok/step, peak {row['peak_gpu_gib']:.1f} GiB  "
+              f"[generate {m['generate']:.2f} / rollout rest {m['rollout_other']:.2f} / "
+              f"forward {m['forward']:.2f} / backward+optim {m['backward_optim']:.2f} s]  "
+              f"first-pass ratio {m['ratio_mean']:.4f}, clipped {m['clip_fraction']:.4f}")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
     return rows

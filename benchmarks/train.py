@@ -1,20 +1,21 @@
-"""GRPO step throughput: vgym's GRPOTrainer vs TRL's GRPOTrainer, side by side in one run (ratios; nothing asserted).
+"""GRPO step throughput: vgym's GRPOTrainer vs TRL's GRPOTrainer, side by side in one run (ratios; nothing
+asserted).
 
 Run: ``python benchmarks/train.py [--steps 5] [--warmup 2]``. Same tiny Qwen2-VL, same sample, same group
-(1 prompt × 8 generations), fp32, no KL, temperature 1, one thread; each framework runs in its own subprocess so
-peak RSS is its own. Goals (issue): ≥ 2× TRL's total tokens/s single-turn, and ≥ 2× TRL's ``environment_factory``
-path on a two-turn crop episode with an image tool result.
+(1 prompt × 8 generations), fp32, no KL, temperature 1, one thread; each framework runs in its own subprocess
+so peak RSS is its own. Goals (issue): ≥ 2× TRL's total tokens/s single-turn, and ≥ 2× TRL's
+``environment_factory`` path on a two-turn crop episode with an image tool result.
 
-1. single turn: visual_search with tools off, max_turns=1, 224² image, 32 new tokens per completion. Both generate
-   exactly 32 tokens (``min_new_tokens=32``: the random model would otherwise stop early at random).
+1. single turn: visual_search with tools off, max_turns=1, 224² image, 32 new tokens per completion. Both
+   generate exactly 32 tokens (``min_new_tokens=32``: the random model would otherwise stop early at random).
 2. two-turn crop: visual_search with crop, max_turns=2, 112² budget. A random model never calls a tool, so the
    tiny model is first taught (next-token training on one episode in each framework's format) to call crop on
-   the sample's region and then answer; sampling at temperature 1 still varies, so compare tokens/s and look at
-   the reported turns and tool images per episode.
+   the sample's region and then answer; sampling at temperature 1 still varies, so compare tokens/s and look
+   at the reported turns and tool images per episode.
 
-Total tokens = prompt + completion tokens of every sequence of the step (TRL's ``num_input_tokens_seen``; vgym's
-trajectory lengths, env tokens included). The breakdown splits a step into generation, the rest of the rollout
-(env, tools, templating, processor), the loss forward (with collation) and backward + optimizer.
+Total tokens = prompt + completion tokens of every sequence of the step (TRL's ``num_input_tokens_seen``;
+vgym's trajectory lengths, env tokens included). The breakdown splits a step into generation, the rest of the
+rollout (env, tools, templating, processor), the loss forward (with collation) and backward + optimizer.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from vgym.trainers.sft import collate  # noqa: E402
 
 TASK = "visual_search"
 SCENARIOS = {  # env settings, new tokens per turn, TRL's completion budget
-    "single": {"env": {"tools": (), "max_turns": 1, "max_pixels": 224 * 224}, "new_tokens": 32, "trl_budget": 32},
+    "single": {"env": {"tools": (), "max_turns": 1, "max_pixels": 224 * 224}, "new_tokens": 32,
+               "trl_budget": 32},
     "crop": {"env": {"tools": ("crop",), "max_turns": 2, "max_pixels": 112 * 112}, "new_tokens": 48,
              "trl_budget": 160},
 }
@@ -77,8 +79,8 @@ class Clock:
 
 
 def _peak_rss_mib() -> float:
-    """This process's peak RSS: ``VmHWM`` (``ru_maxrss`` survives ``exec`` on Linux, so a worker would report the
-    launching parent's peak whenever that is higher)."""
+    """This process's peak RSS: ``VmHWM`` (``ru_maxrss`` survives ``exec`` on Linux, so a worker would report
+    the launching parent's peak whenever that is higher)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024  # kB
@@ -88,8 +90,10 @@ def _peak_rss_mib() -> float:
 def _summary(steps: list[dict[str, float]], extra: dict[str, Any]) -> dict[str, Any]:
     wall = sum(s["wall"] for s in steps)
     keys = sorted({k for s in steps for k in s})
-    out = {"s_per_step": statistics.median(s["wall"] for s in steps), "tokens_per_s": sum(s["tokens"] for s in steps) / wall,
-           "mean": {k: sum(s.get(k, 0.0) for s in steps) / len(steps) for k in keys}, "peak_rss_mib": _peak_rss_mib()}
+    out = {"s_per_step": statistics.median(s["wall"] for s in steps),
+           "tokens_per_s": sum(s["tokens"] for s in steps) / wall,
+           "mean": {k: sum(s.get(k, 0.0) for s in steps) / len(steps) for k in keys},
+           "peak_rss_mib": _peak_rss_mib()}
     return {**out, **extra}
 
 
@@ -97,19 +101,21 @@ def _summary(steps: list[dict[str, float]], extra: dict[str, Any]) -> dict[str, 
 
 
 def run_vgym(model_dir: str, scenario: str, warmup: int, steps: int) -> dict[str, Any]:
-    from vgym.trainers.grpo import GRPOTrainer
+    from vgym.trainers.grpo import GRPOTrainer, hf_policy
     from vgym.trainers.grpo_config import GRPOConfig
 
     spec = SCENARIOS[scenario]
     model, processor = load_vlm(model_dir)
-    if scenario == "single":  # generation honours the model's generation config: no early stop, as TRL's below
+    if scenario == "single":  # generation honours the model's generation config: no early stop, as TRL's
         model.generation_config.min_new_tokens = spec["new_tokens"]
     env_fn = functools.partial(VisualToolEnv, TASK, **spec["env"])
-    cfg = GRPOConfig(num_generations=GROUP, prompts_per_step=1, max_new_tokens=spec["new_tokens"], temperature=1.0,
-                     learning_rate=1e-6, mask_truncated_completions=False, steps=warmup + steps)
-    trainer = GRPOTrainer(model, processor, env_fn, cfg)
+    cfg = GRPOConfig(num_generations=GROUP, prompts_per_step=1, max_new_tokens=spec["new_tokens"],
+                     temperature=1.0, learning_rate=1e-6, mask_truncated_completions=False,
+                     steps=warmup + steps)
     clock = Clock()
-    trainer.policy.act = clock.wrap("generate", trainer.policy.act)  # type: ignore[method-assign]
+    policy = hf_policy(model, processor, cfg)
+    policy.act = clock.wrap("generate", policy.act)  # type: ignore[method-assign]
+    trainer = GRPOTrainer(model, processor, policy, env_fn, cfg)
     trainer.loss_on = clock.wrap("forward", trainer.loss_on)  # type: ignore[method-assign]
     records = []
     for step in range(warmup + steps):
@@ -126,7 +132,8 @@ def run_vgym(model_dir: str, scenario: str, warmup: int, steps: int) -> dict[str
                         "backward_optim": wall - roll - parts["forward"],
                         "policy_tokens": metrics["rollout/policy_tokens"], "turns": metrics["rollout/turns"],
                         "tool_calls": metrics["rollout/tool_calls_per_episode"],
-                        "tool_errors": metrics["rollout/tool_error_rate"], "reward": metrics["rollout/reward"]})
+                        "tool_errors": metrics["rollout/tool_error_rate"],
+                        "reward": metrics["rollout/reward"]})
     env = env_fn()
     obs, info = env.reset(seed=0, options={"split": "train", "index": 0})
     prompt_tokens = len(ChatEncoder(processor).encode_prompt(info["messages"], obs["images"]).input_ids)
@@ -156,8 +163,8 @@ def run_trl(model_dir: str, scenario: str, warmup: int, steps: int, checkpointin
         kwargs: dict[str, Any] = {"reward_funcs": vgym_reward_func(TASK), "processing_class": processor}
     else:
         factory = vgym_environment_factory(TASK, **env)
-        kwargs = {"reward_funcs": vgym_env_reward_func, "processing_class": with_tool_chat_template(processor),
-                  "environment_factory": factory}
+        kwargs = {"reward_funcs": vgym_env_reward_func,
+                  "processing_class": with_tool_chat_template(processor), "environment_factory": factory}
         extra = {"max_tool_calling_iterations": env["max_turns"] - 1}
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(output_dir=out, bf16=False, use_cpu=True, num_generations=GROUP,
@@ -182,7 +189,8 @@ def run_trl(model_dir: str, scenario: str, warmup: int, steps: int, checkpointin
                 wall, parts = time.perf_counter() - self.start, clock.take()
                 if state.global_step > warmup:
                     records.append({"wall": wall, "tokens": float(state.num_input_tokens_seen - self.seen),
-                                    "generate": parts["generate"], "rollout_other": parts["rollout"] - parts["generate"],
+                                    "generate": parts["generate"],
+                                    "rollout_other": parts["rollout"] - parts["generate"],
                                     "forward": parts["forward"],
                                     "backward_optim": wall - parts["rollout"] - parts["forward"]})
 
@@ -195,8 +203,8 @@ def run_trl(model_dir: str, scenario: str, warmup: int, steps: int, checkpointin
     if scenario == "single":
         ids = processor.apply_chat_template(_with_images(ds[0]), tokenize=True, add_generation_prompt=True)
     else:
-        ids = trainer.processing_class.apply_chat_template(_with_images(ds[0]), tools=trainer._env_tools[None],
-                                                           tokenize=True, add_generation_prompt=True)
+        ids = trainer.processing_class.apply_chat_template(
+            _with_images(ds[0]), tools=trainer._env_tools[None], tokenize=True, add_generation_prompt=True)
     return _summary(records, {"prompt_tokens": len(ids[0]), **extra_out})
 
 
@@ -210,7 +218,8 @@ def _with_images(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _trl_episode(processor: Any, max_pixels: int) -> tuple[torch.Tensor, ...]:
-    """Sample 0's crop episode as TRL's tool loop builds it: prompt | call | tool suffix | answer (piecewise ids)."""
+    """Sample 0's crop episode as TRL's tool loop builds it: prompt | call | tool suffix | answer (piecewise
+    ids)."""
     from vgym.trainers.trl_adapter import vgym_dataset, vgym_environment_factory, with_tool_chat_template
 
     tools = with_tool_chat_template(processor)
@@ -222,8 +231,8 @@ def _trl_episode(processor: Any, max_pixels: int) -> tuple[torch.Tensor, ...]:
     result = env.crop(**arguments)
     prompt = _with_images(row)
     messages = prompt + [
-        {"role": "assistant", "content": "", "tool_calls": [{"type": "function",
-                                                              "function": {"name": name, "arguments": arguments}}]},
+        {"role": "assistant", "content": "",
+         "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]},
         {"role": "tool", "name": name, "content": result},
         {"role": "assistant", "content": f"<answer>{solution.answer}</answer>"}]
     full = tools.apply_chat_template(messages, tools=[env.crop], tokenize=False)
@@ -248,7 +257,8 @@ def _trl_episode(processor: Any, max_pixels: int) -> tuple[torch.Tensor, ...]:
 def _vgym_episode(processor: Any, max_pixels: int) -> tuple[torch.Tensor, ...]:
     """Sample 0's crop episode as vgym's rollout builds it (the scripted oracle's turns)."""
     env_fn = functools.partial(VisualToolEnv, TASK, tools=("crop",), max_turns=2, max_pixels=max_pixels)
-    (traj,) = rollout(env_fn, OraclePolicy(), ChatEncoder(processor), [EpisodeSpec("train", 0, seed=0)], RolloutConfig(batch_size=1))
+    (traj,) = rollout(env_fn, OraclePolicy(), ChatEncoder(processor), [EpisodeSpec("train", 0, seed=0)],
+                      RolloutConfig(batch_size=1))
     batch = collate([traj], processor.tokenizer.pad_token_id)
     labels = batch["input_ids"].masked_fill(batch["loss_mask"] == 0, -100)
     return batch["input_ids"], labels, batch["pixel_values"], batch["image_grid_thw"]
@@ -276,7 +286,8 @@ def teach_crop_episode(base: Path, out: Path, steps: int = 80) -> Path:
 
 
 def _spawn(*argv: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, __file__, "--worker", *argv], capture_output=True, text=True, check=False)
+    done = subprocess.run([sys.executable, __file__, "--worker", *argv], capture_output=True, text=True,
+                          check=False)
     if done.returncode:
         raise RuntimeError(f"worker {argv} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -284,10 +295,12 @@ def _spawn(*argv: str) -> dict[str, Any]:
 
 def _line(label: str, r: dict[str, Any]) -> str:
     m = r["mean"]
-    parts = " / ".join(f"{m.get(k, float('nan')):.3f}" for k in ("generate", "rollout_other", "forward", "backward_optim"))
-    return (f"  {label:<24} {r['s_per_step']:6.3f} s/step {r['tokens_per_s']:6.0f} tok/s {m['tokens']:5.0f} tok/step "
-            f"(prompt {r['prompt_tokens']}, model {r['model_tokens']:.0f}/episode)  peak RSS {r['peak_rss_mib']:4.0f} MiB"
-            f"  [gen / rollout rest / fwd / bwd+optim s: {parts}]")
+    parts = " / ".join(f"{m.get(k, float('nan')):.3f}"
+                       for k in ("generate", "rollout_other", "forward", "backward_optim"))
+    return (f"  {label:<24} {r['s_per_step']:6.3f} s/step {r['tokens_per_s']:6.0f} tok/s "
+            f"{m['tokens']:5.0f} tok/step (prompt {r['prompt_tokens']}, "
+            f"model {r['model_tokens']:.0f}/episode)  peak RSS {r['peak_rss_mib']:4.0f} MiB  "
+            f"[gen / rollout rest / fwd / bwd+optim s: {parts}]")
 
 
 def _ratios(ours: dict[str, Any], theirs: dict[str, Any], label: str) -> str:
@@ -296,7 +309,8 @@ def _ratios(ours: dict[str, Any], theirs: dict[str, Any], label: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per framework")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -306,15 +320,18 @@ def main() -> None:
         if framework == "vgym":
             result = run_vgym(model_dir, scenario, args.warmup, args.steps)
         else:
-            result = run_trl(model_dir, scenario, args.warmup, args.steps, checkpointing=framework == "trl_gc")
+            result = run_trl(model_dir, scenario, args.warmup, args.steps,
+                             checkpointing=framework == "trl_gc")
         print(json.dumps(result))
         return
     with tempfile.TemporaryDirectory() as tmp:
         base = build_tiny_vlm(Path(tmp) / "vlm", corpus=tokenizer_corpus(TASK, 0, n=40))
         taught = teach_crop_episode(base, Path(tmp) / "taught")
         w, s = str(args.warmup), str(args.steps)
-        print(f"{args.steps} timed steps after {args.warmup} warm-up, 1 prompt x {GROUP} generations, fp32, 1 thread")
-        single = {fw: _spawn(fw, "single", str(base), "--warmup", w, "--steps", s) for fw in ("vgym", "trl_gc", "trl")}
+        print(f"{args.steps} timed steps after {args.warmup} warm-up, 1 prompt x {GROUP} generations, fp32, "
+              "1 thread")
+        single = {fw: _spawn(fw, "single", str(base), "--warmup", w, "--steps", s)
+                  for fw in ("vgym", "trl_gc", "trl")}
         print("1. single turn (224², 32 new tokens, tools off):")
         for fw, label in (("vgym", "vgym GRPOTrainer"), ("trl_gc", "TRL (default: grad ckpt)"),
                           ("trl", "TRL (no grad ckpt)")):
@@ -322,15 +339,18 @@ def main() -> None:
         print(_ratios(single["vgym"], single["trl_gc"], "TRL default"))
         print(_ratios(single["vgym"], single["trl"], "TRL no grad ckpt"))
         crop = {fw: _spawn(fw, "crop", str(taught), "--warmup", w, "--steps", s) for fw in ("vgym", "trl")}
-        print("2. two-turn crop episode (112², crop tool result as an image; TRL environment_factory, no grad ckpt):")
+        print("2. two-turn crop episode (112², crop tool result as an image; TRL environment_factory, "
+              "no grad ckpt):")
         print(_line("vgym GRPOTrainer", crop["vgym"]))
         print(_line("TRL environment_factory", crop["trl"]))
         v, t = crop["vgym"]["mean"], crop["trl"]
-        print(f"  per episode: vgym {v['turns']:.2f} turns, {v['tool_calls']:.2f} tool calls ({v['tool_errors']:.0%} "
-              f"failed), reward {v['reward']:.2f}; TRL {t['tool_calls']:.2f} tool calls ({t['tool_failures']:.0%} "
-              f"failed), reward {t['reward']:.2f}")
+        print(f"  per episode: vgym {v['turns']:.2f} turns, {v['tool_calls']:.2f} tool calls "
+              f"({v['tool_errors']:.0%} failed), reward {v['reward']:.2f}; "
+              f"TRL {t['tool_calls']:.2f} tool calls ({t['tool_failures']:.0%} failed), "
+              f"reward {t['reward']:.2f}")
         print(_ratios(crop["vgym"], crop["trl"], "TRL"))
-        print("  (total tokens/s favours the longer prompt: TRL renders the full tool JSON schema; compare steps/s too)")
+        print("  (total tokens/s favours the longer prompt: TRL renders the full tool JSON schema; compare "
+              "steps/s too)")
 
 
 if __name__ == "__main__":

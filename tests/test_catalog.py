@@ -1,6 +1,6 @@
 """The catalog of built-ins matches the modules: every task and tool a module under ``tasks/`` or ``tools/``
-registers is listed, under its own name, class, version and module; nothing listed is missing; and a lazy entry is
-resolved by importing only its own module."""
+registers is listed, under its own name, class, version and module; nothing listed is missing; and a lazy
+entry is resolved by importing only its own module."""
 
 from __future__ import annotations
 

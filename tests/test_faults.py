@@ -1,20 +1,21 @@
 """Fault and recovery tests (issue 9): real hangs, crashes, leaks, SIGKILLed runs and full disks.
 
-- Tools: a hung backend becomes a ToolError naming the tool and its timeout, in both isolation modes, and the env
-  goes on; a backend that segfaults or SIGKILLs its worker process, or a worker killed while idle (what the
-  out-of-memory killer does), costs one call and the next call runs on a fresh worker; a leaking backend's worker
-  is recycled by RSS or call count, so its memory stays bounded.
-- Training: a ``vgym train`` subprocess SIGKILLed at a seeded random time resumes (the recipe with ``resume``, what
-  ``--resume`` runs) to exactly the metrics and weights of an uninterrupted run; a process SIGKILLed while saving checkpoints leaves every visible
-  checkpoint complete and loadable.
-- Evaluation: a ``vgym eval`` subprocess SIGKILLed at a seeded random time resumes without scoring any episode twice
-  and reproduces the uninterrupted report.
+- Tools: a hung backend becomes a ToolError naming the tool and its timeout, in both isolation modes, and the
+  env goes on; a backend that segfaults or SIGKILLs its worker process, or a worker killed while idle (what
+  the out-of-memory killer does), costs one call and the next call runs on a fresh worker; a leaking backend's
+  worker is recycled by RSS or call count, so its memory stays bounded.
+- Training: a ``vgym train`` subprocess SIGKILLed at a seeded random time resumes (the recipe with ``resume``,
+  what ``--resume`` runs) to exactly the metrics and weights of an uninterrupted run; a process SIGKILLed
+  while saving checkpoints leaves every visible checkpoint complete and loadable.
+- Evaluation: a ``vgym eval`` subprocess SIGKILLed at a seeded random time resumes without scoring any episode
+  twice and reproduces the uninterrupted report.
 - Full disk: ``tests/test_disk_full.py``.
 
-The Ray case (a killed Ray env worker loses and duplicates no episode) is in ``tests/rollout/test_workers.py``.
+The Ray case (a killed Ray env worker loses and duplicates no episode) is in
+``tests/rollout/test_workers.py``.
 
-The backends below are module-level functions so that spawned worker processes can import them; the module keeps
-its top-level imports light because every worker start imports it.
+The backends below are module-level functions so that spawned worker processes can import them; the module
+keeps its top-level imports light because every worker start imports it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,7 +40,7 @@ from vgym.errors import InvalidConfigError, ToolError
 from vgym.tool_runtime import ToolRuntime, ToolRuntimeConfig
 from vgym.tooling import Tool, ToolContext, ToolResult
 
-# --- tool backends that misbehave -------------------------------------------------------------------------------
+# --- tool backends that misbehave ---------------------------------------------------------------------------
 
 _RELEASE = threading.Event()  # set at the end of a thread-mode test, so its hung worker thread ends
 _LEAKED: list[np.ndarray] = []  # what the leaking backend keeps alive (in the worker process)
@@ -90,11 +92,12 @@ def _alive(pid: int, wait_s: float = 5.0) -> bool:
 def _call(env: VisualToolEnv, name: str, arguments: dict) -> tuple[dict, dict, bool]:
     import json
 
-    obs, _, terminated, _, info = env.step(f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>")
+    call = json.dumps({"name": name, "arguments": arguments})
+    obs, _, terminated, _, info = env.step(f"<tool_call>{call}</tool_call>")
     return obs, info["tool_calls"][0], terminated
 
 
-# --- tools ------------------------------------------------------------------------------------------------------
+# --- tools --------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("isolation", ["none", "subprocess"])
@@ -111,7 +114,8 @@ def test_a_hung_backend_times_out_and_the_env_goes_on(isolation: str) -> None:
         region = env.sample.metadata["region"]  # type: ignore[union-attr]
         obs, record, _ = _call(env, "crop", {"box": region})  # a later call runs on a fresh worker
         assert record["ok"] is True and len(obs["images"]) == 1
-        _, reward, terminated, _, _ = env.step(f"<answer>{env.sample.answer}</answer>")  # type: ignore[union-attr]
+        answer = env.sample.answer  # type: ignore[union-attr]
+        _, reward, terminated, _, _ = env.step(f"<answer>{answer}</answer>")
         assert terminated and reward > 0.9
         assert env.runtime.counters["timeouts"] == 1 and env.runtime.counters["worker_starts"] == 2
     finally:
@@ -155,11 +159,13 @@ def test_a_leaking_backend_is_recycled_by_rss_and_by_call_count() -> None:
         # The leak is real: within one worker each call adds ~20 MiB.
         same = [b - a for a, b, p, q in zip(rss, rss[1:], pids, pids[1:]) if p == q]
         assert same and all(18.0 < d < 30.0 for d in same), rss
-        # A worker is retired by the first call that leaves it above the limit (limit = r0 + 50: after 4 calls,
-        # r0 + 60), so 10 calls take 3 workers, and no worker ever holds more than the limit plus one call's leak.
+        # A worker is retired by the first call that leaves it above the limit (limit = r0 + 50: after 4
+        # calls, r0 + 60), so 10 calls take 3 workers, and no worker ever holds more than the limit plus one
+        # call's leak.
         assert len(set(pids)) == 3 and runtime.counters["recycled"] == 2
         assert max(rss) <= limit + 20.0 + 5.0, rss  # 5 MiB slack for allocator noise
-        assert not any(_alive(pid) for pid in set(pids) - {pids[-1]})  # retired workers are gone, memory returned
+        # retired workers are gone, their memory returned
+        assert not any(_alive(pid) for pid in set(pids) - {pids[-1]})
         # By call count: three calls per worker, whatever the memory.
         runtime.config = dataclasses.replace(runtime.config, max_worker_rss_mb=None, max_calls_per_worker=3)
         runtime.close()  # start counting on a fresh worker
@@ -180,13 +186,14 @@ def test_recycling_config_is_checked(change: dict, message: str) -> None:
         ToolRuntimeConfig(**change)
 
 
-# --- training and evaluation killed at a random point --------------------------------------------------------------
+# --- training and evaluation killed at a random point -------------------------------------------------------
 
-# A random tiny model never answers, so every episode is truncated; keeping truncated episodes and an entropy bonus
-# gives every step a non-zero loss and gradient, so a wrong resume (weights, optimizer, RNG, data position) shows.
-# Groups of 2, 2 turns of 8 tokens: a step takes ~0.5 s on the tiny model (real runs: 8 x 8 episodes, 256+ tokens).
-GRPO_FAST = {"num_generations": 2, "prompts_per_step": 2, "max_new_tokens": 8, "steps": 5, "learning_rate": 1e-3,
-             "entropy_coef": 0.01, "mask_truncated_completions": False}
+# A random tiny model never answers, so every episode is truncated; keeping truncated episodes and an entropy
+# bonus gives every step a non-zero loss and gradient, so a wrong resume (weights, optimizer, RNG, data
+# position) shows. Groups of 2, 2 turns of 8 tokens: a step takes ~0.5 s on the tiny model (real runs: 8 x 8
+# episodes, 256+ tokens).
+GRPO_FAST = {"num_generations": 2, "prompts_per_step": 2, "max_new_tokens": 8, "steps": 5,
+             "learning_rate": 1e-3, "entropy_coef": 0.01, "mask_truncated_completions": False}
 
 
 def _cli(*args: str) -> list[str]:
@@ -194,16 +201,16 @@ def _cli(*args: str) -> list[str]:
 
 
 def _start(args: list[str], log) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
-    """Start a child with one intra-op thread (the same kernels as this process: bit-identical numbers); its stderr
-    goes to the file ``log`` (a pipe nobody reads could fill up and stall it)."""
+    """Start a child with one intra-op thread (the same kernels as this process: bit-identical numbers); its
+    stderr goes to the file ``log`` (a pipe nobody reads could fill up and stall it)."""
     with open(log, "wb") as fh:
         return subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                                 stderr=fh)
 
 
 def _kill_when(proc, ready, delay: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    """Wait until ``ready()`` (polling), then ``delay`` seconds more, then SIGKILL ``proc``; it must still be running
-    (else the kill tested nothing)."""
+    """Wait until ``ready()`` (polling), then ``delay`` seconds more, then SIGKILL ``proc``; it must still be
+    running (else the kill tested nothing)."""
     deadline = time.monotonic() + 120.0
     while not ready():
         assert proc.poll() is None, f"{what} ended early (exit {proc.returncode}); see its stderr log"
@@ -218,8 +225,8 @@ def _kill_when(proc, ready, delay: float, what: str) -> None:  # type: ignore[no
 
 @contextlib.contextmanager
 def _killer(proc, ready, delay: float, what: str):  # type: ignore[no-untyped-def]
-    """:func:`_kill_when` on a watcher thread while the block runs (the test's own work uses the other core); its
-    failure is raised when the block ends."""
+    """:func:`_kill_when` on a watcher thread while the block runs (the test's own work uses the other core);
+    its failure is raised when the block ends."""
     failed: list[BaseException] = []
 
     def watch() -> None:
@@ -244,10 +251,13 @@ def _steps(path) -> dict[int, dict[str, str]]:  # type: ignore[no-untyped-def]
     import csv
 
     with open(path, newline="") as fh:
-        return {int(r["step"]): {k: v for k, v in r.items() if not k.startswith("perf/")} for r in csv.DictReader(fh)}
+        return {int(r["step"]): {k: v for k, v in r.items() if not k.startswith("perf/")}
+                for r in csv.DictReader(fh)}
 
 
-def test_training_killed_at_a_random_point_resumes_to_the_same_metrics(tiny_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_training_killed_at_a_random_point_resumes_to_the_same_metrics(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
     import yaml
     from safetensors.numpy import load_file
 
@@ -284,21 +294,23 @@ import functools, sys
 from pathlib import Path
 from vgym.env import VisualToolEnv
 from vgym.engine.tiny import load_vlm
-from vgym.trainers.grpo import GRPOTrainer
+from vgym.trainers.grpo import GRPOTrainer, hf_policy
 from vgym.trainers.grpo_config import GRPOConfig
 model, processor = load_vlm(sys.argv[1])
-trainer = GRPOTrainer(model, processor, functools.partial(VisualToolEnv, "visual_search"), GRPOConfig(steps=1000))
+config = GRPOConfig(steps=1000)
+trainer = GRPOTrainer(model, processor, hf_policy(model, processor, config),
+                      functools.partial(VisualToolEnv, "visual_search"), config)
 for step in range(1, 1001):
     trainer.step_count = step
     trainer.save(Path(sys.argv[2]) / f"checkpoint-{step}")
 """
 
 
-def test_a_kill_while_saving_leaves_every_visible_checkpoint_loadable(tiny_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_kill_while_saving_leaves_every_visible_checkpoint_loadable(tiny_dir: Path, tmp_path: Path) -> None:
     import functools
 
     from vgym.engine.tiny import load_vlm
-    from vgym.trainers.grpo import GRPOTrainer
+    from vgym.trainers.grpo import GRPOTrainer, hf_policy
     from vgym.trainers.grpo_config import GRPOConfig
 
     out = tmp_path / "run"
@@ -312,16 +324,19 @@ def test_a_kill_while_saving_leaves_every_visible_checkpoint_loadable(tiny_dir, 
 
     with _killer(proc, mid_save, 0.0, "the save loop"):
         model, processor = load_vlm(tiny_dir)
-        trainer = GRPOTrainer(model, processor, functools.partial(VisualToolEnv, "visual_search"),
-                              GRPOConfig(steps=1000))
-    # The kill landed inside a save (on a loaded machine, possibly a later one than the save that triggered it: the
-    # tiny model saves in milliseconds): its temporary folder is left behind ...
+        config = GRPOConfig(steps=1000)
+        trainer = GRPOTrainer(model, processor, hf_policy(model, processor, config),
+                              functools.partial(VisualToolEnv, "visual_search"), config)
+    # The kill landed inside a save (on a loaded machine, possibly a later one than the save that triggered
+    # it: the tiny model saves in milliseconds): its temporary folder is left behind ...
     stale = [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert len(stale) <= 1, stale
     assert all(int(name.split(".tmp-")[0].split("-")[1]) > after for name in stale), stale
-    # ... and every checkpoint under its final name is whole: the newest loads and is the step it is named after.
+    # ... and every checkpoint under its final name is whole: the newest loads and is the step it is named
+    # after.
     visible = sorted((p for p in out.glob("checkpoint-*")), key=lambda p: int(p.name.split("-")[1]))
-    assert all({"model.safetensors", "config.json", "grpo_state.pt"} <= {f.name for f in p.iterdir()} for p in visible)
+    assert all({"model.safetensors", "config.json", "grpo_state.pt"} <= {f.name for f in p.iterdir()}
+               for p in visible)
     trainer.load(visible[-1])
     assert trainer.step_count == int(visible[-1].name.split("-")[1])
     # Saving the interrupted checkpoint again clears the dead writer's temporary folder.
@@ -330,7 +345,7 @@ def test_a_kill_while_saving_leaves_every_visible_checkpoint_loadable(tiny_dir, 
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
-def test_evaluation_killed_at_a_random_point_scores_each_episode_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_evaluation_killed_at_a_random_point_scores_each_episode_once(tmp_path: Path) -> None:
     import json
 
     from vgym.eval.evaluate import EvalConfig, run_eval
@@ -339,8 +354,9 @@ def test_evaluation_killed_at_a_random_point_scores_each_episode_once(tmp_path) 
     total = 2 * 12 * 2
     run, path = tmp_path / "killed", tmp_path / "killed" / "episodes.jsonl"
     lines = int(np.random.default_rng(11).integers(1, total - 12))  # kill after a random number of episodes
-    proc = _start(_cli("eval", "--policy", "random", "--suite", "visual_search", "--suite", "counting", "--n", "12",
-                       "--k", "2", "--difficulty", "1", "--out", str(run)), tmp_path / "eval.log")
+    args = _cli("eval", "--policy", "random", "--suite", "visual_search", "--suite", "counting", "--n", "12",
+                "--k", "2", "--difficulty", "1", "--out", str(run))
+    proc = _start(args, tmp_path / "eval.log")
     with _killer(proc, lambda: path.exists() and path.read_bytes().count(b"\n") >= lines, 0.0, "vgym eval"):
         straight = run_eval(config, tmp_path / "straight")  # meanwhile, the uninterrupted run
     before = path.read_bytes()

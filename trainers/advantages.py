@@ -4,22 +4,26 @@ Contents:
 
 - :class:`AdvantageEstimator` (``str`` Enum of the registry keys) and :data:`ADVANTAGE_ESTIMATORS`
   (``Registry``): :func:`compute_grpo_advantage`, :func:`compute_rloo_advantage`,
-  :func:`compute_reinforce_pp_advantage`, :func:`compute_dgrpo_advantage`.
+  :func:`compute_reinforce_pp_advantage`, :func:`compute_dgrpo_advantage`; :func:`compute_advantages` looks
+  one up by name and hands it the options it takes.
 - Turn-level credit: :func:`broadcast_advantages` (the outcome on every policy token, as Flow-GRPO,
   arXiv:2510.05592) and :func:`turn_advantages` (outcome plus per-turn tool-step rewards). A trainer's config
-  chooses between them; ``turn_advantages(..., step_weight=0.0)`` equals ``broadcast_advantages`` on every token
-  of a model turn.
+  chooses between them; ``turn_advantages(..., step_weight=0.0)`` equals ``broadcast_advantages`` on every
+  token of a model turn.
 
-Shapes: B trajectories, T tokens, G group size, K model turns. A batch holds whole groups: ``group_ids`` (B,) int64
-maps each trajectory to its group (any integer labels, in any order), and every group needs at least 2 members.
+Shapes: B trajectories, T tokens, G group size, K model turns. A batch holds whole groups: ``group_ids`` (B,)
+int64 maps each trajectory to its group (any integer labels, in any order), and every group needs at least 2
+members.
 
-Every estimator has the form ``compute_<name>_advantage(rewards (B,) float, group_ids (B,) long, *, ...) ->
-(advantages (B,) float32, metrics)``, and every estimator reports ``"adv/zero_std_groups"``: the fraction of groups
-whose rewards are all equal. Such a group carries no learning signal; its advantages are exactly 0.
+Every estimator has the form ``compute_<name>_advantage(rewards (B,) float, group_ids (B,) long, *, <its
+options>) -> (advantages (B,) float32, metrics)``, and every estimator reports ``"adv/zero_std_groups"``: the
+fraction of groups whose rewards are all equal. Such a group carries no learning signal; its advantages are
+exactly 0.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from enum import Enum
 
@@ -34,6 +38,7 @@ __all__ = [
     "compute_rloo_advantage",
     "compute_reinforce_pp_advantage",
     "compute_dgrpo_advantage",
+    "compute_advantages",
     "broadcast_advantages",
     "turn_advantages",
 ]
@@ -53,7 +58,8 @@ ADVANTAGE_ESTIMATORS: Registry[AdvantageFn] = Registry("advantage estimator")
 
 
 class _Groups:
-    """Per-group bookkeeping for a (B,) batch: ``index`` (B,) maps each trajectory to 0..n-1, ``size`` (n,)."""
+    """Per-group bookkeeping for a (B,) batch: ``index`` (B,) maps each trajectory to 0..n-1, ``size``
+    (n,)."""
 
     def __init__(self, rewards: torch.Tensor, group_ids: torch.Tensor) -> None:
         if rewards.dim() != 1 or group_ids.shape != rewards.shape:
@@ -91,8 +97,9 @@ class _Groups:
     def silence_zero_std(self, advantages: torch.Tensor) -> torch.Tensor:
         """Set the advantages of zero-std groups to exactly 0.
 
-        Guard: a float32 mean of equal rewards can be off by one ulp (three rewards of 0.9 average to 0.9 - 6e-8),
-        and dividing that residue by ``std + eps`` would turn a group with no signal into advantages of ~0.06.
+        Guard: a float32 mean of equal rewards can be off by one ulp (three rewards of 0.9 average to
+        0.9 - 6e-8), and dividing that residue by ``std + eps`` would turn a group with no signal into
+        advantages of ~0.06.
         """
         return torch.where(self.zero_std[self.index], torch.zeros_like(advantages), advantages)
 
@@ -107,11 +114,12 @@ class _Groups:
 def compute_grpo_advantage(
     rewards: torch.Tensor, group_ids: torch.Tensor, *, scale_rewards: bool = True, eps: float = 1e-6
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """GRPO group-relative advantage (DeepSeekMath, arXiv:2402.03300), optionally without std scaling (Dr.GRPO).
+    """GRPO group-relative advantage (DeepSeekMath, arXiv:2402.03300), optionally without std scaling
+    (Dr.GRPO).
 
     ``A_i = (R_i - mean_g(R)) / (std_g(R) + eps)`` with mean and (n-1) std over the trajectory's group g. With
-    ``scale_rewards=False``, ``A_i = R_i - mean_g(R)``: Dr.GRPO (arXiv:2503.20783) drops the division because it
-    up-weights groups whose rewards barely differ (too easy or too hard prompts).
+    ``scale_rewards=False``, ``A_i = R_i - mean_g(R)``: Dr.GRPO (arXiv:2503.20783) drops the division because
+    it up-weights groups whose rewards barely differ (too easy or too hard prompts).
 
     Args:
         rewards: (B,) float, one scalar outcome reward per trajectory.
@@ -121,7 +129,8 @@ def compute_grpo_advantage(
 
     Returns:
         ``(advantages, metrics)``: advantages (B,) float32, exactly 0 in zero-std groups; metrics
-        ``{"adv/zero_std_groups", "adv/mean_abs"}``. Broadcast them to tokens with :func:`broadcast_advantages`.
+        ``{"adv/zero_std_groups", "adv/mean_abs"}``. Broadcast them to tokens with
+        :func:`broadcast_advantages`.
 
     Raises:
         ValueError: if the shapes differ, a reward is not finite, or a group has fewer than 2 members.
@@ -134,10 +143,11 @@ def compute_grpo_advantage(
 def compute_rloo_advantage(
     rewards: torch.Tensor, group_ids: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """RLOO leave-one-out advantage (Ahmadian et al., arXiv:2402.14740): each trajectory's baseline is the mean
-    reward of the *other* members of its group.
+    """RLOO leave-one-out advantage (Ahmadian et al., arXiv:2402.14740): each trajectory's baseline is the
+    mean reward of the *other* members of its group.
 
-    ``A_i = R_i - (sum_g(R) - R_i) / (G - 1)``, which equals ``G / (G - 1) * (R_i - mean_g(R))``. No std scaling.
+    ``A_i = R_i - (sum_g(R) - R_i) / (G - 1)``, which equals ``G / (G - 1) * (R_i - mean_g(R))``. No std
+    scaling.
 
     Args:
         rewards: (B,) float, one scalar outcome reward per trajectory.
@@ -162,10 +172,10 @@ def compute_reinforce_pp_advantage(
     """REINFORCE++ with baseline (Hu et al., arXiv:2501.03262, the "REINFORCE++ w/ baseline" variant for k > 1
     samples per prompt): subtract the group mean, then normalise by the std of the *whole batch*.
 
-    ``Ã_i = R_i - mean_g(R)``; ``A_i = (Ã_i - mean_B(Ã)) / (std_B(Ã) + eps)`` where mean_B and (n-1) std_B run over
-    all B trajectories (global advantage normalisation). With whole groups mean_B(Ã) is 0; it is subtracted anyway,
-    as the paper's whitening does. The outcome-reward form is used (no per-token KL folded into the reward; apply KL
-    as a loss term instead, see :func:`vgym.trainers.regularisers.kl_penalty`).
+    ``Ã_i = R_i - mean_g(R)``; ``A_i = (Ã_i - mean_B(Ã)) / (std_B(Ã) + eps)`` where mean_B and (n-1) std_B run
+    over all B trajectories (global advantage normalisation). With whole groups mean_B(Ã) is 0; it is
+    subtracted anyway, as the paper's whitening does. The outcome-reward form is used (no per-token KL folded
+    into the reward; apply KL as a loss term instead, see :func:`vgym.trainers.regularisers.kl_penalty`).
 
     Args:
         rewards: (B,) float, one scalar outcome reward per trajectory.
@@ -190,14 +200,14 @@ def compute_dgrpo_advantage(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Difficulty-aware GRPO: the GRPO advantage of each group scaled by the group's difficulty.
 
-    Named after DGRPO in VITAL ("Thinking With Videos", Zhang et al., arXiv:2508.04416), which reweights GRPO by task
-    and sample difficulty so easy tasks do not dominate multi-task RL. **The paper's exact formula could not be
-    verified** (only its abstract and summaries were reachable), so this is a documented stand-in with the same
-    intent, at the sample (group) level:
+    Named after DGRPO in VITAL ("Thinking With Videos", Zhang et al., arXiv:2508.04416), which reweights GRPO
+    by task and sample difficulty so easy tasks do not dominate multi-task RL. **The paper's exact formula
+    could not be verified** (only its abstract and summaries were reachable), so this is a documented stand-in
+    with the same intent, at the sample (group) level:
 
     - accuracy ``p_g = mean_g(R)`` (rewards must lie in [0, 1]), difficulty ``d_g = 1 - p_g``;
-    - weight ``w_g = d_g / mean(d over informative groups)``, informative = not zero-std, so the weights of the
-      groups that carry signal average 1 and the overall step size matches GRPO's;
+    - weight ``w_g = d_g / mean(d over informative groups)``, informative = not zero-std, so the weights of
+      the groups that carry signal average 1 and the overall step size matches GRPO's;
     - ``A_i = w_g * A_i^GRPO`` (with ``scale_rewards`` as in :func:`compute_grpo_advantage`).
 
     Example: groups at accuracy 0.25 and 0.75 have d = 0.75 and 0.25, weights 1.5 and 0.5: the hard prompt's
@@ -234,6 +244,31 @@ def compute_dgrpo_advantage(
     return adv, metrics
 
 
+def compute_advantages(
+    estimator: str, rewards: torch.Tensor, group_ids: torch.Tensor, *, scale_rewards: bool = True
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Run the estimator registered as ``estimator``, passing each option only to an estimator that takes it.
+
+    Args:
+        estimator: an :class:`AdvantageEstimator` value (a key of :data:`ADVANTAGE_ESTIMATORS`).
+        rewards: (B,) float, one scalar outcome reward per trajectory.
+        group_ids: (B,) int64, the group of each trajectory; every group has >= 2 members.
+        scale_rewards: for the estimators with this option (grpo, dgrpo): divide by the group's reward std
+            (GRPO) or not (Dr.GRPO, arXiv:2503.20783); the others have no such option and do not read it.
+
+    Returns:
+        ``(advantages (B,) float32, metrics)`` of the estimator.
+
+    Raises:
+        UnknownNameError: an unknown ``estimator`` (the message lists the valid names and the closest match).
+        ValueError: as the estimator.
+    """
+    compute = ADVANTAGE_ESTIMATORS.get(estimator)
+    options = {"scale_rewards": scale_rewards}
+    taken = inspect.signature(compute).parameters
+    return compute(rewards, group_ids, **{k: v for k, v in options.items() if k in taken})
+
+
 def broadcast_advantages(advantages: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """Outcome credit on every policy token of every turn (Flow-GRPO of AgentFlow, arXiv:2510.05592).
 
@@ -266,18 +301,18 @@ def turn_advantages(
 ) -> torch.Tensor:
     """Turn-level credit: the outcome advantage plus a group-normalised tool-step reward for each model turn.
 
-    ``A[b, t] = outcome_adv[b] + step_weight * z[b, k]`` on the tokens of turn k (``turn_ids[b, t] = k >= 1``),
-    0 on other tokens. The step reward of turn k (e.g. 1 for a valid tool call with a useful result) is normalised
-    against every tool step the same group took, pooled over turns and trajectories:
+    ``A[b, t] = outcome_adv[b] + step_weight * z[b, k]`` on the tokens of turn k (``turn_ids[b,
+    t] = k >= 1``), 0 on other tokens. The step reward of turn k (e.g. 1 for a valid tool call with a useful
+    result) is normalised against every tool step the same group took, pooled over turns and trajectories:
     ``z[b, k] = (s[b, k] - mean_g(s)) / (std_g(s) + eps)``, where the (n-1) mean and std run over the pairs
     (b', k') with b' in b's group and turn k' present in trajectory b' (some token has ``turn_ids == k'``).
-    Pooling (rather than per turn index) keeps the statistics meaningful when few trajectories reach a late turn.
-    A group whose present step rewards are all equal, or that has a single step, gets ``z = 0``.
+    Pooling (rather than per turn index) keeps the statistics meaningful when few trajectories reach a late
+    turn. A group whose present step rewards are all equal, or that has a single step, gets ``z = 0``.
 
     Args:
         outcome_adv: (B,) float, the trajectory's outcome advantage (from an estimator above).
-        turn_ids: (B, T) int64: 0 on non-policy tokens (prompt, tool output, padding), k >= 1 on the tokens of the
-            k-th model turn.
+        turn_ids: (B, T) int64: 0 on non-policy tokens (prompt, tool output, padding), k >= 1 on the tokens of
+            the k-th model turn.
         step_rewards: (B, K) float, the tool-step reward of turn k in column k-1; columns of absent turns are
             ignored (any value).
         group_ids: (B,) int64, the group of each trajectory (as for the estimators).

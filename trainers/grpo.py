@@ -1,18 +1,27 @@
 """GRPO and its variants over multi-turn, multimodal tool-use rollouts: a thin loop around pure losses.
 
 Contents: :func:`otc_tool_factor`, :func:`turn_ids_from_mask`, :func:`step_rewards`, :class:`GRPOTrainer` (its
-settings: :class:`vgym.trainers.grpo_config.GRPOConfig`).
+settings: :class:`vgym.trainers.grpo_config.GRPOConfig`), :func:`hf_policy` (the transformers rollout policy
+matching a config).
 
-One step: roll out ``prompts_per_step`` samples × ``num_generations`` episodes with the current model (one group per
-sample; episodes of a group share the sample and the env seed) → rewards (the env's composite reward, optionally
-shaped by OTC tool efficiency) → dynamic sampling (drop groups whose rewards are all equal and roll out new ones)
-→ advantages (a registered estimator) → per-token credit (outcome broadcast, or outcome plus per-turn tool-step
-rewards) → ``num_iterations`` passes of minibatch updates with the registered policy loss, KL to a frozen
-reference, LLDS and entropy terms → metrics and alarms. Env and prompt tokens are never trained on (the rollout's
-``loss_mask``); truncated episodes can be masked whole. Old log-probs come from the rollout (the behaviour policy).
+One step: roll out ``prompts_per_step`` samples × ``num_generations`` episodes with the current model (one
+group per sample; episodes of a group share the sample and the env seed) → rewards (the env's composite
+reward, optionally shaped by OTC tool efficiency) → dynamic sampling (drop groups whose rewards are all equal
+and roll out new ones) → advantages (a registered estimator) → per-token credit (outcome broadcast, or outcome
+plus per-turn tool-step rewards) → ``num_iterations`` passes of minibatch updates with the registered policy
+loss, KL to a frozen reference, LLDS and entropy terms
+(:func:`vgym.trainers.objective.compute_policy_objective`) → metrics and alarms. Env and prompt tokens are
+never trained on (the rollout's ``loss_mask``); truncated episodes can be masked whole. Old log-probs come
+from the rollout (the behaviour policy).
 
-Checkpoints hold the model (``save_pretrained``), optimizer, scheduler, step, data position, the sampling RNG and
-the alarm state, so a resumed run reproduces the next step exactly (tested on CPU).
+The rollout policy is any :class:`vgym.policies.base.Policy` playing the model being trained: an
+:class:`~vgym.policies.hf.HFPolicy` on the same model object (:func:`hf_policy`), or an engine holding its own
+copy of the weights (e.g. vLLM), which the trainer's ``sync_weights`` hook refreshes whenever the weights
+change.
+
+Checkpoints hold the model (``save_pretrained``), optimizer, scheduler, step, data position, the policy's
+sampling state (for a :class:`~vgym.policies.base.StatefulPolicy`) and the alarm state, so a resumed run
+reproduces the next step exactly (tested on CPU).
 """
 
 from __future__ import annotations
@@ -28,39 +37,44 @@ from typing import Any
 import numpy as np
 import torch
 
+from vgym.engine.fast_paths import fast_paths
 from vgym.engine.modeling import (
     forward_accepts,
     load_pretrained_in_place,
     model_inputs,
     shared_image_features,
+    vision_placeholder_ids,
 )
 from vgym.engine.shared_prefix import shared_prefix_logits
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError, VgymError
+from vgym.policies.base import Policy, StatefulPolicy
 from vgym.policies.hf import GenerationConfig, HFPolicy
 from vgym.rollout.chat import ChatEncoder
 from vgym.rollout.loop import EpisodeSpec, RolloutConfig, rollout
 from vgym.rollout.trajectory import Trajectory, atomic_path
-from vgym.trainers.advantages import ADVANTAGE_ESTIMATORS, broadcast_advantages, turn_advantages
+from vgym.trainers.advantages import broadcast_advantages, compute_advantages, turn_advantages
+from vgym.trainers.aggregation import LOSS_TYPES
 from vgym.trainers.grpo_config import GRPOConfig
-from vgym.trainers.losses import token_logprobs
 from vgym.trainers.monitors import AlarmMonitor, rollout_metrics
-from vgym.trainers.regularisers import entropy_from_logits
-from vgym.trainers.rl_losses import compute_policy_objective
+from vgym.trainers.objective import compute_policy_objective
 from vgym.trainers.sft import adamw, collate
+from vgym.trainers.tokens import entropy_from_logits, token_logprobs
 
-__all__ = ["otc_tool_factor", "turn_ids_from_mask", "step_rewards", "GRPOTrainer"]
+__all__ = ["otc_tool_factor", "turn_ids_from_mask", "step_rewards", "GRPOTrainer", "hf_policy"]
 
 
 def otc_tool_factor(calls: int, c: float) -> float:
-    """OTC-PPO's tool term ``cos(m*pi / (2m + c))`` for ``m = calls`` (arXiv:2504.14870): 1 for no call, falling
-    toward 0 as calls grow; ``c`` sets the rate."""
+    """OTC-PPO's tool term ``cos(m*pi / (2m + c))`` for ``m = calls`` (arXiv:2504.14870): 1 for no call,
+    falling toward 0 as calls grow; ``c`` sets the rate."""
     return math.cos(calls * math.pi / (2 * calls + c))
 
 
 def turn_ids_from_mask(loss_mask: torch.Tensor) -> torch.Tensor:
-    """Number the policy's turns: (B, T) 0/1 → (B, T) long, k >= 1 on the tokens of the k-th run of ones, else 0."""
-    starts = (loss_mask == 1) & (torch.nn.functional.pad(loss_mask, (1, 0))[:, :-1] == 0)  # (B, T) first token of a run
+    """Number the policy's turns: (B, T) 0/1 → (B, T) long, k >= 1 on the tokens of the k-th run of ones, else
+    0."""
+    # (B, T): the first token of each run of ones
+    starts = (loss_mask == 1) & (torch.nn.functional.pad(loss_mask, (1, 0))[:, :-1] == 0)
     return torch.cumsum(starts.long(), dim=1) * (loss_mask == 1).long()
 
 
@@ -76,25 +90,58 @@ def step_rewards(trajectories: Sequence[Trajectory], max_turns: int) -> torch.Te
     return out
 
 
-class GRPOTrainer:
-    """Online GRPO-family training of a transformers VLM on a vgym env (see the module docstring)."""
+def hf_policy(model: Any, processor: Any, config: GRPOConfig) -> HFPolicy:
+    """The :class:`~vgym.policies.hf.HFPolicy` that samples what a :class:`GRPOTrainer` with ``config`` trains
+    on.
 
-    def __init__(self, model: Any, processor: Any, env_fn: Callable[[], VisualToolEnv], config: GRPOConfig, *,
-                 ref_model: Any = None) -> None:
+    It plays ``model`` itself (no weight copy, so the trainer's ``sync_weights`` has nothing to do), with the
+    config's ``max_new_tokens``, ``temperature`` and ``top_p``, seeded by ``config.seed``.
+
+    Args:
+        model: the ``*ForConditionalGeneration`` VLM being trained.
+        processor: its processor.
+        config: the run's settings.
+
+    Returns:
+        The policy to pass to :class:`GRPOTrainer`.
+    """
+    generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                  top_p=config.top_p)
+    return HFPolicy(model, processor, generation, seed=config.seed)
+
+
+class GRPOTrainer:
+    """Online GRPO-family training of a transformers VLM on a vgym env (see the module docstring).
+
+    The rollout policy must sample from the distribution the loss scores: ``model``'s, at
+    ``config.temperature`` and ``config.top_p``, never emitting a vision placeholder token
+    (:func:`vgym.engine.modeling.vision_placeholder_ids`, which the loss masks out of the logits). Its
+    per-token log-probs are the old log-probs of the ratio, so on the first pass the ratio is 1.
+    """
+
+    def __init__(self, model: Any, processor: Any, policy: Policy, env_fn: Callable[[], VisualToolEnv],
+                 config: GRPOConfig, *, ref_model: Any = None,
+                 sync_weights: Callable[[Any], None] | None = None) -> None:
         """Args:
         model: a ``*ForConditionalGeneration`` VLM, trained in place.
         processor: its processor (chat template, image processor, tokenizer).
+        policy: plays the rollouts with ``model``'s current weights (see the class docstring); e.g.
+            :func:`hf_policy`. A :class:`~vgym.policies.base.StatefulPolicy` has its sampling state saved with
+            each checkpoint.
         env_fn: builds the training env (called once per rollout slot).
         config: run settings.
-        ref_model: the frozen KL reference; None means, when ``beta > 0``, the base model with its adapters off for a
-            peft (LoRA) model, else a frozen copy of ``model``.
+        ref_model: the frozen KL reference; None means, when ``beta > 0``, the base model with its adapters
+            off for a peft (LoRA) model, else a frozen copy of ``model``.
+        sync_weights: called as ``sync_weights(model)`` whenever ``model``'s weights change (after each
+            optimizer step and after :meth:`load`), to copy them into a policy that keeps its own (e.g.
+            ``lambda m: vllm_policy.load_weights(m.named_parameters())``); None for a policy that plays
+            ``model`` itself.
         """
         self.model, self.processor, self.env_fn, self.config = model, processor, env_fn, config
+        self.policy, self.sync_weights = policy, sync_weights
         self.encoder = ChatEncoder(processor)
         self.pad_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
-        self.policy = HFPolicy(model, processor, GenerationConfig(max_new_tokens=config.max_new_tokens,
-                                                                  temperature=config.temperature,
-                                                                  top_p=config.top_p), seed=config.seed)
+        self.suppressed_ids = vision_placeholder_ids(processor.tokenizer)  # never sampled, so never scored
         self.ref_model = ref_model
         self.ref_is_base = config.beta > 0 and ref_model is None and hasattr(model, "disable_adapter")
         if config.beta > 0 and ref_model is None and not self.ref_is_base:
@@ -111,6 +158,8 @@ class GRPOTrainer:
         probe = env_fn()
         self.max_turns = probe.config.max_turns
         probe.close()
+        # dr_grpo's constant normaliser: the most policy tokens a trajectory can hold
+        self.loss_settings = config.loss_settings(max_tokens=config.max_new_tokens * self.max_turns)
 
     # ---------------------------------------------------------------- rollout
 
@@ -120,7 +169,8 @@ class GRPOTrainer:
         for _ in range(prompts):
             index = self.data_position
             self.data_position += 1
-            specs += [EpisodeSpec(cfg.split, index, group_id=index, seed=index) for _ in range(cfg.num_generations)]
+            specs += [EpisodeSpec(cfg.split, index, group_id=index, seed=index)
+                      for _ in range(cfg.num_generations)]
         return specs
 
     def collect(self) -> tuple[list[Trajectory], dict[str, float]]:
@@ -131,7 +181,8 @@ class GRPOTrainer:
         """
         cfg = self.config
         self.model.eval()
-        trajs = rollout(self.env_fn, self.policy, self.encoder, self._specs(cfg.prompts_per_step), RolloutConfig(batch_size=cfg.batch_size, mode=cfg.rollout_mode))
+        settings = RolloutConfig(batch_size=cfg.batch_size, mode=cfg.rollout_mode)
+        trajs = rollout(self.env_fn, self.policy, self.encoder, self._specs(cfg.prompts_per_step), settings)
         generated = list(trajs)
         trajs = _loaded(trajs)
         rounds = 0
@@ -140,7 +191,7 @@ class GRPOTrainer:
             while len(trajs) < cfg.batch_size and rounds < cfg.max_resample_rounds:
                 rounds += 1
                 missing = (cfg.batch_size - len(trajs)) // cfg.num_generations
-                more = rollout(self.env_fn, self.policy, self.encoder, self._specs(missing), RolloutConfig(batch_size=cfg.batch_size, mode=cfg.rollout_mode))
+                more = rollout(self.env_fn, self.policy, self.encoder, self._specs(missing), settings)
                 generated += more
                 trajs += self._informative(_loaded(more))
             trajs = trajs[: cfg.batch_size]
@@ -179,37 +230,43 @@ class GRPOTrainer:
                     loss_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
         group_ids = torch.tensor([t.group_id for t in trajs], dtype=torch.long)
-        estimator = ADVANTAGE_ESTIMATORS.get(cfg.advantage)
-        extra = {"scale_rewards": cfg.scale_rewards} if cfg.advantage in ("grpo", "dgrpo") else {}
-        adv, metrics = estimator(self.rewards(trajs), group_ids, **extra)
+        adv, metrics = compute_advantages(cfg.advantage, self.rewards(trajs), group_ids,
+                                          scale_rewards=cfg.scale_rewards)
         if cfg.turn_credit == "steps":
-            token_adv = turn_advantages(adv, turn_ids_from_mask(loss_mask), step_rewards(trajs, self.max_turns),
-                                        group_ids, step_weight=cfg.step_weight)
+            token_adv = turn_advantages(adv, turn_ids_from_mask(loss_mask),
+                                        step_rewards(trajs, self.max_turns), group_ids,
+                                        step_weight=cfg.step_weight)
         else:
             token_adv = broadcast_advantages(adv, loss_mask)
         return token_adv, metrics
 
     def _logits(self, model: Any, batch: dict[str, torch.Tensor],
                 first: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits at the sampling temperature from position ``first - 1`` on, (B, T - first + 1, V), and (B, T)
-        token log-probs (0 before ``first``).
+        """Logits at the sampling temperature from position ``first - 1`` on, (B, T - first + 1, V), and
+        (B, T) token log-probs (0 before ``first``).
 
         Only the positions that predict a trained token need the vocabulary projection: ``first`` is the first
-        column of the batch with a trained token, and the model projects only the last ``T - first + 1`` hidden
-        states (``logits_to_keep``), which spares most of the (B, T, V) logits a long multimodal prompt would
-        cost (at Qwen's 151,936-token vocabulary, the largest activation of the loss forward).
+        column of the batch with a trained token, and the model projects only the last ``T - first + 1``
+        hidden states (``logits_to_keep``), which spares most of the (B, T, V) logits a long multimodal prompt
+        would cost (at Qwen's 151,936-token vocabulary, the largest activation of the loss forward).
+
+        Where :func:`vgym.engine.fast_paths.fast_paths` allows the shared-prompt forward, each group's prompt
+        is run once (:func:`vgym.engine.shared_prefix.shared_prefix_logits`); elsewhere, and where sharing
+        does not apply, the plain forward runs.
         """
         inputs = model_inputs(model, **batch)
         width = inputs["input_ids"].shape[1]
         keep = width - max(1, min(first, width - 1)) + 1
         extra = {"logits_to_keep": keep} if keep < width and forward_accepts(model, "logits_to_keep") else {}
         with shared_image_features(model):  # a group's episodes share their first image: encode it once
-            logits = shared_prefix_logits(model, inputs, width - keep + 1)  # and their prompt: run it once
+            logits = None
+            if fast_paths(model).shared_prompt:  # and their prompt: run it once
+                logits = shared_prefix_logits(model, inputs, width - keep + 1)
             if logits is None:
                 logits = model(**inputs, **extra).logits
         logits = logits / self.config.temperature
-        if self.policy.suppressed_ids:  # the rollout never samples image placeholders: score the same distribution
-            logits[..., self.policy.suppressed_ids] = -1e9  # finite, so entropy's p * log p stays 0, not NaN
+        if self.suppressed_ids:  # the rollout never samples image placeholders: score the same distribution
+            logits[..., self.suppressed_ids] = -1e9  # finite, so entropy's p * log p stays 0, not NaN
         logprobs = token_logprobs(logits, inputs["input_ids"][:, width - logits.shape[1] :])
         return logits, torch.nn.functional.pad(logprobs, (width - logits.shape[1], 0))
 
@@ -240,12 +297,8 @@ class GRPOTrainer:
         with torch.no_grad():
             chosen = (logprobs * loss_mask).sum() / loss_mask.sum().clamp(min=1)
         loss, metrics = compute_policy_objective(
-            logprobs, old, advantages, loss_mask, policy_loss=cfg.policy_loss, epsilon=cfg.epsilon,
-            epsilon_high=cfg.epsilon_high, clip_ratio_c=cfg.clip_ratio_c if cfg.policy_loss == "dual_clip" else None,
-            loss_type=cfg.loss_type, max_tokens=cfg.max_new_tokens * self.max_turns,  # dr_grpo's constant budget
-            num_items_in_batch=num_items, ref_logprobs=ref, beta=cfg.beta, kl_estimator=cfg.kl_estimator,
-            llds_coef=cfg.llds_coef, turn_ids=turn_ids_from_mask(loss_mask),
-            entropy=entropy, entropy_coef=cfg.entropy_coef)
+            logprobs, old, advantages, loss_mask, self.loss_settings, num_items_in_batch=num_items,
+            ref_logprobs=ref, turn_ids=turn_ids_from_mask(loss_mask), entropy=entropy)
         metrics["actor/logprob_mean"] = float(chosen)
         return loss, metrics
 
@@ -289,7 +342,8 @@ class GRPOTrainer:
         self.step_count += 1
         elapsed = time.perf_counter() - start
         tokens = float(sum(len(t.input_ids) for t in trajs))
-        metrics.update({"perf/step_s": elapsed, "perf/rollout_s": rollout_s, "perf/tokens_per_s": tokens / elapsed})
+        metrics.update({"perf/step_s": elapsed, "perf/rollout_s": rollout_s,
+                        "perf/tokens_per_s": tokens / elapsed})
         fired = self.alarms.update(self.step_count, metrics)
         self.alarm_log += fired
         metrics["alarms"] = float(len(fired))
@@ -297,31 +351,38 @@ class GRPOTrainer:
 
     def _update(self, trajs: Sequence[Trajectory], rows: list[int], advantages: torch.Tensor,
                 loss_mask: torch.Tensor, old: torch.Tensor) -> dict[str, float]:
-        """One optimizer step on ``rows``, in ``gradient_accumulation_steps`` micro-batches; none (and no metrics)
-        when ``rows`` hold no trained token."""
+        """One optimizer step on ``rows``, in ``gradient_accumulation_steps`` micro-batches; none (and no
+        metrics) when ``rows`` hold no trained token."""
         cfg = self.config
         num_items = int(loss_mask[rows].sum())
-        if num_items == 0:  # every token masked (e.g. all episodes truncated and masked): nothing to learn from
+        if num_items == 0:  # every token masked (e.g. all episodes truncated and masked): nothing to learn
             return {}
         self.optimizer.zero_grad(set_to_none=True)
         micro = max(1, math.ceil(len(rows) / cfg.gradient_accumulation_steps))
+        whole_step = LOSS_TYPES.get(cfg.loss_type).whole_step
         parts: list[dict[str, float]] = []
         for lo in range(0, len(rows), micro):
             sub = rows[lo : lo + micro]
-            loss, m = self.loss_on([trajs[i] for i in sub], advantages[sub], loss_mask[sub], old[sub], num_items)
-            # dapo already divides by the whole minibatch's token count; the other aggregations are per-micro-batch
-            # means, weighted by their share of the minibatch's episodes.
-            (loss if cfg.loss_type == "dapo" else loss * len(sub) / len(rows)).backward()
+            loss, m = self.loss_on([trajs[i] for i in sub], advantages[sub], loss_mask[sub], old[sub],
+                                   num_items)
+            # a whole-step aggregation (dapo) already divides by the minibatch's token count; the others are
+            # per-micro-batch means, weighted by their share of the minibatch's episodes.
+            (loss if whole_step else loss * len(sub) / len(rows)).backward()
             parts.append(m)
         params = [p for p in self.model.parameters() if p.requires_grad]
         limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         out = {k: float(np.mean([p[k] for p in parts if k in p])) for k in parts[0]}
         out["optim/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, limit))
         self.optimizer.step()
+        if self.sync_weights is not None:  # a policy with its own copy of the weights plays the new ones
+            self.sync_weights(self.model)
         return out
 
-    def train(self, callback: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
-        """Run until ``config.steps``; ``callback(step, metrics)`` after each step. Returns the metric history."""
+    def train(
+        self, callback: Callable[[int, dict[str, float]], None] | None = None
+    ) -> list[dict[str, float]]:
+        """Run until ``config.steps``; ``callback(step, metrics)`` after each step. Returns the metric
+        history."""
         history = []
         while self.step_count < self.config.steps:
             metrics = self.step()
@@ -335,18 +396,21 @@ class GRPOTrainer:
     def save(self, folder: str | Path) -> Path:
         """Save model (``save_pretrained``) and the trainer state needed for an exact resume.
 
-        The folder is written whole to a hidden temporary sibling, then renamed into place (replacing an older save
-        of the same name), so a kill or a full disk mid-save never leaves a partial ``folder``.
+        The folder is written whole to a hidden temporary sibling, then renamed into place (replacing an older
+        save of the same name), so a kill or a full disk mid-save never leaves a partial ``folder``.
 
         Raises:
-            OSError: if the checkpoint cannot be written (e.g. a full disk), naming ``folder``; it is unchanged.
+            OSError: if the checkpoint cannot be written (e.g. a full disk), naming ``folder``; it is
+                unchanged.
         """
         folder = Path(folder)
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "step": self.step_count, "data_position": self.data_position,
-                 "policy_rng": self.policy.rng.bit_generator.state, "alarms": self.alarms.state_dict(),
-                 "config": _plain(asdict(self.config)), "alarm_log": self.alarm_log}
-        if hasattr(self.model, "peft_config"):  # save_pretrained wrote the adapters; keep their exact tensors too
+                 "alarms": self.alarms.state_dict(), "config": _plain(asdict(self.config)),
+                 "alarm_log": self.alarm_log}
+        if isinstance(self.policy, StatefulPolicy):  # e.g. the generator the sampling seeds come from
+            state["policy"] = self.policy.state_dict()
+        if hasattr(self.model, "peft_config"):  # save_pretrained wrote the adapters; keep their exact tensors
             state["adapters"] = {k: v for k, v in self.model.state_dict().items() if "lora_" in k}
         with atomic_path(folder) as tmp:
             tmp.mkdir()
@@ -355,11 +419,12 @@ class GRPOTrainer:
         return folder
 
     def load(self, folder: str | Path) -> None:
-        """Restore a :meth:`save` into this trainer (weights in place).
+        """Restore a :meth:`save` into this trainer (weights in place, then ``sync_weights``), and the
+        policy's sampling state when the policy is a :class:`~vgym.policies.base.StatefulPolicy`.
 
         Raises:
-            InvalidConfigError: if the checkpoint was made with a different config (``steps`` may differ: a run can
-                be extended).
+            InvalidConfigError: if the checkpoint was made with a different config (``steps`` may differ: a
+                run can be extended), or holds no sampling state for this trainer's stateful policy.
         """
         folder = Path(folder)
         state = torch.load(folder / "grpo_state.pt", weights_only=True)
@@ -368,7 +433,15 @@ class GRPOTrainer:
         now.pop("steps", None)
         if saved != now:
             changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-            raise InvalidConfigError(f"checkpoint config differs from this run's in {changed}: {saved} vs {now}")
+            raise InvalidConfigError(f"checkpoint config differs from this run's in {changed}: {saved} vs "
+                                     f"{now}")
+        if "policy" not in state and "policy_rng" in state:  # checkpoints of vgym <= the sixth session
+            state["policy"] = {"rng": state["policy_rng"]}  # held HFPolicy's generator state under this key
+        if isinstance(self.policy, StatefulPolicy) and "policy" not in state:
+            raise InvalidConfigError(f"checkpoint {folder} holds no sampling state for the policy "
+                                     f"({type(self.policy).__name__}), so a resumed run would not sample as "
+                                     "the saved one would have; resume with the kind of policy it was saved "
+                                     "with.")
         if "adapters" in state:  # LoRA: the base is unchanged, the adapters are restored
             self.model.load_state_dict(state["adapters"], strict=False)
         else:
@@ -376,14 +449,17 @@ class GRPOTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_count, self.data_position = int(state["step"]), int(state["data_position"])
-        self.policy.rng.bit_generator.state = state["policy_rng"]
+        if isinstance(self.policy, StatefulPolicy):
+            self.policy.load_state_dict(state["policy"])
+        if self.sync_weights is not None:
+            self.sync_weights(self.model)
         self.alarms.load_state_dict(state["alarms"])
         self.alarm_log = list(state.get("alarm_log", []))
 
 
 def _loaded(trajs: Sequence[Trajectory]) -> list[Trajectory]:
-    """Drop episodes whose sample's media could not be loaded (``truncated_reason`` ``sample_error: ...``; no tokens).
-    A sample's episodes form one group, so whole groups go."""
+    """Drop episodes whose sample's media could not be loaded (``truncated_reason`` ``sample_error: ...``; no
+    tokens). A sample's episodes form one group, so whole groups go."""
     return [t for t in trajs if not t.sample_failed]
 
 

@@ -1,15 +1,19 @@
-"""The settings of a GRPO-family run (:class:`GRPOConfig`), named as TRL's ``GRPOConfig`` where the knob is the same,
-each field citing the paper it comes from. Validated on construction (``InvalidConfigError`` names the field).
-The trainer is :class:`vgym.trainers.grpo.GRPOTrainer`.
+"""The settings of a GRPO-family run (:class:`GRPOConfig`), named as TRL's ``GRPOConfig`` where the knob is
+the same, each field citing the paper it comes from. Validated on construction (``InvalidConfigError`` names
+the field). The trainer is :class:`vgym.trainers.grpo.GRPOTrainer`; the loss fields reach the objective as a
+:class:`~vgym.trainers.objective.LossSettings` (:meth:`GRPOConfig.loss_settings`).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 from vgym.errors import InvalidConfigError
 from vgym.trainers.advantages import ADVANTAGE_ESTIMATORS
 from vgym.trainers.monitors import AlarmConfig
+from vgym.trainers.objective import LossSettings
+from vgym.trainers.policy_losses import policy_loss_options
 
 __all__ = ["GRPOConfig"]
 
@@ -41,8 +45,9 @@ class GRPOConfig:
     scale_rewards: bool = True
     """Divide by the group std (GRPO); False is Dr.GRPO's fix (arXiv:2503.20783). grpo and dgrpo only."""
     otc_weight: float = 0.0
-    """Tool-efficiency shaping after OTC-PPO (arXiv:2504.14870): ``reward * (1 - w + w * cos(m*pi / (2m + c)))``
-    for m tool calls; 0 disables it, 1 is OTC's multiplicative form."""
+    """Tool-efficiency shaping after OTC-PPO
+    (arXiv:2504.14870): ``reward * (1 - w + w * cos(m*pi / (2m + c)))`` for m tool calls; 0 disables it, 1 is
+    OTC's multiplicative form."""
     otc_c: float = 2.0
     """OTC's smoothing constant c (larger: a slower decay with the number of calls)."""
     dynamic_sampling: bool = False
@@ -58,16 +63,18 @@ class GRPOConfig:
     """Weight of the per-turn step reward when ``turn_credit="steps"``."""
     # -- loss
     policy_loss: str = "ppo_clip"
-    """``ppo_clip``, ``dual_clip`` or ``gspo`` (see :mod:`vgym.trainers.rl_losses`)."""
+    """``ppo_clip``, ``dual_clip`` or ``gspo`` (see :mod:`vgym.trainers.policy_losses`)."""
     loss_type: str = "grpo"
-    """Token aggregation: ``grpo``, ``bnpo``, ``dr_grpo`` or ``dapo``."""
+    """Token aggregation: ``grpo``, ``bnpo``, ``dr_grpo`` or ``dapo`` (see
+    :mod:`vgym.trainers.aggregation`)."""
     epsilon: float | None = None
     """Lower clip range of the ratio (PPO, arXiv:1707.06347); None = the loss's default (0.2; GSPO's 3e-4)."""
     epsilon_high: float | None = None
     """Upper clip range; None = the loss's default (``epsilon``; GSPO's 4e-4). DAPO's clip-higher uses 0.28
     (arXiv:2503.14476)."""
     clip_ratio_c: float | None = None
-    """Dual-clip bound for negative advantages (Ye et al., arXiv:1912.09729); ``dual_clip`` only, None = 3.0."""
+    """Dual-clip bound for negative advantages (Ye et al., arXiv:1912.09729); ``dual_clip`` only
+    (ignored, with a warning, for another policy loss), None = 3.0."""
     beta: float = 0.0
     """KL coefficient to the frozen reference model (0: no reference is kept, as Dr.GRPO and DAPO do)."""
     kl_estimator: str = "k3"
@@ -115,17 +122,49 @@ class GRPOConfig:
                                      f"{self.gradient_accumulation_steps}")
         if self.advantage not in ADVANTAGE_ESTIMATORS.names():
             ADVANTAGE_ESTIMATORS.get(self.advantage)  # raises with the valid names and a "did you mean"
+        ignored = [k for k in _CLIP_FIELDS if getattr(self, k) is not None
+                   and k not in policy_loss_options(self.policy_loss)]  # an unknown policy_loss raises here
+        if ignored:
+            warnings.warn(f"{', '.join(ignored)} does not apply to policy_loss={self.policy_loss!r} and is "
+                          "ignored; leave it unset (None)", stacklevel=3)
+        self.loss_settings()  # raises on an unknown loss_type or kl_estimator, with the valid names
         if self.turn_credit not in ("outcome", "steps"):
             raise InvalidConfigError(f"turn_credit must be 'outcome' or 'steps', got {self.turn_credit!r}")
         if self.rollout_mode not in ("lockstep", "async"):
             raise InvalidConfigError(f"rollout_mode must be 'lockstep' or 'async', got {self.rollout_mode!r}")
         if not 0.0 <= self.otc_weight <= 1.0 or self.otc_c <= 0:
-            raise InvalidConfigError(f"need 0 <= otc_weight <= 1 and otc_c > 0, got {self.otc_weight}, {self.otc_c}")
+            raise InvalidConfigError(f"need 0 <= otc_weight <= 1 and otc_c > 0, got {self.otc_weight}, "
+                                     f"{self.otc_c}")
         if self.temperature <= 0:
-            raise InvalidConfigError(f"temperature must be positive (greedy rollouts give no group variance), "
-                                     f"got {self.temperature}")
+            raise InvalidConfigError(f"temperature must be positive (greedy rollouts give no group "
+                                     f"variance), got {self.temperature}")
 
     @property
     def batch_size(self) -> int:
         """Episodes per step."""
         return self.prompts_per_step * self.num_generations
+
+    def loss_settings(self, max_tokens: int | None = None) -> LossSettings:
+        """The loss fields as the objective's settings; a clip field the policy loss does not take is left
+        out.
+
+        Args:
+            max_tokens: ``dr_grpo``'s generation budget in policy tokens per trajectory (the trainer passes
+                ``max_new_tokens * max_turns``); None where it is not needed.
+
+        Returns:
+            A :class:`~vgym.trainers.objective.LossSettings`.
+
+        Raises:
+            UnknownNameError: an unknown ``policy_loss``, ``loss_type`` or ``kl_estimator``.
+        """
+        taken = policy_loss_options(self.policy_loss)
+        clip = {k: getattr(self, k) for k in _CLIP_FIELDS if k in taken}
+        return LossSettings(policy_loss=self.policy_loss, loss_type=self.loss_type, max_tokens=max_tokens,
+                            beta=self.beta, kl_estimator=self.kl_estimator, llds_coef=self.llds_coef,
+                            entropy_coef=self.entropy_coef, **clip)
+
+
+_CLIP_FIELDS = ("epsilon", "epsilon_high", "clip_ratio_c")
+"""The clip-range fields, which reach only a policy loss that takes them (see
+:func:`~vgym.trainers.policy_losses.policy_loss_options`)."""

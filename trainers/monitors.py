@@ -6,9 +6,10 @@ Contents:
     :class:`AlarmConfig` and :class:`AlarmMonitor` — the tool-collapse, likelihood-drift (LLD) and optional
     entropy-collapse alarms.
 
-Contracts: step functions return metric dicts and only reporters emit them (STYLE.md §9); :func:`rollout_metrics`
-is pure; :class:`AlarmMonitor` returns the messages of the alarms that fire, logs them as warnings on this
-module's logger, and round-trips its state through :meth:`~AlarmMonitor.state_dict` for an exact resume.
+Contracts: step functions return metric dicts and only reporters emit them (STYLE.md §9);
+:func:`rollout_metrics` is pure; :class:`AlarmMonitor` returns the messages of the alarms that fire, logs them
+as warnings on this module's logger, and round-trips its state through :meth:`~AlarmMonitor.state_dict` for an
+exact resume.
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ def rollout_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:
         ``tool`` part gives ``rollout/tool_reward``), ``rollout/tool_calls_per_episode``, ``rollout/turns``,
         ``rollout/policy_tokens`` (``loss_mask`` sum), ``rollout/truncated_rate``. Ratios:
         ``rollout/tool_error_rate`` (failed calls / calls; 0 when no call was made),
-        ``rollout/zero_std_groups`` (fraction of ``group_id`` groups whose rewards are all exactly equal, so GRPO
+        ``rollout/zero_std_groups`` (fraction of ``group_id`` groups whose rewards are all exactly equal, so
+            GRPO
         gets no signal from them; a group of one counts as zero-std). ``rollout/episodes``: the batch size.
-        Per tool with at least one call: ``tool/<name>/calls`` (calls per episode) and ``tool/<name>/error_rate``;
+        Per tool with at least one call: ``tool/<name>/calls`` (calls per episode) and
+            ``tool/<name>/error_rate``;
         unregistered names are pooled under ``tool/_unknown/…``.
 
     Raises:
@@ -97,18 +100,20 @@ def rollout_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:
     return out
 
 
-# ------------------------------------------------------------------------------------------------------- alarms
+# -------------------------------------------------------------------------------------------------------
+# alarms
 @dataclass
 class AlarmConfig:
     """When :class:`AlarmMonitor` warns. Each alarm fires once per episode of trouble and re-arms when its
-    condition clears for one step. Steps whose metrics lack an alarm's key, or carry NaN, leave it unchanged."""
+    condition clears for one step. Steps whose metrics lack an alarm's key, or carry NaN, leave it
+    unchanged."""
 
     # --- tool collapse: the policy stops calling tools (a known failure of RL with tools)
     tool_calls_key: str = "rollout/tool_calls_per_episode"
     """Metric watched by the tool-collapse alarm."""
     tool_collapse_threshold: float | None = 0.2
-    """Fire when the watched value stays below this fraction of its baseline for ``patience`` steps; in (0, 1).
-    None disables the alarm. A baseline of 0 (a run that never called tools) never fires."""
+    """Fire when the watched value stays below this fraction of its baseline for ``patience`` steps; in (0,
+    1). None disables the alarm. A baseline of 0 (a run that never called tools) never fires."""
     baseline_steps: int = 10
     """The baseline is the mean of the first ``baseline_steps`` values seen (no alarm fires before); >= 1."""
     patience: int = 5
@@ -131,15 +136,21 @@ class AlarmConfig:
     entropy_key: str = "actor/entropy"
     """Metric watched by the entropy-collapse alarm."""
     entropy_collapse_threshold: float | None = None
-    """Like ``tool_collapse_threshold`` for the entropy (same ``baseline_steps`` and ``patience``); None (default)
-    disables it."""
+    """Like ``tool_collapse_threshold`` for the entropy (same ``baseline_steps`` and ``patience``); None
+    (default) disables it."""
 
     def __post_init__(self) -> None:
         for name in ("tool_collapse_threshold", "entropy_collapse_threshold"):
             value = getattr(self, name)
             if value is not None and not 0 < value < 1:
-                raise InvalidConfigError(f"{name} is a fraction of the baseline in (0, 1) or None, got {value}")
-        if self.baseline_steps < 1 or self.patience < 1 or (self.lld_patience is not None and self.lld_patience < 1):
+                raise InvalidConfigError(
+                    f"{name} is a fraction of the baseline in (0, 1) or None, got {value}"
+                )
+        if (
+            self.baseline_steps < 1
+            or self.patience < 1
+            or (self.lld_patience is not None and self.lld_patience < 1)
+        ):
             raise InvalidConfigError(
                 f"baseline_steps, patience and lld_patience must be >= 1 (lld_patience may be None); got "
                 f"{self.baseline_steps}, {self.patience}, {self.lld_patience}"
@@ -156,7 +167,8 @@ class AlarmMonitor:
     Alarm messages are returned by :meth:`update` and logged with ``logging.getLogger(__name__).warning``.
 
     >>> monitor = AlarmMonitor(AlarmConfig(baseline_steps=2, patience=2, lld_patience=None))
-    >>> fired = [monitor.update(s, {"rollout/tool_calls_per_episode": v}) for s, v in enumerate([2, 2, 0.1, 0.1, 0])]
+    >>> calls = [2, 2, 0.1, 0.1, 0]
+    >>> fired = [monitor.update(s, {"rollout/tool_calls_per_episode": v}) for s, v in enumerate(calls)]
     >>> [len(f) for f in fired], fired[3][0][:33]
     ([0, 0, 0, 1, 0], 'tool-collapse alarm at step 3: ro')
     """
@@ -246,7 +258,9 @@ class AlarmMonitor:
             ValueError: if ``state`` does not have the layout :meth:`state_dict` writes.
         """
         if {n: set(s) for n, s in state.items()} != {n: set(s) for n, s in self._state.items()}:
-            raise ValueError(f"not an AlarmMonitor state: expected {self.state_dict()} layout, got {dict(state)}")
+            raise ValueError(
+                f"not an AlarmMonitor state: expected {self.state_dict()} layout, got {dict(state)}"
+            )
         self._state = {name: {k: list(v) if isinstance(v, list) else v for k, v in s.items()}
                        for name, s in state.items()}
 

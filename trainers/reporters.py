@@ -7,10 +7,10 @@ Contents:
     :data:`REPORTERS` (``report_to`` name → ``factory(run_dir, resume_step)``) and :func:`make_reporters`
     (``report_to`` list → reporters).
 
-Contracts: step functions return metric dicts and only reporters emit them (STYLE.md §9); every reporter takes a
-``resume_step`` so that a resumed run first discards what it logged after its checkpoint and then appends;
-:meth:`Reporter.close` is safe to call twice. TensorBoard and W&B are optional packages, imported only when their
-reporter is built (a missing one raises ImportError naming the package).
+Contracts: step functions return metric dicts and only reporters emit them (STYLE.md §9); every reporter takes
+a ``resume_step`` so that a resumed run first discards what it logged after its checkpoint and then appends;
+:meth:`Reporter.close` is safe to call twice. TensorBoard and W&B are optional packages, imported only when
+their reporter is built (a missing one raises ImportError naming the package).
 """
 
 from __future__ import annotations
@@ -180,8 +180,8 @@ class TensorBoardReporter:
 
 
 class WandbReporter:
-    """Metrics to Weights & Biases. The run id is kept in ``<run_dir>/wandb_run_id.txt`` so a resumed run continues
-    the same W&B run (``resume="allow"``); W&B itself ignores steps it has already seen."""
+    """Metrics to Weights & Biases. The run id is kept in ``<run_dir>/wandb_run_id.txt`` so a resumed run
+    continues the same W&B run (``resume="allow"``); W&B itself ignores steps it has already seen."""
 
     def __init__(self, run_dir: str | Path, *, project: str = "vgym", name: str | None = None) -> None:
         """Args:
@@ -217,10 +217,14 @@ class WandbReporter:
 
 
 REPORTERS: Registry[Callable[[Path, int | None], Reporter]] = Registry("reporter")
-"""``report_to`` name → ``factory(run_dir, resume_step)``. ``"none"`` is not an entry: it means no reporter."""
-REPORTERS.register("csv", lambda run_dir, resume_step: CSVReporter(run_dir / "metrics.csv", resume_step=resume_step))
+"""``report_to`` name → ``factory(run_dir, resume_step)``. ``"none"`` is not an entry: it means no
+reporter."""
 REPORTERS.register(
-    "tensorboard", lambda run_dir, resume_step: TensorBoardReporter(run_dir / "tensorboard", resume_step=resume_step)
+    "csv", lambda run_dir, resume_step: CSVReporter(run_dir / "metrics.csv", resume_step=resume_step)
+)
+REPORTERS.register(
+    "tensorboard",
+    lambda run_dir, resume_step: TensorBoardReporter(run_dir / "tensorboard", resume_step=resume_step),
 )
 REPORTERS.register("wandb", lambda run_dir, resume_step: WandbReporter(run_dir))
 
@@ -232,7 +236,8 @@ def make_reporters(
 
     Args:
         report_to: names from :data:`REPORTERS` (``"csv"`` → ``<run_dir>/metrics.csv``, ``"tensorboard"`` →
-            ``<run_dir>/tensorboard/``, ``"wandb"``), or ``["none"]`` (tests use this); a bare string is one name.
+            ``<run_dir>/tensorboard/``, ``"wandb"``), or ``["none"]`` (tests use this); a bare string is one
+            name.
         run_dir: the run's folder.
         resume_step: passed to every reporter (see :class:`CSVReporter`); None for a fresh run.
 
@@ -247,5 +252,6 @@ def make_reporters(
     names = [report_to] if isinstance(report_to, str) else list(report_to)
     if len(set(names)) != len(names) or ("none" in names and len(names) > 1):
         raise InvalidConfigError(f"report_to must list distinct reporters, or be ['none']; got {names}")
-    factories = [REPORTERS.get(name) for name in names if name != "none"]  # validate every name before creating
+    # validate every name before creating
+    factories = [REPORTERS.get(name) for name in names if name != "none"]
     return [factory(Path(run_dir), resume_step) for factory in factories]

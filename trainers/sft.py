@@ -21,15 +21,16 @@ import torch
 from vgym.engine.modeling import load_pretrained_in_place, model_inputs
 from vgym.errors import InvalidConfigError
 from vgym.rollout.trajectory import Trajectory, atomic_path
-from vgym.trainers.losses import sft_loss, token_logprobs
+from vgym.trainers.tokens import sft_loss, token_logprobs
 
 __all__ = ["SFTConfig", "SFTTrainer", "adamw", "collate"]
 
 
 def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW (Loshchilov & Hutter, arXiv:1711.05101) with torch's fused kernel where every parameter allows it
-    (floating point, on the CPU or a CUDA device: one kernel for all tensors instead of a loop over them — 3.6 →
-    0.9 ms a step for the tiny model; transformers' Trainer defaults to it too), the per-tensor loop otherwise."""
+    (floating point, on the CPU or a CUDA device: one kernel for all tensors instead of a loop over them — 3.6
+    → 0.9 ms a step for the tiny model; transformers' Trainer defaults to it too), the per-tensor loop
+    otherwise."""
     fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
@@ -83,14 +84,16 @@ def collate(trajectories: Sequence[Trajectory], pad_id: int) -> dict[str, torch.
     pixels = [t.pixel_values for t in trajectories if t.pixel_values is not None]
     if pixels:
         out["pixel_values"] = torch.cat(pixels)
-        out["image_grid_thw"] = torch.cat([t.image_grid_thw for t in trajectories if t.image_grid_thw is not None])
+        out["image_grid_thw"] = torch.cat([t.image_grid_thw for t in trajectories
+                                           if t.image_grid_thw is not None])
     return out
 
 
 class SFTTrainer:
     """Behaviour cloning of trajectories (e.g. the scripted oracle's)."""
 
-    def __init__(self, model: Any, trajectories: Sequence[Trajectory], config: SFTConfig, *, pad_id: int) -> None:
+    def __init__(self, model: Any, trajectories: Sequence[Trajectory], config: SFTConfig, *,
+                 pad_id: int) -> None:
         """Args:
         model: a transformers VLM; trained in place.
         trajectories: the training set.
@@ -156,8 +159,11 @@ class SFTTrainer:
         self.step_count += 1
         return metrics
 
-    def train(self, callback: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
-        """Run until ``config.steps``; ``callback(step, metrics)`` after each step. Returns the metric history."""
+    def train(
+        self, callback: Callable[[int, dict[str, float]], None] | None = None
+    ) -> list[dict[str, float]]:
+        """Run until ``config.steps``; ``callback(step, metrics)`` after each step. Returns the metric
+        history."""
         history = []
         while self.step_count < self.config.steps:
             metrics = self.step()
@@ -169,11 +175,12 @@ class SFTTrainer:
     def save(self, folder: str | Path) -> Path:
         """Save model (``save_pretrained``), optimizer, scheduler, step and config to ``folder``.
 
-        The folder is written whole to a hidden temporary sibling, then renamed into place (replacing an older save
-        of the same name), so a kill or a full disk mid-save never leaves a partial ``folder``.
+        The folder is written whole to a hidden temporary sibling, then renamed into place (replacing an older
+        save of the same name), so a kill or a full disk mid-save never leaves a partial ``folder``.
 
         Raises:
-            OSError: if the checkpoint cannot be written (e.g. a full disk), naming ``folder``; it is unchanged.
+            OSError: if the checkpoint cannot be written (e.g. a full disk), naming ``folder``; it is
+                unchanged.
         """
         folder = Path(folder)
         state = {
@@ -197,7 +204,8 @@ class SFTTrainer:
         folder = Path(folder)
         state = torch.load(folder / "trainer_state.pt", weights_only=True)
         if state["config"] != asdict(self.config):
-            raise InvalidConfigError(f"checkpoint config {state['config']} differs from {asdict(self.config)}")
+            raise InvalidConfigError(f"checkpoint config {state['config']} differs from "
+                                     f"{asdict(self.config)}")
         load_pretrained_in_place(self.model, folder)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -10,21 +10,21 @@ Which TRL hook fits (read from TRL 1.16's ``grpo_trainer.py``):
   :func:`vgym_dataset` builds those rows exactly as :class:`~vgym.env.VisualToolEnv` shows them, and
   :func:`vgym_reward_func` scores completions with the task's scorer, finding each sample through the row's
   ``sample_id`` column (TRL repeats every column once per generation and passes it to reward functions).
-* Multi-turn tool use with images: ``environment_factory``. TRL exposes an environment's public methods as tools
-  (schemas from their signatures and docstrings), calls them when its response parser finds a tool call, and
-  accepts a list of content blocks with ``{"type": "image", "image": PIL.Image}`` as a tool result.
-  :class:`VgymEnvironment` wraps a :class:`~vgym.env.VisualToolEnv`: each vgym tool becomes a method that plays
-  the call as one env step (so turn and image budgets, tool errors and the composite reward are the env's own).
-  :func:`vgym_env_reward_func` ends each episode with the completion's final text and returns the env's reward.
-  Limits, all TRL's: the chat template must be one TRL can parse tool calls for and that renders tool messages,
-  which excludes Qwen2-VL's own template; :func:`with_tool_chat_template` swaps in TRL's Qwen3-VL template (same
-  vision tokens). Tool calls are parsed by TRL: a turn it cannot parse as a call ends TRL's loop and becomes the
-  final text, which the env then reads with its own protocol (no answer: reward 0).
+* Multi-turn tool use with images: ``environment_factory``. TRL exposes an environment's public methods as
+  tools (schemas from their signatures and docstrings), calls them when its response parser finds a tool call,
+  and accepts a list of content blocks with ``{"type": "image", "image": PIL.Image}`` as a tool result.
+  :class:`VgymEnvironment` wraps a :class:`~vgym.env.VisualToolEnv`: each vgym tool becomes a method that
+  plays the call as one env step (so turn and image budgets, tool errors and the composite reward are the
+  env's own). :func:`vgym_env_reward_func` ends each episode with the completion's final text and returns the
+  env's reward. Limits, all TRL's: the chat template must be one TRL can parse tool calls for and that renders
+  tool messages, which excludes Qwen2-VL's own template; :func:`with_tool_chat_template` swaps in TRL's
+  Qwen3-VL template (same vision tokens). Tool calls are parsed by TRL: a turn it cannot parse as a call ends
+  TRL's loop and becomes the final text, which the env then reads with its own protocol (no answer: reward 0).
 * ``rollout_func`` does not fit: its outputs cannot carry images (TRL resets ``images`` to the dataset's).
 
-Contract of the rows: ``prompt`` (chat messages, images as ``{"type": "image"}`` items), ``images`` (PIL images
-fitted to the env's budget, in placeholder order), ``sample_id`` (``"<task>/<split>/<seed>/<index>"``) and
-``answer`` (the gold answer, for logging only).
+Contract of the rows: ``prompt`` (chat messages, images as ``{"type": "image"}`` items), ``images`` (PIL
+images fitted to the env's budget, in placeholder order), ``sample_id`` (``"<task>/<split>/<seed>/<index>"``)
+and ``answer`` (the gold answer, for logging only).
 """
 
 from __future__ import annotations
@@ -76,8 +76,9 @@ def vgym_dataset(task: str, split: str, n: int, seed: int, *, offset: int = 0, t
         seed: the env's ``data_seed`` (the procedural dataset's base seed).
         offset: first sample index.
         tools: the tools the episode offers. ``()`` (single turn): the prompt is the env's tools-off prompt.
-            Otherwise (for :class:`VgymEnvironment`): the env's tools-on user message (image sizes, task prompt)
-            under the tools-off system line, since TRL's chat template renders the tool schemas itself.
+            Otherwise (for :class:`VgymEnvironment`): the env's tools-on user message (image sizes, task
+            prompt) under the tools-off system line, since TRL's chat template renders the tool schemas
+            itself.
         task_config: the task's config fields; None = defaults.
         max_pixels: the env's image budget; images are stored fitted to it, as the env shows them.
 
@@ -108,7 +109,8 @@ def vgym_dataset(task: str, split: str, n: int, seed: int, *, offset: int = 0, t
 
 def _final_text(completion: Any) -> str | None:
     """The text of a completion's last model turn: a plain string, or the last assistant message of a
-    conversational completion; None when that message is a tool call or the completion ends on a tool result."""
+    conversational completion; None when that message is a tool call or the completion ends on a tool
+    result."""
     if isinstance(completion, str):
         return completion
     if not completion or completion[-1].get("role") != "assistant" or completion[-1].get("tool_calls"):
@@ -119,19 +121,22 @@ def _final_text(completion: Any) -> str | None:
     return "".join(part.get("text") or "" for part in content if isinstance(part, dict))
 
 
-def vgym_reward_func(task_name: str, *, task_config: dict[str, Any] | None = None) -> Callable[..., list[float]]:
+def vgym_reward_func(
+    task_name: str, *, task_config: dict[str, Any] | None = None
+) -> Callable[..., list[float]]:
     """A TRL reward function scoring each completion's ``<answer>`` with ``task_name``'s scorer.
 
-    The sample comes from the row's ``sample_id`` (rebuilt from ``(split, index, seed)``; cached). A completion
-    without an answer scores 0. The answer is read as the env reads it (:class:`~vgym.protocol.HermesProtocol`):
-    the first ``<answer>…</answer>`` of the last model turn.
+    The sample comes from the row's ``sample_id`` (rebuilt from ``(split, index, seed)``; cached). A
+    completion without an answer scores 0. The answer is read as the env reads it
+    (:class:`~vgym.protocol.HermesProtocol`): the first ``<answer>…</answer>`` of the last model turn.
 
     Args:
         task_name: registry name of the task the rows come from.
         task_config: the task's config fields (as given to :func:`vgym_dataset`); None = defaults.
 
     Returns:
-        ``reward(prompts, completions, sample_id, **kwargs) -> list[float]``, named ``vgym_<task>_accuracy`` (TRL
+        ``reward(prompts, completions, sample_id, **kwargs) -> list[float]``, named ``vgym_<task>_accuracy``
+            (TRL
         logs it under ``rewards/<name>``).
 
     Raises:
@@ -145,11 +150,16 @@ def vgym_reward_func(task_name: str, *, task_config: dict[str, Any] | None = Non
     def sample_of(sample_id: str) -> Sample:
         name, split, seed, index = parse_sample_id(sample_id)
         if name != task_name:
-            raise ValueError(f"reward function of task {task_name!r} got a sample of task {name!r} ({sample_id})")
+            raise ValueError(
+                f"reward function of task {task_name!r} got a sample of task {name!r} ({sample_id})"
+            )
         return task.sample(split, index, seed)
 
-    def reward(prompts: list[Any], completions: list[Any], sample_id: list[str], **kwargs: Any) -> list[float]:
-        # **kwargs: TRL passes every dataset column and trainer hooks (trainer_state, log_metric, ...) by name.
+    def reward(
+        prompts: list[Any], completions: list[Any], sample_id: list[str], **kwargs: Any
+    ) -> list[float]:
+        # **kwargs: TRL passes every dataset column and trainer hooks (trainer_state, log_metric, ...) by
+        # name.
         scores = []
         for completion, sid in zip(completions, sample_id, strict=True):
             text = _final_text(completion)
@@ -165,11 +175,12 @@ class VgymEnvironment:
     """A :class:`~vgym.env.VisualToolEnv` in TRL's ``environment_factory`` shape: ``reset(**row)``, one public
     method per vgym tool (added by :func:`vgym_environment_factory`); :func:`finish_episode` ends the episode.
 
-    A tool method takes keyword arguments only, plays the call as one env step and returns the env's observation
-    as content blocks, the images first (fitted to the budget, as the env shows them), then the tool's text. A
-    failed call (bad arguments, tool error, image budget used up) raises :class:`~vgym.errors.ToolError`; TRL
-    shows its message to the model as ``{"error": ...}`` and counts it in ``tools/failure_frequency``. Methods
-    named ``_*`` are not tools, and every other public method would be one: keep this class's API to attributes.
+    A tool method takes keyword arguments only, plays the call as one env step and returns the env's
+    observation as content blocks, the images first (fitted to the budget, as the env shows them), then the
+    tool's text. A failed call (bad arguments, tool error, image budget used up) raises
+    :class:`~vgym.errors.ToolError`; TRL shows its message to the model as ``{"error": ...}`` and counts it in
+    ``tools/failure_frequency``. Methods named ``_*`` are not tools, and every other public method would be
+    one: keep this class's API to attributes.
     """
 
     def __init__(self, env: VisualToolEnv) -> None:
@@ -206,7 +217,9 @@ class VgymEnvironment:
     def _call(self, name: str, arguments: dict[str, Any]) -> list[dict[str, Any]]:
         if self.done:
             raise ToolError("the episode is over (turn or image budget used up); answer now.")
-        obs, reward, terminated, truncated, info = self.env.step(self.env.protocol.format_tool_call(name, arguments))
+        obs, reward, terminated, truncated, info = self.env.step(
+            self.env.protocol.format_tool_call(name, arguments)
+        )
         self.tool_calls += 1
         if terminated or truncated:
             self.done, self.reward = True, float(reward)
@@ -217,21 +230,25 @@ class VgymEnvironment:
         start, end = self._wrap
         if text.startswith(start) and text.endswith(end):
             text = text[len(start) : len(text) - len(end)]
-        blocks: list[dict[str, Any]] = [{"type": "image", "image": Image.fromarray(im)} for im in obs["images"]]
+        blocks: list[dict[str, Any]] = [
+            {"type": "image", "image": Image.fromarray(im)} for im in obs["images"]
+        ]
         return blocks + [{"type": "text", "text": text}]
 
 
 def finish_episode(environment: VgymEnvironment, text: str | None) -> float:
-    """End ``environment``'s episode with the model's final turn and return its reward (a function, not a method:
-    TRL would offer every public method to the model as a tool).
+    """End ``environment``'s episode with the model's final turn and return its reward (a function, not a
+    method: TRL would offer every public method to the model as a tool).
 
     Args:
         environment: the rollout's environment.
         text: the final turn's text; None when the completion ended without a final text turn.
 
     Returns:
-        The env's reward: the composite reward if ``text`` ends the episode (or it had already ended), else 0.0
-        (no answer within TRL's budget, as a truncated vgym episode scores). Calling it again returns the same.
+        The env's reward: the composite reward if ``text`` ends the episode (or it had already ended), else
+            0.0
+        (no answer within TRL's budget, as a truncated vgym episode scores). Calling it again returns the
+            same.
     """
     if not environment.done and text is not None:
         _, reward, terminated, truncated, _ = environment.env.step(text)
@@ -243,10 +260,10 @@ def finish_episode(environment: VgymEnvironment, text: str | None) -> float:
 
 
 def _tool_method(tool_name: str, fn: Callable[..., Any]) -> Callable[..., list[dict[str, Any]]]:
-    """A method that plays ``tool_name`` through the env with keyword arguments (TRL calls tools with the parsed
-    JSON arguments as keywords). It carries the tool's model-facing signature, annotations and docstring, from
-    which TRL builds the schema; the arguments themselves are checked by the env, which reports bad ones as a
-    failed call, as it does for vgym's own rollouts."""
+    """A method that plays ``tool_name`` through the env with keyword arguments (TRL calls tools with the
+    parsed JSON arguments as keywords). It carries the tool's model-facing signature, annotations and
+    docstring, from which TRL builds the schema; the arguments themselves are checked by the env, which
+    reports bad ones as a failed call, as it does for vgym's own rollouts."""
     signature = inspect.signature(fn)
     hints = typing.get_type_hints(fn)
     shown = list(signature.parameters.values())[1:]  # drop the ToolContext
@@ -257,7 +274,8 @@ def _tool_method(tool_name: str, fn: Callable[..., Any]) -> Callable[..., list[d
     self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     method.__signature__ = signature.replace(parameters=[self_param, *shown],  # type: ignore[attr-defined]
                                              return_annotation=inspect.Signature.empty)
-    method.__annotations__ = {p.name: hints[p.name] for p in shown if p.name in hints}  # no "return": a shorter schema
+    # no "return": a shorter schema
+    method.__annotations__ = {p.name: hints[p.name] for p in shown if p.name in hints}
     method.__doc__ = fn.__doc__
     method.__name__ = method.__qualname__ = tool_name
     return method
@@ -268,8 +286,9 @@ def vgym_environment_factory(task: str, **env_config: Any) -> Callable[[], VgymE
 
     Args:
         task: registry name of the task.
-        **env_config: :class:`~vgym.env.EnvConfig` fields (``tools``, ``max_turns``, ``max_pixels``, ``data_seed``,
-            ...); use the same ``data_seed``, ``tools``, ``task_config`` and ``max_pixels`` as :func:`vgym_dataset`.
+        **env_config: :class:`~vgym.env.EnvConfig` fields (``tools``, ``max_turns``, ``max_pixels``,
+            ``data_seed``, ...); use the same ``data_seed``, ``tools``, ``task_config`` and ``max_pixels`` as
+            :func:`vgym_dataset`.
 
     Returns:
         A zero-argument callable; its instances' class has one method per tool of the env.
@@ -314,8 +333,8 @@ def with_tool_chat_template(processor: Any) -> Any:
 
     TRL's tool loop needs a template it can parse tool calls for and that renders assistant ``tool_calls`` and
     ``tool`` messages; Qwen2-VL's template does neither. Qwen3-VL's uses the same ``<|vision_start|>``,
-    ``<|image_pad|>``, ``<|im_start|>`` tokens and Hermes ``<tool_call>`` JSON, so it fits Qwen2-VL / Qwen2.5-VL
-    tokenizers (a model not trained on it must learn the tool format, as it must learn vgym's).
+    ``<|image_pad|>``, ``<|im_start|>`` tokens and Hermes ``<tool_call>`` JSON, so it fits Qwen2-VL /
+    Qwen2.5-VL tokenizers (a model not trained on it must learn the tool format, as it must learn vgym's).
 
     Raises:
         ImportError: without TRL.

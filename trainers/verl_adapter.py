@@ -1,11 +1,12 @@
-"""Adapters for users who keep verl: a custom reward function, dataset rows and an agent loop that plays vgym envs.
+"""Adapters for users who keep verl: a custom reward function, dataset rows and an agent loop that plays vgym
+envs.
 
 Contents: :func:`compute_score`, :func:`verl_row`, :class:`VerlEpisode`, :func:`play_episode`,
 :func:`agent_loop_config`, ``VgymAgentLoop`` (built on first access; needs verl).
 
 Written against verl's agent-loop API (``verl/experimental/agent_loop/agent_loop.py``, verl 0.8.0.dev):
-``AgentLoopBase.__init__(trainer_config, server_manager, tokenizer, processor, dataset_cls, dataset_config, **kw)``,
-``async run(sampling_params, **row) -> AgentLoopOutput(prompt_ids, response_ids, response_mask,
+``AgentLoopBase.__init__(trainer_config, server_manager, tokenizer, processor, dataset_cls, dataset_config,
+**kw)``, ``async run(sampling_params, **row) -> AgentLoopOutput(prompt_ids, response_ids, response_mask,
 response_logprobs, multi_modal_data, reward_score, num_turns, metrics)``, and
 ``server_manager.generate(request_id, *, prompt_ids, sampling_params, image_data) -> TokenOutput(token_ids,
 log_probs)``. verl is imported only when ``VgymAgentLoop`` is first accessed.
@@ -13,14 +14,14 @@ log_probs)``. verl is imported only when ``VgymAgentLoop`` is first accessed.
 Two ways in:
 
 * Single turn with verl's own agent loop (or its legacy rollout): rows from :func:`verl_row` with ``tools=()``
-  and ``custom_reward_function.path=<this file>``, ``name=compute_score``. The score is the task's scorer on the
-  first ``<answer>`` of the response (as the env reads it).
+  and ``custom_reward_function.path=<this file>``, ``name=compute_score``. The score is the task's scorer on
+  the first ``<answer>`` of the response (as the env reads it).
 * Multi-turn tool use: ``actor_rollout_ref.rollout.agent.agent_loop_config_path`` pointing at a YAML list made
   by :func:`agent_loop_config`, rows from :func:`verl_row` (``agent_name`` set). ``VgymAgentLoop`` runs a
   :class:`~vgym.env.VisualToolEnv` episode per row: the env builds the prompt, parses every turn with its own
-  protocol, runs its tools and scores the episode; the loop sends ids and images to verl's inference server and
-  returns the append-only sequence (env tokens masked out) with the env's reward as ``reward_score`` (verl then
-  skips its reward function for that row). The token logic is :func:`play_episode`, which needs no verl.
+  protocol, runs its tools and scores the episode; the loop sends ids and images to verl's inference server
+  and returns the append-only sequence (env tokens masked out) with the env's reward as ``reward_score`` (verl
+  then skips its reward function for that row). The token logic is :func:`play_episode`, which needs no verl.
 """
 
 from __future__ import annotations
@@ -47,8 +48,13 @@ Generate = Callable[[list[int], list[Image.Image], int], Awaitable[tuple[list[in
 """``generate(ids, images, max_tokens) -> (new ids, their log-probs or None)``: one model turn."""
 
 
-def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info: dict[str, Any] | None = None,
-                  **kwargs: Any) -> float:
+def compute_score(
+    data_source: str,
+    solution_str: str,
+    ground_truth: str,
+    extra_info: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> float:
     """verl's custom reward function: the task's score of the response's answer.
 
     Args:
@@ -63,9 +69,9 @@ def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_
         without one.
 
     Raises:
-        ValueError: without ``extra_info["sample_id"]``, for a ``data_source`` that is not ``vgym/<task>`` of the
-            sample's task, or when the rebuilt sample's answer differs from ``ground_truth`` (another data seed
-            or task config than the rows were made with).
+        ValueError: without ``extra_info["sample_id"]``, for a ``data_source`` that is not ``vgym/<task>`` of
+            the sample's task, or when the rebuilt sample's answer differs from ``ground_truth`` (another data
+            seed or task config than the rows were made with).
     """
     if not extra_info or "sample_id" not in extra_info:
         raise ValueError("vgym rows carry extra_info['sample_id'] (see verl_row); this row has none")
@@ -78,29 +84,35 @@ def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_
     task = TASKS.get(task_name)(extra_info.get("task_config"))
     sample = task.sample(split, index, seed)
     if sample.answer != ground_truth:
-        raise ValueError(f"sample {extra_info['sample_id']} rebuilt with answer {sample.answer!r}, but the row's "
-                         f"ground truth is {ground_truth!r}: pass the rows' task_config in extra_info")
+        raise ValueError(
+            f"sample {extra_info['sample_id']} rebuilt with answer {sample.answer!r}, but the row's "
+            f"ground truth is {ground_truth!r}: pass the rows' task_config in extra_info"
+        )
     return float(task.score(sample, answer))
 
 
 def verl_row(task: str, split: str, index: int, seed: int, *, tools: tuple[str, ...] | None = (),
              task_config: dict[str, Any] | None = None, max_pixels: int = 224 * 224,
              agent_name: str | None = None) -> dict[str, Any]:
-    """One row of a verl RL dataset (write a list of them with ``datasets.Dataset.from_list(...).to_parquet``).
+    """One row of a verl RL dataset (write a list of them with
+    ``datasets.Dataset.from_list(...).to_parquet``).
 
     Args:
         task / split / index / seed: the sample (``seed`` is the env's ``data_seed``).
         tools: the env's tools (None: the task's defaults; ``()``: tools off, a single-turn row).
         task_config: the task's config fields; stored in ``extra_info``.
         max_pixels: image budget; images are stored fitted to it, as the env shows them.
-        agent_name: verl's ``agent_name`` column (e.g. the name given to :func:`agent_loop_config`); None omits it.
+        agent_name: verl's ``agent_name`` column (e.g. the name given to :func:`agent_loop_config`); None
+            omits it.
 
     Returns:
         ``data_source`` (``"vgym/<task>"``), ``prompt`` (the env's messages as strings, images as verl's
         ``<image>`` placeholders), ``images`` (PIL), ``ability``, ``reward_model`` (rule, gold answer) and
         ``extra_info`` (``sample_id``, ``split``, ``index``, ``task_config``), plus ``agent_name`` when given.
     """
-    env = VisualToolEnv(task, task_config=task_config, tools=tools, split=split, data_seed=seed, max_pixels=max_pixels)
+    env = VisualToolEnv(
+        task, task_config=task_config, tools=tools, split=split, data_seed=seed, max_pixels=max_pixels
+    )
     obs, info = env.reset(seed=index, options={"split": split, "index": index})
     prompt = [{"role": m["role"], "content": "".join("<image>" if p["type"] == "image" else p["text"]
                                                     for p in m["content"])} for m in info["messages"]]
@@ -130,7 +142,8 @@ class VerlEpisode:
     response_mask: list[int] = field(default_factory=list)
     """1 on tokens the model generated, 0 on env tokens and on an end-of-turn token added after a cut turn."""
     response_logprobs: list[float] | None = field(default_factory=list)
-    """Behaviour log-probs aligned with ``response_ids`` (0 on env tokens); None if the server returned none."""
+    """Behaviour log-probs aligned with ``response_ids`` (0 on env tokens); None if the server returned
+    none."""
     images: list[Image.Image] = field(default_factory=list)
     """Every image shown, in placeholder order (the prompt's, then tool results')."""
     reward: float = 0.0
@@ -143,8 +156,16 @@ class VerlEpisode:
     """True when the env's turn/image budget or ``response_length`` ended the episode."""
 
 
-async def play_episode(env: VisualToolEnv, encoder: ChatEncoder, generate: Generate, *, split: str, index: int,
-                       response_length: int, max_new_tokens: int) -> VerlEpisode:
+async def play_episode(
+    env: VisualToolEnv,
+    encoder: ChatEncoder,
+    generate: Generate,
+    *,
+    split: str,
+    index: int,
+    response_length: int,
+    max_new_tokens: int,
+) -> VerlEpisode:
     """Play sample ``index`` of ``split`` in ``env``, one :data:`Generate` call per model turn.
 
     Args:
@@ -152,23 +173,27 @@ async def play_episode(env: VisualToolEnv, encoder: ChatEncoder, generate: Gener
         encoder: templates with the policy's processor (append-only deltas).
         generate: one model turn (verl's server in ``VgymAgentLoop``).
         split / index: the sample.
-        response_length: most response tokens (model + env), never exceeded: turns get at most what is left, and
-            an env message that does not fit ends the episode (truncated, reward 0).
+        response_length: most response tokens (model + env), never exceeded: turns get at most what is left,
+            and an env message that does not fit ends the episode (truncated, reward 0).
         max_new_tokens: most tokens per model turn.
 
     Returns:
         The episode; ``prompt_ids + response_ids`` is exactly the sequence vgym's own rollout builds.
     """
-    loop = asyncio.get_running_loop()  # env work (sample generation, tools) runs off the event loop, as verl's tools do
+    # env work (sample generation, tools) runs off the event loop, as verl's tools do
+    loop = asyncio.get_running_loop()
     options = {"split": split, "index": index}
     obs, info = await loop.run_in_executor(None, lambda: env.reset(seed=index, options=options))
     chunk = encoder.encode_prompt(info["messages"], obs["images"])
-    ep = VerlEpisode(prompt_ids=chunk.input_ids.tolist(), images=[Image.fromarray(im) for im in obs["images"]])
+    ep = VerlEpisode(
+        prompt_ids=chunk.input_ids.tolist(), images=[Image.fromarray(im) for im in obs["images"]]
+    )
     logprobs: list[float] = []
     got_logprobs = True
     end = encoder.turn_end_id
     while True:
-        budget = min(max_new_tokens, response_length - len(ep.response_ids) - 1)  # 1 left for a closing end token
+        # 1 left for a closing end token
+        budget = min(max_new_tokens, response_length - len(ep.response_ids) - 1)
         if budget < 1:
             ep.truncated = True
             break
@@ -179,7 +204,8 @@ async def play_episode(env: VisualToolEnv, encoder: ChatEncoder, generate: Gener
         got_logprobs = got_logprobs and lps is not None
         lps = list(lps[: len(ids)]) if lps is not None else [0.0] * len(ids)
         trained = [1] * len(ids)
-        if not ids or ids[-1] != end:  # cut at the token budget: close the turn, untrained, as vgym's rollout does
+        # cut at the token budget: close the turn, untrained, as vgym's rollout does
+        if not ids or ids[-1] != end:
             ids, trained, lps = ids + [end], trained + [0], lps + [0.0]
         ep.response_ids += ids
         ep.response_mask += trained
@@ -250,15 +276,28 @@ def _build_agent_loop() -> type:
                 return out.token_ids, out.log_probs
 
             try:
-                ep = await play_episode(env, self.encoder, generate, split=split, index=index,
-                                        response_length=self.response_length, max_new_tokens=self.max_new_tokens)
+                ep = await play_episode(
+                    env,
+                    self.encoder,
+                    generate,
+                    split=split,
+                    index=index,
+                    response_length=self.response_length,
+                    max_new_tokens=self.max_new_tokens,
+                )
             finally:
                 env.close()
             return AgentLoopOutput(
-                prompt_ids=ep.prompt_ids, response_ids=ep.response_ids, response_mask=ep.response_mask,
-                response_logprobs=ep.response_logprobs, multi_modal_data={"images": ep.images} if ep.images else {},
-                reward_score=ep.reward, num_turns=1 + ep.num_turns + ep.env_messages, metrics=AgentLoopMetrics(),
-                extra_fields={"vgym_truncated": ep.truncated, "vgym_turns": ep.num_turns})
+                prompt_ids=ep.prompt_ids,
+                response_ids=ep.response_ids,
+                response_mask=ep.response_mask,
+                response_logprobs=ep.response_logprobs,
+                multi_modal_data={"images": ep.images} if ep.images else {},
+                reward_score=ep.reward,
+                num_turns=1 + ep.num_turns + ep.env_messages,
+                metrics=AgentLoopMetrics(),
+                extra_fields={"vgym_truncated": ep.truncated, "vgym_turns": ep.num_turns},
+            )
 
     VgymAgentLoop.__module__ = __name__
     return VgymAgentLoop

@@ -31,7 +31,8 @@ def test_demo_unknown_env_fails() -> None:
 
 
 def test_eval_and_compare_commands(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """`vgym eval` writes the report files and prints the table; `vgym compare` marks oracle vs random significant."""
+    """`vgym eval` writes the report files and prints the table; `vgym compare` marks oracle vs random
+    significant."""
     oracle, random = tmp_path / "oracle", tmp_path / "random"
     for policy, out in (("oracle", oracle), ("random", random)):
         result = runner.invoke(app, ["eval", "--policy", policy, "--suite", "visual_search", "--n", "20",

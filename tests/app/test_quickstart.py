@@ -18,12 +18,23 @@ from vgym.trainers.sft import SFTConfig
 
 @pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path: Path) -> None:
-    """Build → teacher data → SFT → held-out eval for both arms, then GRPO for the tools arm; ~30 s on 2 CPU cores."""
-    # 16 train / 8 eval episodes, 4 SFT steps and 2 GRPO steps of 2 x 2 episodes (the defaults are 768 / 200 / 500 /
-    # 20 of 8 x 8): this checks the plumbing, not the learning (tests/trainers/test_sft.py and test_grpo.py do).
+    """Build → teacher data → SFT → held-out eval for both arms, then GRPO for the tools arm; ~30 s on 2 CPU
+    cores."""
+    # 16 train / 8 eval episodes, 4 SFT steps and 2 GRPO steps of 2 x 2 episodes (the defaults are 768 / 200 /
+    # 500 /
+    # 20 of 8 x 8): this checks the plumbing, not the learning (tests/trainers/test_sft.py and test_grpo.py
+    # do).
     grpo = GRPOConfig(num_generations=2, prompts_per_step=2, max_new_tokens=8, steps=2, data_offset=1000)
-    cfg = QuickstartConfig(out=tmp_path, train_episodes=16, eval_episodes=8, sft=SFTConfig(steps=4, batch_size=4),
-                           no_tools_sft_steps=3, rollout_batch=8, grpo=grpo, teacher_noise=0.7)
+    cfg = QuickstartConfig(
+        out=tmp_path,
+        train_episodes=16,
+        eval_episodes=8,
+        sft=SFTConfig(steps=4, batch_size=4),
+        no_tools_sft_steps=3,
+        rollout_batch=8,
+        grpo=grpo,
+        teacher_noise=0.7,
+    )
     stages: set[str] = set()
     result = run_quickstart(cfg, lambda stage, done, total: stages.add(stage))
 
@@ -36,7 +47,12 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
         assert 0.0 <= lo <= arm["accuracy"] <= hi <= 1.0
         assert len(arm["losses"]) == steps
         assert all(math.isfinite(x) for x in [*arm["losses"], arm["initial_loss"], arm["final_loss"]])
-    assert {"tools: SFT", "no_tools: held-out eval", "tools: GRPO", "tools: held-out eval after GRPO"} <= stages
+    assert {
+        "tools: SFT",
+        "no_tools: held-out eval",
+        "tools: GRPO",
+        "tools: held-out eval after GRPO",
+    } <= stages
     assert saved["grpo"]["label"] == "tools + GRPO" and len(saved["grpo"]["rewards"]) == 2
     assert len(load_trajectory_records(tmp_path / "tools" / "eval_test_grpo.jsonl")) == 8
     assert (tmp_path / "tools" / "grpo_checkpoint" / "grpo_state.pt").is_file()
@@ -50,7 +66,8 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
         assert len(evaluated) == 8
         assert all((folder / rel).is_file() for record in evaluated for rel in record["images"])
         assert (folder / "checkpoint" / "trainer_state.pt").is_file()
-        assert (folder / "checkpoint" / "processor_config.json").is_file()  # loadable as `hf:<dir>` by vgym eval
+        # loadable as `hf:<dir>` by vgym eval
+        assert (folder / "checkpoint" / "processor_config.json").is_file()
         oracle = load_trajectory_records(folder / "oracle_train.jsonl")
         assert len(oracle) == 16
         calls = [call["name"] for record in oracle for turn in record["turns"] for call in turn["tool_calls"]]
@@ -59,5 +76,6 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
             assert all(len(record["turns"]) == 1 + len(record["turns"][0]["tool_calls"]) for record in oracle)
         else:
             assert calls == []
-        # The teacher answers wrong 70 % of the time here (it always crops right) and guesses when it skips the crop.
+        # The teacher answers wrong 70 % of the time here (it always crops right) and guesses when it skips
+        # the crop.
         assert 0 < sum(record["reward_parts"]["accuracy"] for record in oracle) < len(oracle)

@@ -1,5 +1,6 @@
-"""Tests of vgym/recipes.py and configs/*.yaml: every shipped recipe parses and validates, bad keys are named, and
-a small CPU recipe runs end to end (SFT warm start, evaluation, GRPO, checkpoint, CSV metrics, exact resume)."""
+"""Tests of vgym/recipes.py and configs/*.yaml: every shipped recipe parses and validates, bad keys are named,
+and a small CPU recipe runs end to end (SFT warm start, evaluation, GRPO, checkpoint, CSV metrics, exact
+resume)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 from vgym.app.recipes import Recipe, load_recipe, run_recipe
 from vgym.errors import InvalidConfigError
 
-CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[2] / "configs").glob("*.yaml") if p.stem != "suites")
+CONFIGS = sorted(
+    p for p in (Path(__file__).resolve().parents[2] / "configs").glob("*.yaml") if p.stem != "suites"
+)
 """Every training recipe in configs/ (``suites.yaml`` holds the evaluation suites, not a recipe)."""
 
 
@@ -53,16 +56,20 @@ def test_a_small_recipe_runs_and_resumes(tmp_path: Path) -> None:
         "task: visual_search\n"
         "sft: {steps: 4, batch_size: 8, learning_rate: 1.0e-3}\n"
         "sft_episodes: 16\n"
-        "grpo: {num_generations: 2, prompts_per_step: 2, max_new_tokens: 8, steps: 2, learning_rate: 1.0e-4}\n"
+        "grpo: "
+        "{num_generations: 2, prompts_per_step: 2, max_new_tokens: 8, steps: 2, learning_rate: 1.0e-4}\n"
         "eval_episodes: 4\n"
         "max_new_tokens: 8\n"
         "report_to: [csv]\n"
-        "save_every: 1\n")
+        "save_every: 1\n"
+    )
     out = tmp_path / "run"
     result = run_recipe(load_recipe(recipe, out=str(out)))
     assert result["steps"] == 2 and set(result) >= {"before", "after", "wall_seconds", "alarms"}
     assert json.loads((out / "results.json").read_text())["steps"] == 2
-    assert (out / "checkpoint-1" / "grpo_state.pt").exists() and (out / "checkpoint-2" / "grpo_state.pt").exists()
+    assert (out / "checkpoint-1" / "grpo_state.pt").exists() and (
+        out / "checkpoint-2" / "grpo_state.pt"
+    ).exists()
     assert (out / "eval_before.jsonl").exists() and (out / "eval_after.jsonl").exists()
     with (out / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -95,8 +102,13 @@ def test_recipe_defaults_are_valid() -> None:
 def test_dotted_overrides(tmp_path: Path) -> None:
     recipe = tmp_path / "r.yaml"
     recipe.write_text("grpo: {num_generations: 4, steps: 3}\ntask_config: null\n")
-    loaded = load_recipe(recipe, "grpo.learning_rate=1e-4", "grpo.dynamic_sampling=true", "task_config.difficulty=2",
-                         "eval_episodes=7")
+    loaded = load_recipe(
+        recipe,
+        "grpo.learning_rate=1e-4",
+        "grpo.dynamic_sampling=true",
+        "task_config.difficulty=2",
+        "eval_episodes=7",
+    )
     cfg = loaded.grpo_config
     assert (cfg.num_generations, cfg.steps, cfg.learning_rate, cfg.dynamic_sampling) == (4, 3, 1e-4, True)
     assert loaded.task_config == {"difficulty": 2} and loaded.eval_episodes == 7

@@ -1,13 +1,21 @@
-"""vgym/modeling.py: ``unique_images`` finds exact duplicates only, and ``shared_image_features`` encodes each
-distinct image once while the model's outputs and gradients stay those of the unshared call."""
+"""vgym/engine/modeling.py: ``unique_images`` finds exact duplicates only, ``shared_image_features`` encodes
+each distinct image once while the model's outputs and gradients stay those of the unshared call, and
+``vision_placeholder_ids`` finds the placeholder tokens a vocabulary holds."""
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 
-from vgym.engine.modeling import model_inputs, shared_image_features, unique_images
+from vgym.engine.modeling import (
+    VISION_PLACEHOLDER_TOKENS,
+    model_inputs,
+    shared_image_features,
+    unique_images,
+    vision_placeholder_ids,
+)
 from vgym.env import VisualToolEnv
 from vgym.rollout.chat import ChatEncoder
 
@@ -35,15 +43,10 @@ def _group_batch(processor, left: bool = False):  # type: ignore[no-untyped-def]
     width = max(len(r.input_ids) for r in rows)
     pads = [(width - len(r.input_ids), 0) if left else (0, width - len(r.input_ids)) for r in rows]
     ids = torch.stack([torch.nn.functional.pad(r.input_ids, pad) for r, pad in zip(rows, pads)])
-    mask = torch.stack(
-        [torch.nn.functional.pad(torch.ones(len(r.input_ids)), pad) for r, pad in zip(rows, pads)]
-    )
-    return (
-        ids,
-        mask.long(),
-        torch.cat([r.pixel_values for r in rows]),
-        torch.cat([r.image_grid_thw for r in rows]),
-    )
+    mask = torch.stack([torch.nn.functional.pad(torch.ones(len(r.input_ids)), pad)
+                        for r, pad in zip(rows, pads)])
+    pixels, grids = torch.cat([r.pixel_values for r in rows]), torch.cat([r.image_grid_thw for r in rows])
+    return ids, mask.long(), pixels, grids
 
 
 def test_shared_features_give_the_same_logits_and_gradients(tiny) -> None:  # type: ignore[no-untyped-def]
@@ -116,3 +119,18 @@ def test_shared_features_keep_qwen3_vl_deepstack_features_in_order() -> None:
     assert seen == [48, 32]
     torch.testing.assert_close(shared, plain)
     assert not torch.allclose(plain[0], plain[1])  # the two images do differ in the output
+
+
+def test_vision_placeholder_ids_of_a_qwen_vl_tokenizer_and_of_one_without_them(tiny: Any) -> None:
+    _, processor = tiny
+    tokenizer = processor.tokenizer
+    ids = vision_placeholder_ids(tokenizer)
+    assert tokenizer.convert_tokens_to_ids("<|image_pad|>") in ids
+    assert tokenizer.convert_tokens_to_ids("<|vision_start|>") in ids and len(ids) == len(set(ids))
+    assert all(tokenizer.convert_ids_to_tokens(i) in VISION_PLACEHOLDER_TOKENS for i in ids)
+
+    class TextOnly:  # a tokenizer of a family without vision placeholders
+        def get_vocab(self) -> dict[str, int]:
+            return {"hello": 0, "<|im_end|>": 1}
+
+    assert vision_placeholder_ids(TextOnly()) == []

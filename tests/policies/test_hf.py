@@ -1,5 +1,5 @@
 """HFPolicy's behaviour log-probs: the distribution it samples from, recorded without keeping every step's
-scores."""
+scores; its sampling state round trip."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from transformers import TopPLogitsWarper
 
 from vgym.engine.modeling import model_inputs
 from vgym.env import VisualToolEnv
-from vgym.policies.base import PolicyInput
+from vgym.policies.base import PolicyInput, StatefulPolicy
 from vgym.policies.hf import GenerationConfig, HFPolicy, _ChosenLogprobs
 from vgym.rollout.chat import ChatEncoder
 
@@ -20,15 +20,9 @@ def _item(processor, index: int) -> PolicyInput:  # type: ignore[no-untyped-def]
     env = VisualToolEnv("visual_search", max_pixels=112 * 112)
     obs, info = env.reset(seed=index, options={"split": "train", "index": index})
     enc = ChatEncoder(processor).encode_prompt(info["messages"], obs["images"])
-    return PolicyInput(
-        input_ids=enc.input_ids,
-        pixel_values=enc.pixel_values,
-        image_grid_thw=enc.image_grid_thw,
-        messages=info["messages"],
-        turn=0,
-        tools_enabled=True,
-        images=obs["images"],
-    )
+    return PolicyInput(input_ids=enc.input_ids, pixel_values=enc.pixel_values,
+                       image_grid_thw=enc.image_grid_thw, messages=info["messages"], turn=0,
+                       tools_enabled=True, images=obs["images"])
 
 
 def _teacher_forced(model, item: PolicyInput, tokens: list[int], temperature: float, top_p: float,
@@ -36,9 +30,8 @@ def _teacher_forced(model, item: PolicyInput, tokens: list[int], temperature: fl
     """log p(token) of each generated token from one forward over prompt + completion, warped as sampled."""
     ids = torch.cat([item.input_ids, torch.tensor(tokens)])[None]
     with torch.no_grad():
-        logits = model(
-            **model_inputs(model, ids, torch.ones_like(ids), item.pixel_values, item.image_grid_thw)
-        ).logits
+        inputs = model_inputs(model, ids, torch.ones_like(ids), item.pixel_values, item.image_grid_thw)
+        logits = model(**inputs).logits
     n = len(item.input_ids)
     scores = logits[0, n - 1 : n - 1 + len(tokens)].float()
     scores[:, suppressed] = -float("inf")
@@ -88,3 +81,17 @@ def test_recorder_reads_each_chosen_token_one_step_late() -> None:
     torch.testing.assert_close(got, expected)
     assert rec.pending is None
     assert _ChosenLogprobs().finish(torch.zeros(2, 0, dtype=torch.long)).shape == (2, 0)
+
+
+def test_state_dict_restores_the_sampling_draws(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A saved state (through ``torch.save`` and a weights-only load, as a checkpoint) brings the policy back
+    to the same sampled turn; without it the next turn is sampled afresh."""
+    model, processor = tiny
+    policy = HFPolicy(model, processor, GenerationConfig(max_new_tokens=8, temperature=1.0), seed=3)
+    assert isinstance(policy, StatefulPolicy)
+    batch = [_item(processor, 0)] * 4
+    torch.save(policy.state_dict(), tmp_path / "state.pt")
+    first = [o.token_ids for o in policy.act(batch)]
+    second = [o.token_ids for o in policy.act(batch)]
+    policy.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert [o.token_ids for o in policy.act(batch)] == first != second

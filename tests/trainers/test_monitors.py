@@ -1,6 +1,6 @@
-"""Tests of trainers/monitors.py and trainers/reporters.py: rollout metrics on hand-built trajectories, the CSV
-log (round trip, new keys, resume), reporter construction, and the tool-collapse / LLD / entropy alarms on synthetic
-metric streams."""
+"""Tests of trainers/monitors.py and trainers/reporters.py: rollout metrics on hand-built trajectories, the
+CSV log (round trip, new keys, resume), reporter construction, and the tool-collapse / LLD / entropy alarms on
+synthetic metric streams."""
 
 from __future__ import annotations
 
@@ -27,12 +27,22 @@ from vgym.trainers.reporters import (
     read_metrics_csv,
 )
 
-# ----------------------------------------------------------------------------------------------- rollout_metrics
+# -----------------------------------------------------------------------------------------------
+# rollout_metrics
 
 
 def _call(name: str, ok: bool) -> dict[str, Any]:
-    return {"turn": 0, "name": name, "arguments": {}, "ok": ok, "error": None if ok else "bad", "latency_s": 0.0,
-            "image_indices": [], "backend": None, "cache_hit": False}
+    return {
+        "turn": 0,
+        "name": name,
+        "arguments": {},
+        "ok": ok,
+        "error": None if ok else "bad",
+        "latency_s": 0.0,
+        "image_indices": [],
+        "backend": None,
+        "cache_hit": False,
+    }
 
 
 def _traj(group: int, reward: float, parts: dict[str, float], calls_per_turn: list[list[dict[str, Any]]],
@@ -54,13 +64,30 @@ def batch() -> list[Trajectory]:
     """Two GRPO groups of two episodes; the expected metrics are worked out by hand in the test."""
     return [
         # group 0: solved after one good crop (2 turns, 5 policy tokens)
-        _traj(0, 1.0, {"accuracy": 1.0, "format": 1.0, "tool": 1.0, "total": 1.0}, [[_call("crop", True)], []], 5),
+        _traj(
+            0,
+            1.0,
+            {"accuracy": 1.0, "format": 1.0, "tool": 1.0, "total": 1.0},
+            [[_call("crop", True)], []],
+            5,
+        ),
         # group 0: one turn, a failed crop and a good OCR, wrong answer
-        _traj(0, 0.2, {"accuracy": 0.0, "format": 1.0, "tool": 1.0, "total": 0.2},
-              [[_call("crop", False), _call("ocr", True)]], 3),
+        _traj(
+            0,
+            0.2,
+            {"accuracy": 0.0, "format": 1.0, "tool": 1.0, "total": 0.2},
+            [[_call("crop", False), _call("ocr", True)]],
+            3,
+        ),
         # group 1: three turns, each calling a tool that does not exist, truncated
-        _traj(1, 0.0, {"accuracy": 0.0, "format": 0.0, "tool": 0.0, "total": 0.0},
-              [[_call("zoom", False)]] * 3, 7, truncated=True),
+        _traj(
+            1,
+            0.0,
+            {"accuracy": 0.0, "format": 0.0, "tool": 0.0, "total": 0.0},
+            [[_call("zoom", False)]] * 3,
+            7,
+            truncated=True,
+        ),
         # group 1: answers at once, no "tool" part at all (counts as 0)
         _traj(1, 0.0, {"accuracy": 0.0, "format": 1.0, "total": 0.0}, [[]], 1),
     ]
@@ -94,7 +121,8 @@ def test_rollout_metrics_hand_computed(batch: list[Trajectory]) -> None:
 
 
 def test_rollout_metrics_edge_cases(batch: list[Trajectory]) -> None:
-    # One episode without tool calls: error rate 0 by definition, no tool/ keys; a singleton group is zero-std.
+    # One episode without tool calls: error rate 0 by definition, no tool/ keys; a singleton group is
+    # zero-std.
     m = rollout_metrics(batch[3:])
     assert m["rollout/tool_error_rate"] == 0.0 and m["rollout/zero_std_groups"] == 1.0
     assert not [k for k in m if k.startswith("tool/")]
@@ -105,7 +133,8 @@ def test_rollout_metrics_edge_cases(batch: list[Trajectory]) -> None:
         rollout_metrics([])
 
 
-# ------------------------------------------------------------------------------------------------------ CSV log
+# ------------------------------------------------------------------------------------------------------ CSV
+# log
 
 
 def test_csv_round_trip_new_keys_and_exact_floats(tmp_path: Path) -> None:
@@ -163,7 +192,8 @@ def test_csv_misuse(tmp_path: Path) -> None:
         rep.log(1, {"loss/pg": 1.0})
 
 
-# -------------------------------------------------------------------------------------------- reporter factory
+# -------------------------------------------------------------------------------------------- reporter
+# factory
 
 
 def test_make_reporters_none_and_csv(tmp_path: Path) -> None:
@@ -189,7 +219,8 @@ def test_make_reporters_bad_names(tmp_path: Path) -> None:
 def test_every_registered_reporter_builds_or_names_its_package(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each reporter either works (logs a row, closes twice) or fails with an ImportError saying what to install."""
+    """Each reporter either works (logs a row, closes twice) or fails with an ImportError saying what to
+    install."""
     monkeypatch.setenv("WANDB_MODE", "offline")  # never reach the network if wandb happens to be installed
     try:
         reps = make_reporters([name], tmp_path)
@@ -227,18 +258,22 @@ def test_tensorboard_missing_package_error(tmp_path: Path) -> None:
         TensorBoardReporter(tmp_path / "tb")
 
 
-# ------------------------------------------------------------------------------------------------------- alarms
+# -------------------------------------------------------------------------------------------------------
+# alarms
 
 TOOL = "rollout/tool_calls_per_episode"
 LOGPROB = "actor/logprob_mean"
 
 
-def _fired_steps(monitor: AlarmMonitor, stream: list[dict[str, float]], start: int = 0) -> dict[int, list[str]]:
+def _fired_steps(
+    monitor: AlarmMonitor, stream: list[dict[str, float]], start: int = 0
+) -> dict[int, list[str]]:
     return {s: m for s, metrics in enumerate(stream, start) if (m := monitor.update(s, metrics))}
 
 
 def test_tool_collapse_fires_once_then_rearms(caplog: pytest.LogCaptureFixture) -> None:
-    # Baseline = mean of steps 0-3 = 2.0, so the limit is 0.2 x 2.0 = 0.4. Values below it: steps 7 (0.3), 8, 9 ->
+    # Baseline = mean of steps 0-3 = 2.0, so the limit is 0.2 x 2.0 = 0.4. Values below it: steps 7 (0.3), 8,
+    # 9 ->
     # with patience 3 the alarm fires at step 9 only; steps 10-12 stay low but it already fired. Step 13 (1.0)
     # clears the condition and re-arms; steps 14-16 are low again -> it fires again at step 16.
     values = [2, 2, 2, 2, 1.5, 1.0, 0.5, 0.3, 0.2, 0.1, 0, 0, 0, 1.0, 0, 0, 0]
@@ -311,7 +346,8 @@ def _mixed_stream() -> list[dict[str, float]]:
              "actor/entropy": 1.5 if t < 20 else 0.2} for t in range(40)]
 
 
-# Split inside the baseline window (and an LLD run), at the start of a low-tool run, and after all three fired.
+# Split inside the baseline window (and an LLD run), at the start of a low-tool run, and after all three
+# fired.
 @pytest.mark.parametrize("split", [2, 17, 26])
 def test_state_dict_round_trip_continues_identically(split: int) -> None:
     cfg = AlarmConfig(baseline_steps=5, patience=3, lld_patience=4, entropy_collapse_threshold=0.3)
@@ -341,7 +377,8 @@ def test_alarm_config_validation(kwargs: dict[str, float], match: str) -> None:
 
 
 def test_csv_reporter_names_its_file_when_the_disk_is_full(tmp_path: Path) -> None:
-    """A full disk (the write boundary raises ENOSPC) is an OSError naming the CSV; the rows before stay intact."""
+    """A full disk (the write boundary raises ENOSPC) is an OSError naming the CSV; the rows before stay
+    intact."""
     import errno
 
     path = tmp_path / "m.csv"

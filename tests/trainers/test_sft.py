@@ -35,7 +35,8 @@ def _pad(processor) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_sft_lowers_loss_and_updates_only_trainable_parameters(tiny, data: list[Trajectory]) -> None:
-    """15 steps lower the loss on the training set; every trainable parameter moved, the frozen one did not."""
+    """15 steps lower the loss on the training set; every trainable parameter moved, the frozen one did
+    not."""
     model, processor = tiny
     frozen = model.model.visual.patch_embed.proj.weight
     frozen.requires_grad_(False)
@@ -55,7 +56,8 @@ def test_sft_lowers_loss_and_updates_only_trainable_parameters(tiny, data: list[
 
 
 def test_checkpoint_resume_is_exact(tiny_dir: Path, tmp_path: Path, data: list[Trajectory]) -> None:
-    """6 steps straight == 3 steps, save, fresh model + trainer, load, 3 more (weights, Adam state, data position)."""
+    """6 steps straight == 3 steps, save, fresh model + trainer, load, 3 more (weights, Adam state, data
+    position)."""
     straight_model, processor = load_vlm(tiny_dir)
     straight = SFTTrainer(straight_model, data, CONFIG, pad_id=_pad(processor))
     straight.train()

@@ -1,9 +1,9 @@
 """Tests of trainers/trl_adapter.py with the real TRL ``GRPOTrainer`` on the tiny Qwen2-VL (CPU, fp32).
 
 The tiny model is random, so a module fixture first teaches it, by plain next-token training on two hand-built
-sequences, to answer ``<answer>horizontal</answer>`` in the single-turn prompt and to play a two-turn crop episode
-(tool call, then the answer) in TRL's tool prompt. Rewards then differ between samples whose gold answer is
-``horizontal`` and the others, so a wrong sample-to-row mapping or a wrong score shows up.
+sequences, to answer ``<answer>horizontal</answer>`` in the single-turn prompt and to play a two-turn crop
+episode (tool call, then the answer) in TRL's tool prompt. Rewards then differ between samples whose gold
+answer is ``horizontal`` and the others, so a wrong sample-to-row mapping or a wrong score shows up.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def _pieces_ids(processor: Any, pieces: list[tuple[str, list | None, bool]]) -> 
 
 
 def _tool_episode_ids(tool_processor: Any, index: int) -> tuple[torch.Tensor, ...]:
-    """TRL's two-turn crop episode on train sample ``index``: its tool prompt, the crop call (trained), the crop
-    result as TRL appends it, the answer (trained)."""
+    """TRL's two-turn crop episode on train sample ``index``: its tool prompt, the crop call (trained), the
+    crop result as TRL appends it, the answer (trained)."""
     from trl.data_utils import prepare_multimodal_messages
 
     env = vgym_environment_factory(TASK, max_turns=3)()
@@ -64,20 +64,30 @@ def _tool_episode_ids(tool_processor: Any, index: int) -> tuple[torch.Tensor, ..
                          {"role": "tool", "name": "crop", "content": result},
                          {"role": "assistant", "content": f"<answer>{ANSWER}</answer>"}]
     full = tool_processor.apply_chat_template(messages, tools=[env.crop], tokenize=False)
-    head = tool_processor.apply_chat_template(prompt, tools=[env.crop], tokenize=False, add_generation_prompt=True)
+    head = tool_processor.apply_chat_template(
+        prompt, tools=[env.crop], tokenize=False, add_generation_prompt=True
+    )
     assert full.startswith(head)
     rest = full[len(head) :]
     i = rest.index("<|im_end|>") + len("<|im_end|>")  # end of the tool-call turn
     j = rest.index("<|im_start|>assistant\n", i) + len("<|im_start|>assistant\n")  # end of the tool suffix
-    return _pieces_ids(tool_processor, [(head, row["images"], False), (rest[:i], None, True),
-                                        (rest[i:j], [result[0]["image"]], False), (rest[j:].rstrip("\n"), None, True)])
+    return _pieces_ids(
+        tool_processor,
+        [
+            (head, row["images"], False),
+            (rest[:i], None, True),
+            (rest[i:j], [result[0]["image"]], False),
+            (rest[j:].rstrip("\n"), None, True),
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
 def taught_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny VLM after 70 Adam steps on three sequences: the single-turn prompt of train sample 0 → the
-    answer, and TRL's tool episode (crop call, crop result, answer) on both samples of :func:`_rows_with_answers`
-    (with one sample only, the other's region numbers leak into the sampled box)."""
+    answer, and TRL's tool episode (crop call, crop result, answer) on both samples of
+    :func:`_rows_with_answers` (with one sample only, the other's region numbers leak into the sampled
+    box)."""
     from trl.data_utils import prepare_multimodal_messages
 
     from vgym.engine.tiny import load_vlm
@@ -90,7 +100,8 @@ def taught_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     sequences = [_pieces_ids(processor, [(head, plain["images"], False),
                                          (f"<answer>{ANSWER}</answer><|im_end|>", None, True)])]
     sequences += [_tool_episode_ids(tool_processor, index) for index in _rows_with_answers()]
-    # 70 steps at 1.5e-3 bring the loss to ~0.02 (~8 s): sampled at temperature 0.1 the turns come out verbatim.
+    # 70 steps at 1.5e-3 bring the loss to ~0.02 (~8 s): sampled at temperature 0.1 the turns come out
+    # verbatim.
     optimizer = torch.optim.Adam(model.parameters(), lr=1.5e-3)
     model.train()
     for _ in range(70):
@@ -109,9 +120,22 @@ def _trl_args(tmp_path: Path, **change: Any) -> Any:
     from trl import GRPOConfig
 
     # CPU settings (bf16 needs a GPU); 2 prompts x 2 generations keep one step ~1 s on the tiny model.
-    settings = dict(output_dir=str(tmp_path), bf16=False, use_cpu=True, num_generations=2, per_device_train_batch_size=4,
-                    max_completion_length=16, max_steps=1, report_to="none", save_strategy="no", logging_steps=1,
-                    gradient_checkpointing=False, shuffle_dataset=False, temperature=0.1, seed=0)
+    settings = dict(
+        output_dir=str(tmp_path),
+        bf16=False,
+        use_cpu=True,
+        num_generations=2,
+        per_device_train_batch_size=4,
+        max_completion_length=16,
+        max_steps=1,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        gradient_checkpointing=False,
+        shuffle_dataset=False,
+        temperature=0.1,
+        seed=0,
+    )
     return GRPOConfig(**{**settings, **change})
 
 
@@ -144,8 +168,11 @@ def test_reward_func_scores_with_the_task_scorer() -> None:
     ids = [f"{TASK}/train/0/{i}" for i in _rows_with_answers()]
     good = [{"role": "assistant", "content": f"<answer>{ANSWER}</answer>"}]
     tool_call = [{"role": "assistant", "content": "", "tool_calls": [{"type": "function"}]}]
-    scores = reward(prompts=[None] * 5, completions=[good, good, f"x <answer>{ANSWER}</answer>", "no answer", tool_call],
-                    sample_id=[ids[0], ids[1], ids[0], ids[0], ids[0]])
+    scores = reward(
+        prompts=[None] * 5,
+        completions=[good, good, f"x <answer>{ANSWER}</answer>", "no answer", tool_call],
+        sample_id=[ids[0], ids[1], ids[0], ids[0], ids[0]],
+    )
     assert scores == [1.0, 0.0, 1.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="got a sample of task"):
         reward(prompts=[None], completions=["<answer>x</answer>"], sample_id=["counting/train/0/0"])
@@ -203,7 +230,8 @@ def test_trl_environment_factory_plays_a_crop_episode(taught_dir: Path, tmp_path
                     environment_factory=factory)
     trainer = GRPOTrainer(model, reward_funcs=spy, args=args, train_dataset=ds,
                           processing_class=with_tool_chat_template(processor), environment_factory=factory)
-    assert [tool.__name__ for tool in trainer.tools] == ["crop"]  # only the vgym tools are offered to the model
+    # only the vgym tools are offered to the model
+    assert [tool.__name__ for tool in trainer.tools] == ["crop"]
     trainer.train()
     assert trainer.state.global_step == 1
     logged = trainer.state.log_history[0]
@@ -234,7 +262,8 @@ def test_environment_tool_errors_and_budgets() -> None:
     assert width == height and 200 * 200 < width * height <= 224 * 224
     with pytest.raises(ToolError, match="episode is over"):
         env.crop(box=[0, 0, 100, 100])
-    assert finish_episode(env, "<answer>horizontal</answer>") == 0.0 and env.tool_calls == 3  # truncated before answering
+    # truncated before answering
+    assert finish_episode(env, "<answer>horizontal</answer>") == 0.0 and env.tool_calls == 3
     with pytest.raises(InvalidConfigError, match="offers no tool"):
         vgym_environment_factory(TASK, tools=())
     with pytest.raises(ValueError, match="does not belong"):

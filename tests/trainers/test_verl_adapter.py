@@ -1,6 +1,6 @@
 """Tests of trainers/verl_adapter.py. verl itself is not installed here: the reward function, the rows and the
-episode logic (:func:`play_episode`, driven by the real tiny model or by the scripted oracle as the "server") run
-without it; only the ``AgentLoopBase`` subclass needs ``pytest.importorskip("verl")``."""
+episode logic (:func:`play_episode`, driven by the real tiny model or by the scripted oracle as the "server")
+run without it; only the ``AgentLoopBase`` subclass needs ``pytest.importorskip("verl")``."""
 
 from __future__ import annotations
 
@@ -32,17 +32,22 @@ def test_compute_score_uses_the_task_scorer() -> None:
     assert compute_score("vgym/visual_search", f"<answer>{wrong}</answer>", gold, info) == 0.0
     assert compute_score("vgym/visual_search", "I think it is striped", gold, info) == 0.0
     # A multi-turn response: the env takes the first answer, after the tool call and its result.
-    multi = (f'<tool_call>{{"name": "crop", "arguments": {{"box": [0, 0, 9, 9]}}}}</tool_call>\nuser\n'
-             f"<tool_response>crop</tool_response>\nassistant\n<answer>{gold}</answer> <answer>{wrong}</answer>")
+    multi = (
+        f'<tool_call>{{"name": "crop", "arguments": {{"box": [0, 0, 9, 9]}}}}</tool_call>\nuser\n'
+        f"<tool_response>crop</tool_response>\nassistant\n<answer>{gold}</answer> <answer>{wrong}</answer>"
+    )
     assert compute_score("vgym/visual_search", multi, gold, info) == 1.0
     with pytest.raises(ValueError, match="sample_id"):
         compute_score("vgym/visual_search", "<answer>x</answer>", gold, {})
     with pytest.raises(ValueError, match="does not match the sample's task"):
         compute_score("openai/gsm8k", "<answer>x</answer>", gold, info)
-    # Data seed 5's sample 2 is another scene with another answer: a row scored against the wrong seed is caught.
+    # Data seed 5's sample 2 is another scene with another answer: a row scored against the wrong seed is
+    # caught.
     assert VisualToolEnv(TASK).task.sample("train", 2, 5).answer != gold
     with pytest.raises(ValueError, match="ground truth"):
-        compute_score("vgym/visual_search", "<answer>x</answer>", gold, {**info, "sample_id": f"{TASK}/train/5/2"})
+        compute_score(
+            "vgym/visual_search", "<answer>x</answer>", gold, {**info, "sample_id": f"{TASK}/train/5/2"}
+        )
 
 
 def test_verl_row_layout() -> None:
@@ -60,14 +65,16 @@ def test_verl_row_layout() -> None:
 
 
 def test_agent_loop_config_entry() -> None:
-    (entry,) = agent_loop_config("vgym_crop", max_new_tokens=64, env_config={"tools": ["crop"], "max_turns": 3})
+    (entry,) = agent_loop_config(
+        "vgym_crop", max_new_tokens=64, env_config={"tools": ["crop"], "max_turns": 3}
+    )
     assert entry == {"name": "vgym_crop", "_target_": "vgym.trainers.verl_adapter.VgymAgentLoop",
                      "max_new_tokens": 64, "env_config": {"tools": ["crop"], "max_turns": 3}}
 
 
 def _oracle_server(env: VisualToolEnv, encoder: ChatEncoder):  # type: ignore[no-untyped-def]
-    """A ``generate`` whose model is the scripted oracle: it reads the episode's sample from ``env`` and returns
-    the ids of its turn text, as a server returns the ids of what it sampled."""
+    """A ``generate`` whose model is the scripted oracle: it reads the episode's sample from ``env`` and
+    returns the ids of its turn text, as a server returns the ids of what it sampled."""
     oracle = OraclePolicy()
     turn = [0]
 
@@ -87,7 +94,13 @@ def test_play_episode_matches_vgym_rollout(tiny, index: int) -> None:  # type: i
     env = env_fn()
     ep = asyncio.run(play_episode(env, encoder, _oracle_server(env, encoder), split="train", index=index,
                                   response_length=4096, max_new_tokens=256))
-    (traj,) = rollout(env_fn, OraclePolicy(), encoder, [EpisodeSpec("train", index, seed=index)], RolloutConfig(batch_size=1))
+    (traj,) = rollout(
+        env_fn,
+        OraclePolicy(),
+        encoder,
+        [EpisodeSpec("train", index, seed=index)],
+        RolloutConfig(batch_size=1),
+    )
     assert ep.prompt_ids + ep.response_ids == traj.input_ids.tolist()
     assert ep.response_mask == traj.loss_mask.tolist()[len(ep.prompt_ids) :]
     assert ep.reward == traj.reward == 1.0 and ep.num_turns == 2 and ep.env_messages == 1 and not ep.truncated
@@ -103,12 +116,15 @@ def test_play_episode_with_the_tiny_model_respects_budgets(tiny) -> None:  # typ
     image_processor = processor.image_processor
     budgets: list[int] = []
 
-    async def generate(ids: list[int], images: list[Image.Image], max_tokens: int) -> tuple[list[int], list[float]]:
+    async def generate(
+        ids: list[int], images: list[Image.Image], max_tokens: int
+    ) -> tuple[list[int], list[float]]:
         pixels = image_processor(images=images, return_tensors="pt")  # what a server does with the images
         policy.config.max_new_tokens = max_tokens
         budgets.append(max_tokens)
-        (out,) = policy.act([PolicyInput(torch.tensor(ids), pixels["pixel_values"], pixels["image_grid_thw"], [],
-                                         0, True)])
+        (out,) = policy.act(
+            [PolicyInput(torch.tensor(ids), pixels["pixel_values"], pixels["image_grid_thw"], [], 0, True)]
+        )
         return out.token_ids, out.logprobs  # type: ignore[return-value]
 
     env = VisualToolEnv(TASK, tools=("crop",), max_turns=4)

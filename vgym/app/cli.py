@@ -1,5 +1,5 @@
-"""The ``vgym`` command line: ``list``, ``demo``, ``quickstart``, ``diagnose``, ``sft``, ``train``, ``view``, ``eval``,
-``compare``.
+"""The ``vgym`` command line: ``list``, ``demo``, ``quickstart``, ``diagnose``, ``sft``, ``train``, ``view``,
+``eval``, ``compare``.
 
 Contents: :data:`app` (a typer app). Progress bars and printing live here, never in library modules.
 """
@@ -15,7 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="vgym: VLMs that reason with visual tools.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="vgym: VLMs that reason with visual tools."
+)
 console = Console()
 
 
@@ -50,7 +52,9 @@ def list_cmd() -> None:
 
 @app.command()
 def demo(
-    env_id: Annotated[str, typer.Argument(help="gymnasium id, e.g. vgym/VisualSearch-v0")] = "vgym/VisualSearch-v0",
+    env_id: Annotated[
+        str, typer.Argument(help="gymnasium id, e.g. vgym/VisualSearch-v0")
+    ] = "vgym/VisualSearch-v0",
     seed: Annotated[int, typer.Option(help="reset seed (picks the sample)")] = 0,
     split: Annotated[str, typer.Option(help="train, val or test")] = "train",
 ) -> None:
@@ -104,10 +108,13 @@ def quickstart(
     no_tools_steps: Annotated[int, typer.Option(help="SFT steps of the tools-off arm")] = 300,
     seed: Annotated[int, typer.Option(help="data and model seed")] = 0,
     grpo_steps: Annotated[int, typer.Option(help="GRPO steps after SFT for the tools arm (0: none)")] = 20,
-    teacher_skip_tools: Annotated[float, typer.Option(help="share of teacher episodes that skip the tool")] = 0.5,
+    teacher_skip_tools: Annotated[
+        float, typer.Option(help="share of teacher episodes that skip the tool")
+    ] = 0.5,
     teacher_noise: Annotated[float, typer.Option(help="share of the teacher's answers made wrong")] = 0.0,
 ) -> None:
-    """Build the tiny VLM, SFT it on teacher trajectories with and without tools, GRPO the tools arm, evaluate."""
+    """Build the tiny VLM, SFT it on teacher trajectories with and without tools, GRPO the tools arm,
+    evaluate."""
     from dataclasses import replace
 
     from vgym.app.quickstart import QUICKSTART_GRPO, QuickstartConfig, run_quickstart
@@ -130,9 +137,15 @@ def print_quickstart_results(result: dict[str, Any], eval_episodes: int) -> None
         table.add_column(col)
     for arm in result["arms"]:
         lo, hi = arm["accuracy_ci"]
-        table.add_row(f"{arm['label']} (SFT)", f"{arm['accuracy']:.3f} [{lo:.2f}, {hi:.2f}]", f"{arm['reward']:.3f}",
-                      f"{arm['tool_calls_per_episode']:.2f}", f"{arm['format_ok']:.2f}",
-                      f"loss {arm['initial_loss']:.1f}→{arm['final_loss']:.3f}", f"{arm['train_seconds']:.0f}")
+        table.add_row(
+            f"{arm['label']} (SFT)",
+            f"{arm['accuracy']:.3f} [{lo:.2f}, {hi:.2f}]",
+            f"{arm['reward']:.3f}",
+            f"{arm['tool_calls_per_episode']:.2f}",
+            f"{arm['format_ok']:.2f}",
+            f"loss {arm['initial_loss']:.1f}→{arm['final_loss']:.3f}",
+            f"{arm['train_seconds']:.0f}",
+        )
     grpo = result.get("grpo")
     if grpo:
         lo, hi = grpo["accuracy_ci"]
@@ -152,7 +165,8 @@ def diagnose(
     episodes: Annotated[int, typer.Option(help="episodes per task and difficulty")] = 50,
     seed: Annotated[int, typer.Option(help="data seed")] = 0,
 ) -> None:
-    """Oracle success, tool necessity (tools off / decoy) and answer-prior baselines for every task and difficulty."""
+    """Oracle success, tool necessity (tools off / decoy) and answer-prior baselines for every task and
+    difficulty."""
     from vgym.eval.diagnose import diagnose_all
 
     rows = diagnose_all(episodes=episodes, seed=seed)
@@ -165,16 +179,28 @@ def diagnose(
         return "-" if value != value else format(value, spec)  # NaN (no claim / no answer set) shows as "-"
 
     for r in rows:
-        table.add_row(r.env_id, "-" if r.difficulty is None else str(r.difficulty), f"{r.oracle_reward:.3f}",
-                      f"{r.oracle_tool_calls:.2f}", "|".join(r.necessary_tools) or "-", fmt(r.witnessed, ".2f"),
-                      fmt(r.tools_off_bound), fmt(r.tools_off_accuracy), fmt(r.decoy_accuracy),
-                      fmt(r.majority_accuracy), fmt(r.random_accuracy), f"{r.majority_rate:.2f}")
+        table.add_row(
+            r.env_id,
+            "-" if r.difficulty is None else str(r.difficulty),
+            f"{r.oracle_reward:.3f}",
+            f"{r.oracle_tool_calls:.2f}",
+            "|".join(r.necessary_tools) or "-",
+            fmt(r.witnessed, ".2f"),
+            fmt(r.tools_off_bound),
+            fmt(r.tools_off_accuracy),
+            fmt(r.decoy_accuracy),
+            fmt(r.majority_accuracy),
+            fmt(r.random_accuracy),
+            f"{r.majority_rate:.2f}",
+        )
     console.print(table)
 
 
 @app.command()
 def sft(
-    model: Annotated[Path, typer.Option(help="local checkpoint folder (e.g. Qwen2-VL-2B-Instruct); never downloaded")],
+    model: Annotated[
+        Path, typer.Option(help="local checkpoint folder (e.g. Qwen2-VL-2B-Instruct); never downloaded")
+    ],
     task: Annotated[str, typer.Option(help="task registry name")] = "visual_search",
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/sft"),
     tools: Annotated[str, typer.Option(help="'default', 'off', or comma-separated tool names")] = "default",
@@ -205,29 +231,48 @@ def sft(
     vlm, processor = load_vlm(model, device=device, dtype=getattr(torch, dtype))
     if gradient_checkpointing and hasattr(vlm, "gradient_checkpointing_enable"):
         enable_checkpointing(vlm)
-    config = SFTConfig(steps=steps, batch_size=batch_size, learning_rate=learning_rate, warmup_steps=min(20, steps))
+    config = SFTConfig(
+        steps=steps, batch_size=batch_size, learning_rate=learning_rate, warmup_steps=min(20, steps)
+    )
 
     def env_fn() -> VisualToolEnv:
         return VisualToolEnv(task, tools=chosen, data_seed=seed, max_pixels=max_pixels)
 
     with _progress_bars() as progress:
-        result = sft_then_evaluate(vlm, processor, env_fn, label=task, out=out, train_episodes=train_episodes,
-                                   eval_episodes=eval_episodes, sft=config, generation=GenerationConfig(temperature=0.0),
-                                   batch_size=16, progress=progress)
+        result = sft_then_evaluate(
+            vlm,
+            processor,
+            env_fn,
+            label=task,
+            out=out,
+            train_episodes=train_episodes,
+            eval_episodes=eval_episodes,
+            sft=config,
+            generation=GenerationConfig(temperature=0.0),
+            batch_size=16,
+            progress=progress,
+        )
     from vgym.rollout.trajectory import write_json
 
-    write_json(out / "results.json", asdict(result))  # write-then-rename: a kill or full disk keeps the old file
-    console.print(f"held-out accuracy {result.accuracy:.3f} · reward {result.reward:.3f} · tool calls/episode "
-                  f"{result.tool_calls_per_episode:.2f} · SFT loss {result.initial_loss:.3f}→{result.final_loss:.3f} "
-                  f"· checkpoint {out / 'checkpoint'}")
+    # write-then-rename: a kill or full disk keeps the old file
+    write_json(out / "results.json", asdict(result))
+    console.print(
+        f"held-out accuracy {result.accuracy:.3f} · reward {result.reward:.3f} · tool calls/episode "
+        f"{result.tool_calls_per_episode:.2f} · SFT loss {result.initial_loss:.3f}→{result.final_loss:.3f} "
+        f"· checkpoint {out / 'checkpoint'}"
+    )
 
 
 @app.command()
 def train(
     config: Annotated[Path, typer.Option(help="a YAML recipe, e.g. configs/quickstart_cpu.yaml")],
     out: Annotated[Path | None, typer.Option(help="run folder (overrides the recipe's)")] = None,
-    resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint in the run folder")] = False,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. grpo.learning_rate=1e-4; repeatable")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue from the newest checkpoint in the run folder")
+    ] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override, e.g. grpo.learning_rate=1e-4; repeatable")
+    ] = None,
 ) -> None:
     """SFT warm start (optional) then GRPO, from a YAML recipe; held-out evaluation before and after."""
     from vgym.app.recipes import load_recipe, run_recipe
@@ -247,7 +292,9 @@ def train(
     console.print(table)
     for alarm in result["alarms"]:
         console.print(f"[yellow]alarm:[/yellow] {alarm}")
-    console.print(f"{result['steps']} GRPO steps · wall time {result['wall_seconds']:.0f} s · run folder {recipe.out}")
+    console.print(
+        f"{result['steps']} GRPO steps · wall time {result['wall_seconds']:.0f} s · run folder {recipe.out}"
+    )
 
 
 @app.command()
@@ -255,7 +302,8 @@ def view(
     run: Annotated[Path, typer.Argument(help="run folder; every trajectory *.jsonl under it is shown")],
     out: Annotated[Path | None, typer.Option(help="page to write (default <run>/view.html)")] = None,
 ) -> None:
-    """Write a static HTML page of the run's trajectories (filters, turns, tool calls, images) and print its path."""
+    """Write a static HTML page of the run's trajectories (filters, turns, tool calls, images) and print its
+    path."""
     from vgym.errors import VgymError
     from vgym.eval.viewer import build_view
 
@@ -271,18 +319,23 @@ def view(
 @app.command("eval")
 def eval_cmd(
     policy: Annotated[str, typer.Option(help="oracle | random | hf:DIR | vllm:DIR | openai:URL[#model]")],
-    suite: Annotated[list[str], typer.Option(help="suite (spatial, video, visual, all) or task name; repeatable")],
+    suite: Annotated[
+        list[str], typer.Option(help="suite (spatial, video, visual, all) or task name; repeatable")
+    ],
     out: Annotated[Path, typer.Option(help="run folder (an existing one is resumed)")],
     k: Annotated[int, typer.Option(help="attempts per episode")] = 1,
     n: Annotated[int, typer.Option(help="episodes per task and difficulty")] = 200,
     seed: Annotated[int, typer.Option(help="data, env and policy seed")] = 0,
     tools: Annotated[str, typer.Option(help="default | off | oracle (oracle-backend tools)")] = "default",
-    difficulty: Annotated[list[int] | None, typer.Option(help="levels to run instead of the suite's; repeatable")] = None,
+    difficulty: Annotated[
+        list[int] | None, typer.Option(help="levels to run instead of the suite's; repeatable")
+    ] = None,
     clip_dir: Annotated[Path | None, typer.Option(help="folder for video tasks' clips")] = None,
     batch_size: Annotated[int, typer.Option(help="episodes in flight")] = 16,
     max_new_tokens: Annotated[int, typer.Option(help="most tokens per model turn")] = 256,
 ) -> None:
-    """Evaluate a policy on task suites (seeded, resumable); writes report.json, report.md, plots and view.html."""
+    """Evaluate a policy on task suites (seeded, resumable); writes report.json, report.md, plots and
+    view.html."""
     from vgym.errors import VgymError
     from vgym.eval.evaluate import EvalConfig, run_eval
     from vgym.eval.reports import write_markdown, write_plots
@@ -290,10 +343,18 @@ def eval_cmd(
 
     logging.basicConfig(level=logging.WARNING)
     try:
-        config = EvalConfig(policy=policy, suite=tuple(suite), n=n, k=k, seed=seed, tools=tools,
-                            difficulties=tuple(difficulty) if difficulty else None,
-                            task_config={"clip_dir": str(clip_dir)} if clip_dir else {}, batch_size=batch_size,
-                            max_new_tokens=max_new_tokens)
+        config = EvalConfig(
+            policy=policy,
+            suite=tuple(suite),
+            n=n,
+            k=k,
+            seed=seed,
+            tools=tools,
+            difficulties=tuple(difficulty) if difficulty else None,
+            task_config={"clip_dir": str(clip_dir)} if clip_dir else {},
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+        )
         with _progress_bars() as progress:
             report = run_eval(config, out, progress)
     except VgymError as exc:
@@ -301,7 +362,9 @@ def eval_cmd(
         raise typer.Exit(code=2) from None
     console.print(write_markdown(report, out / "report.md"), markup=False, highlight=False)
     plots = write_plots(report, out / "plots")
-    pages = [build_view(out / "failures", out / "view.html")] if any((out / "failures").glob("*.jsonl")) else []
+    pages = (
+        [build_view(out / "failures", out / "view.html")] if any((out / "failures").glob("*.jsonl")) else []
+    )
     for path in [out / "report.json", out / "report.md", *plots, *pages]:
         print(path)
 
@@ -338,7 +401,8 @@ class _progress_bars:
     def __enter__(self):  # type: ignore[no-untyped-def]
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # our bars only; the CLI is an entry point, so global settings are fine
+        # our bars only; the CLI is an entry point, so global settings are fine
+        hf_logging.disable_progress_bar()
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TimeElapsedColumn(), console=console)
         self.bars.__enter__()

@@ -70,7 +70,9 @@ def collect(
         done[0] += 1
         progress(stage, done[0], episodes)
 
-    return rollout(env_fn, policy, encoder, specs, RolloutConfig(batch_size=batch_size), on_episode=on_episode)
+    return rollout(
+        env_fn, policy, encoder, specs, RolloutConfig(batch_size=batch_size), on_episode=on_episode
+    )
 
 
 def sft_then_evaluate(
@@ -88,10 +90,11 @@ def sft_then_evaluate(
     progress: Progress,
     teacher: Policy | None = None,
 ) -> RunResult:
-    """Behaviour-clone the oracle (or ``teacher``) on the train split, then evaluate greedily on the test split.
+    """Behaviour-clone the oracle (or ``teacher``) on the train split, then evaluate greedily on the test
+    split.
 
-    Writes ``<out>/oracle_train.jsonl`` (first 16 episodes), ``<out>/checkpoint/`` (model, processor, trainer state) and
-    ``<out>/eval_test.jsonl`` with images under ``<out>/images/``.
+    Writes ``<out>/oracle_train.jsonl`` (first 16 episodes), ``<out>/checkpoint/`` (model, processor, trainer
+    state) and ``<out>/eval_test.jsonl`` with images under ``<out>/images/``.
     """
     encoder = ChatEncoder(processor)
     data = collect(env_fn, teacher or OraclePolicy(), encoder, "train", train_episodes, batch_size=batch_size,

@@ -1,12 +1,14 @@
 """Training recipes: one YAML file = model + task + optional SFT warm start + GRPO + evaluation.
 
-Contents: :class:`Recipe`, :func:`apply_override`, :func:`load_recipe`, :func:`load_model`, :func:`run_recipe`.
+Contents: :class:`Recipe`, :func:`apply_override`, :func:`load_recipe`, :func:`load_model`,
+:func:`run_recipe`.
 
-``vgym train --config configs/quickstart_cpu.yaml`` runs :func:`run_recipe`: load (or, for ``model: tiny``, build)
-the model → optionally behaviour-clone the oracle (SFT) → greedy held-out evaluation → GRPO with reporters,
-alarms and checkpoints → the same evaluation again. Everything lands in ``out``: ``metrics.csv`` (and TensorBoard
-logs when asked), ``checkpoint-<step>/`` folders, ``eval_before.jsonl`` / ``eval_after.jsonl`` trajectories and
-``results.json``. ``resume: true`` continues from the newest checkpoint in ``out`` exactly.
+``vgym train --config configs/quickstart_cpu.yaml`` runs :func:`run_recipe`: load (or, for ``model: tiny``,
+build) the model → optionally behaviour-clone the oracle (SFT) → greedy held-out evaluation → GRPO with
+reporters, alarms and checkpoints → the same evaluation again. Everything lands in ``out``: ``metrics.csv``
+(and TensorBoard logs when asked), ``checkpoint-<step>/`` folders,
+``eval_before.jsonl`` / ``eval_after.jsonl`` trajectories and ``results.json``. ``resume: true`` continues
+from the newest checkpoint in ``out`` exactly.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from vgym.policies.hf import GenerationConfig, HFPolicy
 from vgym.policies.oracle import OraclePolicy
 from vgym.rollout.chat import ChatEncoder
 from vgym.rollout.trajectory import save_trajectories, write_json
-from vgym.trainers.grpo import GRPOTrainer
+from vgym.trainers.grpo import GRPOTrainer, hf_policy
 from vgym.trainers.grpo_config import GRPOConfig
 from vgym.trainers.reporters import make_reporters
 from vgym.trainers.sft import SFTConfig, SFTTrainer
@@ -60,8 +62,8 @@ class Recipe:
     gradient_checkpointing: bool = False
     """Trade compute for activation memory (real checkpoints)."""
     lora: dict[str, Any] | None = None
-    """LoRA adapters via peft (Hu et al., arXiv:2106.09685): ``{"r", "alpha", "dropout", "target_modules"}``; the KL
-    reference is then the base model with adapters off. None trains every weight."""
+    """LoRA adapters via peft (Hu et al., arXiv:2106.09685): ``{"r", "alpha", "dropout", "target_modules"}``;
+    the KL reference is then the base model with adapters off. None trains every weight."""
     task: str = "visual_search"
     """Task registry name."""
     task_config: dict[str, Any] | None = None
@@ -78,7 +80,8 @@ class Recipe:
     """Task config of the SFT data (None: ``task_config``), e.g. an easier difficulty than GRPO's."""
     sft_teacher_skip_tools: float = 0.0
     """Share of oracle SFT episodes that skip the tools and guess (a lazy teacher, see
-    :class:`~vgym.policies.oracle.OraclePolicy`); the student then under-uses the tools and GRPO must fix it."""
+    :class:`~vgym.policies.oracle.OraclePolicy`); the student then under-uses the tools and GRPO must fix
+    it."""
     grpo: dict[str, Any] = field(default_factory=dict)
     """:class:`~vgym.trainers.grpo.GRPOConfig` fields."""
     eval_episodes: int = 200
@@ -96,8 +99,8 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda") or self.dtype not in ("float32", "bfloat16"):
-            raise InvalidConfigError(f"device must be cpu|cuda and dtype float32|bfloat16, got {self.device!r}, "
-                                     f"{self.dtype!r}")
+            raise InvalidConfigError(f"device must be cpu|cuda and dtype float32|bfloat16, got "
+                                     f"{self.device!r}, {self.dtype!r}")
         self.grpo_config  # validates the GRPO fields now, not after an SFT warm start  # noqa: B018
         if self.sft is not None:
             SFTConfig(**self.sft)
@@ -117,7 +120,8 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     """
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
-        raise InvalidConfigError(f"an override is key=value (e.g. grpo.learning_rate=1e-4), got {assignment!r}")
+        raise InvalidConfigError(f"an override is key=value (e.g. grpo.learning_rate=1e-4), got "
+                                 f"{assignment!r}")
     *parents, leaf = key.strip().split(".")
     node = data
     for part in parents:
@@ -131,8 +135,8 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
 
 
 def _numbers(value: Any) -> Any:
-    """``value`` with every string in exponent notation (``1e-6``) made a float, recursively: YAML 1.1 (PyYAML)
-    reads a float without a dot as a string, which would reach the optimizer as ``lr="1e-6"``."""
+    """``value`` with every string in exponent notation (``1e-6``) made a float, recursively: YAML 1.1
+    (PyYAML) reads a float without a dot as a string, which would reach the optimizer as ``lr="1e-6"``."""
     if isinstance(value, dict):
         return {k: _numbers(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -165,8 +169,8 @@ def load_recipe(path: str | Path, *assignments: str, **overrides: Any) -> Recipe
 
 
 def _check_keys(path: str | Path, prefix: str, data: dict[str, Any], cls: type) -> None:
-    """Raise for a key of ``data`` that is not a field of the dataclass ``cls``, naming the closest one, or whose
-    field defaults to a number while the value is not one (e.g. a quoted ``"1e-6"``)."""
+    """Raise for a key of ``data`` that is not a field of the dataclass ``cls``, naming the closest one, or
+    whose field defaults to a number while the value is not one (e.g. a quoted ``"1e-6"``)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     valid = list(fields)
     for key, value in data.items():
@@ -182,7 +186,8 @@ def _check_keys(path: str | Path, prefix: str, data: dict[str, Any], cls: type) 
 
 
 def load_model(recipe: Recipe, progress: Progress) -> tuple[Any, Any]:
-    """The recipe's ``(model, processor)`` on its device and dtype, with LoRA and gradient checkpointing applied."""
+    """The recipe's ``(model, processor)`` on its device and dtype, with LoRA and gradient checkpointing
+    applied."""
     import torch
 
     from vgym.engine.tiny import build_tiny_vlm, load_vlm
@@ -198,7 +203,8 @@ def load_model(recipe: Recipe, progress: Progress) -> tuple[Any, Any]:
             build_tiny_vlm(path, corpus=corpus)
             progress("build tiny VLM", 1, 1)
     elif not path.is_dir():
-        raise InvalidConfigError(f"model {recipe.model!r} is not a local folder; vgym never downloads checkpoints")
+        raise InvalidConfigError(f"model {recipe.model!r} is not a local folder; vgym never downloads "
+                                 "checkpoints")
     model, processor = load_vlm(path, device=recipe.device, dtype=getattr(torch, recipe.dtype))
     if recipe.gradient_checkpointing:
         enable_checkpointing(model)
@@ -206,9 +212,10 @@ def load_model(recipe: Recipe, progress: Progress) -> tuple[Any, Any]:
         from peft import LoraConfig, get_peft_model
 
         lora = dict(recipe.lora)
-        model = get_peft_model(model, LoraConfig(r=lora.get("r", 16), lora_alpha=lora.get("alpha", 32),
-                                                 lora_dropout=lora.get("dropout", 0.0),
-                                                 target_modules=lora.get("target_modules", ["q_proj", "v_proj"])))
+        targets = lora.get("target_modules", ["q_proj", "v_proj"])
+        config = LoraConfig(r=lora.get("r", 16), lora_alpha=lora.get("alpha", 32),
+                            lora_dropout=lora.get("dropout", 0.0), target_modules=targets)
+        model = get_peft_model(model, config)
     return model, processor
 
 
@@ -221,8 +228,8 @@ def _env_fn(recipe: Recipe, task_config: dict[str, Any] | None) -> Callable[[], 
 
 def _evaluate(recipe: Recipe, model: Any, processor: Any, name: str, progress: Progress) -> dict[str, float]:
     policy = HFPolicy(model, processor, GenerationConfig(recipe.max_new_tokens, temperature=0.0))
-    trajs = collect(_env_fn(recipe, recipe.task_config), policy, ChatEncoder(processor), "test", recipe.eval_episodes,
-                    batch_size=recipe.rollout_batch, progress=progress, stage=name)
+    trajs = collect(_env_fn(recipe, recipe.task_config), policy, ChatEncoder(processor), "test",
+                    recipe.eval_episodes, batch_size=recipe.rollout_batch, progress=progress, stage=name)
     save_trajectories(trajs, Path(recipe.out), name)
     return summarize(trajs)
 
@@ -243,7 +250,8 @@ def run_recipe(recipe: Recipe, progress: Progress | None = None) -> dict[str, An
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     resume_from = checkpoints[-1] if recipe.resume and checkpoints else None
     if recipe.sft is not None and resume_from is None:
-        sft_env = _env_fn(recipe, recipe.sft_task_config if recipe.sft_task_config is not None else recipe.task_config)
+        sft_task = recipe.sft_task_config if recipe.sft_task_config is not None else recipe.task_config
+        sft_env = _env_fn(recipe, sft_task)
         teacher = OraclePolicy(skip_tools=recipe.sft_teacher_skip_tools, seed=recipe.data_seed + 1)
         data = collect(sft_env, teacher, ChatEncoder(processor), "train", recipe.sft_episodes,
                        batch_size=recipe.rollout_batch, progress=progress, stage="SFT data")
@@ -253,7 +261,8 @@ def run_recipe(recipe: Recipe, progress: Progress | None = None) -> dict[str, An
     results: dict[str, Any] = {}
     if recipe.eval_episodes and resume_from is None:
         results["before"] = _evaluate(recipe, model, processor, "eval_before", progress)
-    trainer = GRPOTrainer(model, processor, _env_fn(recipe, recipe.task_config), cfg)
+    policy = hf_policy(model, processor, cfg)  # plays the model being trained: no weights to sync
+    trainer = GRPOTrainer(model, processor, policy, _env_fn(recipe, recipe.task_config), cfg)
     if resume_from is not None:
         trainer.load(resume_from)
     reporters = make_reporters(recipe.report_to, out, resume_step=trainer.step_count if resume_from else None)

@@ -1,7 +1,9 @@
 """Model-input assembly shared by the policies and the trainers.
 
 Contents: :func:`model_inputs`, :func:`token_types`, :func:`image_inputs`, :func:`forward_accepts`,
-:func:`shared_image_features`, :func:`unique_images`, :func:`load_pretrained_in_place`.
+:func:`shared_image_features`, :func:`unique_images`, :func:`load_pretrained_in_place`,
+:func:`enable_checkpointing`; :data:`VISION_PLACEHOLDER_TOKENS` and :func:`vision_placeholder_ids`, the tokens
+no policy may generate (and a trainer must not score).
 
 Recent transformers Qwen-VL models need ``mm_token_type_ids`` (0 text, 1 image, 2 video) to compute their
 multimodal rotary positions; without it ``generate`` silently falls back to 1-D text positions and ``forward``
@@ -19,8 +21,33 @@ from typing import Any
 
 import torch
 
-__all__ = ["model_inputs", "token_types", "image_inputs", "forward_accepts", "shared_image_features",
-           "unique_images", "load_pretrained_in_place", "enable_checkpointing"]
+__all__ = [
+    "model_inputs", "token_types", "image_inputs", "forward_accepts", "shared_image_features",
+    "unique_images", "load_pretrained_in_place", "enable_checkpointing", "VISION_PLACEHOLDER_TOKENS",
+    "vision_placeholder_ids",
+]
+
+VISION_PLACEHOLDER_TOKENS: tuple[str, ...] = (
+    "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+)
+"""Vision placeholder tokens of the Qwen-VL family. A generated one would desynchronise image tokens and image
+features on the next turn, so policies never sample them."""
+
+
+def vision_placeholder_ids(tokenizer: Any) -> list[int]:
+    """The ids of the :data:`VISION_PLACEHOLDER_TOKENS` in ``tokenizer``'s vocabulary, in that order.
+
+    Policies suppress them when sampling, and a trainer masks them in the loss's logits so that it scores the
+    distribution the rollout sampled from.
+
+    Args:
+        tokenizer: a transformers tokenizer (``processor.tokenizer``), or anything with ``get_vocab()``.
+
+    Returns:
+        The ids of the placeholders the vocabulary holds; empty for a model family without them.
+    """
+    vocab = tokenizer.get_vocab()
+    return [vocab[t] for t in VISION_PLACEHOLDER_TOKENS if t in vocab]
 
 
 def model_inputs(
@@ -109,17 +136,15 @@ def unique_images(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> t
 
     Returns:
         ``(keep, inverse)``: indices of the first occurrence of each distinct image, in order, and for every
-            image
-        the position in ``keep`` of its equal. Images are equal when their grids and patches are exactly equal
-        (a projection of the patches narrows the candidates; ``torch.equal`` decides).
+        image the position in ``keep`` of its equal. Images are equal when their grids and patches are exactly
+        equal (a projection of the patches narrows the candidates; ``torch.equal`` decides).
     """
     sizes = image_grid_thw.prod(-1)
     columns = pixel_values[:, :: max(1, pixel_values.shape[1] // 64)].float()  # a sample of columns suffices
     weights = torch.rand(columns.shape[1], generator=torch.Generator().manual_seed(0)).to(columns.device)
     image_of_row = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
-    row_in_image = (
-        torch.arange(len(columns), device=columns.device) - (sizes.cumsum(0) - sizes)[image_of_row] + 1
-    )
+    starts = (sizes.cumsum(0) - sizes)[image_of_row]  # (P,) the first row of each row's image
+    row_in_image = torch.arange(len(columns), device=columns.device) - starts + 1
     prints = torch.zeros(len(sizes), dtype=torch.float64, device=columns.device).index_add_(
         0, image_of_row.to(columns.device), ((columns @ weights) * row_in_image).double()).tolist()
     sizes = sizes.tolist()
@@ -141,11 +166,7 @@ def _vision_owner(model: Any) -> Any | None:
     """The submodule whose ``forward`` calls ``self.get_image_features`` (Qwen-VL's inner ``*Model``), or
     None."""
     for module in model.modules():
-        if (
-            hasattr(module, "get_image_features")
-            and hasattr(module, "visual")
-            and hasattr(module, "language_model")
-        ):
+        if all(hasattr(module, name) for name in ("get_image_features", "visual", "language_model")):
             return module
     return None
 

@@ -1,7 +1,7 @@
 """The policy protocol: what the rollout engine gives a policy each turn and what it gets back.
 
 Contents: :class:`GroundTruth`, :class:`PolicyInput`, :class:`PolicyOutput`, :class:`Policy`,
-:func:`reads_ground_truth`, :func:`ground_truth`.
+:class:`StatefulPolicy`, :func:`reads_ground_truth`, :func:`ground_truth`.
 
 A policy sees what a model would see — the sequence so far, its images, the chat, the tools offered — and the
 episode's public facts (its id, task name and the answer choices the prompt states). It never sees the sample
@@ -14,14 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from vgym.task import Sample, Solution, Task
 
-__all__ = ["GroundTruth", "PolicyInput", "PolicyOutput", "Policy", "reads_ground_truth", "ground_truth"]
+__all__ = ["GroundTruth", "PolicyInput", "PolicyOutput", "Policy", "StatefulPolicy", "reads_ground_truth",
+           "ground_truth"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,26 @@ class Policy(Protocol):
 
     def act(self, batch: Sequence[PolicyInput]) -> list[PolicyOutput]:
         """Return one :class:`PolicyOutput` per input, in order."""
+        ...
+
+
+@runtime_checkable
+class StatefulPolicy(Policy, Protocol):
+    """A policy with sampling state (e.g. the generator its per-call seeds come from) that a training
+    checkpoint must keep so that a resumed run samples what the uninterrupted run would have.
+
+    Implement both methods, or neither: a trainer saves :meth:`state_dict` with its checkpoint and hands it
+    back to :meth:`load_state_dict` on resume only when ``isinstance(policy, StatefulPolicy)``. Model weights
+    are not part of it (the trainer saves those).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampling state, as plain Python values (dicts, lists, str, int, float) that ``torch.save`` can
+        store and ``torch.load(weights_only=True)`` can read back."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the next :meth:`act` then draws what it would have drawn."""
         ...
 
 

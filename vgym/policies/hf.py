@@ -24,20 +24,11 @@ from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogits
 
 from vgym.engine.decoding import lean_decoding_supported, sample_turn
 from vgym.engine.fast_paths import fast_paths
-from vgym.engine.modeling import model_inputs, shared_image_features
+from vgym.engine.modeling import model_inputs, shared_image_features, vision_placeholder_ids
 from vgym.engine.prefix_cache import PrefixCache
 from vgym.policies.base import PolicyInput, PolicyOutput
 
 __all__ = ["GenerationConfig", "HFPolicy", "collate_left"]
-
-_PLACEHOLDER_TOKENS = (
-    "<|image_pad|>",
-    "<|video_pad|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-)
-"""Vision placeholder tokens of the Qwen-VL family; the policy never generates them."""
 
 
 @dataclass
@@ -85,7 +76,9 @@ def collate_left(
 class HFPolicy:
     """Plays turns with a transformers VLM (e.g. Qwen2-VL) and returns ids and behaviour log-probs."""
 
-    def __init__(self, model, processor, config: GenerationConfig | None = None, *, seed: int = 0) -> None:  # type: ignore[no-untyped-def]
+    def __init__(  # type: ignore[no-untyped-def]
+        self, model, processor, config: GenerationConfig | None = None, *, seed: int = 0
+    ) -> None:
         """Args:
         model: a ``*ForConditionalGeneration`` VLM.
         processor: its processor (gives the tokenizer and end-of-turn id).
@@ -99,9 +92,7 @@ class HFPolicy:
         tokenizer = processor.tokenizer
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        vocab = tokenizer.get_vocab()
-        # A generated image placeholder would desynchronise image tokens and image features on the next turn.
-        self.suppressed_ids = [vocab[t] for t in _PLACEHOLDER_TOKENS if t in vocab]
+        self.suppressed_ids = vision_placeholder_ids(tokenizer)  # never sampled (see the function)
         # the lean decoder's keys and values of the last call, for the next turn
         self.prefix_cache = PrefixCache()
 
@@ -109,16 +100,23 @@ class HFPolicy:
         """Free the keys and values kept for episodes' next turns (the rollout calls this when it ends)."""
         self.prefix_cache.clear()
 
+    def state_dict(self) -> dict[str, Any]:
+        """The sampling state (:class:`~vgym.policies.base.StatefulPolicy`): ``{"rng": ...}``, the state of
+        the generator each :meth:`act` draws its seed from."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`: the next :meth:`act` samples as it would have after the save."""
+        self.rng.bit_generator.state = state["rng"]
+
     @torch.no_grad()
     def act(self, batch: Sequence[PolicyInput]) -> list[PolicyOutput]:
         """Generate one turn for every episode in ``batch``.
 
         Returns:
             Outputs whose ``token_ids`` end with an end-of-turn id unless ``max_new_tokens`` was hit, and
-                whose
-            ``logprobs`` are log-softmax of the processed scores (temperature and top-p applied) at each
-                chosen
-            token; for greedy decoding, of the raw logits.
+            whose ``logprobs`` are log-softmax of the processed scores (temperature and top-p applied) at each
+            chosen token; for greedy decoding, of the raw logits.
         """
         ids, mask = collate_left([item.input_ids for item in batch], self.pad_id)
         pixels = [item.pixel_values for item in batch if item.pixel_values is not None]
@@ -129,9 +127,10 @@ class HFPolicy:
         device = inputs["input_ids"].device
         cfg = self.config
         processors: list[LogitsProcessor] = []
-        # sampling settings go in our list so the recorder sees the final distribution;
+        # sampling settings go in our list so the recorder sees the final distribution; generate's own are
+        # neutralised below
         if cfg.temperature > 0:
-            if cfg.temperature != 1.0:  # generate's own are neutralised below
+            if cfg.temperature != 1.0:
                 processors.append(TemperatureLogitsWarper(cfg.temperature))
             if cfg.top_p < 1.0:
                 processors.append(TopPLogitsWarper(cfg.top_p))
@@ -146,19 +145,12 @@ class HFPolicy:
             lean = paths.decoder and lean_decoding_supported(self.model, inputs.get("image_grid_thw"))
             if cfg.decoder == "auto" and lean:
                 new, logprobs = sample_turn(
-                    self.model,
-                    inputs,
-                    max_new_tokens=cfg.max_new_tokens,
-                    eos_ids=self.eos_ids,
-                    pad_id=self.pad_id,
-                    warpers=processors,
-                    greedy=cfg.temperature == 0,
+                    self.model, inputs, max_new_tokens=cfg.max_new_tokens, eos_ids=self.eos_ids,
+                    pad_id=self.pad_id, warpers=processors, greedy=cfg.temperature == 0,
                     suppressed_ids=self.suppressed_ids,
                     min_new_tokens=int(getattr(self.model.generation_config, "min_new_tokens", None) or 0),
                     generator=torch.Generator(device=device).manual_seed(seed),
-                    prefix_cache=self.prefix_cache,
-                    direct=paths.direct_steps,
-                )
+                    prefix_cache=self.prefix_cache, direct=paths.direct_steps)
             else:
                 new, logprobs = self._generate(inputs, processors, kwargs, seed)
         finally:
@@ -175,13 +167,9 @@ class HFPolicy:
             results.append(PolicyOutput(text=text, token_ids=toks, logprobs=logprobs[row, :end].tolist()))
         return results
 
-    def _generate(
-        self,
-        inputs: dict[str, torch.Tensor],
-        processors: list[LogitsProcessor],
-        kwargs: dict[str, Any],
-        seed: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+
+    def _generate(self, inputs: dict[str, torch.Tensor], processors: list[LogitsProcessor],
+                  kwargs: dict[str, Any], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One turn through transformers' ``generate``: new tokens (B, N) and their log-probs (B, N)."""
         device = inputs["input_ids"].device
         recorder = _ChosenLogprobs()
@@ -220,9 +208,8 @@ class _ChosenLogprobs(LogitsProcessor):
     def _take(self, chosen: torch.Tensor) -> None:
         if self.pending is not None:
             scores, self.pending = self.pending, None
-            self.columns.append(
-                scores.gather(-1, chosen[:, None]).squeeze(-1) - torch.logsumexp(scores, dim=-1)
-            )
+            picked = scores.gather(-1, chosen[:, None]).squeeze(-1)  # (B,)
+            self.columns.append(picked - torch.logsumexp(scores, dim=-1))
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self._take(input_ids[:, -1])

@@ -23,9 +23,9 @@ temperature and top-p), whereas :class:`~vgym.policies.hf.HFPolicy` returns the 
 
 Weight sync: :meth:`VLLMPolicy.load_weights` runs the engine model's own ``load_weights`` inside every worker
 through the documented ``LLM.apply_model`` and then resets the prefix cache (its KV entries were computed with
-the old weights). The model's ``load_weights`` maps Hugging Face parameter names to vLLM's (Qwen2-VL /
-Qwen2.5-VL declare ``hf_to_vllm_mapper``), so ``model.named_parameters()`` of the transformers model goes in
-unchanged.
+the old weights). The model's ``load_weights`` maps Hugging Face parameter names to vLLM's
+(Qwen2-VL / Qwen2.5-VL declare ``hf_to_vllm_mapper``), so ``model.named_parameters()`` of the transformers
+model goes in unchanged.
 """
 
 from __future__ import annotations
@@ -38,19 +38,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vgym.engine.modeling import vision_placeholder_ids
 from vgym.errors import InvalidConfigError, VgymError
 from vgym.policies.base import PolicyInput, PolicyOutput
 
 __all__ = ["VLLMPolicyConfig", "VLLMPolicy", "build_vllm_prompt", "chosen_logprobs", "completion_to_output"]
-
-_PLACEHOLDER_TOKENS = (
-    "<|image_pad|>",
-    "<|video_pad|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-)
-"""Vision placeholder tokens of the Qwen-VL family; the policy never generates them (as in HFPolicy)."""
 
 _SUPPRESS_BIAS = -100.0
 """Logit bias of the placeholder tokens: -100 is the OpenAI-API floor, which vLLM also accepts; it makes them
@@ -114,9 +106,8 @@ class VLLMPolicyConfig:
             )
         if not 0 < self.gpu_memory_utilization <= 1 or self.max_images < 1:
             raise InvalidConfigError(
-                "need 0 < gpu_memory_utilization <= 1 and max_images >= 1; got "
-                f"{self.gpu_memory_utilization}, "
-                f"{self.max_images}"
+                f"need 0 < gpu_memory_utilization <= 1 and max_images >= 1; got "
+                f"{self.gpu_memory_utilization}, {self.max_images}"
             )
         clash = {"model", "seed", "gpu_memory_utilization", "max_model_len", "dtype", "limit_mm_per_prompt"}
         if clash & set(self.engine_kwargs):
@@ -132,8 +123,7 @@ def build_vllm_prompt(item: PolicyInput) -> dict[str, Any]:
 
     Returns:
         ``{"prompt_token_ids": item.input_ids as a list of ints}``, plus ``"multi_modal_data": {"image": [PIL
-            RGB
-        images of item.images, in order]}`` when the episode has images.
+        RGB images of item.images, in order]}`` when the episode has images.
     """
     prompt: dict[str, Any] = {"prompt_token_ids": [int(t) for t in item.input_ids.tolist()]}
     if item.images:
@@ -160,9 +150,8 @@ def chosen_logprobs(token_ids: Sequence[int], position_logprobs: Sequence[Any] |
     if position_logprobs is None:
         return None
     if len(position_logprobs) != len(token_ids):
-        raise VgymError(
-            f"vLLM gave log-probs for {len(position_logprobs)} positions but {len(token_ids)} tokens"
-        )
+        raise VgymError(f"vLLM gave log-probs for {len(position_logprobs)} positions but {len(token_ids)} "
+                        "tokens")
     out = []
     for i, (token, candidates) in enumerate(zip(token_ids, position_logprobs)):
         entry = candidates.get(token) if candidates is not None else None
@@ -211,9 +200,9 @@ class VLLMPolicy:
 
     def __init__(self, config: VLLMPolicyConfig, *, engine: Any = None) -> None:
         """Args:
-        config: engine and sampling settings. engine: an already built ``vllm.LLM`` for ``config.model`` (e.g.
-        shared with an evaluator); None builds
-            one from the config.
+        config: engine and sampling settings.
+        engine: an already built ``vllm.LLM`` for ``config.model`` (e.g. shared with an evaluator); None
+            builds one from the config.
 
         Raises:
             ImportError: when ``engine`` is None and vLLM is not installed (the message says how to install
@@ -235,19 +224,26 @@ class VLLMPolicy:
         self.tokenizer = engine.get_tokenizer()
         self.rng = np.random.default_rng(config.seed)
         self.eos_ids = frozenset(config.stop_token_ids) | _default_eos_ids(config.model, self.tokenizer)
-        vocab = self.tokenizer.get_vocab()
-        suppressed = (
-            [vocab[t] for t in _PLACEHOLDER_TOKENS if t in vocab] if config.suppress_placeholders else []
-        )
+        # the vision placeholders, never sampled (as in HFPolicy)
+        suppressed = vision_placeholder_ids(self.tokenizer) if config.suppress_placeholders else []
         self.logit_bias = {token: _SUPPRESS_BIAS for token in suppressed}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampling state (:class:`~vgym.policies.base.StatefulPolicy`): ``{"rng": ...}``, the state of
+        the generator each request's vLLM seed is drawn from."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`: the next :meth:`act` draws the seeds it would have drawn after the
+        save."""
+        self.rng.bit_generator.state = state["rng"]
 
     def act(self, batch: Sequence[PolicyInput]) -> list[PolicyOutput]:
         """Generate one turn for every episode in ``batch`` in one ``LLM.generate`` call.
 
         Returns:
             Outputs in batch order whose ``token_ids`` end with an end-of-turn id unless ``max_new_tokens``
-                was
-            hit, with one behaviour log-prob per id.
+            was hit, with one behaviour log-prob per id.
 
         Raises:
             ImportError: if vLLM is not installed.
@@ -299,9 +295,8 @@ def _default_eos_ids(model: str, tokenizer: Any) -> frozenset[int]:
         from transformers import GenerationConfig
 
         eos = GenerationConfig.from_pretrained(model).eos_token_id
-    # no generation_config.json (or no network for a hub id): the tokenizer's only
     except (OSError, ValueError):
-        eos = None
+        eos = None  # no generation_config.json (or no network for a hub id): the tokenizer's only
     if eos is not None:
         ids |= {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
     return frozenset(ids)

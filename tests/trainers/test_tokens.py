@@ -1,4 +1,4 @@
-"""Tests of trainers/losses.py on small tensors whose expected values are worked out by hand."""
+"""Tests of trainers/tokens.py on small tensors whose expected values are worked out by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vgym.trainers.losses import masked_mean, sft_loss, token_logprobs
+from vgym.trainers.tokens import check_shapes, entropy_from_logits, masked_mean, sft_loss, token_logprobs
 
 
 def test_token_logprobs_by_hand() -> None:
@@ -26,7 +26,8 @@ def test_token_logprobs_by_hand() -> None:
 
 def test_token_logprobs_upcasts_half_precision() -> None:
     """bfloat16 logits give float32 log-probs (the softmax runs in float32)."""
-    logits = torch.zeros(2, 4, 5, dtype=torch.bfloat16)  # uniform over V = 5 -> every entry after 0 is log(1/5)
+    # uniform over V = 5 -> every entry after 0 is log(1/5)
+    logits = torch.zeros(2, 4, 5, dtype=torch.bfloat16)
     out = token_logprobs(logits, torch.zeros(2, 4, dtype=torch.long))
     assert out.dtype == torch.float32
     torch.testing.assert_close(out[:, 1:], torch.full((2, 3), math.log(0.2)))
@@ -62,3 +63,22 @@ def test_sft_loss_is_masked_nll() -> None:
     assert metrics["loss/sft"] == pytest.approx(expected, rel=1e-6)
     assert metrics["sft/tokens"] == 3.0
     assert metrics["sft/mean_token_prob"] == pytest.approx(0.85 / 3, rel=1e-6)
+
+
+def test_entropy_from_logits_by_hand() -> None:
+    """Entry t is the entropy of softmax(logits[t-1]): uniform over V = 4 -> ln 4; probabilities [.75, .25,
+    0-ish] -> -(.75 ln .75 + .25 ln .25) = 0.5623; entry 0 has no prefix (0); bfloat16 input gives float32."""
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [math.log(3.0), 0.0, -1e4, -1e4], [9.0, 9.0, 9.0, 9.0]]])
+    ent = entropy_from_logits(logits.to(torch.bfloat16))
+    assert ent.dtype == torch.float32
+    expected = torch.tensor([[0.0, math.log(4), 0.5623]])
+    torch.testing.assert_close(ent, expected, rtol=1e-2, atol=1e-3)  # bf16 ln 3
+    torch.testing.assert_close(entropy_from_logits(logits), torch.tensor([[0.0, math.log(4), 0.562335]]))
+
+
+def test_check_shapes_names_every_shape() -> None:
+    check_shapes({"a": torch.zeros(2, 3), "b": torch.ones(2, 3)})  # one (B, T) shape: fine
+    with pytest.raises(ValueError, match=r"\{'a': \(2, 3\), 'b': \(2, 4\)\}"):
+        check_shapes({"a": torch.zeros(2, 3), "b": torch.zeros(2, 4)})
+    with pytest.raises(ValueError, match=r"one shape \(B, T\)"):
+        check_shapes({"a": torch.zeros(6)})
