@@ -17,6 +17,7 @@ is imported on first use; its registration line then replaces the lazy entry.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -116,10 +117,21 @@ class Task(ABC):
     def __init__(self, config: Any = None) -> None:
         """Args:
         config: an instance of ``config_cls``, a mapping of its fields, or None for defaults.
+
+        Raises:
+            InvalidConfigError: for a mapping with a key that is not a field (naming the closest field and
+                listing them all), or a value the config refuses.
         """
         if config is None:
             config = self.config_cls()
         elif isinstance(config, Mapping):
+            fields = [f.name for f in dataclasses.fields(self.config_cls) if f.init]
+            for key in config:
+                if key not in fields:
+                    close = difflib.get_close_matches(str(key), fields, n=1)
+                    hint = f" Did you mean {close[0]!r}?" if close else ""
+                    raise InvalidConfigError(f"{self.name} has no config field {key!r}.{hint} Its fields: "
+                                             f"{', '.join(fields)}")
             config = self.config_cls(**config)
         elif not isinstance(config, self.config_cls):
             raise InvalidConfigError(

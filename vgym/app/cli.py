@@ -1,12 +1,21 @@
 """The ``vgym`` command line: ``list``, ``demo``, ``quickstart``, ``diagnose``, ``sft``, ``train``, ``view``,
 ``eval``, ``compare``.
 
-Contents: :data:`app` (a typer app). Progress bars and printing live here, never in library modules.
+Contents: :data:`app` (a typer app), :func:`main` (the ``vgym`` console script). Progress bars and printing
+live here, never in library modules.
+
+Every command also takes ``--import MODULE`` (repeatable: a module or ``.py`` file whose tasks and tools
+register before the command runs; installed packages' ``vgym.plugins`` entry points load too, see
+:mod:`vgym.app.options`) and ``--debug``. A user's mistake — any :class:`~vgym.errors.VgymError`: an unknown
+name, a bad config value, a missing file — prints one line on stderr and exits with status 2; a traceback is
+shown only for a bug, or for every error with ``--debug``.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,14 +23,35 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="vgym: VLMs that reason with visual tools."
-)
+from vgym.app.options import load_plugins, parse_task_config, parse_tools
+from vgym.errors import InvalidConfigError, VgymError
+
+EPILOG = ("Every command also takes --import MODULE (repeatable; a module or .py file registering your tasks "
+          "and tools) and --debug (full tracebacks).")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, epilog=EPILOG,
+                  pretty_exceptions_enable=False, help="vgym: VLMs that reason with visual tools.")
 console = Console()
+errors = Console(stderr=True)
+
+TaskConfigOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--task-config",
+        help="task config field as KEY=VALUE (YAML value), e.g. root=/data/vstar or difficulty=2; repeatable",
+    ),
+]
+TaskConfigFileOpt = Annotated[
+    Path | None, typer.Option("--task-config-file", help="YAML/JSON mapping of task config fields")
+]
+ToolsOpt = Annotated[
+    str, typer.Option(help="default (the task's), off, or comma-separated tool names, e.g. crop,flip")
+]
 
 
-@app.command("list")
+@app.command("list", epilog=EPILOG)
 def list_cmd() -> None:
     """Show the registered environments (gymnasium ids) and tools."""
     import gymnasium
@@ -50,56 +80,86 @@ def list_cmd() -> None:
     console.print(f"{len(ids)} environment(s), {len(vgym.TOOLS)} tool(s)")
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 def demo(
     env_id: Annotated[
-        str, typer.Argument(help="gymnasium id, e.g. vgym/VisualSearch-v0")
+        str, typer.Argument(help="gymnasium id (vgym/VisualSearch-v0) or task name (visual_search)")
     ] = "vgym/VisualSearch-v0",
     seed: Annotated[int, typer.Option(help="reset seed (picks the sample)")] = 0,
     split: Annotated[str, typer.Option(help="train, val or test")] = "train",
+    tools: ToolsOpt = "default",
+    task_config: TaskConfigOpt = None,
+    task_config_file: TaskConfigFileOpt = None,
 ) -> None:
     """Play one episode with the scripted oracle and print every turn."""
-    import gymnasium
-
     import torch
 
-    import vgym  # noqa: F401  (registers the envs)
+    from vgym.env import VisualToolEnv
     from vgym.policies.base import PolicyInput, ground_truth
     from vgym.policies.oracle import OraclePolicy
 
+    env = VisualToolEnv(
+        _task_name(env_id),
+        task_config=parse_task_config(task_config or (), task_config_file),
+        tools=parse_tools(tools),
+    )
     try:
-        env = gymnasium.make(env_id)
-    except gymnasium.error.Error as exc:
-        console.print(f"[red]{exc}[/] (see `vgym list`)")
-        raise typer.Exit(code=2) from None
-    inner = env.unwrapped
-    obs, info = env.reset(seed=seed, options={"split": split})
-    console.rule(f"{env_id} · {info['sample_id']}")
-    console.print(f"[bold]question[/] {inner.sample.question}")
-    console.print(f"[bold]images[/] {[im.shape[:2] for im in obs['images']]} (shown to the model)")
-    oracle = OraclePolicy()
-    done, turn, reward = False, 0, 0.0
-    while not done:
-        item = PolicyInput(torch.zeros(0, dtype=torch.long), None, None, [], turn, inner.tools_enabled,
-                           episode_id=inner.sample.id, task_name=inner.task.name,
-                           answer_choices=inner.task.answer_choices(),
-                           ground_truth=ground_truth(inner.task, inner.sample, inner.tools_enabled))
-        action = oracle.act([item])[0].text
-        console.print(f"[bold cyan]model[/] {action}")
-        obs, reward, terminated, truncated, info = env.step(action)
-        for call in info["tool_calls"]:
-            sizes = [im.shape[:2] for im in obs["images"]]
-            status = "ok" if call["ok"] else f"error: {call['error']}"
-            console.print(f"[bold green]tool[/] {call['name']} {status}; result images {sizes}; "
-                          f"{call['latency_s'] * 1000:.1f} ms")
-        done = terminated or truncated
-        turn += 1
-    console.print(f"[bold]answer[/] {info['answer']!r} (gold {inner.sample.answer!r})")
-    console.print(f"[bold]reward[/] {float(reward):.3f} parts {info['reward_parts']}")
-    env.close()
+        obs, info = env.reset(seed=seed, options={"split": split})
+        console.rule(f"{env_id} · {info['sample_id']}", characters="-")
+        console.print(_styled("question", env.sample.question))
+        console.print(_styled("images", f"{[im.shape[:2] for im in obs['images']]} (shown to the model)"))
+        oracle = OraclePolicy()
+        done, turn, reward = False, 0, 0.0
+        while not done:
+            item = PolicyInput(torch.zeros(0, dtype=torch.long), None, None, [], turn, env.tools_enabled,
+                               episode_id=env.sample.id, task_name=env.task.name,
+                               answer_choices=env.task.answer_choices(),
+                               ground_truth=ground_truth(env.task, env.sample, env.tools_enabled))
+            action = oracle.act([item])[0].text
+            console.print(_styled("model", action, "bold cyan"))
+            obs, reward, terminated, truncated, info = env.step(action)
+            for call in info["tool_calls"]:
+                sizes = [im.shape[:2] for im in obs["images"]]
+                status = "ok" if call["ok"] else f"error: {call['error']}"
+                console.print(_styled("tool", f"{call['name']} {status}; result images {sizes}; "
+                                              f"{call['latency_s'] * 1000:.1f} ms", "bold green"))
+            done = terminated or truncated
+            turn += 1
+        console.print(_styled("answer", f"{info['answer']!r} (gold {env.sample.answer!r})"))
+        console.print(_styled("reward", f"{float(reward):.3f} parts {info['reward_parts']}"))
+    finally:
+        env.close()
 
 
-@app.command()
+def _styled(label: str, text: str, style: str = "bold") -> Text:
+    """``label text`` with the label styled and the text shown as it is (a model's ``[...]`` is not
+    markup)."""
+    return Text.assemble((label, style), " ", text)
+
+
+def _task_name(name: str) -> str:
+    """The task registry name of a gymnasium id (``vgym/VisualSearch-v0``) or of a task name itself.
+
+    Raises:
+        UnknownNameError: for an id or name that is not registered (with the closest registered one).
+    """
+    from vgym.task import TASKS, env_id
+
+    if "/" not in name:
+        TASKS.get(name)  # raises with the registered names and the closest match
+        return name
+    by_id = {env_id(TASKS.get(n)): n for n in TASKS.names()}
+    if name not in by_id:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(by_id), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise InvalidConfigError(f"unknown environment id {name!r}.{hint} `vgym list` shows them all (your "
+                                 "own tasks need --import MODULE)")
+    return by_id[name]
+
+
+@app.command(epilog=EPILOG)
 def quickstart(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/quickstart"),
     train_episodes: Annotated[int, typer.Option(help="oracle trajectories per arm")] = 768,
@@ -160,16 +220,30 @@ def print_quickstart_results(result: dict[str, Any], eval_episodes: int) -> None
                   f"run folder {result['out']} (results.json, curves.png, */eval_test*.jsonl, images/)")
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 def diagnose(
+    task: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="task name or gymnasium id; repeatable (default: every procedural task at each difficulty)"
+        ),
+    ] = None,
     episodes: Annotated[int, typer.Option(help="episodes per task and difficulty")] = 50,
     seed: Annotated[int, typer.Option(help="data seed")] = 0,
+    tools: ToolsOpt = "default",
+    task_config: TaskConfigOpt = None,
+    task_config_file: TaskConfigFileOpt = None,
 ) -> None:
     """Oracle success, tool necessity (tools off / decoy) and answer-prior baselines for every task and
     difficulty."""
     from vgym.eval.diagnose import diagnose_all
 
-    rows = diagnose_all(episodes=episodes, seed=seed)
+    if episodes < 1:
+        raise InvalidConfigError(f"--episodes must be at least 1, got {episodes}")
+    names = [_task_name(t) for t in task] if task else None
+    config = parse_task_config(task_config or (), task_config_file)
+    rows = diagnose_all(episodes=episodes, seed=seed, names=names, task_config=config or None,
+                        tools=parse_tools(tools))
     table = Table(title=f"task diagnostics ({episodes} test episodes each; accuracy unless marked reward)")
     for col in ("env id", "diff", "oracle reward", "calls", "needs", "witnessed", "off bound", "off acc",
                 "decoy acc", "maj acc", "rand acc", "maj rate"):
@@ -196,7 +270,7 @@ def diagnose(
     console.print(table)
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 def sft(
     model: Annotated[
         Path, typer.Option(help="local checkpoint folder (e.g. Qwen2-VL-2B-Instruct); never downloaded")
@@ -263,7 +337,7 @@ def sft(
     )
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 def train(
     config: Annotated[Path, typer.Option(help="a YAML recipe, e.g. configs/quickstart_cpu.yaml")],
     out: Annotated[Path | None, typer.Option(help="run folder (overrides the recipe's)")] = None,
@@ -297,7 +371,7 @@ def train(
     )
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 def view(
     run: Annotated[Path, typer.Argument(help="run folder; every trajectory *.jsonl under it is shown")],
     out: Annotated[Path | None, typer.Option(help="page to write (default <run>/view.html)")] = None,
@@ -316,7 +390,7 @@ def view(
     print(page)  # plain print: the path alone, not wrapped by rich, so scripts can use it
 
 
-@app.command("eval")
+@app.command("eval", epilog=EPILOG)
 def eval_cmd(
     policy: Annotated[str, typer.Option(help="oracle | random | hf:DIR | vllm:DIR | openai:URL[#model]")],
     suite: Annotated[
@@ -369,7 +443,7 @@ def eval_cmd(
         print(path)
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 def compare(
     run_a: Annotated[Path, typer.Argument(help="baseline run folder (with report.json)")],
     run_b: Annotated[Path, typer.Argument(help="run folder compared against it")],
@@ -418,5 +492,53 @@ class _progress_bars:
         self.bars.__exit__(*exc)  # type: ignore[arg-type]
 
 
+def _split_global(args: Sequence[str]) -> tuple[list[str], bool, list[str]]:
+    """``--import MODULE`` (or ``--import=MODULE``) and ``--debug`` taken from anywhere before a ``--``;
+    returns (modules, debug, the other arguments in order)."""
+    modules, debug, rest, i = [], False, [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        if arg == "--import":
+            if i + 1 >= len(args):
+                raise InvalidConfigError("--import needs a module name or a .py path")
+            modules.append(args[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--import="):
+            modules.append(arg.split("=", 1)[1])
+        elif arg == "--debug":
+            debug = True
+        else:
+            rest.append(arg)
+        i += 1
+    return modules, debug, rest
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``vgym`` console script: plugins first, then the command.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Raises:
+        SystemExit: always — 0 on success, 2 for a user's mistake (one line on stderr), click's own codes for
+            usage errors; any other exception (a bug) propagates with its traceback.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        modules, debug, rest = _split_global(args)
+        load_plugins(modules)
+        app(args=rest, prog_name="vgym")
+    except VgymError as exc:
+        if debug:
+            raise
+        errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

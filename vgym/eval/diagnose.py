@@ -27,12 +27,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from vgym.env import VisualToolEnv
+from vgym.errors import InvalidConfigError
 from vgym.policies.base import Policy, PolicyInput, PolicyOutput
 from vgym.policies.oracle import OraclePolicy
 from vgym.protocol import HermesProtocol
@@ -144,16 +146,34 @@ def _play(name: str, task_config: dict | None, seed: int, tools: tuple[str, ...]
     return [(t.reward, t.num_tool_calls, float(t.reward_parts.get("accuracy", 0.0))) for t in trajs]
 
 
-def diagnose_task(name: str, difficulty: int | None, *, episodes: int = 50, seed: int = 0) -> DiagnosticRow:
-    """Measure one task at one difficulty (None: the task's default config)."""
+def diagnose_task(name: str, difficulty: int | None, *, episodes: int = 50, seed: int = 0,
+                  task_config: Mapping[str, Any] | None = None,
+                  tools: tuple[str, ...] | None = None) -> DiagnosticRow:
+    """Measure one task at one difficulty.
+
+    Args:
+        name: the task's registry name.
+        difficulty: the level (set in the task config), or None for the config as given.
+        episodes: test episodes (at least 1).
+        seed: the data seed.
+        task_config: other task config fields (e.g. a dataset's ``root``), or None.
+        tools: the tools the oracle is offered; None: the task's default tools (``()``: none).
+
+    Raises:
+        InvalidConfigError: for ``episodes < 1`` or a bad task config (an unknown field names the closest
+            one).
+    """
+    if episodes < 1:
+        raise InvalidConfigError(f"episodes must be at least 1, got {episodes}")
     cls = TASKS.get(name)
-    task_config = None if difficulty is None else {"difficulty": difficulty}
+    merged = dict(task_config or {}, **({} if difficulty is None else {"difficulty": difficulty}))
+    task_config = merged or None
     task: Task = cls(task_config)
-    results = _play(name, task_config, seed, None, OraclePolicy(), episodes)
+    results = _play(name, task_config, seed, tools, OraclePolicy(), episodes)
     test = [task.sample("test", i, seed) for i in range(episodes)]
     row = DiagnosticRow(
         env_id=env_id(cls),
-        difficulty=difficulty,
+        difficulty=merged.get("difficulty", difficulty),
         oracle_reward=float(np.mean([r[0] for r in results])),
         oracle_tool_calls=float(np.mean([r[1] for r in results])),
         majority_accuracy=float("nan"),
@@ -196,11 +216,12 @@ def _necessity(
     row.decoy_tool_calls = float(np.mean([c for _, c, _ in decoy]))
 
 
-def diagnose_all(
-    *, episodes: int = 50, seed: int = 0, names: Sequence[str] | None = None
-) -> list[DiagnosticRow]:
-    """:func:`diagnose_task` for every procedural task (or ``names``) at each difficulty its config
-    accepts."""
+def diagnose_all(*, episodes: int = 50, seed: int = 0, names: Sequence[str] | None = None,
+                 task_config: Mapping[str, Any] | None = None,
+                 tools: tuple[str, ...] | None = None) -> list[DiagnosticRow]:
+    """:func:`diagnose_task` for every procedural task (or ``names``) at each difficulty its config accepts
+    (only the given one when ``task_config`` sets ``difficulty``); ``task_config`` and ``tools`` apply to each
+    task."""
     rows = []
     for name in names or TASKS.names():
         cls = TASKS.get(name)
@@ -208,13 +229,16 @@ def diagnose_all(
             continue
         fields = {f.name for f in dataclasses.fields(cls.config_cls)}
         levels: list[int | None] = [None]
-        if "difficulty" in fields:
+        if "difficulty" in fields and "difficulty" not in (task_config or {}):
             levels = []
             for level in (0, 1, 2):
                 try:
-                    cls.config_cls(difficulty=level)
+                    cls.config_cls(**{**(task_config or {}), "difficulty": level})
                 except Exception:  # a level the config rejects is simply not offered
                     continue
                 levels.append(level)
-        rows.extend(diagnose_task(name, level, episodes=episodes, seed=seed) for level in levels)
+        rows.extend(
+            diagnose_task(name, level, episodes=episodes, seed=seed, task_config=task_config, tools=tools)
+            for level in levels
+        )
     return rows
