@@ -1,11 +1,13 @@
 """Crop-and-zoom: the model looks closer at a box of an episode image.
 
-Contents: :func:`crop`, :func:`parse_box`.
+Contents: :func:`crop`, :func:`parse_box`, :func:`clip_note`.
 
 The crop is pixel-exact on the full-resolution image (``image[y1:y2, x1:x2]``); the env then shows it zoomed
-to the image budget. Boxes are ``[x1, y1, x2, y2]`` in pixels of the addressed image, x2/y2 exclusive; a box
-partly outside the image is clipped, one entirely outside, empty, inverted or non-finite is a
-:class:`ToolError`.
+to the image budget. Boxes are ``[x1, y1, x2, y2]`` in pixels of the addressed image, x2/y2 exclusive. A box
+that reaches outside the image on any side — negative coordinates or past the width/height alike — is clipped
+to the image and the tool's text says so (:func:`clip_note`); one entirely outside, empty, inverted or
+non-finite is a :class:`ToolError`. The box tools (crop, depth, segment, ocr) share these rules; ``measure``
+refuses out-of-frame coordinates instead, since clipping would change what it measures.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from vgym.errors import ToolError
 from vgym.tooling import TOOLS, Tool, ToolContext, ToolResult
 
-__all__ = ["crop", "parse_box"]
+__all__ = ["crop", "parse_box", "clip_note"]
 
 
 def parse_box(box: Sequence[object], width: int, height: int) -> tuple[int, int, int, int]:
@@ -51,6 +53,14 @@ def parse_box(box: Sequence[object], width: int, height: int) -> tuple[int, int,
     return ix1, iy1, ix2, iy2
 
 
+def clip_note(box: Sequence[object], width: int, height: int) -> str:
+    """``" (clipped to the 640x480 image)"`` when a valid ``box`` (see :func:`parse_box`) reaches outside a
+    ``width`` × ``height`` image on any side, else ``""``."""
+    x1, y1, x2, y2 = (float(v) for v in box)  # type: ignore[arg-type]
+    inside = x1 >= 0 and y1 >= 0 and x2 <= width and y2 <= height
+    return "" if inside else f" (clipped to the {width}x{height} image)"
+
+
 def crop(ctx: ToolContext, box: list[float], image_index: int = 0) -> ToolResult:
     """Crop a region of an image and zoom in on it.
 
@@ -65,7 +75,8 @@ def crop(ctx: ToolContext, box: list[float], image_index: int = 0) -> ToolResult
     image = ctx.images[image_index]
     x1, y1, x2, y2 = parse_box(box, image.shape[1], image.shape[0])
     region = np.ascontiguousarray(image[y1:y2, x1:x2])
-    return ToolResult(text=f"crop of image {image_index} at [{x1}, {y1}, {x2}, {y2}]", images=[region])
+    note = clip_note(box, image.shape[1], image.shape[0])
+    return ToolResult(text=f"crop of image {image_index} at [{x1}, {y1}, {x2}, {y2}]{note}", images=[region])
 
 
 TOOLS.register("crop", Tool(crop))

@@ -38,7 +38,7 @@ import numpy as np
 
 from vgym.errors import InvalidConfigError, ToolError
 from vgym.tooling import TOOLS, Backend, Tool, ToolContext, ToolResult
-from vgym.tools.crop import parse_box
+from vgym.tools.crop import clip_note, parse_box
 
 __all__ = ["depth", "stereo_disparity", "colorize_depth"]
 
@@ -89,6 +89,8 @@ class _Query:
 
     points: list[tuple[int, int]] | None
     box: tuple[int, int, int, int] | None
+    note: str = ""
+    """The box's :func:`~vgym.tools.crop.clip_note`."""
 
 
 def _parse_query(
@@ -112,7 +114,7 @@ def _parse_query(
     if points is not None and box is not None:
         raise ToolError("give either points or box, not both; call depth once for each.")
     if box is not None:
-        return image, _Query(None, parse_box(box, width, height))
+        return image, _Query(None, parse_box(box, width, height), clip_note(box, width, height))
     if points is None:
         return image, _Query(None, None)
     frame = f"image {image_index} is {width}x{height}, so x must be in [0, {width}) and y in [0, {height})"
@@ -200,7 +202,8 @@ def _report(
         good = region[np.isfinite(region)]
         median = _fmt(float(np.median(good)), metric) if good.size else "unknown (no pixel has a depth)"
         lines.append(
-            f"box [{x1}, {y1}, {x2}, {y2}]: median {median} over {good.size} of {region.size} pixels."
+            f"box [{x1}, {y1}, {x2}, {y2}]{query.note}: median {median} over {good.size} of {region.size} "
+            "pixels."
         )
         cv2.rectangle(shown, (x1, y1), (x2 - 1, y2 - 1), (255, 255, 255), thickness)
     return ToolResult(text="\n".join(lines), images=[shown])

@@ -20,7 +20,7 @@ import numpy as np
 
 from vgym.errors import ToolError
 from vgym.tooling import TOOLS, Backend, Tool, ToolContext, ToolResult
-from vgym.tools.crop import parse_box
+from vgym.tools.crop import clip_note, parse_box
 
 __all__ = ["segment", "parse_point", "describe_mask", "render_mask"]
 
@@ -104,8 +104,9 @@ def render_mask(
 
 def _prompt(
     ctx: ToolContext, image_index: int, box: list[float] | None, point: list[float] | None
-) -> tuple[np.ndarray, tuple[int, int, int, int] | None, tuple[int, int] | None]:
-    """The addressed image and the validated prompt (exactly one of box and point is not None)."""
+) -> tuple[np.ndarray, tuple[int, int, int, int] | None, tuple[int, int] | None, str]:
+    """The addressed image, the validated prompt (exactly one of box and point is not None) and the box's
+    :func:`~vgym.tools.crop.clip_note`."""
     if not 0 <= image_index < len(ctx.images):
         raise ToolError(
             f"image_index {image_index} does not exist; valid indices are 0..{len(ctx.images) - 1}."
@@ -118,8 +119,8 @@ def _prompt(
     image = ctx.images[image_index]
     h, w = image.shape[:2]
     if box is not None:
-        return image, parse_box(box, w, h), None
-    return image, None, parse_point(point, w, h)  # type: ignore[arg-type]
+        return image, parse_box(box, w, h), None, clip_note(box, w, h)
+    return image, None, parse_point(point, w, h), ""  # type: ignore[arg-type]
 
 
 def _result(
@@ -128,8 +129,9 @@ def _result(
     image_index: int,
     box: tuple[int, ...] | None,
     point: tuple[int, ...] | None,
+    note: str = "",
 ) -> ToolResult:
-    prompt = f"box {list(box)}" if box is not None else f"point {list(point)}"  # type: ignore[arg-type]
+    prompt = f"box {list(box)}{note}" if box is not None else f"point {list(point)}"  # type: ignore[arg-type]
     overlay, mask_rgb = render_mask(image, mask, box, point)
     text = (
         f"segment of image {image_index} from {prompt}: {describe_mask(mask)}. "
@@ -171,7 +173,7 @@ def _segment_oracle(
     Ties go to the first object; several masks holding the point (overlapping objects) go to the smallest. No
     overlapping object (or a point on background) gives an empty mask.
     """
-    image, pbox, ppoint = _prompt(ctx, image_index, box, point)
+    image, pbox, ppoint, note = _prompt(ctx, image_index, box, point)
     masks = ctx.arrays.get("masks")
     objects = ctx.metadata.get("objects")
     if masks is None or objects is None:
@@ -193,7 +195,7 @@ def _segment_oracle(
         holding = [i for i in range(len(objects)) if masks[i, y, x]]
         chosen = min(holding, key=lambda i: (int(masks[i].sum()), i)) if holding else None
     mask = masks[chosen].astype(bool) if chosen is not None else np.zeros(image.shape[:2], bool)
-    return _result(image, mask, image_index, pbox, ppoint)
+    return _result(image, mask, image_index, pbox, ppoint, note)
 
 
 # --- grabcut
@@ -213,7 +215,7 @@ def _segment_grabcut(
     prompt's neighbourhood shrunk to at most 32,768 pixels and dithered (see :func:`_grabcut`). OpenCV's
     k-means initialisation draws from its thread-local RNG, which is reseeded to 0 before each call.
     """
-    image, pbox, ppoint = _prompt(ctx, image_index, box, point)
+    image, pbox, ppoint, note = _prompt(ctx, image_index, box, point)
     h, w = image.shape[:2]
     mask = np.full((h, w), cv2.GC_BGD, np.uint8)
     if pbox is not None:
@@ -245,7 +247,7 @@ def _segment_grabcut(
     if ppoint is not None:
         _, labels = cv2.connectedComponents(fg.astype(np.uint8), connectivity=4)
         fg = (labels == labels[ppoint[1], ppoint[0]]) & fg
-    return _result(image, fg, image_index, pbox, ppoint)
+    return _result(image, fg, image_index, pbox, ppoint, note)
 
 
 def _grabcut(region: np.ndarray, prompt: np.ndarray) -> np.ndarray:
@@ -320,7 +322,7 @@ def _segment_hf(
     with the highest predicted IoU (a single point is ambiguous), a box for a single mask."""
     import torch
 
-    image, pbox, ppoint = _prompt(ctx, image_index, box, point)
+    image, pbox, ppoint, note = _prompt(ctx, image_index, box, point)
     if ctx.resource is None:
         raise ToolError("segment's hf backend has no model loaded; set option 'model' to a local SAM folder.")
     model, processor, device = ctx.resource
@@ -341,7 +343,7 @@ def _segment_hf(
     )
     candidates = masks[0][0]  # (num_masks, H, W) bool for the one image and its one prompt
     best = int(out.iou_scores[0, 0].argmax())
-    return _result(image, candidates[best].numpy().astype(bool), image_index, pbox, ppoint)
+    return _result(image, candidates[best].numpy().astype(bool), image_index, pbox, ppoint, note)
 
 
 TOOLS.register("segment", Tool(segment, backends={

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import vgym  # noqa: F401  (registers the crop tool and the envs)
 from vgym.errors import ToolError
 from vgym.tooling import TOOLS, ToolContext, fit_to_budget
-from vgym.tools.crop import parse_box
+from vgym.tools.crop import crop, parse_box
 
 H, W = 60, 80  # a non-square test image, so x/y mix-ups show
 IMAGE = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
@@ -78,6 +78,19 @@ def test_partly_outside_boxes_are_clipped(ctx: ToolContext, box: list[float], ex
     assert parse_box(box, W, H) == expected
     x1, y1, x2, y2 = expected
     assert np.array_equal(_crop(ctx, box=box), IMAGE[y1:y2, x1:x2])
+
+
+@pytest.mark.parametrize("box", [[-10, 0, 30, 30], [0, -0.5, 30, 30], [0, 0, 80.5, 30], [0, 0, 30, 1e308],
+                                 [-1e308, -1e308, 1e308, 1e308]],
+                         ids=["negative-x", "negative-y", "past-width", "past-height", "huge-both-ways"])
+def test_a_clipped_box_is_said_so_whichever_side_it_leaves(ctx: ToolContext, box: list[float]) -> None:
+    """Out of range is treated alike for either sign: clipped, and the text says so (not silently)."""
+    result = crop(ctx, box=box)
+    assert result.text.endswith(f"(clipped to the {W}x{H} image)"), result.text
+
+
+def test_a_box_inside_the_image_says_nothing_of_clipping(ctx: ToolContext) -> None:
+    assert crop(ctx, box=[0, 0, W, H]).text == f"crop of image 0 at [0, 0, {W}, {H}]"
 
 
 @pytest.mark.parametrize(

@@ -224,6 +224,15 @@ def test_grabcut_box_over_the_whole_image_keeps_the_border_as_background(scenes:
     assert not mask[0].any() and not mask[-1].any() and not mask[:, 0].any() and not mask[:, -1].any()
 
 
+def test_a_box_leaving_the_image_is_clipped_and_said_so(scenes: list) -> None:
+    image = scenes[0][0]
+    inside = SEGMENT(_ctx(image), {"box": [0, 0, 128, 96]}, backend="grabcut")
+    outside = SEGMENT(_ctx(image), {"box": [-40, -1e308, 1e308, 96]}, backend="grabcut")
+    assert "from box [0, 0, 128, 96]:" in inside.text
+    assert "from box [0, 0, 128, 96] (clipped to the 128x96 image):" in outside.text
+    assert np.array_equal(_mask_of(inside), _mask_of(outside))
+
+
 def test_grabcut_too_small_a_prompt_raises() -> None:
     image = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
     with pytest.raises(ToolError, match="at least 5 pixels of object and of background.*leaves 4 and 4796"):
