@@ -6,6 +6,7 @@ It runs in a subprocess, so registering the example's task leaves this process's
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -59,12 +60,15 @@ def test_every_python_block_parses_and_its_vgym_imports_exist() -> None:
 
 
 def test_the_use_it_from_python_block_runs_from_any_folder_and_earns_the_full_reward(tmp_path: Path) -> None:
-    """Run where a folder named ``vgym`` sits (a clone's parent folder): the installed package is imported, not
-    that folder as an empty namespace package (make setup's editable-finder .pth), and the answer is right."""
+    """Run where a folder named ``vgym`` sits (a clone's parent folder): the installed package is imported,
+    not that folder as an empty namespace package (make setup's editable-finder .pth), and the answer is
+    right."""
     section = README.read_text().split("## Use it from Python", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL).group(1)  # type: ignore[union-attr]
     (tmp_path / "vgym").mkdir()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1].startswith("1.0 {'accuracy': 1.0, 'format': 1.0, 'tool': 1.0")
 
@@ -86,3 +90,36 @@ def test_the_register_a_tool_block_registers_a_working_tool() -> None:
     out = subprocess.run([sys.executable, "-c", play], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "flipped 1"
+
+
+def _plugins(folder: Path) -> None:
+    """The README's OddDot task as ``odd_dot.py`` and its flip tool as ``flip_tool.py`` in ``folder``."""
+    text = README.read_text()
+    for heading, name in (("## Register a task", "odd_dot.py"), ("## Register a tool", "flip_tool.py")):
+        section = text.split(heading, 1)[1]
+        code = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL).group(1)  # type: ignore[union-attr]
+        (folder / name).write_text(code)
+
+
+def _vgym(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    """The ``vgym`` command line (its ``main``) run in ``folder``."""
+    return subprocess.run([sys.executable, "-m", "vgym.app.cli", *args], capture_output=True, text=True,
+                          timeout=600, cwd=folder, env={**os.environ, "COLUMNS": "200"})
+
+
+def test_the_readme_task_and_tool_plug_into_demo_and_diagnose(tmp_path: Path) -> None:
+    _plugins(tmp_path)
+    demo = _vgym(tmp_path, "demo", "odd_dot", "--import", "odd_dot", "--import", "flip_tool.py",
+                 "--tools", "crop,flip")
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    assert "tool crop ok" in demo.stdout and "reward 1.000" in demo.stdout
+    diagnose = _vgym(
+        tmp_path, "--import", "odd_dot", "diagnose", "--task", "vgym/OddDot-v0", "--episodes", "8"
+    )
+    assert diagnose.returncode == 0, diagnose.stderr[-2000:]
+    row = next(line for line in diagnose.stdout.splitlines() if "vgym/OddDot-v0" in line)
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    assert cells[2] == "1.000" and cells[3] == "1.00"  # oracle reward, one crop per episode
+    missing = _vgym(tmp_path, "demo", "odd_dot")
+    assert missing.returncode == 2 and missing.stderr.startswith("error: Unknown task 'odd_dot'")
+    assert "Traceback" not in missing.stderr
