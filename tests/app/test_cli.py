@@ -74,6 +74,10 @@ def test_a_failed_eval_start_leaves_the_folder_for_the_corrected_command(tmp_pat
     assert _main("eval", "--policy", "oracle", "--suite", "counting", "--difficulty", "0", "--n", "2",
                  "--out", out) == 0
     assert json.loads((tmp_path / "run" / "report.json").read_text())["overall"]["episodes"] == 2
+    capsys.readouterr()
+    assert _main("view", out) == 2  # the oracle passed every episode: no failure was saved, and view says so
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "saved no trajectory" in err and "--save-trajectories all" in err
 
 
 def test_eval_prints_a_table_and_vgym_view_shows_the_saved_trajectories(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -385,8 +385,8 @@ def view(
     logging.basicConfig(level=logging.WARNING)  # shows which *.jsonl files were skipped and why
     try:
         page = build_view(run, out)
-    except (FileNotFoundError, VgymError) as exc:
-        console.print(f"[red]{exc}[/]")
+    except (FileNotFoundError, VgymError) as exc:  # one line on stderr, exit 2, as main() prints a VgymError
+        errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     print(page)  # plain print: the path alone, not wrapped by rich, so scripts can use it
 
