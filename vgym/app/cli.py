@@ -474,8 +474,12 @@ def _eval_tools(spec: str) -> str | tuple[str, ...]:
 
 
 def print_eval_report(report: dict[str, Any]) -> None:
-    """The terminal summary of an eval report: the main columns (``report.md`` has them all, with a legend)
-    and the report's notes."""
+    """Print the terminal summary of an eval report: the main columns (``report.md`` has them all, with a
+    legend) and the report's notes.
+
+    Args:
+        report: a report of :func:`vgym.eval.reports.build_report`.
+    """
     from vgym.eval.tables import table_cells
 
     config = report["config"]

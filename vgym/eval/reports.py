@@ -133,8 +133,14 @@ class ReportNotFoundError(VgymError, FileNotFoundError):
 
 
 def could_not_run(record: dict[str, Any]) -> bool:
-    """Whether an ``episodes.jsonl`` line is an attempt that ended before the policy played (its sample's
-    media could not be loaded)."""
+    """Whether an attempt ended before the policy played (its sample's media could not be loaded).
+
+    Args:
+        record: an ``episodes.jsonl`` line.
+
+    Returns:
+        True when its ``truncated_reason`` starts with one of :data:`COULD_NOT_RUN`.
+    """
     return (record.get("truncated_reason") or "").startswith(COULD_NOT_RUN)
 
 
