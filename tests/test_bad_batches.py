@@ -206,12 +206,14 @@ def test_grpo_trains_on_the_good_samples_and_counts_the_bad(mixed_root: Path, ti
 
 
 def test_eval_scores_a_bad_sample_zero_and_the_rest_as_usual(mixed_root: Path, tmp_path: Path) -> None:
-    """``vgym eval`` with the oracle (the text-only path) over the 7 records: each bad one is a scored failure
-    naming its file, every good one scores 1."""
+    """``vgym eval`` with the oracle (the text-only path) over the 7 records: each bad one is recorded as a
+    failure naming its file, every good one scores 1. The report counts the bad ones as episodes that could
+    not run, apart from the scores (4 good of 4 scored); ``count_errors_as_failures`` scores them 0."""
     from vgym.eval.evaluate import EvalConfig, run_eval
 
-    report = run_eval(EvalConfig(policy="oracle", suite=("vgym_jsonl",), n=len(RECORDS),
-                                 task_config={"root": str(mixed_root)}), tmp_path / "run")
+    config = EvalConfig(policy="oracle", suite=("vgym_jsonl",), n=len(RECORDS),
+                        task_config={"root": str(mixed_root)})
+    report = run_eval(config, tmp_path / "run")
     lines = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
     assert sorted(line["index"] for line in lines) == list(range(len(RECORDS)))
     for line in lines:
@@ -220,4 +222,8 @@ def test_eval_scores_a_bad_sample_zero_and_the_rest_as_usual(mixed_root: Path, t
             assert line["accuracy"] == 0.0 and str(mixed_root / BAD_RECORDS[rid]) in line["truncated_reason"]
         else:
             assert line["accuracy"] == 1.0 and line["truncated_reason"] is None
-    assert report["overall"]["avg_at_k"] == pytest.approx(4 / 7)
+    assert report["overall"]["avg_at_k"] == 1.0 and report["overall"]["episodes"] == 4
+    assert report["overall"]["could_not_run"] == len(BAD_RECORDS) == 3
+    config.count_errors_as_failures = True  # an output-only field: the folder resumes, the report is rebuilt
+    counted = run_eval(config, tmp_path / "run")
+    assert counted["overall"]["avg_at_k"] == pytest.approx(4 / 7) and counted["overall"]["could_not_run"] == 3

@@ -176,7 +176,10 @@ class VisualToolEnv(gym.Env[dict, str]):
     ``info`` after ``reset``/``step`` holds ``messages`` (the new chat messages, images as
     ``{"type": "image"}`` items in the order of ``obs["images"]``), ``tool_calls`` (this step's
     :class:`ToolCallRecord` dicts), ``format_errors`` (episode total), ``num_turns`` and ``sample_id``; the
-    final step adds ``reward_parts`` and ``answer``.
+    final step (the episode is over) adds ``reward_parts``, ``answer`` (the model's, None when truncated),
+    ``question`` and ``gold`` (the sample's question and gold answer, for the records written after an
+    episode: trajectories, eval reports, the viewer; :func:`vgym.rollout.loop.rollout` never hands them to a
+    policy).
 
     >>> import gymnasium, vgym
     >>> env = gymnasium.make("vgym/VisualSearch-v0")
@@ -310,6 +313,7 @@ class VisualToolEnv(gym.Env[dict, str]):
             parts = composite_reward(0.0, False, self._tool_ok > 0, self.config.reward)
             info["reward_parts"], reward = parts.as_dict(), parts.total
             info["answer"] = None
+            info.update(self._facts())
         return obs, reward, False, truncated, info
 
     def _run_tool(self, name: str, arguments: dict[str, Any]) -> tuple[ToolCallRecord, str, list[np.ndarray]]:
@@ -366,7 +370,12 @@ class VisualToolEnv(gym.Env[dict, str]):
         parts = composite_reward(accuracy, self._format_errors == 0, self._tool_ok > 0, self.config.reward)
         info = self._info([], [])
         info["reward_parts"], info["answer"] = parts.as_dict(), answer
+        info.update(self._facts())
         return {"text": "", "images": ()}, parts.total, True, False, info
+
+    def _facts(self) -> dict[str, Any]:
+        """What the final step's ``info`` tells the episode's records: the question and the gold answer."""
+        return {"question": self.sample.question, "gold": self.sample.answer}  # type: ignore[union-attr]
 
     def _info(self, messages: list[dict[str, Any]], records: list[ToolCallRecord]) -> dict[str, Any]:
         return {

@@ -224,3 +224,136 @@ def test_hf_policy_smoke(tiny_dir: Path, tmp_path: Path) -> None:
     assert m["attempts"] == 2
     assert m["tokens"] is not None and m["policy_tokens"] is not None and 0 < m["policy_tokens"] < m["tokens"]
     assert 0.0 <= m["avg_at_k"] <= 1.0
+
+
+# --- starting a run: names, configs, the folder
+# ----------------------------------------------------------------------------------
+
+
+def _dataset(root: Path, records: int) -> Path:
+    """A vgym JSONL dataset of ``records`` test records (one noise image each, exact answers)."""
+    import cv2
+    from dataset_helpers import noise, record_line, write_jsonl
+
+    root.mkdir(parents=True)
+    cv2.imwrite(str(root / "a.png"), noise(32, 40))
+    write_jsonl(root / "data.jsonl", [record_line(id=f"r{i}", answer=f"gold{i}") for i in range(records)])
+    return root
+
+
+@pytest.mark.parametrize(("name", "kind", "suggested"), [
+    ("spatail", "suite", "spatial"),  # a misspelt suite suggests the suite, not one of its tasks
+    ("spatial2d", "task", "spatial_2d"),
+    ("visul", "suite", "visual"),
+    ("countng", "task", "counting"),
+])
+def test_an_unknown_suite_name_suggests_the_closest_suite_or_task(name: str, kind: str,
+                                                                  suggested: str) -> None:
+    with pytest.raises(UnknownNameError, match=rf"Did you mean the {kind} '{suggested}'\?"):
+        EvalConfig(policy="oracle", suite=(name,)).entries()
+
+
+def test_a_failed_start_leaves_the_folder_free_for_the_corrected_command(tmp_path: Path) -> None:
+    """A typo in the suite, a missing hf: folder or a missing dataset root writes nothing that would make the
+    corrected command refuse the folder."""
+    out = tmp_path / "run"
+    good = dict(policy="oracle", suite=("counting",), n=2, difficulties=(0,))
+    with pytest.raises(UnknownNameError, match="spatial"):
+        run_eval(EvalConfig(policy="oracle", suite=("spatail",), n=2), out)
+    with pytest.raises(InvalidConfigError, match="no checkpoint directory"):
+        run_eval(EvalConfig(**{**good, "policy": f"hf:{tmp_path / 'missing'}"}), out)
+    with pytest.raises(InvalidConfigError, match="is not a folder"):
+        run_eval(EvalConfig(policy="oracle", suite=("vgym_jsonl",), n=2,
+                            task_config={"root": str(tmp_path / "nowhere")}), out)
+    assert not (out / "config.json").exists()
+    report = run_eval(EvalConfig(**good), out)
+    assert report["overall"]["episodes"] == 2
+    # a config.json without a scored episode (as an older vgym left after a failed start) is taken over too
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps({"policy": "random", "suite": ["spatail"]}))
+    assert run_eval(EvalConfig(**good), tmp_path / "old")["config"]["policy"] == "oracle"
+
+
+def test_a_task_config_key_the_task_lacks_is_an_error_naming_the_closest_field(tmp_path: Path) -> None:
+    with pytest.raises(InvalidConfigError, match=r"counting has no config field 'difficuly'\. Did you mean "
+                                                 r"'difficulty'\?"):
+        EvalConfig(policy="oracle", suite=("counting",), task_config={"difficuly": 1}).entries()
+    with pytest.raises(InvalidConfigError, match="no config field 'clip_dir'"):  # counting has no clips
+        EvalConfig(policy="oracle", suite=("counting",), task_config={"clip_dir": str(tmp_path)}).entries()
+    # several tasks: a misspelling of a field of one of them is an error too
+    with pytest.raises(InvalidConfigError, match="Did you mean 'clip_dir'"):
+        EvalConfig(policy="oracle", suite=("video",), task_config={"clipdir": str(tmp_path)}).entries()
+    # a difficulty in the task config is the level of the tasks that have one
+    (entry,) = EvalConfig(policy="oracle", suite=("counting",), task_config={"difficulty": 2}).entries()
+    assert entry.difficulties == (2,) and entry.task_config == {}
+    with pytest.raises(InvalidConfigError, match="difficulty once"):
+        EvalConfig(policy="oracle", suite=("counting",), difficulties=(1,),
+                   task_config={"difficulty": 2}).entries()
+
+
+class _InfoThenAnswer:
+    """Calls ``image_info`` (turn 0), then answers "0": a call only an env offering that tool honours."""
+
+    def act(self, batch: list[PolicyInput]) -> list[PolicyOutput]:
+        p = HermesProtocol()
+        return [PolicyOutput(p.format_tool_call("image_info", {}) if item.turn == 0 else p.format_answer("0"))
+                for item in batch]
+
+
+def test_tools_by_name_replace_the_tasks_tools(tmp_path: Path) -> None:
+    # visual_search offers crop; image_info only when named
+    maker = PolicyMaker(lambda seed: _InfoThenAnswer())
+    base = dict(policy="scripted", suite=("visual_search",), n=2, difficulties=(0,))
+    named = EvalConfig(**base, tools=["image_info", "crop"])
+    assert named.tools == ("image_info", "crop") and named.env_tools == ("image_info", "crop")
+    ok = {}
+    for name, cfg in (("default", EvalConfig(**base)), ("named", named)):
+        run_eval(cfg, tmp_path / name, policy=maker)
+        lines = [json.loads(line) for line in (tmp_path / name / "episodes.jsonl").read_text().splitlines()]
+        ok[name] = [(r["calls"], r["ok_calls"]) for r in lines]
+    assert ok == {"default": [(1, 0), (1, 0)], "named": [(1, 1), (1, 1)]}
+    with pytest.raises(UnknownNameError, match="Did you mean 'crop'"):
+        EvalConfig(policy="oracle", tools=("crp",))
+    with pytest.raises(InvalidConfigError, match="tools='off'"):
+        EvalConfig(policy="oracle", tools=())
+
+
+@pytest.mark.parametrize("mode", ["all", "none"])
+def test_save_trajectories_all_or_none(mode: str, tmp_path: Path) -> None:
+    run_eval(EvalConfig(policy="random", suite=("visual_search",), n=4, difficulties=(0,),
+                        save_trajectories=mode), tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    if mode == "none":
+        assert all(r["trajectory"] is None for r in records) and not (tmp_path / "failures").exists()
+        return
+    assert all(r["trajectory"].startswith("trajectories/") for r in records)  # every episode, passed or not
+    for r in records:
+        saved = json.loads((tmp_path / r["trajectory"]).read_text())
+        assert saved["sample_id"] == r["sample_id"] and saved["gold_answer"] == r["gold"] is not None
+        assert saved["question"] == r["question"] is not None
+
+
+def test_episode_lines_and_failures_carry_the_question_and_the_gold_answer(tmp_path: Path) -> None:
+    report = run_eval(EvalConfig(policy="random", suite=("visual_search",), n=6, difficulties=(0,)), tmp_path)
+    task = TASKS.get("visual_search")({"difficulty": 0})
+    for line in (tmp_path / "episodes.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        sample = task.sample("test", r["index"], 0)
+        assert (r["question"], r["gold"]) == (sample.question, sample.answer)
+    (group,) = report["groups"]
+    assert group["failures"] and all(f["gold"] and f["question"] and f["answer"] != f["gold"]
+                                     for f in group["failures"])
+
+
+def test_a_dataset_smaller_than_n_uses_each_record_once_and_says_so(tmp_path: Path) -> None:
+    root = _dataset(tmp_path / "data", 3)
+    cfg = EvalConfig(policy="oracle", suite=("vgym_jsonl",), n=10, task_config={"root": str(root)})
+    report = run_eval(cfg, tmp_path / "run")
+    lines = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in lines) == [0, 1, 2]  # no record played twice
+    assert sorted(r["gold"] for r in lines) == ["gold0", "gold1", "gold2"]
+    (group,) = report["groups"]
+    assert group["split_records"] == 3 and group["metrics"]["episodes"] == 3
+    assert report["overall"]["avg_at_k_ci"] is None  # 3 episodes: too few for an interval
+    assert any("holds 3 records, fewer than n=10" in note for note in report["notes"])
+    assert report["incomplete_episodes"] == 0  # not a stopped run

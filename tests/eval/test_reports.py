@@ -13,15 +13,9 @@ import pytest
 
 from vgym.errors import InvalidConfigError
 from vgym.eval.evaluate import EvalConfig, run_eval
-from vgym.eval.reports import (
-    METRIC_KEYS,
-    SCHEMA_VERSION,
-    build_report,
-    compare,
-    validate_report,
-    write_markdown,
-    write_plots,
-)
+from vgym.eval.plots import write_plots
+from vgym.eval.reports import METRIC_KEYS, SCHEMA_VERSION, build_report, compare, validate_report
+from vgym.eval.tables import write_markdown
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +133,137 @@ def test_compare_unpaired_noise_is_not_significant(tmp_path: Path) -> None:
     )
     (row,) = [r for r in compare(a, b)["rows"] if r["difficulty"] == 0]
     assert not row["paired"] and row["ci"][0] < 0 < row["ci"][1] and not row["significant"]
+
+
+# ---------------------------------------------------------------- honest counting, small samples, versions
+
+
+def _line(index: int, accuracy: float, attempt: int = 0, reason: str | None = None) -> dict:
+    """An ``episodes.jsonl`` line of task ``t`` (no tools); ``reason``: its ``truncated_reason``."""
+    blocked = reason is not None and reason.startswith("sample_error")
+    return {"task": "t", "difficulty": None, "index": index, "attempt": attempt, "sample_id": f"t/{index}",
+            "env_seed": 0, "accuracy": accuracy, "correct": accuracy >= 0.5, "reward": accuracy,
+            "reward_parts": {"accuracy": accuracy}, "format_ok": not blocked, "answered": not blocked,
+            "calls": 0, "ok_calls": 0, "failed_calls": 0, "necessary_call": None, "turns": int(not blocked),
+            "tokens": None, "policy_tokens": None, "backends": [], "truncated_reason": reason,
+            "answer": None if blocked else "a", "question": None if blocked else "q?",
+            "gold": None if blocked else "a", "chance": 0.5, "split_records": None, "trajectory": None}
+
+
+def _folder(path: Path, lines: list[dict], n: int, k: int = 1, **config: object) -> Path:
+    path.mkdir()
+    base = {"policy": "p", "n": n, "k": k, "seed": 0, "tools": "default", "correct_threshold": 0.5}
+    (path / "config.json").write_text(json.dumps({**base, **config}))
+    (path / "episodes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_episodes_that_could_not_run_are_counted_apart_from_the_scores(tmp_path: Path) -> None:
+    # 10 played episodes (6 right), 2 whose media failed to load, 1 with only one of its k=2 attempts
+    lines = [_line(i, float(i < 6), a) for i in range(10) for a in (0, 1)]
+    lines += [_line(i, 0.0, a, "sample_error: gone.png missing") for i in (10, 11) for a in (0, 1)]
+    lines.append(_line(12, 1.0, 0))
+    report = build_report(_folder(tmp_path / "run", lines, n=13, k=2))
+    validate_report(report)
+    for metrics in (report["overall"], report["groups"][0]["metrics"], report["tasks"]["t"]["metrics"],
+                    report["difficulties"]["none"]):
+        assert metrics["episodes"] == 10 and metrics["attempts"] == 20 and metrics["could_not_run"] == 2
+        assert metrics["avg_at_k"] == pytest.approx(0.6) and metrics["pass_at_k"] == pytest.approx(0.6)
+        assert metrics["format_ok"] == 1.0  # the media errors are not the policy's format errors
+    assert report["incomplete_episodes"] == 1  # a stopped run, not a media error
+    (group,) = report["groups"]
+    assert [(r["index"], r["reason"]) for r in group["not_run"]] == [
+        (10, "sample_error: gone.png missing"), (10, "sample_error: gone.png missing"),
+        (11, "sample_error: gone.png missing"), (11, "sample_error: gone.png missing")]
+    assert group["episode_index"] == list(range(10))  # compare sees the scored episodes only
+    assert any("2 episode(s) could not run" in note and "left out" in note for note in report["notes"])
+    assert any("1 episode(s) have fewer than k=2" in note for note in report["notes"])
+    counted = build_report(_folder(tmp_path / "counted", lines, n=13, k=2, count_errors_as_failures=True))
+    m = counted["overall"]
+    assert m["episodes"] == 12 and m["could_not_run"] == 2 and m["avg_at_k"] == pytest.approx(6 / 12)
+    assert any("scored as failures" in note for note in counted["notes"])
+    text = write_markdown(report, tmp_path / "report.md")
+    assert "could not run" in text.splitlines()[text.splitlines().index("Notes:") + 2]
+
+
+def test_a_group_where_nothing_could_run_reports_the_count_and_no_scores(tmp_path: Path) -> None:
+    lines = [_line(i, 0.0, 0, "sample_error: bad.mp4") for i in range(3)]
+    report = build_report(_folder(tmp_path / "run", lines, n=3))
+    validate_report(report)
+    m = report["overall"]
+    assert m["episodes"] == 0 and m["could_not_run"] == 3
+    assert m["avg_at_k"] is None and m["avg_at_k_ci"] is None
+    text = write_markdown(report, tmp_path / "report.md")
+    overall = next(line for line in text.splitlines() if line.startswith("| **overall**"))
+    assert overall.startswith("| **overall** | all | 0 | 3 | - |")
+    write_plots(report, tmp_path / "plots")  # nothing to draw is not an error
+
+
+def test_intervals_are_left_out_below_ten_episodes(tmp_path: Path) -> None:
+    # The oracle on 5 episodes: every one right, so a bootstrap would claim [1.00, 1.00].
+    small = run_eval(EvalConfig(policy="oracle", suite=("counting",), n=5, difficulties=(0,)), tmp_path / "a")
+    m = small["overall"]
+    assert m["avg_at_k"] == 1.0 and m["avg_at_k_ci"] is m["pass_at_k_ci"] is m["pass_at_1_ci"] is None
+    assert small["ci_min_episodes"] == 10 and any("n<10" in note for note in small["notes"])
+    text = write_markdown(small, tmp_path / "report.md")
+    assert "[1.00, 1.00]" not in text and "1.000 (n<10)" in text
+    (row,) = [r for r in compare(small, small)["rows"] if r["task"] == "overall"]
+    assert row["ci"] is None and not row["significant"]
+
+
+def test_markdown_has_one_pass_at_1_column_and_a_legend_for_every_column(runs: dict[str, dict],
+                                                                         tmp_path: Path) -> None:
+    text = write_markdown(runs["random"], tmp_path / "k1.md")
+    head = [c.strip() for c in text.splitlines()[next(i for i, line in enumerate(text.splitlines())
+                                                      if line.startswith("| task"))].strip("|").split("|")]
+    assert [h for h in head if "pass@" in h] == ["pass@1 [95% CI]"]  # k = 1: pass@k is pass@1, shown once
+    legend = text.split("## Columns", 1)[1]
+    for name in head:
+        assert f"- **{name}**: " in legend
+    report = run_eval(EvalConfig(policy="random", suite=("counting",), n=12, k=2, difficulties=(0,)),
+                      tmp_path / "k2")
+    text = write_markdown(report, tmp_path / "k2.md")
+    assert "| pass@2 [95% CI] | pass@1 |" in text and "avg@2 [95% CI]" in text
+
+
+def test_plots_have_titles_and_integer_ticks_on_integer_axes(runs: dict[str, dict]) -> None:
+    from vgym.eval.plots import report_figures
+
+    figures = report_figures(runs["random"], run_name="eval-random")
+    for name, fig in figures.items():
+        (ax,) = fig.axes
+        title = ax.get_title()
+        assert "random" in title and "n=30" in title and "k=1" in title and "eval-random" in title, name
+    hist = figures["calls_histogram"].axes[0]
+    levels = figures["accuracy_vs_difficulty"].axes[0]
+    for ticks in (hist.get_xticks(), hist.get_yticks(), levels.get_xticks()):
+        assert len(ticks) and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_version_1_reports_still_validate_and_compare(runs: dict[str, dict]) -> None:
+    old = copy.deepcopy(runs["random"])
+    old["schema_version"] = 1
+    for key in ("ci_min_episodes", "notes"):
+        del old[key]
+    tasks, groups = [t["metrics"] for t in old["tasks"].values()], [g["metrics"] for g in old["groups"]]
+    for metrics in [old["overall"], *old["difficulties"].values(), *tasks, *groups]:
+        del metrics["could_not_run"]
+    for group in old["groups"]:
+        del group["split_records"], group["not_run"]
+    validate_report(old)
+    rows = {(r["task"], r["difficulty"]): r for r in compare(old, runs["oracle"])["rows"]}
+    assert rows[("overall", "all")]["significant"] and rows[("overall", "all")]["paired"]
+
+
+def test_load_report_names_a_missing_folder_or_report(tmp_path: Path) -> None:
+    from vgym.errors import VgymError
+    from vgym.eval.reports import ReportNotFoundError, load_report
+
+    with pytest.raises(ReportNotFoundError, match="does not exist") as caught:
+        load_report(tmp_path / "nope")
+    assert isinstance(caught.value, VgymError)
+    with pytest.raises(ReportNotFoundError, match="holds no report.json"):
+        load_report(tmp_path)
+    (tmp_path / "report.json").write_text("{")
+    with pytest.raises(InvalidConfigError, match="not JSON"):
+        load_report(tmp_path)

@@ -384,3 +384,35 @@ def test_browser_screenshot_has_content(run: Path, tmp_path: Path) -> None:
     image = cv2.imread(str(shot))
     assert image is not None and image.shape[:2] == (2000, 1200)
     assert image.std() > 20  # text, card borders and images, not a blank page
+
+
+def test_cards_show_the_question_the_gold_answer_the_answer_and_the_score(
+        run: Path, records: list[dict[str, Any]]) -> None:
+    page = build_view(run).read_text()
+    assert "answer unknown" not in page
+    root = parse(page)
+    for card, record in zip(root.find("article", "episode"), records):
+        (verdict,) = card.find("p", "verdict")
+        assert record["question"] and record["gold_answer"]  # every episode here ended in the env
+        assert card.find("p", "question")[0].all_text() == f"question {record['question']}"
+        assert [n.all_text() for n in verdict.find("code", "gold")] == [record["gold_answer"]]
+        assert verdict.find("span", "score")[0].all_text() == f"{accuracy(record):.3f}"
+        results = card.find("p", "turn-result")
+        if record["answer"] is None:  # the episode cut by max_turns: no answer, and why
+            assert not verdict.find("code", "answer") and not results
+            assert verdict.find("span", "none")[-1].all_text() == "no answer (turns_or_images)"
+        else:
+            assert [n.all_text() for n in verdict.find("code", "answer")] == [record["answer"]]
+            (result,) = results  # on the answering turn, the last
+            assert result.all_text() == f"answered {record['answer']} · score {accuracy(record):.3f}"
+    wrong = [r for r in records if r["answer"] is not None and accuracy(r) < 1]
+    assert wrong and all(r["answer"] != r["gold_answer"] for r in wrong)
+
+
+def test_a_record_without_a_gold_answer_says_it_was_not_recorded(tmp_path: Path) -> None:
+    """Records written before trajectories kept the gold answer: "not recorded", never "unknown"."""
+    record = {"sample_id": "s", "task": "t", "reward": 0.0, "turns": [], "answer": None,
+              "reward_parts": {"accuracy": 0.0}, "truncated_reason": "sample_error: x.png missing"}
+    (tmp_path / "old.jsonl").write_text(json.dumps(record) + "\n")
+    (verdict,) = parse(build_view(tmp_path).read_text()).find("p", "verdict")
+    assert verdict.all_text() == "gold not recorded · no answer (sample_error: x.png missing) · score 0.000"

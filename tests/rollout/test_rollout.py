@@ -199,6 +199,26 @@ def test_save_and_load_trajectories(tiny, tmp_path: Path) -> None:
             np.testing.assert_array_equal(loaded, image)
 
 
+@pytest.mark.parametrize("max_turns", [4, 1], ids=["answered", "truncated"])
+def test_trajectories_carry_the_question_and_gold_answer_for_their_records(tiny, tmp_path: Path,
+                                                                            max_turns: int) -> None:
+    """The env's final step hands the sample's question and gold answer to the trajectory (and its saved
+    record) whether the model answered or was cut at ``max_turns`` (the oracle crops first, so one turn cuts
+    it); no policy input carries either."""
+    _, processor = tiny
+    trajs, recorder = _play(OraclePolicy(), processor, max_turns=max_turns)
+    task = VisualToolEnv("visual_search").task
+    for traj, spec in zip(trajs, SPECS):
+        sample = task.sample("train", spec.index, 0)
+        assert traj.terminated is (max_turns == 4) and traj.truncated is (max_turns == 1)
+        assert traj.question == sample.question and traj.gold_answer == sample.answer
+        for _, messages, _ in recorder.turns[traj.sample_id]:  # what the policy saw: the chat only
+            assert all(set(m) == {"role", "content"} for m in messages)
+    records = load_trajectory_records(save_trajectories(trajs, tmp_path, "t"))
+    expected = [(t.question, t.gold_answer) for t in trajs]
+    assert [(r["question"], r["gold_answer"]) for r in records] == expected
+
+
 # ---------------------------------------------------------------- HF policy (untrained tiny model)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -384,8 +385,8 @@ def view(
     logging.basicConfig(level=logging.WARNING)  # shows which *.jsonl files were skipped and why
     try:
         page = build_view(run, out)
-    except (FileNotFoundError, VgymError) as exc:
-        console.print(f"[red]{exc}[/]")
+    except (FileNotFoundError, VgymError) as exc:  # one line on stderr, exit 2, as main() prints a VgymError
+        errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     print(page)  # plain print: the path alone, not wrapped by rich, so scripts can use it
 
@@ -398,49 +399,107 @@ def eval_cmd(
     ],
     out: Annotated[Path, typer.Option(help="run folder (an existing one is resumed)")],
     k: Annotated[int, typer.Option(help="attempts per episode")] = 1,
-    n: Annotated[int, typer.Option(help="episodes per task and difficulty")] = 200,
+    n: Annotated[
+        int, typer.Option(help="episodes per task and difficulty (a smaller dataset: each record once)")
+    ] = 200,
     seed: Annotated[int, typer.Option(help="data, env and policy seed")] = 0,
-    tools: Annotated[str, typer.Option(help="default | off | oracle (oracle-backend tools)")] = "default",
+    tools: Annotated[
+        str,
+        typer.Option(help="default (the task's), off, oracle (the task's tools on their oracle backends), or "
+                     "comma-separated tool names, e.g. crop,ground"),
+    ] = "default",
     difficulty: Annotated[
         list[int] | None, typer.Option(help="levels to run instead of the suite's; repeatable")
     ] = None,
+    task_config: TaskConfigOpt = None,
+    task_config_file: TaskConfigFileOpt = None,
     clip_dir: Annotated[Path | None, typer.Option(help="folder for video tasks' clips")] = None,
+    save_trajectories: Annotated[
+        str, typer.Option(help="failures | all | none: the episodes saved for vgym view")
+    ] = "failures",
+    count_errors_as_failures: Annotated[
+        bool,
+        typer.Option("--count-errors-as-failures",
+                     help="score episodes that could not run (media errors) as failures instead of leaving "
+                     "them out of accuracy and pass@k"),
+    ] = False,
     batch_size: Annotated[int, typer.Option(help="episodes in flight")] = 16,
     max_new_tokens: Annotated[int, typer.Option(help="most tokens per model turn")] = 256,
 ) -> None:
-    """Evaluate a policy on task suites (seeded, resumable); writes report.json, report.md, plots and
-    view.html."""
-    from vgym.errors import VgymError
+    """Evaluate a policy on task suites (seeded, resumable); prints a summary table and writes report.json,
+    report.md (every column, with a legend), plots and view.html."""
     from vgym.eval.evaluate import EvalConfig, run_eval
-    from vgym.eval.reports import write_markdown, write_plots
+    from vgym.eval.plots import write_plots
+    from vgym.eval.tables import write_markdown
     from vgym.eval.viewer import build_view
 
     logging.basicConfig(level=logging.WARNING)
-    try:
-        config = EvalConfig(
-            policy=policy,
-            suite=tuple(suite),
-            n=n,
-            k=k,
-            seed=seed,
-            tools=tools,
-            difficulties=tuple(difficulty) if difficulty else None,
-            task_config={"clip_dir": str(clip_dir)} if clip_dir else {},
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-        )
-        with _progress_bars() as progress:
-            report = run_eval(config, out, progress)
-    except VgymError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(code=2) from None
-    console.print(write_markdown(report, out / "report.md"), markup=False, highlight=False)
-    plots = write_plots(report, out / "plots")
-    pages = (
-        [build_view(out / "failures", out / "view.html")] if any((out / "failures").glob("*.jsonl")) else []
+    overrides = parse_task_config(task_config or (), task_config_file)
+    if clip_dir:
+        overrides["clip_dir"] = str(clip_dir)
+    config = EvalConfig(
+        policy=policy,
+        suite=tuple(suite),
+        n=n,
+        k=k,
+        seed=seed,
+        tools=_eval_tools(tools),
+        difficulties=tuple(difficulty) if difficulty else None,
+        task_config=overrides,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        save_trajectories=save_trajectories,
+        count_errors_as_failures=count_errors_as_failures,
     )
-    for path in [out / "report.json", out / "report.md", *plots, *pages]:
-        print(path)
+    with _progress_bars() as progress:
+        report = run_eval(config, out, progress)
+    print_eval_report(report)
+    written = [out / "report.json"]
+    write_markdown(report, out / "report.md")
+    written += [out / "report.md", *write_plots(report, out / "plots", run_name=out.resolve().name)]
+    saved = [p for folder in ("failures", "trajectories") for p in (out / folder).glob("*.jsonl")]
+    if saved:  # the trajectories the run kept (--save-trajectories)
+        written.append(build_view(out, out / "view.html"))
+    for path in written:
+        print(path)  # plain print: whole paths, not wrapped by rich, so scripts can use them
+
+
+def _eval_tools(spec: str) -> str | tuple[str, ...]:
+    """``vgym eval --tools``: ``oracle`` as it is, else :func:`~vgym.app.options.parse_tools` (``default``,
+    ``off`` or checked tool names)."""
+    if spec.strip() == "oracle":
+        return "oracle"
+    chosen = parse_tools(spec)
+    return "default" if chosen is None else "off" if chosen == () else chosen
+
+
+def print_eval_report(report: dict[str, Any]) -> None:
+    """Print the terminal summary of an eval report: the main columns (``report.md`` has them all, with a
+    legend) and the report's notes.
+
+    Args:
+        report: a report of :func:`vgym.eval.reports.build_report`.
+    """
+    from vgym.eval.tables import table_cells
+
+    config = report["config"]
+    tools = config.get("tools", "default")
+    tools = ",".join(tools) if isinstance(tools, list) else tools
+    table = Table(title=f"{config['policy']} · n={report['n']}, k={report['k']}, tools={tools}",
+                  box=box.SIMPLE_HEAD, padding=(0, 0), show_edge=False)  # 80 columns hold it (k = 1)
+    head, rows = table_cells(report, terminal=True)
+    for col in head:  # task names never break, nor an interval ("[0.10, 0.45]", set under its value)
+        wide = 12 if col.endswith("CI]") else None
+        table.add_column(col.replace(" [", "\n[").replace("could not run", "could not\nrun"),
+                         no_wrap=col == "task", overflow="fold", min_width=wide)
+    last_group = max((i for i, (kind, _) in enumerate(rows) if kind == "group"), default=-1)
+    for i, (kind, cells) in enumerate(rows):  # a rule between the groups and the pooled rows
+        cells = [c.replace(" [", "\n[").replace(" (n<", "\n(n<") for c in cells]
+        table.add_row(*cells, style=None if kind == "group" else "bold", end_section=i == last_group)
+    console.print(table)
+    for note in report.get("notes", []):
+        console.print(Text.assemble(("note: ", "yellow"), note))
+    console.print("every column, with a legend: report.md")
 
 
 @app.command(epilog=EPILOG)
@@ -449,23 +508,19 @@ def compare(
     run_b: Annotated[Path, typer.Argument(help="run folder compared against it")],
 ) -> None:
     """Per-task avg@k deltas (B - A) with 95 % bootstrap intervals and whether they are significant."""
-    import json
-
+    from vgym.eval.reports import MIN_CI_EPISODES, load_report
     from vgym.eval.reports import compare as compare_reports
-    from vgym.eval.reports import validate_report
 
-    reports = []
-    for run in (run_a, run_b):
-        report = json.loads((run / "report.json").read_text())
-        validate_report(report)
-        reports.append(report)
+    reports = [load_report(run) for run in (run_a, run_b)]  # a missing folder or report: one line, exit 2
     table = Table(title=f"avg@k: {run_b} minus {run_a}")
     for col in ("task", "diff", "A", "B", "delta [95% CI]", "significant", "test"):
         table.add_column(col)
     for r in compare_reports(*reports)["rows"]:
+        ci = (f"[{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}]" if r["ci"] is not None else f"(n<{MIN_CI_EPISODES})")
         table.add_row(r["task"], "-" if r["difficulty"] is None else str(r["difficulty"]), f"{r['a']:.3f}",
-                      f"{r['b']:.3f}", f"{r['delta']:+.3f} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}]",
-                      "yes" if r["significant"] else "no", "paired" if r["paired"] else "unpaired")
+                      f"{r['b']:.3f}", f"{r['delta']:+.3f} {ci}",
+                      ("yes" if r["significant"] else "no") if r["ci"] is not None else "-",
+                      "paired" if r["paired"] else "unpaired")
     console.print(table)
 
 

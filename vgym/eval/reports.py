@@ -1,20 +1,41 @@
-"""Evaluation reports: aggregation of ``episodes.jsonl``, schema check, Markdown, plots and run comparison.
+"""Evaluation reports: aggregation of ``episodes.jsonl``, schema check, loading and run comparison.
 
-Contents: :data:`SCHEMA_VERSION`, :data:`METRIC_KEYS`, :func:`build_report`, :func:`validate_report`,
-:func:`write_markdown`, :func:`write_plots`, :func:`compare`.
+Contents: :data:`SCHEMA_VERSION`, :data:`READABLE_VERSIONS`, :data:`MIN_CI_EPISODES`, :data:`METRIC_KEYS`,
+:class:`ReportNotFoundError`, :func:`could_not_run`, :func:`build_report`, :func:`validate_report`,
+:func:`load_report`, :func:`compare`. Tables (``report.md``) live in :mod:`vgym.eval.tables`, plots in
+:mod:`vgym.eval.plots`.
 
-The report (``report.json``, schema version :data:`SCHEMA_VERSION`) has ``schema_version``, ``config`` (the
-:class:`~vgym.eval.evaluate.EvalConfig` as a dict), ``n``, ``k``, ``incomplete_episodes`` (episodes with fewer
-than k attempts, left out), ``viewer`` (the trajectory page, relative to the run folder), ``overall``
-(metrics), ``difficulties`` (level -> metrics; ``"none"`` for tasks without levels), ``tasks`` (task ->
-``{"chance", "metrics"}``, levels pooled) and ``groups`` (one per task and difficulty: ``task``,
-``difficulty``, ``chance``, ``metrics``, ``episode_index`` and ``episode_accuracy`` (per-episode accuracy
-averaged over attempts, for :func:`compare`), ``calls_histogram`` (calls per attempt -> count), ``viewer`` (a
-link filtered to the group's failures) and ``failures`` (up to 20: ``index``, ``attempt``, ``sample_id``,
-``accuracy``, ``link``)).
+The report (``report.json``, schema version :data:`SCHEMA_VERSION`) has:
+
+- ``schema_version``; ``config`` (the :class:`~vgym.eval.evaluate.EvalConfig` as a dict); ``n``; ``k``;
+- ``incomplete_episodes``: episodes with fewer than k attempts (a run stopped early), left out;
+- ``ci_min_episodes`` (:data:`MIN_CI_EPISODES`); ``notes``: sentences a reader must see (datasets smaller
+  than ``n``, episodes that could not run, incomplete episodes, intervals left out);
+- ``viewer``: the trajectory page, relative to the run folder;
+- ``overall`` (metrics); ``difficulties`` (level -> metrics; ``"none"`` for tasks without levels); ``tasks``
+  (task -> ``{"chance", "metrics"}``, levels pooled);
+- ``groups``, one per task and difficulty: ``task``, ``difficulty``, ``chance``, ``split_records`` (records
+  in a dataset task's test split, None for procedural tasks), ``metrics``, ``episode_index`` and
+  ``episode_accuracy`` (per scored episode, accuracy averaged over attempts, for :func:`compare`),
+  ``calls_histogram`` (calls per scored attempt -> count), ``viewer`` (a link filtered to the group's
+  failures), ``failures`` (up to 20: ``index``, ``attempt``, ``sample_id``, ``accuracy``, ``question``,
+  ``gold``, ``answer``, ``link``) and ``not_run`` (up to 20 attempts that could not run: ``index``,
+  ``attempt``, ``sample_id``, ``reason``).
+
+**Honest counting.** An episode *could not run* when one of its attempts ended before the policy played
+(:func:`could_not_run`: ``truncated_reason`` starting with ``sample_error``, the sample's media failed to
+load). Such episodes are counted in ``could_not_run`` of every metrics dict and left out of every score
+(``episodes`` counts the scored ones), unless the config's ``count_errors_as_failures`` is set: they are then
+scored as the failures they were recorded as (accuracy 0) and still counted in ``could_not_run``.
 
 Every metrics dict has the keys of :data:`METRIC_KEYS`. Confidence intervals are 95 % percentile bootstraps
-that resample episodes (all attempts of an episode together), seeded with the run's seed.
+that resample episodes (all attempts of an episode together), seeded with the run's seed; below
+:data:`MIN_CI_EPISODES` scored episodes they are None.
+
+Schema history: version 1 scored episodes that could not run as failures and always gave intervals; version 2
+adds ``could_not_run``, ``notes``, ``ci_min_episodes``, ``split_records`` and ``not_run``, leaves
+could-not-run episodes out of the scores, and allows None for intervals (too few episodes) and for scores (no
+scored episode). :func:`validate_report` and :func:`compare` read both.
 """
 
 from __future__ import annotations
@@ -27,71 +48,113 @@ from urllib.parse import quote
 
 import numpy as np
 
-from vgym.errors import InvalidConfigError
+from vgym.errors import InvalidConfigError, VgymError
 from vgym.eval.stats import bootstrap_ci, pass_at_k
-from vgym.rollout.trajectory import atomic_path
+from vgym.rollout.trajectory import SAMPLE_ERROR
 
-__all__ = ["SCHEMA_VERSION", "METRIC_KEYS", "build_report", "validate_report", "write_markdown",
-           "write_plots", "compare"]
+__all__ = ["SCHEMA_VERSION", "READABLE_VERSIONS", "MIN_CI_EPISODES", "METRIC_KEYS", "ReportNotFoundError",
+           "could_not_run", "build_report", "validate_report", "load_report", "compare"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bump when a key changes meaning or disappears; adding keys keeps the version."""
+
+READABLE_VERSIONS = (1, 2)
+"""Schema versions :func:`validate_report` and :func:`compare` read."""
+
+MIN_CI_EPISODES = 10
+"""Fewest scored episodes for which a 95 % interval is given. Below it the percentile bootstrap is not worth
+showing: with n episodes it can only take n + 1 values per resample, and a run where every episode scored the
+same gives a zero-width interval (5 correct of 5: [1.00, 1.00], where the exact binomial 95 % interval is
+[0.48, 1.00]). Ten is a floor, not a guarantee: a zero-width interval at any n means every episode scored
+alike."""
+
+COULD_NOT_RUN = (SAMPLE_ERROR,)
+"""``truncated_reason`` prefixes of attempts that ended before the policy played."""
 
 _NUM = (int, float)
 _OPT = (int, float, type(None))
+_CI = (list, type(None))
 METRIC_KEYS: dict[str, tuple[type, ...]] = {
     "episodes": (int,),
     "attempts": (int,),
-    "avg_at_k": _NUM,
-    "avg_at_k_ci": (list,),
-    "pass_at_k": _NUM,
-    "pass_at_k_ci": (list,),
-    "pass_at_1": _NUM,
-    "pass_at_1_ci": (list,),
-    "reward": _NUM,
+    "could_not_run": (int,),
+    "avg_at_k": _OPT,
+    "avg_at_k_ci": _CI,
+    "pass_at_k": _OPT,
+    "pass_at_k_ci": _CI,
+    "pass_at_1": _OPT,
+    "pass_at_1_ci": _CI,
+    "reward": _OPT,
     "reward_parts": (dict,),
-    "format_ok": _NUM,
-    "answered": _NUM,
+    "format_ok": _OPT,
+    "answered": _OPT,
     "valid_call_rate": _OPT,
     "right_tool_rate": _OPT,
-    "calls_per_episode": _NUM,
+    "calls_per_episode": _OPT,
     "calls_per_solved_episode": _OPT,
     "tool_productivity": _OPT,
     "recovery_rate": _OPT,
-    "turns": _NUM,
+    "turns": _OPT,
     "tokens": _OPT,
     "policy_tokens": _OPT,
 }
-"""Metric name -> allowed JSON types. ``avg_at_k``: mean accuracy over attempts; ``pass_at_k``: mean over
-episodes of :func:`~vgym.eval.evaluate.pass_at_k` (k, correct attempts, k), ``pass_at_1`` likewise with 1;
-``valid_call_rate``: successful calls / calls; ``right_tool_rate``: share of attempts calling one of the
-task's necessary tools (tasks that claim some); ``tool_productivity``: correct attempts per tool call (OTC,
-arXiv:2504.14870); ``recovery_rate``: share of attempts with a failed call that were still correct. None = no
-attempt qualifies."""
+"""Metric name -> allowed JSON types. ``episodes``/``attempts``: scored ones; ``could_not_run``: episodes that
+could not run (see the module docstring); ``avg_at_k``: mean accuracy over attempts; ``pass_at_k``: mean over
+episodes of :func:`~vgym.eval.stats.pass_at_k` (k, correct attempts, k), ``pass_at_1`` likewise with 1 (equal
+to ``pass_at_k`` when k = 1); ``valid_call_rate``: successful calls / calls; ``right_tool_rate``: share of
+attempts calling one of the task's necessary tools (tasks that claim some); ``tool_productivity``: correct
+attempts per tool call (OTC, arXiv:2504.14870); ``recovery_rate``: share of attempts with a failed call that
+were still correct. None = no attempt qualifies (every score is None when no episode was scored); an interval
+is None below :data:`MIN_CI_EPISODES` episodes."""
 
 _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "schema_version": (int,), "config": (dict,), "n": (int,), "k": (int,), "incomplete_episodes": (int,),
-    "viewer": (str,), "overall": (dict,), "difficulties": (dict,), "tasks": (dict,), "groups": (list,),
+    "ci_min_episodes": (int,), "notes": (list,), "viewer": (str,), "overall": (dict,),
+    "difficulties": (dict,), "tasks": (dict,), "groups": (list,),
 }
 _GROUP_KEYS: dict[str, tuple[type, ...]] = {
     "task": (str,),
     "difficulty": (int, type(None)),
     "chance": _OPT,
+    "split_records": (int, type(None)),
     "metrics": (dict,),
     "episode_index": (list,),
     "episode_accuracy": (list,),
     "calls_histogram": (dict,),
     "viewer": (str,),
     "failures": (list,),
+    "not_run": (list,),
 }
+_ADDED_IN_2 = {"could_not_run", "ci_min_episodes", "notes", "split_records", "not_run"}
+
+
+class ReportNotFoundError(VgymError, FileNotFoundError):
+    """A run folder, or its ``report.json``, does not exist (:func:`load_report`)."""
+
+
+def could_not_run(record: dict[str, Any]) -> bool:
+    """Whether an attempt ended before the policy played (its sample's media could not be loaded).
+
+    Args:
+        record: an ``episodes.jsonl`` line.
+
+    Returns:
+        True when its ``truncated_reason`` starts with one of :data:`COULD_NOT_RUN`.
+    """
+    return (record.get("truncated_reason") or "").startswith(COULD_NOT_RUN)
 
 
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _metrics(units: list[list[dict[str, Any]]], k: int, seed: int) -> dict[str, Any]:
-    """Metrics of episodes ``units`` (each the list of its k attempt records)."""
+def _ci(values: list[float], seed: int) -> list[float] | None:
+    return list(bootstrap_ci(values, seed=seed)) if len(values) >= MIN_CI_EPISODES else None
+
+
+def _metrics(units: list[list[dict[str, Any]]], blocked: int, k: int, seed: int) -> dict[str, Any]:
+    """Metrics of the scored episodes ``units`` (each the list of its k attempt records), with ``blocked``
+    episodes that could not run."""
     flat = [r for unit in units for r in unit]
     acc = [float(np.mean([r["accuracy"] for r in u])) for u in units]
     pk = [pass_at_k(k, sum(r["correct"] for r in u), k) for u in units]
@@ -102,25 +165,26 @@ def _metrics(units: list[list[dict[str, Any]]], k: int, seed: int) -> dict[str, 
     return {
         "episodes": len(units),
         "attempts": len(flat),
-        "avg_at_k": float(np.mean(acc)),
-        "avg_at_k_ci": list(bootstrap_ci(acc, seed=seed)),
-        "pass_at_k": float(np.mean(pk)),
-        "pass_at_k_ci": list(bootstrap_ci(pk, seed=seed)),
-        "pass_at_1": float(np.mean(p1)),
-        "pass_at_1_ci": list(bootstrap_ci(p1, seed=seed)),
-        "reward": float(np.mean([r["reward"] for r in flat])),
+        "could_not_run": blocked,
+        "avg_at_k": _mean(acc),
+        "avg_at_k_ci": _ci(acc, seed),
+        "pass_at_k": _mean(pk),
+        "pass_at_k_ci": _ci(pk, seed),
+        "pass_at_1": _mean(p1),
+        "pass_at_1_ci": _ci(p1, seed),
+        "reward": _mean([r["reward"] for r in flat]),
         "reward_parts": {p: float(np.mean([r["reward_parts"].get(p, 0.0) for r in flat])) for p in parts},
-        "format_ok": float(np.mean([r["format_ok"] for r in flat])),
-        "answered": float(np.mean([r["answered"] for r in flat])),
+        "format_ok": _mean([r["format_ok"] for r in flat]),
+        "answered": _mean([r["answered"] for r in flat]),
         "valid_call_rate": sum(r["ok_calls"] for r in flat) / calls if calls else None,
         "right_tool_rate": _mean(
             [float(r["necessary_call"]) for r in flat if r["necessary_call"] is not None]
         ),
-        "calls_per_episode": float(np.mean([r["calls"] for r in flat])),
+        "calls_per_episode": _mean([r["calls"] for r in flat]),
         "calls_per_solved_episode": _mean([r["calls"] for r in flat if r["correct"]]),
         "tool_productivity": sum(r["correct"] for r in flat) / calls if calls else None,
         "recovery_rate": _mean([float(c) for c in recovering]),
-        "turns": float(np.mean([r["turns"] for r in flat])),
+        "turns": _mean([r["turns"] for r in flat]),
         "tokens": _mean([r["tokens"] for r in flat if r["tokens"] is not None]),
         "policy_tokens": _mean([r["policy_tokens"] for r in flat if r["policy_tokens"] is not None]),
     }
@@ -130,86 +194,162 @@ def _level_key(level: int | None) -> str:
     return "none" if level is None else str(level)
 
 
-def build_report(out: str | Path) -> dict[str, Any]:
-    """Aggregate ``<out>/episodes.jsonl`` (attempts ``< k`` of episodes ``< n`` of ``<out>/config.json``).
+class _Pool:
+    """Episodes pooled over groups: the scored ones and a count of those that could not run."""
 
-    Returns:
-        The report described in the module docstring; episodes with fewer than k attempts are left out and
-            counted
-        in ``incomplete_episodes``.
+    def __init__(self) -> None:
+        self.units: list[list[dict[str, Any]]] = []
+        self.blocked = 0
 
-    Raises:
-        FileNotFoundError: if the run folder lacks ``config.json`` or ``episodes.jsonl``.
-    """
-    out = Path(out)
-    config = json.loads((out / "config.json").read_text())
-    n, k, seed = config["n"], config["k"], config["seed"]
-    Group = dict[int, list[dict[str, Any]]]
-    by_group: dict[tuple[str, int | None], Group] = defaultdict(lambda: defaultdict(list))
+    def add(self, units: list[list[dict[str, Any]]], blocked: int) -> None:
+        self.units += units
+        self.blocked += blocked
+
+    def metrics(self, k: int, seed: int) -> dict[str, Any]:
+        return _metrics(self.units, self.blocked, k, seed)
+
+
+Lines = dict[tuple[str, int | None], dict[int, list[dict[str, Any]]]]
+
+
+def _read_groups(out: Path, n: int, k: int) -> Lines:
+    """The lines of ``<out>/episodes.jsonl`` with index < n and attempt < k, by (task, difficulty) and
+    index."""
+    by_group: Lines = defaultdict(
+        lambda: defaultdict(list)
+    )
     with (out / "episodes.jsonl").open() as fh:
         for line in fh:
             if line.strip():
                 r = json.loads(line)
                 if r["index"] < n and r["attempt"] < k:
                     by_group[(r["task"], r["difficulty"])][r["index"]].append(r)
-    groups, incomplete = [], 0
-    per_task: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
-    per_level: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
-    everything: list[list[dict[str, Any]]] = []
+    return by_group
+
+
+Units = list[list[dict[str, Any]]]
+
+
+def _group(task: str, level: int | None, scored: Units, blocked: Units, k: int, seed: int) -> dict[str, Any]:
+    """The report entry of one task at one difficulty."""
+    first = (scored or blocked)[0][0]
+    histogram: dict[str, int] = defaultdict(int)
+    for r in (r for u in scored for r in u):
+        histogram[str(r["calls"])] += 1
+    failures = [r for u in scored for r in u if r["accuracy"] < 1.0]
+    not_run = [r for u in blocked for r in u if could_not_run(r)]
+    return {
+        "task": task,
+        "difficulty": level,
+        "chance": first.get("chance"),
+        "split_records": first.get("split_records"),
+        "metrics": _metrics(scored, len(blocked), k, seed),
+        "episode_index": [u[0]["index"] for u in scored],
+        "episode_accuracy": [float(np.mean([r["accuracy"] for r in u])) for u in scored],
+        "calls_histogram": dict(sorted(histogram.items(), key=lambda kv: int(kv[0]))),
+        "viewer": f"view.html#task={quote(task)}&failures",
+        "failures": [
+            {
+                "index": r["index"],
+                "attempt": r["attempt"],
+                "sample_id": r["sample_id"],
+                "accuracy": r["accuracy"],
+                "question": r.get("question"),
+                "gold": r.get("gold"),
+                "answer": r.get("answer"),
+                "link": f"view.html#q={quote(r['sample_id'], safe='')}&failures",
+            }
+            for r in failures[:20]
+        ],
+        "not_run": [
+            {"index": r["index"], "attempt": r["attempt"], "sample_id": r["sample_id"],
+             "reason": r["truncated_reason"]}
+            for r in not_run[:20]
+        ],
+    }
+
+
+def build_report(out: str | Path) -> dict[str, Any]:
+    """Aggregate ``<out>/episodes.jsonl`` (attempts ``< k`` of episodes ``< n`` of ``<out>/config.json``).
+
+    Returns:
+        The report described in the module docstring. Episodes with fewer than k attempts are left out and
+        counted in ``incomplete_episodes``; episodes that could not run are counted in ``could_not_run`` and
+        scored only when the config's ``count_errors_as_failures`` is set.
+
+    Raises:
+        FileNotFoundError: if the run folder lacks ``config.json`` or ``episodes.jsonl``.
+        InvalidConfigError: if ``episodes.jsonl`` holds no complete episode.
+    """
+    out = Path(out)
+    config = json.loads((out / "config.json").read_text())
+    n, k, seed = config["n"], config["k"], config["seed"]
+    count_errors = bool(config.get("count_errors_as_failures", False))
+    groups: list[dict[str, Any]] = []
+    incomplete = 0
+    per_task: dict[str, _Pool] = defaultdict(_Pool)
+    per_level: dict[str, _Pool] = defaultdict(_Pool)
+    everything = _Pool()
     chance: dict[str, float | None] = {}
-    for (task, level), episodes in by_group.items():
+    for (task, level), episodes in _read_groups(out, n, k).items():
         units = [sorted(episodes[i], key=lambda r: r["attempt"]) for i in sorted(episodes)]
         incomplete += sum(len(u) != k for u in units)
         units = [u for u in units if len(u) == k]
         if not units:
             continue
-        chance[task] = units[0][0].get("chance")
-        per_task[task] += units
-        per_level[_level_key(level)] += units
-        everything += units
-        failures = [r for u in units for r in u if r["accuracy"] < 1.0]
-        histogram: dict[str, int] = defaultdict(int)
-        for r in (r for u in units for r in u):
-            histogram[str(r["calls"])] += 1
-        groups.append(
-            {
-                "task": task,
-                "difficulty": level,
-                "chance": chance[task],
-                "metrics": _metrics(units, k, seed),
-                "episode_index": [u[0]["index"] for u in units],
-                "episode_accuracy": [float(np.mean([r["accuracy"] for r in u])) for u in units],
-                "calls_histogram": dict(sorted(histogram.items(), key=lambda kv: int(kv[0]))),
-                "viewer": f"view.html#task={quote(task)}&failures",
-                "failures": [
-                    {
-                        "index": r["index"],
-                        "attempt": r["attempt"],
-                        "sample_id": r["sample_id"],
-                        "accuracy": r["accuracy"],
-                        "link": f"view.html#q={quote(r['sample_id'], safe='')}&failures",
-                    }
-                    for r in failures[:20]
-                ],
-            }
-        )
+        blocked = [u for u in units if any(could_not_run(r) for r in u)]
+        scored = units if count_errors else [u for u in units if not any(could_not_run(r) for r in u)]
+        entry = _group(task, level, scored, blocked, k, seed)
+        groups.append(entry)
+        chance[task] = entry["chance"]
+        for pool in (per_task[task], per_level[_level_key(level)], everything):
+            pool.add(scored, len(blocked))
     groups.sort(key=lambda g: (g["task"], -1 if g["difficulty"] is None else g["difficulty"]))
-    if not everything:
+    if not groups:
         raise InvalidConfigError(f"{out}: no complete episode (k={k} attempts each) in episodes.jsonl")
-    return {
+    report = {
         "schema_version": SCHEMA_VERSION,
         "config": config,
         "n": n,
         "k": k,
         "incomplete_episodes": incomplete,
+        "ci_min_episodes": MIN_CI_EPISODES,
+        "notes": [],
         "viewer": "view.html",
-        "overall": _metrics(everything, k, seed),
-        "difficulties": {lv: _metrics(u, k, seed) for lv, u in sorted(per_level.items())},
+        "overall": everything.metrics(k, seed),
+        "difficulties": {lv: pool.metrics(k, seed) for lv, pool in sorted(per_level.items())},
         "tasks": {
-            t: {"chance": chance[t], "metrics": _metrics(u, k, seed)} for t, u in sorted(per_task.items())
+            t: {"chance": chance[t], "metrics": pool.metrics(k, seed)} for t, pool in sorted(per_task.items())
         },
         "groups": groups,
     }
+    report["notes"] = _notes(report, count_errors)
+    return report
+
+
+def _notes(report: dict[str, Any], count_errors: bool) -> list[str]:
+    """The sentences a reader of the report must see (also printed on the terminal)."""
+    notes = []
+    n = report["n"]
+    for g in report["groups"]:
+        if g["split_records"] is not None and g["split_records"] < n:
+            where = g["task"] if g["difficulty"] is None else f"{g['task']} (difficulty {g['difficulty']})"
+            notes.append(f"{where}: the test split holds {g['split_records']} records, fewer than n={n}; "
+                         f"each record was used once ({g['split_records']} episodes, not {n})")
+    blocked = report["overall"]["could_not_run"]
+    if blocked:
+        how = ("scored as failures (--count-errors-as-failures)" if count_errors else
+               "left out of every score (--count-errors-as-failures scores them as failures)")
+        notes.append(f"{blocked} episode(s) could not run (their sample's media failed to load; see not_run "
+                     f"and episodes.jsonl's truncated_reason): {how}")
+    if report["incomplete_episodes"]:
+        notes.append(f"{report['incomplete_episodes']} episode(s) have fewer than k={report['k']} attempts "
+                     "(the run stopped early; run the same command again to finish them) and are left out")
+    small = [g for g in report["groups"] if g["metrics"]["episodes"] < MIN_CI_EPISODES]
+    if small:
+        notes.append(f"{len(small)} group(s) have fewer than {MIN_CI_EPISODES} scored episodes: their 95% "
+                     f"intervals are left out (n<{MIN_CI_EPISODES})")
+    return notes
 
 
 def _check(obj: Any, spec: dict[str, tuple[type, ...]], where: str) -> None:
@@ -224,10 +364,16 @@ def _check(obj: Any, spec: dict[str, tuple[type, ...]], where: str) -> None:
                                      f"got {type(value).__name__} {value!r}")
 
 
-def _check_metrics(metrics: Any, where: str) -> None:
-    _check(metrics, METRIC_KEYS, where)
+def _spec(spec: dict[str, tuple[type, ...]], version: int) -> dict[str, tuple[type, ...]]:
+    return spec if version >= 2 else {k: v for k, v in spec.items() if k not in _ADDED_IN_2}
+
+
+def _check_metrics(metrics: Any, where: str, version: int) -> None:
+    _check(metrics, _spec(METRIC_KEYS, version), where)
     for key in ("avg_at_k_ci", "pass_at_k_ci", "pass_at_1_ci"):
         ci = metrics[key]
+        if ci is None:
+            continue
         if len(ci) != 2 or not all(isinstance(v, _NUM) for v in ci) or ci[0] > ci[1]:
             raise InvalidConfigError(
                 f"report: {where}.{key} must be [low, high] with low <= high, got {ci!r}"
@@ -235,161 +381,61 @@ def _check_metrics(metrics: Any, where: str) -> None:
 
 
 def validate_report(report: Any) -> None:
-    """Check ``report`` against the schema of :data:`SCHEMA_VERSION` (keys and JSON types).
+    """Check ``report`` against the schema of its version (keys and JSON types).
 
     Raises:
         InvalidConfigError: naming the first missing or mistyped key, or a schema version this code cannot
-            read.
+            read (not in :data:`READABLE_VERSIONS`).
     """
-    _check(report, _TOP_KEYS, "report")
-    if report["schema_version"] != SCHEMA_VERSION:
-        raise InvalidConfigError(f"report: schema_version {report['schema_version']} is not {SCHEMA_VERSION}")
-    _check_metrics(report["overall"], "overall")
+    if isinstance(report, dict) and report.get("schema_version") not in READABLE_VERSIONS:
+        raise InvalidConfigError(f"report: schema_version {report.get('schema_version')!r} is not one this "
+                                 f"vgym reads ({', '.join(map(str, READABLE_VERSIONS))})")
+    version = report["schema_version"] if isinstance(report, dict) else SCHEMA_VERSION
+    _check(report, _spec(_TOP_KEYS, version), "report")
+    _check_metrics(report["overall"], "overall", version)
     for level, metrics in report["difficulties"].items():
-        _check_metrics(metrics, f"difficulties.{level}")
+        _check_metrics(metrics, f"difficulties.{level}", version)
     for task, entry in report["tasks"].items():
         _check(entry, {"chance": _OPT, "metrics": (dict,)}, f"tasks.{task}")
-        _check_metrics(entry["metrics"], f"tasks.{task}.metrics")
+        _check_metrics(entry["metrics"], f"tasks.{task}.metrics", version)
     for i, group in enumerate(report["groups"]):
-        _check(group, _GROUP_KEYS, f"groups[{i}]")
-        _check_metrics(group["metrics"], f"groups[{i}].metrics")
+        _check(group, _spec(_GROUP_KEYS, version), f"groups[{i}]")
+        _check_metrics(group["metrics"], f"groups[{i}].metrics", version)
         if len(group["episode_index"]) != len(group["episode_accuracy"]):
             raise InvalidConfigError(
                 f"report: groups[{i}] episode_index and episode_accuracy differ in length"
             )
 
 
-def _fmt(value: float | None, spec: str = ".3f") -> str:
-    return "-" if value is None else format(value, spec)
+def load_report(run: str | Path) -> dict[str, Any]:
+    """Read and validate ``<run>/report.json``.
 
-
-def write_markdown(report: dict[str, Any], path: str | Path) -> str:
-    """Write the report's table (groups, task totals, overall) as Markdown; returns the text.
-
-    Raises:
-        OSError: if ``path`` cannot be written (e.g. a full disk), naming it; a previous file there is
-            unchanged.
-    """
-    k = report["k"]
-    head = [
-        "task",
-        "diff",
-        "episodes",
-        f"avg@{k} [95% CI]",
-        f"pass@{k} [95% CI]",
-        "pass@1",
-        "reward",
-        "format",
-        "valid calls",
-        "right tool",
-        "calls/ep",
-        "calls/solved",
-        "recovery",
-        "turns",
-        "tokens",
-        "chance",
-        "failures",
-    ]
-    lines = [
-        f"# vgym eval: {report['config']['policy']} (n={report['n']}, k={k}, "
-        f"tools={report['config']['tools']})",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-
-    def row(name: str, level: str, m: dict[str, Any], chance: float | None, link: str) -> str:
-        cells = [name, level, str(m["episodes"]),
-                 f"{m['avg_at_k']:.3f} [{m['avg_at_k_ci'][0]:.2f}, {m['avg_at_k_ci'][1]:.2f}]",
-                 f"{m['pass_at_k']:.3f} [{m['pass_at_k_ci'][0]:.2f}, {m['pass_at_k_ci'][1]:.2f}]",
-                 _fmt(m["pass_at_1"]), _fmt(m["reward"]), _fmt(m["format_ok"], ".2f"),
-                 _fmt(m["valid_call_rate"], ".2f"), _fmt(m["right_tool_rate"], ".2f"),
-                 _fmt(m["calls_per_episode"], ".2f"), _fmt(m["calls_per_solved_episode"], ".2f"),
-                 _fmt(m["recovery_rate"], ".2f"), _fmt(m["turns"], ".2f"), _fmt(m["tokens"], ".0f"),
-                 _fmt(chance), link]
-        return "| " + " | ".join(cells) + " |"
-
-    for g in report["groups"]:
-        level = "-" if g["difficulty"] is None else str(g["difficulty"])
-        link = f"[view]({g['viewer']})" if g["failures"] else ""
-        lines.append(row(g["task"], level, g["metrics"], g["chance"], link))
-    for task, entry in report["tasks"].items():
-        lines.append(row(f"**{task}**", "all", entry["metrics"], entry["chance"], ""))
-    lines.append(row("**overall**", "all", report["overall"], None, ""))
-    text = "\n".join(lines) + "\n"
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return text
-
-
-def write_plots(report: dict[str, Any], folder: str | Path) -> list[Path]:
-    """Write ``accuracy_per_task.png`` (avg@k with 95 % CI error bars), ``calls_histogram.png`` (tool calls
-    per attempt) and ``accuracy_vs_difficulty.png`` (avg@k per level, one line per task) into ``folder``.
+    Args:
+        run: a run folder of ``vgym eval``.
 
     Returns:
-        The three paths.
+        The report.
 
     Raises:
-        OSError: if a plot cannot be written (e.g. a full disk), naming it; a previous file there is
-            unchanged.
+        ReportNotFoundError: if ``run`` is not a folder or holds no ``report.json``.
+        InvalidConfigError: if the file is not JSON or fails :func:`validate_report`.
     """
-    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state is touched
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [
-        folder / "accuracy_per_task.png",
-        folder / "calls_histogram.png",
-        folder / "accuracy_vs_difficulty.png",
-    ]
-    tasks = list(report["tasks"])
-    fig = Figure(figsize=(max(4.0, 0.8 * len(tasks) + 2), 3.5))
-    ax = fig.subplots()
-    means = [report["tasks"][t]["metrics"]["avg_at_k"] for t in tasks]
-    cis = [report["tasks"][t]["metrics"]["avg_at_k_ci"] for t in tasks]
-    err = np.array([[m - lo for m, (lo, _) in zip(means, cis)], [hi - m for m, (_, hi) in zip(means, cis)]])
-    ax.bar(range(len(tasks)), means, yerr=np.clip(err, 0, None), capsize=4, color="tab:blue")
-    chances = [report["tasks"][t]["chance"] for t in tasks]
-    for x, c in enumerate(chances):
-        if c is not None:
-            ax.hlines(c, x - 0.4, x + 0.4, colors="tab:red", linestyles="dashed")
-    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel(f"avg@{report['k']} (95% CI; dashed: chance)")
-    fig.tight_layout()
-    _save_figure(fig, paths[0])
-    counts: dict[int, int] = defaultdict(int)
-    for g in report["groups"]:
-        for calls, count in g["calls_histogram"].items():
-            counts[int(calls)] += count
-    fig = Figure(figsize=(4.5, 3.5))
-    ax = fig.subplots()
-    xs = sorted(counts)
-    ax.bar(xs, [counts[x] for x in xs], color="tab:green")
-    ax.set_xlabel("tool calls per attempt")
-    ax.set_ylabel("attempts")
-    fig.tight_layout()
-    _save_figure(fig, paths[1])
-    fig = Figure(figsize=(5.5, 3.5))
-    ax = fig.subplots()
-    for task in tasks:
-        pts = sorted((g["difficulty"], g["metrics"]["avg_at_k"]) for g in report["groups"]
-                     if g["task"] == task and g["difficulty"] is not None)
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=task)
-    ax.set_xlabel("difficulty")
-    ax.set_ylabel(f"avg@{report['k']}")
-    ax.set_ylim(0, 1.05)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save_figure(fig, paths[2])
-    return paths
-
-
-def _save_figure(fig: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")  # the temporary name has no .png suffix to infer it from
+    run = Path(run)
+    if not run.is_dir():
+        raise ReportNotFoundError(f"run folder {str(run)!r} does not exist or is not a folder")
+    path = run / "report.json"
+    if not path.is_file():
+        raise ReportNotFoundError(f"{str(run)!r} holds no report.json; is it a `vgym eval --out` folder "
+                                  "whose run finished? (running the same eval command again writes it)")
+    try:
+        report = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InvalidConfigError(f"{path} is not JSON ({exc})") from None
+    try:
+        validate_report(report)
+    except InvalidConfigError as exc:
+        raise InvalidConfigError(f"{path}: {exc}") from None
+    return report
 
 
 def _delta_ci(a: dict[tuple, float], b: dict[tuple, float], paired: bool, seed: int,
@@ -414,11 +460,14 @@ def compare(report_a: dict[str, Any], report_b: dict[str, Any], *, seed: int = 0
 
     The test is paired (per-episode differences resampled) when both runs scored the same episodes of the same
     data (same seed and task config, same episode keys), else unpaired (each run resampled on its own).
-    A delta is ``significant`` when its 95 % interval excludes 0.
+    A delta is ``significant`` when its 95 % interval excludes 0. Reports of every version in
+    :data:`READABLE_VERSIONS` are read (each run's scored episodes are compared).
 
     Returns:
         ``{"rows": [{"task", "difficulty" ("all" for task totals and overall), "a", "b", "delta", "ci",
-        "significant", "paired", "episodes_a", "episodes_b"}]}``; tasks present in one run only are skipped.
+        "significant", "paired", "episodes_a", "episodes_b"}]}``; tasks present (with a scored episode) in one
+        run only are skipped. Below :data:`MIN_CI_EPISODES` episodes in either run, ``ci`` is None and
+        ``significant`` False: a bootstrap of so few episodes says nothing.
     """
     same_data = all(report_a["config"].get(f) == report_b["config"].get(f) for f in ("seed", "task_config"))
 
@@ -441,8 +490,9 @@ def compare(report_a: dict[str, Any], report_b: dict[str, Any], *, seed: int = 0
         a, b = ta[key], tb[key]
         paired = same_data and set(a) == set(b)
         delta, lo, hi = _delta_ci(a, b, paired, seed)
+        enough = min(len(a), len(b)) >= MIN_CI_EPISODES
         rows.append({"task": key[0], "difficulty": key[1], "a": float(np.mean(list(a.values()))),
-                     "b": float(np.mean(list(b.values()))), "delta": delta, "ci": [lo, hi],
-                     "significant": bool(lo > 0 or hi < 0), "paired": paired,
-                     "episodes_a": len(a), "episodes_b": len(b)})
+                     "b": float(np.mean(list(b.values()))), "delta": delta,
+                     "ci": [lo, hi] if enough else None, "significant": bool(enough and (lo > 0 or hi < 0)),
+                     "paired": paired, "episodes_a": len(a), "episodes_b": len(b)})
     return {"rows": rows}

@@ -10,7 +10,12 @@ from the run folder.
 
 The page shows a summary line, filters (task, run file, tool, reward range, only failures, only tool errors,
 text search), a counter "showing X of N episodes", and one card per episode: task, sample id, reward and its
-parts, answer, each turn's model text, tool calls (arguments, ok/error, result images) and the env's reply.
+parts, the question, the gold answer ("gold: ..."; "not recorded" for records written before trajectories
+kept it), what the model answered ("answered: ..." or "no answer", with why the episode ended) and its score,
+each turn's model text, tool calls (arguments, ok/error, result images) and the env's reply; the last turn
+repeats the answer and the score it earned. ``vgym view`` on a ``vgym eval`` run folder shows the
+trajectories the run saved (``failures/`` or ``trajectories/``); its ``episodes.jsonl`` is the run's log, not
+trajectories, and is passed over quietly.
 Every string from a record is HTML-escaped: model text is untrusted. Filters can be preset from the URL query
 or hash, e.g. ``view.html#task=visual_search&failures``; keys ``task``, ``source``, ``tool``, ``min``,
 ``max``, ``failures``, ``errors``, ``q``. Changing a filter writes the hash, so a filtered view can be shared.
@@ -19,8 +24,9 @@ Stable hooks (tests and scripts rely on them): ``#vgym-summary``, ``#vgym-counte
 ``#vgym-total``), filter controls ``#f-task`` ``#f-source`` ``#f-tool`` ``#f-min`` ``#f-max`` ``#f-failures``
 ``#f-errors`` ``#f-q``; cards ``article.episode`` with ``data-task``, ``data-source``, ``data-reward``,
 ``data-failure``, ``data-tool-error``, ``data-tools`` (a JSON list), hidden by the ``hidden`` attribute; turn
-texts ``pre.turn-text``; images ``img[data-kind=prompt|tool]`` (``data-loaded="1"`` once the browser loaded
-it).
+texts ``pre.turn-text``; ``.question``, ``code.gold``, ``code.answer`` (or ``span.answer.none``) and
+``.score`` in ``p.verdict``; images ``img[data-kind=prompt|tool]`` (``data-loaded="1"`` once the browser
+loaded it).
 """
 
 from __future__ import annotations
@@ -70,12 +76,21 @@ def find_trajectory_files(run: Path) -> list[TrajectoryFile]:
         raise FileNotFoundError(f"run folder {str(run)!r} does not exist or is not a folder")
     found: list[TrajectoryFile] = []
     for path in sorted(run.rglob("*.jsonl")):
+        if _is_eval_log(path):
+            logger.debug("skipping %s: a vgym eval run's episode log", path)
+            continue
         records, problem = _read_records(path)
         if problem is not None:
             logger.warning("skipping %s: %s", path, problem)
             continue
         found.append(TrajectoryFile(path, records))
     return found
+
+
+def _is_eval_log(path: Path) -> bool:
+    """Whether ``path`` is the ``episodes.jsonl`` of a ``vgym eval`` run folder (beside its
+    ``config.json``)."""
+    return path.name == "episodes.jsonl" and (path.parent / "config.json").is_file()
 
 
 def _read_records(path: Path) -> tuple[list[dict[str, Any]], str | None]:
@@ -126,6 +141,10 @@ def build_view(run: Path, out: Path | None = None, *, max_episodes: int = 2000) 
         raise ValueError(f"max_episodes must be >= 1, got {max_episodes}")
     run = Path(run)
     files = find_trajectory_files(run)
+    if not files and _is_eval_log(run / "episodes.jsonl"):
+        raise VgymError(f"{str(run)!r} is a vgym eval run that saved no trajectory (every episode passed "
+                        "with --save-trajectories failures, the default, or it ran with none); run the eval "
+                        "again with --save-trajectories all and a new --out folder to see every episode")
     if not files:
         raise VgymError(f"no trajectory *.jsonl under {str(run)!r}; runs write them with save_trajectories "
                         "(e.g. <run>/<arm>/eval_test.jsonl)")
@@ -178,6 +197,29 @@ def _image_html(source: TrajectoryFile, record: dict[str, Any], index: int, base
             f'alt="image {_esc(index)}" title="image {_esc(index)}">')
 
 
+def _score(record: dict[str, Any]) -> str:
+    """The episode's accuracy (its score), or ``-`` when the record has none."""
+    parts = record.get("reward_parts") or {}
+    return f"{_number(parts['accuracy']):.3f}" if "accuracy" in parts else "-"
+
+
+def _verdict(record: dict[str, Any]) -> str:
+    """The question, the gold answer, what the model answered (or why it did not) and the score."""
+    question = record.get("question")
+    head = (f'<p class="question"><b>question</b> {_esc(question)}</p>' if question is not None else "")
+    gold = record.get("gold_answer")
+    gold_html = (f'<code class="gold">{_esc(gold)}</code>' if gold is not None
+                 else '<span class="gold none">not recorded</span>')
+    if record.get("answer") is not None:
+        answered = f'answered <code class="answer">{_esc(record["answer"])}</code>'
+    else:
+        reason = record.get("truncated_reason")
+        why = f" ({_esc(reason)})" if reason else ""
+        answered = f'<span class="answer none">no answer{why}</span>'
+    return (f'{head}<p class="verdict">gold {gold_html} · {answered} · score <span class="score">'
+            f"{_score(record)}</span></p>")
+
+
 def _card(number: int, source: TrajectoryFile, record: dict[str, Any], base: Path) -> str:
     calls = _calls(record)
     tool_images = [i for c in calls for i in c.get("image_indices") or [] if isinstance(i, int)]
@@ -193,7 +235,6 @@ def _card(number: int, source: TrajectoryFile, record: dict[str, Any], base: Pat
     )
     failure, tool_error = _is_failure(record), any(not c.get("ok") for c in calls)
     tools = sorted({str(c.get("name")) for c in calls})
-    answer = "(none)" if record.get("answer") is None else _esc(record["answer"])
     head = (
         f'<article class="episode{" failure" if failure else ""}" id="ep-{number}" '
         f'data-task="{_esc(record["task"])}"'
@@ -203,13 +244,15 @@ def _card(number: int, source: TrajectoryFile, record: dict[str, Any], base: Pat
         f'class="sample-id">{_esc(record["sample_id"])}</code>'
         f' <span class="reward">reward {reward:.3f}</span> <span class="parts">({parts_text})</span>'
         f' <span class="ended">{ended}</span></header>'
-        f'<p class="meta">answer <code class="answer">{answer}</code> · group '
+        f"{_verdict(record)}"
+        f'<p class="meta">group '
         f"{_esc(record.get('group_id', '-'))} · {_esc(record.get('num_tokens', '?'))} tokens "
         f'({_esc(record.get("num_policy_tokens", "?"))} policy) · <span '
         f'class="source">{_esc(rel_source)}</span></p>'
     )
     prompt = "".join(_image_html(source, record, i, base, "prompt") for i in range(n_prompt))
     body = [head, f'<div class="images prompt">{prompt}</div><ol class="turns">']
+    n_turns = sum(isinstance(t, dict) for t in record["turns"])
     for k, turn in enumerate(t for t in record["turns"] if isinstance(t, dict)):
         body.append(
             f'<li class="turn" data-turn="{k}"><pre class="turn-text">{_esc(turn.get("text", ""))}</pre>'
@@ -237,6 +280,9 @@ def _card(number: int, source: TrajectoryFile, record: dict[str, Any], base: Pat
             )
         if turn.get("observation"):
             body.append(f'<pre class="observation">{_esc(turn["observation"])}</pre>')
+        if k == n_turns - 1 and record.get("answer") is not None:  # the answering turn: what it earned
+            body.append(f'<p class="turn-result">answered <code>{_esc(record["answer"])}</code> · score '
+                        f"{_score(record)}</p>")
         body.append("</li>")
     body.append("</ol></article>")
     return "".join(body)
@@ -312,8 +358,10 @@ padding:.5em .8em}.episode.failure{border-left-color:#c33}.meta{color:#555;margi
 .turns{margin:.3em 0;padding-left:1.5em}pre{white-space:pre-wrap;word-break:break-word;margin:.2em 0}
 .turn-text{background:#eef3ff;padding:.3em}.observation{background:#f3f3f3;padding:.3em;color:#444}
 .call{margin:.2em 0}.call.error .status{color:#c33;font-weight:bold}.call.ok .status{color:#282}
-.arguments{margin-left:.5em;color:#555}.extra{color:#777}.images img{max-width:240px;max-height:240px;
-margin:2px;border:1px solid #999;vertical-align:top}.missing{color:#a60;margin:0 .5em}
+.verdict{margin:.2em 0}.gold{color:#262}.answer.none{color:#a60}.turn-result{color:#555;margin:.2em 0}
+.question{margin:.2em 0}.arguments{margin-left:.5em;color:#555}.extra{color:#777}
+.images img{max-width:240px;max-height:240px;margin:2px;border:1px solid #999;vertical-align:top}
+.missing{color:#a60;margin:0 .5em}
 """
 
 _SCRIPT = """

@@ -177,6 +177,8 @@ class _Episode:
             terminated=bool(r.get("terminated", False)),
             truncated=bool(r.get("truncated", False)),
             truncated_reason=r.get("truncated_reason"),
+            question=r.get("question"),
+            gold_answer=r.get("gold"),
         )
 
 
@@ -334,7 +336,9 @@ class _Scheduler:
             self._finish(slot, {"reward": step.reward, "reward_parts": step.info.get("reward_parts", {}),
                                 "answer": step.info.get("answer"), "terminated": step.terminated,
                                 "truncated": step.truncated,
-                                "truncated_reason": "turns_or_images" if step.truncated else None})
+                                "truncated_reason": "turns_or_images" if step.truncated else None,
+                                # the episode is over: its question and gold go to the record, no policy
+                                "question": step.info.get("question"), "gold": step.info.get("gold")})
             return
         ep.append(step.chunk, step.images, step.messages)
         reason = self._over_budget(ep)

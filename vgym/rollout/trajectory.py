@@ -55,6 +55,11 @@ class Trajectory:
             ``"context_tokens"`` or ``"policy_tokens"`` (the rollout's budgets), or
             ``"sample_error: <message>"`` (the sample's media could not be loaded; no tokens, reward 0) — else
             None.
+        question: the sample's question, for reports and the viewer; written after the episode from the env's
+            final step (``info["question"]``), never shown to a policy through this record. None when the env
+            did not end the episode (a sample error, or a cut by the rollout's token budgets).
+        gold_answer: the sample's gold answer (``info["gold"]`` of the final step), for reports and the
+            viewer; None when ``question`` is.
     """
 
     sample_id: str
@@ -73,6 +78,8 @@ class Trajectory:
     terminated: bool = False
     truncated: bool = False
     truncated_reason: str | None = None
+    question: str | None = None
+    gold_answer: str | None = None
 
     @classmethod
     def failed(cls, sample_id: str, group_id: int, task: str, error: object) -> Trajectory:
@@ -109,6 +116,8 @@ class Trajectory:
             "terminated": self.terminated,
             "truncated": self.truncated,
             "truncated_reason": self.truncated_reason,
+            "question": self.question,
+            "gold_answer": self.gold_answer,
             "num_tokens": int(self.input_ids.numel()),
             "num_policy_tokens": int(self.loss_mask.sum()),
             "turns": self.turns,
