@@ -107,7 +107,7 @@ def _vgym(folder: Path, *args: str) -> subprocess.CompletedProcess:
                           timeout=600, cwd=folder, env={**os.environ, "COLUMNS": "200"})
 
 
-def test_the_readme_task_and_tool_plug_into_demo_and_diagnose(tmp_path: Path) -> None:
+def test_the_readme_task_and_tool_plug_into_demo_diagnose_eval_and_view(tmp_path: Path) -> None:
     _plugins(tmp_path)
     demo = _vgym(tmp_path, "demo", "odd_dot", "--import", "odd_dot", "--import", "flip_tool.py",
                  "--tools", "crop,flip")
@@ -120,6 +120,32 @@ def test_the_readme_task_and_tool_plug_into_demo_and_diagnose(tmp_path: Path) ->
     row = next(line for line in diagnose.stdout.splitlines() if "vgym/OddDot-v0" in line)
     cells = [c.strip() for c in row.strip("│ ").split("│")]
     assert cells[2] == "1.000" and cells[3] == "1.00"  # oracle reward, one crop per episode
+    out = tmp_path / "runs" / "odd_dot"
+    evaluated = _vgym(
+        tmp_path,
+        "eval",
+        "--import",
+        "odd_dot",
+        "--import",
+        "flip_tool.py",
+        "--policy",
+        "oracle",
+        "--suite",
+        "odd_dot",
+        "--n",
+        "6",
+        "--tools",
+        "crop,flip",
+        "--save-trajectories",
+        "all",
+        "--out",
+        str(out),
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["overall"]["avg_at_k"] == 1.0 and report["n"] == 6
+    viewed = _vgym(tmp_path, "view", str(out))
+    assert viewed.returncode == 0 and viewed.stdout.strip().endswith("view.html"), viewed.stderr[-2000:]
     missing = _vgym(tmp_path, "demo", "odd_dot")
     assert missing.returncode == 2 and missing.stderr.startswith("error: Unknown task 'odd_dot'")
     assert "Traceback" not in missing.stderr
