@@ -120,7 +120,10 @@ class GRPOConfig:
             InvalidConfigError: naming the first bad field (the message starts with its name).
         """
         if isinstance(self.alarms, dict):
-            self.alarms = AlarmConfig(**self.alarms)
+            try:
+                self.alarms = AlarmConfig(**self.alarms)
+            except InvalidConfigError as exc:
+                raise InvalidConfigError(f"alarms: {exc}") from None
         check_range("num_generations", self.num_generations, low=0)
         if self.num_generations < 2:
             raise InvalidConfigError(f"num_generations must be >= 2: GRPO needs at least 2 generations per "
