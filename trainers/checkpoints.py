@@ -56,8 +56,14 @@ def write_checkpoint(folder: str | Path, model: Any, processor: Any, state: dict
 
 
 def adapter_tensors(model: Any) -> dict[str, torch.Tensor] | None:
-    """The exact LoRA tensors of a peft model (state-dict keys containing ``lora_``), to keep in the trainer
-    state; None for a model without adapters."""
+    """The exact LoRA tensors of a peft model, to keep in the trainer state.
+
+    Args:
+        model: the model being trained.
+
+    Returns:
+        Its state-dict entries whose keys contain ``lora_``; None for a model without adapters.
+    """
     if not hasattr(model, "peft_config"):
         return None
     return {k: v for k, v in model.state_dict().items() if "lora_" in k}
@@ -79,8 +85,15 @@ def restore_weights(model: Any, folder: str | Path, adapters: dict[str, torch.Te
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:
-    """The ``checkpoint-<step>`` folders directly under ``folder``, oldest step first (hidden temporaries of
-    an unfinished save and other names are left out); empty when ``folder`` does not exist."""
+    """The checkpoints of one stage of a run.
+
+    Args:
+        folder: the stage's folder (a run folder, or its ``sft/``).
+
+    Returns:
+        The ``checkpoint-<step>`` folders directly under ``folder``, oldest step first (hidden temporaries of
+        an unfinished save and other names are left out); empty when ``folder`` does not exist.
+    """
     found = [p for p in Path(folder).glob("checkpoint-*")
              if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
     return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))

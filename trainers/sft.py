@@ -195,8 +195,12 @@ class SFTTrainer:
         return history
 
     def data_fingerprint(self) -> str:
-        """SHA-256 of the training set's token ids, loss masks and image grids, in order: a resumed run must
-        train on the same data to continue exactly."""
+        """Identify the training set, which a resumed run must share to continue exactly.
+
+        Returns:
+            The hex SHA-256 of every trajectory's token ids, loss mask and image grid, in order (computed
+            once).
+        """
         if self._fingerprint is None:
             digest = hashlib.sha256()
             for traj in self.data:
