@@ -19,7 +19,8 @@ The rollout policy is any :class:`vgym.policies.base.Policy` playing the model b
 copy of the weights (e.g. vLLM), which the trainer's ``sync_weights`` hook refreshes whenever the weights
 change.
 
-Checkpoints hold the model (``save_pretrained``), optimizer, scheduler, step, data position, the policy's
+Checkpoints are complete model folders (model and processor, so ``hf:<checkpoint>`` evaluates them; see
+:mod:`vgym.trainers.checkpoints`) holding also the optimizer, scheduler, step, data position, the policy's
 sampling state (for a :class:`~vgym.policies.base.StatefulPolicy`) and the alarm state, so a resumed run
 reproduces the next step exactly (tested on CPU).
 """
@@ -40,7 +41,6 @@ import torch
 from vgym.engine.fast_paths import fast_paths
 from vgym.engine.modeling import (
     forward_accepts,
-    load_pretrained_in_place,
     model_inputs,
     shared_image_features,
     vision_placeholder_ids,
@@ -52,9 +52,10 @@ from vgym.policies.base import Policy, StatefulPolicy
 from vgym.policies.hf import GenerationConfig, HFPolicy
 from vgym.rollout.chat import ChatEncoder
 from vgym.rollout.loop import EpisodeSpec, RolloutConfig, rollout
-from vgym.rollout.trajectory import Trajectory, atomic_path
+from vgym.rollout.trajectory import Trajectory
 from vgym.trainers.advantages import broadcast_advantages, compute_advantages, turn_advantages
 from vgym.trainers.aggregation import LOSS_TYPES
+from vgym.trainers.checkpoints import adapter_tensors, restore_weights, write_checkpoint
 from vgym.trainers.grpo_config import GRPOConfig
 from vgym.trainers.monitors import AlarmMonitor, rollout_metrics
 from vgym.trainers.objective import compute_policy_objective
@@ -394,7 +395,9 @@ class GRPOTrainer:
     # ---------------------------------------------------------------- checkpoints
 
     def save(self, folder: str | Path) -> Path:
-        """Save model (``save_pretrained``) and the trainer state needed for an exact resume.
+        """Save a checkpoint: a complete model folder (weights, config, processor, chat template; for LoRA the
+        adapters and their base's folder — :func:`vgym.trainers.checkpoints.write_checkpoint`) that
+        ``hf:<folder>`` loads, and ``grpo_state.pt`` with the trainer state needed for an exact resume.
 
         The folder is written whole to a hidden temporary sibling, then renamed into place (replacing an older
         save of the same name), so a kill or a full disk mid-save never leaves a partial ``folder``.
@@ -403,20 +406,16 @@ class GRPOTrainer:
             OSError: if the checkpoint cannot be written (e.g. a full disk), naming ``folder``; it is
                 unchanged.
         """
-        folder = Path(folder)
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "step": self.step_count, "data_position": self.data_position,
                  "alarms": self.alarms.state_dict(), "config": _plain(asdict(self.config)),
                  "alarm_log": self.alarm_log}
         if isinstance(self.policy, StatefulPolicy):  # e.g. the generator the sampling seeds come from
             state["policy"] = self.policy.state_dict()
-        if hasattr(self.model, "peft_config"):  # save_pretrained wrote the adapters; keep their exact tensors
-            state["adapters"] = {k: v for k, v in self.model.state_dict().items() if "lora_" in k}
-        with atomic_path(folder) as tmp:
-            tmp.mkdir()
-            self.model.save_pretrained(tmp)
-            torch.save(state, tmp / "grpo_state.pt")
-        return folder
+        adapters = adapter_tensors(self.model)
+        if adapters is not None:  # save_pretrained wrote the adapters; keep their exact tensors
+            state["adapters"] = adapters
+        return write_checkpoint(folder, self.model, self.processor, state, "grpo_state.pt")
 
     def load(self, folder: str | Path) -> None:
         """Restore a :meth:`save` into this trainer (weights in place, then ``sync_weights``), and the
@@ -442,10 +441,7 @@ class GRPOTrainer:
                                      f"({type(self.policy).__name__}), so a resumed run would not sample as "
                                      "the saved one would have; resume with the kind of policy it was saved "
                                      "with.")
-        if "adapters" in state:  # LoRA: the base is unchanged, the adapters are restored
-            self.model.load_state_dict(state["adapters"], strict=False)
-        else:
-            load_pretrained_in_place(self.model, folder)
+        restore_weights(self.model, folder, state.get("adapters"))  # LoRA: the adapters; the base stays
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_count, self.data_position = int(state["step"]), int(state["data_position"])

@@ -1,6 +1,7 @@
 """The settings of a GRPO-family run (:class:`GRPOConfig`), named as TRL's ``GRPOConfig`` where the knob is
-the same, each field citing the paper it comes from. Validated on construction (``InvalidConfigError`` names
-the field). The trainer is :class:`vgym.trainers.grpo.GRPOTrainer`; the loss fields reach the objective as a
+the same, each field citing the paper it comes from. Validated on construction (``InvalidConfigError``, its
+message starting with the field's name; a misspelt name gets the closest valid one). The trainer is
+:class:`vgym.trainers.grpo.GRPOTrainer`; the loss fields reach the objective as a
 :class:`~vgym.trainers.objective.LossSettings` (:meth:`GRPOConfig.loss_settings`).
 """
 
@@ -11,9 +12,12 @@ from dataclasses import dataclass, field
 
 from vgym.errors import InvalidConfigError
 from vgym.trainers.advantages import ADVANTAGE_ESTIMATORS
+from vgym.trainers.aggregation import LOSS_TYPES
+from vgym.trainers.config_checks import check_choice, check_range
 from vgym.trainers.monitors import AlarmConfig
 from vgym.trainers.objective import LossSettings
-from vgym.trainers.policy_losses import policy_loss_options
+from vgym.trainers.policy_losses import POLICY_LOSSES, policy_loss_options
+from vgym.trainers.regularisers import KL_ESTIMATORS
 
 __all__ = ["GRPOConfig"]
 
@@ -109,35 +113,57 @@ class GRPOConfig:
     """Tool-collapse and likelihood-drift alarms (see :mod:`vgym.trainers.monitors`)."""
 
     def __post_init__(self) -> None:
+        """Check every field: names against their registries (with the closest valid one), numbers against
+        their ranges, and the combinations.
+
+        Raises:
+            InvalidConfigError: naming the first bad field (the message starts with its name).
+        """
         if isinstance(self.alarms, dict):
-            self.alarms = AlarmConfig(**self.alarms)
+            try:
+                self.alarms = AlarmConfig(**self.alarms)
+            except InvalidConfigError as exc:
+                raise InvalidConfigError(f"alarms: {exc}") from None
+        check_range("num_generations", self.num_generations, low=0)
         if self.num_generations < 2:
-            raise InvalidConfigError(f"GRPO needs at least 2 generations per sample (a group); got "
-                                     f"num_generations={self.num_generations}")
-        if (self.prompts_per_step < 1 or self.num_iterations < 1 or self.steps < 0
-                or self.gradient_accumulation_steps < 1):
-            raise InvalidConfigError("need prompts_per_step >= 1, num_iterations >= 1, steps >= 0 and "
-                                     "gradient_accumulation_steps >= 1; got "
-                                     f"{self.prompts_per_step}, {self.num_iterations}, {self.steps}, "
-                                     f"{self.gradient_accumulation_steps}")
-        if self.advantage not in ADVANTAGE_ESTIMATORS.names():
-            ADVANTAGE_ESTIMATORS.get(self.advantage)  # raises with the valid names and a "did you mean"
-        ignored = [k for k in _CLIP_FIELDS if getattr(self, k) is not None
-                   and k not in policy_loss_options(self.policy_loss)]  # an unknown policy_loss raises here
-        if ignored:
-            warnings.warn(f"{', '.join(ignored)} does not apply to policy_loss={self.policy_loss!r} and is "
-                          "ignored; leave it unset (None)", stacklevel=3)
-        self.loss_settings()  # raises on an unknown loss_type or kl_estimator, with the valid names
-        if self.turn_credit not in ("outcome", "steps"):
-            raise InvalidConfigError(f"turn_credit must be 'outcome' or 'steps', got {self.turn_credit!r}")
-        if self.rollout_mode not in ("lockstep", "async"):
-            raise InvalidConfigError(f"rollout_mode must be 'lockstep' or 'async', got {self.rollout_mode!r}")
-        if not 0.0 <= self.otc_weight <= 1.0 or self.otc_c <= 0:
-            raise InvalidConfigError(f"need 0 <= otc_weight <= 1 and otc_c > 0, got {self.otc_weight}, "
-                                     f"{self.otc_c}")
+            raise InvalidConfigError(f"num_generations must be >= 2: GRPO needs at least 2 generations per "
+                                     f"sample (a group); got {self.num_generations}")
+        for name, low in (("prompts_per_step", 1), ("max_new_tokens", 1),
+                          ("num_iterations", 1), ("gradient_accumulation_steps", 1), ("data_offset", 0),
+                          ("max_resample_rounds", 0), ("warmup_steps", 0), ("steps", 0), ("seed", 0),
+                          ("weight_decay", 0), ("max_grad_norm", 0), ("beta", 0), ("llds_coef", 0),
+                          ("entropy_coef", 0), ("step_weight", 0)):
+            check_range(name, getattr(self, name), low=low)
+        if self.mini_batch_size is not None:
+            check_range("mini_batch_size", self.mini_batch_size, low=1)
+        check_range("learning_rate", self.learning_rate, low=0, low_open=True)
+        check_range("top_p", self.top_p, low=0, high=1, low_open=True)
+        check_range("otc_weight", self.otc_weight, low=0, high=1)
+        check_range("otc_c", self.otc_c, low=0, low_open=True)
+        check_range("temperature", self.temperature)
         if self.temperature <= 0:
             raise InvalidConfigError(f"temperature must be positive (greedy rollouts give no group "
                                      f"variance), got {self.temperature}")
+        for name in ("scale_rewards", "dynamic_sampling", "mask_truncated_completions"):
+            check_choice(name, getattr(self, name), (True, False))
+        check_choice("rollout_mode", self.rollout_mode, ("lockstep", "async"))
+        check_choice("advantage", self.advantage, ADVANTAGE_ESTIMATORS.names())
+        check_choice("turn_credit", self.turn_credit, ("outcome", "steps"))
+        check_choice("policy_loss", self.policy_loss, POLICY_LOSSES.names())
+        check_choice("loss_type", self.loss_type, LOSS_TYPES.names())
+        check_choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS.names())
+        if self.epsilon is not None:
+            check_range("epsilon", self.epsilon, low=0, high=1, low_open=True, high_open=True)
+        if self.epsilon_high is not None:
+            check_range("epsilon_high", self.epsilon_high, low=0, low_open=True)
+        if self.clip_ratio_c is not None:
+            check_range("clip_ratio_c", self.clip_ratio_c, low=1, low_open=True)
+        ignored = [k for k in _CLIP_FIELDS if getattr(self, k) is not None
+                   and k not in policy_loss_options(self.policy_loss)]
+        if ignored:
+            warnings.warn(f"{', '.join(ignored)} does not apply to policy_loss={self.policy_loss!r} and is "
+                          "ignored; leave it unset (None)", stacklevel=3)
+        self.loss_settings()  # the objective's own checks
 
     @property
     def batch_size(self) -> int:

@@ -3,12 +3,15 @@
 Contents: :class:`SFTConfig`, :func:`collate`, :class:`SFTTrainer`.
 
 The trainer never re-tokenises text: it trains on the ``input_ids``/``loss_mask`` the rollout built, with the
-image tensors the processor produced. Checkpoints hold model, optimizer, scheduler and data position, so
-:meth:`SFTTrainer.load` continues exactly.
+image tensors the processor produced. Checkpoints are complete model folders (model and processor, so
+``hf:<checkpoint>`` evaluates them; see :mod:`vgym.trainers.checkpoints`) holding also the optimizer,
+scheduler, step (the data position: step ``s`` reads :meth:`SFTTrainer.batch_indices` ``(s)``), a fingerprint
+of the data and the torch RNG state, so :meth:`SFTTrainer.load` continues exactly.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -18,9 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from vgym.engine.modeling import load_pretrained_in_place, model_inputs
+from vgym.engine.modeling import model_inputs
 from vgym.errors import InvalidConfigError
-from vgym.rollout.trajectory import Trajectory, atomic_path
+from vgym.rollout.trajectory import Trajectory
+from vgym.trainers.checkpoints import adapter_tensors, restore_weights, write_checkpoint
+from vgym.trainers.config_checks import check_range
 from vgym.trainers.tokens import sft_loss, token_logprobs
 
 __all__ = ["SFTConfig", "SFTTrainer", "adamw", "collate"]
@@ -56,11 +61,18 @@ class SFTConfig:
     """Seeds the data order."""
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.learning_rate <= 0 or self.warmup_steps < 0:
-            raise InvalidConfigError(
-                "need steps >= 1, batch_size >= 1, learning_rate > 0 and warmup_steps >= 0; got "
-                f"{self.steps}, {self.batch_size}, {self.learning_rate}, {self.warmup_steps}"
-            )
+        """Check every field's range.
+
+        Raises:
+            InvalidConfigError: naming the first field out of range (the message starts with its name).
+        """
+        check_range("steps", self.steps, low=1)
+        check_range("batch_size", self.batch_size, low=1)
+        check_range("learning_rate", self.learning_rate, low=0, low_open=True)
+        check_range("weight_decay", self.weight_decay, low=0)
+        check_range("warmup_steps", self.warmup_steps, low=0)
+        check_range("max_grad_norm", self.max_grad_norm, low=0)
+        check_range("seed", self.seed, low=0)
 
 
 def collate(trajectories: Sequence[Trajectory], pad_id: int) -> dict[str, torch.Tensor]:
@@ -93,19 +105,28 @@ class SFTTrainer:
     """Behaviour cloning of trajectories (e.g. the scripted oracle's)."""
 
     def __init__(self, model: Any, trajectories: Sequence[Trajectory], config: SFTConfig, *,
-                 pad_id: int) -> None:
+                 processor: Any = None, pad_id: int | None = None) -> None:
         """Args:
-        model: a transformers VLM; trained in place.
+        model: a transformers VLM (or a peft model around one); trained in place.
         trajectories: the training set.
         config: run settings.
-        pad_id: id used for padding (masked out of attention and loss).
+        processor: the model's processor, saved in every checkpoint so that the checkpoint is a model folder
+            ``hf:<checkpoint>`` loads; None saves weights and trainer state only.
+        pad_id: id used for padding (masked out of attention and loss); None takes the processor's
+            tokenizer's pad id (0 if it has none).
 
         Raises:
-            InvalidConfigError: if there are no trajectories or none has a policy token.
+            InvalidConfigError: if there are no trajectories or none has a policy token, or neither
+                ``processor`` nor ``pad_id`` is given.
         """
         if not trajectories or not any(int(t.loss_mask.sum()) for t in trajectories):
             raise InvalidConfigError("SFT needs at least one trajectory with policy tokens (loss_mask == 1)")
+        if pad_id is None and processor is None:
+            raise InvalidConfigError("SFTTrainer needs the processor (or a pad_id) to pad batches")
+        if pad_id is None:
+            pad_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
         self.model = model
+        self.processor = processor
         self.data = list(trajectories)
         self.config = config
         self.pad_id = pad_id
@@ -113,6 +134,7 @@ class SFTTrainer:
         self.optimizer = adamw([p for p in model.parameters() if p.requires_grad], config.learning_rate,
                                config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self._fingerprint: str | None = None
 
     def _lr_factor(self, step: int) -> float:
         cfg = self.config
@@ -172,41 +194,85 @@ class SFTTrainer:
                 callback(self.step_count, metrics)
         return history
 
+    def data_fingerprint(self) -> str:
+        """Identify the training set, which a resumed run must share to continue exactly.
+
+        Returns:
+            The hex SHA-256 of every trajectory's token ids, loss mask and image grid, in order (computed
+            once).
+        """
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for traj in self.data:
+                for tensor in (traj.input_ids, traj.loss_mask, traj.image_grid_thw):
+                    if tensor is not None:
+                        digest.update(str(tuple(tensor.shape)).encode())
+                        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
     def save(self, folder: str | Path) -> Path:
-        """Save model (``save_pretrained``), optimizer, scheduler, step and config to ``folder``.
+        """Save a checkpoint: a complete model folder (weights, config and, given the processor, tokenizer,
+        image processor and chat template; for LoRA the adapters and their base's folder — see
+        :func:`vgym.trainers.checkpoints.write_checkpoint`) and ``trainer_state.pt``: optimizer, scheduler,
+        step, config, the data's fingerprint and the torch RNG state (CPU and CUDA; dropout draws from it).
 
         The folder is written whole to a hidden temporary sibling, then renamed into place (replacing an older
         save of the same name), so a kill or a full disk mid-save never leaves a partial ``folder``.
+
+        Args:
+            folder: the checkpoint folder, e.g. ``runs/x/sft/checkpoint-100``.
+
+        Returns:
+            ``folder`` as a ``Path``.
 
         Raises:
             OSError: if the checkpoint cannot be written (e.g. a full disk), naming ``folder``; it is
                 unchanged.
         """
-        folder = Path(folder)
-        state = {
+        state: dict[str, Any] = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step_count,
             "config": asdict(self.config),
+            "data": {"trajectories": len(self.data), "sha256": self.data_fingerprint()},
+            "rng": {"cpu": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []},
         }
-        with atomic_path(folder) as tmp:
-            tmp.mkdir()
-            self.model.save_pretrained(tmp)
-            torch.save(state, tmp / "trainer_state.pt")
-        return folder
+        adapters = adapter_tensors(self.model)
+        if adapters is not None:  # save_pretrained wrote the adapters; keep their exact tensors
+            state["adapters"] = adapters
+        return write_checkpoint(folder, self.model, self.processor, state, "trainer_state.pt")
 
     def load(self, folder: str | Path) -> None:
-        """Restore a :meth:`save`; the model weights are loaded into ``self.model`` in place.
+        """Restore a :meth:`save`: the weights into ``self.model`` in place (the adapters only, for LoRA),
+        optimizer, scheduler and step, and the torch RNG state it saved (CPU, and CUDA where it was saved and
+        is available).
+
+        Args:
+            folder: a folder :meth:`save` wrote.
 
         Raises:
-            InvalidConfigError: if the checkpoint was made with a different config.
+            InvalidConfigError: if the checkpoint was made with a different config, or on other training data
+                (a different number of trajectories or fingerprint).
         """
         folder = Path(folder)
         state = torch.load(folder / "trainer_state.pt", weights_only=True)
         if state["config"] != asdict(self.config):
             raise InvalidConfigError(f"checkpoint config {state['config']} differs from "
                                      f"{asdict(self.config)}")
-        load_pretrained_in_place(self.model, folder)
+        data = state.get("data")  # absent from checkpoints written before vgym kept it
+        if data is not None and data != {"trajectories": len(self.data), "sha256": self.data_fingerprint()}:
+            raise InvalidConfigError(f"checkpoint {folder} was trained on other data ({data['trajectories']} "
+                                     f"trajectories, fingerprint {data['sha256'][:12]}) than this run's "
+                                     f"({len(self.data)}, {self.data_fingerprint()[:12]}); resume with the "
+                                     "data settings it was saved with")
+        restore_weights(self.model, folder, state.get("adapters"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_count = int(state["step"])
+        rng = state.get("rng")
+        if rng is not None:
+            torch.set_rng_state(rng["cpu"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])

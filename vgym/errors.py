@@ -1,7 +1,8 @@
 """The vgym exception hierarchy.
 
 Contents: :class:`VgymError` (base), :class:`UnknownNameError`, :class:`InvalidConfigError`,
-:class:`ToolError`, :class:`MediaError` (an ``InvalidConfigError``).
+:class:`ToolError`, :class:`MediaError` (an ``InvalidConfigError``), :class:`ModelFolderError` (an
+``InvalidConfigError`` and a ``FileNotFoundError``).
 
 Bugs in vgym raise ordinary Python exceptions. Bad *model actions* (a malformed tool call, a box outside the
 image) are episode events, not exceptions: tools raise :class:`ToolError` and the env turns it into an error
@@ -13,7 +14,8 @@ failed episode (reward 0, ``truncated_reason`` naming the error and the file) an
 
 from __future__ import annotations
 
-__all__ = ["VgymError", "UnknownNameError", "InvalidConfigError", "ToolError", "MediaError"]
+__all__ = ["VgymError", "UnknownNameError", "InvalidConfigError", "ToolError", "MediaError",
+           "ModelFolderError"]
 
 
 class VgymError(Exception):
@@ -57,3 +59,13 @@ class MediaError(InvalidConfigError):
         super().__init__(message)
         self.path = path
         self.sample_id = sample_id
+
+
+class ModelFolderError(InvalidConfigError, FileNotFoundError):
+    """A model folder (a local checkpoint given as ``hf:DIR``, a recipe's ``model``, a ``checkpoint-<step>``)
+    cannot be loaded: it is missing, lacks a file a model needs (config, weights, tokenizer, image processor,
+    chat template), or points (a LoRA adapter) to a base that is not a local folder. The message names the
+    folder and what is missing; vgym never looks for the files online.
+
+    A ``FileNotFoundError`` too, so code that caught a missing checkpoint folder as one still does.
+    """

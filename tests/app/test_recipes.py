@@ -1,6 +1,7 @@
-"""Tests of vgym/recipes.py and configs/*.yaml: every shipped recipe parses and validates, bad keys are named,
-and a small CPU recipe runs end to end (SFT warm start, evaluation, GRPO, checkpoint, CSV metrics, exact
-resume)."""
+"""Tests of vgym/recipes.py and configs/*.yaml: every shipped recipe parses and validates, bad keys and bad
+values are named at load (through ``vgym train`` too: one line, exit 2), and a small CPU recipe runs end to
+end (SFT warm start with its checkpoint, evaluation, GRPO, checkpoints, CSV metrics, exact resume that keeps
+the first "before" evaluation)."""
 
 from __future__ import annotations
 
@@ -70,14 +71,22 @@ def test_a_small_recipe_runs_and_resumes(tmp_path: Path) -> None:
     assert (out / "checkpoint-1" / "grpo_state.pt").exists() and (
         out / "checkpoint-2" / "grpo_state.pt"
     ).exists()
+    assert (out / "sft" / "checkpoint-1" / "trainer_state.pt").exists()  # save_every 1 holds for SFT too
+    assert (out / "sft" / "checkpoint-4" / "config.json").exists()
     assert (out / "eval_before.jsonl").exists() and (out / "eval_after.jsonl").exists()
     with (out / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["step"] for r in rows] == ["1", "2"] and "rollout/reward" in rows[0]
-    # Extend to 4 steps, resuming from checkpoint-2: the CSV continues at step 3, nothing is evaluated twice.
+    with (out / "sft" / "metrics.csv").open() as fh:
+        assert [r["step"] for r in csv.DictReader(fh)] == ["1", "2", "3", "4"]
+    # Extend to 4 steps, resuming from checkpoint-2: the CSV continues at step 3, nothing is evaluated twice,
+    # and results.json keeps the first run's "before" evaluation.
+    before_file = (out / "eval_before.jsonl").read_bytes()
     recipe.write_text(recipe.read_text().replace("steps: 2,", "steps: 4,"))
-    result = run_recipe(load_recipe(recipe, out=str(out), resume=True))
-    assert result["steps"] == 4 and "before" not in result
+    resumed = run_recipe(load_recipe(recipe, out=str(out), resume=True))
+    assert resumed["steps"] == 4 and resumed["before"] == result["before"]
+    assert json.loads((out / "results.json").read_text())["before"] == result["before"]
+    assert (out / "eval_before.jsonl").read_bytes() == before_file
     with (out / "metrics.csv").open() as fh:
         assert [r["step"] for r in csv.DictReader(fh)] == ["1", "2", "3", "4"]
     # Another GRPO setting than the checkpoint's is refused, naming the field.
@@ -118,3 +127,81 @@ def test_dotted_overrides(tmp_path: Path) -> None:
         load_recipe(recipe, "eval_episodes=7", "eval_episodes.x=1")
     with pytest.raises(InvalidConfigError, match="Did you mean|did you mean"):
         load_recipe(recipe, "grpo.learnin_rate=1")
+
+
+BAD_VALUES = [
+    # names: every enum a run reads, with the closest valid one when there is one
+    ("grpo.loss_type=foo", "grpo.loss_type must be one of 'bnpo', 'dapo', 'dr_grpo', 'grpo', got 'foo'"),
+    ("grpo.loss_type=dapoo", "grpo.loss_type must be one of .*, got 'dapoo'. Did you mean 'dapo'"),
+    ("grpo.policy_loss=ppo_clp", "grpo.policy_loss must be one of .*Did you mean 'ppo_clip'"),
+    ("grpo.kl_estimator=k2", "grpo.kl_estimator must be one of 'k1', 'k3', got 'k2'"),
+    ("grpo.advantage=grpoo", "grpo.advantage must be one of .*Did you mean 'grpo'"),
+    ("grpo.turn_credit=step", "grpo.turn_credit must be one of 'outcome', 'steps', got 'step'. Did you mean"),
+    ("grpo.rollout_mode=asinc", "grpo.rollout_mode must be one of 'lockstep', 'async'.*Did you mean 'async'"),
+    ("grpo.scale_rewards=group", "grpo.scale_rewards must be true or false, got 'group'"),
+    ("device=gpu", "device must be one of 'cpu', 'cuda', got 'gpu'"),
+    ("dtype=bfloat61", "dtype must be one of 'float32', 'bfloat16', got 'bfloat61'. Did you mean 'bfloat16'"),
+    ("report_to=[csvv]", "report_to must be one of 'csv', 'tensorboard', 'wandb', 'none', got 'csvv'. Did"),
+    ("report_to=[csv, csv]", "report_to must list distinct reporters"),
+    ("report_to=csv", "report_to must be a list of strings, got 'csv'"),
+    ("task=visual_serach", "task must be one of .*Did you mean 'visual_search'"),
+    # signs and ranges
+    ("grpo.learning_rate=-1e-4", "grpo.learning_rate must be > 0, got -0.0001"),
+    ("grpo.learning_rate=0", "grpo.learning_rate must be > 0, got 0"),
+    ("sft.learning_rate=-1e-3", "sft.learning_rate must be > 0, got -0.001"),
+    ("sft.batch_size=0", "sft.batch_size must be >= 1, got 0"),
+    ("sft.steps=2.5", "sft.steps must be an integer, got 2.5"),
+    ("grpo.num_generations=1", "grpo.num_generations must be >= 2: GRPO needs at least 2 generations"),
+    ("grpo.top_p=1.5", r"grpo.top_p must be in \(0, 1\], got 1.5"),
+    ("grpo.epsilon=-0.2", r"grpo.epsilon must be in \(0, 1\), got -0.2"),
+    ("grpo.beta=-0.04", "grpo.beta must be >= 0, got -0.04"),
+    ("grpo.max_new_tokens=0", "grpo.max_new_tokens must be >= 1, got 0"),
+    ("grpo.alarms.patience=0", "grpo.alarms: .*patience .*must be >= 1"),
+    ("grpo.alarms.patiense=3", "unknown key grpo.alarms.'patiense'; did you mean grpo.alarms.'patience'"),
+    ("eval_episodes=-5", "eval_episodes must be >= 0, got -5"),
+    ("sft_episodes=0", "sft_episodes must be >= 1, got 0"),
+    ("rollout_batch=0", "rollout_batch must be >= 1, got 0"),
+    ("max_new_tokens=0", "max_new_tokens must be >= 1, got 0"),
+    ("save_every=-1", "save_every must be >= 0, got -1"),
+    ("sft_save_every=-1", "sft_save_every must be >= 0, got -1"),
+    ("sft_teacher_skip_tools=1.5", r"sft_teacher_skip_tools must be in \[0, 1\], got 1.5"),
+    ("data_seed=-1", "data_seed must be >= 0, got -1"),
+    ("lora={r: 0}", "lora.r must be >= 1, got 0"),
+    ("lora={r: 8, alpah: 16}", "unknown key lora.'alpah'; did you mean lora.'alpha'"),
+    ("lora={dropout: 1.0}", r"lora.dropout must be in \[0, 1\), got 1.0"),
+    # the env, built once at load
+    ("env.max_turn=4", "unknown key env.'max_turn'; did you mean env.'max_turns'"),
+    ("env.tools=[crop, flipp]", "task / task_config / env: .*flipp"),
+    ("env.task_config={difficulty: 1}", "env.task_config is set by the recipe's own 'task_config'"),
+    ("task_config.difficulty=7", "task / task_config / env: .*difficulty"),
+]
+
+
+@pytest.mark.parametrize("assignment, message", BAD_VALUES, ids=[a for a, _ in BAD_VALUES])
+def test_bad_values_are_caught_at_load_naming_the_key(assignment: str, message: str) -> None:
+    """Every bad name, sign or range of configs/quickstart_cpu.yaml raises when the recipe loads, with the
+    file, the dotted key and (for names) the closest valid value; no run starts."""
+    path = next(p for p in CONFIGS if p.stem == "quickstart_cpu")
+    with pytest.raises(InvalidConfigError, match=f"^{path}: {message}"):
+        load_recipe(path, assignment)
+
+
+def test_vgym_train_prints_a_bad_recipe_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``vgym train --config bad.yaml``: one line on stderr naming the file and the key, exit status 2, no
+    traceback."""
+    from vgym.app.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grpo: {loss_type: dapoo, learning_rate: 1.0e-4}\neval_episodes: 8\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(bad)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"error: {bad}: grpo.loss_type must be one of 'bnpo', 'dapo', "
+                                        "'dr_grpo', 'grpo', got 'dapoo'. Did you mean 'dapo'?"]
+    bad.write_text("eval_episodes: -5\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(bad), "--set", "grpo.learning_rate=1e-4"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {bad}: eval_episodes must be >= 0, got -5"
+    assert not (tmp_path / "runs").exists()

@@ -1,5 +1,6 @@
 """Tests of trainers/sft.py on oracle trajectories with the tiny Qwen2-VL: learning, frozen parameters, exact
-checkpoint resume, data order and config validation."""
+checkpoint resume (full weights, and LoRA with dropout), checkpoints that load as models, data order and
+config validation."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from vgym.engine.modeling import model_inputs
 from vgym.engine.tiny import load_vlm
 from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError
@@ -16,7 +18,7 @@ from vgym.policies.oracle import OraclePolicy
 from vgym.rollout.chat import ChatEncoder
 from vgym.rollout.loop import EpisodeSpec, rollout
 from vgym.rollout.trajectory import Trajectory
-from vgym.trainers.sft import SFTConfig, SFTTrainer
+from vgym.trainers.sft import SFTConfig, SFTTrainer, collate
 
 # Small on purpose: batch 4 of 8 trajectories and 2 warm-up steps keep every test to a few seconds on a CPU.
 CONFIG = SFTConfig(steps=6, batch_size=4, learning_rate=2e-3, warmup_steps=2)
@@ -57,28 +59,104 @@ def test_sft_lowers_loss_and_updates_only_trainable_parameters(tiny, data: list[
 
 def test_checkpoint_resume_is_exact(tiny_dir: Path, tmp_path: Path, data: list[Trajectory]) -> None:
     """6 steps straight == 3 steps, save, fresh model + trainer, load, 3 more (weights, Adam state, data
-    position)."""
+    position): the resumed run's next-step loss and its final weights equal the uninterrupted run's."""
     straight_model, processor = load_vlm(tiny_dir)
-    straight = SFTTrainer(straight_model, data, CONFIG, pad_id=_pad(processor))
-    straight.train()
+    straight = SFTTrainer(straight_model, data, CONFIG, processor=processor)
+    history = straight.train()
 
-    first = SFTTrainer(load_vlm(tiny_dir)[0], data, CONFIG, pad_id=_pad(processor))
+    first = SFTTrainer(load_vlm(tiny_dir)[0], data, CONFIG, processor=processor)
     for _ in range(3):
         first.step()
     first.save(tmp_path / "ckpt")
     resumed_model = load_vlm(tiny_dir)[0]  # initial weights: load must overwrite all of them
-    resumed = SFTTrainer(resumed_model, data, CONFIG, pad_id=_pad(processor))
+    resumed = SFTTrainer(resumed_model, data, CONFIG, processor=processor)
     resumed.load(tmp_path / "ckpt")
     assert resumed.step_count == 3
     for (name, p), q in zip(resumed_model.named_parameters(), first.model.parameters()):
         assert torch.equal(p, q), name
-    resumed.train()
+    resumed_history = [resumed.step() for _ in range(3)]
 
     assert resumed.step_count == straight.step_count == 6
+    assert [h["loss/sft"] for h in resumed_history] == [h["loss/sft"] for h in history[3:]]
     for (name, p), q in zip(resumed_model.named_parameters(), straight_model.parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=name)
     used = [first.batch_indices(s) for s in range(3)] + [resumed.batch_indices(s) for s in range(3, 6)]
     assert used == [straight.batch_indices(s) for s in range(6)]
+
+
+def test_a_checkpoint_is_a_model_folder(tiny_dir: Path, tmp_path: Path, data: list[Trajectory]) -> None:
+    """The checkpoint loads with load_vlm (what ``hf:DIR`` does): the trained weights, the processor and its
+    chat template; the trainer state sits beside them."""
+    model, processor = load_vlm(tiny_dir)
+    trainer = SFTTrainer(model, data, replace(CONFIG, steps=2), processor=processor)
+    trainer.train()
+    folder = trainer.save(tmp_path / "checkpoint-2")
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "processor_config.json", "chat_template.jinja", "trainer_state.pt"} <= {p.name for p in
+                                                                                  folder.iterdir()}
+    loaded, loaded_processor = load_vlm(folder)
+    for (name, p), q in zip(loaded.named_parameters(), model.parameters()):
+        assert torch.equal(p, q), name
+    assert loaded_processor.chat_template == processor.chat_template
+    assert loaded_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+
+
+def test_lora_with_dropout_resumes_exactly_and_loads_as_a_model(tiny_dir: Path, tmp_path: Path,
+                                                                data: list[Trajectory]) -> None:
+    """LoRA with dropout (which draws from torch's RNG): 4 steps straight == 2 steps, save, other random
+    draws, fresh model, load, 2 more — adapters and losses equal, because the checkpoint keeps the RNG state.
+    The checkpoint holds only the adapters and the processor, and load_vlm rebuilds the trained model from it
+    (base from adapter_config.json's absolute base_model_name_or_path)."""
+    peft = pytest.importorskip("peft")
+
+    def lora():  # type: ignore[no-untyped-def]
+        model, processor = load_vlm(tiny_dir)
+        config = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, target_modules=["q_proj", "v_proj"])
+        return peft.get_peft_model(model, config), processor
+
+    cfg = replace(CONFIG, steps=4)
+    torch.manual_seed(0)  # this test's own draws (dropout), so its two runs start alike
+    straight_model, processor = lora()
+    straight = SFTTrainer(straight_model, data, cfg, processor=processor)
+    straight_losses = [h["loss/sft"] for h in straight.train()]
+
+    torch.manual_seed(0)
+    first_model, _ = lora()
+    first = SFTTrainer(first_model, data, cfg, processor=processor)
+    first.step(), first.step()
+    folder = first.save(tmp_path / "checkpoint-2")
+    torch.rand(1000)  # anything else drawing in between must not change the resumed run
+    resumed_model, _ = lora()
+    resumed = SFTTrainer(resumed_model, data, cfg, processor=processor)
+    resumed.load(folder)
+    resumed_losses = [resumed.step()["loss/sft"] for _ in range(2)]
+    assert resumed_losses == straight_losses[2:]
+    lora_weights = {n: p for n, p in resumed_model.named_parameters() if "lora_" in n}
+    assert lora_weights
+    for name, p in straight_model.named_parameters():
+        if "lora_" in name:
+            torch.testing.assert_close(lora_weights[name], p, atol=1e-6, rtol=0, msg=name)
+
+    names = {p.name for p in folder.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= names
+    assert "model.safetensors" not in names  # the base is not copied
+    loaded, _ = load_vlm(folder)
+    first_model.eval()  # dropout off, as in the loaded model
+    batch = collate(data[:2], processor.tokenizer.pad_token_id)
+    batch.pop("loss_mask")
+    with torch.no_grad():
+        expected = first_model(**model_inputs(first_model, **batch)).logits
+        got = loaded(**model_inputs(loaded, **batch)).logits
+    assert torch.equal(got, expected)
+
+
+def test_load_rejects_other_data(tiny, tmp_path: Path, data: list[Trajectory]) -> None:
+    """A checkpoint of a run on other trajectories raises instead of continuing on a different data order."""
+    model, processor = tiny
+    SFTTrainer(model, data, CONFIG, processor=processor).save(tmp_path / "ckpt")
+    other = SFTTrainer(model, data[:-1], CONFIG, processor=processor)
+    with pytest.raises(InvalidConfigError, match="trained on other data \\(8 trajectories"):
+        other.load(tmp_path / "ckpt")
 
 
 def test_load_rejects_other_config(tiny, tmp_path: Path, data: list[Trajectory]) -> None:
@@ -106,12 +184,16 @@ def test_batch_indices_cover_each_trajectory_once_per_epoch(tiny, data: list[Tra
     assert positions(seed=1) != order
 
 
-@pytest.mark.parametrize(
-    "field, value", [("steps", 0), ("batch_size", 0), ("learning_rate", 0.0), ("warmup_steps", -1)]
-)
-def test_config_validation(field: str, value: float) -> None:
-    with pytest.raises(InvalidConfigError, match=r"need steps >= 1, batch_size >= 1, learning_rate > 0"):
+@pytest.mark.parametrize("field, value, bound", [
+    ("steps", 0, ">= 1"), ("batch_size", 0, ">= 1"), ("learning_rate", 0.0, "> 0"),
+    ("learning_rate", -1e-3, "> 0"), ("warmup_steps", -1, ">= 0"), ("weight_decay", -0.1, ">= 0"),
+    ("max_grad_norm", -1.0, ">= 0"), ("seed", -1, ">= 0"),
+])
+def test_config_validation(field: str, value: float, bound: str) -> None:
+    with pytest.raises(InvalidConfigError, match=f"^{field} must be {bound}, got {value}$"):
         SFTConfig(**{field: value})
+    with pytest.raises(InvalidConfigError, match=f"^{field} must be a number, got '1'$"):
+        SFTConfig(**{field: "1"})
 
 
 def test_trainer_needs_policy_tokens(tiny, data: list[Trajectory]) -> None:

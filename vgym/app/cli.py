@@ -300,8 +300,11 @@ def sft(
     from vgym.engine.tiny import load_vlm
     from vgym.env import VisualToolEnv
     from vgym.policies.hf import GenerationConfig
+    from vgym.trainers.config_checks import check_choice
     from vgym.trainers.sft import SFTConfig
 
+    check_choice("--device", device, ("cpu", "cuda"))
+    check_choice("--dtype", dtype, ("float32", "bfloat16"))
     chosen = None if tools == "default" else () if tools == "off" else tuple(t for t in tools.split(",") if t)
     vlm, processor = load_vlm(model, device=device, dtype=getattr(torch, dtype))
     if gradient_checkpointing and hasattr(vlm, "gradient_checkpointing_enable"):
@@ -349,13 +352,19 @@ def train(
         list[str] | None, typer.Option("--set", help="override, e.g. grpo.learning_rate=1e-4; repeatable")
     ] = None,
 ) -> None:
-    """SFT warm start (optional) then GRPO, from a YAML recipe; held-out evaluation before and after."""
+    """SFT warm start (optional) then GRPO, from a YAML recipe; held-out evaluation before and after.
+    Checkpoints (model folders) land in the run folder; Ctrl-C saves one and stops, --resume continues."""
     from vgym.app.recipes import load_recipe, run_recipe
 
     recipe = load_recipe(config, *(set_ or []), out=str(out) if out else None, resume=resume or None)
     logging.basicConfig(level=logging.WARNING)
-    with _progress_bars() as progress:
-        result = run_recipe(recipe, progress)
+    try:
+        with _progress_bars() as progress:
+            result = run_recipe(recipe, progress)
+    except KeyboardInterrupt:
+        errors.print(f"interrupted; the same command with --resume continues from the newest checkpoint in "
+                     f"{recipe.out}", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(130) from None
     table = Table(title=f"held-out test split of {recipe.task} ({recipe.eval_episodes} episodes)")
     for col in ("when", "acc", "reward", "calls/ep", "format"):
         table.add_column(col)

@@ -93,19 +93,19 @@ def sft_then_evaluate(
     """Behaviour-clone the oracle (or ``teacher``) on the train split, then evaluate greedily on the test
     split.
 
-    Writes ``<out>/oracle_train.jsonl`` (first 16 episodes), ``<out>/checkpoint/`` (model, processor, trainer
-    state) and ``<out>/eval_test.jsonl`` with images under ``<out>/images/``.
+    Writes ``<out>/oracle_train.jsonl`` (first 16 episodes), ``<out>/checkpoint/`` (a complete model folder:
+    model, processor, chat template, with the trainer state beside them) and ``<out>/eval_test.jsonl`` with
+    images under ``<out>/images/``.
     """
     encoder = ChatEncoder(processor)
     data = collect(env_fn, teacher or OraclePolicy(), encoder, "train", train_episodes, batch_size=batch_size,
                    progress=progress, stage=f"{label}: oracle data")
     save_trajectories(data[:16], out, "oracle_train")
-    trainer = SFTTrainer(model, data, sft, pad_id=processor.tokenizer.pad_token_id)
+    trainer = SFTTrainer(model, data, sft, processor=processor)
     start = time.perf_counter()
     history = trainer.train(lambda step, _: progress(f"{label}: SFT", step, sft.steps))
     train_seconds = time.perf_counter() - start
-    trainer.save(out / "checkpoint")
-    processor.save_pretrained(out / "checkpoint")  # so `vgym eval --policy hf:<out>/checkpoint` can load it
+    trainer.save(out / "checkpoint")  # a model folder: `vgym eval --policy hf:<out>/checkpoint` loads it
     policy = HFPolicy(model, processor, generation)
     start = time.perf_counter()
     evaluated = collect(env_fn, policy, encoder, "test", eval_episodes, batch_size=batch_size,

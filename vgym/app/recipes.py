@@ -4,20 +4,31 @@ Contents: :class:`Recipe`, :func:`apply_override`, :func:`load_recipe`, :func:`l
 :func:`run_recipe`.
 
 ``vgym train --config configs/quickstart_cpu.yaml`` runs :func:`run_recipe`: load (or, for ``model: tiny``,
-build) the model → optionally behaviour-clone the oracle (SFT) → greedy held-out evaluation → GRPO with
-reporters, alarms and checkpoints → the same evaluation again. Everything lands in ``out``: ``metrics.csv``
-(and TensorBoard logs when asked), ``checkpoint-<step>/`` folders,
-``eval_before.jsonl`` / ``eval_after.jsonl`` trajectories and ``results.json``. ``resume: true`` continues
-from the newest checkpoint in ``out`` exactly.
+build) the model → optionally behaviour-clone the oracle (SFT) with checkpoints → greedy held-out evaluation
+→ GRPO with reporters, alarms and checkpoints → the same evaluation again. Everything lands in ``out``:
+``sft/checkpoint-<step>/`` and ``sft/metrics.csv`` (SFT), ``checkpoint-<step>/`` and ``metrics.csv`` (GRPO;
+TensorBoard logs when asked), ``eval_before.jsonl`` / ``eval_after.jsonl`` trajectories and ``results.json``
+(written once the "before" evaluation is done, completed at the end). Every checkpoint is a complete model
+folder (``vgym eval --policy hf:<out>/checkpoint-<step>``). ``resume: true`` continues exactly from the newest
+GRPO checkpoint, else from the newest SFT checkpoint (then GRPO from scratch), keeping the first run's
+"before" evaluation. A Ctrl-C (SIGINT) during SFT or GRPO ends the step under way, saves a checkpoint and
+stops (a second Ctrl-C stops at once, without one).
+
+:func:`load_recipe` checks everything a run will use before anything runs: unknown keys (with the closest
+valid one), value types, every name (losses, estimators, modes, devices, reporters, the task and its env) and
+every range, raising :class:`~vgym.errors.InvalidConfigError` that names the key (``grpo.loss_type``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import logging
 import re
 import time
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,18 +36,23 @@ from typing import Any
 
 import yaml
 
+from vgym.app.interrupts import train_until_interrupted
 from vgym.app.pipeline import collect
 from vgym.engine.modeling import enable_checkpointing
-from vgym.env import VisualToolEnv
-from vgym.errors import InvalidConfigError
+from vgym.env import EnvConfig, VisualToolEnv
+from vgym.errors import InvalidConfigError, VgymError
 from vgym.eval.stats import summarize
 from vgym.policies.hf import GenerationConfig, HFPolicy
 from vgym.policies.oracle import OraclePolicy
 from vgym.rollout.chat import ChatEncoder
 from vgym.rollout.trajectory import save_trajectories, write_json
+from vgym.task import TASKS
+from vgym.trainers.checkpoints import list_checkpoints
+from vgym.trainers.config_checks import check_choice, check_range
 from vgym.trainers.grpo import GRPOTrainer, hf_policy
 from vgym.trainers.grpo_config import GRPOConfig
-from vgym.trainers.reporters import make_reporters
+from vgym.trainers.monitors import AlarmConfig
+from vgym.trainers.reporters import REPORTERS, make_reporters
 from vgym.trainers.sft import SFTConfig, SFTTrainer
 
 __all__ = ["Recipe", "apply_override", "load_recipe", "load_model", "run_recipe"]
@@ -62,8 +78,9 @@ class Recipe:
     gradient_checkpointing: bool = False
     """Trade compute for activation memory (real checkpoints)."""
     lora: dict[str, Any] | None = None
-    """LoRA adapters via peft (Hu et al., arXiv:2106.09685): ``{"r", "alpha", "dropout", "target_modules"}``;
-    the KL reference is then the base model with adapters off. None trains every weight."""
+    """LoRA adapters via peft (Hu et al., arXiv:2106.09685): ``{"r", "alpha", "dropout", "target_modules"}``
+    (defaults 16, 32, 0.0, ``[q_proj, v_proj]``); the KL reference is then the base model with adapters off,
+    and checkpoints hold the adapters with the base folder's path. None trains every weight."""
     task: str = "visual_search"
     """Task registry name."""
     task_config: dict[str, Any] | None = None
@@ -94,21 +111,99 @@ class Recipe:
     """Reporters: ``csv``, ``tensorboard``, ``wandb`` or ``none``."""
     save_every: int = 0
     """Save a checkpoint every N GRPO steps (0: only at the end)."""
+    sft_save_every: int | None = None
+    """Save an SFT checkpoint (``<out>/sft/checkpoint-<step>``) every N SFT steps (0: only at the end);
+    None: ``save_every``."""
     resume: bool = False
-    """Continue from the newest ``checkpoint-<step>`` in ``out``."""
+    """Continue from the newest ``checkpoint-<step>`` in ``out`` (GRPO), else from the newest
+    ``sft/checkpoint-<step>`` (SFT, then GRPO from its start)."""
 
     def __post_init__(self) -> None:
-        if self.device not in ("cpu", "cuda") or self.dtype not in ("float32", "bfloat16"):
-            raise InvalidConfigError(f"device must be cpu|cuda and dtype float32|bfloat16, got "
-                                     f"{self.device!r}, {self.dtype!r}")
+        """Check every field (sections included) but the env's, which :func:`load_recipe` builds.
+
+        Raises:
+            InvalidConfigError: naming the first bad key, e.g. ``grpo.loss_type must be one of ...``.
+        """
+        check_choice("device", self.device, ("cpu", "cuda"))
+        check_choice("dtype", self.dtype, ("float32", "bfloat16"))
+        check_choice("task", self.task, TASKS.names())
+        for name, low in (("data_seed", 0), ("sft_episodes", 1), ("eval_episodes", 0), ("max_new_tokens", 1),
+                          ("rollout_batch", 1), ("save_every", 0)):
+            check_range(name, getattr(self, name), low=low)
+        if self.sft_save_every is not None:
+            check_range("sft_save_every", self.sft_save_every, low=0)
+        check_range("sft_teacher_skip_tools", self.sft_teacher_skip_tools, low=0, high=1)
+        _check_reporters(self.report_to)
+        if self.lora is not None:
+            _check_lora(self.lora)
         self.grpo_config  # validates the GRPO fields now, not after an SFT warm start  # noqa: B018
         if self.sft is not None:
-            SFTConfig(**self.sft)
+            self.sft_config  # noqa: B018
 
     @property
     def grpo_config(self) -> GRPOConfig:
-        """The GRPO settings as a config object."""
-        return GRPOConfig(**self.grpo)
+        """The GRPO settings as a config object.
+
+        Raises:
+            InvalidConfigError: naming the bad ``grpo.`` key.
+        """
+        return _section("grpo", GRPOConfig, self.grpo)
+
+    @property
+    def sft_config(self) -> SFTConfig | None:
+        """The SFT settings as a config object; None without an SFT warm start.
+
+        Raises:
+            InvalidConfigError: naming the bad ``sft.`` key.
+        """
+        return None if self.sft is None else _section("sft", SFTConfig, self.sft)
+
+
+_LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+
+
+def _check_lora(lora: dict[str, Any]) -> None:
+    """Check a recipe's ``lora`` mapping (keys, types, ranges), naming the bad ``lora.`` key."""
+    for key in lora:
+        if key not in _LORA_KEYS:
+            hint = difflib.get_close_matches(str(key), _LORA_KEYS, n=1)
+            raise InvalidConfigError(f"unknown key lora.{key!r}" + (f"; did you mean lora.{hint[0]!r}?"
+                                                                    if hint else f"; valid: {_LORA_KEYS}"))
+    if "r" in lora:
+        check_range("lora.r", lora["r"], low=1)
+        if not isinstance(lora["r"], int):
+            raise InvalidConfigError(f"lora.r must be an integer, got {lora['r']!r}")
+    if "alpha" in lora:
+        check_range("lora.alpha", lora["alpha"], low=0, low_open=True)
+    if "dropout" in lora:
+        check_range("lora.dropout", lora["dropout"], low=0, high=1, high_open=True)
+    targets = lora.get("target_modules", ["q_proj"])
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise InvalidConfigError(f"lora.target_modules must be a non-empty list of module names, got "
+                                 f"{targets!r}")
+
+
+def _check_reporters(report_to: Any) -> None:
+    """Check ``report_to``: registered reporter names, each once, or ``[none]``."""
+    if not isinstance(report_to, list):
+        raise InvalidConfigError(f"report_to must be a list of reporter names, got {report_to!r}")
+    for name in report_to:
+        check_choice("report_to", name, [*REPORTERS.names(), "none"])
+    if len(set(report_to)) != len(report_to) or ("none" in report_to and len(report_to) > 1):
+        raise InvalidConfigError(f"report_to must list distinct reporters, or be [none]; got {report_to}")
+
+
+def _section(name: str, cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)``, its error naming the key as ``<name>.<field>`` (a message that starts with one of
+    ``cls``'s fields gets the prefix, any other ``<name>:``)."""
+    try:
+        return cls(**values)
+    except VgymError as exc:
+        text = str(exc)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        first = re.match(r"\w+", text)
+        prefix = f"{name}." if first and first.group() in fields else f"{name}: "
+        raise InvalidConfigError(prefix + text) from None
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -147,10 +242,20 @@ def _numbers(value: Any) -> Any:
 
 
 def load_recipe(path: str | Path, *assignments: str, **overrides: Any) -> Recipe:
-    """Read a YAML recipe; ``assignments`` (``dotted.key=value``) and then ``overrides`` replace keys.
+    """Read a YAML recipe; ``assignments`` (``dotted.key=value``) and then ``overrides`` replace keys. The
+    whole recipe is checked here (see the module docstring), its env built once and closed.
+
+    Args:
+        path: the YAML file.
+        *assignments: ``dotted.key=value`` overrides (:func:`apply_override`).
+        **overrides: top-level keys to replace; None values are ignored.
+
+    Returns:
+        The checked :class:`Recipe`.
 
     Raises:
-        InvalidConfigError: for an unknown key (with the closest valid one) or an invalid value.
+        InvalidConfigError: for an unknown key (with the closest valid one) or an invalid value, naming the
+            file and the key.
     """
     data = _numbers(yaml.safe_load(Path(path).read_text()) or {})
     if not isinstance(data, dict):
@@ -159,30 +264,83 @@ def load_recipe(path: str | Path, *assignments: str, **overrides: Any) -> Recipe
         apply_override(data, assignment)
     data.update({k: v for k, v in overrides.items() if v is not None})
     _check_keys(path, "", data, Recipe)
-    for section, cls in (("grpo", GRPOConfig), ("sft", SFTConfig)):
+    for section, cls in (("grpo", GRPOConfig), ("sft", SFTConfig), ("env", EnvConfig)):
         if isinstance(data.get(section), dict):
             _check_keys(path, f"{section}.", data[section], cls)
+    for key in ("task", "task_config", "data_seed"):
+        if key in data.get("env", {}):
+            raise InvalidConfigError(f"{path}: env.{key} is set by the recipe's own {key!r}; move it there")
+    if isinstance(data.get("grpo"), dict) and isinstance(data["grpo"].get("alarms"), dict):
+        _check_keys(path, "grpo.alarms.", data["grpo"]["alarms"], AlarmConfig)
     try:
-        return Recipe(**data)
-    except TypeError as exc:
+        recipe = Recipe(**data)
+        _check_env(recipe)
+    except InvalidConfigError as exc:
         raise InvalidConfigError(f"{path}: {exc}") from None
+    return recipe
+
+
+def _check_env(recipe: Recipe) -> None:
+    """Build (and close) the env of GRPO and evaluation, and the SFT data's, as the run will.
+
+    Raises:
+        InvalidConfigError: the env's error (an unknown tool, a bad ``task_config`` or ``env`` value), naming
+            the recipe keys it came from.
+    """
+    configs = {"task_config": recipe.task_config}
+    if recipe.sft is not None and recipe.sft_task_config is not None:
+        configs["sft_task_config"] = recipe.sft_task_config
+    for key, task_config in configs.items():
+        try:
+            _env_fn(recipe, task_config)().close()
+        except VgymError as exc:
+            raise InvalidConfigError(f"task / {key} / env: {exc}") from None
 
 
 def _check_keys(path: str | Path, prefix: str, data: dict[str, Any], cls: type) -> None:
     """Raise for a key of ``data`` that is not a field of the dataclass ``cls``, naming the closest one, or
-    whose field defaults to a number while the value is not one (e.g. a quoted ``"1e-6"``)."""
+    whose value does not have the field's type (e.g. a quoted ``"1e-6"`` for a number)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    valid = list(fields)
-    for key, value in data.items():
-        default = fields[key].default if key in fields else None
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and (
-                isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise InvalidConfigError(f"{path}: {prefix}{key} must be a number, got {value!r}")
+    hints = typing.get_type_hints(cls)
     for key in data:
-        if key not in valid:
-            hint = difflib.get_close_matches(key, valid, n=1)
+        if key not in fields:
+            hint = difflib.get_close_matches(str(key), list(fields), n=1)
             raise InvalidConfigError(f"{path}: unknown key {prefix}{key!r}"
                                      + (f"; did you mean {prefix}{hint[0]!r}?" if hint else ""))
+    for key, value in data.items():
+        expected = _expected(value, hints[key])
+        if expected is not None:
+            raise InvalidConfigError(f"{path}: {prefix}{key} must be {expected}, got {value!r}")
+
+
+def _expected(value: Any, hint: Any) -> str | None:
+    """None when ``value`` (as YAML gives it) fits the type ``hint``, else what the hint asks for in words."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        wanted = [_expected(value, arg) for arg in args]
+        return None if None in wanted else " or ".join(w for w in wanted if w)
+    if hint in _SIMPLE_TYPES:
+        words, _, fits = _SIMPLE_TYPES[hint]
+        return None if fits(value) else words
+    if hint is dict or origin is dict or dataclasses.is_dataclass(hint):
+        return None if isinstance(value, dict) or (isinstance(hint, type) and isinstance(value, hint)) else (
+            "a mapping")
+    if origin in (list, tuple):
+        item = args[0] if args else Any
+        if isinstance(value, (list, tuple)) and all(_expected(v, item) is None for v in value):
+            return None
+        return f"a list of {_SIMPLE_TYPES[item][1]}" if item in _SIMPLE_TYPES else "a list"
+    return None
+
+
+_SIMPLE_TYPES: dict[Any, tuple[str, str, Callable[[Any], bool]]] = {
+    type(None): ("null", "nulls", lambda v: v is None),
+    bool: ("true or false", "booleans", lambda v: isinstance(v, bool)),
+    int: ("an integer", "integers", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: ("a number", "numbers", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    str: ("a string", "strings", lambda v: isinstance(v, str)),
+}
+"""Type → (it in words, a list of them in words, whether a YAML value fits it)."""
 
 
 def load_model(recipe: Recipe, progress: Progress) -> tuple[Any, Any]:
@@ -237,9 +395,21 @@ def _evaluate(recipe: Recipe, model: Any, processor: Any, name: str, progress: P
 def run_recipe(recipe: Recipe, progress: Progress | None = None) -> dict[str, Any]:
     """Run the recipe (see the module docstring).
 
+    Args:
+        recipe: a checked recipe (:func:`load_recipe`).
+        progress: ``progress(stage, done, total)`` as work advances (stages ``SFT data``, ``SFT``,
+            ``eval_before``, ``GRPO``, ``eval_after``); None reports nothing.
+
     Returns:
         ``{"before": summary, "after": summary, "steps": int, "wall_seconds": float, "alarms": [...]}``, also
-        written to ``<out>/results.json``.
+        written to ``<out>/results.json`` (``before``, ``after``: without evaluation, absent; a resumed run
+        keeps the first run's ``before``).
+
+    Raises:
+        KeyboardInterrupt: on Ctrl-C (SIGINT) during SFT or GRPO, after saving the checkpoint of the last
+            finished step (``--resume`` continues from it); a second Ctrl-C stops at once without one.
+        InvalidConfigError: resuming from a checkpoint of another config or other SFT data, or a model
+            folder that cannot be loaded.
     """
     progress = progress or (lambda stage, done, total: None)
     start = time.perf_counter()
@@ -247,39 +417,89 @@ def run_recipe(recipe: Recipe, progress: Progress | None = None) -> dict[str, An
     out.mkdir(parents=True, exist_ok=True)
     model, processor = load_model(recipe, progress)
     cfg = recipe.grpo_config
-    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    resume_from = checkpoints[-1] if recipe.resume and checkpoints else None
+    checkpoints = list_checkpoints(out) if recipe.resume else []
+    resume_from = checkpoints[-1] if checkpoints else None
+    results = _earlier_before(out) if recipe.resume else {}
     if recipe.sft is not None and resume_from is None:
-        sft_task = recipe.sft_task_config if recipe.sft_task_config is not None else recipe.task_config
-        sft_env = _env_fn(recipe, sft_task)
-        teacher = OraclePolicy(skip_tools=recipe.sft_teacher_skip_tools, seed=recipe.data_seed + 1)
-        data = collect(sft_env, teacher, ChatEncoder(processor), "train", recipe.sft_episodes,
-                       batch_size=recipe.rollout_batch, progress=progress, stage="SFT data")
-        sft = SFTConfig(**recipe.sft)
-        SFTTrainer(model, data, sft, pad_id=processor.tokenizer.pad_token_id).train(
-            lambda step, _: progress("SFT", step, sft.steps))
-    results: dict[str, Any] = {}
-    if recipe.eval_episodes and resume_from is None:
+        _run_sft(recipe, model, processor, progress)
+    if recipe.eval_episodes and "before" not in results and resume_from is None:
         results["before"] = _evaluate(recipe, model, processor, "eval_before", progress)
+        write_json(out / "results.json", results)  # kept by a resumed run
     policy = hf_policy(model, processor, cfg)  # plays the model being trained: no weights to sync
     trainer = GRPOTrainer(model, processor, policy, _env_fn(recipe, recipe.task_config), cfg)
     if resume_from is not None:
         trainer.load(resume_from)
     reporters = make_reporters(recipe.report_to, out, resume_step=trainer.step_count if resume_from else None)
+    saved = {trainer.step_count} if resume_from is not None else set()
+
     def on_step(step: int, metrics: dict[str, float]) -> None:
         for reporter in reporters:
             reporter.log(step, metrics)
         progress("GRPO", step, cfg.steps)
         if recipe.save_every and step % recipe.save_every == 0:
             trainer.save(out / f"checkpoint-{step}")
+            saved.add(step)
 
-    trainer.train(on_step)
-    trainer.save(out / f"checkpoint-{trainer.step_count}")
-    for reporter in reporters:
-        reporter.close()
+    try:
+        train_until_interrupted(trainer, on_step, out, saved, "GRPO")
+    finally:
+        for reporter in reporters:
+            reporter.close()
+    if trainer.step_count not in saved:
+        trainer.save(out / f"checkpoint-{trainer.step_count}")
     if recipe.eval_episodes:
         results["after"] = _evaluate(recipe, model, processor, "eval_after", progress)
     results.update({"steps": trainer.step_count, "wall_seconds": time.perf_counter() - start,
                     "alarms": trainer.alarm_log})
     write_json(out / "results.json", results)
     return results
+
+
+def _run_sft(recipe: Recipe, model: Any, processor: Any, progress: Progress) -> None:
+    """The SFT warm start: oracle data, then SFT in place on ``model`` with checkpoints in ``<out>/sft``
+    (every ``sft_save_every`` steps, at the end and on Ctrl-C), continued from the newest one when the recipe
+    resumes; per-step metrics go to ``<out>/sft/metrics.csv`` (and TensorBoard) as the recipe reports."""
+    folder = Path(recipe.out) / "sft"
+    sft = recipe.sft_config
+    assert sft is not None  # the caller runs SFT only for a recipe with an sft section
+    sft_task = recipe.sft_task_config if recipe.sft_task_config is not None else recipe.task_config
+    teacher = OraclePolicy(skip_tools=recipe.sft_teacher_skip_tools, seed=recipe.data_seed + 1)
+    data = collect(_env_fn(recipe, sft_task), teacher, ChatEncoder(processor), "train", recipe.sft_episodes,
+                   batch_size=recipe.rollout_batch, progress=progress, stage="SFT data")
+    trainer = SFTTrainer(model, data, sft, processor=processor)
+    earlier = list_checkpoints(folder) if recipe.resume else []
+    if earlier:
+        trainer.load(earlier[-1])
+        logger.info("SFT resumes from %s (step %d of %d)", earlier[-1], trainer.step_count, sft.steps)
+    saved = {trainer.step_count} if earlier else set()
+    every = recipe.save_every if recipe.sft_save_every is None else recipe.sft_save_every
+    names = [n for n in recipe.report_to if n not in ("none", "wandb")]  # W&B: the GRPO run only
+    reporters = make_reporters(names, folder, resume_step=trainer.step_count if earlier else None)
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        for reporter in reporters:
+            reporter.log(step, metrics)
+        progress("SFT", step, sft.steps)
+        if every and step % every == 0:
+            trainer.save(folder / f"checkpoint-{step}")
+            saved.add(step)
+
+    try:
+        train_until_interrupted(trainer, on_step, folder, saved, "SFT")
+    finally:
+        for reporter in reporters:
+            reporter.close()
+    if trainer.step_count not in saved:
+        trainer.save(folder / f"checkpoint-{trainer.step_count}")
+
+
+def _earlier_before(out: Path) -> dict[str, Any]:
+    """``{"before": ...}`` from an earlier run's ``results.json`` in ``out``; empty when it has none."""
+    try:
+        earlier = json.loads((out / "results.json").read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:  # written whole (write-then-rename), so only a hand edit gets here
+        raise InvalidConfigError(f"{out / 'results.json'} is not JSON ({exc}); move it aside to "
+                                 "resume") from None
+    return {"before": earlier["before"]} if isinstance(earlier, dict) and "before" in earlier else {}

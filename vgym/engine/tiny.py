@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, trainers
 from tokenizers.models import BPE
 from transformers import (
@@ -33,6 +34,9 @@ from transformers import (
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models import qwen2_vl
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
+
+from vgym.engine.model_folder import check_model_folder
+from vgym.errors import ModelFolderError
 
 __all__ = ["QWEN2_VL_CHAT_TEMPLATE", "SPECIAL_TOKENS", "TOOL_TOKENS", "TinyQwen2VLProcessor", "TinyVLMConfig",
            "build_tiny_vlm", "default_corpus", "load_vlm"]
@@ -349,36 +353,64 @@ def build_tiny_vlm(
 
 def load_vlm(path: str | Path, *, device: str = "cpu",
              dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """Load a Qwen2-VL-family model and its processor from a local directory (no network).
+    """Load a Qwen2-VL-family model and its processor from a local model folder (never the network).
 
-    Works for a ``build_tiny_vlm`` directory and for real Qwen2-VL / Qwen2.5-VL checkpoints. Without
-    torchvision the stock processors of real checkpoints cannot be built (they need a video processor); then
-    the processor falls back to ``TinyQwen2VLProcessor`` (same tokenizer, image processor and chat template,
-    no video).
+    Works for a ``build_tiny_vlm`` folder, a real Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint and every
+    checkpoint a vgym trainer writes, LoRA ones included: an adapter folder (peft's ``adapter_config.json``)
+    loads its base from ``base_model_name_or_path`` and applies the adapters (see
+    :mod:`vgym.engine.model_folder`). The folder is checked before anything is loaded. Without torchvision the
+    stock processors of real checkpoints cannot be built (they need a video processor); then the processor
+    falls back to ``TinyQwen2VLProcessor`` (same tokenizer, image processor and chat template, no video).
 
     Args:
-        path: Local checkpoint directory.
+        path: Local model folder.
         device: Device to move the model to.
         dtype: Model dtype; ``None`` keeps the checkpoint's.
 
     Returns:
-        ``(model, processor)``; the model is in eval mode.
+        ``(model, processor)``; the model is in eval mode (a peft ``PeftModel`` for an adapter folder).
 
     Raises:
-        FileNotFoundError: If ``path`` is not a directory.
+        ModelFolderError: ``path`` is not a folder, lacks a file a model needs (the message names the folder
+            and each missing part), is an adapter whose base is not a complete local folder, or holds files
+            transformers cannot load (the cause is chained; ``--debug`` shows it).
     """
     path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"no checkpoint directory at {path}")
+    base = check_model_folder(path)
     kwargs: dict[str, object] = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).to(device).eval()
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(base or path, **kwargs)
+        if base is not None:
+            model = _with_adapters(model, path)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:  # unreadable, not missing
+        raise ModelFolderError(f"model folder {base or path} holds files transformers could not load as a "
+                               f"model ({type(exc).__name__}); rerun with --debug for the cause") from exc
+    model = model.to(device).eval()
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     except (ImportError, ValueError, TypeError, AttributeError, OSError) as exc:
         logger.warning(
             "AutoProcessor failed on %s (%s); using TinyQwen2VLProcessor", path, type(exc).__name__
         )
-        processor = TinyQwen2VLProcessor.from_pretrained(path, local_files_only=True)
+        try:
+            processor = TinyQwen2VLProcessor.from_pretrained(path, local_files_only=True)
+        except (ImportError, ValueError, TypeError, AttributeError, OSError) as again:
+            raise ModelFolderError(f"model folder {path} holds processor files transformers could not load "
+                                   f"({type(again).__name__}); rerun with --debug for the cause") from again
     return model, processor
+
+
+def _with_adapters(base: PreTrainedModel, folder: Path) -> Any:
+    """``base`` with the LoRA adapters of ``folder`` applied (a peft ``PeftModel``, adapters frozen).
+
+    Raises:
+        ModelFolderError: peft is not installed.
+    """
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise ModelFolderError(f"model folder {folder} holds LoRA adapters, which need peft: pip install "
+                               "peft (or vgym[dev])") from exc
+    return PeftModel.from_pretrained(base, folder, is_trainable=False)
