@@ -187,7 +187,8 @@ def measure(
         x1, y1, x2, y2 = bxs[0]
         text = f"area of the box: {_fmt((x2 - x1) * (y2 - y1))} px² ({_fmt(x2 - x1)} x {_fmt(y2 - y1)})"
     elif kind == "area":
-        text = f"area of the {len(pts)}-point polygon: {_fmt(polygon_area(pts))} px²"  # type: ignore[arg-type]
+        area = polygon_area(pts)  # type: ignore[arg-type]
+        text = f"area of the {len(pts)}-point polygon: {_fmt(area)} px²"
     else:
         text = f"iou of the two boxes: {box_iou(bxs[0], bxs[1]):.4f}"  # type: ignore[index]
     drawn = _draw(image, pts, bxs, closed=kind == "area")

@@ -241,7 +241,8 @@ def default_corpus(*, seed: int = 0, size: int = 3000) -> list[str]:
             f"<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n"
             f"<|im_start|>assistant\nLet me look at the {rng.choice(_RELATIONS)} "
             f"part.\n<tool_call>{sep}{call}{sep}"
-            f"</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>{sep}{json.dumps(result)}{sep}</tool_response>"
+            f"</tool_call><|im_end|>\n<|im_start|>user\n"
+            f"<tool_response>{sep}{json.dumps(result)}{sep}</tool_response>"
             f"<|im_end|>\n<|im_start|>assistant\nThe {shape} is {c1}.\n<answer>{answer}</answer><|im_end|>\n"
         )
     return out
