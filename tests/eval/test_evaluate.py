@@ -260,7 +260,7 @@ def test_a_failed_start_leaves_the_folder_free_for_the_corrected_command(tmp_pat
     good = dict(policy="oracle", suite=("counting",), n=2, difficulties=(0,))
     with pytest.raises(UnknownNameError, match="spatial"):
         run_eval(EvalConfig(policy="oracle", suite=("spatail",), n=2), out)
-    with pytest.raises(InvalidConfigError, match="no checkpoint directory"):
+    with pytest.raises(InvalidConfigError, match="missing does not exist"):
         run_eval(EvalConfig(**{**good, "policy": f"hf:{tmp_path / 'missing'}"}), out)
     with pytest.raises(InvalidConfigError, match="is not a folder"):
         run_eval(EvalConfig(policy="oracle", suite=("vgym_jsonl",), n=2,
