@@ -66,8 +66,12 @@ class ToolRuntimeConfig:
     (a worker process, so a crash, a hang or an out-of-memory kill in a backend cannot take the rollout down
     and is cleaned up by killing it; the tool is pickled by reference, so its functions must be importable
     module-level functions; each env's worker loads its own copy of a backend's model) or "ray" (one named Ray
-    actor per (tool, backend, options), shared by every env of the Ray cluster, so one copy of a detector
-    serves all env workers; needs ``ray.init`` first, e.g. by ``rollout(parallel="ray")``)."""
+    actor per (tool, backend, options), shared by every env of the Ray job, so one copy of a detector serves
+    all env workers; needs ``ray.init`` first, e.g. by ``rollout(parallel="ray")``). The actor is not
+    detached: Ray ties it to the process that first asked for it (an env worker, or the driver for envs
+    that run in it), so it ends when that process does, and with the job at the latest: a model-backed tool
+    holds no GPU after the driver exits. If its owner goes first (a closed or replaced env worker), a call in
+    flight fails as that call's error and the next call starts a fresh server under the same name."""
 
     start_timeout_s: float = 300.0
     """Wall-clock limit, in seconds, for readying a worker before a call's clock starts: starting a worker
@@ -465,6 +469,12 @@ def tool_server_name(tool: Tool, backend: str, options: Mapping[str, Any]) -> st
     return f"vgym-tool-{tool.name}-{backend}-{digest}"
 
 
+_SERVERS: dict[str, Any] = {}
+"""This process's handles of the tool servers it has called, by actor name. Ray ends a non-detached actor
+once no handle to it is left, so holding them keeps each server up for as long as this process lives, and
+ties it to this process (or its owner) rather than to the cluster."""
+
+
 def _call_tool_server(tool: Tool, backend: str, ctx: ToolContext, arguments: dict[str, Any],
                       timeout: float | None) -> ToolResult:
     """Run a call on the shared actor (created on first use by whichever env asks first)."""
@@ -474,16 +484,11 @@ def _call_tool_server(tool: Tool, backend: str, ctx: ToolContext, arguments: dic
         raise InvalidConfigError(
             "tool isolation 'ray' needs a running Ray (ray.init(...) or rollout(parallel='ray'))"
         )
-    server = (
-        ray.remote(ToolServer)
-        .options(
-            name=tool_server_name(tool, backend, ctx.options),
-            get_if_exists=True,
-            lifetime="detached",
-            max_concurrency=1,
-        )
-        .remote()
-    )
+    name = tool_server_name(tool, backend, ctx.options)
+    server = _SERVERS.get(name)
+    if server is None:
+        server = ray.remote(ToolServer).options(name=name, get_if_exists=True, max_concurrency=1).remote()
+        _SERVERS[name] = server
     remote_ctx = ToolContext(list(ctx.images), dict(ctx.metadata), ctx.rng, ctx.max_pixels, ctx.video,
                              dict(ctx.arrays), None, dict(ctx.options))
     ref = server.call.remote(tool, backend, remote_ctx, arguments)
@@ -496,6 +501,7 @@ def _call_tool_server(tool: Tool, backend: str, ctx: ToolContext, arguments: dic
         ) from None
     # the server died; the next call starts a fresh one under the same name
     except ray.exceptions.RayActorError:
+        _SERVERS.pop(name, None)
         raise ToolError(
             f"{tool.name} crashed its tool server (backend {backend!r}); the call was lost."
         ) from None

@@ -4,9 +4,13 @@ truncate and flag, and placeholder/grid mismatches are caught before generation.
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -228,6 +232,7 @@ def test_one_tool_server_serves_every_env_worker(ray_session, processor, tmp_pat
     options = {"model": str(tmp_path / "dpt")}
     env_fn = functools.partial(VisualToolEnv, "depth_3d", tools=("depth",), tool_runtime={
         "backends": {"depth": "hf"}, "options": {"depth": options}, "isolation": "ray"})
+    name = tool_server_name(TOOLS.get("depth"), "hf", options)
     pool = RayEnvPool(env_fn, ChatEncoder(processor), 4, num_workers=2)
     try:
         workers = set(pool.worker_pids())
@@ -239,13 +244,51 @@ def test_one_tool_server_serves_every_env_worker(ray_session, processor, tmp_pat
             RolloutConfig(batch_size=4, mode="async"),
             pool=pool,
         )
+        stats = ray_session.get(ray_session.get_actor(name).stats.remote())
     finally:
         pool.close()
     calls = [c for t in trajs for turn in t.turns for c in turn["tool_calls"]]
     assert len(calls) == len(SPECS) and all(c["ok"] and c["backend"] == "hf" for c in calls)
-    server = ray_session.get_actor(tool_server_name(TOOLS.get("depth"), "hf", options))
-    stats = ray_session.get(server.stats.remote())
     # one copy of the model served both env workers
     assert stats["calls"] == len(SPECS) and stats["loaded"] == 1
     assert stats["pid"] not in workers | {os.getpid()}
-    ray_session.kill(server)
+    # the server was owned by the env worker that asked first: it ends with the pool (it was detached, and
+    # outlived every worker and the driver, holding its model)
+    assert _gone(ray_session, name)
+
+
+def _gone(ray, name: str, wait_s: float = 30.0) -> bool:
+    """Whether no actor is named ``name`` in any namespace, waiting up to ``wait_s`` for a kill to land."""
+    from ray.util import list_named_actors
+
+    deadline = time.monotonic() + wait_s
+    while any(a["name"] == name for a in list_named_actors(all_namespaces=True)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+_DRIVER = """
+import sys
+import ray
+from vgym.env import VisualToolEnv
+ray.init(address=sys.argv[1], log_to_driver=False)
+env = VisualToolEnv("spatial_2d", tools=("crop",), tool_runtime={"isolation": "ray"})
+env.reset(seed=0)
+_, _, _, _, info = env.step('<tool_call>{"name": "crop", "arguments": {"box": [0, 0, 20, 20]}}</tool_call>')
+assert info["tool_calls"][0]["ok"], info["tool_calls"]
+from ray.util import list_named_actors
+print(sorted(a["name"] for a in list_named_actors(all_namespaces=True) if a["name"].startswith("vgym-tool-")))
+"""
+
+
+def test_a_tool_server_ends_with_the_driver_that_started_it(ray_session) -> None:  # type: ignore[no-untyped-def]
+    """Another driver on the same cluster (a finished ``vgym train`` job) leaves no tool server behind."""
+    address = ray_session.get_runtime_context().gcs_address
+    done = subprocess.run([sys.executable, "-c", _DRIVER, address], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (name,) = ast.literal_eval(done.stdout.strip().splitlines()[-1])  # it ran on a server of its own
+    assert name.startswith("vgym-tool-crop-")
+    assert _gone(ray_session, name)
