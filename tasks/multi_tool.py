@@ -99,7 +99,7 @@ class MultiToolConfig:
     at most) passes."""
     overview_frames: int = 2
     """frames_crop: frames of the clip in ``Sample.images`` (1 to 3), spread evenly; the oracle adds 2 frames
-    and a crop, well within the env's default 8 images."""
+    and a crop, well within the env's default 20 images."""
     clip_dir: str | None = None
     """Folder of the cached frames_crop clips; None means ``<tempfile.gettempdir()>/vgym-clips``."""
 

@@ -71,8 +71,8 @@ class VideoGroundingConfig:
     height: int = 168
     """Frame height in pixels: 3/4 of ``width`` (4 x 3 square cells)."""
     overview_frames: int = 4
-    """Frames of the clip in ``Sample.images``, spread evenly over it (1 to 4, so 4 more frames from one tool
-    call fit the env's default budget of 8 images)."""
+    """Frames of the clip in ``Sample.images``, spread evenly over it (1 to 4; with 4, two 8-frame
+    ``sample_frames`` calls fit the env's default budget of 20 images)."""
     clip_dir: str | None = None
     """Folder of the cached mp4 clips; None means ``<tempfile.gettempdir()>/vgym-clips``. Not part of the
     clip's name: the same sample gives the same file name anywhere."""

@@ -25,8 +25,8 @@ colour of the counted shape in its cell), and nowhere else. The oracle's one cal
 separated by overview frames in which nothing shows: counts and order follow from its frames. ``at_time`` asks
 about a frame inside a slot in any gap (never an overview frame); the slot holds a flash or nothing, and the
 oracle calls ``get_frame`` there. Distractor flashes keep a frame away from slots and from each other;
-distractor appearances go anywhere in gaps. 4 overview frames + 3 tool frames fit the env's default budget of
-8 images (a 16-frame call would not).
+distractor appearances go anywhere in gaps. 4 overview frames + 3 tool frames fit well within the env's default
+budget of 20 images.
 
 Tool necessity: a plan is its slot-free part (query, distractors, statics) plus a *state* that fills the slots
 (the slots holding the subject, which option comes first, the flash colour at the asked time). Changing the
@@ -91,7 +91,7 @@ class VideoQaConfig:
     """Frame height in pixels: 3/4 of ``width``."""
     overview_frames: int = 4
     """Frames of the clip in ``Sample.images``: 3 or 4 (n). Counts go up to n - 1 and order needs two slots;
-    with 4 the oracle's 3 frames fill the env's default budget of 8 images."""
+    with 4 the oracle's 3 frames bring the episode to 7 of the env's default 20 images."""
     clip_dir: str | None = None
     """Folder of the cached mp4 clips; None means ``<tempfile.gettempdir()>/vgym-clips``. Not part of the
     names."""

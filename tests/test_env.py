@@ -12,7 +12,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import vgym  # noqa: F401  (registers the envs)
-from vgym.env import VisualToolEnv
+from vgym.env import IMAGE_BUDGET_ERROR, VisualToolEnv
 from vgym.errors import InvalidConfigError, UnknownNameError
 from vgym.task import TASKS, env_id
 from vgym.tasks.visual_search import PATTERNS
@@ -320,19 +320,71 @@ def test_non_text_action_raises(env: gymnasium.Env) -> None:
         env.unwrapped.step(5)
 
 
-def test_image_budget_exhaustion_truncates() -> None:
+def test_a_call_past_the_image_budget_is_an_error_and_the_episode_goes_on() -> None:
     env = _make(max_images=2)  # the scene is image 0, so one crop fits
     try:
         env.reset(seed=0)
         obs, _, _, truncated, info = env.step(_crop(env, _region(env)))
         assert not truncated and info["tool_calls"][0]["image_indices"] == [1]
         obs, reward, terminated, truncated, info = env.step(_crop(env, [0, 0, 50, 50], image_index=1))
-        assert (terminated, truncated) == (False, True)
-        assert "the episode's image budget (2) is used up" in obs["text"]
+        assert (terminated, truncated, reward) == (False, False, 0.0)
+        assert "this call returns 1 image but all of the episode's 2 images are used" in obs["text"]
         assert obs["images"] == ()
         (record,) = info["tool_calls"]
-        assert record["ok"] is False and record["error"] == "image budget exhausted"
-        assert info["reward_parts"]["accuracy"] == 0.0 and info["reward_parts"]["tool"] == 1.0
+        assert record["ok"] is False and record["error"] == IMAGE_BUDGET_ERROR
+        assert record["image_indices"] == []
+        # the model can still answer from what it saw, and is scored as usual
+        obs, reward, terminated, truncated, info = env.step(_answer(env, env.unwrapped.sample.answer))
+        assert (terminated, truncated) == (True, False) and info["reward_parts"]["accuracy"] == 1.0
+    finally:
+        env.close()
+
+
+def test_the_budget_error_says_how_many_images_remain() -> None:
+    env = _make("vgym/VideoGrounding-v0", tools=("sample_frames",), max_images=10)
+    try:
+        env.reset(seed=0)  # 4 overview frames
+        call = env.unwrapped.protocol.format_tool_call("sample_frames", {"start_s": 0.0, "end_s": 1.0})
+        obs, _, _, truncated, info = env.step(call)
+        assert info["tool_calls"][0]["error"] == IMAGE_BUDGET_ERROR and not truncated
+        assert "this call returns 8 images but only 6 of the episode's 10 images remain" in obs["text"]
+        call = env.unwrapped.protocol.format_tool_call(
+            "sample_frames", {"start_s": 0.0, "end_s": 1.0, "num_frames": 6}
+        )
+        obs, _, _, _, info = env.step(call)  # the model asks for fewer, and gets them
+        assert info["tool_calls"][0]["ok"] and len(obs["images"]) == 6
+    finally:
+        env.close()
+
+
+def test_max_turns_still_ends_an_episode_of_budget_errors() -> None:
+    env = _make(max_images=1, max_turns=3)
+    try:
+        env.reset(seed=0)
+        for turn in range(3):
+            obs, reward, terminated, truncated, info = env.step(_crop(env, _region(env)))
+            assert info["tool_calls"][0]["error"] == IMAGE_BUDGET_ERROR
+            assert truncated == (turn == 2) and not terminated
+        assert reward == 0.0 and info["answer"] is None
+    finally:
+        env.close()
+
+
+def test_the_default_budget_fits_a_video_record_and_two_sample_frames_calls() -> None:
+    env = _make("vgym/VideoGrounding-v0", tools=("sample_frames", "get_frame"))
+    try:
+        obs, _ = env.reset(seed=0)
+        assert len(obs["images"]) == 4  # the overview frames
+        call = env.unwrapped.protocol.format_tool_call("sample_frames", {"start_s": 0.0, "end_s": 1.0})
+        for expected_first in (4, 12):
+            obs, _, terminated, truncated, info = env.step(call)
+            (record,) = info["tool_calls"]
+            assert record["ok"], record["error"]
+            assert record["image_indices"] == list(range(expected_first, expected_first + 8))
+            assert len(obs["images"]) == 8 and not (terminated or truncated)
+        obs, _, _, truncated, info = env.step(call)  # a third would be images 21..28
+        assert info["tool_calls"][0]["error"] == IMAGE_BUDGET_ERROR and not truncated
+        assert "this call returns 8 images but all of the episode's 20 images are used" in obs["text"]
     finally:
         env.close()
 

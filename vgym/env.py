@@ -29,7 +29,8 @@ from vgym.task import SPLITS, TASKS, Sample, Task
 from vgym.tool_runtime import ToolRuntime, ToolRuntimeConfig
 from vgym.tooling import TOOLS, Tool, ToolContext, fit_to_budget
 
-__all__ = ["EnvConfig", "ToolCallRecord", "VisualToolEnv", "MAX_ASPECT_RATIO", "SampleCache", "SAMPLES"]
+__all__ = ["EnvConfig", "ToolCallRecord", "VisualToolEnv", "MAX_ASPECT_RATIO", "SampleCache", "SAMPLES",
+           "IMAGE_BUDGET_ERROR"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ MAX_ASPECT_RATIO = 100
 instead."""
 
 _INDEX_RANGE = 2**31 - 1
+
+IMAGE_BUDGET_ERROR = "image budget exhausted"
+"""``ToolCallRecord.error`` of a call whose images would have taken the episode past ``max_images``: its
+images were not shown, the model was told how many remain, and the episode went on."""
 
 
 class SampleCache:
@@ -120,8 +125,11 @@ class EnvConfig:
     """Model turns before the episode is truncated (Mini-o3, arXiv:2509.07969, trains with a small cap)."""
     max_pixels: int = 224 * 224
     """Image budget: every image the model sees is resized to H·W ≤ max_pixels."""
-    max_images: int = 8
-    """Most images in one episode (sample images + tool outputs); exceeding it truncates the episode."""
+    max_images: int = 20
+    """Most images in one episode (sample images + tool outputs). A call whose images would exceed it shows
+    none of them and gets an error saying how many images remain; the episode goes on (``max_turns`` still
+    ends it). 20 fits a video record's 4 overview frames plus two ``sample_frames`` calls of 8 (their
+    default)."""
     max_calls_per_turn: int = 1
     """Tool calls honoured per turn; extra calls are reported as a format error."""
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -266,7 +274,8 @@ class VisualToolEnv(gym.Env[dict, str]):
 
         Returns:
             ``(obs, reward, terminated, truncated, info)``. ``terminated`` is True once the model answered;
-            ``truncated`` is True at ``max_turns`` or when the image budget ran out. After either, call
+            ``truncated`` is True at ``max_turns`` (a call past the image budget is an error observation,
+            not the end: see :data:`IMAGE_BUDGET_ERROR`). After either, call
             :meth:`reset`. ``reward`` is 0 until the episode ends, then the composite reward (parts in
             ``info["reward_parts"]``).
 
@@ -286,14 +295,12 @@ class VisualToolEnv(gym.Env[dict, str]):
         content: list[dict[str, Any]] = []
         shown: list[np.ndarray] = []
         records: list[ToolCallRecord] = []
-        out_of_images = False
         for call in parsed.tool_calls:
             record, text, images = self._run_tool(call.name, call.arguments)
             records.append(record)
             if len(self._images) + len(images) > self.config.max_images:
-                out_of_images = True
-                record.ok, record.error = False, "image budget exhausted"
-                text, images = f"Error: the episode's image budget ({self.config.max_images}) is used up.", []
+                record.ok, record.error = False, IMAGE_BUDGET_ERROR
+                text, images = self._budget_error(len(images)), []
             for im in images:
                 record.image_indices.append(len(self._images))
                 self._images.append(im)
@@ -305,7 +312,7 @@ class VisualToolEnv(gym.Env[dict, str]):
         content.append({"type": "text", "text": _clip("\n".join(pieces), 4 * _MAX_MESSAGE_CHARS)})
         messages = [{"role": "user", "content": content}]
         obs = {"text": _message_text(messages), "images": tuple(shown)}
-        truncated = out_of_images or self._turn >= self.config.max_turns
+        truncated = self._turn >= self.config.max_turns
         info = self._info(messages, records)
         reward = 0.0
         if truncated:
@@ -315,6 +322,17 @@ class VisualToolEnv(gym.Env[dict, str]):
             info["answer"] = None
             info.update(self._facts())
         return obs, reward, False, truncated, info
+
+    def _budget_error(self, wanted: int) -> str:
+        """The observation of a call whose ``wanted`` images would exceed ``max_images``."""
+        left = self.config.max_images - len(self._images)
+        room = f"only {left} of the episode's {self.config.max_images} images remain" if left else (
+            f"all of the episode's {self.config.max_images} images are used"
+        )
+        return (
+            f"Error: this call returns {wanted} image{'s' if wanted != 1 else ''} but {room}, so none was "
+            "shown. Ask for fewer images, or answer with what you have seen."
+        )
 
     def _run_tool(self, name: str, arguments: dict[str, Any]) -> tuple[ToolCallRecord, str, list[np.ndarray]]:
         """Run one call; every failure becomes an error text for the model."""

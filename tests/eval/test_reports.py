@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from vgym.errors import InvalidConfigError
+from vgym.policies.base import PolicyOutput
 from vgym.eval.evaluate import EvalConfig, run_eval
 from vgym.eval.plots import write_plots
 from vgym.eval.reports import METRIC_KEYS, SCHEMA_VERSION, build_report, compare, validate_report
@@ -267,3 +268,50 @@ def test_load_report_names_a_missing_folder_or_report(tmp_path: Path) -> None:
     (tmp_path / "report.json").write_text("{")
     with pytest.raises(InvalidConfigError, match="not JSON"):
         load_report(tmp_path)
+
+
+class _FrameHungry:
+    """Asks for 8 frames every turn, then answers: past the image budget its calls are refused, not its
+    episodes."""
+
+    def act(self, batch):  # type: ignore[no-untyped-def]
+        out = []
+        for item in batch:
+            if item.turn < 3:
+                call = {"name": "sample_frames", "arguments": {"start_s": 0.0, "end_s": 1.0}}
+                out.append(PolicyOutput(f"<tool_call>{json.dumps(call)}</tool_call>"))
+            else:
+                out.append(PolicyOutput("<answer>[0.0, 1.0]</answer>"))
+        return out
+
+
+def test_calls_past_the_image_budget_are_counted_in_records_report_table_and_viewer(tmp_path: Path) -> None:
+    from vgym.env import IMAGE_BUDGET_ERROR, VisualToolEnv
+    from vgym.eval.evaluate import episode_record
+    from vgym.eval.viewer import build_view
+    from vgym.rollout.loop import EpisodeSpec, rollout
+    from vgym.rollout.trajectory import save_trajectories
+
+    def env_fn() -> VisualToolEnv:
+        return VisualToolEnv("video_grounding", tools=("sample_frames",))
+
+    specs = [EpisodeSpec("test", i, group_id=i) for i in range(2)]
+    trajs = rollout(env_fn, _FrameHungry(), None, specs)
+    task = env_fn().task
+    records = []
+    for i, traj in enumerate(trajs):
+        calls = [c for t in traj.turns for c in t["tool_calls"]]
+        assert [c["error"] for c in calls] == [None, None, IMAGE_BUDGET_ERROR]  # 4 + 8 + 8 = 20, then refused
+        assert traj.answer == "[0.0, 1.0]" and not traj.truncated  # the episode went on to its answer
+        record = episode_record(traj, task, True, 0.5)
+        assert record["budget_errors"] == 1 and record["failed_calls"] == 1
+        records.append({**_line(i, record["accuracy"]), **record, "task": "t", "difficulty": None,
+                        "index": i, "attempt": 0})
+    report = build_report(_folder(tmp_path / "run", records, n=2))
+    validate_report(report)
+    assert report["overall"]["budget_errors"] == 2
+    text = write_markdown(report, tmp_path / "report.md")
+    assert "budget errors" in text and "`max_images`" in text
+    save_trajectories(trajs, tmp_path / "trajs")
+    page = build_view(tmp_path / "trajs").read_text()
+    assert "6 tool calls · 2 tool errors (2 past the image budget)" in page

@@ -400,7 +400,7 @@ def test_cards_show_the_question_the_gold_answer_the_answer_and_the_score(
         results = card.find("p", "turn-result")
         if record["answer"] is None:  # the episode cut by max_turns: no answer, and why
             assert not verdict.find("code", "answer") and not results
-            assert verdict.find("span", "none")[-1].all_text() == "no answer (turns_or_images)"
+            assert verdict.find("span", "none")[-1].all_text() == "no answer (max_turns)"
         else:
             assert [n.all_text() for n in verdict.find("code", "answer")] == [record["answer"]]
             (result,) = results  # on the answering turn, the last

@@ -55,7 +55,7 @@ def _traj(group: int, reward: float, parts: dict[str, float], calls_per_turn: li
         loss_mask=mask, logprobs=torch.zeros(n), images=[np.zeros((2, 2, 3), np.uint8)], pixel_values=None,
         image_grid_thw=None, turns=[{"text": "", "observation": "", "tool_calls": c} for c in calls_per_turn],
         reward=reward, reward_parts=parts, answer=None if truncated else "a", terminated=not truncated,
-        truncated=truncated, truncated_reason="turns_or_images" if truncated else None,
+        truncated=truncated, truncated_reason="max_turns" if truncated else None,
     )
 
 

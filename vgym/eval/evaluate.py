@@ -46,7 +46,7 @@ import numpy as np
 import yaml
 
 from vgym.data.dataset_task import DatasetTask
-from vgym.env import VisualToolEnv
+from vgym.env import IMAGE_BUDGET_ERROR, VisualToolEnv
 from vgym.errors import InvalidConfigError, UnknownNameError
 from vgym.policies.spec import PolicyMaker, make_policy
 from vgym.rollout.chat import ChatEncoder
@@ -294,9 +294,9 @@ def episode_record(traj: Trajectory, task: Task, tools_enabled: bool, threshold:
 
     Returns:
         ``accuracy``, ``correct`` (accuracy >= ``threshold``), ``reward``, ``reward_parts``, ``format_ok``,
-        ``answered``, ``calls``, ``ok_calls``, ``failed_calls``, ``necessary_call`` (a call to one of the
-            task's
-        necessary tools; None when the task claims none or tools are off), ``turns``, ``tokens`` and
+        ``answered``, ``calls``, ``ok_calls``, ``failed_calls``, ``budget_errors`` (calls refused because
+        their images would have exceeded the env's ``max_images``), ``necessary_call`` (a call to one of the
+        task's necessary tools; None when the task claims none or tools are off), ``turns``, ``tokens`` and
         ``policy_tokens`` (None for text-only policies), ``backends`` (the tool backends called, sorted),
         ``truncated_reason``, ``answer`` (the model's, None when it gave none), ``question`` and ``gold`` (the
         sample's question and gold answer; None when the sample could not be loaded).
@@ -312,7 +312,9 @@ def episode_record(traj: Trajectory, task: Task, tools_enabled: bool, threshold:
         "reward_parts": {k: float(v) for k, v in traj.reward_parts.items()},
         "format_ok": bool(traj.reward_parts.get("format", 0.0) >= 1.0), "answered": traj.answer is not None,
         "calls": len(calls), "ok_calls": sum(bool(c["ok"]) for c in calls),
-        "failed_calls": sum(not c["ok"] for c in calls), "necessary_call": necessary, "turns": traj.num_turns,
+        "failed_calls": sum(not c["ok"] for c in calls),
+        "budget_errors": sum(c.get("error") == IMAGE_BUDGET_ERROR for c in calls),
+        "necessary_call": necessary, "turns": traj.num_turns,
         "tokens": tokens or None, "policy_tokens": int(traj.loss_mask.sum()) if tokens else None,
         "backends": sorted({c["backend"] for c in calls if c.get("backend")}),
         "truncated_reason": traj.truncated_reason, "answer": traj.answer, "question": traj.question,

@@ -92,6 +92,7 @@ METRIC_KEYS: dict[str, tuple[type, ...]] = {
     "right_tool_rate": _OPT,
     "calls_per_episode": _OPT,
     "calls_per_solved_episode": _OPT,
+    "budget_errors": (int,),
     "tool_productivity": _OPT,
     "recovery_rate": _OPT,
     "turns": _OPT,
@@ -104,8 +105,9 @@ episodes of :func:`~vgym.eval.stats.pass_at_k` (k, correct attempts, k), ``pass_
 to ``pass_at_k`` when k = 1); ``valid_call_rate``: successful calls / calls; ``right_tool_rate``: share of
 attempts calling one of the task's necessary tools (tasks that claim some); ``tool_productivity``: correct
 attempts per tool call (OTC, arXiv:2504.14870); ``recovery_rate``: share of attempts with a failed call that
-were still correct. None = no attempt qualifies (every score is None when no episode was scored); an interval
-is None below :data:`MIN_CI_EPISODES` episodes."""
+were still correct; ``budget_errors``: calls refused because their images would have exceeded the env's
+``max_images`` (the episode went on). None = no attempt qualifies (every score is None when no episode was
+scored); an interval is None below :data:`MIN_CI_EPISODES` episodes."""
 
 _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "schema_version": (int,), "config": (dict,), "n": (int,), "k": (int,), "incomplete_episodes": (int,),
@@ -126,6 +128,8 @@ _GROUP_KEYS: dict[str, tuple[type, ...]] = {
     "not_run": (list,),
 }
 _ADDED_IN_2 = {"could_not_run", "ci_min_episodes", "notes", "split_records", "not_run"}
+_ADDED_LATER = {"budget_errors"}
+"""Keys added to version 2 after its first reports were written: checked only where present."""
 
 
 class ReportNotFoundError(VgymError, FileNotFoundError):
@@ -182,6 +186,7 @@ def _metrics(units: list[list[dict[str, Any]]], blocked: int, k: int, seed: int)
         ),
         "calls_per_episode": _mean([r["calls"] for r in flat]),
         "calls_per_solved_episode": _mean([r["calls"] for r in flat if r["correct"]]),
+        "budget_errors": sum(r.get("budget_errors", 0) for r in flat),
         "tool_productivity": sum(r["correct"] for r in flat) / calls if calls else None,
         "recovery_rate": _mean([float(c) for c in recovering]),
         "turns": _mean([r["turns"] for r in flat]),
@@ -364,12 +369,15 @@ def _check(obj: Any, spec: dict[str, tuple[type, ...]], where: str) -> None:
                                      f"got {type(value).__name__} {value!r}")
 
 
-def _spec(spec: dict[str, tuple[type, ...]], version: int) -> dict[str, tuple[type, ...]]:
-    return spec if version >= 2 else {k: v for k, v in spec.items() if k not in _ADDED_IN_2}
+def _spec(spec: dict[str, tuple[type, ...]], version: int, present: Any = ()) -> dict[str, tuple[type, ...]]:
+    """``spec`` as it was in schema ``version``; keys of :data:`_ADDED_LATER` only where ``present``."""
+    dropped = set() if version >= 2 else set(_ADDED_IN_2)
+    dropped |= _ADDED_LATER - set(present if isinstance(present, dict) else ())
+    return {k: v for k, v in spec.items() if k not in dropped}
 
 
 def _check_metrics(metrics: Any, where: str, version: int) -> None:
-    _check(metrics, _spec(METRIC_KEYS, version), where)
+    _check(metrics, _spec(METRIC_KEYS, version, metrics), where)
     for key in ("avg_at_k_ci", "pass_at_k_ci", "pass_at_1_ci"):
         ci = metrics[key]
         if ci is None:

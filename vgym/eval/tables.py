@@ -124,7 +124,7 @@ def report_columns(report: dict[str, Any]) -> list[Column]:
         Column("reward", "mean episode reward (accuracy, format and tool parts; `reward_parts` in "
                "report.json)", _metric("reward")),
         Column("format", "share of attempts without a format error", _metric("format_ok", ".2f")),
-        Column("answered", "share of attempts that gave an answer (the others ran out of turns or images)",
+        Column("answered", "share of attempts that gave an answer (the others ran out of turns)",
                _metric("answered", ".2f")),
         Column("valid calls", "successful tool calls / tool calls (`-`: no call)",
                _metric("valid_call_rate", ".2f")),
@@ -134,6 +134,8 @@ def report_columns(report: dict[str, Any]) -> list[Column]:
         Column("calls/solved", "tool calls per correct attempt", _metric("calls_per_solved_episode", ".2f")),
         Column("recovery", "share of attempts with a failed tool call that were still correct",
                _metric("recovery_rate", ".2f")),
+        Column("budget errors", "tool calls refused because their images would have exceeded the env's "
+               "`max_images` (the episode went on)", lambda r: str(r.metrics.get("budget_errors", "-"))),
         Column("turns", "model turns per attempt", _metric("turns", ".2f")),
         Column("tokens", "tokens per attempt: prompt, turns and env messages (`-`: a text-only policy)",
                _metric("tokens", ".0f")),

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from vgym.env import IMAGE_BUDGET_ERROR
 from vgym.errors import VgymError
 
 __all__ = ["TrajectoryFile", "find_trajectory_files", "render_page", "build_view"]
@@ -307,13 +308,15 @@ def render_page(files: Sequence[TrajectoryFile], base: Path, *, title: str = "vg
     rewards = [_number(r["reward"]) for _, r in shown]
     n_calls = sum(len(_calls(r)) for _, r in shown)
     n_errors = sum(not c.get("ok") for _, r in shown for c in _calls(r))
+    n_budget = sum(c.get("error") == IMAGE_BUDGET_ERROR for _, r in shown for c in _calls(r))
     n_failures = sum(_is_failure(r) for _, r in shown)
     mean = sum(rewards) / len(rewards) if rewards else float("nan")
     left_out = (
         f" (first {len(shown)} of {total}; raise max_episodes to see all)" if total > len(shown) else ""
     )
     summary = (
-        f"{len(shown)} episodes · mean reward {mean:.3f} · {n_calls} tool calls · {n_errors} tool errors · "
+        f"{len(shown)} episodes · mean reward {mean:.3f} · {n_calls} tool calls · {n_errors} tool errors "
+        f"({n_budget} past the image budget) · "
         f"{n_failures} failures · {len(files)} file(s){left_out}"
     )
     tasks = sorted({str(r["task"]) for _, r in shown})

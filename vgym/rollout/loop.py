@@ -336,7 +336,7 @@ class _Scheduler:
             self._finish(slot, {"reward": step.reward, "reward_parts": step.info.get("reward_parts", {}),
                                 "answer": step.info.get("answer"), "terminated": step.terminated,
                                 "truncated": step.truncated,
-                                "truncated_reason": "turns_or_images" if step.truncated else None,
+                                "truncated_reason": "max_turns" if step.truncated else None,
                                 # the episode is over: its question and gold go to the record, no policy
                                 "question": step.info.get("question"), "gold": step.info.get("gold")})
             return

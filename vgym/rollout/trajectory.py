@@ -51,7 +51,7 @@ class Trajectory:
         reward: the episode reward; ``reward_parts``: its parts (accuracy, format, tool, total).
         answer: the final answer text, or None when the episode was truncated.
         terminated / truncated: how the episode ended.
-        truncated_reason: why a truncated episode was cut — ``"turns_or_images"`` (the env's caps),
+        truncated_reason: why a truncated episode was cut — ``"max_turns"`` (the env's turn cap),
             ``"context_tokens"`` or ``"policy_tokens"`` (the rollout's budgets), or
             ``"sample_error: <message>"`` (the sample's media could not be loaded; no tokens, reward 0) — else
             None.
