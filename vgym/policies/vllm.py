@@ -17,9 +17,9 @@ to one (:func:`collapse_image_placeholders`), and ``multi_modal_data`` holds the
 images. Read in vLLM's source (the wheels of 0.7.3, 0.8.5, 0.10.2, 0.11.0, 0.14.1, 0.18.0, 0.22.0, 0.27.0,
 0.30.0 and 0.34.0): a token prompt never goes through the Hugging Face processor, so
 ``BaseMultiModalProcessor`` (``vllm/multimodal/processing.py``, from 0.18 ``processing/processor.py``)
-always applies the model's prompt updates to it -- up to 0.30 ``_apply_hf_processor_main`` returns
-``is_update_applied=False`` for token prompts, and from 0.30 ``_maybe_apply_prompt_updates`` applies them
-unconditionally. Qwen2-VL's and Qwen2.5-VL's ``_get_prompt_updates`` (and Qwen3-VL's, for images) is a
+always applies the model's prompt updates to it -- through 0.27 ``_apply_hf_processor_main`` returns
+``is_update_applied=False`` for token prompts, and in 0.30 and 0.34 ``_maybe_apply_prompt_updates`` applies
+them unconditionally. Qwen2-VL's and Qwen2.5-VL's ``_get_prompt_updates`` (and Qwen3-VL's, for images) is a
 ``PromptReplacement`` of the target ``[<|image_pad|>]`` by ``grid_t * grid_h * grid_w // merge_size**2`` pad
 tokens, item i replacing the first target at or after the end of item i-1's replacement. An already expanded
 run would therefore be expanded again: its first pad becomes the image's N pads and the other N - 1 stay, and
