@@ -12,7 +12,10 @@ plus per-turn tool-step rewards) → ``num_iterations`` passes of minibatch upda
 loss, KL to a frozen reference, LLDS and entropy terms
 (:func:`vgym.trainers.objective.compute_policy_objective`) → metrics and alarms. Env and prompt tokens are
 never trained on (the rollout's ``loss_mask``); truncated episodes can be masked whole. Old log-probs come
-from the rollout (the behaviour policy).
+from the rollout (the behaviour policy); the step's first minibatch, scored before the step's first optimizer
+step, gives the importance ratio of the trainer's log-probs over the rollout's
+(:class:`vgym.trainers.importance.ImportanceStats`, ``rollout/is_ratio_*``): ~1 for the HF policy, the
+training-inference mismatch for an engine such as vLLM.
 
 The rollout policy is any :class:`vgym.policies.base.Policy` playing the model being trained: an
 :class:`~vgym.policies.hf.HFPolicy` on the same model object (:func:`hf_policy`), or an engine holding its own
@@ -57,6 +60,7 @@ from vgym.trainers.advantages import broadcast_advantages, compute_advantages, t
 from vgym.trainers.aggregation import LOSS_TYPES
 from vgym.trainers.checkpoints import adapter_tensors, restore_weights, write_checkpoint
 from vgym.trainers.grpo_config import GRPOConfig
+from vgym.trainers.importance import ImportanceStats
 from vgym.trainers.monitors import AlarmMonitor, rollout_metrics
 from vgym.trainers.objective import compute_policy_objective
 from vgym.trainers.sft import adamw, collate
@@ -272,8 +276,10 @@ class GRPOTrainer:
         return logits, torch.nn.functional.pad(logprobs, (width - logits.shape[1], 0))
 
     def loss_on(self, trajs: Sequence[Trajectory], advantages: torch.Tensor, loss_mask: torch.Tensor,
-                old: torch.Tensor, num_items: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """The objective on ``trajs`` (rows of the step batch already sliced to them)."""
+                old: torch.Tensor, num_items: int, *,
+                importance: ImportanceStats | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The objective on ``trajs`` (rows of the step batch already sliced to them); ``importance``, when
+        given, also counts the ratio of these log-probs over the rollout's (``old``)."""
         cfg = self.config
         batch = collate(trajs, self.pad_id)
         batch.pop("loss_mask")
@@ -284,6 +290,8 @@ class GRPOTrainer:
         logits, logprobs = self._logits(self.model, batch, first)
         device = logprobs.device
         loss_mask, advantages, old = loss_mask.to(device), advantages.to(device), old.to(device)
+        if importance is not None:
+            importance.update(logprobs, old, loss_mask)
         ref = None
         if cfg.beta > 0:
             with torch.no_grad():
@@ -304,8 +312,9 @@ class GRPOTrainer:
         return loss, metrics
 
     def step(self) -> dict[str, float]:
-        """One rollout + update step. Returns its metrics (``rollout/*``, ``adv/*``, ``loss/*``, ``actor/*``,
-        ``optim/*``, ``perf/*``) and logs any alarm."""
+        """One rollout + update step. Returns its metrics (``rollout/*`` -- with ``rollout/is_ratio_mean``,
+        ``_min``, ``_max`` and ``rollout/logprob_abs_diff`` of the first minibatch --, ``adv/*``, ``loss/*``,
+        ``actor/*``, ``optim/*``, ``perf/*``) and logs any alarm."""
         cfg = self.config
         start = time.perf_counter()
         trajs, metrics = self.collect()
@@ -330,13 +339,17 @@ class GRPOTrainer:
         self.model.train()
         size = cfg.mini_batch_size or len(trajs)
         updates: list[dict[str, float]] = []
+        importance = ImportanceStats()  # filled by the first minibatch, scored before any weight changes
         for _ in range(cfg.num_iterations):
             for lo in range(0, len(trajs), size):
                 rows = list(range(lo, min(lo + size, len(trajs))))
-                updates.append(self._update(trajs, rows, advantages, loss_mask, old))
+                first_update = not updates
+                updates.append(self._update(trajs, rows, advantages, loss_mask, old,
+                                            importance=importance if first_update else None))
         done = [u for u in updates if u]
         for key in done[-1] if done else ():
             metrics[key] = float(np.mean([u[key] for u in done if key in u]))
+        metrics.update(importance.metrics())
         metrics["optim/skipped_minibatches"] = float(len(updates) - len(done))
         metrics["optim/lr"] = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
@@ -351,9 +364,10 @@ class GRPOTrainer:
         return metrics
 
     def _update(self, trajs: Sequence[Trajectory], rows: list[int], advantages: torch.Tensor,
-                loss_mask: torch.Tensor, old: torch.Tensor) -> dict[str, float]:
-        """One optimizer step on ``rows``, in ``gradient_accumulation_steps`` micro-batches; none (and no
-        metrics) when ``rows`` hold no trained token."""
+                loss_mask: torch.Tensor, old: torch.Tensor, *,
+                importance: ImportanceStats | None = None) -> dict[str, float]:
+        """One optimizer step on ``rows``, in ``gradient_accumulation_steps`` micro-batches (each also counted
+        into ``importance`` when given); none (and no metrics) when ``rows`` hold no trained token."""
         cfg = self.config
         num_items = int(loss_mask[rows].sum())
         if num_items == 0:  # every token masked (e.g. all episodes truncated and masked): nothing to learn
@@ -365,7 +379,7 @@ class GRPOTrainer:
         for lo in range(0, len(rows), micro):
             sub = rows[lo : lo + micro]
             loss, m = self.loss_on([trajs[i] for i in sub], advantages[sub], loss_mask[sub], old[sub],
-                                   num_items)
+                                   num_items, importance=importance)
             # a whole-step aggregation (dapo) already divides by the minibatch's token count; the others are
             # per-micro-batch means, weighted by their share of the minibatch's episodes.
             (loss if whole_step else loss * len(sub) / len(rows)).backward()

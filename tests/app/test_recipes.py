@@ -6,6 +6,7 @@ the first "before" evaluation)."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 
 from vgym.app.recipes import Recipe, load_recipe, run_recipe
 from vgym.errors import InvalidConfigError
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 CONFIGS = sorted(
     p for p in (Path(__file__).resolve().parents[2] / "configs").glob("*.yaml") if p.stem != "suites"
@@ -22,12 +25,21 @@ CONFIGS = sorted(
 
 def test_configs_exist() -> None:
     names = {p.stem for p in CONFIGS}
-    assert {"quickstart_cpu", "qwen2vl_2b", "qwen25vl_3b", "qwen25vl_7b", "qwen3vl_8b"} <= names
+    assert {"quickstart_cpu", "qwen2vl_2b", "qwen25vl_3b", "qwen25vl_7b", "qwen3vl_8b",
+            "qwen25vl_3b_vllm"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_recipe_parses_and_validates(path: Path) -> None:
-    recipe = load_recipe(path)
+    """Every recipe loads; one whose rollout engine is vLLM, on a machine without vLLM, fails at load with the
+    install hint and otherwise validates whole (loaded with the HF engine instead)."""
+    if "rollout_engine: vllm" in path.read_text() and not HAS_VLLM:
+        hint = rf"^{path}: rollout_engine: vllm needs vLLM.*vgym\[vllm\]"
+        with pytest.raises(InvalidConfigError, match=hint):
+            load_recipe(path)
+        recipe = load_recipe(path, "rollout_engine=hf", "vllm={}")
+    else:
+        recipe = load_recipe(path)
     assert recipe.grpo_config.steps > 0 and recipe.grpo_config.num_generations >= 2
     if recipe.model != "tiny":  # GPU recipes: a local folder, bf16 on CUDA, samples of RL after those of SFT
         assert recipe.model.startswith("/") and recipe.device == "cuda" and recipe.dtype == "bfloat16"
@@ -174,6 +186,12 @@ BAD_VALUES = [
     ("env.tools=[crop, flipp]", "task / task_config / env: .*flipp"),
     ("env.task_config={difficulty: 1}", "env.task_config is set by the recipe's own 'task_config'"),
     ("task_config.difficulty=7", "task / task_config / env: .*difficulty"),
+    # the rollout engine
+    ("rollout_engine=vlm", "rollout_engine must be one of 'hf', 'vllm', got 'vlm'. Did you mean 'vllm'?"),
+    ("vllm.gpu_memory_utilisation=0.3",
+     "unknown key vllm.'gpu_memory_utilisation'; did you mean vllm.'gpu_memory_utilization'"),
+    ("vllm.max_model_len=8192", "vllm settings are given but rollout_engine is 'hf'"),
+    ("rollout_engine=vllm", "rollout_engine: vllm needs device: cuda"),
 ]
 
 
@@ -205,3 +223,29 @@ def test_vgym_train_prints_a_bad_recipe_in_one_line(tmp_path: Path, capsys: pyte
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: {bad}: eval_episodes must be >= 0, got -5"
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("assignments, message", [
+    (["vllm.gpu_memory_utilization=1.5"], r"vllm.gpu_memory_utilization must be in \(0, 1\], got 1.5"),
+    (["vllm.max_model_len=0"], "vllm.max_model_len must be a positive integer or null, got 0"),
+    (["lora={r: 8}"], "rollout_engine: vllm syncs full weights and does not take LoRA adapters"),
+])
+def test_vllm_engine_settings_are_checked_at_load(assignments: list[str], message: str) -> None:
+    path = next(p for p in CONFIGS if p.stem == "qwen25vl_3b_vllm")
+    with pytest.raises(InvalidConfigError, match=f"^{path}: {message}"):
+        load_recipe(path, *assignments)
+
+
+@pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed here")
+def test_vgym_train_without_vllm_says_how_to_install_it_in_one_line(capsys: pytest.CaptureFixture) -> None:
+    """``rollout_engine: vllm`` on a machine without vLLM: one line with the install command, exit status 2,
+    before anything runs."""
+    from vgym.app.cli import main
+
+    path = next(p for p in CONFIGS if p.stem == "qwen25vl_3b_vllm")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(path)])
+    assert exit_info.value.code == 2
+    expected = (f"error: {path}: rollout_engine: vllm needs vLLM, which is not installed: "
+                "pip install 'vgym[vllm]' on a CUDA machine")
+    assert capsys.readouterr().err.strip().splitlines() == [expected]

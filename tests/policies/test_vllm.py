@@ -1,17 +1,22 @@
-"""Tests of vgym/policies/vllm.py without vLLM (it needs a CUDA GPU and is not installed here): prompt
-building from a real first turn, log-prob extraction, the weight-sync plumbing, and the missing-vLLM error.
+"""Tests of vgym/policies/vllm.py and vllm_worker.py without vLLM (it needs a CUDA GPU and is not installed
+here): prompt building from a real first turn, log-prob extraction, the weight-sync plumbing, the weight-name
+mapping, and the missing-vLLM error. (The prompt contract against the real processors of three families:
+``test_vllm_prompt.py``.)
 
-The boundary: vLLM's own objects are replaced by plain stand-ins shaped as its documented API describes them
--- ``CompletionOutput`` (``token_ids``, ``logprobs``: one ``{token_id: Logprob}`` dict per position,
-``Logprob`` with a ``logprob`` attribute) and the two ``LLM`` methods weight sync calls (``apply_model(func)``
-runs ``func`` on the model in each worker, ``reset_prefix_cache()``). Whether the real engine behaves so is
-untested here; generation itself (``VLLMPolicy.act``) needs vLLM and is not run.
+The boundary: vLLM's own objects are replaced by plain stand-ins shaped as its source (0.11.0, 0.34.0) has
+them -- ``CompletionOutput`` (``token_ids``, ``logprobs``: one ``{token_id: Logprob}`` dict per position,
+``Logprob`` with a ``logprob`` attribute), and for weight sync ``LLM.collective_rpc(method, timeout, args,
+kwargs)``, which with the engine in process (``UniProcExecutor``) runs ``run_method(worker, method, args,
+kwargs)`` -- ``getattr(worker, method)(*args, **kwargs)`` -- on a worker whose class vLLM extended with
+``worker_extension_cls`` (``worker_class.__bases__ += (extension,)``), and returns ``[result]``; then
+``reset_prefix_cache()``. Whether the real engine behaves so is untested here; generation itself
+(``VLLMPolicy.act``) needs vLLM and is not run.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
-import pickle
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -31,6 +36,7 @@ from vgym.policies.vllm import (
     chosen_logprobs,
     completion_to_output,
 )
+from vgym.policies.vllm_worker import LOAD_METHOD, WORKER_EXTENSION, WeightSyncExtension
 from vgym.rollout.chat import ChatEncoder
 
 
@@ -45,24 +51,47 @@ class FakeModel:
         return {name for name, _ in self.loaded}
 
 
-class FakeEngine:
-    """Stands in for ``vllm.LLM`` with two workers; records the order of calls. With ``pickled`` the function
-    crosses a pickle round trip first, as it does to reach workers in other processes."""
+class FakeModelRunner:
+    def __init__(self) -> None:
+        self.model = FakeModel()
 
-    def __init__(self, tokenizer: Any, *, pickled: bool = False) -> None:
+    def get_model(self) -> FakeModel:
+        return self.model
+
+
+class FakeWorker:
+    """Stands in for vLLM's GPU worker: the part the extension touches is ``model_runner.get_model()``."""
+
+    def __init__(self) -> None:
+        self.model_runner = FakeModelRunner()
+
+
+def _extended_worker(extension_name: str) -> Any:
+    """A worker whose class is extended as vLLM's ``WorkerWrapperBase.init_worker`` does it: the extension,
+    imported by its qualified name, appended to the worker class's bases."""
+    module, _, name = extension_name.rpartition(".")
+    extension = getattr(importlib.import_module(module), name)
+    worker_class = type("Worker", (FakeWorker,), {})
+    assert not any(hasattr(worker_class, a) for a in vars(extension) if not a.startswith("__"))  # no clash
+    worker_class.__bases__ = worker_class.__bases__ + (extension,)
+    return worker_class()
+
+
+class FakeEngine:
+    """Stands in for ``vllm.LLM`` with its engine in process and one worker; records the order of calls."""
+
+    def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        self.pickled = pickled
-        self.workers = [FakeModel(), FakeModel()]
+        self.worker = _extended_worker(WORKER_EXTENSION)
         self.calls: list[str] = []
 
     def get_tokenizer(self) -> Any:
         return self.tokenizer
 
-    def apply_model(self, func: Any) -> list[Any]:
-        self.calls.append("apply_model")
-        if self.pickled:
-            func = pickle.loads(pickle.dumps(func))
-        return [func(model) for model in self.workers]
+    def collective_rpc(self, method: str, timeout: float | None = None, args: tuple = (),
+                       kwargs: dict[str, Any] | None = None) -> list[Any]:
+        self.calls.append(f"collective_rpc:{method}")
+        return [getattr(self.worker, method)(*args, **(kwargs or {}))]
 
     def reset_prefix_cache(self) -> bool:
         self.calls.append("reset_prefix_cache")
@@ -81,25 +110,41 @@ def _first_turn(processor: Any) -> PolicyInput:
                        env.tools_enabled, list(obs["images"]))
 
 
-def test_prompt_keeps_the_ids_and_converts_the_images(tiny) -> None:
-    """The rollout's ids go unchanged (image placeholders already expanded, as vLLM detects); the shown images
-    become RGB PIL images with the same pixels, in order."""
+def test_prompt_has_one_placeholder_per_image_and_converts_the_images(tiny) -> None:
+    """The rollout's ids go with each image's placeholder run collapsed to one pad (vLLM expands it); the
+    shown images become RGB PIL images with the same pixels, in order."""
     _, processor = tiny
     item = _first_turn(processor)
-    prompt = build_vllm_prompt(item)
+    pad, video = processor.image_token_id, processor.video_token_id
+    prompt = build_vllm_prompt(item, image_token_id=pad, video_token_id=video)
     assert set(prompt) == {"prompt_token_ids", "multi_modal_data"}
     ids = prompt["prompt_token_ids"]
-    assert ids == item.input_ids.tolist() and all(type(t) is int for t in ids)
+    assert all(type(t) is int for t in ids) and ids.count(pad) == len(item.images) == 1
+    full = item.input_ids.tolist()
     grid = item.image_grid_thw
-    # 2x2 merge
-    assert grid is not None and ids.count(processor.image_token_id) == int(grid.prod(-1).sum()) // 4
+    assert grid is not None and full.count(pad) == int(grid.prod(-1).sum()) // 4 > 1  # 2x2 merge
+    first = full.index(pad)
+    assert ids == full[: first + 1] + full[first + full.count(pad):]  # the run, shortened to one pad
     images = prompt["multi_modal_data"]["image"]
     assert len(images) == len(item.images) == 1
     for pil, shown in zip(images, item.images):
         assert isinstance(pil, Image.Image) and pil.mode == "RGB"
         np.testing.assert_array_equal(np.asarray(pil), shown)
     text_only = PolicyInput(torch.tensor([5, 6, 7]), None, None, [], 0, False)
-    assert build_vllm_prompt(text_only) == {"prompt_token_ids": [5, 6, 7]}
+    sent = build_vllm_prompt(text_only, image_token_id=pad, video_token_id=video)
+    assert sent == {"prompt_token_ids": [5, 6, 7]}
+
+
+def test_prompt_refuses_videos_and_placeholder_image_mismatches(tiny) -> None:
+    _, processor = tiny
+    item = _first_turn(processor)
+    pad, video = processor.image_token_id, processor.video_token_id
+    two = PolicyInput(item.input_ids, None, None, [], 0, True, item.images * 2)
+    with pytest.raises(VgymError, match="1 image placeholder runs but 2 images"):
+        build_vllm_prompt(two, image_token_id=pad, video_token_id=video)
+    clip = PolicyInput(torch.tensor([5, video, video, 6]), None, None, [], 0, False)
+    with pytest.raises(VgymError, match="video placeholders"):
+        build_vllm_prompt(clip, image_token_id=pad, video_token_id=video)
 
 
 def test_chosen_logprobs_pick_the_sampled_token_at_each_position() -> None:
@@ -130,23 +175,64 @@ def test_completion_to_output_keeps_the_eos_id_but_not_its_text(tiny) -> None:
     assert out.text == "<answer>7</answer>" and out.token_ids == body and out.logprobs is None
 
 
-@pytest.mark.parametrize("pickled", [False, True], ids=["in_process", "pickled"])
-def test_load_weights_passes_names_and_tensors_in_order_then_resets_the_prefix_cache(
-        tiny, tiny_dir: Path, pickled: bool) -> None:
-    """Every worker's model gets the trainer's parameters in ``named_parameters`` order -- in process as the
-    same storage (detached, not copied), across a pickle boundary as equal values; the prefix cache is reset
+def test_load_weights_hands_names_and_tensors_to_the_worker_then_resets_the_prefix_cache(
+        tiny, tiny_dir: Path) -> None:
+    """The worker's model gets the trainer's parameters in ``named_parameters`` order, by reference (detached,
+    not copied), through one ``collective_rpc`` of the extension's method by name; the prefix cache is reset
     after."""
     model, processor = tiny
-    engine = FakeEngine(processor.tokenizer, pickled=pickled)
-    policy = VLLMPolicy(VLLMPolicyConfig(str(tiny_dir)), engine=engine)
+    engine = FakeEngine(processor.tokenizer)
+    policy = VLLMPolicy(VLLMPolicyConfig(str(tiny_dir), weight_sync=True), engine=engine)
     named = list(model.named_parameters())
     assert policy.load_weights(iter(named)) == len(named) > 10
-    assert engine.calls == ["apply_model", "reset_prefix_cache"]
-    for worker in engine.workers:
-        assert [n for n, _ in worker.loaded] == [n for n, _ in named]
-        for (_, sent), (_, param) in zip(worker.loaded, named):
-            assert not sent.requires_grad and torch.equal(sent, param)
-            assert (sent.data_ptr() == param.data_ptr()) != pickled
+    assert engine.calls == [f"collective_rpc:{LOAD_METHOD}", "reset_prefix_cache"]
+    loaded = engine.worker.model_runner.model.loaded
+    assert [n for n, _ in loaded] == [n for n, _ in named]
+    for (_, sent), (_, param) in zip(loaded, named):
+        assert not sent.requires_grad and sent.data_ptr() == param.data_ptr()
+
+
+def test_load_weights_needs_weight_sync_and_an_in_process_engine(tiny, tiny_dir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    model, processor = tiny
+    policy = VLLMPolicy(VLLMPolicyConfig(str(tiny_dir)), engine=FakeEngine(processor.tokenizer))
+    with pytest.raises(VgymError, match="without weight_sync=True"):
+        policy.load_weights(model.named_parameters())
+    # building the engine for weight sync without the in-process setting fails before vLLM is imported
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    with pytest.raises(InvalidConfigError, match="VLLM_ENABLE_V1_MULTIPROCESSING=0"):
+        VLLMPolicy(VLLMPolicyConfig(str(tiny_dir), weight_sync=True))
+    # a worker in another process gets what vLLM's msgpack decodes an untyped tensor to: [dtype, shape, data]
+    worker = _extended_worker(WORKER_EXTENSION)
+    with pytest.raises(TypeError, match="another process"):
+        getattr(worker, LOAD_METHOD)([["w", ["float32", [2], 0]]])
+    assert worker.model_runner.model.loaded == []
+
+
+def test_worker_extension_is_importable_by_its_name_without_vllm() -> None:
+    module, _, name = WORKER_EXTENSION.rpartition(".")
+    assert getattr(importlib.import_module(module), name) is WeightSyncExtension
+    assert callable(getattr(WeightSyncExtension, LOAD_METHOD))
+
+
+# vLLM's Qwen-VL ``hf_to_vllm_mapper`` prefixes (orig_to_new_prefix, identical in qwen2_vl.py, qwen2_5_vl.py
+# and qwen3_vl.py of vLLM 0.11.0 and 0.34.0; Qwen2(.5)-VL also map a bare "model." of pre-4.52 checkpoints).
+VLLM_PREFIXES = {"model.language_model.": "language_model.model.", "model.visual.": "visual.",
+                 "lm_head.": "language_model.lm_head."}
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_every_transformers_parameter_name_maps_to_a_vllm_module(family: str) -> None:
+    """``load_weights`` is sent ``named_parameters()`` unchanged: each name of this transformers version must
+    start with a prefix vLLM's mapper rewrites into its language model or vision tower."""
+    from qwen_families import family_model
+
+    model, _ = family_model(family)
+    names = [n for n, _ in model.named_parameters()]
+    unmapped = [n for n in names if not any(n.startswith(p) for p in VLLM_PREFIXES)]
+    assert names and unmapped == []
+    assert {p for p in VLLM_PREFIXES if any(n.startswith(p) for n in names)} >= {"model.language_model.",
+                                                                                "model.visual."}
 
 
 def test_policy_setup_with_an_injected_engine(tiny, tiny_dir: Path) -> None:

@@ -406,3 +406,23 @@ def test_shared_prompt_forward_only_where_the_fast_paths_allow_it(tiny: Any, mon
             plain = model(**inputs, logits_to_keep=logits.shape[1]).logits / trainer.config.temperature
         plain[..., trainer.suppressed_ids] = -1e9
         assert torch.equal(logits, plain)
+
+
+def test_importance_ratio_is_one_for_the_trained_model_and_shows_a_mismatched_sampler(tiny: Any) -> None:
+    """``rollout/is_ratio_*``: the HF policy playing the trained model gives ratio 1 on the first minibatch
+    (scored before the step's first optimizer step: a second minibatch, after one, is not counted -- counted,
+    it brings the minimum to 0.30); a sampler at another temperature than the trainer scores (as a rollout
+    engine with other numerics would) does not."""
+    from vgym.policies.hf import GenerationConfig, HFPolicy
+
+    model, processor = tiny
+    cfg = GRPOConfig(**SMALL, learning_rate=1e-2, entropy_coef=0.01, mask_truncated_completions=False,
+                     mini_batch_size=4)
+    metrics = _trainer(model, processor, search_env, cfg).step()
+    assert metrics["rollout/is_ratio_min"] == pytest.approx(1.0, abs=1e-4)
+    assert metrics["rollout/is_ratio_max"] == pytest.approx(1.0, abs=1e-4)
+    assert metrics["rollout/logprob_abs_diff"] < 1e-4
+    hot = HFPolicy(model, processor, GenerationConfig(cfg.max_new_tokens, temperature=2.0), seed=0)
+    mismatched = GRPOTrainer(model, processor, hot, search_env, cfg).step()
+    assert mismatched["rollout/logprob_abs_diff"] > 0.05
+    assert mismatched["rollout/is_ratio_max"] > 1.05

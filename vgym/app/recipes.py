@@ -12,19 +12,24 @@ TensorBoard logs when asked), ``eval_before.jsonl`` / ``eval_after.jsonl`` traje
 folder (``vgym eval --policy hf:<out>/checkpoint-<step>``). ``resume: true`` continues exactly from the newest
 GRPO checkpoint, else from the newest SFT checkpoint (then GRPO from scratch), keeping the first run's
 "before" evaluation. A Ctrl-C (SIGINT) during SFT or GRPO ends the step under way, saves a checkpoint and
-stops (a second Ctrl-C stops at once, without one).
+stops (a second Ctrl-C stops at once, without one). ``rollout_engine: vllm`` samples GRPO's rollouts with an
+offline vLLM engine on the trainer's GPU, its weights synced after every optimizer step (written to vLLM's
+source, not run here: see :mod:`vgym.policies.vllm`); evaluation always uses the transformers model.
 
 :func:`load_recipe` checks everything a run will use before anything runs: unknown keys (with the closest
 valid one), value types, every name (losses, estimators, modes, devices, reporters, the task and its env) and
-every range, raising :class:`~vgym.errors.InvalidConfigError` that names the key (``grpo.loss_type``).
+every range, raising :class:`~vgym.errors.InvalidConfigError` that names the key (``grpo.loss_type``) --
+and, last, that vLLM is installed when the recipe asks for it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 import logging
+import os
 import re
 import time
 import types
@@ -42,6 +47,7 @@ from vgym.engine.modeling import enable_checkpointing
 from vgym.env import EnvConfig, VisualToolEnv
 from vgym.errors import InvalidConfigError, VgymError
 from vgym.eval.stats import summarize
+from vgym.policies.base import Policy
 from vgym.policies.hf import GenerationConfig, HFPolicy
 from vgym.policies.oracle import OraclePolicy
 from vgym.rollout.chat import ChatEncoder
@@ -117,6 +123,16 @@ class Recipe:
     resume: bool = False
     """Continue from the newest ``checkpoint-<step>`` in ``out`` (GRPO), else from the newest
     ``sft/checkpoint-<step>`` (SFT, then GRPO from its start)."""
+    rollout_engine: str = "hf"
+    """What samples GRPO's rollouts: ``hf`` (the transformers model being trained, no copy) or ``vllm`` (an
+    offline vLLM engine in this process on the same GPU, holding its own copy of the weights, synced after
+    every optimizer step; needs ``pip install 'vgym[vllm]'``, ``device: cuda`` and no ``lora``). The
+    importance ratio of the trainer's log-probs over the engine's is logged as ``rollout/is_ratio_*``.
+    Evaluation always runs the transformers model."""
+    vllm: dict[str, Any] = field(default_factory=dict)
+    """Engine settings of ``rollout_engine: vllm`` (:class:`~vgym.policies.vllm.VLLMPolicyConfig` fields):
+    ``gpu_memory_utilization`` (default 0.5: the rest is the trainer's), ``max_model_len``, ``engine_kwargs``.
+    Sampling (temperature, top-p, tokens per turn, seed) comes from ``grpo``, the image limit from ``env``."""
 
     def __post_init__(self) -> None:
         """Check every field (sections included) but the env's, which :func:`load_recipe` builds.
@@ -136,6 +152,7 @@ class Recipe:
         _check_reporters(self.report_to)
         if self.lora is not None:
             _check_lora(self.lora)
+        _check_rollout_engine(self)
         self.grpo_config  # validates the GRPO fields now, not after an SFT warm start  # noqa: B018
         if self.sft is not None:
             self.sft_config  # noqa: B018
@@ -181,6 +198,47 @@ def _check_lora(lora: dict[str, Any]) -> None:
     if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
         raise InvalidConfigError(f"lora.target_modules must be a non-empty list of module names, got "
                                  f"{targets!r}")
+
+
+_VLLM_KEYS = ("gpu_memory_utilization", "max_model_len", "engine_kwargs")
+_VLLM_HINT = "pip install 'vgym[vllm]' on a CUDA machine"
+
+
+def _check_rollout_engine(recipe: Recipe) -> None:
+    """Check ``rollout_engine`` and the ``vllm`` section (keys, values, and what the engine needs: a GPU, full
+    weights), naming the bad key; whether vLLM is installed is checked last, by :func:`load_recipe`."""
+    check_choice("rollout_engine", recipe.rollout_engine, ("hf", "vllm"))
+    for key in recipe.vllm:
+        if key not in _VLLM_KEYS:
+            hint = difflib.get_close_matches(str(key), _VLLM_KEYS, n=1)
+            raise InvalidConfigError(f"unknown key vllm.{key!r}" + (f"; did you mean vllm.{hint[0]!r}?"
+                                                                    if hint else f"; valid: {_VLLM_KEYS}"))
+    if "gpu_memory_utilization" in recipe.vllm:
+        check_range("vllm.gpu_memory_utilization", recipe.vllm["gpu_memory_utilization"], low=0, high=1,
+                    low_open=True)
+    length = recipe.vllm.get("max_model_len")
+    if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 1):
+        raise InvalidConfigError(f"vllm.max_model_len must be a positive integer or null, got {length!r}")
+    if not isinstance(recipe.vllm.get("engine_kwargs", {}), dict):
+        raise InvalidConfigError(f"vllm.engine_kwargs must be a mapping, got "
+                                 f"{recipe.vllm['engine_kwargs']!r}")
+    if recipe.rollout_engine == "hf":
+        if recipe.vllm:
+            raise InvalidConfigError("vllm settings are given but rollout_engine is 'hf'; set "
+                                     "rollout_engine: vllm or remove them")
+        return
+    if recipe.device != "cuda":
+        raise InvalidConfigError(f"rollout_engine: vllm needs device: cuda (vLLM runs on NVIDIA GPUs), got "
+                                 f"device: {recipe.device}")
+    if recipe.lora is not None:
+        raise InvalidConfigError("rollout_engine: vllm syncs full weights and does not take LoRA adapters; "
+                                 "remove lora or use rollout_engine: hf")
+
+
+def _check_vllm_installed(recipe: Recipe) -> None:
+    """Raise, for ``rollout_engine: vllm``, when vLLM is not importable, with the install hint."""
+    if recipe.rollout_engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise InvalidConfigError(f"rollout_engine: vllm needs vLLM, which is not installed: {_VLLM_HINT}")
 
 
 def _check_reporters(report_to: Any) -> None:
@@ -275,6 +333,7 @@ def load_recipe(path: str | Path, *assignments: str, **overrides: Any) -> Recipe
     try:
         recipe = Recipe(**data)
         _check_env(recipe)
+        _check_vllm_installed(recipe)
     except InvalidConfigError as exc:
         raise InvalidConfigError(f"{path}: {exc}") from None
     return recipe
@@ -343,6 +402,11 @@ _SIMPLE_TYPES: dict[Any, tuple[str, str, Callable[[Any], bool]]] = {
 """Type → (it in words, a list of them in words, whether a YAML value fits it)."""
 
 
+def _model_folder(recipe: Recipe) -> Path:
+    """The folder the model loads from: ``<out>/tiny-vlm`` for ``model: tiny``, else ``model``."""
+    return Path(recipe.out) / "tiny-vlm" if recipe.model == "tiny" else Path(recipe.model)
+
+
 def load_model(recipe: Recipe, progress: Progress) -> tuple[Any, Any]:
     """The recipe's ``(model, processor)`` on its device and dtype, with LoRA and gradient checkpointing
     applied."""
@@ -350,11 +414,10 @@ def load_model(recipe: Recipe, progress: Progress) -> tuple[Any, Any]:
 
     from vgym.engine.tiny import build_tiny_vlm, load_vlm
 
-    path = Path(recipe.model)
+    path = _model_folder(recipe)
     if recipe.model == "tiny":
         from vgym.app.quickstart import tokenizer_corpus
 
-        path = Path(recipe.out) / "tiny-vlm"
         if not (path / "config.json").exists():
             progress("build tiny VLM", 0, 1)
             corpus = tokenizer_corpus(recipe.task, recipe.data_seed, task_config=recipe.task_config)
@@ -392,6 +455,32 @@ def _evaluate(recipe: Recipe, model: Any, processor: Any, name: str, progress: P
     return summarize(trajs)
 
 
+def _rollout_policy(recipe: Recipe, model: Any, processor: Any,
+                    cfg: GRPOConfig) -> tuple[Policy, Callable[[Any], None] | None]:
+    """GRPO's rollout policy and its weight-sync hook (None when the policy plays ``model`` itself).
+
+    For ``rollout_engine: vllm``: an offline vLLM engine built in this process (this entry layer sets
+    ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` before building it, so weights are handed over by reference) from the
+    model folder, sampling as ``cfg`` says and returning processed log-probs (after temperature, as the loss
+    scores them); the hook copies ``model.named_parameters()`` into it.
+    """
+    if recipe.rollout_engine == "hf":
+        return hf_policy(model, processor, cfg), None
+    from vgym.policies.vllm import VLLMPolicy, VLLMPolicyConfig
+
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    settings = dict(recipe.vllm)
+    engine_kwargs = {"logprobs_mode": "processed_logprobs", **settings.pop("engine_kwargs", {})}
+    probe = _env_fn(recipe, recipe.task_config)()
+    max_images = probe.config.max_images
+    probe.close()
+    policy = VLLMPolicy(VLLMPolicyConfig(
+        model=str(_model_folder(recipe)), max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+        top_p=cfg.top_p, seed=cfg.seed, max_images=max_images, dtype=recipe.dtype, weight_sync=True,
+        engine_kwargs=engine_kwargs, **settings))
+    return policy, lambda m: policy.load_weights(m.named_parameters())
+
+
 def run_recipe(recipe: Recipe, progress: Progress | None = None) -> dict[str, Any]:
     """Run the recipe (see the module docstring).
 
@@ -425,10 +514,13 @@ def run_recipe(recipe: Recipe, progress: Progress | None = None) -> dict[str, An
     if recipe.eval_episodes and "before" not in results and resume_from is None:
         results["before"] = _evaluate(recipe, model, processor, "eval_before", progress)
         write_json(out / "results.json", results)  # kept by a resumed run
-    policy = hf_policy(model, processor, cfg)  # plays the model being trained: no weights to sync
-    trainer = GRPOTrainer(model, processor, policy, _env_fn(recipe, recipe.task_config), cfg)
+    policy, sync = _rollout_policy(recipe, model, processor, cfg)
+    trainer = GRPOTrainer(model, processor, policy, _env_fn(recipe, recipe.task_config), cfg,
+                          sync_weights=sync)
     if resume_from is not None:
-        trainer.load(resume_from)
+        trainer.load(resume_from)  # syncs the loaded weights into the engine
+    elif sync is not None:
+        sync(model)  # the engine loaded the folder's weights; the model may have changed since (SFT)
     reporters = make_reporters(recipe.report_to, out, resume_step=trainer.step_count if resume_from else None)
     saved = {trainer.step_count} if resume_from is not None else set()
 

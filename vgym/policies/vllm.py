@@ -1,35 +1,55 @@
 """A vLLM policy: offline ``vllm.LLM`` generation on the rollout's own token ids and images, with log-probs
-and in-place weight sync from the trainer's model.
+and in-place weight sync from a trainer in the same process.
 
-Contents: :class:`VLLMPolicyConfig`, :class:`VLLMPolicy`, :func:`build_vllm_prompt`, :func:`chosen_logprobs`,
-:func:`completion_to_output`.
+Contents: :class:`VLLMPolicyConfig`, :class:`VLLMPolicy`, :func:`collapse_image_placeholders`,
+:func:`build_vllm_prompt`, :func:`chosen_logprobs`, :func:`completion_to_output`.
 
 vLLM is imported lazily (in the constructor and in :meth:`VLLMPolicy.act`), so this module imports without it;
-install it with ``pip install 'vgym[vllm]'`` on a CUDA machine. This module is written against vLLM's
-documented offline API and has NOT been run here (no GPU, no vLLM): the unit tests cover input building,
-log-prob extraction and the weight-sync plumbing against stand-ins shaped like vLLM's objects.
+install it with ``pip install 'vgym[vllm]'`` on a CUDA machine. Supported: vLLM 0.11.0 to 0.34.x (0.11.0 is
+the first release with Qwen3-VL). This module is written to vLLM's source and has NOT been run here (no GPU;
+vLLM's CPU build needs a CPU torchvision that no registry reachable here has): the unit tests cover prompt
+building (re-expanded as vLLM expands it, against the real transformers processors), log-prob extraction and
+the weight-sync plumbing against stand-ins shaped like vLLM's objects.
 
-Prompts are :class:`vllm.inputs.TokensPrompt` dicts: ``prompt_token_ids`` is ``PolicyInput.input_ids``
-unchanged (the append-only sequence the rollout built, image placeholders already expanded) and
-``multi_modal_data`` holds the budget-fitted images as PIL images. vLLM's multimodal processor detects that
-the placeholders are already expanded and inserts none; this requires its image processor to give every image
-the same grid as ours, i.e. the same checkpoint's preprocessor config (do not override
-``min_pixels``/``max_pixels`` in ``mm_processor_kwargs``).
+**Prompts: one placeholder per image; vLLM expands it.** Prompts are ``TokensPrompt`` dicts:
+``prompt_token_ids`` is ``PolicyInput.input_ids`` with each image's run of ``<|image_pad|>`` tokens collapsed
+to one (:func:`collapse_image_placeholders`), and ``multi_modal_data`` holds the budget-fitted images as PIL
+images. Read in vLLM's source (the wheels of 0.7.3, 0.8.5, 0.10.2, 0.11.0, 0.14.1, 0.18.0, 0.22.0, 0.27.0,
+0.30.0 and 0.34.0): a token prompt never goes through the Hugging Face processor, so
+``BaseMultiModalProcessor`` (``vllm/multimodal/processing.py``, from 0.18 ``processing/processor.py``)
+always applies the model's prompt updates to it -- through 0.27 ``_apply_hf_processor_main`` returns
+``is_update_applied=False`` for token prompts, and in 0.30 and 0.34 ``_maybe_apply_prompt_updates`` applies
+them unconditionally. Qwen2-VL's and Qwen2.5-VL's ``_get_prompt_updates`` (and Qwen3-VL's, for images) is a
+``PromptReplacement`` of the target ``[<|image_pad|>]`` by ``grid_t * grid_h * grid_w // merge_size**2`` pad
+tokens, item i replacing the first target at or after the end of item i-1's replacement. An already expanded
+run would therefore be expanded again: its first pad becomes the image's N pads and the other N - 1 stay, and
+a second image's replacement lands inside the first run -- silently, since vLLM then finds every item's N
+pads. (Only development versions before 0.7.3 looked for already-inserted placeholders and skipped the
+update.) verl collapses the pads for the same reason. vLLM's own image processor must give every image the
+grid ours gave it: use the same checkpoint's preprocessor config and do not override
+``min_pixels``/``max_pixels`` in ``mm_processor_kwargs``. Videos are not sent (tasks show frames as images);
+Qwen3-VL's video update also inserts per-frame timestamps, so a video placeholder is refused.
 
 Log-probs: each request asks for ``logprobs=0`` (the sampled token only) and gets back, per generated
 position, a dict ``token_id -> Logprob``. By default vLLM returns the *raw* model log-probs (before
 temperature and top-p), whereas :class:`~vgym.policies.hf.HFPolicy` returns the processed ones; pass
 ``engine_kwargs={"logprobs_mode": "processed_logprobs"}`` (vLLM >= 0.10.2) to match it.
 
-Weight sync: :meth:`VLLMPolicy.load_weights` runs the engine model's own ``load_weights`` inside every worker
-through the documented ``LLM.apply_model`` and then resets the prefix cache (its KV entries were computed with
-the old weights). The model's ``load_weights`` maps Hugging Face parameter names to vLLM's
-(Qwen2-VL / Qwen2.5-VL declare ``hf_to_vllm_mapper``), so ``model.named_parameters()`` of the transformers
-model goes in unchanged.
+**Weight sync** (:meth:`VLLMPolicy.load_weights`, with ``weight_sync=True``) goes through vLLM's documented
+worker-extension path: the engine is built with ``worker_extension_cls`` naming
+:class:`~vgym.policies.vllm_worker.WeightSyncExtension`, and ``LLM.collective_rpc`` calls its method by name
+in the worker, which runs the engine model's own ``load_weights`` (mapping Hugging Face names to vLLM's:
+Qwen-VL models declare ``hf_to_vllm_mapper``); then ``LLM.reset_prefix_cache()`` drops KV entries of the old
+weights. It needs the engine in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, one GPU), where
+``collective_rpc`` hands the tensors over by reference; no pickled callable, so no
+``VLLM_ALLOW_INSECURE_SERIALIZATION``. (vLLM >= 0.18 also has a weight-transfer API, ``update_weights``,
+whose same-GPU backend sends CUDA IPC handles -- pickled callables, through Ray or, over HTTP, only with
+that flag; it does not exist in 0.11.)
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,8 +61,10 @@ from PIL import Image
 from vgym.engine.modeling import vision_placeholder_ids
 from vgym.errors import InvalidConfigError, VgymError
 from vgym.policies.base import PolicyInput, PolicyOutput
+from vgym.policies.vllm_worker import LOAD_METHOD, WORKER_EXTENSION
 
-__all__ = ["VLLMPolicyConfig", "VLLMPolicy", "build_vllm_prompt", "chosen_logprobs", "completion_to_output"]
+__all__ = ["VLLMPolicyConfig", "VLLMPolicy", "collapse_image_placeholders", "build_vllm_prompt",
+           "chosen_logprobs", "completion_to_output"]
 
 _SUPPRESS_BIAS = -100.0
 """Logit bias of the placeholder tokens: -100 is the OpenAI-API floor, which vLLM also accepts; it makes them
@@ -97,6 +119,10 @@ class VLLMPolicyConfig:
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     """Further ``vllm.LLM`` keyword arguments (e.g. ``{"logprobs_mode": "processed_logprobs"}``); they may not
     repeat the fields above."""
+    weight_sync: bool = False
+    """Build the engine for :meth:`VLLMPolicy.load_weights` from a trainer in this process: with vgym's
+    worker extension, and only when ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` is set (the engine then runs in this
+    process and takes the trainer's tensors by reference). False (evaluation) leaves vLLM's defaults."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
@@ -109,7 +135,8 @@ class VLLMPolicyConfig:
                 f"need 0 < gpu_memory_utilization <= 1 and max_images >= 1; got "
                 f"{self.gpu_memory_utilization}, {self.max_images}"
             )
-        clash = {"model", "seed", "gpu_memory_utilization", "max_model_len", "dtype", "limit_mm_per_prompt"}
+        clash = {"model", "seed", "gpu_memory_utilization", "max_model_len", "dtype", "limit_mm_per_prompt",
+                 "worker_extension_cls"}
         if clash & set(self.engine_kwargs):
             raise InvalidConfigError(
                 f"engine_kwargs may not set {sorted(clash & set(self.engine_kwargs))}; use the config's own "
@@ -118,14 +145,58 @@ class VLLMPolicyConfig:
         self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
 
 
-def build_vllm_prompt(item: PolicyInput) -> dict[str, Any]:
-    """The vLLM ``TokensPrompt`` of one episode's turn.
+def collapse_image_placeholders(input_ids: Sequence[int], image_token_id: int, video_token_id: int | None,
+                                num_images: int) -> list[int]:
+    """The ids vLLM must receive: every run of image placeholders collapsed to one placeholder.
+
+    The rollout's sequence holds, per image, ``<|vision_start|>`` + N ``<|image_pad|>`` + ``<|vision_end|>``
+    (N = the image's merged patches), as the processor wrote it; vLLM replaces each pad it is sent by N pads
+    (see the module docstring), so it must be sent one.
+
+    Args:
+        input_ids: the sequence so far.
+        image_token_id: the ``<|image_pad|>`` id.
+        video_token_id: the ``<|video_pad|>`` id, or None for a vocabulary without one.
+        num_images: the images sent with the prompt.
 
     Returns:
-        ``{"prompt_token_ids": item.input_ids as a list of ints}``, plus ``"multi_modal_data": {"image": [PIL
-        RGB images of item.images, in order]}`` when the episode has images.
+        ``input_ids`` with each maximal run of ``image_token_id`` replaced by a single one.
+
+    Raises:
+        VgymError: if the sequence holds a video placeholder (videos are not sent), or its number of
+            placeholder runs differs from ``num_images`` (vLLM would fail on, or misplace, the images).
     """
-    prompt: dict[str, Any] = {"prompt_token_ids": [int(t) for t in item.input_ids.tolist()]}
+    ids = [int(t) for t in input_ids]
+    if video_token_id is not None and video_token_id in ids:
+        raise VgymError("the prompt holds video placeholders; VLLMPolicy sends images only (tasks show video "
+                        "frames as images)")
+    out = [t for i, t in enumerate(ids) if t != image_token_id or i == 0 or ids[i - 1] != image_token_id]
+    runs = out.count(image_token_id)
+    if runs != num_images:
+        raise VgymError(f"the prompt holds {runs} image placeholder runs but {num_images} images go with it")
+    return out
+
+
+def build_vllm_prompt(item: PolicyInput, *, image_token_id: int,
+                      video_token_id: int | None) -> dict[str, Any]:
+    """The vLLM ``TokensPrompt`` of one episode's turn.
+
+    Args:
+        item: the episode's state.
+        image_token_id: the ``<|image_pad|>`` id of the model's vocabulary.
+        video_token_id: its ``<|video_pad|>`` id, or None.
+
+    Returns:
+        ``{"prompt_token_ids": ids}`` with one placeholder per image (:func:`collapse_image_placeholders`),
+        plus ``"multi_modal_data": {"image": [PIL RGB images of item.images, in order]}`` when the episode has
+        images.
+
+    Raises:
+        VgymError: as :func:`collapse_image_placeholders`.
+    """
+    ids = collapse_image_placeholders(item.input_ids.tolist(), image_token_id, video_token_id,
+                                      len(item.images))
+    prompt: dict[str, Any] = {"prompt_token_ids": ids}
     if item.images:
         prompt["multi_modal_data"] = {"image": [Image.fromarray(np.ascontiguousarray(im)).convert("RGB")
                                                 for im in item.images]}
@@ -181,17 +252,6 @@ def completion_to_output(completion: Any, tokenizer: Any, eos_ids: Iterable[int]
     return PolicyOutput(text=text, token_ids=token_ids, logprobs=logprobs)
 
 
-class _LoadWeights:
-    """Runs ``model.load_weights(pairs)`` inside a vLLM worker (a module-level class, so it pickles by
-    reference when the engine's workers live in other processes)."""
-
-    def __init__(self, pairs: list[tuple[str, torch.Tensor]]) -> None:
-        self.pairs = pairs
-
-    def __call__(self, model: Any) -> None:
-        model.load_weights(iter(self.pairs))
-
-
 class VLLMPolicy:
     """Plays turns with an offline ``vllm.LLM`` and returns token ids and behaviour log-probs.
 
@@ -204,12 +264,24 @@ class VLLMPolicy:
         engine: an already built ``vllm.LLM`` for ``config.model`` (e.g. shared with an evaluator); None
             builds one from the config.
 
+            With ``config.weight_sync`` it must have been built as this constructor builds it (vgym's worker
+            extension, in this process).
+
         Raises:
+            InvalidConfigError: when ``engine`` is None, ``config.weight_sync`` is set and
+                ``VLLM_ENABLE_V1_MULTIPROCESSING`` is not ``0`` (weights could not be handed over in place).
             ImportError: when ``engine`` is None and vLLM is not installed (the message says how to install
                 it).
         """
         self.config = config
         if engine is None:
+            extra = dict(config.engine_kwargs)
+            if config.weight_sync:
+                if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
+                    raise InvalidConfigError(
+                        "weight_sync needs the vLLM engine in this process: set "
+                        "VLLM_ENABLE_V1_MULTIPROCESSING=0 before building it (vgym train does)")
+                extra["worker_extension_cls"] = WORKER_EXTENSION
             vllm = _import_vllm()
             engine = vllm.LLM(
                 model=config.model,
@@ -218,10 +290,13 @@ class VLLMPolicy:
                 max_model_len=config.max_model_len,
                 dtype=config.dtype,
                 limit_mm_per_prompt={"image": config.max_images},
-                **config.engine_kwargs,
+                **extra,
             )
         self.engine = engine
         self.tokenizer = engine.get_tokenizer()
+        vocab = self.tokenizer.get_vocab()
+        self.image_token_id = int(vocab["<|image_pad|>"])
+        self.video_token_id = int(vocab["<|video_pad|>"]) if "<|video_pad|>" in vocab else None
         self.rng = np.random.default_rng(config.seed)
         self.eos_ids = frozenset(config.stop_token_ids) | _default_eos_ids(config.model, self.tokenizer)
         # the vision placeholders, never sampled (as in HFPolicy)
@@ -262,7 +337,9 @@ class VLLMPolicy:
             )
             for _ in batch
         ]
-        results = self.engine.generate([build_vllm_prompt(item) for item in batch], params, use_tqdm=False)
+        prompts = [build_vllm_prompt(item, image_token_id=self.image_token_id,
+                                     video_token_id=self.video_token_id) for item in batch]
+        results = self.engine.generate(prompts, params, use_tqdm=False)
         return [completion_to_output(r.outputs[0], self.tokenizer, self.eos_ids) for r in results]
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
@@ -270,19 +347,28 @@ class VLLMPolicy:
 
         Args:
             named_tensors: ``(name, tensor)`` pairs with Hugging Face names, e.g. ``model.named_parameters()``
-                of the transformers model being trained (full tensors: gather sharded ones first).
+                of the transformers model being trained (full tensors on the engine's GPU: gather sharded
+                ones first; a peft model's adapters must be merged first).
 
         Returns:
             The number of tensors sent.
 
+        Raises:
+            VgymError: if the policy was not configured with ``weight_sync``, or a worker reports another
+                number of loaded tensors.
+
         Notes:
-            The pairs go, in order and detached (no copy), to the model's ``load_weights`` in every worker via
-            ``LLM.apply_model``; then ``LLM.reset_prefix_cache()`` drops KV entries of the old weights. With
-            multi-process workers (vLLM's V1 default) the tensors are pickled to the workers; for colocated
-            training set ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` so they are passed by reference.
+            The pairs go, in order and detached (no copy), to
+            :meth:`~vgym.policies.vllm_worker.WeightSyncExtension.vgym_load_weights` in every worker through
+            ``LLM.collective_rpc``; then ``LLM.reset_prefix_cache()`` drops KV entries of the old weights.
         """
+        if not self.config.weight_sync:
+            raise VgymError("this VLLMPolicy was built without weight_sync=True, so its engine cannot load "
+                            "weights in place")
         pairs = [(str(name), tensor.detach()) for name, tensor in named_tensors]
-        self.engine.apply_model(_LoadWeights(pairs))
+        loaded = self.engine.collective_rpc(LOAD_METHOD, args=(pairs,))
+        if any(count != len(pairs) for count in loaded):
+            raise VgymError(f"vLLM workers loaded {loaded} tensors of {len(pairs)} sent")
         self.engine.reset_prefix_cache()
         return len(pairs)
 
