@@ -112,8 +112,9 @@ class VLLMPolicyConfig:
     """Fraction of GPU memory vLLM may take, in (0, 1]; 0.5 leaves room for a trainer on the same GPU."""
     max_model_len: int | None = None
     """Longest sequence (prompt + generation) in tokens; None means the checkpoint's maximum."""
-    max_images: int = 8
-    """Most images in one prompt (``limit_mm_per_prompt``); match ``EnvConfig.max_images``."""
+    max_images: int = 20
+    """Most images in one prompt (``limit_mm_per_prompt``); match ``EnvConfig.max_images`` (default 20 there
+    too). ``vgym train`` sets it from the recipe's env."""
     dtype: str = "auto"
     """Engine dtype ("auto" = the checkpoint's, "bfloat16", ...)."""
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
