@@ -26,16 +26,27 @@ JSONL format. Every path goes through :func:`~vgym.data.dataset_task.confined_pa
   too; ``label`` is a letter or an option index. (The GitHub release keeps one JSON per image with the gold
   option first; convert it to either form.) Record ids: ``question_id``, else the line number. Every record
   goes to one split (config ``split``).
-- ``refcoco`` (``vgym/Refcoco-v0``): JSONL lines
+- ``refcoco`` (``vgym/Refcoco-v0``): RefCOCO, RefCOCO+ and RefCOCOg as released
+  (:mod:`vgym.data.refer`): ``<root>/<dataset>/refs(<split_by>).p`` (a Python 2 pickle, read without
+  running it) and ``<root>/<dataset>/instances.json``, images ``<root>/<image_dir>/COCO_train2014_%012d.jpg``
+  (default ``train2014``); one record per sentence, id ``<ref_id>/<sent_id>``, the question ``Give the box
+  of: <sent>.``. Or, with ``annotations`` naming a file, RefCOCO JSONL lines
   ``{"image": "COCO_train2014_000000581857.jpg", "bbox": [x, y, w, h],
-  "expression" | "sent" | "sentences": ..., "split": ...}``;
-  ``sentences`` may list strings or refer-API ``{"sent": ...}`` objects, one record each. COCO's
-  ``[x, y, w, h]`` becomes the answer ``[x1, y1, x2, y2]``; scored by box IoU. Splits ``train``/``val`` map to
-  themselves and ``test``/``testA``/``testB`` to ``test`` (the original name is in the metadata;
-  ``keep_splits`` filters on it). Record ids ``<line>`` or ``<line>.<k>``.
-- ``charades_sta`` (``vgym/CharadesSta-v0``): Charades-STA's ``charades_sta_<split>.txt``, lines
-  ``VIDEOID START END##sentence``, videos ``<root>/<video_dir>/<VIDEOID><video_ext>``; the answer is
-  ``[start, end]`` in seconds, scored by temporal IoU. Record ids ``<split>/<line>``.
+  "expression" | "sent" | "sentences": ..., "split": ...}`` (``sentences`` may list strings or refer-API
+  ``{"sent": ...}`` objects, one record each; ids ``<line>`` or ``<line>.<k>``). COCO's ``[x, y, w, h]``
+  becomes the answer ``[x1, y1, x2, y2]``; scored by box IoU. Splits ``train``/``val`` map to themselves and
+  ``test``/``testA``/``testB`` to ``test`` (the released name is ``metadata["split"]``; ``keep_splits``
+  filters on it).
+- ``charades_sta`` (``vgym/CharadesSta-v0``): Charades-STA's ``charades_sta_<split>.txt`` (the release has
+  ``train`` and ``test``), lines ``VIDEOID START END##sentence``, videos
+  ``<root>/<video_dir>/<VIDEOID><video_ext>`` (default ``Charades_v1_480/<VIDEOID>.mp4``, the official 480p
+  zip unpacked); the answer is ``[start, end]`` in seconds, scored by temporal IoU. Record ids
+  ``<split>/<line>``.
+
+Each loader declares its annotation files and media folders (:meth:`DatasetTask.required_paths`: ChartQA's
+``<split>/png``, RefCOCO's ``image_dir``, Charades-STA's ``video_dir``; the vgym JSONL format and V* keep
+media anywhere under the root), so a missing root, annotation file or media folder raises
+:class:`~vgym.errors.DatasetLayoutError` naming it when the env is made.
 """
 
 from __future__ import annotations
@@ -46,9 +57,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from vgym.data.dataset_task import DatasetConfig, DatasetTask
+from vgym.data.dataset_task import DatasetConfig, DatasetTask, RequiredPath
 from vgym.data.files import confined_path, read_json, read_json_lines, read_text_lines
 from vgym.data.records import DatasetRecord, parse_record, read_vgym_jsonl
+from vgym.data.refer import SPLIT_OF, read_refer, refs_file
 from vgym.errors import InvalidConfigError
 from vgym.task import SPLITS, register_task
 
@@ -98,6 +110,9 @@ class VgymJsonlTask(_LocalTask):
     config_cls = VgymJsonlConfig
     default_tools = ("crop",)
 
+    def required_paths(self) -> list[RequiredPath]:
+        return [RequiredPath("annotation file", (self.config.annotations,), ("annotations",))]
+
     def records(self) -> list[DatasetRecord]:
         return read_vgym_jsonl(self.path(self.config.annotations))
 
@@ -128,6 +143,13 @@ class ChartqaTask(_LocalTask):
     name = "chartqa_dataset"
     config_cls = ChartqaConfig
     default_tools = ("crop",)
+
+    def required_paths(self) -> list[RequiredPath]:
+        files = tuple(f"{split}/{split}_{subset}.json" for split in SPLITS for subset in self.config.subsets)
+        splits = [split for split in SPLITS if any(os.path.isfile(self.path(f)) for f in files
+                                                   if f.startswith(f"{split}/"))]
+        media = [RequiredPath("media folder", (f"{split}/png",), ("root",), folder=True) for split in splits]
+        return [RequiredPath("annotation file", files, ("root", "subsets")), *media]
 
     def records(self) -> list[DatasetRecord]:
         out: list[DatasetRecord] = []
@@ -216,6 +238,9 @@ class VstarTask(_LocalTask):
     config_cls = VstarConfig
     default_tools = ("crop",)
 
+    def required_paths(self) -> list[RequiredPath]:
+        return [RequiredPath("annotation file", (self.config.annotations,), ("annotations",))]
+
     def records(self) -> list[DatasetRecord]:
         out = []
         for where, line in read_json_lines(self.path(self.config.annotations)):
@@ -242,30 +267,44 @@ class VstarTask(_LocalTask):
 
 # ---------------------------------------------------------------- RefCOCO
 
-_REFCOCO_SPLITS = {"train": "train", "val": "val", "test": "test", "testA": "test", "testB": "test"}
-
 
 @dataclass(frozen=True)
 class RefcocoConfig(DatasetConfig):
-    """RefCOCO-style referring expressions (see the module docstring)."""
+    """RefCOCO, RefCOCO+ or RefCOCOg as released, or RefCOCO JSONL lines (see the module docstring)."""
 
-    annotations: str = "refcoco.jsonl"
-    """The JSONL file, relative to ``root``."""
-    image_dir: str = ""
-    """Folder of the images, relative to ``root`` (e.g. ``"train2014"``); "" means ``root`` itself."""
+    dataset: str = "refcoco"
+    """The release folder, relative to ``root``: ``refcoco``, ``refcoco+`` or ``refcocog`` (a deeper path such
+    as ``"refer/data/refcocog"`` is fine: its last part names the release)."""
+    split_by: str = ""
+    """Whose splits (the refs file ``refs(<split_by>).p``): ``unc`` (RefCOCO, RefCOCO+), ``google`` (RefCOCO,
+    RefCOCOg) or ``umd`` (RefCOCOg); "" means the usual one: ``unc`` for RefCOCO and RefCOCO+, ``umd`` for
+    RefCOCOg (Nagaraja et al. 2016, the split most RefCOCOg results use)."""
+    annotations: str = ""
+    """"" reads the release (``<dataset>/refs(<split_by>).p`` and ``<dataset>/instances.json``); a file name,
+    relative to ``root``, reads RefCOCO JSONL lines instead (``dataset`` and ``split_by`` are then unused)."""
+    image_dir: str = "train2014"
+    """Folder of the COCO ``train2014`` images, relative to ``root`` ("" means ``root`` itself; the refer
+    toolkit's own layout is ``"images/mscoco/images/train2014"``)."""
     default_split: str = "test"
-    """The split of lines without a ``"split"`` field."""
+    """JSONL lines only: the split of lines without a ``"split"`` field."""
     keep_splits: tuple[str, ...] = ()
-    """Original split names to keep (e.g. ``("testA",)``); () keeps every line."""
+    """Released split names to keep (e.g. ``("testA",)``); () keeps every expression."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_split("default_split", self.default_split)
         object.__setattr__(self, "keep_splits", tuple(self.keep_splits))
+        if not self.annotations:
+            refs_file(self.dataset, self.split_by)  # an unknown release or split_by fails here
+
+    @property
+    def refs(self) -> str:
+        """The refs file of the release, relative to ``root``."""
+        return refs_file(self.dataset, self.split_by)
 
 
 def _sentences(line: dict[str, Any], where: str) -> list[str]:
-    """The referring expressions of a RefCOCO line."""
+    """The referring expressions of a RefCOCO JSONL line."""
     key = next((k for k in ("expression", "sent", "sentences") if k in line), None)
     value = line.get(key) if key else None
     items = value if isinstance(value, list) else [value]
@@ -279,7 +318,7 @@ def _sentences(line: dict[str, Any], where: str) -> list[str]:
 
 def _coco_box(value: Any, where: str) -> str:
     """COCO ``[x, y, w, h]`` as the answer text ``"[x1, y1, x2, y2]"``."""
-    if not (isinstance(value, list) and len(value) == 4
+    if not (isinstance(value, (list, tuple)) and len(value) == 4
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
             and value[2] > 0 and value[3] > 0):
         raise InvalidConfigError(
@@ -289,14 +328,54 @@ def _coco_box(value: Any, where: str) -> str:
     return "[" + ", ".join(f"{round(v, 2):.12g}" for v in (x, y, x + w, y + h)) + "]"
 
 
+def _refcoco_question(sentence: str) -> str:
+    return f"Give the box of: {sentence.rstrip('.')}."
+
+
 class RefcocoTask(_LocalTask):
     """Give the box of the object a referring expression names."""
 
     name = "refcoco"
     config_cls = RefcocoConfig
     default_tools = ("ground", "crop")
+    config: RefcocoConfig
+
+    def required_paths(self) -> list[RequiredPath]:
+        cfg = self.config
+        if cfg.annotations:
+            needed = [RequiredPath("annotation file", (cfg.annotations,), ("annotations",))]
+        else:
+            needed = [RequiredPath("annotation file", (cfg.refs,), ("dataset", "split_by")),
+                      RequiredPath("annotation file", (posixpath.join(cfg.dataset, "instances.json"),),
+                                   ("dataset",))]
+        if cfg.image_dir:
+            needed.append(RequiredPath("media folder", (cfg.image_dir,), ("image_dir",), folder=True))
+        return needed
 
     def records(self) -> list[DatasetRecord]:
+        return self._jsonl_records() if self.config.annotations else self._release_records()
+
+    def _release_records(self) -> list[DatasetRecord]:
+        cfg, refs = self.config, self.config.refs
+        out = []
+        for e in read_refer(self.path(refs), self.path(posixpath.join(cfg.dataset, "instances.json"))):
+            if cfg.keep_splits and e.split not in cfg.keep_splits:
+                continue
+            out.append(parse_record({
+                "id": f"{e.ref_id}/{e.sent_id}",
+                "split": SPLIT_OF[e.split],
+                "question": _refcoco_question(e.sentence),
+                "answer": _coco_box(e.bbox, refs),
+                "answer_type": "box",
+                "images": [posixpath.join(cfg.image_dir, e.image)],
+                "metadata": {"ref_id": e.ref_id, "sent_id": e.sent_id, "ann_id": e.ann_id,
+                             "image_id": e.image_id, "category_id": e.category_id, "category": e.category,
+                             "split": e.split, "expression": e.sentence, "raw": e.raw,
+                             "bbox_xywh": list(e.bbox)},
+            }, where=f"{refs}: ref_id {e.ref_id}"))
+        return out
+
+    def _jsonl_records(self) -> list[DatasetRecord]:
         cfg = self.config
         out = []
         for where, line in read_json_lines(self.path(cfg.annotations)):
@@ -306,9 +385,9 @@ class RefcocoTask(_LocalTask):
                     f"{where}: expected an object with 'image', 'bbox' and an expression"
                 )
             original = line.get("split", cfg.default_split)
-            if original not in _REFCOCO_SPLITS:
+            if original not in SPLIT_OF:
                 raise InvalidConfigError(
-                    f"{where}: split must be one of {sorted(_REFCOCO_SPLITS)}, got {original!r}"
+                    f"{where}: split must be one of {sorted(SPLIT_OF)}, got {original!r}"
                 )
             if cfg.keep_splits and original not in cfg.keep_splits:
                 continue
@@ -327,8 +406,8 @@ class RefcocoTask(_LocalTask):
                     parse_record(
                         {
                             "id": f"{number}" if len(sentences) == 1 else f"{number}.{k}",
-                            "split": _REFCOCO_SPLITS[original],
-                            "question": f"Give the box of: {sentence.rstrip('.')}.",
+                            "split": SPLIT_OF[original],
+                            "question": _refcoco_question(sentence),
                             "answer": answer,
                             "answer_type": "box",
                             "images": [image],
@@ -355,8 +434,9 @@ class CharadesStaConfig(DatasetConfig):
     annotations: str = "charades_sta_{split}.txt"
     """Annotation file per split, relative to ``root``; ``{split}`` becomes train, val and test (missing files
     are skipped: Charades-STA has train and test)."""
-    video_dir: str = "videos"
-    """Folder of the videos, relative to ``root``."""
+    video_dir: str = "Charades_v1_480"
+    """Folder of the videos, relative to ``root``: the official ``Charades_v1_480.zip`` (480p mp4s) unpacks
+    to ``Charades_v1_480/``."""
     video_ext: str = ".mp4"
     """File name extension of the videos."""
 
@@ -372,6 +452,11 @@ class CharadesStaTask(_LocalTask):
     name = "charades_sta"
     config_cls = CharadesStaConfig
     default_tools = ("sample_frames", "get_frame")
+
+    def required_paths(self) -> list[RequiredPath]:
+        files = tuple(self.config.annotations.format(split=split) for split in SPLITS)
+        return [RequiredPath("annotation file", files, ("annotations",)),
+                RequiredPath("media folder", (self.config.video_dir,), ("video_dir",), folder=True)]
 
     def records(self) -> list[DatasetRecord]:
         cfg = self.config

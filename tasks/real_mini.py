@@ -205,6 +205,7 @@ class RealMiniTask(DatasetTask):
     name = TASK_NAME
     config_cls = RealMiniConfig
     default_tools = ("crop", "depth", "sample_frames", "get_frame")
+    default_split = "test"  # every question is in "test" (gymnasium.make without split= resets there)
     config: RealMiniConfig
 
     def __init__(self, config: Any = None) -> None:

@@ -345,26 +345,25 @@ def test_annotation_paths_stay_in_the_root(
 ) -> None:
     with pytest.raises(InvalidConfigError, match=message):
         loader({"root": str(layout), "annotations": annotations})
+    if loader is RefcocoTask:  # the release's refs file and instances.json are confined alike
+        with pytest.raises(InvalidConfigError, match=r"'out/refcoco/refs\(unc\).p' resolves to .*/outside/"):
+            RefcocoTask({"root": str(layout), "dataset": "out/refcoco"})
 
 
 def test_media_folders_linked_out_of_the_root_are_refused(layout: Path) -> None:
+    """Refused when the task is built (the media folder is checked then), before any sample."""
     line = {"image": "x.png", "bbox": [0, 0, 4, 4], "expression": "a"}
     (layout / "refcoco.jsonl").write_text(json.dumps(line) + "\n")
-    with pytest.raises(
-        InvalidConfigError,
-        match=r"refcoco record '1': path 'out/x.png' resolves to .*/outside/x.png, "
-        r"outside the dataset root",
-    ):
-        RefcocoTask({"root": str(layout), "image_dir": "out"}).sample("test", 0, 0)
+    jsonl = {"root": str(layout), "annotations": "refcoco.jsonl"}
+    with pytest.raises(InvalidConfigError, match=r"path 'out' resolves to .*/outside, outside the dataset"):
+        RefcocoTask({**jsonl, "image_dir": "out"})
     (layout / "refcoco.jsonl").write_text(json.dumps({**line, "image": "/etc/passwd"}) + "\n")
     with pytest.raises(InvalidConfigError, match=r"refcoco.jsonl:1: absolute path '/etc/passwd'"):
         # posixpath.join drops image_dir for an absolute image
-        RefcocoTask({"root": str(layout), "image_dir": "a"})
+        RefcocoTask({**jsonl, "image_dir": "a"})
     (layout / "charades_sta_test.txt").write_text("secret 0 1##a\n")
-    with pytest.raises(
-        InvalidConfigError, match=r"charades_sta record 'test/1': path 'out/secret.ts' resolves to "
-    ):
-        CharadesStaTask({"root": str(layout), "video_dir": "out", "video_ext": ".ts"}).sample("test", 0, 0)
+    with pytest.raises(InvalidConfigError, match=r"path 'out' resolves to .*/outside, outside the dataset"):
+        CharadesStaTask({"root": str(layout), "video_dir": "out", "video_ext": ".ts"})
 
 
 @pytest.mark.parametrize("bad, message", [(DEEP_LIST, "JSON nested deeper than 32 levels"),
@@ -379,7 +378,7 @@ def test_json_line_limits_name_file_and_line(layout: Path, loader: type, name: s
     path = layout / name
     path.write_text(json.dumps(first) + "\n" + bad + "\n")
     with pytest.raises(InvalidConfigError, match=rf"^{re.escape(os.path.realpath(path))}:2: {message}"):
-        loader({"root": str(layout)})
+        loader({"root": str(layout), "annotations": name})
 
 
 def test_whole_file_and_text_limits_name_the_file(layout: Path) -> None:

@@ -115,8 +115,9 @@ class EnvConfig:
     """Registry name of the task (see ``vgym list``)."""
     task_config: dict[str, Any] | None = None
     """Fields of the task's config dataclass; None means its defaults."""
-    split: str = "train"
-    """Default split for ``reset`` ("train", "val" or "test"); ``options["split"]`` overrides it."""
+    split: str | None = None
+    """Default split for ``reset`` ("train", "val" or "test"; None: the task's ``default_split``, "train" for
+    all but RealMini's "test"); ``options["split"]`` overrides it."""
     data_seed: int = 0
     """Base seed of the procedural dataset: item i of a split is a pure function of (data_seed, split, i)."""
     tools: tuple[str, ...] | None = None
@@ -138,7 +139,7 @@ class EnvConfig:
     """Backends, backend options, result cache, timeout and isolation of the tools (a dict is accepted)."""
 
     def __post_init__(self) -> None:
-        if self.split not in SPLITS:
+        if self.split is not None and self.split not in SPLITS:
             raise InvalidConfigError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.max_turns < 1 or self.max_pixels < 28 * 28 or self.max_images < 1 or self.data_seed < 0:
             raise InvalidConfigError(
@@ -210,6 +211,8 @@ class VisualToolEnv(gym.Env[dict, str]):
         """
         self.config = EnvConfig(task=task, **config)
         self.task: Task = TASKS.get(task)(self.config.task_config)
+        if self.config.split is None:
+            self.config.split = self.task.default_split
         names = self.task.default_tools if self.config.tools is None else self.config.tools
         self.tools: dict[str, Tool] = {name: TOOLS.get(name) for name in names}
         self.runtime = ToolRuntime(self.config.tool_runtime)

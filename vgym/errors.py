@@ -1,8 +1,8 @@
 """The vgym exception hierarchy.
 
 Contents: :class:`VgymError` (base), :class:`UnknownNameError`, :class:`InvalidConfigError`,
-:class:`ToolError`, :class:`MediaError` (an ``InvalidConfigError``), :class:`ModelFolderError` (an
-``InvalidConfigError`` and a ``FileNotFoundError``).
+:class:`ToolError`, :class:`MediaError` (an ``InvalidConfigError``), :class:`ModelFolderError` and
+:class:`DatasetLayoutError` (each an ``InvalidConfigError`` and a ``FileNotFoundError``).
 
 Bugs in vgym raise ordinary Python exceptions. Bad *model actions* (a malformed tool call, a box outside the
 image) are episode events, not exceptions: tools raise :class:`ToolError` and the env turns it into an error
@@ -15,7 +15,7 @@ failed episode (reward 0, ``truncated_reason`` naming the error and the file) an
 from __future__ import annotations
 
 __all__ = ["VgymError", "UnknownNameError", "InvalidConfigError", "ToolError", "MediaError",
-           "ModelFolderError"]
+           "ModelFolderError", "DatasetLayoutError"]
 
 
 class VgymError(Exception):
@@ -69,3 +69,22 @@ class ModelFolderError(InvalidConfigError, FileNotFoundError):
 
     A ``FileNotFoundError`` too, so code that caught a missing checkpoint folder as one still does.
     """
+
+
+class DatasetLayoutError(InvalidConfigError, FileNotFoundError):
+    """A dataset's root folder, annotation file or media folder is missing, raised when the env is made
+    (:class:`vgym.data.dataset_task.DatasetTask`), so a wrong path stops the run before any episode instead of
+    failing every ``reset``. The message names which one is missing, the path, and the config field that
+    sets it.
+
+    Pickles with its attributes, as :class:`MediaError` does.
+
+    Attributes:
+        path: the missing path (absolute).
+        what: which part of the layout it is: ``"dataset root"``, ``"annotation file"`` or ``"media folder"``.
+    """
+
+    def __init__(self, message: str, *, path: str = "", what: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.what = what

@@ -97,7 +97,8 @@ class Task(ABC):
     Set these in ALL subclasses: ``name`` (snake_case registry key), ``config_cls`` (a dataclass),
     ``default_tools`` (tool names offered when the env config does not choose). SOME subclasses set
     ``version`` (bump when rewards, observations or tools change meaning), ``procedural = False`` (tasks that
-    read a dataset from disk, whose config has no usable default), and ``necessary_tools`` together with
+    read a dataset from disk, whose config has no usable default), ``default_split`` (when "train" is empty),
+    and ``necessary_tools`` together with
     :meth:`counterfactuals` (the tool-necessity claim and its evidence, checked by ``vgym diagnose`` and the
     tests).
     """
@@ -110,6 +111,9 @@ class Task(ABC):
     """True when samples are generated (the default config works anywhere); False for dataset loaders, which
     need a local path in their config, so registry-wide checks (``check_env``, ``vgym diagnose``) skip them by
     default."""
+    default_split: ClassVar[str] = "train"
+    """The split an env resets to when neither its config nor ``reset`` options name one (a task whose data
+    is all test, such as RealMini, sets "test")."""
     necessary_tools: ClassVar[tuple[str, ...]] = ()
     """The claim "without one of these tools the answer is not recoverable from the images the model is
     shown": made only with :meth:`counterfactuals` as evidence. Empty = no claim (tools may still help)."""

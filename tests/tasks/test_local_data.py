@@ -1,16 +1,19 @@
 """Tests of tasks/local_data.py (``vgym.tasks.local_data``): each of the five loaders end to end on a tiny
 fixture dataset in its real layout, written by :mod:`vgym.data.sample_data` (ChartQA folders, V*
-``test_questions.jsonl`` in both option styles, RefCOCO lines with COCO boxes, Charades-STA text lines with
-mp4 videos, the vgym JSONL format). Checked: sample fields, images equal to the written pixels, video frames
-identified from the indices they encode, scoring of gold, wrong and edge answers, splits, ``gymnasium.make`` +
-``check_env``, oracle episodes through the env, a ``crop`` and a ``get_frame`` call through the env,
-confinement and malformed-input errors.
+``test_questions.jsonl`` in both option styles, the refer data folder of RefCOCO/RefCOCO+/RefCOCOg and the
+RefCOCO JSONL lines, Charades-STA text lines with ``Charades_v1_480`` mp4 videos, the vgym JSONL format).
+Checked: sample fields, images equal to the written pixels, video frames identified from the indices they
+encode, scoring of gold, wrong and edge answers, splits, ``gymnasium.make`` + ``check_env``, oracle episodes
+through the env, a ``crop`` and a ``get_frame`` call through the env, confinement and malformed-input errors,
+and the layout checks at construction (missing root, annotation file, media folder). The RefCOCO release
+itself is tested in ``test_refcoco_release.py``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from vgym.data.sample_data import (
     write_charades_sta,
     write_chartqa,
     write_refcoco,
+    write_refcoco_jsonl,
     write_sample_datasets,
     write_vgym_jsonl,
     write_vstar,
@@ -35,14 +39,12 @@ from vgym.data.sample_data import (
 from vgym.data.sample_data import noise_image as _noise
 from vgym.data.sample_data import write_jsonl as _jsonl
 from vgym.env import VisualToolEnv
-from vgym.errors import InvalidConfigError
+from vgym.errors import DatasetLayoutError, InvalidConfigError
 from vgym.policies.oracle import OraclePolicy
 from vgym.task import TASKS, env_id
 from vgym.tasks.local_data import CharadesStaTask, ChartqaTask, RefcocoTask, VgymJsonlTask, VstarTask
 from vgym.tooling import fit_to_budget
 
-EXTRA_CONFIG = {"refcoco": {"image_dir": "train2014"}}
-"""Loader config beyond ``root`` that the fixtures need."""
 LOADERS = {
     "vgym_jsonl": "vgym/VgymJsonl-v0",
     "chartqa_dataset": "vgym/ChartqaDataset-v0",
@@ -83,6 +85,15 @@ def vstar_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def refcoco_root(tmp_path: Path) -> Path:
     return write_refcoco(tmp_path / "refcoco")
+
+
+@pytest.fixture
+def refcoco_jsonl_root(tmp_path: Path) -> Path:
+    return write_refcoco_jsonl(tmp_path / "refcoco_jsonl")
+
+
+REFCOCO_JSONL = {"annotations": "refcoco.jsonl"}
+"""The RefCOCO JSONL line format's config (beside ``root``; images stay in the default ``train2014``)."""
 
 
 @pytest.fixture
@@ -140,11 +151,9 @@ def _oracle_episode(env: VisualToolEnv, split: str, index: int) -> tuple[float, 
 @pytest.mark.parametrize("name", sorted(LOADERS))
 @pytest.mark.parametrize("tools", [None, ()], ids=["default-tools", "tools-off"])
 def test_oracle_episodes_earn_full_reward(roots: dict[str, Path], name: str, tools: tuple | None) -> None:
-    env = VisualToolEnv(
-        name, task_config={"root": str(roots[name]), **EXTRA_CONFIG.get(name, {})}, tools=tools
-    )
+    env = VisualToolEnv(name, task_config={"root": str(roots[name])}, tools=tools)
     try:
-        for split in ("train", "test"):
+        for split in ("train", "val", "test"):
             for index in range(len(env.task.split_records(split))):  # type: ignore[attr-defined]
                 reward, info = _oracle_episode(env, split, index)
                 assert reward >= 0.99 and info["reward_parts"]["accuracy"] == 1.0, (name, split, index, info)
@@ -156,7 +165,7 @@ def test_sample_datasets_name_their_env_config_and_splits(tmp_path: Path) -> Non
     datasets = write_sample_datasets(tmp_path)
     assert {name: sample.env_id for name, sample in datasets.items()} == LOADERS
     for name, sample in datasets.items():
-        assert sample.task_config == {"root": str(sample.root), **EXTRA_CONFIG.get(name, {})}
+        assert sample.task_config == {"root": str(sample.root)}  # the released layout needs nothing else
         task: Any = TASKS.get(name)(sample.task_config)
         assert sample.splits == tuple(s for s in ("train", "val", "test") if task.split_records(s)), name
 
@@ -200,7 +209,8 @@ def test_vgym_jsonl_errors(tmp_path: Path, jsonl_root: Path) -> None:
         InvalidConfigError, match=r"path '../data.jsonl' resolves to .* outside the dataset root"
     ):
         VgymJsonlTask({"root": str(jsonl_root / "img"), "annotations": "../data.jsonl"})
-    with pytest.raises(InvalidConfigError, match=r"cannot read the annotation file .*other.jsonl"):
+    with pytest.raises(DatasetLayoutError, match=r"vgym_jsonl: the annotation file 'other.jsonl' is missing "
+                                                 r"from the dataset root .*; set task_config 'annotations'"):
         VgymJsonlTask({"root": str(jsonl_root), "annotations": "other.jsonl"})
     with pytest.raises(InvalidConfigError, match=r"the dataset root '.*missing' is not a folder"):
         VgymJsonlTask({"root": str(tmp_path / "missing")})
@@ -294,7 +304,7 @@ def test_crop_through_the_env_on_a_chartqa_image(chartqa_root: Path) -> None:
 
 def test_chartqa_errors(tmp_path: Path, chartqa_root: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InvalidConfigError, match=r"chartqa: no question file found under .*; expected one of "
+    with pytest.raises(DatasetLayoutError, match=r"chartqa_dataset: none of the annotation files "
                                                  r"\['train/train_human.json', 'train/train_augmented.json'"):
         ChartqaTask({"root": str(tmp_path / "empty")})
     with pytest.raises(
@@ -368,8 +378,9 @@ def test_vstar_malformed_lines(tmp_path: Path, line: dict[str, Any], message: st
 # ---------------------------------------------------------------- RefCOCO
 
 
-def test_refcoco_boxes_sentences_and_splits(refcoco_root: Path) -> None:
-    task = RefcocoTask({"root": str(refcoco_root), "image_dir": "train2014"})
+def test_refcoco_jsonl_boxes_sentences_and_splits(refcoco_jsonl_root: Path) -> None:
+    refcoco_root = refcoco_jsonl_root
+    task = RefcocoTask({"root": str(refcoco_root), **REFCOCO_JSONL})
     # testA -> test; default split test
     assert [r.id for r in task.split_records("test")] == ["1.0", "1.1", "3"]
     assert [r.id for r in task.split_records("train")] == ["2"]
@@ -387,15 +398,15 @@ def test_refcoco_boxes_sentences_and_splits(refcoco_root: Path) -> None:
     assert task.sample("test", 1, 0).question == "Give the box of: guy in red."
     # the trailing dot is not doubled
     assert task.sample("test", 2, 0).question == "Give the box of: the cat."
-    only_a = RefcocoTask({"root": str(refcoco_root), "image_dir": "train2014", "keep_splits": ["testA"]})
+    only_a = RefcocoTask({"root": str(refcoco_root), **REFCOCO_JSONL, "keep_splits": ["testA"]})
     assert [r.id for r in only_a.split_records("test")] == ["1.0", "1.1"] and only_a.split_records(
         "train"
     ) == []
     with pytest.raises(
-        InvalidConfigError, match=r"record '1.0': image file not found: .*refcoco/COCO_train2014_"
+        InvalidConfigError, match=r"record '1.0': image file not found: .*refcoco_jsonl/COCO_train2014_"
     ):
-        # image_dir unset: looked up in the root
-        RefcocoTask({"root": str(refcoco_root)}).sample("test", 0, 0)
+        # image_dir "": looked up in the root
+        RefcocoTask({"root": str(refcoco_root), **REFCOCO_JSONL, "image_dir": ""}).sample("test", 0, 0)
 
 
 @pytest.mark.parametrize(
@@ -408,8 +419,8 @@ def test_refcoco_boxes_sentences_and_splits(refcoco_root: Path) -> None:
         ),
         ({"image": "a.jpg", "bbox": [1, 2, 3], "sent": "x"}, r"'bbox' must be COCO"),
         (
-            {"image": "a.jpg", "bbox": [1, 2, 3, 4], "sent": "x", "split": "testC"},
-            r"split must be one of .*got 'testC'",
+            {"image": "a.jpg", "bbox": [1, 2, 3, 4], "sent": "x", "split": "dev"},
+            r"split must be one of .*got 'dev'",
         ),
         (
             {"image": "a.jpg", "bbox": [1, 2, 3, 4]},
@@ -425,7 +436,7 @@ def test_refcoco_boxes_sentences_and_splits(refcoco_root: Path) -> None:
 def test_refcoco_malformed_lines(tmp_path: Path, line: dict[str, Any], message: str) -> None:
     _jsonl(tmp_path / "refcoco.jsonl", [line])
     with pytest.raises(InvalidConfigError, match=rf"refcoco.jsonl:1: {message}"):
-        RefcocoTask({"root": str(tmp_path)})
+        RefcocoTask({"root": str(tmp_path), **REFCOCO_JSONL, "image_dir": ""})
 
 
 # ---------------------------------------------------------------- Charades-STA
@@ -439,7 +450,7 @@ def test_charades_sta_lines_frames_and_temporal_iou(charades_root: Path) -> None
     sample = task.sample("test", 0, 0)
     assert sample.question == 'When does this happen in the video: "a person opens a door."?'
     assert sample.answer == "[0.50, 1.25]"
-    assert sample.video == os.path.realpath(charades_root / "videos/AO8RW.mp4")
+    assert sample.video == os.path.realpath(charades_root / "Charades_v1_480/AO8RW.mp4")
     assert sample.metadata["record"] == {
         "video_id": "AO8RW",
         "sentence": "a person opens a door.",
@@ -472,23 +483,65 @@ def test_get_frame_through_the_env_reads_the_record_video(charades_root: Path) -
     ("AO8RW 0.5 x##a person sits", r"expected 'VIDEOID START END##sentence'"),
     ("AO8RW 0.5 1.0##   ", r"expected 'VIDEOID START END##sentence'"),
     ("AO8RW 2.0 1.0##a person sits", r"an 'interval' answer .* 0 <= start < end, got '\[2.00, 1.00\]'"),
-    ("../../etc/x 0 1##escape", r"path 'videos/../../etc/x.mp4' leaves the dataset root"),
+    ("../../etc/x 0 1##escape", r"path 'Charades_v1_480/../../etc/x.mp4' leaves the dataset root"),
 ])
 def test_charades_sta_malformed_lines(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "Charades_v1_480").mkdir()
     (tmp_path / "charades_sta_test.txt").write_text(text + "\n")
     with pytest.raises(InvalidConfigError, match=rf"charades_sta_test.txt:1: {message}"):
         CharadesStaTask({"root": str(tmp_path)})
 
 
-def test_charades_sta_missing_files(tmp_path: Path, charades_root: Path) -> None:
-    with pytest.raises(
-        InvalidConfigError,
-        match=r"charades_sta: no annotation lines found under .*; expected one "
-        r"of \['charades_sta_train.txt', 'charades_sta_val.txt'",
-    ):
-        CharadesStaTask({"root": str(tmp_path)})
-    task = CharadesStaTask({"root": str(charades_root), "video_dir": "clips"})
-    with pytest.raises(InvalidConfigError, match=r"record 'test/1': video file not found: .*clips/AO8RW.mp4"):
-        task.sample("test", 0, 0)
+def test_charades_sta_config_errors(charades_root: Path) -> None:
     with pytest.raises(InvalidConfigError, match=r"annotations must contain '\{split\}', got 'sta.txt'"):
         CharadesStaTask({"root": str(charades_root), "annotations": "sta.txt"})
+    task = CharadesStaTask({"root": str(charades_root)})
+    (charades_root / "Charades_v1_480" / "AO8RW.mp4").unlink()  # one missing *file*: that record's fault
+    with pytest.raises(InvalidConfigError, match=r"'test/1': video file not found: .*Charades_v1_480/AO8RW"):
+        task.sample("test", 0, 0)
+
+
+# ---------------------------------------------------------------- the layout, checked when the env is made
+
+WRITERS = {"vgym_jsonl": write_vgym_jsonl, "chartqa_dataset": write_chartqa, "vstar": write_vstar,
+           "refcoco": write_refcoco, "charades_sta": write_charades_sta}
+
+LAYOUT_BREAKS = [  # (loader, paths removed under its sample root, the part of the layout, message)
+    ("vgym_jsonl", ("data.jsonl",), "annotation file",
+     r"vgym_jsonl: the annotation file 'data.jsonl' is missing from the dataset root .*'annotations'"),
+    ("chartqa_dataset", ("train/train_human.json", "test/test_human.json", "test/test_augmented.json"),
+     "annotation file", r"none of the annotation files \['train/train_human.json', 'train/train_augmented"),
+    ("chartqa_dataset", ("test/png",), "media folder", r"the media folder 'test/png' is missing .*'root'"),
+    ("vstar", ("test_questions.jsonl",), "annotation file", r"the annotation file 'test_questions.jsonl'"),
+    ("refcoco", ("refcoco/refs(unc).p",), "annotation file",
+     r"the annotation file 'refcoco/refs\(unc\).p' is missing .*'dataset' / 'split_by'"),
+    ("refcoco", ("refcoco/instances.json",), "annotation file",
+     r"the annotation file 'refcoco/instances.json' is missing .*'dataset'"),
+    ("refcoco", ("train2014",), "media folder", r"the media folder 'train2014' is missing .*'image_dir'"),
+    ("charades_sta", ("charades_sta_train.txt", "charades_sta_test.txt"), "annotation file",
+     r"none of the annotation files \['charades_sta_train.txt', 'charades_sta_val.txt', 'charades_sta_test"),
+    ("charades_sta", ("Charades_v1_480",), "media folder",
+     r"the media folder 'Charades_v1_480' is missing from the dataset root .*'video_dir'"),
+]
+
+
+@pytest.mark.parametrize("name, removed, what, message", LAYOUT_BREAKS,
+                         ids=[f"{b[0]}-{b[2].split()[0]}-{b[1][0]}" for b in LAYOUT_BREAKS])
+def test_make_names_the_missing_part_of_the_layout(tmp_path: Path, name: str, removed: tuple[str, ...],
+                                                   what: str, message: str) -> None:
+    root = WRITERS[name](tmp_path / name)
+    gymnasium.make(LOADERS[name], task_config={"root": str(root)}).close()  # complete: it builds
+    for relative in removed:
+        path = root / relative
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    with pytest.raises(DatasetLayoutError, match=message) as caught:
+        gymnasium.make(LOADERS[name], task_config={"root": str(root)})  # at make, before any reset
+    assert caught.value.what == what and caught.value.path == os.path.realpath(root / removed[0])
+
+
+@pytest.mark.parametrize("name", sorted(LOADERS))
+def test_make_names_a_missing_root(tmp_path: Path, name: str) -> None:
+    with pytest.raises(DatasetLayoutError, match=rf"{name}: the dataset root '.*nowhere' is not a folder") \
+            as caught:
+        gymnasium.make(LOADERS[name], task_config={"root": str(tmp_path / "nowhere")})
+    assert caught.value.what == "dataset root" and isinstance(caught.value, FileNotFoundError)

@@ -335,6 +335,30 @@ def test_gymnasium_make_and_check_env(media_dir: str) -> None:
         env.close()
 
 
+def test_gymnasium_make_without_a_split_plays_the_test_questions(media_dir: str) -> None:
+    """All 40 questions are in "test": with no split given, the env resets there (it used to reset to the
+    empty "train" split and fail). An explicit split still wins, and other tasks keep "train"."""
+    env = gymnasium.make("vgym/RealMini-v0", task_config={"media_dir": media_dir})
+    try:
+        assert env.unwrapped.config.split == "test" and RealMiniTask.default_split == "test"
+        protocol = HermesProtocol()
+        _, info = env.reset(seed=3)
+        sample = env.unwrapped.sample
+        assert sample.split == "test" and info["sample_id"] == f"real_mini/{sample.metadata['record_id']}"
+        _, reward, terminated, _, info = env.step(protocol.format_answer(sample.answer))
+        assert terminated and info["reward_parts"]["accuracy"] == 1.0
+        with pytest.raises(InvalidConfigError, match=r"the split 'train' has no records"):
+            env.reset(options={"split": "train"})
+    finally:
+        env.close()
+    explicit = gymnasium.make("vgym/RealMini-v0", task_config={"media_dir": media_dir}, split="train")
+    assert explicit.unwrapped.config.split == "train"
+    explicit.close()
+    other = gymnasium.make("vgym/VisualSearch-v0")
+    assert other.unwrapped.config.split == "train"
+    other.close()
+
+
 @pytest.mark.parametrize("category", CATEGORIES)
 @pytest.mark.parametrize("tools", [None, ()], ids=["default-tools", "tools-off"])
 def test_oracle_episodes_earn_full_reward(media_dir: str, category: str, tools: tuple | None) -> None:

@@ -1,5 +1,5 @@
-"""The ``vgym`` command line: ``list``, ``demo``, ``quickstart``, ``diagnose``, ``sft``, ``train``, ``view``,
-``eval``, ``compare``.
+"""The ``vgym`` command line: ``list``, ``demo``, ``convert``, ``quickstart``, ``diagnose``, ``sft``,
+``train``, ``view``, ``eval``, ``compare``.
 
 Contents: :data:`app` (a typer app), :func:`main` (the ``vgym`` console script). Progress bars and printing
 live here, never in library modules.
@@ -130,6 +130,36 @@ def demo(
         console.print(_styled("reward", f"{float(reward):.3f} parts {info['reward_parts']}"))
     finally:
         env.close()
+
+
+@app.command(epilog=EPILOG)
+def convert(
+    env_id: Annotated[str, typer.Argument(help="a dataset env: gymnasium id (vgym/Refcoco-v0) or task name")],
+    out: Annotated[Path, typer.Option(help="the vgym JSONL file to write; its media paths are relative to "
+                                           "the dataset root, so put it inside the root")],
+    task_config: TaskConfigOpt = None,
+    task_config_file: TaskConfigFileOpt = None,
+) -> None:
+    """Write every record of a dataset env (all splits) as one vgym JSONL file, for vgym/VgymJsonl-v0."""
+    import os
+
+    from vgym.data.dataset_task import DatasetTask
+    from vgym.data.records import save_vgym_jsonl
+    from vgym.task import SPLITS, TASKS
+
+    task = TASKS.get(_task_name(env_id))(parse_task_config(task_config or (), task_config_file))
+    if not isinstance(task, DatasetTask):
+        raise InvalidConfigError(f"{env_id} generates its samples; convert reads dataset envs (those with a "
+                                 "task_config 'root')")
+    count = save_vgym_jsonl([r for split in SPLITS for r in task.split_records(split)], out)
+    root = os.path.realpath(task.root())
+    relative = os.path.relpath(os.path.realpath(out), root)
+    console.print(f"wrote {count} records to {out}")
+    if relative.startswith(".."):
+        console.print(f"its media paths are relative to {root}: move it inside that folder to read it")
+    else:
+        console.print(f"read it with: vgym demo vgym/VgymJsonl-v0 --split test --task-config root={root} "
+                      f"--task-config annotations={relative}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _styled(label: str, text: str, style: str = "bold") -> Text:

@@ -1,6 +1,6 @@
 """Real datasets on disk: the generic loader task that the dataset tasks (``tasks/local_data.py``) build on.
 
-Contents: :class:`DatasetConfig`, :class:`DatasetTask`.
+Contents: :class:`DatasetConfig`, :class:`RequiredPath`, :class:`DatasetTask`.
 
 Records come in the vgym JSONL format (:mod:`vgym.data.records`) or are converted to it by a loader; files are
 read with the bounded readers and path confinement of :mod:`vgym.data.files` and decoded by
@@ -13,6 +13,15 @@ record ids are errors naming ``file:line``. Every file a record names is resolve
 root are refused. :func:`~vgym.data.media.load_image` refuses images over ``max_pixels`` before decoding them.
 All of these raise :class:`~vgym.errors.InvalidConfigError` naming the file (and the record, from
 :meth:`DatasetTask.sample`).
+
+**Layout, checked when the task is built** (so ``gymnasium.make`` fails once, up front, instead of every
+``reset`` failing during a rollout): the root folder, then the annotation files the loader declares
+(:class:`RequiredPath`, :meth:`DatasetTask.required_paths`), then, after the records are read, the media
+folders it declares (a loader whose media sit anywhere under the root, such as the vgym JSONL format, has
+the root as its media folder). The first one missing raises
+:class:`~vgym.errors.DatasetLayoutError` (an ``InvalidConfigError``) saying which it is (dataset root,
+annotation file, media folder), its path, and the config field that sets it. Files inside the folders are not
+opened then: a missing or broken *file* is one record's fault (below).
 
 **Bad media.** A record's image or video that is missing, empty, truncated, corrupt, without a video stream or
 frames, or over ``max_pixels`` raises :class:`~vgym.errors.MediaError` (an ``InvalidConfigError``) from
@@ -32,10 +41,10 @@ from typing import Any
 from vgym.data.files import confined_path
 from vgym.data.media import load_image, overview_frames
 from vgym.data.records import DatasetRecord, score_record
-from vgym.errors import InvalidConfigError, MediaError
+from vgym.errors import DatasetLayoutError, InvalidConfigError, MediaError
 from vgym.task import SPLITS, Sample, Solution, Task
 
-__all__ = ["DatasetConfig", "DatasetTask"]
+__all__ = ["DatasetConfig", "RequiredPath", "DatasetTask"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,20 @@ class DatasetConfig:
             raise InvalidConfigError(f"max_image_pixels must be an int >= 1, got {self.max_image_pixels!r}")
 
 
+@dataclass(frozen=True)
+class RequiredPath:
+    """A file or folder a loader needs under its root, checked when the task is built."""
+
+    what: str
+    """What it is, for the message: ``"annotation file"`` or ``"media folder"``."""
+    paths: tuple[str, ...]
+    """Candidates relative to the root; one existing is enough (e.g. one annotation file per split)."""
+    fields: tuple[str, ...]
+    """The config fields that name it (the message says to set them)."""
+    folder: bool = False
+    """True for a folder, False for a file."""
+
+
 def _instruction(sample: Sample) -> str:
     """The one-line answer-format instruction for the sample's answer type."""
     meta = sample.metadata
@@ -87,11 +110,12 @@ class DatasetTask(Task):
     """A task whose samples are the records of a dataset on disk (``procedural = False``).
 
     Subclasses set ``name``, ``config_cls`` (usually a :class:`DatasetConfig` subclass) and ``default_tools``,
-    and implement :meth:`records` and :meth:`root`; sampling, scoring, prompts and the oracle's answer are
-    generic. :meth:`records` is called once, at the end of ``DatasetTask.__init__`` (so a bad annotation fails
-    when the env is made, and no image is decoded then): set anything it needs *before* calling
-    ``super().__init__(config)``. The optional config fields ``overview_frames`` (default 4) and
-    ``max_image_pixels`` (default 64 M) are read when present.
+    and implement :meth:`records` and :meth:`root`; SOME override :meth:`required_paths` (their annotation
+    files and media folders) and ``default_split``. Sampling, scoring, prompts and the oracle's answer are
+    generic. :meth:`records` is called once, at the end of ``DatasetTask.__init__``, between the layout
+    checks (so a missing folder or a bad annotation fails when the env is made, and no image is decoded then):
+    set anything it needs *before* calling ``super().__init__(config)``. The optional config fields
+    ``overview_frames`` (default 4) and ``max_image_pixels`` (default 64 M) are read when present.
 
     :meth:`sample` returns record ``index % n`` of the split's ``n`` records in their order (the env draws
     random indices, so this samples uniformly); ``seed`` is unused, because the data is fixed. The oracle's
@@ -105,8 +129,10 @@ class DatasetTask(Task):
         config: as :class:`~vgym.task.Task`.
 
         Raises:
-            InvalidConfigError: when :meth:`root` is empty or not a folder, or the annotations are invalid
-                (from :meth:`records`), or two records share an id.
+            DatasetLayoutError: when the root or a :meth:`required_paths` entry is missing (an
+                ``InvalidConfigError``; the message says which).
+            InvalidConfigError: when :meth:`root` is empty, or the annotations are invalid (from
+                :meth:`records`), or two records share an id.
         """
         super().__init__(config)
         root = self.root()
@@ -116,8 +142,18 @@ class DatasetTask(Task):
                 f"folder, e.g. gymnasium.make(..., task_config={{'root': '/data/{self.name}'}})"
             )
         if not os.path.isdir(root):
-            raise InvalidConfigError(f"{self.name}: the dataset root {root!r} is not a folder")
+            raise DatasetLayoutError(
+                f"{self.name}: the dataset root {root!r} is not a folder (task_config 'root')",
+                path=os.path.abspath(root), what="dataset root",
+            )
+        required = self.required_paths()
+        for entry in required:  # annotation files first: they are read next
+            if not entry.folder:
+                self._check_required(entry)
         records = self.records()
+        for entry in required:
+            if entry.folder:
+                self._check_required(entry)
         by_split: dict[str, list[DatasetRecord]] = {split: [] for split in SPLITS}
         seen: set[str] = set()
         for record in records:
@@ -140,6 +176,25 @@ class DatasetTask(Task):
     @abstractmethod
     def root(self) -> str:
         """The dataset folder that record paths are relative to ("" when unset)."""
+
+    def required_paths(self) -> list[RequiredPath]:
+        """The annotation files (checked before :meth:`records` runs) and media folders (checked after it) of
+        the layout (see the module docstring); the default declares none (only the root is checked)."""
+        return []
+
+    def _check_required(self, required: RequiredPath) -> None:
+        """Raise :class:`~vgym.errors.DatasetLayoutError` when none of ``required.paths`` exists."""
+        full = [confined_path(self.root(), relative) for relative in required.paths]
+        if any(os.path.lexists(path) for path in full):  # something is there: its reader names any fault
+            return
+        fix = f"set task_config {' / '.join(map(repr, required.fields))} if yours is elsewhere"
+        if len(full) == 1:
+            message = (f"{self.name}: the {required.what} {required.paths[0]!r} is missing from the dataset "
+                       f"root {self.root()} (looked for {full[0]}); {fix}")
+        else:
+            message = (f"{self.name}: none of the {required.what}s {list(required.paths)} is in the dataset "
+                       f"root {self.root()}; {fix}")
+        raise DatasetLayoutError(message, path=full[0], what=required.what)
 
     def split_records(self, split: str) -> list[DatasetRecord]:
         """The records of ``split`` in dataset order (a copy).

@@ -2,7 +2,7 @@
 :mod:`vgym.data.dataset_task` (the generic loader task) builds on these.
 
 Contents: :data:`ANSWER_TYPES`, :class:`DatasetRecord`, :func:`parse_record`, :func:`read_vgym_jsonl`,
-:func:`score_record`.
+:func:`record_json`, :func:`save_vgym_jsonl`, :func:`score_record`.
 
 **The vgym JSONL format.** One JSON object per line, UTF-8 (a leading BOM is ignored); blank lines and lines
 starting with ``//`` are skipped. Paths are relative to the dataset root, with ``/`` separators. Fields:
@@ -37,11 +37,13 @@ file is opened (:func:`vgym.data.files.confined_path`, from
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import posixpath
 import re
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +59,8 @@ from vgym.rewards import (
 )
 from vgym.task import SPLITS
 
-__all__ = ["ANSWER_TYPES", "DatasetRecord", "parse_record", "read_vgym_jsonl", "score_record"]
+__all__ = ["ANSWER_TYPES", "DatasetRecord", "parse_record", "read_vgym_jsonl", "record_json",
+           "save_vgym_jsonl", "score_record"]
 
 ANSWER_TYPES: tuple[str, ...] = ("exact", "choice", "numeric", "box", "interval")
 """How a record's answer is scored (see the module docstring)."""
@@ -260,6 +263,56 @@ def read_vgym_jsonl(path: str | os.PathLike) -> list[DatasetRecord]:
         first[record.id] = where
         records.append(record)
     return records
+
+
+def record_json(record: DatasetRecord) -> dict[str, Any]:
+    """The vgym JSONL object of ``record``: the inverse of :func:`parse_record` (fields at their default are
+    left out), so ``parse_record(record_json(r), where=...) == r`` for every record it built.
+
+    Raises:
+        InvalidConfigError: when the metadata holds something JSON cannot write (naming the record).
+    """
+    out: dict[str, Any] = {"id": record.id, "split": record.split, "question": record.question,
+                           "answer": record.answer, "answer_type": record.answer_type}
+    for name in ("images", "options", "aliases", "tools"):
+        if getattr(record, name):
+            out[name] = list(getattr(record, name))
+    if record.video is not None:
+        out["video"] = record.video
+    for name in ("tolerance", "abs_tolerance"):
+        if getattr(record, name):
+            out[name] = getattr(record, name)
+    if record.metadata:
+        out["metadata"] = dict(record.metadata)
+    try:
+        json.dumps(out, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise InvalidConfigError(f"record {record.id!r}: cannot be written as JSON ({error})") from None
+    return out
+
+
+def save_vgym_jsonl(records: Iterable[DatasetRecord], path: str | os.PathLike) -> int:
+    """Write ``records`` as a vgym JSONL file (:func:`record_json`, one UTF-8 line each), replacing ``path``
+    atomically (a temporary file beside it, then ``os.replace``).
+
+    Returns:
+        The number of lines written.
+
+    Raises:
+        InvalidConfigError: as :func:`record_json`. OSError: when the file cannot be written.
+    """
+    path = os.fspath(path)
+    lines = [json.dumps(record_json(record), ensure_ascii=False) + "\n" for record in records]
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".part-", suffix=".jsonl", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.writelines(lines)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return len(lines)
 
 
 def _score_choice(record: DatasetRecord, answer: str) -> float:
