@@ -34,3 +34,12 @@ def test_demo_plays_a_dataset_env_from_its_folder(datasets: dict, name: str, tmp
     again = runner.invoke(app, ["demo", name, "--split", split, "--task-config-file", str(config_file)])
     assert again.exit_code == 0
     assert again.output.splitlines()[1:] == result.output.splitlines()[1:]  # the same episode after the title
+
+
+def test_demo_plays_realmini_from_its_default_split() -> None:
+    """RealMini's questions are all in "test": ``vgym demo`` without --split takes the task's default split
+    (it asked for "train", empty, and failed)."""
+    pytest.importorskip("skimage")
+    result = runner.invoke(app, ["demo", "vgym/RealMini-v0"])
+    assert result.exit_code == 0, result.output
+    assert "real_mini/" in result.output.splitlines()[0] and "reward 1.000" in result.output

@@ -87,7 +87,9 @@ def demo(
         str, typer.Argument(help="gymnasium id (vgym/VisualSearch-v0) or task name (visual_search)")
     ] = "vgym/VisualSearch-v0",
     seed: Annotated[int, typer.Option(help="reset seed (picks the sample)")] = 0,
-    split: Annotated[str, typer.Option(help="train, val or test")] = "train",
+    split: Annotated[
+        str | None, typer.Option(help="train, val or test (default: the task's; test for RealMini)")
+    ] = None,
     tools: ToolsOpt = "default",
     task_config: TaskConfigOpt = None,
     task_config_file: TaskConfigFileOpt = None,
@@ -105,7 +107,7 @@ def demo(
         tools=parse_tools(tools),
     )
     try:
-        obs, info = env.reset(seed=seed, options={"split": split})
+        obs, info = env.reset(seed=seed, options={"split": split} if split else None)
         console.rule(f"{env_id} · {info['sample_id']}", characters="-")
         console.print(_styled("question", env.sample.question))
         console.print(_styled("images", f"{[im.shape[:2] for im in obs['images']]} (shown to the model)"))
