@@ -402,7 +402,8 @@ def view(
 
 @app.command("eval", epilog=EPILOG)
 def eval_cmd(
-    policy: Annotated[str, typer.Option(help="oracle | random | hf:DIR | vllm:DIR | openai:URL[#model]")],
+    policy: Annotated[str, typer.Option(help="oracle | random | hf:DIR | vllm:DIR | "
+                                        "openai:URL[#model[,tool_calling=auto|native|text]]")],
     suite: Annotated[
         list[str], typer.Option(help="suite (spatial, video, visual, all) or task name; repeatable")
     ],
@@ -429,7 +430,8 @@ def eval_cmd(
     count_errors_as_failures: Annotated[
         bool,
         typer.Option("--count-errors-as-failures",
-                     help="score episodes that could not run (media errors) as failures instead of leaving "
+                     help="score episodes that could not run (media errors, requests a server refused) as "
+                     "failures instead of leaving "
                      "them out of accuracy and pass@k"),
     ] = False,
     batch_size: Annotated[int, typer.Option(help="episodes in flight")] = 16,
