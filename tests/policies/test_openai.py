@@ -277,7 +277,8 @@ def test_retries_exhausted_fail_that_episode_with_a_clear_error(tiny, serve) -> 
 
 def test_bad_request_fails_that_episode_at_once_with_url_status_and_message(tiny, serve) -> None:
     """A 400 is the request's fault: no retry, and the episode's error names the URL, the status and the
-    server's reason. (``tool_calling="auto"`` would try the chat once more without ``tools``; see below.)"""
+    server's reason. (``tool_calling="auto"`` would try the chat once more without ``tools``, see below; the
+    default, text, sends none.)"""
     _, processor = tiny
     server = serve()
     config = _config(server.base_url, max_tokens=MAX_TOKENS + 1, max_retries=3, tool_calling="native")
@@ -333,7 +334,7 @@ def test_auto_tool_calling_goes_on_in_text_when_the_server_refuses_tools(tiny, s
     _, processor = tiny
     item = _first_turn(processor)
     server = serve(refuse_tools=True)
-    auto = OpenAIPolicy(_config(server.base_url))
+    auto = OpenAIPolicy(_config(server.base_url, tool_calling="auto"))
     out = auto.act([item])[0]
     assert ["tools" in r.body for r in server.received] == [True, False] and auto.tools_refused
     assert out.error is None and out.text == _greedy(tiny, item).text
@@ -342,7 +343,7 @@ def test_auto_tool_calling_goes_on_in_text_when_the_server_refuses_tools(tiny, s
     native = OpenAIPolicy(_config(server.base_url, tool_calling="native")).act([item])[0]
     assert len(server.received) == 4  # no second try
     assert native.error is not None and "enable-auto-tool-choice" in native.error
-    OpenAIPolicy(_config(server.base_url, tool_calling="text")).act([item])
+    OpenAIPolicy(_config(server.base_url)).act([item])  # the default, text
     assert "tools" not in server.received[4].body
 
 
@@ -352,7 +353,7 @@ def test_openai_spec_options_reach_the_policy_config() -> None:
     policy = make_policy("openai:http://h/v1#m,tool_calling=text,tool_images=user").make(7)
     config = policy.config
     assert (config.model, config.tool_calling, config.tool_images) == ("m", "text", "user")
-    assert policy.config.seed == 7 and make_policy("openai:http://h/v1").make(0).config.tool_calling == "auto"
+    assert policy.config.seed == 7 and make_policy("openai:http://h/v1").make(0).config.tool_calling == "text"
     with pytest.raises(InvalidConfigError, match="did you mean 'tool_calling'"):
         make_policy("openai:http://h/v1#m,tool_caling=text")
     with pytest.raises(InvalidConfigError, match="tool_calling must be one of"):

@@ -198,15 +198,15 @@ def test_vgym_eval_against_transformers_serve_with_and_without_tool_parsing(
     transformers_server: ServeProcess, served_models: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """``vgym eval --policy openai:URL#MODEL`` end to end, on visual search and 2-D spatial questions: with
-    the parser and the default ``tool_calling`` (auto: native here), the spatial episodes' refused requests
-    are counted as could-not-run and the visual-search episodes are scored; without the parser
-    (``,tool_calling=text``) every episode is scored. The visual-search episodes are the same either way."""
+    the parser and ``,tool_calling=native``, the spatial episodes' refused requests are counted as
+    could-not-run and the visual-search episodes are scored; without the parser and the default tool calling
+    (text) every episode is scored. The visual-search episodes are the same either way."""
     parsing, plain = served_models
     common = ["--suite", "visual_search", "--suite", "spatial_2d", "--n", "3", "--difficulty", "0",
               "--max-new-tokens", "48"]
     url = transformers_server.base_url
-    runs = {"native": (f"openai:{url}#{parsing}", tmp_path / "native"),
-            "text": (f"openai:{url}#{plain},tool_calling=text", tmp_path / "text")}
+    runs = {"native": (f"openai:{url}#{parsing},tool_calling=native", tmp_path / "native"),
+            "text": (f"openai:{url}#{plain}", tmp_path / "text")}
     for spec, out in runs.values():
         result = _vgym_eval("--policy", spec, "--out", str(out), *common)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -224,8 +224,7 @@ def test_vgym_eval_against_transformers_serve_with_and_without_tool_parsing(
     assert native["tasks"]["spatial_2d"]["metrics"]["could_not_run"] == 3
     assert native["tasks"]["visual_search"]["metrics"]["episodes"] == 3
     assert native["overall"]["could_not_run"] == 3 and any("could not run" in n for n in native["notes"])
-    assert all(r["truncated_reason"].startswith("policy_error: ")
-               and "refused without `tools` too" in r["truncated_reason"]
+    assert all(r["truncated_reason"].startswith("policy_error: POST ") and "HTTP 400" in r["truncated_reason"]
                for r in rows(runs["native"][1], "spatial_2d"))
     assert text["overall"]["could_not_run"] == 0 and text["overall"]["episodes"] == 6
     assert [r["answer"] for r in rows(runs["text"][1], "spatial_2d")] == ["A"] * 3

@@ -403,7 +403,7 @@ def view(
 @app.command("eval", epilog=EPILOG)
 def eval_cmd(
     policy: Annotated[str, typer.Option(help="oracle | random | hf:DIR | vllm:DIR | "
-                                        "openai:URL[#model[,tool_calling=auto|native|text]]")],
+                                        "openai:URL[#model[,tool_calling=text|native|auto]]")],
     suite: Annotated[
         list[str], typer.Option(help="suite (spatial, video, visual, all) or task name; repeatable")
     ],

@@ -16,10 +16,16 @@ requests of one batch run in parallel on a small thread pool.
   (``tool_calls`` with the server's ids), and the env's reply as ``tool`` messages with the matching
   ``tool_call_id``. A reply without ``tool_calls`` (a server that does not parse calls) falls back to the text
   protocol: its content is the action and the turn goes back as text.
-- ``"text"``: no ``tools``; the chat goes exactly as vgym wrote it (what a model trained on the text protocol
-  saw). Tool calls that a server parses anyway (``transformers serve`` does for Qwen models) are read too.
-- ``"auto"`` (the default): native; when the server refuses a request that carries ``tools`` with an HTTP
-  4xx (not retried) and accepts the same chat in the text form, the policy goes on in the text form.
+- ``"text"`` (the default): no ``tools``; the chat goes exactly as vgym wrote it. Tool calls that a server
+  parses anyway (``transformers serve`` does for every Qwen model) are read too.
+- ``"auto"``: native; when the server refuses a request that carries ``tools`` with an HTTP 4xx (not
+  retried) and accepts the same chat in the text form, the policy goes on in the text form.
+
+Why text is the default: it is the prompt a model trained by vgym saw (vgym's chat encoder never renders
+``tools``), it works with every server, and the chat templates of Qwen2-VL and Qwen2.5-VL (their
+``chat_template.json``) render neither ``tool_calls`` nor ``tools``: in the native form an assistant turn that
+called a tool would reach such a model empty. Choose ``"native"`` for models whose template renders tool calls
+(Qwen3-VL, hosted APIs).
 
 Either way the env receives the same action for the same completion: tool calls are written back as
 ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` after the reply's content
@@ -116,12 +122,13 @@ class OpenAIPolicyConfig:
     config."""
 
     # tool calls
-    tool_calling: str = "auto"
-    """``"native"``: send the env's tool schemas as ``tools`` and read ``message.tool_calls`` (falling back to
-    the text protocol for a reply without them); ``"text"``: no ``tools``, the chat exactly as vgym wrote it
-    (for models trained on vgym's text protocol); ``"auto"`` (default): native, switching to text for good
-    when the server refuses ``tools`` (HTTP 4xx) but takes the same chat without them. See the module
-    docstring."""
+    tool_calling: str = "text"
+    """``"text"`` (default): no ``tools``, the chat exactly as vgym wrote it (the prompt of a model trained on
+    vgym's text protocol; works with every server and chat template), tool calls a server parses anyway read
+    back; ``"native"``: send the env's tool schemas as ``tools``, read ``message.tool_calls`` and send them
+    back with tool messages (for chat templates that render tool calls: Qwen3-VL, hosted APIs), falling back
+    to the text protocol for a reply without them; ``"auto"``: native, switching to text for good when the
+    server refuses ``tools`` (HTTP 4xx) but takes the same chat without them. See the module docstring."""
     tool_images: str = "tool"
     """Native form: where a tool reply's images go. ``"tool"`` (default): into the ``tool`` message as
     ``image_url`` parts (``vllm serve`` and ``transformers serve`` take them); ``"user"``: into a user message
@@ -189,7 +196,7 @@ class OpenAIPolicy:
 
     >>> policy = OpenAIPolicy(OpenAIPolicyConfig("http://127.0.0.1:8000/v1", "Qwen/Qwen2.5-VL-3B-Instruct"))
     >>> policy.config.url, policy.config.tool_calling
-    ('http://127.0.0.1:8000/v1/chat/completions', 'auto')
+    ('http://127.0.0.1:8000/v1/chat/completions', 'text')
     """
 
     def __init__(self, config: OpenAIPolicyConfig, *, protocol: ActionProtocol | None = None) -> None:

@@ -1,5 +1,5 @@
 """Policies named by a spec string, as ``vgym eval --policy`` takes them: ``oracle``, ``random``, ``hf:DIR``,
-``vllm:DIR``, ``openai:URL[#model[,key=value...]]`` (keys ``tool_calling`` = auto | native | text and
+``vllm:DIR``, ``openai:URL[#model[,key=value...]]`` (keys ``tool_calling`` = text | native | auto and
 ``tool_images`` = tool | user, see :class:`~vgym.policies.openai.OpenAIPolicyConfig`; e.g.
 ``openai:http://127.0.0.1:8000/v1#Qwen2-VL-7B,tool_calling=text``).
 
