@@ -11,6 +11,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,11 +55,12 @@ class ChatServer:
     template (the same :class:`ChatEncoder` prompt path as a first turn) and played by :class:`HFPolicy`."""
 
     def __init__(self, model: Any, processor: Any, *, fail_first: int = 0, fail_status: int = 503,
-                 refuse_tools: bool = False) -> None:
+                 refuse_tools: bool = False, delay_s: float = 0.0) -> None:
         self.model, self.processor = model, processor
         self.encoder = ChatEncoder(processor)
         self.fail_first, self.fail_status = fail_first, fail_status
         self.refuse_tools = refuse_tools  # answer a request with `tools` 400, as vLLM without a tool parser
+        self.delay_s = delay_s  # wait this long before answering (a slow server)
         self.received: list[Received] = []
         self._lock = threading.Lock()  # one generation at a time (the model is shared by the handler threads)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -92,6 +94,7 @@ class ChatServer:
                     return self._send(404, {"error": {"message": f"no route {self.path}"}})
                 if n <= server.fail_first:
                     return self._send(server.fail_status, {"error": {"message": "overloaded, try again"}})
+                time.sleep(server.delay_s)
                 if server.refuse_tools and "tools" in body:
                     return self._send(400, {"error": {"message": '"auto" tool choice requires '
                                                       "--enable-auto-tool-choice and --tool-call-parser"}})
@@ -103,11 +106,14 @@ class ChatServer:
 
             def _send(self, status: int, payload: dict[str, Any]) -> None:
                 data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (the timeout test)
 
         return Handler
 
@@ -289,6 +295,16 @@ def test_bad_request_fails_that_episode_at_once_with_url_status_and_message(tiny
         rf"POST {server.base_url}/chat/completions failed with HTTP 400.*max_tokens must be <= {MAX_TOKENS}",
         out.error)
     assert len(server.received) == 1
+
+
+def test_a_request_that_keeps_timing_out_fails_that_episode(tiny, serve) -> None:
+    """The server is up but this request takes longer than ``timeout_s`` every time: after the retries it is
+    the episode's error, not the run's."""
+    _, processor = tiny
+    server = serve(delay_s=0.5)
+    policy = OpenAIPolicy(_config(server.base_url, timeout_s=0.1, max_retries=1))
+    out = policy.act([_first_turn(processor)])[0]
+    assert out.error is not None and "failed after 2 attempts" in out.error and "timed out" in out.error
 
 
 @pytest.mark.parametrize("status", [401, 403, 404])
