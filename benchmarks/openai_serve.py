@@ -30,16 +30,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # as the tests: tiny models gain 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "policies"))  # the served-model builder the tests use
 
-from transformers_server import (  # noqa: E402
+from transformers_server import (
     ServeProcess,
     serve_command,
     teach_tiny_model,
     write_served_folders,
 )
 
-from vgym.app.quickstart import tokenizer_corpus  # noqa: E402
-from vgym.engine.tiny import build_tiny_vlm  # noqa: E402
-from vgym.eval.evaluate import EvalConfig, run_eval  # noqa: E402
+from vgym.app.quickstart import tokenizer_corpus
+from vgym.engine.tiny import build_tiny_vlm
+from vgym.eval.evaluate import EvalConfig, run_eval
 
 
 def main() -> None:

@@ -137,5 +137,5 @@ def test_action_text_passes_arguments_that_are_not_json_on_for_the_env_to_report
     parsed = HermesProtocol().parse(text)
     assert json.loads(text[len("<tool_call>"):-len("</tool_call>")])["arguments"] == "{box: [1"
     assert not parsed.tool_calls and "must be a JSON object" in parsed.errors[0]
-    with pytest.raises(ValueError, match="without function.name"):
+    with pytest.raises(TypeError, match="without function.name"):
         action_text("", [{"function": {"arguments": "{}"}}], HermesProtocol())

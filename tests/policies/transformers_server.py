@@ -39,7 +39,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vgym.engine.tiny import QWEN2_VL_CHAT_TEMPLATE
 from vgym.policies.base import PolicyInput, PolicyOutput
 
 CROP_CALL = '<tool_call>{"name": "crop", "arguments": {"box": [0, 0, 672, 672]}}</tool_call>'
@@ -115,8 +114,8 @@ def teach_tiny_model(base: Path, out: Path) -> Path:
     """
     import functools
 
-    from vgym.env import VisualToolEnv
     from vgym.engine.tiny import load_vlm
+    from vgym.env import VisualToolEnv
     from vgym.rollout.chat import ChatEncoder
     from vgym.rollout.loop import EpisodeSpec, RolloutConfig, rollout
     from vgym.trainers.sft import SFTConfig, SFTTrainer

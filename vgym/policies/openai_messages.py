@@ -215,14 +215,14 @@ def action_text(content: str, tool_calls: Sequence[dict[str, Any]], protocol: Ac
         JSON object are passed on as the raw string, which the env reports to the model as a format error.
 
     Raises:
-        ValueError: for a tool call without ``function.name`` (a reply that is not a chat completion).
+        TypeError: for a tool call without ``function.name`` (a reply that is not a chat completion).
     """
     pieces = [content] if content else []
     for call in tool_calls:
         function = call.get("function") if isinstance(call, dict) else None
         name = function.get("name") if isinstance(function, dict) else None
         if not isinstance(name, str):
-            raise ValueError(f"a tool call without function.name: {json.dumps(call)[:200]}")
+            raise TypeError(f"a tool call without function.name: {json.dumps(call)[:200]}")
         arguments: Any = function.get("arguments", {})  # type: ignore[union-attr]
         if isinstance(arguments, str):
             try:
