@@ -160,9 +160,12 @@ def _folder(path: Path, lines: list[dict], n: int, k: int = 1, **config: object)
 
 
 def test_episodes_that_could_not_run_are_counted_apart_from_the_scores(tmp_path: Path) -> None:
-    # 10 played episodes (6 right), 2 whose media failed to load, 1 with only one of its k=2 attempts
+    # 10 played episodes (6 right), 1 whose media failed to load, 1 whose requests a model server refused,
+    # 1 with only one of its k=2 attempts
+    refused = "policy_error: POST http://h/v1/chat/completions failed with HTTP 400 Bad Request: bad call"
     lines = [_line(i, float(i < 6), a) for i in range(10) for a in (0, 1)]
-    lines += [_line(i, 0.0, a, "sample_error: gone.png missing") for i in (10, 11) for a in (0, 1)]
+    lines += [_line(10, 0.0, a, "sample_error: gone.png missing") for a in (0, 1)]
+    lines += [_line(11, 0.0, a, refused) for a in (0, 1)]
     lines.append(_line(12, 1.0, 0))
     report = build_report(_folder(tmp_path / "run", lines, n=13, k=2))
     validate_report(report)
@@ -174,8 +177,8 @@ def test_episodes_that_could_not_run_are_counted_apart_from_the_scores(tmp_path:
     assert report["incomplete_episodes"] == 1  # a stopped run, not a media error
     (group,) = report["groups"]
     assert [(r["index"], r["reason"]) for r in group["not_run"]] == [
-        (10, "sample_error: gone.png missing"), (10, "sample_error: gone.png missing"),
-        (11, "sample_error: gone.png missing"), (11, "sample_error: gone.png missing")]
+        (10, "sample_error: gone.png missing"), (10, "sample_error: gone.png missing"), (11, refused),
+        (11, refused)]
     assert group["episode_index"] == list(range(10))  # compare sees the scored episodes only
     assert any("2 episode(s) could not run" in note and "left out" in note for note in report["notes"])
     assert any("1 episode(s) have fewer than k=2" in note for note in report["notes"])

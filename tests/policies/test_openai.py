@@ -8,8 +8,10 @@ import base64
 import copy
 import io
 import json
+import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +26,7 @@ from vgym.env import VisualToolEnv
 from vgym.errors import InvalidConfigError, VgymError
 from vgym.policies.base import PolicyInput, PolicyOutput, reads_ground_truth
 from vgym.policies.hf import GenerationConfig, HFPolicy
-from vgym.policies.openai import OpenAIPolicy, OpenAIPolicyConfig, to_chat_messages
+from vgym.policies.openai import OpenAIPolicy, OpenAIPolicyConfig
 from vgym.rollout.chat import ChatEncoder
 from vgym.rollout.loop import EpisodeSpec, rollout
 
@@ -52,10 +54,13 @@ class ChatServer:
     """``POST /v1/chat/completions`` served by the tiny model: the chat is templated with the processor's chat
     template (the same :class:`ChatEncoder` prompt path as a first turn) and played by :class:`HFPolicy`."""
 
-    def __init__(self, model: Any, processor: Any, *, fail_first: int = 0, fail_status: int = 503) -> None:
+    def __init__(self, model: Any, processor: Any, *, fail_first: int = 0, fail_status: int = 503,
+                 refuse_tools: bool = False, delay_s: float = 0.0) -> None:
         self.model, self.processor = model, processor
         self.encoder = ChatEncoder(processor)
         self.fail_first, self.fail_status = fail_first, fail_status
+        self.refuse_tools = refuse_tools  # answer a request with `tools` 400, as vLLM without a tool parser
+        self.delay_s = delay_s  # wait this long before answering (a slow server)
         self.received: list[Received] = []
         self._lock = threading.Lock()  # one generation at a time (the model is shared by the handler threads)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -89,6 +94,10 @@ class ChatServer:
                     return self._send(404, {"error": {"message": f"no route {self.path}"}})
                 if n <= server.fail_first:
                     return self._send(server.fail_status, {"error": {"message": "overloaded, try again"}})
+                time.sleep(server.delay_s)
+                if server.refuse_tools and "tools" in body:
+                    return self._send(400, {"error": {"message": '"auto" tool choice requires '
+                                                      "--enable-auto-tool-choice and --tool-call-parser"}})
                 if body.get("max_tokens", MAX_TOKENS) > MAX_TOKENS:
                     return self._send(400, {"error": {"message": f"max_tokens must be <= {MAX_TOKENS}"}})
                 with server._lock:
@@ -97,11 +106,14 @@ class ChatServer:
 
             def _send(self, status: int, payload: dict[str, Any]) -> None:
                 data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (the timeout test)
 
         return Handler
 
@@ -171,7 +183,8 @@ def _first_turn(processor: Any, index: int = 0) -> PolicyInput:
     obs, info = env.reset(seed=0, options={"split": "train", "index": index})
     enc = ChatEncoder(processor).encode_prompt(info["messages"], obs["images"])
     return PolicyInput(enc.input_ids, enc.pixel_values, enc.image_grid_thw, info["messages"], 0,
-                       env.tools_enabled, list(obs["images"]))
+                       env.tools_enabled, list(obs["images"]),
+                       tool_schemas=tuple(tool.schema for tool in env.tools.values()))
 
 
 def _greedy(tiny: Any, item: PolicyInput) -> PolicyOutput:
@@ -257,26 +270,51 @@ def test_retries_then_succeeds(tiny, serve, status: int) -> None:
     assert out.text == _greedy(tiny, item).text
 
 
-def test_retries_exhausted_raise_a_clear_error(tiny, serve) -> None:
+def test_retries_exhausted_fail_that_episode_with_a_clear_error(tiny, serve) -> None:
+    """A server that keeps answering 503 fails the episode after the retries (the batch's others go on, see
+    tests/policies/test_openai_serve.py): the output's error names the URL, the attempts and the status."""
     _, processor = tiny
     server = serve(fail_first=5, fail_status=503)
-    with pytest.raises(
-        VgymError, match=r"POST .*127\.0\.0\.1.*/v1/chat/completions failed after 3 attempts.*503"
-    ):
-        OpenAIPolicy(_config(server.base_url, max_retries=2)).act([_first_turn(processor)])
+    out = OpenAIPolicy(_config(server.base_url, max_retries=2)).act([_first_turn(processor)])[0]
+    assert out.text == "" and out.error is not None
+    assert re.search(r"POST .*127\.0\.0\.1.*/v1/chat/completions failed after 3 attempts.*503", out.error)
     assert len(server.received) == 3
 
 
-def test_bad_request_fails_at_once_with_url_status_and_message(tiny, serve) -> None:
-    """A 400 is the request's fault: no retry, and the error names the URL, the status and the server's
-    reason."""
+def test_bad_request_fails_that_episode_at_once_with_url_status_and_message(tiny, serve) -> None:
+    """A 400 is the request's fault: no retry, and the episode's error names the URL, the status and the
+    server's reason. (``tool_calling="auto"`` would try the chat once more without ``tools``, see below; the
+    default, text, sends none.)"""
     _, processor = tiny
     server = serve()
-    with pytest.raises(VgymError, match=rf"POST {server.base_url}/chat/completions failed with HTTP 400.*"
-                                        rf"max_tokens must be <= {MAX_TOKENS}"):
-        OpenAIPolicy(_config(server.base_url, max_tokens=MAX_TOKENS + 1, max_retries=3)).act(
-            [_first_turn(processor)]
-        )
+    config = _config(server.base_url, max_tokens=MAX_TOKENS + 1, max_retries=3, tool_calling="native")
+    out = OpenAIPolicy(config).act(
+        [_first_turn(processor)]
+    )[0]
+    assert out.error is not None and re.search(
+        rf"POST {server.base_url}/chat/completions failed with HTTP 400.*max_tokens must be <= {MAX_TOKENS}",
+        out.error)
+    assert len(server.received) == 1
+
+
+def test_a_request_that_keeps_timing_out_fails_that_episode(tiny, serve) -> None:
+    """The server is up but this request takes longer than ``timeout_s`` every time: after the retries it is
+    the episode's error, not the run's."""
+    _, processor = tiny
+    server = serve(delay_s=0.5)
+    policy = OpenAIPolicy(_config(server.base_url, timeout_s=0.1, max_retries=1))
+    out = policy.act([_first_turn(processor)])[0]
+    assert out.error is not None and "failed after 2 attempts" in out.error and "timed out" in out.error
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_key_permission_and_url_errors_stop_the_run(tiny, serve, status: int) -> None:
+    """No episode gets past a wrong key, permission or URL: those raise at once instead of failing every
+    episode one by one."""
+    _, processor = tiny
+    server = serve(fail_first=1, fail_status=status)
+    with pytest.raises(VgymError, match=rf"failed with HTTP {status}.*check base_url"):
+        OpenAIPolicy(_config(server.base_url, max_retries=3)).act([_first_turn(processor)])
     assert len(server.received) == 1
 
 
@@ -305,28 +343,37 @@ def test_authorization_header_comes_from_the_named_env_var(
     assert "Authorization" not in server.received[1].headers
 
 
-def test_chat_conversion_keeps_roles_text_and_image_order() -> None:
-    """Image items become PNG data URLs of the matching image, in order; a count mismatch is a bug and
-    raises."""
-    red, blue = np.zeros((4, 6, 3), np.uint8), np.zeros((5, 3, 3), np.uint8)
-    red[..., 0], blue[..., 2] = 255, 255
-    messages = [
-        {"role": "system", "content": [{"type": "text", "text": "sys"}]},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}, {"type": "image"}]},
-        {"role": "assistant", "content": "a"},
-    ]
-    out = to_chat_messages(messages, [red, blue])
-    assert [m["role"] for m in out] == ["system", "user", "assistant"]
-    assert out[0]["content"] == [{"type": "text", "text": "sys"}] and out[2]["content"] == "a"
-    urls = [p["image_url"]["url"] for p in out[1]["content"] if p["type"] == "image_url"]
-    decoded = [np.asarray(Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1])))) for u in urls]
-    assert [d.shape for d in decoded] == [(4, 6, 3), (5, 3, 3)]
-    np.testing.assert_array_equal(decoded[0], red)
-    np.testing.assert_array_equal(decoded[1], blue)
-    with pytest.raises(ValueError, match="2 image items but 3 images"):
-        to_chat_messages(messages, [red, blue, red])
-    with pytest.raises(ValueError, match="more image items than the 1 images"):
-        to_chat_messages(messages, [red])
+def test_auto_tool_calling_goes_on_in_text_when_the_server_refuses_tools(tiny, serve) -> None:
+    """``tool_calling="auto"`` sends ``tools``; a server that refuses them (HTTP 400, as vLLM without
+    ``--enable-auto-tool-choice``) gets the same chat without, and the policy stays in the text form after;
+    ``"native"`` reports the refusal as the episode's error instead, and ``"text"`` never sends tools."""
+    _, processor = tiny
+    item = _first_turn(processor)
+    server = serve(refuse_tools=True)
+    auto = OpenAIPolicy(_config(server.base_url, tool_calling="auto"))
+    out = auto.act([item])[0]
+    assert ["tools" in r.body for r in server.received] == [True, False] and auto.tools_refused
+    assert out.error is None and out.text == _greedy(tiny, item).text
+    auto.act([item])
+    assert "tools" not in server.received[2].body and len(server.received) == 3
+    native = OpenAIPolicy(_config(server.base_url, tool_calling="native")).act([item])[0]
+    assert len(server.received) == 4  # no second try
+    assert native.error is not None and "enable-auto-tool-choice" in native.error
+    OpenAIPolicy(_config(server.base_url)).act([item])  # the default, text
+    assert "tools" not in server.received[4].body
+
+
+def test_openai_spec_options_reach_the_policy_config() -> None:
+    from vgym.policies.spec import make_policy
+
+    policy = make_policy("openai:http://h/v1#m,tool_calling=text,tool_images=user").make(7)
+    config = policy.config
+    assert (config.model, config.tool_calling, config.tool_images) == ("m", "text", "user")
+    assert policy.config.seed == 7 and make_policy("openai:http://h/v1").make(0).config.tool_calling == "text"
+    with pytest.raises(InvalidConfigError, match="did you mean 'tool_calling'"):
+        make_policy("openai:http://h/v1#m,tool_caling=text")
+    with pytest.raises(InvalidConfigError, match="tool_calling must be one of"):
+        make_policy("openai:http://h/v1#m,tool_calling=yes")
 
 
 def test_config_rejects_bad_values() -> None:
@@ -336,6 +383,8 @@ def test_config_rejects_bad_values() -> None:
         OpenAIPolicyConfig("http://x/v1", MODEL, max_retries=-1)
     with pytest.raises(InvalidConfigError, match="extra_body may not set"):
         OpenAIPolicyConfig("http://x/v1", MODEL, extra_body={"messages": []})
+    with pytest.raises(InvalidConfigError, match="tool_images must be one of"):
+        OpenAIPolicyConfig("http://x/v1", MODEL, tool_images="inline")
 
 
 def test_vgym_eval_through_the_server_scores_as_the_local_model(tiny_dir, serve, tmp_path) -> None:  # type: ignore[no-untyped-def]

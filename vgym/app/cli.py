@@ -434,7 +434,8 @@ def view(
 
 @app.command("eval", epilog=EPILOG)
 def eval_cmd(
-    policy: Annotated[str, typer.Option(help="oracle | random | hf:DIR | vllm:DIR | openai:URL[#model]")],
+    policy: Annotated[str, typer.Option(help="oracle | random | hf:DIR | vllm:DIR | "
+                                        "openai:URL[#model[,tool_calling=text|native|auto]]")],
     suite: Annotated[
         list[str], typer.Option(help="suite (spatial, video, visual, all) or task name; repeatable")
     ],
@@ -461,7 +462,8 @@ def eval_cmd(
     count_errors_as_failures: Annotated[
         bool,
         typer.Option("--count-errors-as-failures",
-                     help="score episodes that could not run (media errors) as failures instead of leaving "
+                     help="score episodes that could not run (media errors, requests a server refused) as "
+                     "failures instead of leaving "
                      "them out of accuracy and pass@k"),
     ] = False,
     batch_size: Annotated[int, typer.Option(help="episodes in flight")] = 16,

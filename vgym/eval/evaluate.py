@@ -117,7 +117,8 @@ class EvalConfig:
 
     policy: str
     """``oracle``, ``random`` (uniform over the task's answer choices, no tools), ``hf:DIR``, ``vllm:DIR`` or
-    ``openai:URL[#model]`` (model defaults to ``default``)."""
+    ``openai:URL[#model[,key=value...]]`` (model defaults to ``default``; keys ``tool_calling`` and
+    ``tool_images``, see :mod:`vgym.policies.spec`)."""
     suite: tuple[str, ...] = ("spatial",)
     """Suite names of ``configs/suites.yaml`` (``spatial``, ``video``, ``visual``, ``all``) and/or task
     names."""
@@ -154,8 +155,9 @@ class EvalConfig:
     """Trajectories (with images) saved for ``vgym view``: ``"failures"`` (accuracy < 1, under
     ``failures/``), ``"all"`` (under ``trajectories/``) or ``"none"``."""
     count_errors_as_failures: bool = False
-    """Score episodes that could not run (the sample's media failed to load) as failures (accuracy 0) instead
-    of leaving them out of accuracy and pass@k; they are counted as ``could_not_run`` either way."""
+    """Score episodes that could not run (the sample's media failed to load, or the policy's server refused a
+    request) as failures (accuracy 0) instead of leaving them out of accuracy and pass@k; they are counted as
+    ``could_not_run`` either way."""
     save_failures: bool | None = None
     """Deprecated, use :attr:`save_trajectories`: True means ``"failures"``, False ``"none"``; None (the
     default) leaves ``save_trajectories`` as it is."""

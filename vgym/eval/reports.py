@@ -24,9 +24,11 @@ The report (``report.json``, schema version :data:`SCHEMA_VERSION`) has:
 
 **Honest counting.** An episode *could not run* when one of its attempts ended before the policy played
 (:func:`could_not_run`: ``truncated_reason`` starting with ``sample_error``, the sample's media failed to
-load). Such episodes are counted in ``could_not_run`` of every metrics dict and left out of every score
-(``episodes`` counts the scored ones), unless the config's ``count_errors_as_failures`` is set: they are then
-scored as the failures they were recorded as (accuracy 0) and still counted in ``could_not_run``.
+load) or because the policy could not play a turn (``policy_error``, e.g. the model's server answered that
+episode's request with an HTTP 4xx). Such episodes are counted in ``could_not_run`` of every metrics dict
+and left out of every score (``episodes`` counts the scored ones), unless the config's
+``count_errors_as_failures`` is set: they are then scored as the failures they were recorded as (accuracy 0)
+and still counted in ``could_not_run``.
 
 Every metrics dict has the keys of :data:`METRIC_KEYS`. Confidence intervals are 95 % percentile bootstraps
 that resample episodes (all attempts of an episode together), seeded with the run's seed; below
@@ -50,7 +52,7 @@ import numpy as np
 
 from vgym.errors import InvalidConfigError, VgymError
 from vgym.eval.stats import bootstrap_ci, pass_at_k
-from vgym.rollout.trajectory import SAMPLE_ERROR
+from vgym.rollout.trajectory import POLICY_ERROR, SAMPLE_ERROR
 
 __all__ = ["SCHEMA_VERSION", "READABLE_VERSIONS", "MIN_CI_EPISODES", "METRIC_KEYS", "ReportNotFoundError",
            "could_not_run", "build_report", "validate_report", "load_report", "compare"]
@@ -68,8 +70,9 @@ same gives a zero-width interval (5 correct of 5: [1.00, 1.00], where the exact 
 [0.48, 1.00]). Ten is a floor, not a guarantee: a zero-width interval at any n means every episode scored
 alike."""
 
-COULD_NOT_RUN = (SAMPLE_ERROR,)
-"""``truncated_reason`` prefixes of attempts that ended before the policy played."""
+COULD_NOT_RUN = (SAMPLE_ERROR, POLICY_ERROR)
+"""``truncated_reason`` prefixes of attempts that ended before the policy played, or that the policy could not
+play to the end (a server's refusal of a request)."""
 
 _NUM = (int, float)
 _OPT = (int, float, type(None))
@@ -137,7 +140,8 @@ class ReportNotFoundError(VgymError, FileNotFoundError):
 
 
 def could_not_run(record: dict[str, Any]) -> bool:
-    """Whether an attempt ended before the policy played (its sample's media could not be loaded).
+    """Whether an attempt could not run: its sample's media could not be loaded, or the policy could not play
+    one of its turns.
 
     Args:
         record: an ``episodes.jsonl`` line.
@@ -345,8 +349,9 @@ def _notes(report: dict[str, Any], count_errors: bool) -> list[str]:
     if blocked:
         how = ("scored as failures (--count-errors-as-failures)" if count_errors else
                "left out of every score (--count-errors-as-failures scores them as failures)")
-        notes.append(f"{blocked} episode(s) could not run (their sample's media failed to load; see not_run "
-                     f"and episodes.jsonl's truncated_reason): {how}")
+        notes.append(f"{blocked} episode(s) could not run (their sample's media failed to load, or the "
+                     "policy's server refused a request; see not_run and episodes.jsonl's "
+                     f"truncated_reason): {how}")
     if report["incomplete_episodes"]:
         notes.append(f"{report['incomplete_episodes']} episode(s) have fewer than k={report['k']} attempts "
                      "(the run stopped early; run the same command again to finish them) and are left out")

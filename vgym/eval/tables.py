@@ -101,7 +101,8 @@ def report_columns(report: dict[str, Any]) -> list[Column]:
         Column("episodes", f"scored episodes, {k} attempt(s) each (episodes that could not run are not "
                "among them)", _metric("episodes", "d"), True),
         Column("could not run", "episodes that could not run because their sample's media failed to load "
-               "(episodes.jsonl's `truncated_reason` names the file): left out of every score, unless the "
+               "or the policy's server refused a request (episodes.jsonl's `truncated_reason` names the file "
+               "or the error): left out of every score, unless the "
                "run used `--count-errors-as-failures` (then scored 0, and still counted here)",
                lambda r: str(r.metrics.get("could_not_run", 0)), True),
         Column(f"avg@{k} [95% CI]", f"accuracy averaged over an episode's {k} attempt(s), then over episodes "

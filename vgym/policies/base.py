@@ -64,6 +64,9 @@ class PolicyInput:
         task_name: the task's registry name.
         answer_choices: the task's finite answer set, which its prompt states, or None.
         ground_truth: the task's solution, only for a policy whose ``reads_ground_truth`` is True; else None.
+        tool_schemas: the JSON schemas of the tools the env offers (those its system prompt lists), in the
+            prompt's order; empty without tools. For policies that describe the tools to a server
+            themselves (e.g. an OpenAI-compatible endpoint's ``tools`` field).
     """
 
     input_ids: torch.Tensor
@@ -77,6 +80,7 @@ class PolicyInput:
     task_name: str = ""
     answer_choices: tuple[str, ...] | None = None
     ground_truth: GroundTruth | None = None
+    tool_schemas: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass
@@ -90,11 +94,15 @@ class PolicyOutput:
         logprobs: (len(token_ids),) behaviour log-probabilities of ``token_ids``, or None; for text-only
             policies (``token_ids`` None) the server's per-token log-probs, for analysis only (not aligned
             with the rollout's ids, so the rollout ignores them).
+        error: why the turn could not be played (e.g. a server refused this episode's request with an HTTP
+            4xx), or None. When set, ``text`` is ignored and the rollout ends this episode with reward 0 and
+            ``truncated_reason`` ``"policy_error: <error>"``; the other episodes of the batch go on.
     """
 
     text: str
     token_ids: list[int] | None = None
     logprobs: list[float] | None = field(default=None)
+    error: str | None = None
 
 
 class Policy(Protocol):

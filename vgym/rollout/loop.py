@@ -27,7 +27,7 @@ import torch
 from vgym.env import VisualToolEnv
 from vgym.policies.base import Policy, PolicyInput, reads_ground_truth
 from vgym.rollout.chat import ChatEncoder, Encoded, text_message
-from vgym.rollout.trajectory import SAMPLE_ERROR, Trajectory
+from vgym.rollout.trajectory import POLICY_ERROR, SAMPLE_ERROR, Trajectory
 from vgym.rollout.workers import EnvPool, EpisodeStart, Step, make_pool
 
 __all__ = ["EpisodeSpec", "RolloutConfig", "rollout"]
@@ -155,6 +155,7 @@ class _Episode:
             task_name=self.start.task_name,
             answer_choices=self.start.answer_choices,
             ground_truth=self.start.ground_truth,
+            tool_schemas=self.start.tool_schemas,
         )
 
     def trajectory(self) -> Trajectory:
@@ -215,7 +216,10 @@ def rollout(
         (:class:`~vgym.errors.MediaError`: its image or video file is missing, truncated, corrupt, too large)
         comes back as a trajectory without tokens, images or turns, with reward 0, ``truncated`` True and
         ``truncated_reason`` ``"sample_error: <the error, naming the file>"``, and a warning is logged on this
-        module's logger; every other episode plays as if it were absent.
+        module's logger; every other episode plays as if it were absent. Likewise an episode whose turn the
+        policy could not play (:attr:`~vgym.policies.base.PolicyOutput.error`, e.g. a server's HTTP 400 on
+        that request) ends there with reward 0, its turns so far, ``truncated`` True and ``truncated_reason``
+        ``"policy_error: <the error>"``.
 
     Raises:
         ValueError: when a sequence's image placeholders disagree with its image grids.
@@ -390,6 +394,13 @@ class _Scheduler:
         outputs = self.policy.act([self.episodes[s].policy_input() for s in slots])
         for slot, output in zip(slots, outputs):
             ep = self.episodes[slot]
+            if output.error is not None:  # e.g. the server refused this request: this episode fails
+                logger.warning("episode %d (split %r, index %d) ends with reward 0: the policy could not "
+                               "play turn %d: %s", ep.position, ep.spec.split, ep.spec.index, len(ep.turns),
+                               output.error)
+                self._finish(slot, {"reward": 0.0, "truncated": True,
+                                    "truncated_reason": f"{POLICY_ERROR}: {output.error}"})
+                continue
             if self.encoder is None:
                 pass  # text only: the chat below is the whole record
             elif output.token_ids is None:

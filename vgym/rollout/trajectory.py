@@ -33,6 +33,10 @@ __all__ = ["Trajectory", "save_trajectories", "load_trajectory_records", "staged
 SAMPLE_ERROR = "sample_error"
 """Prefix of ``truncated_reason`` for an episode whose sample's media could not be loaded."""
 
+POLICY_ERROR = "policy_error"
+"""Prefix of ``truncated_reason`` for an episode the policy could not go on playing (its server refused the
+turn's request; :attr:`vgym.policies.base.PolicyOutput.error`)."""
+
 
 @dataclass
 class Trajectory:
@@ -53,8 +57,9 @@ class Trajectory:
         terminated / truncated: how the episode ended.
         truncated_reason: why a truncated episode was cut — ``"max_turns"`` (the env's turn cap),
             ``"context_tokens"`` or ``"policy_tokens"`` (the rollout's budgets), or
-            ``"sample_error: <message>"`` (the sample's media could not be loaded; no tokens, reward 0) — else
-            None.
+            ``"sample_error: <message>"`` (the sample's media could not be loaded; no tokens, reward 0) or
+            ``"policy_error: <message>"`` (the policy could not play a turn; the turns before it, reward 0)
+            — else None.
         question: the sample's question, for reports and the viewer; written after the episode from the env's
             final step (``info["question"]``), never shown to a policy through this record. None when the env
             did not end the episode (a sample error, or a cut by the rollout's token budgets).

@@ -53,6 +53,7 @@ class EpisodeStart:
         tools_enabled: whether the env offers tools.
         answer_choices: the task's finite answer set (its prompt states it), or None.
         ground_truth: the task's solution, only when the rollout asked for it; else None.
+        tool_schemas: the JSON schemas of the tools the env offers, as its system prompt lists them.
     """
 
     sample_id: str
@@ -60,6 +61,7 @@ class EpisodeStart:
     tools_enabled: bool
     answer_choices: tuple[str, ...] | None = None
     ground_truth: GroundTruth | None = None
+    tool_schemas: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass
@@ -123,7 +125,8 @@ class EnvRunner:
             return Step(None, (), [], "", truncated=True, start=start, error=str(error))
         sample = self.env.sample
         truth = ground_truth(task, sample, self.env.tools_enabled) if with_ground_truth else None
-        start = EpisodeStart(sample.id, sample.task, self.env.tools_enabled, choices, truth)
+        schemas = tuple(tool.schema for tool in self.env.tools.values())
+        start = EpisodeStart(sample.id, sample.task, self.env.tools_enabled, choices, truth, schemas)
         chunk = (
             self.encoder.encode_prompt(info["messages"], obs["images"]) if self.encoder is not None else None
         )
