@@ -25,8 +25,8 @@ colour of the counted shape in its cell), and nowhere else. The oracle's one cal
 separated by overview frames in which nothing shows: counts and order follow from its frames. ``at_time`` asks
 about a frame inside a slot in any gap (never an overview frame); the slot holds a flash or nothing, and the
 oracle calls ``get_frame`` there. Distractor flashes keep a frame away from slots and from each other;
-distractor appearances go anywhere in gaps. 4 overview frames + 3 tool frames fit well within the env's default
-budget of 20 images.
+distractor appearances go anywhere in gaps. 4 overview frames + 3 tool frames fit well within the env's
+default budget of 20 images.
 
 Tool necessity: a plan is its slot-free part (query, distractors, statics) plus a *state* that fills the slots
 (the slots holding the subject, which option comes first, the flash colour at the asked time). Changing the
