@@ -151,7 +151,7 @@ class GRPOTrainer:
     def __init__(self, model: Any, processor: Any, policy: Policy, env_fn: Callable[[], VisualToolEnv],
                  config: GRPOConfig, *, ref_model: Any = None,
                  sync_weights: Callable[[Any], None] | None = None,
-                 parallel: DataParallel | None = None) -> None:
+                 parallel: DataParallel | None = None, rollout_settings: RolloutConfig | None = None) -> None:
         """Args:
         model: a ``*ForConditionalGeneration`` VLM, trained in place.
         processor: its processor (chat template, image processor, tokenizer).
@@ -169,6 +169,9 @@ class GRPOTrainer:
         parallel: this process's place in a data-parallel job (:func:`vgym.trainers.distributed.
             init_data_parallel`); None: one process. Every rank builds its trainer the same way; ``policy``
             samples with a seed of its own per rank.
+        rollout_settings: where env work runs (``parallel="ray"``, ``num_workers``, ``address`` to put it in
+            Ray env workers on a cluster; ``threads``; token caps); its ``batch_size`` and ``mode`` are
+            replaced by the config's. None: this process, inline. In a job each rank has its own workers.
 
         Raises:
             InvalidConfigError: a step's groups (or a minibatch's) do not split evenly over the ranks.
@@ -177,6 +180,7 @@ class GRPOTrainer:
         _check_world(config, self.parallel.world_size)
         self.model, self.processor, self.env_fn, self.config = model, processor, env_fn, config
         self.policy, self.sync_weights = policy, sync_weights
+        self.rollout_settings = rollout_settings or RolloutConfig()
         self.encoder = ChatEncoder(processor)
         self.pad_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
         self.suppressed_ids = vision_placeholder_ids(processor.tokenizer)  # never sampled, so never scored
@@ -232,7 +236,8 @@ class GRPOTrainer:
             specs = [s for group, r in zip(groups, ranks, strict=True) if r == par.rank for s in group]
         if not specs:
             return []
-        settings = RolloutConfig(batch_size=self.config.batch_size, mode=self.config.rollout_mode)
+        settings = dataclasses.replace(self.rollout_settings, batch_size=self.config.batch_size,
+                                       mode=self.config.rollout_mode)
         return rollout(self.env_fn, self.policy, self.encoder, specs, settings)
 
     def _deal(self, trajs: list[Trajectory], planned: list[int]) -> list[Trajectory]:

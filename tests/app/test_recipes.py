@@ -60,7 +60,7 @@ def test_the_7b_recipes_for_8_gpus_and_for_1_gpu() -> None:
     assert one.lora is not None and one.distributed == {}
 
 
-def test_distributed_section_is_checked(tmp_path: Path) -> None:
+def test_distributed_and_rollout_sections_are_checked(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("distributed: {strategi: ddp}\n")
     with pytest.raises(InvalidConfigError, match="unknown key distributed.'strategi'; did you mean "
@@ -69,6 +69,15 @@ def test_distributed_section_is_checked(tmp_path: Path) -> None:
     bad.write_text("distributed: {strategy: fsdp2}\nlora: {r: 8}\n")
     with pytest.raises(InvalidConfigError, match="fsdp2 does not take lora"):
         load_recipe(bad)
+    bad.write_text("rollout: {paralel: ray}\n")
+    with pytest.raises(InvalidConfigError, match="unknown key rollout.'paralel'; did you mean rollout.'parallel'"):
+        load_recipe(bad)
+    bad.write_text("rollout: {parallel: spark}\n")
+    with pytest.raises(InvalidConfigError, match="rollout: parallel must be 'local' or 'ray', got 'spark'"):
+        load_recipe(bad)
+    bad.write_text("rollout: {parallel: ray, num_workers: 4, address: auto}\n")
+    settings = load_recipe(bad).rollout_settings
+    assert (settings.parallel, settings.num_workers, settings.address) == ("ray", 4, "auto")
 
 
 def test_unknown_and_invalid_keys_are_named(tmp_path: Path) -> None:

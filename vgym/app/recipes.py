@@ -56,6 +56,7 @@ from vgym.policies.base import Policy
 from vgym.policies.hf import GenerationConfig, HFPolicy
 from vgym.policies.oracle import OraclePolicy
 from vgym.rollout.chat import ChatEncoder
+from vgym.rollout.loop import RolloutConfig
 from vgym.rollout.trajectory import save_trajectories, write_json
 from vgym.task import TASKS
 from vgym.trainers.checkpoints import list_checkpoints
@@ -139,6 +140,10 @@ class Recipe:
     """Engine settings of ``rollout_engine: vllm`` (:class:`~vgym.policies.vllm.VLLMPolicyConfig` fields):
     ``gpu_memory_utilization`` (default 0.5: the rest is the trainer's), ``max_model_len``, ``engine_kwargs``.
     Sampling (temperature, top-p, tokens per turn, seed) comes from ``grpo``, the image limit from ``env``."""
+    rollout: dict[str, Any] = field(default_factory=dict)
+    """Where GRPO's env work runs (:class:`~vgym.rollout.loop.RolloutConfig` fields ``parallel``: local |
+    ray, ``num_workers``, ``address``, ``threads``): e.g. ``{parallel: ray, num_workers: 8, address: auto}``
+    puts each process's envs and tools in Ray actors of the cluster this node belongs to. Empty: inline."""
     distributed: dict[str, Any] = field(default_factory=dict)
     """:class:`~vgym.trainers.distributed.DistributedConfig` fields (``strategy``: ddp | fsdp2,
     ``timeout_s``), read when ``torchrun`` starts several processes; one process ignores them."""
@@ -162,6 +167,7 @@ class Recipe:
         if self.lora is not None:
             _check_lora(self.lora)
         _check_rollout_engine(self)
+        self.rollout_settings  # noqa: B018
         if self.distributed_config.strategy == "fsdp2" and self.lora is not None:
             raise InvalidConfigError("distributed.strategy fsdp2 does not take lora (the adapters' few "
                                      "weights need no sharding); use strategy: ddp with lora")
@@ -177,6 +183,23 @@ class Recipe:
             InvalidConfigError: naming the bad ``grpo.`` key.
         """
         return _section("grpo", GRPOConfig, self.grpo)
+
+    @property
+    def rollout_settings(self) -> RolloutConfig:
+        """GRPO's rollout placement as a config object (batch size and mode come from ``grpo``).
+
+        Raises:
+            InvalidConfigError: naming the bad ``rollout.`` key or value.
+        """
+        for key in self.rollout:
+            if key not in _ROLLOUT_KEYS:
+                hint = difflib.get_close_matches(str(key), _ROLLOUT_KEYS, n=1)
+                raise InvalidConfigError(f"unknown key rollout.{key!r}" + (
+                    f"; did you mean rollout.{hint[0]!r}?" if hint else f"; valid: {_ROLLOUT_KEYS}"))
+        try:
+            return RolloutConfig(**self.rollout)
+        except (TypeError, ValueError) as exc:
+            raise InvalidConfigError(f"rollout: {exc}") from None
 
     @property
     def distributed_config(self) -> DistributedConfig:
@@ -198,6 +221,7 @@ class Recipe:
 
 
 _LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+_ROLLOUT_KEYS = ("parallel", "num_workers", "address", "threads")
 
 
 def _check_lora(lora: dict[str, Any]) -> None:
@@ -565,7 +589,7 @@ def _run(recipe: Recipe, progress: Progress, parallel: DataParallel) -> dict[str
             write_json(out / "results.json", results)  # kept by a resumed run
     policy, sync = _rollout_policy(recipe, model, processor, cfg, parallel)
     trainer = GRPOTrainer(model, processor, policy, _env_fn(recipe, recipe.task_config), cfg,
-                          sync_weights=sync, parallel=parallel)
+                          sync_weights=sync, parallel=parallel, rollout_settings=recipe.rollout_settings)
     if resume_from is not None:
         trainer.load(resume_from)  # syncs the loaded weights into the engine
     elif sync is not None:
