@@ -70,7 +70,8 @@ def test_distributed_and_rollout_sections_are_checked(tmp_path: Path) -> None:
     with pytest.raises(InvalidConfigError, match="fsdp2 does not take lora"):
         load_recipe(bad)
     bad.write_text("rollout: {paralel: ray}\n")
-    with pytest.raises(InvalidConfigError, match="unknown key rollout.'paralel'; did you mean rollout.'parallel'"):
+    with pytest.raises(InvalidConfigError, match="unknown key rollout.'paralel'; did you mean "
+                                                 "rollout.'parallel'"):
         load_recipe(bad)
     bad.write_text("rollout: {parallel: spark}\n")
     with pytest.raises(InvalidConfigError, match="rollout: parallel must be 'local' or 'ray', got 'spark'"):

@@ -5,7 +5,8 @@
 ``grpo`` (case name → (GRPOConfig fields, the step's trajectories)), ``sft`` ((SFTConfig fields, the SFT
 trajectories) or None), ``collect`` (GRPOConfig fields of a rollout whose dealing is checked, or None) and
 ``out``. Each rank trains its share with the real trainers on a fresh copy of the model; rank 0 writes
-``out``: the whole weights after each case, the metrics and the gradients of the last optimizer step, for the test to compare with one process.
+``out``: the whole weights after each case, the metrics and the gradients of the last optimizer step,
+for the test to compare with one process.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _grads(model: Any) -> dict[str, torch.Tensor]:
     return out
 
 
-def _grpo(par: DataParallel, folder: str, fields: dict[str, Any], trajs: list) -> tuple[dict, dict, dict]:  # type: ignore[type-arg]
+def _grpo(par: DataParallel, folder: str, fields: dict[str, Any],
+          trajs: list[Any]) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
     cfg = GRPOConfig(**fields)
     model, processor = load_vlm(folder)
     env_fn = functools.partial(VisualToolEnv, "visual_search")
@@ -73,8 +75,8 @@ def main(job_path: str) -> None:
         cfg = GRPOConfig(**job["collect"])
         model, processor = load_vlm(job["model"])
         env_fn = functools.partial(VisualToolEnv, "visual_search")
-        trainer = GRPOTrainer(model, processor, hf_policy(model, processor, cfg, seed=par.rank_seed(cfg.seed)),
-                              env_fn, cfg, parallel=par)
+        policy = hf_policy(model, processor, cfg, seed=par.rank_seed(cfg.seed))
+        trainer = GRPOTrainer(model, processor, policy, env_fn, cfg, parallel=par)
         trajs, metrics = trainer.collect()
         out["collect"] = (par.gather([t.group_id for t in trajs]), metrics, trainer.data_position)
     if par.is_main:
