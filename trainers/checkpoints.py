@@ -26,7 +26,7 @@ __all__ = ["write_checkpoint", "adapter_tensors", "restore_weights", "list_check
 
 
 def write_checkpoint(folder: str | Path, model: Any, processor: Any, state: dict[str, Any],
-                     state_file: str) -> Path:
+                     state_file: str, *, weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write model, processor and trainer state to ``folder``, all or nothing (replacing an older save of
     the same name).
 
@@ -37,6 +37,8 @@ def write_checkpoint(folder: str | Path, model: Any, processor: Any, state: dict
             be loaded as a model).
         state: the trainer's state (``torch.save``-able; tensors in it must be plain tensors).
         state_file: the state's file name in ``folder``.
+        weights: the state dict to save instead of ``model``'s own (the whole weights of a sharded model,
+            gathered: :meth:`vgym.trainers.distributed.DataParallel.full_state`); None: ``model``'s.
 
     Returns:
         ``folder`` as a ``Path``.
@@ -48,9 +50,9 @@ def write_checkpoint(folder: str | Path, model: Any, processor: Any, state: dict
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         if processor is None:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, **({} if weights is None else {"state_dict": weights}))
         else:
-            save_model_folder(tmp, model, processor)
+            save_model_folder(tmp, model, processor, state_dict=weights)
         torch.save(state, tmp / state_file)
     return folder
 

@@ -22,6 +22,18 @@ The rollout policy is any :class:`vgym.policies.base.Policy` playing the model b
 copy of the weights (e.g. vLLM), which the trainer's ``sync_weights`` hook refreshes whenever the weights
 change.
 
+Across processes (``torchrun``; :mod:`vgym.trainers.distributed`): every rank plays whole groups of each
+step — the single process's samples, split so that each rank holds an equal run of every minibatch
+(:func:`~vgym.trainers.distributed.assign_groups`) — the advantages are computed from every rank's rewards
+(so batch-level estimators such as REINFORCE++ see the whole batch), token counts that normalise the loss
+(``dapo``'s tokens of the optimizer step, the rows of a sequence or ``dr_grpo`` mean) are summed over the
+ranks, each rank's loss is scaled so that torch's gradient average equals the single-process gradient of the
+same global batch, and the metrics are reduced over the ranks. Aggregations that are means over one
+micro-batch (``bnpo``, and the ``llds_coef`` term) stay means over each rank's micro-batch: a job of W ranks
+then equals a single process with W times the ``gradient_accumulation_steps``. With dynamic sampling (or a
+sample that fails to load) the kept groups are re-dealt across the ranks, dropping the last few so that every
+rank gets as many (``rollout/kept_episodes`` counts what was trained on).
+
 Checkpoints are complete model folders (model and processor, so ``hf:<checkpoint>`` evaluates them; see
 :mod:`vgym.trainers.checkpoints`) holding also the optimizer, scheduler, step, data position, the policy's
 sampling state (for a :class:`~vgym.policies.base.StatefulPolicy`) and the alarm state, so a resumed run
@@ -31,6 +43,8 @@ reproduces the next step exactly (tested on CPU).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +73,7 @@ from vgym.rollout.trajectory import Trajectory
 from vgym.trainers.advantages import broadcast_advantages, compute_advantages, turn_advantages
 from vgym.trainers.aggregation import LOSS_TYPES
 from vgym.trainers.checkpoints import adapter_tensors, restore_weights, write_checkpoint
+from vgym.trainers.distributed import DataParallel, assign_groups
 from vgym.trainers.grpo_config import GRPOConfig
 from vgym.trainers.importance import ImportanceStats
 from vgym.trainers.monitors import AlarmMonitor, rollout_metrics
@@ -67,6 +82,8 @@ from vgym.trainers.sft import adamw, collate
 from vgym.trainers.tokens import entropy_from_logits, token_logprobs
 
 __all__ = ["otc_tool_factor", "turn_ids_from_mask", "step_rewards", "GRPOTrainer", "hf_policy"]
+
+logger = logging.getLogger(__name__)
 
 
 def otc_tool_factor(calls: int, c: float) -> float:
@@ -95,7 +112,8 @@ def step_rewards(trajectories: Sequence[Trajectory], max_turns: int) -> torch.Te
     return out
 
 
-def hf_policy(model: Any, processor: Any, config: GRPOConfig) -> HFPolicy:
+def hf_policy(model: Any, processor: Any, config: GRPOConfig, *, seed: int | None = None,
+              decoder: str | None = None) -> HFPolicy:
     """The :class:`~vgym.policies.hf.HFPolicy` that samples what a :class:`GRPOTrainer` with ``config`` trains
     on.
 
@@ -106,13 +124,19 @@ def hf_policy(model: Any, processor: Any, config: GRPOConfig) -> HFPolicy:
         model: the ``*ForConditionalGeneration`` VLM being trained.
         processor: its processor.
         config: the run's settings.
+        seed: the sampling seed instead of ``config.seed`` (each rank of a job its own:
+            :meth:`~vgym.trainers.distributed.DataParallel.rank_seed`).
+        decoder: ``GenerationConfig.decoder`` (``"generate"`` for FSDP2-sharded weights); None keeps the
+            default.
 
     Returns:
         The policy to pass to :class:`GRPOTrainer`.
     """
     generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                   top_p=config.top_p)
-    return HFPolicy(model, processor, generation, seed=config.seed)
+    if decoder is not None:
+        generation = dataclasses.replace(generation, decoder=decoder)
+    return HFPolicy(model, processor, generation, seed=config.seed if seed is None else seed)
 
 
 class GRPOTrainer:
@@ -126,7 +150,8 @@ class GRPOTrainer:
 
     def __init__(self, model: Any, processor: Any, policy: Policy, env_fn: Callable[[], VisualToolEnv],
                  config: GRPOConfig, *, ref_model: Any = None,
-                 sync_weights: Callable[[Any], None] | None = None) -> None:
+                 sync_weights: Callable[[Any], None] | None = None,
+                 parallel: DataParallel | None = None, rollout_settings: RolloutConfig | None = None) -> None:
         """Args:
         model: a ``*ForConditionalGeneration`` VLM, trained in place.
         processor: its processor (chat template, image processor, tokenizer).
@@ -141,9 +166,21 @@ class GRPOTrainer:
             optimizer step and after :meth:`load`), to copy them into a policy that keeps its own (e.g.
             ``lambda m: vllm_policy.load_weights(m.named_parameters())``); None for a policy that plays
             ``model`` itself.
+        parallel: this process's place in a data-parallel job (:func:`vgym.trainers.distributed.
+            init_data_parallel`); None: one process. Every rank builds its trainer the same way; ``policy``
+            samples with a seed of its own per rank.
+        rollout_settings: where env work runs (``parallel="ray"``, ``num_workers``, ``address`` to put it in
+            Ray env workers on a cluster; ``threads``; token caps); its ``batch_size`` and ``mode`` are
+            replaced by the config's. None: this process, inline. In a job each rank has its own workers.
+
+        Raises:
+            InvalidConfigError: a step's groups (or a minibatch's) do not split evenly over the ranks.
         """
+        self.parallel = parallel or DataParallel()
+        _check_world(config, self.parallel.world_size)
         self.model, self.processor, self.env_fn, self.config = model, processor, env_fn, config
         self.policy, self.sync_weights = policy, sync_weights
+        self.rollout_settings = rollout_settings or RolloutConfig()
         self.encoder = ChatEncoder(processor)
         self.pad_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
         self.suppressed_ids = vision_placeholder_ids(processor.tokenizer)  # never sampled, so never scored
@@ -152,6 +189,12 @@ class GRPOTrainer:
         if config.beta > 0 and ref_model is None and not self.ref_is_base:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.alarm_log: list[str] = []
+        # the training forward, data-parallel (DDP around the scoring module, so vgym's own forward paths
+        # still run inside it; FSDP2 shards the model in place), before the optimizer sees the parameters
+        self._scorer = None if not self.parallel.enabled or self.parallel.sharded else (
+            self.parallel.wrap(_Scorer(model, self._logits)))
+        if self.parallel.sharded:
+            self.parallel.wrap(model)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = adamw(params, config.learning_rate, config.weight_decay)
         warmup = config.warmup_steps
@@ -178,28 +221,81 @@ class GRPOTrainer:
                       for _ in range(cfg.num_generations)]
         return specs
 
+    def _groups_per_minibatch(self, groups: int) -> int:
+        """Groups per optimizer step of a step batch of ``groups`` groups."""
+        size = self.config.mini_batch_size
+        return groups if size is None else max(1, size // self.config.num_generations)
+
+    def _play(self, specs: list[EpisodeSpec], ranks: list[int] | None = None) -> list[Trajectory]:
+        """Roll out this rank's groups of ``specs`` (whole groups; ``ranks[q]`` the rank of group q, default
+        round robin); all of them in one process."""
+        par, size = self.parallel, self.config.num_generations
+        if par.enabled:
+            groups = [specs[i : i + size] for i in range(0, len(specs), size)]
+            ranks = ranks or [q % par.world_size for q in range(len(groups))]
+            specs = [s for group, r in zip(groups, ranks, strict=True) if r == par.rank for s in group]
+        if not specs:
+            return []
+        settings = dataclasses.replace(self.rollout_settings, batch_size=self.config.batch_size,
+                                       mode=self.config.rollout_mode)
+        return rollout(self.env_fn, self.policy, self.encoder, specs, settings)
+
+    def _deal(self, trajs: list[Trajectory], planned: list[int]) -> list[Trajectory]:
+        """This rank's share of the kept groups of a step (see the module docstring).
+
+        ``planned`` are the group ids dealt at the start of the step; when every rank kept all of its groups
+        nothing moves. Otherwise the kept groups, in the single process's order (ascending id), are cut to
+        ``batch_size`` as the single process does, then to a multiple of the world size, and dealt again
+        (:func:`~vgym.trainers.distributed.assign_groups`): their trajectories go through ``gather``.
+        """
+        par, cfg = self.parallel, self.config
+        if not par.enabled:
+            return trajs[: cfg.batch_size] if cfg.dynamic_sampling else trajs
+        kept = sorted({g for ids in par.gather(sorted({t.group_id for t in trajs})) for g in ids})
+        if kept == planned:
+            return trajs
+        kept = kept[: cfg.batch_size // cfg.num_generations]
+        kept = kept[: len(kept) - len(kept) % par.world_size]
+        chosen = set(kept)
+        pool: dict[int, list[Trajectory]] = {}
+        for part in par.gather([t for t in trajs if t.group_id in chosen]):
+            for t in part:
+                pool.setdefault(t.group_id, []).append(t)
+        if not kept:
+            return []
+        ranks = assign_groups(len(kept), self._groups_per_minibatch(len(kept)), par.world_size)
+        return [t for gid, r in zip(kept, ranks, strict=True) if r == par.rank for t in pool[gid]]
+
     def collect(self) -> tuple[list[Trajectory], dict[str, float]]:
         """Roll out one step's groups (dynamic sampling refills groups without signal).
 
         Returns:
             The trajectories (whole groups) and rollout metrics of everything generated.
         """
-        cfg = self.config
+        cfg, par = self.config, self.parallel
         self.model.eval()
-        settings = RolloutConfig(batch_size=cfg.batch_size, mode=cfg.rollout_mode)
-        trajs = rollout(self.env_fn, self.policy, self.encoder, self._specs(cfg.prompts_per_step), settings)
-        generated = list(trajs)
-        trajs = _loaded(trajs)
-        rounds = 0
-        if cfg.dynamic_sampling:
-            trajs = self._informative(trajs)
-            while len(trajs) < cfg.batch_size and rounds < cfg.max_resample_rounds:
-                rounds += 1
-                missing = (cfg.batch_size - len(trajs)) // cfg.num_generations
-                more = rollout(self.env_fn, self.policy, self.encoder, self._specs(missing), settings)
-                generated += more
-                trajs += self._informative(_loaded(more))
-            trajs = trajs[: cfg.batch_size]
+        specs = self._specs(cfg.prompts_per_step)
+        planned = sorted({s.group_id for s in specs})
+        with par.gathered(self.model):  # FSDP2: whole weights on every rank while it plays its own groups
+            ranks = assign_groups(len(planned), self._groups_per_minibatch(len(planned)), par.world_size)
+            trajs = self._play(specs, ranks)
+            generated = list(trajs)
+            trajs = _loaded(trajs)
+            rounds = 0
+            if cfg.dynamic_sampling:
+                trajs = self._informative(trajs)
+                kept = int(par.sum([len(trajs)])[0])
+                while kept < cfg.batch_size and rounds < cfg.max_resample_rounds:
+                    rounds += 1
+                    missing = (cfg.batch_size - kept) // cfg.num_generations
+                    more = self._play(self._specs(missing))
+                    generated += more
+                    trajs += self._informative(_loaded(more))
+                    kept = int(par.sum([len(trajs)])[0])
+        trajs = self._deal(trajs, planned)
+        if par.enabled:  # the metrics of every rank's episodes, without their pixels
+            light = [dataclasses.replace(t, images=[], pixel_values=None) for t in generated]
+            generated = [t for part in par.gather(light) for t in part]
         failed = len(generated) - len(_loaded(generated))
         if generated and failed == len(generated):
             raise VgymError(f"GRPO step {self.step_count + 1}: no sample of the step could be loaded "
@@ -207,7 +303,7 @@ class GRPOTrainer:
         metrics = rollout_metrics(generated)
         metrics["rollout/sample_errors"] = float(failed)
         metrics["rollout/resample_rounds"] = float(rounds)
-        metrics["rollout/kept_episodes"] = float(len(trajs))
+        metrics["rollout/kept_episodes"] = par.sum([len(trajs)])[0]
         return trajs, metrics
 
     def _informative(self, trajs: list[Trajectory]) -> list[Trajectory]:
@@ -235,8 +331,18 @@ class GRPOTrainer:
                     loss_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
         group_ids = torch.tensor([t.group_id for t in trajs], dtype=torch.long)
-        adv, metrics = compute_advantages(cfg.advantage, self.rewards(trajs), group_ids,
-                                          scale_rewards=cfg.scale_rewards)
+        rewards = self.rewards(trajs)
+        if self.parallel.enabled:  # every rank's rewards: batch-level statistics see the whole batch
+            parts = self.parallel.gather((rewards.tolist(), group_ids.tolist()))
+            start = sum(len(r) for r, _ in parts[: self.parallel.rank])
+            every, ids = [x for r, _ in parts for x in r], [g for _, gs in parts for g in gs]
+            adv, metrics = compute_advantages(cfg.advantage, torch.tensor(every, dtype=torch.float32),
+                                              torch.tensor(ids, dtype=torch.long),
+                                              scale_rewards=cfg.scale_rewards)
+            adv = adv[start : start + len(trajs)]
+        else:
+            adv, metrics = compute_advantages(cfg.advantage, rewards, group_ids,
+                                              scale_rewards=cfg.scale_rewards)
         if cfg.turn_credit == "steps":
             token_adv = turn_advantages(adv, turn_ids_from_mask(loss_mask),
                                         step_rewards(trajs, self.max_turns), group_ids,
@@ -265,7 +371,8 @@ class GRPOTrainer:
         extra = {"logits_to_keep": keep} if keep < width and forward_accepts(model, "logits_to_keep") else {}
         with shared_image_features(model):  # a group's episodes share their first image: encode it once
             logits = None
-            if fast_paths(model).shared_prompt:  # and their prompt: run it once
+            # and their prompt: run it once (not on FSDP2 shards: it calls submodules outside the forward)
+            if fast_paths(model).shared_prompt and not self.parallel.sharded:
                 logits = shared_prefix_logits(model, inputs, width - keep + 1)
             if logits is None:
                 logits = model(**inputs, **extra).logits
@@ -287,7 +394,10 @@ class GRPOTrainer:
         loss_mask, advantages, old = loss_mask[:, :width], advantages[:, :width], old[:, :width]
         trained = loss_mask.any(0).nonzero()
         first = int(trained[0]) if len(trained) else width - 1
-        logits, logprobs = self._logits(self.model, batch, first)
+        if self._scorer is not None:  # DDP: through the wrapper, whose backward averages the gradients
+            logits, logprobs = self._scorer(batch, first)
+        else:
+            logits, logprobs = self._logits(self.model, batch, first)
         device = logprobs.device
         loss_mask, advantages, old = loss_mask.to(device), advantages.to(device), old.to(device)
         if importance is not None:
@@ -315,7 +425,6 @@ class GRPOTrainer:
         """One rollout + update step. Returns its metrics (``rollout/*`` -- with ``rollout/is_ratio_mean``,
         ``_min``, ``_max`` and ``rollout/logprob_abs_diff`` of the first minibatch --, ``adv/*``, ``loss/*``,
         ``actor/*``, ``optim/*``, ``perf/*``) and logs any alarm."""
-        cfg = self.config
         start = time.perf_counter()
         trajs, metrics = self.collect()
         rollout_s = time.perf_counter() - start
@@ -326,6 +435,31 @@ class GRPOTrainer:
             self.alarm_log += fired
             metrics["alarms"] = float(len(fired))
             return metrics
+        metrics.update(self.learn(trajs))
+        self.step_count += 1
+        elapsed = time.perf_counter() - start
+        tokens = self.parallel.sum([sum(len(t.input_ids) for t in trajs)])[0]  # all ranks' tokens
+        metrics.update({"perf/step_s": elapsed, "perf/rollout_s": rollout_s,
+                        "perf/tokens_per_s": tokens / elapsed})
+        fired = self.alarms.update(self.step_count, metrics)
+        self.alarm_log += fired
+        metrics["alarms"] = float(len(fired))
+        return metrics
+
+    def learn(self, trajs: Sequence[Trajectory]) -> dict[str, float]:
+        """The update half of a step, on episodes already rolled out: advantages, ``num_iterations`` passes of
+        minibatch updates, then the learning-rate schedule's step (the step counter is :meth:`step`'s).
+
+        Args:
+            trajs: whole groups, in the single process's order; in a data-parallel job this rank's share,
+                as :meth:`collect` deals it (:func:`~vgym.trainers.distributed.assign_groups`).
+
+        Returns:
+            The ``adv/*``, ``loss/*``, ``actor/*``, ``optim/*`` and ``rollout/is_ratio_*`` metrics, over every
+            rank.
+        """
+        cfg = self.config
+        metrics: dict[str, float] = {}
         full = collate(trajs, self.pad_id)
         loss_mask = full["loss_mask"].float()
         if cfg.mask_truncated_completions:
@@ -337,7 +471,8 @@ class GRPOTrainer:
         for row, t in enumerate(trajs):
             old[row, : len(t.logprobs)] = t.logprobs
         self.model.train()
-        size = cfg.mini_batch_size or len(trajs)
+        # each rank's share of a minibatch (assign_groups): a 1/W run of the global minibatch's rows
+        size = (cfg.mini_batch_size or int(self.parallel.sum([len(trajs)])[0])) // self.parallel.world_size
         updates: list[dict[str, float]] = []
         importance = ImportanceStats()  # filled by the first minibatch, scored before any weight changes
         for _ in range(cfg.num_iterations):
@@ -347,20 +482,14 @@ class GRPOTrainer:
                 updates.append(self._update(trajs, rows, advantages, loss_mask, old,
                                             importance=importance if first_update else None))
         done = [u for u in updates if u]
+        trained: dict[str, float] = {}
         for key in done[-1] if done else ():
-            metrics[key] = float(np.mean([u[key] for u in done if key in u]))
-        metrics.update(importance.metrics())
+            trained[key] = float(np.mean([u[key] for u in done if key in u]))
+        metrics.update(self.parallel.mean_metrics(trained))
+        metrics.update(importance.merged(self.parallel.gather(importance)).metrics())
         metrics["optim/skipped_minibatches"] = float(len(updates) - len(done))
         metrics["optim/lr"] = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
-        self.step_count += 1
-        elapsed = time.perf_counter() - start
-        tokens = float(sum(len(t.input_ids) for t in trajs))
-        metrics.update({"perf/step_s": elapsed, "perf/rollout_s": rollout_s,
-                        "perf/tokens_per_s": tokens / elapsed})
-        fired = self.alarms.update(self.step_count, metrics)
-        self.alarm_log += fired
-        metrics["alarms"] = float(len(fired))
         return metrics
 
     def _update(self, trajs: Sequence[Trajectory], rows: list[int], advantages: torch.Tensor,
@@ -368,26 +497,33 @@ class GRPOTrainer:
                 importance: ImportanceStats | None = None) -> dict[str, float]:
         """One optimizer step on ``rows``, in ``gradient_accumulation_steps`` micro-batches (each also counted
         into ``importance`` when given); none (and no metrics) when ``rows`` hold no trained token."""
-        cfg = self.config
-        num_items = int(loss_mask[rows].sum())
+        cfg, par = self.config, self.parallel
+        # the minibatch's policy tokens and episodes over every rank (their own rows in one process)
+        items, episodes = par.sum([float(loss_mask[rows].sum()), len(rows)])
+        num_items, global_rows = int(items), int(episodes)
         if num_items == 0:  # every token masked (e.g. all episodes truncated and masked): nothing to learn
             return {}
         self.optimizer.zero_grad(set_to_none=True)
         micro = max(1, math.ceil(len(rows) / cfg.gradient_accumulation_steps))
         whole_step = LOSS_TYPES.get(cfg.loss_type).whole_step
+        wrapped = self._scorer if self._scorer is not None else self.model
         parts: list[dict[str, float]] = []
         for lo in range(0, len(rows), micro):
             sub = rows[lo : lo + micro]
-            loss, m = self.loss_on([trajs[i] for i in sub], advantages[sub], loss_mask[sub], old[sub],
-                                   num_items, importance=importance)
-            # a whole-step aggregation (dapo) already divides by the minibatch's token count; the others are
-            # per-micro-batch means, weighted by their share of the minibatch's episodes.
-            (loss if whole_step else loss * len(sub) / len(rows)).backward()
+            with par.gradient_sync(wrapped, enabled=lo + micro >= len(rows)):  # all-reduce on the last one
+                loss, m = self.loss_on([trajs[i] for i in sub], advantages[sub], loss_mask[sub], old[sub],
+                                       num_items, importance=importance)
+                # a whole-step aggregation (dapo) already divides by the minibatch's token count (of every
+                # rank); the others are per-micro-batch means, weighted by their share of the minibatch's
+                # episodes. Times W: torch averages the ranks' gradients, and the objective is their sum.
+                share = par.world_size if whole_step else None
+                scaled = loss * share if share else loss * len(sub) * par.world_size / global_rows
+                scaled.backward()
             parts.append(m)
         params = [p for p in self.model.parameters() if p.requires_grad]
         limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         out = {k: float(np.mean([p[k] for p in parts if k in p])) for k in parts[0]}
-        out["optim/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, limit))
+        out["optim/grad_norm"] = par.grad_norm(torch.nn.utils.clip_grad_norm_(params, limit))
         self.optimizer.step()
         if self.sync_weights is not None:  # a policy with its own copy of the weights plays the new ones
             self.sync_weights(self.model)
@@ -416,24 +552,39 @@ class GRPOTrainer:
         The folder is written whole to a hidden temporary sibling, then renamed into place (replacing an older
         save of the same name), so a kill or a full disk mid-save never leaves a partial ``folder``.
 
+        In a data-parallel job every rank must call it; rank 0 writes, with every rank's sampling state.
+
         Raises:
             OSError: if the checkpoint cannot be written (e.g. a full disk), naming ``folder``; it is
                 unchanged.
         """
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        par = self.parallel
+        weights, optimizer = par.full_state(self.model, self.optimizer)  # FSDP2: gathered to rank 0
+        state = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                  "step": self.step_count, "data_position": self.data_position,
                  "alarms": self.alarms.state_dict(), "config": _plain(asdict(self.config)),
                  "alarm_log": self.alarm_log}
         if isinstance(self.policy, StatefulPolicy):  # e.g. the generator the sampling seeds come from
-            state["policy"] = self.policy.state_dict()
+            states = par.gather(self.policy.state_dict())
+            state["policy"] = states[0]
+            if par.enabled:  # every rank's stream, for an exact resume at the same world size
+                state["policy_ranks"] = states
         adapters = adapter_tensors(self.model)
         if adapters is not None:  # save_pretrained wrote the adapters; keep their exact tensors
             state["adapters"] = adapters
-        return write_checkpoint(folder, self.model, self.processor, state, "grpo_state.pt")
+        if par.is_main:
+            write_checkpoint(folder, self.model, self.processor, state, "grpo_state.pt", weights=weights)
+        par.barrier()  # the checkpoint exists for every rank once save returns
+        return Path(folder)
 
     def load(self, folder: str | Path) -> None:
         """Restore a :meth:`save` into this trainer (weights in place, then ``sync_weights``), and the
         policy's sampling state when the policy is a :class:`~vgym.policies.base.StatefulPolicy`.
+
+        In a data-parallel job every rank loads. Weights, optimizer, step, data position and alarms do not
+        depend on the world size, so a checkpoint resumes at any world size the config allows; each rank's
+        sampling stream is restored only at the world size it was saved with (an exact continuation), and at
+        another one every rank keeps its fresh stream (logged).
 
         Raises:
             InvalidConfigError: if the checkpoint was made with a different config (``steps`` may differ: a
@@ -455,16 +606,54 @@ class GRPOTrainer:
                                      f"({type(self.policy).__name__}), so a resumed run would not sample as "
                                      "the saved one would have; resume with the kind of policy it was saved "
                                      "with.")
-        restore_weights(self.model, folder, state.get("adapters"))  # LoRA: the adapters; the base stays
-        self.optimizer.load_state_dict(state["optimizer"])
+        par = self.parallel
+        weights = None
+        if par.sharded:  # whole weights from the folder, each rank keeping its shard
+            weights = type(self.model).from_pretrained(folder, local_files_only=True).state_dict()
+        else:
+            restore_weights(self.model, folder, state.get("adapters"))  # LoRA: the adapters; the base stays
+        par.load_full_state(self.model, self.optimizer, weights, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_count, self.data_position = int(state["step"]), int(state["data_position"])
         if isinstance(self.policy, StatefulPolicy):
-            self.policy.load_state_dict(state["policy"])
+            streams = state.get("policy_ranks", [state["policy"]])
+            if len(streams) == par.world_size:
+                self.policy.load_state_dict(streams[par.rank])
+            elif par.is_main:
+                logger.warning("checkpoint %s was saved by %d ranks, this job has %d: weights, optimizer and "
+                               "data position continue, sampling restarts from each rank's seed", folder,
+                               len(streams), par.world_size)
         if self.sync_weights is not None:
             self.sync_weights(self.model)
         self.alarms.load_state_dict(state["alarms"])
         self.alarm_log = list(state.get("alarm_log", []))
+
+
+class _Scorer(torch.nn.Module):
+    """The training forward as one module, so that DDP can wrap it: ``forward(batch, first)`` is
+    ``score(model, batch, first)`` (the trainer's ``_logits``), with ``model`` registered as a submodule."""
+
+    def __init__(self, model: Any, score: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
+        super().__init__()
+        self.model = model
+        self.score = score
+
+    def forward(self, batch: dict[str, torch.Tensor], first: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.score(self.model, batch, first)
+
+
+def _check_world(config: GRPOConfig, world_size: int) -> None:
+    """Raise unless a step's groups, and each minibatch's, split evenly over ``world_size`` ranks."""
+    if world_size == 1:
+        return
+    if config.prompts_per_step % world_size:
+        raise InvalidConfigError(f"grpo.prompts_per_step ({config.prompts_per_step}) must be a multiple of "
+                                 f"the number of processes ({world_size}): each rank plays whole groups")
+    step = config.num_generations * world_size
+    if config.mini_batch_size is not None and config.mini_batch_size % step:
+        raise InvalidConfigError(f"grpo.mini_batch_size ({config.mini_batch_size}) must be a multiple of "
+                                 f"num_generations x processes ({step}): each rank trains whole groups of "
+                                 "every minibatch")
 
 
 def _loaded(trajs: Sequence[Trajectory]) -> list[Trajectory]:

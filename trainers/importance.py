@@ -1,6 +1,6 @@
 """How far the rollout engine's log-probs are from the trainer's: the importance ratio of the sampled tokens.
 
-Contents: :class:`ImportanceStats`.
+Contents: :class:`ImportanceStats` (with :meth:`~ImportanceStats.merged`, for the stats of several ranks).
 
 The rollout policy's per-token log-probs are the old log-probs of the policy ratio. When the rollout engine
 is not the trained model itself (vLLM: other kernels, another dtype path, its own copy of the weights synced
@@ -60,6 +60,28 @@ class ImportanceStats:
         self.abs_diff_sum += float(diff.abs().sum())
         self.ratio_min = min(self.ratio_min, float(ratio.min()))
         self.ratio_max = max(self.ratio_max, float(ratio.max()))
+
+    @classmethod
+    def merged(cls, parts: list[ImportanceStats]) -> ImportanceStats:
+        """The stats of all ``parts`` together (e.g. every rank's, gathered): counts and sums add, extremes
+        take the extreme; one part is returned as is.
+
+        >>> a, b = ImportanceStats(), ImportanceStats()
+        >>> a.update(torch.tensor([[0.0]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]))
+        >>> b.update(torch.tensor([[0.0]]), torch.tensor([[-0.5]]), torch.tensor([[1.0]]))
+        >>> round(ImportanceStats.merged([a, b]).metrics()["rollout/is_ratio_max"], 4)
+        1.6487
+        """
+        if len(parts) == 1:
+            return parts[0]
+        out = cls()
+        for part in parts:
+            out.tokens += part.tokens
+            out.ratio_sum += part.ratio_sum
+            out.abs_diff_sum += part.abs_diff_sum
+            out.ratio_min = min(out.ratio_min, part.ratio_min)
+            out.ratio_max = max(out.ratio_max, part.ratio_max)
+        return out
 
     def metrics(self) -> dict[str, float]:
         """``rollout/is_ratio_mean``, ``_min``, ``_max`` (token ratio over the counted tokens) and

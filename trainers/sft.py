@@ -7,6 +7,11 @@ image tensors the processor produced. Checkpoints are complete model folders (mo
 ``hf:<checkpoint>`` evaluates them; see :mod:`vgym.trainers.checkpoints`) holding also the optimizer,
 scheduler, step (the data position: step ``s`` reads :meth:`SFTTrainer.batch_indices` ``(s)``), a fingerprint
 of the data and the torch RNG state, so :meth:`SFTTrainer.load` continues exactly.
+
+Across processes (``torchrun``; :mod:`vgym.trainers.distributed`) every rank holds the same data, reads its
+contiguous share of each step's batch, and the loss is the token mean over the whole batch (every rank's
+policy tokens summed), so one step equals the single process's step on the same batch. Rank 0 writes the
+checkpoints; a checkpoint resumes at any world size that divides ``batch_size``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from vgym.errors import InvalidConfigError
 from vgym.rollout.trajectory import Trajectory
 from vgym.trainers.checkpoints import adapter_tensors, restore_weights, write_checkpoint
 from vgym.trainers.config_checks import check_range
+from vgym.trainers.distributed import DataParallel, shard
 from vgym.trainers.tokens import sft_loss, token_logprobs
 
 __all__ = ["SFTConfig", "SFTTrainer", "adamw", "collate"]
@@ -105,7 +111,8 @@ class SFTTrainer:
     """Behaviour cloning of trajectories (e.g. the scripted oracle's)."""
 
     def __init__(self, model: Any, trajectories: Sequence[Trajectory], config: SFTConfig, *,
-                 processor: Any = None, pad_id: int | None = None) -> None:
+                 processor: Any = None, pad_id: int | None = None,
+                 parallel: DataParallel | None = None) -> None:
         """Args:
         model: a transformers VLM (or a peft model around one); trained in place.
         trajectories: the training set.
@@ -114,11 +121,18 @@ class SFTTrainer:
             ``hf:<checkpoint>`` loads; None saves weights and trainer state only.
         pad_id: id used for padding (masked out of attention and loss); None takes the processor's
             tokenizer's pad id (0 if it has none).
+        parallel: this process's place in a data-parallel job; None: one process. Every rank passes the
+            same ``trajectories``.
 
         Raises:
-            InvalidConfigError: if there are no trajectories or none has a policy token, or neither
-                ``processor`` nor ``pad_id`` is given.
+            InvalidConfigError: if there are no trajectories or none has a policy token, neither
+                ``processor`` nor ``pad_id`` is given, or ``batch_size`` does not split over the ranks.
         """
+        self.parallel = parallel or DataParallel()
+        if config.batch_size % self.parallel.world_size:
+            raise InvalidConfigError(f"sft.batch_size ({config.batch_size}) must be a multiple of the number "
+                                     f"of processes ({self.parallel.world_size}): each rank reads an equal "
+                                     "share")
         if not trajectories or not any(int(t.loss_mask.sum()) for t in trajectories):
             raise InvalidConfigError("SFT needs at least one trajectory with policy tokens (loss_mask == 1)")
         if pad_id is None and processor is None:
@@ -131,6 +145,7 @@ class SFTTrainer:
         self.config = config
         self.pad_id = pad_id
         self.step_count = 0
+        self._forward = self.parallel.wrap(model)  # DDP / FSDP2 before the optimizer sees the parameters
         self.optimizer = adamw([p for p in model.parameters() if p.requires_grad], config.learning_rate,
                                config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -168,18 +183,41 @@ class SFTTrainer:
             Metrics: ``loss/sft``, ``sft/mean_token_prob``, ``sft/tokens``, ``optim/grad_norm``, ``optim/lr``.
         """
         self.model.train()
-        batch = [self.data[i] for i in self.batch_indices(self.step_count)]
-        loss, metrics = self.loss_on(batch)
+        par = self.parallel
+        indices = shard(self.batch_indices(self.step_count), par.rank, par.world_size)  # this rank's share
+        batch = [self.data[i] for i in indices]
         self.optimizer.zero_grad(set_to_none=True)
+        if par.enabled:
+            loss, metrics = self._shard_loss(batch)
+        else:
+            loss, metrics = self.loss_on(batch)
         loss.backward()
         params = [p for p in self.model.parameters() if p.requires_grad]
         limit = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
-        metrics["optim/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, limit))
+        metrics["optim/grad_norm"] = par.grad_norm(torch.nn.utils.clip_grad_norm_(params, limit))
         metrics["optim/lr"] = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1
         return metrics
+
+    def _shard_loss(self, trajectories: Sequence[Trajectory]) -> tuple[torch.Tensor, dict[str, float]]:
+        """This rank's part of the whole batch's SFT loss: its summed token NLL over every rank's policy
+        tokens, times the world size (torch averages the ranks' gradients, the loss is their sum); metrics
+        as :meth:`loss_on`'s, of the whole batch."""
+        par = self.parallel
+        batch = collate(trajectories, self.pad_id)
+        loss_mask = batch.pop("loss_mask").to(next(self.model.parameters()).device)
+        inputs = model_inputs(self.model, **batch)
+        logprobs = token_logprobs(self._forward(**inputs).logits, inputs["input_ids"])  # (B, T)
+        mask = loss_mask.to(logprobs.dtype)
+        nll = -(logprobs * mask).sum()
+        with torch.no_grad():
+            local = [float(mask.sum()), float(nll), float((logprobs.exp() * mask).sum())]
+        tokens, nll_sum, prob_sum = par.sum(local)
+        loss = nll * par.world_size / max(tokens, 1.0)  # max: an empty batch gives 0, not NaN
+        return loss, {"loss/sft": nll_sum / max(tokens, 1.0), "sft/tokens": tokens,
+                      "sft/mean_token_prob": prob_sum / max(tokens, 1.0)}
 
     def train(
         self, callback: Callable[[int, dict[str, float]], None] | None = None
@@ -226,12 +264,16 @@ class SFTTrainer:
         Returns:
             ``folder`` as a ``Path``.
 
+        In a data-parallel job every rank must call it; rank 0 writes (its torch RNG state).
+
         Raises:
             OSError: if the checkpoint cannot be written (e.g. a full disk), naming ``folder``; it is
                 unchanged.
         """
+        par = self.parallel
+        weights, optimizer = par.full_state(self.model, self.optimizer)  # FSDP2: gathered to rank 0
         state: dict[str, Any] = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "step": self.step_count,
             "config": asdict(self.config),
@@ -242,7 +284,10 @@ class SFTTrainer:
         adapters = adapter_tensors(self.model)
         if adapters is not None:  # save_pretrained wrote the adapters; keep their exact tensors
             state["adapters"] = adapters
-        return write_checkpoint(folder, self.model, self.processor, state, "trainer_state.pt")
+        if par.is_main:
+            write_checkpoint(folder, self.model, self.processor, state, "trainer_state.pt", weights=weights)
+        par.barrier()  # the checkpoint exists for every rank once save returns
+        return Path(folder)
 
     def load(self, folder: str | Path) -> None:
         """Restore a :meth:`save`: the weights into ``self.model`` in place (the adapters only, for LoRA),
@@ -267,8 +312,12 @@ class SFTTrainer:
                                      f"trajectories, fingerprint {data['sha256'][:12]}) than this run's "
                                      f"({len(self.data)}, {self.data_fingerprint()[:12]}); resume with the "
                                      "data settings it was saved with")
-        restore_weights(self.model, folder, state.get("adapters"))
-        self.optimizer.load_state_dict(state["optimizer"])
+        weights = None
+        if self.parallel.sharded:  # whole weights from the folder, each rank keeping its shard
+            weights = type(self.model).from_pretrained(folder, local_files_only=True).state_dict()
+        else:
+            restore_weights(self.model, folder, state.get("adapters"))
+        self.parallel.load_full_state(self.model, self.optimizer, weights, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_count = int(state["step"])
         rng = state.get("rng")

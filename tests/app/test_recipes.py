@@ -46,6 +46,41 @@ def test_every_recipe_parses_and_validates(path: Path) -> None:
         assert recipe.grpo_config.data_offset >= recipe.sft_episodes
 
 
+def test_the_7b_recipes_for_8_gpus_and_for_1_gpu() -> None:
+    """The 8-GPU recipe shards full weights (FSDP2, no LoRA) and splits every step and minibatch into whole
+    groups for 8 ranks; the 1-GPU recipe trains LoRA adapters in one process."""
+    from vgym.trainers.grpo import _check_world  # the trainer's own check, at the recipe's world size
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    eight = load_recipe(configs / "qwen25vl_7b_8gpu_fsdp2.yaml")
+    assert eight.distributed_config.strategy == "fsdp2" and eight.lora is None
+    _check_world(eight.grpo_config, 8)
+    assert eight.sft_config is not None and eight.sft_config.batch_size % 8 == 0
+    one = load_recipe(configs / "qwen25vl_7b.yaml")
+    assert one.lora is not None and one.distributed == {}
+
+
+def test_distributed_and_rollout_sections_are_checked(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("distributed: {strategi: ddp}\n")
+    with pytest.raises(InvalidConfigError, match="unknown key distributed.'strategi'; did you mean "
+                                                 "distributed.'strategy'"):
+        load_recipe(bad)
+    bad.write_text("distributed: {strategy: fsdp2}\nlora: {r: 8}\n")
+    with pytest.raises(InvalidConfigError, match="fsdp2 does not take lora"):
+        load_recipe(bad)
+    bad.write_text("rollout: {paralel: ray}\n")
+    with pytest.raises(InvalidConfigError, match="unknown key rollout.'paralel'; did you mean "
+                                                 "rollout.'parallel'"):
+        load_recipe(bad)
+    bad.write_text("rollout: {parallel: spark}\n")
+    with pytest.raises(InvalidConfigError, match="rollout: parallel must be 'local' or 'ray', got 'spark'"):
+        load_recipe(bad)
+    bad.write_text("rollout: {parallel: ray, num_workers: 4, address: auto}\n")
+    settings = load_recipe(bad).rollout_settings
+    assert (settings.parallel, settings.num_workers, settings.address) == ("ray", 4, "auto")
+
+
 def test_unknown_and_invalid_keys_are_named(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("modle: tiny\n")

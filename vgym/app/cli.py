@@ -385,8 +385,11 @@ def train(
     ] = None,
 ) -> None:
     """SFT warm start (optional) then GRPO, from a YAML recipe; held-out evaluation before and after.
-    Checkpoints (model folders) land in the run folder; Ctrl-C saves one and stops, --resume continues."""
+    Checkpoints (model folders) land in the run folder; Ctrl-C saves one and stops, --resume continues.
+    Under torchrun (torchrun --nproc_per_node N -m vgym.app.cli train ...) it trains data-parallel; rank 0
+    prints."""
     from vgym.app.recipes import load_recipe, run_recipe
+    from vgym.trainers.distributed import launch_rank
 
     recipe = load_recipe(config, *(set_ or []), out=str(out) if out else None, resume=resume or None)
     logging.basicConfig(level=logging.WARNING)
@@ -397,6 +400,8 @@ def train(
         errors.print(f"interrupted; the same command with --resume continues from the newest checkpoint in "
                      f"{recipe.out}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(130) from None
+    if launch_rank() != 0:  # rank 0 prints the job's result
+        return
     table = Table(title=f"held-out test split of {recipe.task} ({recipe.eval_episodes} episodes)")
     for col in ("when", "acc", "reward", "calls/ep", "format"):
         table.add_column(col)
@@ -408,9 +413,9 @@ def train(
     console.print(table)
     for alarm in result["alarms"]:
         console.print(f"[yellow]alarm:[/yellow] {alarm}")
-    console.print(
-        f"{result['steps']} GRPO steps · wall time {result['wall_seconds']:.0f} s · run folder {recipe.out}"
-    )
+    processes = f" · {result['processes']} processes" if result["processes"] > 1 else ""
+    console.print(f"{result['steps']} GRPO steps · wall time {result['wall_seconds']:.0f} s{processes} · run "
+                  f"folder {recipe.out}")
 
 
 @app.command(epilog=EPILOG)

@@ -16,6 +16,11 @@ stops (a second Ctrl-C stops at once, without one). ``rollout_engine: vllm`` sam
 offline vLLM engine on the trainer's GPU, its weights synced after every optimizer step (written to vLLM's
 source, not run here: see :mod:`vgym.policies.vllm`); evaluation always uses the transformers model.
 
+Launched by ``torchrun`` (``torchrun --nproc_per_node N -m vgym.app.cli train --config ...``) the run is
+data-parallel (:mod:`vgym.trainers.distributed`; the ``distributed:`` section picks DDP or FSDP2): every rank
+loads the model, plays the SFT data and trains on its share of each batch; rank 0 alone builds the tiny model,
+evaluates, reports and writes ``results.json`` and the checkpoints, while the others wait.
+
 :func:`load_recipe` checks everything a run will use before anything runs: unknown keys (with the closest
 valid one), value types, every name (losses, estimators, modes, devices, reporters, the task and its env) and
 every range, raising :class:`~vgym.errors.InvalidConfigError` that names the key (``grpo.loss_type``) --
@@ -51,10 +56,12 @@ from vgym.policies.base import Policy
 from vgym.policies.hf import GenerationConfig, HFPolicy
 from vgym.policies.oracle import OraclePolicy
 from vgym.rollout.chat import ChatEncoder
+from vgym.rollout.loop import RolloutConfig
 from vgym.rollout.trajectory import save_trajectories, write_json
 from vgym.task import TASKS
 from vgym.trainers.checkpoints import list_checkpoints
 from vgym.trainers.config_checks import check_choice, check_range
+from vgym.trainers.distributed import DataParallel, DistributedConfig, init_data_parallel
 from vgym.trainers.grpo import GRPOTrainer, hf_policy
 from vgym.trainers.grpo_config import GRPOConfig
 from vgym.trainers.monitors import AlarmConfig
@@ -133,6 +140,13 @@ class Recipe:
     """Engine settings of ``rollout_engine: vllm`` (:class:`~vgym.policies.vllm.VLLMPolicyConfig` fields):
     ``gpu_memory_utilization`` (default 0.5: the rest is the trainer's), ``max_model_len``, ``engine_kwargs``.
     Sampling (temperature, top-p, tokens per turn, seed) comes from ``grpo``, the image limit from ``env``."""
+    rollout: dict[str, Any] = field(default_factory=dict)
+    """Where GRPO's env work runs (:class:`~vgym.rollout.loop.RolloutConfig` fields ``parallel``: local |
+    ray, ``num_workers``, ``address``, ``threads``): e.g. ``{parallel: ray, num_workers: 8, address: auto}``
+    puts each process's envs and tools in Ray actors of the cluster this node belongs to. Empty: inline."""
+    distributed: dict[str, Any] = field(default_factory=dict)
+    """:class:`~vgym.trainers.distributed.DistributedConfig` fields (``strategy``: ddp | fsdp2,
+    ``timeout_s``), read when ``torchrun`` starts several processes; one process ignores them."""
 
     def __post_init__(self) -> None:
         """Check every field (sections included) but the env's, which :func:`load_recipe` builds.
@@ -153,6 +167,10 @@ class Recipe:
         if self.lora is not None:
             _check_lora(self.lora)
         _check_rollout_engine(self)
+        self.rollout_settings  # noqa: B018
+        if self.distributed_config.strategy == "fsdp2" and self.lora is not None:
+            raise InvalidConfigError("distributed.strategy fsdp2 does not take lora (the adapters' few "
+                                     "weights need no sharding); use strategy: ddp with lora")
         self.grpo_config  # validates the GRPO fields now, not after an SFT warm start  # noqa: B018
         if self.sft is not None:
             self.sft_config  # noqa: B018
@@ -167,6 +185,32 @@ class Recipe:
         return _section("grpo", GRPOConfig, self.grpo)
 
     @property
+    def rollout_settings(self) -> RolloutConfig:
+        """GRPO's rollout placement as a config object (batch size and mode come from ``grpo``).
+
+        Raises:
+            InvalidConfigError: naming the bad ``rollout.`` key or value.
+        """
+        for key in self.rollout:
+            if key not in _ROLLOUT_KEYS:
+                hint = difflib.get_close_matches(str(key), _ROLLOUT_KEYS, n=1)
+                raise InvalidConfigError(f"unknown key rollout.{key!r}" + (
+                    f"; did you mean rollout.{hint[0]!r}?" if hint else f"; valid: {_ROLLOUT_KEYS}"))
+        try:
+            return RolloutConfig(**self.rollout)
+        except (TypeError, ValueError) as exc:
+            raise InvalidConfigError(f"rollout: {exc}") from None
+
+    @property
+    def distributed_config(self) -> DistributedConfig:
+        """The data-parallel settings as a config object.
+
+        Raises:
+            InvalidConfigError: naming the bad ``distributed.`` key.
+        """
+        return _section("distributed", DistributedConfig, self.distributed)
+
+    @property
     def sft_config(self) -> SFTConfig | None:
         """The SFT settings as a config object; None without an SFT warm start.
 
@@ -177,6 +221,7 @@ class Recipe:
 
 
 _LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+_ROLLOUT_KEYS = ("parallel", "num_workers", "address", "threads")
 
 
 def _check_lora(lora: dict[str, Any]) -> None:
@@ -322,7 +367,8 @@ def load_recipe(path: str | Path, *assignments: str, **overrides: Any) -> Recipe
         apply_override(data, assignment)
     data.update({k: v for k, v in overrides.items() if v is not None})
     _check_keys(path, "", data, Recipe)
-    for section, cls in (("grpo", GRPOConfig), ("sft", SFTConfig), ("env", EnvConfig)):
+    for section, cls in (("grpo", GRPOConfig), ("sft", SFTConfig), ("env", EnvConfig),
+                         ("distributed", DistributedConfig)):
         if isinstance(data.get(section), dict):
             _check_keys(path, f"{section}.", data[section], cls)
     for key in ("task", "task_config", "data_seed"):
@@ -407,26 +453,30 @@ def _model_folder(recipe: Recipe) -> Path:
     return Path(recipe.out) / "tiny-vlm" if recipe.model == "tiny" else Path(recipe.model)
 
 
-def load_model(recipe: Recipe, progress: Progress) -> tuple[Any, Any]:
+def load_model(recipe: Recipe, progress: Progress, *,
+               parallel: DataParallel | None = None) -> tuple[Any, Any]:
     """The recipe's ``(model, processor)`` on its device and dtype, with LoRA and gradient checkpointing
-    applied."""
+    applied; in a data-parallel job on this rank's device (``model: tiny`` is built by rank 0 alone)."""
     import torch
 
     from vgym.engine.tiny import build_tiny_vlm, load_vlm
 
+    parallel = parallel or DataParallel(device=recipe.device)
     path = _model_folder(recipe)
     if recipe.model == "tiny":
         from vgym.app.quickstart import tokenizer_corpus
 
-        if not (path / "config.json").exists():
+        if parallel.is_main and not (path / "config.json").exists():
             progress("build tiny VLM", 0, 1)
             corpus = tokenizer_corpus(recipe.task, recipe.data_seed, task_config=recipe.task_config)
             build_tiny_vlm(path, corpus=corpus)
             progress("build tiny VLM", 1, 1)
+        parallel.barrier()
     elif not path.is_dir():
         raise InvalidConfigError(f"model {recipe.model!r} is not a local folder; vgym never downloads "
                                  "checkpoints")
-    model, processor = load_vlm(path, device=recipe.device, dtype=getattr(torch, recipe.dtype))
+    device = str(parallel.device) if parallel.enabled else recipe.device
+    model, processor = load_vlm(path, device=device, dtype=getattr(torch, recipe.dtype))
     if recipe.gradient_checkpointing:
         enable_checkpointing(model)
     if recipe.lora:
@@ -447,16 +497,25 @@ def _env_fn(recipe: Recipe, task_config: dict[str, Any] | None) -> Callable[[], 
                              **recipe.env)
 
 
-def _evaluate(recipe: Recipe, model: Any, processor: Any, name: str, progress: Progress) -> dict[str, float]:
-    policy = HFPolicy(model, processor, GenerationConfig(recipe.max_new_tokens, temperature=0.0))
-    trajs = collect(_env_fn(recipe, recipe.task_config), policy, ChatEncoder(processor), "test",
-                    recipe.eval_episodes, batch_size=recipe.rollout_batch, progress=progress, stage=name)
-    save_trajectories(trajs, Path(recipe.out), name)
-    return summarize(trajs)
+def _evaluate(recipe: Recipe, model: Any, processor: Any, name: str, progress: Progress,
+              parallel: DataParallel) -> dict[str, float] | None:
+    """The greedy held-out evaluation, on rank 0 (the others wait; their result is None)."""
+    summary = None
+    with parallel.gathered(model):  # FSDP2: whole weights, so rank 0 generates without the others
+        if parallel.is_main:
+            decoder = "generate" if parallel.sharded else GenerationConfig.decoder
+            generation = GenerationConfig(recipe.max_new_tokens, temperature=0.0, decoder=decoder)
+            trajs = collect(_env_fn(recipe, recipe.task_config), HFPolicy(model, processor, generation),
+                            ChatEncoder(processor), "test", recipe.eval_episodes,
+                            batch_size=recipe.rollout_batch, progress=progress, stage=name)
+            save_trajectories(trajs, Path(recipe.out), name)
+            summary = summarize(trajs)
+        parallel.barrier()
+    return summary
 
 
-def _rollout_policy(recipe: Recipe, model: Any, processor: Any,
-                    cfg: GRPOConfig) -> tuple[Policy, Callable[[Any], None] | None]:
+def _rollout_policy(recipe: Recipe, model: Any, processor: Any, cfg: GRPOConfig,
+                    parallel: DataParallel) -> tuple[Policy, Callable[[Any], None] | None]:
     """GRPO's rollout policy and its weight-sync hook (None when the policy plays ``model`` itself).
 
     For ``rollout_engine: vllm``: an offline vLLM engine built in this process (this entry layer sets
@@ -465,7 +524,11 @@ def _rollout_policy(recipe: Recipe, model: Any, processor: Any,
     scores them); the hook copies ``model.named_parameters()`` into it.
     """
     if recipe.rollout_engine == "hf":
-        return hf_policy(model, processor, cfg), None
+        decoder = "generate" if parallel.sharded else None  # FSDP2: the model's own forward, weights gathered
+        return hf_policy(model, processor, cfg, seed=parallel.rank_seed(cfg.seed), decoder=decoder), None
+    if parallel.enabled:
+        raise InvalidConfigError("rollout_engine: vllm runs in one process only (weight sync across "
+                                 "ranks is not written yet); use rollout_engine: hf under torchrun")
     from vgym.policies.vllm import VLLMPolicy, VLLMPolicyConfig
 
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -500,28 +563,39 @@ def run_recipe(recipe: Recipe, progress: Progress | None = None) -> dict[str, An
         InvalidConfigError: resuming from a checkpoint of another config or other SFT data, or a model
             folder that cannot be loaded.
     """
-    progress = progress or (lambda stage, done, total: None)
+    parallel = init_data_parallel(recipe.distributed_config, recipe.device)  # one process without torchrun
+    try:
+        return _run(recipe, progress if parallel.is_main and progress else (lambda stage, done, total: None),
+                    parallel)
+    finally:
+        parallel.close()
+
+
+def _run(recipe: Recipe, progress: Progress, parallel: DataParallel) -> dict[str, Any]:
+    """:func:`run_recipe` in this process's place of the job (rank 0 writes the run folder's files)."""
     start = time.perf_counter()
     out = Path(recipe.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, processor = load_model(recipe, progress)
+    model, processor = load_model(recipe, progress, parallel=parallel)
     cfg = recipe.grpo_config
     checkpoints = list_checkpoints(out) if recipe.resume else []
     resume_from = checkpoints[-1] if checkpoints else None
     results = _earlier_before(out) if recipe.resume else {}
     if recipe.sft is not None and resume_from is None:
-        _run_sft(recipe, model, processor, progress)
+        _run_sft(recipe, model, processor, progress, parallel)
     if recipe.eval_episodes and "before" not in results and resume_from is None:
-        results["before"] = _evaluate(recipe, model, processor, "eval_before", progress)
-        write_json(out / "results.json", results)  # kept by a resumed run
-    policy, sync = _rollout_policy(recipe, model, processor, cfg)
+        results["before"] = _evaluate(recipe, model, processor, "eval_before", progress, parallel)
+        if parallel.is_main:
+            write_json(out / "results.json", results)  # kept by a resumed run
+    policy, sync = _rollout_policy(recipe, model, processor, cfg, parallel)
     trainer = GRPOTrainer(model, processor, policy, _env_fn(recipe, recipe.task_config), cfg,
-                          sync_weights=sync)
+                          sync_weights=sync, parallel=parallel, rollout_settings=recipe.rollout_settings)
     if resume_from is not None:
         trainer.load(resume_from)  # syncs the loaded weights into the engine
     elif sync is not None:
         sync(model)  # the engine loaded the folder's weights; the model may have changed since (SFT)
-    reporters = make_reporters(recipe.report_to, out, resume_step=trainer.step_count if resume_from else None)
+    reporters = make_reporters(recipe.report_to if parallel.is_main else ["none"], out,
+                               resume_step=trainer.step_count if resume_from else None)
     saved = {trainer.step_count} if resume_from is not None else set()
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
@@ -540,17 +614,19 @@ def run_recipe(recipe: Recipe, progress: Progress | None = None) -> dict[str, An
     if trainer.step_count not in saved:
         trainer.save(out / f"checkpoint-{trainer.step_count}")
     if recipe.eval_episodes:
-        results["after"] = _evaluate(recipe, model, processor, "eval_after", progress)
+        results["after"] = _evaluate(recipe, model, processor, "eval_after", progress, parallel)
     results.update({"steps": trainer.step_count, "wall_seconds": time.perf_counter() - start,
-                    "alarms": trainer.alarm_log})
-    write_json(out / "results.json", results)
+                    "alarms": trainer.alarm_log, "processes": parallel.world_size})
+    if parallel.is_main:
+        write_json(out / "results.json", results)
     return results
 
 
-def _run_sft(recipe: Recipe, model: Any, processor: Any, progress: Progress) -> None:
+def _run_sft(recipe: Recipe, model: Any, processor: Any, progress: Progress, parallel: DataParallel) -> None:
     """The SFT warm start: oracle data, then SFT in place on ``model`` with checkpoints in ``<out>/sft``
     (every ``sft_save_every`` steps, at the end and on Ctrl-C), continued from the newest one when the recipe
-    resumes; per-step metrics go to ``<out>/sft/metrics.csv`` (and TensorBoard) as the recipe reports."""
+    resumes; per-step metrics go to ``<out>/sft/metrics.csv`` (and TensorBoard) as the recipe reports.
+    Every rank plays all the oracle episodes (the same data) and trains on its share of each batch."""
     folder = Path(recipe.out) / "sft"
     sft = recipe.sft_config
     assert sft is not None  # the caller runs SFT only for a recipe with an sft section
@@ -558,7 +634,7 @@ def _run_sft(recipe: Recipe, model: Any, processor: Any, progress: Progress) -> 
     teacher = OraclePolicy(skip_tools=recipe.sft_teacher_skip_tools, seed=recipe.data_seed + 1)
     data = collect(_env_fn(recipe, sft_task), teacher, ChatEncoder(processor), "train", recipe.sft_episodes,
                    batch_size=recipe.rollout_batch, progress=progress, stage="SFT data")
-    trainer = SFTTrainer(model, data, sft, processor=processor)
+    trainer = SFTTrainer(model, data, sft, processor=processor, parallel=parallel)
     earlier = list_checkpoints(folder) if recipe.resume else []
     if earlier:
         trainer.load(earlier[-1])
@@ -566,6 +642,7 @@ def _run_sft(recipe: Recipe, model: Any, processor: Any, progress: Progress) -> 
     saved = {trainer.step_count} if earlier else set()
     every = recipe.save_every if recipe.sft_save_every is None else recipe.sft_save_every
     names = [n for n in recipe.report_to if n not in ("none", "wandb")]  # W&B: the GRPO run only
+    names = names if parallel.is_main else []
     reporters = make_reporters(names, folder, resume_step=trainer.step_count if earlier else None)
 
     def on_step(step: int, metrics: dict[str, float]) -> None:

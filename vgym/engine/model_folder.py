@@ -31,7 +31,8 @@ _IMAGE_PROCESSOR = ("processor_config.json", "preprocessor_config.json")
 _TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
-def save_model_folder(folder: str | Path, model: Any, processor: Any) -> Path:
+def save_model_folder(folder: str | Path, model: Any, processor: Any, *,
+                      state_dict: dict[str, Any] | None = None) -> Path:
     """Write ``model`` and ``processor`` into ``folder`` with their ``save_pretrained``.
 
     For a peft (LoRA) model only the adapters are written, and ``adapter_config.json``'s
@@ -42,6 +43,8 @@ def save_model_folder(folder: str | Path, model: Any, processor: Any) -> Path:
         folder: an existing folder (trainers pass the temporary folder of a write-then-rename).
         model: a transformers ``PreTrainedModel`` or a peft ``PeftModel`` around one.
         processor: its processor (tokenizer, image processor, chat template).
+        state_dict: the weights to write instead of ``model``'s own (e.g. a sharded model's, gathered
+            whole); None: ``model``'s.
 
     Returns:
         ``folder`` as a ``Path``.
@@ -50,7 +53,7 @@ def save_model_folder(folder: str | Path, model: Any, processor: Any) -> Path:
         OSError: if a file cannot be written.
     """
     folder = Path(folder)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, **({} if state_dict is None else {"state_dict": state_dict}))
     processor.save_pretrained(folder)
     adapter = folder / "adapter_config.json"
     if adapter.is_file():
