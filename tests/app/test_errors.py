@@ -85,4 +85,4 @@ def test_a_bug_in_a_plugin_shows_its_traceback(tmp_path: Path) -> None:
 def test_help_keeps_brackets_and_names_the_global_options() -> None:
     done = _vgym("eval", "--help")
     assert done.returncode == 0
-    assert "openai:URL[#model]" in done.stdout and "--import MODULE" in done.stdout
+    assert "[#model[,tool_calling=text|native|auto]]" in done.stdout and "--import MODULE" in done.stdout
