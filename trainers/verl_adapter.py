@@ -4,8 +4,9 @@ envs.
 Contents: :func:`compute_score`, :func:`verl_row`, :class:`VerlEpisode`, :func:`play_episode`,
 :func:`agent_loop_config`, ``VgymAgentLoop`` (built on first access; needs verl).
 
-Written against verl's agent-loop API (``verl/experimental/agent_loop/agent_loop.py``, verl 0.8.0.dev):
-``AgentLoopBase.__init__(trainer_config, server_manager, tokenizer, processor, dataset_cls, dataset_config,
+Written against verl's agent-loop API (``verl/experimental/agent_loop/agent_loop.py``; tested with verl
+0.9.1 from the registry, whose own ``AgentLoopWorker`` runs it in ``tests/trainers/test_verl_adapter.py``):
+``AgentLoopBase.__init__(trainer_config, server_manager, tokenizer, processor, dataset_cls, data_config,
 **kw)``, ``async run(sampling_params, **row) -> AgentLoopOutput(prompt_ids, response_ids, response_mask,
 response_logprobs, multi_modal_data, reward_score, num_turns, metrics)``, and
 ``server_manager.generate(request_id, *, prompt_ids, sampling_params, image_data) -> TokenOutput(token_ids,

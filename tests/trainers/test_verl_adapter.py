@@ -1,6 +1,8 @@
-"""Tests of trainers/verl_adapter.py. verl itself is not installed here: the reward function, the rows and the
-episode logic (:func:`play_episode`, driven by the real tiny model or by the scripted oracle as the "server")
-run without it; only the ``AgentLoopBase`` subclass needs ``pytest.importorskip("verl")``."""
+"""Tests of trainers/verl_adapter.py. The reward function, the rows and the episode logic
+(:func:`play_episode`, driven by the real tiny model or by the scripted oracle as the "server") run without
+verl; the ``AgentLoopBase`` subclass and verl's own ``AgentLoopWorker`` running it need verl
+(``pytest.importorskip``), which ``make test`` does not install: ``.ci/run`` runs this file again in a second
+venv with ``pip install '.[verl]'`` (verl 0.9.1 and transformers 5.10 from the registry)."""
 
 from __future__ import annotations
 
@@ -141,6 +143,113 @@ def test_play_episode_with_the_tiny_model_respects_budgets(tiny) -> None:  # typ
     ids = torch.tensor(ep.prompt_ids + ep.response_ids)
     grids = image_processor(images=ep.images, return_tensors="pt")["image_grid_thw"]
     encoder.check_image_tokens([ids], [grids])  # placeholders match the images the loop reports
+
+
+def _verl_processor(processor, model_dir):  # type: ignore[no-untyped-def]
+    """The tiny processor as verl's ``hf_processor`` prepares a Qwen2-VL one: the model config attached and
+    ``Qwen2VLModel``'s position methods bound to it. (verl picks the model by the processor's class name;
+    the tiny model's processor is a ``Qwen2VLProcessor`` subclass without the video processor, which needs
+    torchvision — not installable with the CPU torch here — so verl's lookup by name does not know it.)"""
+    import types
+
+    from transformers import AutoConfig
+    from transformers.models.qwen2_vl import Qwen2VLModel
+
+    processor.config = AutoConfig.from_pretrained(model_dir)
+    processor.get_rope_index = types.MethodType(Qwen2VLModel.get_rope_index, processor)
+    if hasattr(Qwen2VLModel, "get_vision_position_ids"):
+        processor.get_vision_position_ids = types.MethodType(Qwen2VLModel.get_vision_position_ids, processor)
+    return processor
+
+
+def test_verl_agent_loop_worker_plays_vgym_episodes(  # type: ignore[no-untyped-def]
+    tiny_dir, tmp_path
+) -> None:
+    """verl's own ``AgentLoopWorker`` (verl from the registry; CI installs it in a separate venv) reads the
+    YAML of :func:`agent_loop_config`, instantiates ``VgymAgentLoop`` with hydra, runs a batch of rows from
+    :func:`verl_row` and pads, scores and stacks the outputs as it does for training. Only the inference
+    server is ours: verl's is a vLLM/SGLang actor; here the scripted oracle answers through verl's
+    ``TokenOutput``. The padded sequences are exactly vgym's own rollouts of the same samples."""
+    pytest.importorskip("verl", reason="verl is not installed (CI installs it in a separate venv)")
+    import yaml
+    from hydra import compose, initialize_config_module
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+    from verl.protocol import DataProto
+    from verl.workers.rollout.replica import TokenOutput
+
+    from vgym.engine.tiny import load_vlm
+
+    _, processor = load_vlm(tiny_dir)
+    encoder = ChatEncoder(processor)
+    env_config = {"tools": ["crop"], "max_turns": 4}
+    loops = tmp_path / "agent_loops.yaml"
+    entries = agent_loop_config("vgym_crop", max_new_tokens=256, env_config=env_config)
+    loops.write_text(yaml.safe_dump(entries))
+    with initialize_config_module("verl.trainer.config", version_base=None):
+        config = compose("ppo_trainer", overrides=[
+            f"actor_rollout_ref.model.path={tiny_dir}",
+            "actor_rollout_ref.rollout.name=vllm",  # mandatory; the server below stands in for it
+            f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}",
+            "actor_rollout_ref.rollout.prompt_length=2048",
+            "actor_rollout_ref.rollout.response_length=512",
+        ])
+    indices = [0, 3]
+    keys = {}  # first prompt -> an env holding that episode's sample (the oracle's answer key)
+    for index in indices:
+        key_env = VisualToolEnv(TASK, **env_config)
+        obs, info = key_env.reset(seed=index, options={"split": "train", "index": index})
+        keys[tuple(encoder.encode_prompt(info["messages"], obs["images"]).input_ids.tolist())] = key_env
+    oracle, turns, episodes = OraclePolicy(), {}, {}
+
+    class OracleServer:
+        """verl's ``LLMServerClient.generate`` contract, answered by the scripted oracle."""
+
+        async def generate(  # type: ignore[no-untyped-def]
+            self, request_id, *, prompt_ids, sampling_params, image_data=None, **kwargs
+        ):
+            key_env = episodes.setdefault(request_id, keys.get(tuple(prompt_ids)))
+            turn = turns[request_id] = turns.get(request_id, -1) + 1
+            assert key_env is not None and sampling_params["max_tokens"] <= 256
+            text = oracle.act([oracle_input(key_env, turn)])[0].text
+            return TokenOutput(token_ids=encoder.encode_policy_text(text))
+
+    worker = AgentLoopWorker(config, OracleServer())
+    worker.processor = _verl_processor(processor, tiny_dir)
+    rows = [verl_row(TASK, "train", i, 0, tools=tuple(env_config["tools"]), agent_name="vgym_crop")
+            for i in indices]
+
+    def column(values: list) -> np.ndarray:  # type: ignore[type-arg]
+        """A 1-D object array, as verl's dataset gives each non-tensor field (lists stay whole)."""
+        array = np.empty(len(values), dtype=object)
+        array[:] = [None] * len(values)
+        for i, value in enumerate(values):
+            array[i] = value
+        return array
+
+    batch = DataProto.from_dict(
+        non_tensors={"agent_name": column([r["agent_name"] for r in rows]),
+                     "raw_prompt": column([r["prompt"] for r in rows]),
+                     "extra_info": column([r["extra_info"] for r in rows]), "index": np.array(indices)},
+        meta_info={"validate": False},
+    )
+    result = asyncio.run(worker.generate_sequences(batch))
+    out, extra = result.batch, result.non_tensor_batch
+
+    trajs = rollout(functools.partial(VisualToolEnv, TASK, **env_config), OraclePolicy(), encoder,
+                    [EpisodeSpec("train", i, seed=i) for i in indices], RolloutConfig(batch_size=2))
+    width = out["prompts"].shape[1]  # prompts are left-padded to it, responses right-padded after it
+    for row, traj in enumerate(trajs):
+        real = out["attention_mask"][row].bool()
+        assert out["input_ids"][row][real].tolist() == traj.input_ids.tolist()
+        prompt, response = int(real[:width].sum()), int(real[width:].sum())
+        assert out["response_mask"][row][:response].tolist() == traj.loss_mask.tolist()[prompt:]
+        assert not out["response_mask"][row][response:].any()
+        assert out["rm_scores"][row][response - 1] == traj.reward == 1.0  # on the last response token
+        assert out["rm_scores"][row].count_nonzero() == 1
+        # verl re-processes the images the loop reports: the question's image and the crop, as vgym's
+        assert extra["multi_modal_inputs"][row]["image_grid_thw"].tolist() == traj.image_grid_thw.tolist()
+        assert out["position_ids"][row].shape == (4, real.numel())  # text + 3 M-RoPE rows
+    assert extra["__num_turns__"].tolist() == [4, 4]  # user, assistant, tool, assistant
 
 
 def test_verl_agent_loop_class_builds_on_verl() -> None:

@@ -167,6 +167,8 @@ class DecodeStep:
         attend = None if mask is None else mask.bool()[:, None, None, :]
         hidden = self.lm.embed_tokens(tokens[:, None])
         cos, sin = self.lm.rotary_emb(hidden, positions.view(1, -1, 1).expand(3, -1, -1))
+        if cos.dim() == 4:  # (3, B, 1, D): Qwen2(.5)-VL in transformers 5.10 mix the M-RoPE sections in
+            cos, sin = cos[0], sin[0]  # attention; a text token's three components are equal: any one is it
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, 1, D): broadcast over heads
         for layer, (keys, values), linears in zip(self.lm.layers, self.buffers, self.projections):
             attn, (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) = layer.self_attn, linears

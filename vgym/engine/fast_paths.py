@@ -26,9 +26,14 @@ __all__ = ["CHECKED_TRANSFORMERS", "FAMILIES", "FastPaths", "fast_paths", "insta
 
 logger = logging.getLogger(__name__)
 
-CHECKED_TRANSFORMERS: tuple[tuple[int, int], tuple[int, int]] = ((5, 24), (5, 25))
-"""Lowest and highest ``(major, minor)`` transformers release the fast paths' equivalence tests passed on
-(any patch release of them): 5.24 (sixth session) and 5.25 (seventh)."""
+CHECKED_TRANSFORMERS: frozenset[tuple[int, int]] = frozenset((5, minor) for minor in range(5, 26))
+"""The ``(major, minor)`` transformers releases the fast paths' equivalence tests passed on (any patch release
+of them): 5.5 to 5.25. 5.24 and 5.25 in earlier sessions; in the eighth, ``tests/engine``, the chat encoder,
+the HF policy and the three families' processors passed on 5.5.4, 5.6.2, 5.7.0, 5.8.1, 5.9.0, 5.10.4, 5.11.0,
+5.12.1, 5.13.1, 5.14.1, 5.15.1, 5.16.1, 5.17.0, 5.18.0, 5.19.0, 5.20.2, 5.21.1, 5.22.2 and 5.23.0. Not 5.4
+(its Qwen2-VL image processor needs torchvision) nor 5.5.0–5.5.3 (Qwen2.5-VL's own positions differ from
+ours), which pyproject's ``transformers>=5.5.4`` keeps out. CI reruns them on 5.5.4 (the lowest), 5.10.4
+(what ``pip install 'vgym[verl]'`` resolves) and what ``make setup`` installs."""
 
 FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 """``config.model_type`` of the model families the equivalence tests cover (random tiny models of each)."""
@@ -72,13 +77,13 @@ def _minor(version: str) -> tuple[int, int] | None:
 @functools.lru_cache(maxsize=None)
 def _decide(version: str, family: str | None) -> FastPaths:
     """The decision for one (transformers version, model family); logged once, when first made."""
-    low, high = CHECKED_TRANSFORMERS
     minor = _minor(version)
+    low, high = min(CHECKED_TRANSFORMERS), max(CHECKED_TRANSFORMERS)
     checked = f"{low[0]}.{low[1]}–{high[0]}.{high[1]}"
     if family not in FAMILIES:
         reason = f"model family {family!r} is not one the fast paths were checked on ({', '.join(FAMILIES)})"
-    elif minor is None or not low <= minor <= high:
-        reason = f"transformers {version} is outside the versions the fast paths were checked on ({checked})"
+    elif minor not in CHECKED_TRANSFORMERS:
+        reason = f"transformers {version} is not a version the fast paths were checked on ({checked})"
     else:
         logger.info("fast paths on: transformers %s, %s (lean decoder, direct decode steps, KV reuse, "
                     "shared-prompt loss forward)", version, family)
@@ -95,8 +100,7 @@ def fast_paths(model: Any) -> FastPaths:
 
     Returns:
         All on for a checked family on a checked transformers version, else all off with the reason (logged
-            once
-        per process and (version, family)).
+        once per process and (version, family)).
     """
     family = getattr(getattr(model, "config", None), "model_type", None)
     return _decide(installed_transformers(), family)
