@@ -3,10 +3,12 @@
 Contents: :class:`SFTConfig`, :func:`collate`, :class:`SFTTrainer`.
 
 The trainer never re-tokenises text: it trains on the ``input_ids``/``loss_mask`` the rollout built, with the
-image tensors the processor produced. Checkpoints are complete model folders (model and processor, so
-``hf:<checkpoint>`` evaluates them; see :mod:`vgym.trainers.checkpoints`) holding also the optimizer,
-scheduler, step (the data position: step ``s`` reads :meth:`SFTTrainer.batch_indices` ``(s)``), a fingerprint
-of the data and the torch RNG state, so :meth:`SFTTrainer.load` continues exactly.
+image tensors the processor produced — made again per batch from the trajectories' uint8 images, bit for
+bit, so that RAM does not grow with the training set (:class:`vgym.trainers.sft_data.SFTDataset`).
+Checkpoints are complete model folders (model and processor, so ``hf:<checkpoint>`` evaluates them; see
+:mod:`vgym.trainers.checkpoints`) holding also the optimizer, scheduler, step (the data position: step ``s``
+reads :meth:`SFTTrainer.batch_indices` ``(s)``), a fingerprint of the data and the torch RNG state, so
+:meth:`SFTTrainer.load` continues exactly.
 
 Across processes (``torchrun``; :mod:`vgym.trainers.distributed`) every rank holds the same data, reads its
 contiguous share of each step's batch, and the loss is the token mean over the whole batch (every rank's
@@ -16,7 +18,6 @@ checkpoints; a checkpoint resumes at any world size that divides ``batch_size``.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -28,10 +29,12 @@ import torch
 
 from vgym.engine.modeling import model_inputs
 from vgym.errors import InvalidConfigError
+from vgym.rollout.chat import ChatEncoder
 from vgym.rollout.trajectory import Trajectory
 from vgym.trainers.checkpoints import adapter_tensors, restore_weights, write_checkpoint
 from vgym.trainers.config_checks import check_range
 from vgym.trainers.distributed import DataParallel, shard
+from vgym.trainers.sft_data import SFTDataset, pad_tokens
 from vgym.trainers.tokens import sft_loss, token_logprobs
 
 __all__ = ["SFTConfig", "SFTTrainer", "adamw", "collate"]
@@ -82,23 +85,14 @@ class SFTConfig:
 
 
 def collate(trajectories: Sequence[Trajectory], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad trajectories into a model batch.
+    """Right-pad trajectories into a model batch (:func:`~vgym.trainers.sft_data.pad_tokens`), with the
+    patches they carry.
 
     Returns:
         ``input_ids`` (B, T), ``attention_mask`` (B, T), ``loss_mask`` (B, T) and, when any trajectory has
         images, ``pixel_values`` (P, D) and ``image_grid_thw`` (N, 3) concatenated in batch order.
     """
-    length = max(len(t.input_ids) for t in trajectories)
-    batch = len(trajectories)
-    ids = torch.full((batch, length), pad_id, dtype=torch.long)
-    attention = torch.zeros((batch, length), dtype=torch.long)
-    loss_mask = torch.zeros((batch, length), dtype=torch.long)
-    for row, traj in enumerate(trajectories):
-        n = len(traj.input_ids)
-        ids[row, :n] = traj.input_ids
-        attention[row, :n] = 1
-        loss_mask[row, :n] = traj.loss_mask
-    out = {"input_ids": ids, "attention_mask": attention, "loss_mask": loss_mask}
+    out = pad_tokens([t.input_ids for t in trajectories], [t.loss_mask for t in trajectories], pad_id)
     pixels = [t.pixel_values for t in trajectories if t.pixel_values is not None]
     if pixels:
         out["pixel_values"] = torch.cat(pixels)
@@ -110,12 +104,15 @@ def collate(trajectories: Sequence[Trajectory], pad_id: int) -> dict[str, torch.
 class SFTTrainer:
     """Behaviour cloning of trajectories (e.g. the scripted oracle's)."""
 
-    def __init__(self, model: Any, trajectories: Sequence[Trajectory], config: SFTConfig, *,
+    def __init__(self, model: Any, trajectories: Sequence[Trajectory] | SFTDataset, config: SFTConfig, *,
                  processor: Any = None, pad_id: int | None = None,
                  parallel: DataParallel | None = None) -> None:
         """Args:
         model: a transformers VLM (or a peft model around one); trained in place.
-        trajectories: the training set.
+        trajectories: the training set: an :class:`~vgym.trainers.sft_data.SFTDataset` (built as the
+            episodes come, so they never all sit in memory: what ``vgym train`` and the quickstart do), or
+            trajectories, which the trainer copies into one (patched per batch with ``processor``'s encoder;
+            without a processor it keeps their own patches) and does not keep.
         config: run settings.
         processor: the model's processor, saved in every checkpoint so that the checkpoint is a model folder
             ``hf:<checkpoint>`` loads; None saves weights and trainer state only.
@@ -133,15 +130,19 @@ class SFTTrainer:
             raise InvalidConfigError(f"sft.batch_size ({config.batch_size}) must be a multiple of the number "
                                      f"of processes ({self.parallel.world_size}): each rank reads an equal "
                                      "share")
-        if not trajectories or not any(int(t.loss_mask.sum()) for t in trajectories):
-            raise InvalidConfigError("SFT needs at least one trajectory with policy tokens (loss_mask == 1)")
         if pad_id is None and processor is None:
             raise InvalidConfigError("SFTTrainer needs the processor (or a pad_id) to pad batches")
+        if not isinstance(trajectories, SFTDataset):
+            dataset = SFTDataset(ChatEncoder(processor) if processor is not None else None)
+            dataset.extend(trajectories)
+            trajectories = dataset
+        if not trajectories.policy_tokens:
+            raise InvalidConfigError("SFT needs at least one trajectory with policy tokens (loss_mask == 1)")
         if pad_id is None:
             pad_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
         self.model = model
         self.processor = processor
-        self.data = list(trajectories)
+        self.data = trajectories
         self.config = config
         self.pad_id = pad_id
         self.step_count = 0
@@ -149,7 +150,6 @@ class SFTTrainer:
         self.optimizer = adamw([p for p in model.parameters() if p.requires_grad], config.learning_rate,
                                config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self._fingerprint: str | None = None
 
     def _lr_factor(self, step: int) -> float:
         cfg = self.config
@@ -170,7 +170,12 @@ class SFTTrainer:
 
     def loss_on(self, trajectories: Sequence[Trajectory]) -> tuple[torch.Tensor, dict[str, float]]:
         """The SFT loss of the model on ``trajectories`` (with gradients when enabled)."""
-        batch = collate(trajectories, self.pad_id)
+        return self.loss_of_batch(collate(trajectories, self.pad_id))
+
+    def loss_of_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The SFT loss of the model on a batch of :func:`collate` or :meth:`SFTDataset.batch
+        <vgym.trainers.sft_data.SFTDataset.batch>` (with gradients when enabled); ``batch`` loses its
+        ``loss_mask``."""
         loss_mask = batch.pop("loss_mask").to(next(self.model.parameters()).device)
         inputs = model_inputs(self.model, **batch)
         logits = self.model(**inputs).logits  # (B, T, V)
@@ -185,12 +190,12 @@ class SFTTrainer:
         self.model.train()
         par = self.parallel
         indices = shard(self.batch_indices(self.step_count), par.rank, par.world_size)  # this rank's share
-        batch = [self.data[i] for i in indices]
+        batch = self.data.batch(indices, self.pad_id)
         self.optimizer.zero_grad(set_to_none=True)
         if par.enabled:
             loss, metrics = self._shard_loss(batch)
         else:
-            loss, metrics = self.loss_on(batch)
+            loss, metrics = self.loss_of_batch(batch)
         loss.backward()
         params = [p for p in self.model.parameters() if p.requires_grad]
         limit = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
@@ -201,12 +206,11 @@ class SFTTrainer:
         self.step_count += 1
         return metrics
 
-    def _shard_loss(self, trajectories: Sequence[Trajectory]) -> tuple[torch.Tensor, dict[str, float]]:
+    def _shard_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """This rank's part of the whole batch's SFT loss: its summed token NLL over every rank's policy
         tokens, times the world size (torch averages the ranks' gradients, the loss is their sum); metrics
-        as :meth:`loss_on`'s, of the whole batch."""
+        as :meth:`loss_on`'s, of the whole batch. ``batch``: this rank's rows, as :meth:`loss_of_batch`'s."""
         par = self.parallel
-        batch = collate(trajectories, self.pad_id)
         loss_mask = batch.pop("loss_mask").to(next(self.model.parameters()).device)
         inputs = model_inputs(self.model, **batch)
         logprobs = token_logprobs(self._forward(**inputs).logits, inputs["input_ids"])  # (B, T)
@@ -236,18 +240,10 @@ class SFTTrainer:
         """Identify the training set, which a resumed run must share to continue exactly.
 
         Returns:
-            The hex SHA-256 of every trajectory's token ids, loss mask and image grid, in order (computed
-            once).
+            The hex SHA-256 of every trajectory's token ids, loss mask and image grid, in order
+            (:attr:`SFTDataset.fingerprint <vgym.trainers.sft_data.SFTDataset.fingerprint>`).
         """
-        if self._fingerprint is None:
-            digest = hashlib.sha256()
-            for traj in self.data:
-                for tensor in (traj.input_ids, traj.loss_mask, traj.image_grid_thw):
-                    if tensor is not None:
-                        digest.update(str(tuple(tensor.shape)).encode())
-                        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-            self._fingerprint = digest.hexdigest()
-        return self._fingerprint
+        return self.data.fingerprint
 
     def save(self, folder: str | Path) -> Path:
         """Save a checkpoint: a complete model folder (weights, config and, given the processor, tokenizer,

@@ -1,6 +1,6 @@
-"""Tests of trainers/sft.py on oracle trajectories with the tiny Qwen2-VL: learning, frozen parameters, exact
-checkpoint resume (full weights, and LoRA with dropout), checkpoints that load as models, data order and
-config validation."""
+"""Tests of trainers/sft.py on oracle trajectories with the tiny Qwen2-VL: learning, frozen parameters, the
+same run on per-batch patches as on the rollout's, exact checkpoint resume (full weights, and LoRA with
+dropout), checkpoints that load as models, data order and config validation."""
 
 from __future__ import annotations
 
@@ -55,6 +55,23 @@ def test_sft_lowers_loss_and_updates_only_trainable_parameters(tiny, data: list[
     assert not unchanged
     assert torch.equal(frozen, before["model.visual.patch_embed.proj.weight"])
     assert all(frozen is not p for group in trainer.optimizer.param_groups for p in group["params"])
+
+
+def test_training_on_per_batch_patches_equals_training_on_the_rollouts_patches(
+        tiny_dir: Path, data: list[Trajectory], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer patches each batch from the trajectories' uint8 images; a twin whose batches are collated
+    from the patches the rollout made (what SFT trained on before it kept images instead of patches) has
+    the same losses, gradient norms and final weights, bit for bit."""
+    model, processor = load_vlm(tiny_dir)
+    trainer = SFTTrainer(model, data, CONFIG, processor=processor)
+    eager_model = load_vlm(tiny_dir)[0]
+    eager = SFTTrainer(eager_model, data, CONFIG, processor=processor)
+    monkeypatch.setattr(eager.data, "batch", lambda indices, pad: collate([data[i] for i in indices], pad))
+    history, eager_history = trainer.train(), eager.train()
+    assert [h["loss/sft"] for h in history] == [h["loss/sft"] for h in eager_history]
+    assert [h["optim/grad_norm"] for h in history] == [h["optim/grad_norm"] for h in eager_history]
+    for (name, p), q in zip(model.named_parameters(), eager_model.parameters()):
+        assert torch.equal(p, q), name
 
 
 def test_checkpoint_resume_is_exact(tiny_dir: Path, tmp_path: Path, data: list[Trajectory]) -> None:

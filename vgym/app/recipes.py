@@ -47,7 +47,7 @@ from typing import Any
 import yaml
 
 from vgym.app.interrupts import train_until_interrupted
-from vgym.app.pipeline import collect
+from vgym.app.pipeline import collect, collect_sft_data
 from vgym.engine.modeling import enable_checkpointing
 from vgym.env import EnvConfig, VisualToolEnv
 from vgym.errors import InvalidConfigError, VgymError
@@ -632,8 +632,11 @@ def _run_sft(recipe: Recipe, model: Any, processor: Any, progress: Progress, par
     assert sft is not None  # the caller runs SFT only for a recipe with an sft section
     sft_task = recipe.sft_task_config if recipe.sft_task_config is not None else recipe.task_config
     teacher = OraclePolicy(skip_tools=recipe.sft_teacher_skip_tools, seed=recipe.data_seed + 1)
-    data = collect(_env_fn(recipe, sft_task), teacher, ChatEncoder(processor), "train", recipe.sft_episodes,
-                   batch_size=recipe.rollout_batch, progress=progress, stage="SFT data")
+    folder.mkdir(parents=True, exist_ok=True)
+    # the episodes as they are played, images spilled to an unlinked file in `folder` (gone with `data`)
+    data, _ = collect_sft_data(_env_fn(recipe, sft_task), teacher, ChatEncoder(processor), "train",
+                               recipe.sft_episodes, batch_size=recipe.rollout_batch, progress=progress,
+                               stage="SFT data", spill_dir=folder)
     trainer = SFTTrainer(model, data, sft, processor=processor, parallel=parallel)
     earlier = list_checkpoints(folder) if recipe.resume else []
     if earlier:

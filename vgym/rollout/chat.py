@@ -186,6 +186,27 @@ class ChatEncoder:
         full = self._check_append_only(messages)
         return self._memoised(self._after_turn_end + full[len(self._probe_prefix) :], images)
 
+    def encode_images(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The processor's patches and grids of ``images``, exactly as :meth:`encode_prompt` and
+        :meth:`encode_delta` make them for the chunks that hold these images (Qwen-VL processors patch each
+        image on its own, so a list spanning several chunks or episodes gives their outputs concatenated).
+        SFT keeps a trajectory's uint8 images instead of its patches and patches each batch with this
+        (:class:`vgym.trainers.sft_data.SFTDataset`, which checks the identity on its first trajectory).
+
+        Args:
+            images: RGB uint8 images (H, W, 3), at least one.
+
+        Returns:
+            ``pixel_values`` (P, D) and ``image_grid_thw`` (N, 3), N = ``len(images)``.
+        """
+        pil = [Image.fromarray(im) for im in images]
+        token = getattr(self.processor, "image_token", None)
+        if self._direct or token is None:
+            out = self.processor.image_processor(images=pil, return_tensors="pt")
+        else:  # the processor's own call, as _encode makes it (its image settings may not be the defaults)
+            out = self.processor(text=[token * len(pil)], images=pil, return_tensors="pt")
+        return out["pixel_values"], out["image_grid_thw"]
+
     def check_image_tokens(self, ids: Sequence[torch.Tensor], grids: Sequence[torch.Tensor]) -> None:
         """Check that the sequence holds exactly one placeholder token per merged image patch of its images.
 
