@@ -597,22 +597,7 @@ def _run(recipe: Recipe, progress: Progress, parallel: DataParallel) -> dict[str
     reporters = make_reporters(recipe.report_to if parallel.is_main else ["none"], out,
                                resume_step=trainer.step_count if resume_from else None)
     saved = {trainer.step_count} if resume_from is not None else set()
-
-    def on_step(step: int, metrics: dict[str, float]) -> None:
-        for reporter in reporters:
-            reporter.log(step, metrics)
-        progress("GRPO", step, cfg.steps)
-        if recipe.save_every and step % recipe.save_every == 0:
-            trainer.save(out / f"checkpoint-{step}")
-            saved.add(step)
-
-    try:
-        train_until_interrupted(trainer, on_step, out, saved, "GRPO")
-    finally:
-        for reporter in reporters:
-            reporter.close()
-    if trainer.step_count not in saved:
-        trainer.save(out / f"checkpoint-{trainer.step_count}")
+    _train_stage(trainer, "GRPO", cfg.steps, out, recipe.save_every, reporters, saved, progress)
     if recipe.eval_episodes:
         results["after"] = _evaluate(recipe, model, processor, "eval_after", progress, parallel)
     results.update({"steps": trainer.step_count, "wall_seconds": time.perf_counter() - start,
@@ -647,17 +632,26 @@ def _run_sft(recipe: Recipe, model: Any, processor: Any, progress: Progress, par
     names = [n for n in recipe.report_to if n not in ("none", "wandb")]  # W&B: the GRPO run only
     names = names if parallel.is_main else []
     reporters = make_reporters(names, folder, resume_step=trainer.step_count if earlier else None)
+    _train_stage(trainer, "SFT", sft.steps, folder, every, reporters, saved, progress)
+
+
+def _train_stage(trainer: Any, stage: str, total: int, folder: Path, every: int, reporters: list[Any],
+                 saved: set[int], progress: Progress) -> None:
+    """Train ``trainer`` (SFT or GRPO) to its last step. After each step: log to ``reporters``, report
+    ``stage`` progress out of ``total`` and save ``folder/checkpoint-<step>`` every ``every`` steps (0: only
+    at the end); Ctrl-C saves and stops (:func:`~vgym.app.interrupts.train_until_interrupted`). The last step
+    is always saved; ``saved`` (steps already saved in ``folder``) is kept up to date, ``reporters`` closed."""
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         for reporter in reporters:
             reporter.log(step, metrics)
-        progress("SFT", step, sft.steps)
+        progress(stage, step, total)
         if every and step % every == 0:
             trainer.save(folder / f"checkpoint-{step}")
             saved.add(step)
 
     try:
-        train_until_interrupted(trainer, on_step, folder, saved, "SFT")
+        train_until_interrupted(trainer, on_step, folder, saved, stage)
     finally:
         for reporter in reporters:
             reporter.close()
