@@ -35,7 +35,9 @@ def write_checkpoint(folder: str | Path, model: Any, processor: Any, state: dict
         model: the model being trained (a peft model saves its adapters only).
         processor: its processor; None writes the weights without it (a folder that holds no tokenizer cannot
             be loaded as a model).
-        state: the trainer's state (``torch.save``-able; tensors in it must be plain tensors).
+        state: the trainer's state (``torch.save``-able; tensors in it must be plain tensors). For a peft
+            model the exact adapter tensors (:func:`adapter_tensors`) are added to the saved copy under
+            ``"adapters"``, for :func:`restore_weights`.
         state_file: the state's file name in ``folder``.
         weights: the state dict to save instead of ``model``'s own (the whole weights of a sharded model,
             gathered: :meth:`vgym.trainers.distributed.DataParallel.full_state`); None: ``model``'s.
@@ -47,6 +49,9 @@ def write_checkpoint(folder: str | Path, model: Any, processor: Any, state: dict
         OSError: if the checkpoint cannot be written (e.g. a full disk), naming ``folder``; it is unchanged.
     """
     folder = Path(folder)
+    adapters = adapter_tensors(model)
+    if adapters is not None:  # save_pretrained writes the adapters; keep their exact tensors too
+        state = {**state, "adapters": adapters}
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         if processor is None:

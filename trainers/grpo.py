@@ -72,7 +72,7 @@ from vgym.rollout.loop import EpisodeSpec, RolloutConfig, rollout
 from vgym.rollout.trajectory import Trajectory
 from vgym.trainers.advantages import broadcast_advantages, compute_advantages, turn_advantages
 from vgym.trainers.aggregation import LOSS_TYPES
-from vgym.trainers.checkpoints import adapter_tensors, restore_weights, write_checkpoint
+from vgym.trainers.checkpoints import restore_weights, write_checkpoint
 from vgym.trainers.distributed import DataParallel, assign_groups
 from vgym.trainers.grpo_config import GRPOConfig
 from vgym.trainers.importance import ImportanceStats
@@ -569,9 +569,6 @@ class GRPOTrainer:
             state["policy"] = states[0]
             if par.enabled:  # every rank's stream, for an exact resume at the same world size
                 state["policy_ranks"] = states
-        adapters = adapter_tensors(self.model)
-        if adapters is not None:  # save_pretrained wrote the adapters; keep their exact tensors
-            state["adapters"] = adapters
         if par.is_main:
             write_checkpoint(folder, self.model, self.processor, state, "grpo_state.pt", weights=weights)
         par.barrier()  # the checkpoint exists for every rank once save returns

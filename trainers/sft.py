@@ -31,7 +31,7 @@ from vgym.engine.modeling import model_inputs
 from vgym.errors import InvalidConfigError
 from vgym.rollout.chat import ChatEncoder
 from vgym.rollout.trajectory import Trajectory
-from vgym.trainers.checkpoints import adapter_tensors, restore_weights, write_checkpoint
+from vgym.trainers.checkpoints import restore_weights, write_checkpoint
 from vgym.trainers.config_checks import check_range
 from vgym.trainers.distributed import DataParallel, shard
 from vgym.trainers.sft_data import SFTDataset, pad_tokens
@@ -277,9 +277,6 @@ class SFTTrainer:
             "rng": {"cpu": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []},
         }
-        adapters = adapter_tensors(self.model)
-        if adapters is not None:  # save_pretrained wrote the adapters; keep their exact tensors
-            state["adapters"] = adapters
         if par.is_main:
             write_checkpoint(folder, self.model, self.processor, state, "trainer_state.pt", weights=weights)
         par.barrier()  # the checkpoint exists for every rank once save returns
