@@ -59,6 +59,7 @@ import torch
 from PIL import Image
 
 from vgym.engine.modeling import vision_placeholder_ids
+from vgym.env import EnvConfig
 from vgym.errors import InvalidConfigError, VgymError
 from vgym.policies.base import PolicyInput, PolicyOutput
 from vgym.policies.vllm_worker import LOAD_METHOD, WORKER_EXTENSION
@@ -112,9 +113,9 @@ class VLLMPolicyConfig:
     """Fraction of GPU memory vLLM may take, in (0, 1]; 0.5 leaves room for a trainer on the same GPU."""
     max_model_len: int | None = None
     """Longest sequence (prompt + generation) in tokens; None means the checkpoint's maximum."""
-    max_images: int = 20
-    """Most images in one prompt (``limit_mm_per_prompt``); match ``EnvConfig.max_images`` (default 20 there
-    too). ``vgym train`` sets it from the recipe's env."""
+    max_images: int = EnvConfig.max_images
+    """Most images in one prompt (``limit_mm_per_prompt``); match the env's ``EnvConfig.max_images`` (whose
+    default this is). ``vgym train`` sets it from the recipe's env."""
     dtype: str = "auto"
     """Engine dtype ("auto" = the checkpoint's, "bfloat16", ...)."""
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
